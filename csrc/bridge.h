@@ -1,0 +1,59 @@
+/* Shared helpers of the CPython/NumPy bridge (module.c and bridge_*.c).
+ * Only bridge files include this; the core never does. */
+#ifndef RELPOS_BRIDGE_H
+#define RELPOS_BRIDGE_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#define PY_ARRAY_UNIQUE_SYMBOL relpos_ARRAY_API
+#ifndef RP_BRIDGE_MAIN
+#define NO_IMPORT_ARRAY
+#endif
+#include <numpy/arrayobject.h>
+
+#include "relpos.h"
+
+/* Inputs. Each returns a NEW reference to a C-contiguous, aligned array, or
+ * NULL with TypeError/ValueError set naming `name`. */
+PyArrayObject *rp_in_f32(PyObject *obj, const char *name);   /* float32 ndarray only */
+PyArrayObject *rp_in_i64(PyObject *obj, const char *name);   /* any integer ndarray -> int64 */
+PyArrayObject *rp_in_mask(PyObject *obj, const char *name);  /* bool ndarray -> uint8 (npy_bool) */
+/* Same, but None gives NULL with no error set (optional arguments). Check PyErr_Occurred(). */
+PyArrayObject *rp_in_f32_opt(PyObject *obj, const char *name);
+
+/* Shape checks. dims[i] < 0 means "any". desc is the expected shape in words,
+ * e.g. "(B, H, T, D)". Return 0 or -1 with ValueError:
+ *   "q must have shape (B, H, T, D); got (2, 8, 128)" */
+int rp_check_ndim(PyArrayObject *a, const char *name, int ndim, const char *desc);
+int rp_check_shape(PyArrayObject *a, const char *name, int ndim, const npy_intp *dims, const char *desc);
+
+/* Outputs. obj NULL or None: allocate a new zero-filled float32 array of `dims`.
+ * Otherwise obj must be a float32, C-contiguous, aligned, writeable ndarray of
+ * exactly `dims`; a new reference to it is returned. */
+PyArrayObject *rp_out_f32(PyObject *obj, const char *name, int ndim, const npy_intp *dims);
+PyArrayObject *rp_new_f32(int ndim, const npy_intp *dims); /* zero-filled */
+
+/* Format "(2, 8, 128)" into buf. */
+void rp_shape_str(PyArrayObject *a, char *buf, size_t n);
+
+/* Map a negative core return code to a Python exception; returns NULL. */
+PyObject *rp_raise_code(int code, const char *where);
+
+/* Non-negative int64 sizes and flags from Python ints with a named error. */
+int rp_check_nonneg(int64_t v, const char *name);
+
+/* Method tables, one per area (bridge_<area>.c); module.c adds them all. */
+extern PyMethodDef rp_methods_gemm[];
+extern PyMethodDef rp_methods_ops[];
+extern PyMethodDef rp_methods_optim[];
+extern PyMethodDef rp_methods_posenc[];
+extern PyMethodDef rp_methods_attn[];
+extern PyMethodDef rp_methods_fused[];
+
+#define RP_F32(a) ((float *)PyArray_DATA(a))
+#define RP_I64(a) ((int64_t *)PyArray_DATA(a))
+#define RP_U8(a) ((uint8_t *)PyArray_DATA(a))
+#define RP_DIM(a, i) ((int64_t)PyArray_DIM((a), (i)))
+
+#endif

@@ -1,0 +1,2 @@
+"""attention: filled in by its area (see docs/INTERNALS.md)."""
+__all__ = []

@@ -1,0 +1,2 @@
+"""linalg: filled in by its area (see docs/INTERNALS.md)."""
+__all__ = []
