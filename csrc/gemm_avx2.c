@@ -144,7 +144,9 @@ double rp_fma_peak_gflops_avx2(int threads, double seconds) {
                 r9 = _mm256_fmadd_ps(r9, x, y);
                 r10 = _mm256_fmadd_ps(r10, x, y);
                 r11 = _mm256_fmadd_ps(r11, x, y);
-                __asm__ volatile("" : "+x"(r0), "+x"(r1), "+x"(r2), "+x"(r3), "+x"(r4), "+x"(r5));
+                /* opaque to the compiler: every chain must really run */
+                __asm__ volatile("" : "+x"(r0), "+x"(r1), "+x"(r2), "+x"(r3), "+x"(r4), "+x"(r5), "+x"(r6),
+                                 "+x"(r7), "+x"(r8), "+x"(r9), "+x"(r10), "+x"(r11));
             }
             iters += chunk;
             t = now_seconds() - t0;
