@@ -20,9 +20,17 @@
 
 /* Cache blocking (elements). The KC x NR B panel sits in L1, the MC x KC A
  * block in L2, the K x NC packed B in L3. MC is rounded to the kernel's MR. */
+#ifndef RP_GEMM_TUNE
 #define KC 256
 #define MC 144
 #define NC 4096
+#else /* experiments only: blocking from the environment */
+#include <stdlib.h>
+static int64_t tune_get(const char *n, int64_t d) { const char *v = getenv(n); return v ? atoll(v) : d; }
+#define KC tune_get("RP_KC", 256)
+#define MC tune_get("RP_MC", 144)
+#define NC tune_get("RP_NC", 4096)
+#endif
 
 /* Problems with at most this many multiply-adds skip packing. */
 #define SMALL_MNK (32 * 32 * 32)
@@ -63,16 +71,20 @@ static void ukr_portable(int64_t kc, const float *restrict Ap, const float *rest
 
 /* ---- kernel choice --------------------------------------------------------- */
 
+typedef void (*pack_panel_fn)(const float *A, int64_t lda, int64_t kc, int MR, float *dst);
+
 typedef struct {
     int mr, nr;
     rp_gemm_ukr_fn fn;
+    pack_panel_fn pack_a_rows; /* full panel of a row-major A; NULL: plain C */
     const char *name;
 } kernel_t;
 
-static const kernel_t k_portable = {PMR, PNR, ukr_portable, "portable"};
+static const kernel_t k_portable = {PMR, PNR, ukr_portable, NULL, "portable"};
 #if RP_HAVE_AVX2_TU
-static const kernel_t k_avx2 = {RP_GEMM_AVX2_MR, RP_GEMM_AVX2_NR, rp_gemm_ukr_avx2, "avx2"};
-static const kernel_t k_avx512 = {RP_GEMM_AVX512_MR, RP_GEMM_AVX512_NR, rp_gemm_ukr_avx512, "avx512"};
+static const kernel_t k_avx2 = {RP_GEMM_AVX2_MR, RP_GEMM_AVX2_NR, rp_gemm_ukr_avx2, rp_gemm_pack_a_panel_avx2, "avx2"};
+static const kernel_t k_avx512 = {RP_GEMM_AVX512_MR, RP_GEMM_AVX512_NR, rp_gemm_ukr_avx512,
+                                  rp_gemm_pack_a_panel_avx2, "avx512"};
 #endif
 
 static int kernel_pref = 0; /* 0 auto, 1 avx512, 2 avx2, 3 portable */
@@ -101,46 +113,61 @@ const char *rp_gemm_kernel_name(void) { return pick_kernel()->name; }
 
 /* ---- packing ---------------------------------------------------------------- */
 
+/* Copy n (= MR, a compile-time constant at each call site) floats: inlined moves. */
+#define COPY_ROW(d, s, n) memcpy((d), (s), (size_t)(n) * sizeof(float))
+
 /* op(A)[i0:i0+mc, p0:p0+kc] -> Ap as ceil(mc/MR) panels of (kc x MR), zero padded. */
 static void pack_a(int ta, const float *A, int64_t lda, int64_t i0, int64_t p0, int64_t mc, int64_t kc,
-                   const int MR, float *restrict Ap) {
+                   const kernel_t *kn, float *restrict Ap) {
+    const int MR = kn->mr;
+    if (ta) {
+        /* A is (K, M): row p of the block is mc contiguous floats; read each once,
+         * in order, and deal it out to the panels */
+        const int64_t full = mc / MR * MR;
+        for (int64_t p = 0; p < kc; p++) {
+            const float *src = A + (p0 + p) * lda + i0;
+            float *restrict dst = Ap + p * MR;
+            int64_t ir = 0;
+            if (MR == 12)
+                for (; ir < full; ir += 12) COPY_ROW(dst + ir * kc, src + ir, 12);
+            else if (MR == 6)
+                for (; ir < full; ir += 6) COPY_ROW(dst + ir * kc, src + ir, 6);
+            for (; ir < mc; ir += MR) {
+                const int64_t mr = min64(MR, mc - ir);
+                for (int64_t i = 0; i < mr; i++) dst[ir * kc + i] = src[ir + i];
+                for (int64_t i = mr; i < MR; i++) dst[ir * kc + i] = 0.0f;
+            }
+        }
+        return;
+    }
     for (int64_t ir = 0; ir < mc; ir += MR) {
         const int64_t mr = min64(MR, mc - ir);
         float *restrict dst = Ap + ir * kc;
-        if (!ta) {
-            for (int64_t i = 0; i < mr; i++) {
-                const float *src = A + (i0 + ir + i) * lda + p0;
-                for (int64_t p = 0; p < kc; p++) dst[p * MR + i] = src[p];
-            }
-            for (int64_t i = mr; i < MR; i++)
-                for (int64_t p = 0; p < kc; p++) dst[p * MR + i] = 0.0f;
-        } else {
-            for (int64_t p = 0; p < kc; p++) {
-                const float *src = A + (p0 + p) * lda + i0 + ir;
-                float *d = dst + p * MR;
-                if (mr == MR) {
-                    memcpy(d, src, (size_t)MR * sizeof(float));
-                } else {
-                    for (int64_t i = 0; i < mr; i++) d[i] = src[i];
-                    for (int64_t i = mr; i < MR; i++) d[i] = 0.0f;
-                }
-            }
+        const float *src = A + (i0 + ir) * lda + p0;
+        if (mr == MR && kn->pack_a_rows) {
+            kn->pack_a_rows(src, lda, kc, MR, dst);
+            continue;
         }
+        for (int64_t i = 0; i < mr; i++)
+            for (int64_t p = 0; p < kc; p++) dst[p * MR + i] = src[i * lda + p];
+        for (int64_t i = mr; i < MR; i++)
+            for (int64_t p = 0; p < kc; p++) dst[p * MR + i] = 0.0f;
     }
 }
 
-/* Panel q (columns j0 + q*NR ...) of op(B)[p0:p0+kc, :] -> dst (kc x NR), zero padded. */
+/* Panel of op(B)[p0:p0+kc, j:j+nr] -> dst (kc x NR), zero padded. */
 static void pack_b_panel(int tb, const float *B, int64_t ldb, int64_t p0, int64_t kc, int64_t j, int64_t nr,
                          const int NR, float *restrict dst) {
     if (!tb) {
-        for (int64_t p = 0; p < kc; p++) {
-            const float *src = B + (p0 + p) * ldb + j;
-            float *d = dst + p * NR;
-            if (nr == NR) {
-                memcpy(d, src, (size_t)NR * sizeof(float));
-            } else {
-                for (int64_t jj = 0; jj < nr; jj++) d[jj] = src[jj];
-                for (int64_t jj = nr; jj < NR; jj++) d[jj] = 0.0f;
+        const float *src = B + p0 * ldb + j;
+        if (nr == NR && NR == 32) {
+            for (int64_t p = 0; p < kc; p++) COPY_ROW(dst + p * 32, src + p * ldb, 32);
+        } else if (nr == NR && NR == 16) {
+            for (int64_t p = 0; p < kc; p++) COPY_ROW(dst + p * 16, src + p * ldb, 16);
+        } else {
+            for (int64_t p = 0; p < kc; p++) {
+                for (int64_t jj = 0; jj < nr; jj++) dst[p * NR + jj] = src[p * ldb + jj];
+                for (int64_t jj = nr; jj < NR; jj++) dst[p * NR + jj] = 0.0f;
             }
         }
     } else {
@@ -151,6 +178,37 @@ static void pack_b_panel(int tb, const float *B, int64_t ldb, int64_t p0, int64_
         for (int64_t jj = nr; jj < NR; jj++)
             for (int64_t p = 0; p < kc; p++) dst[p * NR + jj] = 0.0f;
     }
+}
+
+/* ---- scratch -------------------------------------------------------------
+ * The packed buffers (up to K x NC floats of B) are kept for the next call:
+ * a fresh allocation of that size is mmap'ed and page-faulted on every call,
+ * which costs 10-20% of a 1024^3 product. One buffer is cached (taken and
+ * returned with atomic exchanges, so concurrent callers each get their own);
+ * buffers larger than SCRATCH_KEEP_MAX are freed after use. */
+#define SCRATCH_HDR 64
+#define SCRATCH_KEEP_MAX ((size_t)64 << 20)
+static char *scratch_slot = NULL; /* allocation base; its usable size is stored at the base */
+
+static float *scratch_take(size_t nbytes) {
+    char *p = __atomic_exchange_n(&scratch_slot, NULL, __ATOMIC_ACQ_REL);
+    if (p && *(size_t *)p >= nbytes) return (float *)(p + SCRATCH_HDR);
+    rp_free(p);
+    if (nbytes > SIZE_MAX - SCRATCH_HDR) return NULL;
+    p = rp_malloc(nbytes + SCRATCH_HDR);
+    if (!p) return NULL;
+    *(size_t *)p = nbytes;
+    return (float *)(p + SCRATCH_HDR);
+}
+
+static void scratch_give(float *buf) {
+    if (!buf) return;
+    char *p = (char *)buf - SCRATCH_HDR;
+    if (*(size_t *)p > SCRATCH_KEEP_MAX) {
+        rp_free(p);
+        return;
+    }
+    rp_free(__atomic_exchange_n(&scratch_slot, p, __ATOMIC_ACQ_REL));
 }
 
 /* ---- drivers ------------------------------------------------------------------ */
@@ -253,7 +311,7 @@ static void run_task(const gemm_prob *g, const kernel_t *kn, int64_t j0, int64_t
     const int64_t nc_pad = ceil_div(nc, NR) * NR;
     for (int64_t p0 = 0; p0 < g->K; p0 += KC) {
         const int64_t kc = min64(KC, g->K - p0);
-        pack_a(g->ta, g->A, g->lda, i0, p0, mc, kc, MR, Ap);
+        pack_a(g->ta, g->A, g->lda, i0, p0, mc, kc, kn, Ap);
         const float beta = p0 == 0 ? g->beta : 1.0f;
         const float *bias = (p0 == 0 && g->bias) ? g->bias + j0 : NULL;
         const float *bblk = Bp + (p0 / KC) * KC * nc_pad;
@@ -357,7 +415,7 @@ static int gemm_run(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha
     const int per_batch = nt > 1 && batch >= nt && (mnk <= (int64_t)192 * 192 * 192 || batch >= 4 * nt);
     if (nt == 1 || per_batch || !RP_HAVE_OPENMP) {
         const int teams = per_batch ? nt : 1;
-        float *buf = rp_malloc((size_t)(a_elems + b_elems) * sizeof(float) * (size_t)teams);
+        float *buf = scratch_take((size_t)(a_elems + b_elems) * sizeof(float) * (size_t)teams);
         if (!buf) return RP_ENOMEM;
         (void)teams;
 #if RP_HAVE_OPENMP
@@ -381,13 +439,13 @@ static int gemm_run(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha
                 gemm_alone(&g, kn, ap, bp);
             }
         }
-        rp_free(buf);
+        scratch_give(buf);
         return RP_OK;
     }
 
 #if RP_HAVE_OPENMP
     /* one product at a time, the whole team on it */
-    float *buf = rp_malloc((size_t)(a_elems * nt + b_elems) * sizeof(float));
+    float *buf = scratch_take((size_t)(a_elems * nt + b_elems) * sizeof(float));
     if (!buf) return RP_ENOMEM;
 #pragma omp parallel num_threads(nt)
     {
@@ -401,7 +459,7 @@ static int gemm_run(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha
             gemm_team(&g, kn, ap, buf, team);
         }
     }
-    rp_free(buf);
+    scratch_give(buf);
 #endif
     return RP_OK;
 }
