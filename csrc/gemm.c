@@ -20,17 +20,9 @@
 
 /* Cache blocking (elements). The KC x NR B panel sits in L1, the MC x KC A
  * block in L2, the K x NC packed B in L3. MC is rounded to the kernel's MR. */
-#ifndef RP_GEMM_TUNE
 #define KC 256
 #define MC 144
 #define NC 4096
-#else /* experiments only: blocking from the environment */
-#include <stdlib.h>
-static int64_t tune_get(const char *n, int64_t d) { const char *v = getenv(n); return v ? atoll(v) : d; }
-#define KC tune_get("RP_KC", 256)
-#define MC tune_get("RP_MC", 144)
-#define NC tune_get("RP_NC", 4096)
-#endif
 
 /* Problems with at most this many multiply-adds skip packing. */
 #define SMALL_MNK (32 * 32 * 32)
@@ -238,37 +230,54 @@ static void scale_only(const gemm_prob *g) {
     }
 }
 
-/* Tiny problems: no packing, one pass per output row, K summed in order. */
-#define SMALL_NB 64
-static void gemm_small(const gemm_prob *g) {
+/* Direct (unpacked) product on the columns [j0, j0+nb) of C, nb <= DIRECT_NB,
+ * for tiny problems and for few rows (M <= DIRECT_M_MAX: a GEMV-like Linear at
+ * generation time), where packing B would cost as much as the product.
+ * Each element's K order is fixed: in order for B (K, N); for B given as
+ * (N, K), DIRECT_LANES interleaved partial sums over p added in a fixed tree. */
+#define DIRECT_NB 64
+#define DIRECT_LANES 8
+#define DIRECT_M_MAX 4
+static void gemm_direct_cols(const gemm_prob *g, int64_t j0, int64_t nb) {
+    const int64_t K = g->K;
     for (int64_t i = 0; i < g->M; i++) {
-        float *c = g->C + i * g->ldc;
-        for (int64_t j0 = 0; j0 < g->N; j0 += SMALL_NB) {
-            int64_t nb = min64(SMALL_NB, g->N - j0);
-            float acc[SMALL_NB];
+        float *c = g->C + i * g->ldc + j0;
+        float acc[DIRECT_NB];
+        if (!g->tb) {
             for (int64_t j = 0; j < nb; j++) acc[j] = 0.0f;
-            if (!g->tb) {
-                for (int64_t p = 0; p < g->K; p++) {
-                    float a = op_a(g, i, p);
-                    const float *b = g->B + p * g->ldb + j0;
-                    for (int64_t j = 0; j < nb; j++) acc[j] += a * b[j];
-                }
-            } else {
-                for (int64_t j = 0; j < nb; j++) {
-                    const float *b = g->B + (j0 + j) * g->ldb;
-                    float s = 0.0f;
-                    for (int64_t p = 0; p < g->K; p++) s += op_a(g, i, p) * b[p];
-                    acc[j] = s;
-                }
+            for (int64_t p = 0; p < K; p++) {
+                const float a = op_a(g, i, p);
+                const float *b = g->B + p * g->ldb + j0;
+                for (int64_t j = 0; j < nb; j++) acc[j] += a * b[j];
             }
+        } else {
+            const float *arow = g->ta ? NULL : g->A + i * g->lda;
             for (int64_t j = 0; j < nb; j++) {
-                float v = g->alpha * acc[j];
-                if (g->beta != 0.0f) v = g->beta * c[j0 + j] + v;
-                if (g->bias) v = v + g->bias[j0 + j];
-                c[j0 + j] = v;
+                const float *b = g->B + (j0 + j) * g->ldb;
+                float part[DIRECT_LANES] = {0.0f};
+                int64_t p = 0;
+                if (arow) {
+                    for (; p + DIRECT_LANES <= K; p += DIRECT_LANES)
+                        for (int l = 0; l < DIRECT_LANES; l++) part[l] += arow[p + l] * b[p + l];
+                } else {
+                    for (; p + DIRECT_LANES <= K; p += DIRECT_LANES)
+                        for (int l = 0; l < DIRECT_LANES; l++) part[l] += op_a(g, i, p + l) * b[p + l];
+                }
+                for (int l = 0; p < K; p++, l++) part[l] += op_a(g, i, p) * b[p];
+                acc[j] = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
             }
         }
+        for (int64_t j = 0; j < nb; j++) {
+            float v = g->alpha * acc[j];
+            if (g->beta != 0.0f) v = g->beta * c[j] + v;
+            if (g->bias) v = v + g->bias[j0 + j];
+            c[j] = v;
+        }
     }
+}
+
+static void gemm_direct(const gemm_prob *g) {
+    for (int64_t j0 = 0; j0 < g->N; j0 += DIRECT_NB) gemm_direct_cols(g, j0, min64(DIRECT_NB, g->N - j0));
 }
 
 /* The work split of one product: row blocks of mc (a multiple of MR), and
@@ -348,7 +357,7 @@ static void gemm_team(const gemm_prob *g, const kernel_t *kn, float *Ap, float *
         const int64_t nc = min64(NC, g->N - j0);
         const int64_t n_jr = ceil_div(nc, kn->nr);
         const int64_t n_items = ceil_div(g->K, KC) * n_jr;
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 4)
         for (int64_t it = 0; it < n_items; it++) pack_b_items(g, kn, j0, nc, it, it + 1, Bp);
         /* implicit barrier: Bp complete */
         split_t s = make_split(g->M, n_jr, nt, kn->mr);
@@ -401,7 +410,25 @@ static int gemm_run(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha
             if (nothing)
                 scale_only(&g);
             else
-                gemm_small(&g);
+                gemm_direct(&g);
+        }
+        return RP_OK;
+    }
+
+    if (M <= DIRECT_M_MAX) {
+        /* few rows: no packing; threads take fixed column chunks of each product */
+        const int64_t nchunk = ceil_div(N, DIRECT_NB), nwork = batch * nchunk;
+        (void)nwork;
+#if RP_HAVE_OPENMP
+#pragma omp parallel for schedule(dynamic, 4) num_threads(nt) if (nt > 1 && nwork > 1)
+#endif
+        for (int64_t w = 0; w < batch * nchunk; w++) {
+            const int64_t b = w / nchunk, j0 = (w % nchunk) * DIRECT_NB;
+            gemm_prob g = g0;
+            g.A = A + b * sA;
+            g.B = B + b * sB;
+            g.C = C + b * sC;
+            gemm_direct_cols(&g, j0, min64(DIRECT_NB, N - j0));
         }
         return RP_OK;
     }
