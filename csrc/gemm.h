@@ -37,8 +37,9 @@ int rp_colsum(const float *X, int64_t M, int64_t N, float *out);
 
 /* Measured single-precision FMA throughput (GFLOP/s, 2 flops per FMA lane)
  * of `threads` threads (<= 0: relpos' thread count) running independent FMA
- * chains for about `seconds`, on the instruction set of the GEMM kernel in use
- * (AVX-512, AVX2/FMA, or a portable multiply-add loop). */
+ * chains for about `seconds` of each thread's CPU time (so other processes on a
+ * shared machine do not lower it), on the instruction set of the GEMM kernel in
+ * use (AVX-512, AVX2/FMA, or a portable multiply-add loop). */
 double rp_fma_peak_gflops(int threads, double seconds);
 
 /* Micro-kernel choice (tests and benchmarks): 0 auto (widest the CPU has),

@@ -321,3 +321,71 @@ def test_tensor_matmul_operator(rng):
     a, b = rand(rng, 3, 4), rand(rng, 4, 2)
     out = relpos.Tensor(a) @ relpos.Tensor(b)
     close(out.data, ref.matmul(a, b), 4)
+
+
+def test_concurrent_python_threads(rng):
+    """The GIL is released around the core and the packing scratch is shared
+    through an atomic cache: concurrent callers must still get right answers."""
+    import threading
+
+    pairs = [(rand(rng, 70 + 9 * i, 300), rand(rng, 300, 50 + 7 * i)) for i in range(4)]
+    want = [_C.gemm(a, b) for a, b in pairs]
+    errors = []
+
+    def work(k):
+        for r in range(15):
+            a, b = pairs[(k + r) % len(pairs)]
+            got = _C.gemm(a, b)
+            if not np.array_equal(got, want[(k + r) % len(pairs)]):
+                errors.append((k, r))
+
+    ts = [threading.Thread(target=work, args=(k,)) for k in range(3)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert errors == []
+
+
+def _rss_bytes():
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096
+    except OSError:
+        return None
+
+
+def test_memory_does_not_grow(rng, threads):
+    threads(1, _memory_check, rng)
+
+
+def _memory_check(rng):
+    if _rss_bytes() is None:
+        pytest.skip("needs /proc/self/statm to read the resident size")
+    a, b = rand(rng, 16, 300), rand(rng, 300, 400)   # ~0.85 MB of packing scratch per call
+    w = b.T.copy()
+    out = np.empty((16, 400), np.float32)
+    for _ in range(20):
+        _C.gemm(a, b, out)
+    before = _rss_bytes()
+    for i in range(300):
+        _C.gemm(a, b, out)
+        _C.linear_fwd(a, w, None, out)
+    grown = _rss_bytes() - before
+    assert grown < 64 << 20, f"resident memory grew by {grown / 2**20:.1f} MiB over 600 calls"
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(M=st.integers(0, 40), N=st.integers(0, 70), K=st.integers(0, 300), ta=st.booleans(), tb=st.booleans(),
+       alpha=st.sampled_from([1.0, -0.5, 2.0]), beta=st.sampled_from([0.0, 1.0, -1.5]), seed=st.integers(0, 2**16))
+def test_gemm_property(M, N, K, ta, tb, alpha, beta, seed):
+    r = np.random.default_rng(seed)
+    a = r.standard_normal((K, M) if ta else (M, K)).astype(np.float32)
+    b = r.standard_normal((N, K) if tb else (K, N)).astype(np.float32)
+    c = r.standard_normal((M, N)).astype(np.float32)
+    out = c.copy()
+    _C.gemm(a, b, out, trans_a=ta, trans_b=tb, alpha=alpha, beta=beta)
+    close(out, ref.gemm(a, b, ta, tb, alpha, beta, c), K)
