@@ -69,15 +69,15 @@ typedef void (*pack_panel_fn)(const float *A, int64_t lda, int64_t kc, int MR, f
 typedef struct {
     int mr, nr;
     rp_gemm_ukr_fn fn;
-    pack_panel_fn pack_a_rows; /* full panel of a row-major A; NULL: plain C */
+    pack_panel_fn pack_rows; /* full panels of row-major A / transposed B; NULL: plain C */
     const char *name;
 } kernel_t;
 
 static const kernel_t k_portable = {PMR, PNR, ukr_portable, NULL, "portable"};
 #if RP_HAVE_AVX2_TU
-static const kernel_t k_avx2 = {RP_GEMM_AVX2_MR, RP_GEMM_AVX2_NR, rp_gemm_ukr_avx2, rp_gemm_pack_a_panel_avx2, "avx2"};
+static const kernel_t k_avx2 = {RP_GEMM_AVX2_MR, RP_GEMM_AVX2_NR, rp_gemm_ukr_avx2, rp_gemm_pack_rows_avx2, "avx2"};
 static const kernel_t k_avx512 = {RP_GEMM_AVX512_MR, RP_GEMM_AVX512_NR, rp_gemm_ukr_avx512,
-                                  rp_gemm_pack_a_panel_avx2, "avx512"};
+                                  rp_gemm_pack_rows_avx2, "avx512"};
 #endif
 
 static int kernel_pref = 0; /* 0 auto, 1 avx512, 2 avx2, 3 portable */
@@ -137,8 +137,8 @@ static void pack_a(int ta, const float *A, int64_t lda, int64_t i0, int64_t p0, 
         const int64_t mr = min64(MR, mc - ir);
         float *restrict dst = Ap + ir * kc;
         const float *src = A + (i0 + ir) * lda + p0;
-        if (mr == MR && kn->pack_a_rows) {
-            kn->pack_a_rows(src, lda, kc, MR, dst);
+        if (mr == MR && kn->pack_rows) {
+            kn->pack_rows(src, lda, kc, MR, dst);
             continue;
         }
         for (int64_t i = 0; i < mr; i++)
@@ -150,7 +150,8 @@ static void pack_a(int ta, const float *A, int64_t lda, int64_t i0, int64_t p0, 
 
 /* Panel of op(B)[p0:p0+kc, j:j+nr] -> dst (kc x NR), zero padded. */
 static void pack_b_panel(int tb, const float *B, int64_t ldb, int64_t p0, int64_t kc, int64_t j, int64_t nr,
-                         const int NR, float *restrict dst) {
+                         const kernel_t *kn, float *restrict dst) {
+    const int NR = kn->nr;
     if (!tb) {
         const float *src = B + p0 * ldb + j;
         if (nr == NR && NR == 32) {
@@ -163,6 +164,8 @@ static void pack_b_panel(int tb, const float *B, int64_t ldb, int64_t p0, int64_
                 for (int64_t jj = nr; jj < NR; jj++) dst[p * NR + jj] = 0.0f;
             }
         }
+    } else if (nr == NR && kn->pack_rows) {
+        kn->pack_rows(B + j * ldb + p0, ldb, kc, NR, dst);
     } else {
         for (int64_t jj = 0; jj < nr; jj++) {
             const float *src = B + (j + jj) * ldb + p0;
@@ -309,7 +312,7 @@ static void pack_b_items(const gemm_prob *g, const kernel_t *kn, int64_t j0, int
     for (int64_t it = it0; it < it1; it++) {
         int64_t kb = it / n_jr, q = it % n_jr;
         int64_t p0 = kb * KC, kc = min64(KC, g->K - p0);
-        pack_b_panel(g->tb, g->B, g->ldb, p0, kc, j0 + q * NR, min64(NR, nc - q * NR), NR,
+        pack_b_panel(g->tb, g->B, g->ldb, p0, kc, j0 + q * NR, min64(NR, nc - q * NR), kn,
                      Bp + kb * KC * nc_pad + q * NR * kc);
     }
 }

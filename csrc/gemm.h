@@ -67,9 +67,10 @@ void rp_gemm_ukr_avx2(int64_t kc, const float *Ap, const float *Bp, float *C, in
 void rp_gemm_ukr_avx512(int64_t kc, const float *Ap, const float *Bp, float *C, int64_t ldc, int64_t mr,
                         int64_t nr, float alpha, float beta, const float *bias);
 int rp_gemm_cpu_avx512(void); /* AVX-512F usable (CPU and OS) and compiled in */
-/* Pack one full MR-row panel of a row-major A (rows A, A+lda, ...; kc columns)
- * into dst (kc x MR) with 8x8 / 4x8 / 2x8 register transposes; MR is 6 or 12. */
-void rp_gemm_pack_a_panel_avx2(const float *A, int64_t lda, int64_t kc, int MR, float *dst);
+/* Pack R rows of a row-major matrix (rows X, X+ld, ...; kc columns) into dst
+ * (kc x R), dst[p*R + i] = X[i*ld + p], with 8x8 / 4x8 / 2x8 register
+ * transposes; R is 6, 12, 16 or 32 (full A panels, full panels of a transposed B). */
+void rp_gemm_pack_rows_avx2(const float *X, int64_t ld, int64_t kc, int R, float *dst);
 double rp_fma_peak_gflops_avx2(int threads, double seconds);
 double rp_fma_peak_gflops_avx512(int threads, double seconds);
 

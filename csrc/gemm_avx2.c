@@ -112,7 +112,8 @@ void rp_gemm_ukr_avx2(int64_t kc, const float *restrict Ap, const float *restric
     }
 }
 
-/* ---- packing: row-major A panel -> (kc x MR) with register transposes ---- */
+/* ---- packing: R rows of a row-major matrix -> (kc x R) panel, by register
+ * transposes (A panels with R = MR, panels of a transposed B with R = NR) ---- */
 
 /* rows r[0..7], columns p..p+7 -> dst[(p+k)*MR + 0..7] */
 static inline void tr8x8(const float *const *r, int64_t p, float *dst, int MR) {
@@ -172,23 +173,26 @@ static inline void tr2x8(const float *const *r, int64_t p, float *dst, int MR) {
     _mm_storeh_pi((__m64 *)(dst + 7 * MR), h1);
 }
 
-void rp_gemm_pack_a_panel_avx2(const float *A, int64_t lda, int64_t kc, int MR, float *dst) {
-    const float *r[12];
-    for (int i = 0; i < MR && i < 12; i++) r[i] = A + i * lda;
+void rp_gemm_pack_rows_avx2(const float *X, int64_t ld, int64_t kc, int R, float *dst) {
+    const float *r[32];
+    for (int i = 0; i < R && i < 32; i++) r[i] = X + i * ld;
     int64_t p = 0;
-    if (MR == 12) {
+    if (R == 12) {
         for (; p + 8 <= kc; p += 8) {
             tr8x8(r, p, dst + p * 12, 12);
             tr4x8(r + 8, p, dst + p * 12 + 8, 12);
         }
-    } else if (MR == 6) {
+    } else if (R == 6) {
         for (; p + 8 <= kc; p += 8) {
             tr4x8(r, p, dst + p * 6, 6);
             tr2x8(r + 4, p, dst + p * 6 + 4, 6);
         }
+    } else if (R == 16 || R == 32) {
+        for (; p + 8 <= kc; p += 8)
+            for (int g = 0; g < R; g += 8) tr8x8(r + g, p, dst + p * R + g, R);
     }
     for (; p < kc; p++)
-        for (int i = 0; i < MR; i++) dst[p * MR + i] = r[i][p];
+        for (int i = 0; i < R; i++) dst[p * R + i] = r[i][p];
 }
 
 /* CPU time of the calling thread: the probe measures what the core does while
@@ -415,8 +419,8 @@ double rp_fma_peak_gflops_avx2(int threads, double seconds) {
     return 0.0;
 }
 int rp_gemm_cpu_avx512(void) { return 0; }
-void rp_gemm_pack_a_panel_avx2(const float *A, int64_t lda, int64_t kc, int MR, float *dst) {
-    (void)A, (void)lda, (void)kc, (void)MR, (void)dst;
+void rp_gemm_pack_rows_avx2(const float *X, int64_t ld, int64_t kc, int R, float *dst) {
+    (void)X, (void)ld, (void)kc, (void)R, (void)dst;
 }
 void rp_gemm_ukr_avx512(int64_t kc, const float *Ap, const float *Bp, float *C, int64_t ldc, int64_t mr,
                         int64_t nr, float alpha, float beta, const float *bias) {
