@@ -565,6 +565,7 @@ static double now_seconds(void) {
 /* Portable: 64 independent multiply-add chains the compiler can vectorise. */
 static double peak_portable(int threads, double seconds) {
     double total = 0.0;
+    (void)threads;
 #if RP_HAVE_OPENMP
 #pragma omp parallel num_threads(threads) reduction(+ : total)
 #endif
