@@ -21,9 +21,18 @@
 
 /* Cache blocking (elements). The KC x NR B panel sits in L1, the MC x KC A
  * block in L2, the K x NC packed B in L3. MC is rounded to the kernel's MR. */
-#define KC 256
-#define MC 144
-#define NC 4096
+#ifndef RP_GEMM_KC /* compile-time overrides are for tuning experiments only */
+#define RP_GEMM_KC 256
+#endif
+#ifndef RP_GEMM_MC
+#define RP_GEMM_MC 144
+#endif
+#ifndef RP_GEMM_NC
+#define RP_GEMM_NC 4096
+#endif
+#define KC ((int64_t)RP_GEMM_KC)
+#define MC ((int64_t)RP_GEMM_MC)
+#define NC ((int64_t)RP_GEMM_NC)
 
 /* Problems with at most this many multiply-adds skip packing. */
 #define SMALL_MNK (32 * 32 * 32)
