@@ -39,7 +39,7 @@ def _check_real(name, x, lo=None, hi=None, lo_open=False, hi_open=False, expect=
 
 def _as_f32_c(a):
     """float32 C-contiguous array (no copy when it already is one)."""
-    return np.ascontiguousarray(a, dtype=np.float32)
+    return np.asarray(a, dtype=np.float32, order="C")
 
 
 class Optimizer:

@@ -43,7 +43,7 @@ _ARRAY_TAG = "__relpos_array__"
 
 
 def _crc32(arr: np.ndarray) -> int:
-    a = np.ascontiguousarray(arr)
+    a = np.asarray(arr, order="C")
     return zlib.crc32(memoryview(a).cast("B")) & 0xFFFFFFFF if a.size else 0
 
 
@@ -105,7 +105,7 @@ def _write_archive(f, tree, arrays):
     with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         for i, (key, arr) in enumerate(arrays):
             entry = f"arrays/{i}.npy"
-            arr = np.ascontiguousarray(arr)
+            arr = np.asarray(arr, order="C")
             with zf.open(entry, "w", force_zip64=arr.nbytes > 2**30) as fh:
                 np.lib.format.write_array(fh, arr, allow_pickle=False)
             meta.append({"key": key, "entry": entry, "dtype": arr.dtype.str, "shape": list(arr.shape),
