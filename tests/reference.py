@@ -28,6 +28,36 @@ def numgrad(f, x, eps=1e-6):
 # (area: gemm)
 
 
+def gemm(a, b, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, c=None):
+    """alpha * op(a) @ op(b) + beta * c in float64 (c read only if beta != 0)."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    opa = np.swapaxes(a, -1, -2) if trans_a else a
+    opb = np.swapaxes(b, -1, -2) if trans_b else b
+    out = alpha * np.matmul(opa, opb)
+    if beta != 0.0:
+        out = out + beta * np.asarray(c, np.float64)
+    return out
+
+
+def matmul(a, b):
+    """a @ b in float64 (2-D, equal batch dims, or (..., M, K) @ (K, N))."""
+    return np.matmul(np.asarray(a, np.float64), np.asarray(b, np.float64))
+
+
+def linear(x, w, b=None):
+    """x (..., in) @ w (out, in).T + b (out,) in float64."""
+    y = np.asarray(x, np.float64) @ np.asarray(w, np.float64).T
+    if b is not None:
+        y = y + np.asarray(b, np.float64)
+    return y
+
+
+def colsum(x):
+    """Column sums of x (M, N) -> (N,) in float64."""
+    return np.asarray(x, np.float64).sum(axis=0)
+
+
 # ============================================================== ops
 # (area: elementwise, activations, norms, softmax, cross-entropy, embedding, dropout)
 
