@@ -33,9 +33,9 @@ int rp_ops_xent_fwd(const float *logits, const int64_t *targets, float *lse, flo
         float s = 0.0f;
         RP_OPS_SIMD_SUM(s)
         for (int64_t j = 0; j < V; j++) s += expf(xr[j] - m);
-        const float l = m + logf(s);
-        lse[r] = l;
-        row_loss[r] = l - xr[t];
+        const float ls = logf(s);
+        lse[r] = m + ls;
+        row_loss[r] = (m - xr[t]) + ls; /* exact when the target holds the max */
     }
     double total = 0.0;
     int64_t cnt = 0;

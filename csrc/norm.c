@@ -210,8 +210,10 @@ int rp_ops_log_softmax_fwd(const float *x, float *y, int64_t N, int64_t D) {
         for (int64_t j = 0; j < D; j++) yr[j] = expf(xr[j] - m);
         RP_OPS_SIMD_SUM(s)
         for (int64_t j = 0; j < D; j++) s += yr[j];
-        const float lse = m + logf(s);
-        for (int64_t j = 0; j < D; j++) yr[j] = xr[j] - lse;
+        /* (x - m) - log(s), not x - (m + log(s)): the latter rounds log(s)
+         * to the spacing of m, costly when |m| is large */
+        const float ls = logf(s);
+        for (int64_t j = 0; j < D; j++) yr[j] = (xr[j] - m) - ls;
     }
     return RP_OK;
 }

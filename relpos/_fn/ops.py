@@ -18,8 +18,16 @@ __all__ = ["add", "sub", "mul", "div", "scale", "bias_add", "neg",
 
 
 def _f32(x, name):
-    """float32 C-contiguous ndarray from whatever came (Tensor data, scalar, list)."""
-    return np.ascontiguousarray(as_array(x, name))
+    """float32 C-contiguous ndarray from whatever came (Tensor data, scalar,
+    list); keeps the shape (0-d stays 0-d)."""
+    return _c(as_array(x, name))
+
+
+def _c(a):
+    """C-contiguous float32 ndarray of a gradient (keeps 0-d arrays 0-d,
+    which np.ascontiguousarray would not)."""
+    a = np.asarray(a, dtype=np.float32)
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
 
 # ---- elementwise binary ----------------------------------------------------
@@ -68,7 +76,7 @@ class _Binary(Function):
     @staticmethod
     def backward(ctx, g):
         need_a, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        g = np.ascontiguousarray(g, dtype=np.float32)
+        g = _c(g)
         op = ctx.op
         if ctx.path is not None:
             big, small = ctx.saved
@@ -130,7 +138,7 @@ class _Scale(Function):
 
     @staticmethod
     def backward(ctx, g):
-        return _C.scale(np.ascontiguousarray(g, dtype=np.float32), ctx.alpha), None
+        return _C.scale(_c(g), ctx.alpha), None
 
 
 def scale(x, alpha: float) -> Tensor:
@@ -147,7 +155,7 @@ class _BiasAdd(Function):
 
     @staticmethod
     def backward(ctx, g):
-        g = np.ascontiguousarray(g, dtype=np.float32)
+        g = _c(g)
         dx = g if ctx.needs_input_grad[0] else None
         db = _C.sum_rows(g) if ctx.needs_input_grad[1] else None
         return dx, db
@@ -171,7 +179,7 @@ class _Gelu(Function):
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved
-        return _C.gelu_bwd(x, np.ascontiguousarray(g, dtype=np.float32), ctx.approximate), None
+        return _C.gelu_bwd(x, _c(g), ctx.approximate), None
 
 
 def gelu(x, approximate: str = "tanh") -> Tensor:
@@ -192,7 +200,7 @@ class _Relu(Function):
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved
-        return _C.relu_bwd(x, np.ascontiguousarray(g, dtype=np.float32))
+        return _C.relu_bwd(x, _c(g))
 
 
 def relu(x) -> Tensor:
@@ -210,7 +218,7 @@ class _Silu(Function):
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved
-        return _C.silu_bwd(x, np.ascontiguousarray(g, dtype=np.float32))
+        return _C.silu_bwd(x, _c(g))
 
 
 def silu(x) -> Tensor:
@@ -290,7 +298,7 @@ class _LayerNorm(Function):
     def backward(ctx, g):
         x, w, mean, rstd = ctx.saved
         nx, nw, nb = ctx.needs_input_grad[:3]
-        dx, dw, db = _C.layer_norm_bwd(x, w, mean, rstd, np.ascontiguousarray(g, dtype=np.float32),
+        dx, dw, db = _C.layer_norm_bwd(x, w, mean, rstd, _c(g),
                                        need_x=nx, need_weight=nw and w is not None,
                                        need_bias=nb)
         return dx, dw, db, None
@@ -316,7 +324,7 @@ class _RMSNorm(Function):
     def backward(ctx, g):
         x, w, rstd = ctx.saved
         nx, nw = ctx.needs_input_grad[:2]
-        dx, dw = _C.rms_norm_bwd(x, w, rstd, np.ascontiguousarray(g, dtype=np.float32),
+        dx, dw = _C.rms_norm_bwd(x, w, rstd, _c(g),
                                  need_x=nx, need_weight=nw and w is not None)
         return dx, dw, None
 
@@ -345,7 +353,7 @@ class _Softmax(Function):
         x = _f32(x, "x")
         ax = _norm_axis(axis, x.ndim)
         ctx.ax, ctx.log = ax, log
-        xm = np.ascontiguousarray(np.moveaxis(x, ax, -1))
+        xm = _c(np.moveaxis(x, ax, -1))
         y = _C.log_softmax_fwd(xm) if log else _C.softmax_fwd(xm)
         ctx.save_for_backward(y)
         return np.moveaxis(y, -1, ax)
@@ -353,7 +361,7 @@ class _Softmax(Function):
     @staticmethod
     def backward(ctx, g):
         (y,) = ctx.saved
-        gm = np.ascontiguousarray(np.moveaxis(g, ctx.ax, -1), dtype=np.float32)
+        gm = _c(np.moveaxis(g, ctx.ax, -1))
         dx = _C.log_softmax_bwd(y, gm) if ctx.log else _C.softmax_bwd(y, gm)
         return np.moveaxis(dx, -1, ctx.ax), None, None
 
@@ -427,7 +435,7 @@ class _Embedding(Function):
     @staticmethod
     def backward(ctx, g):
         (ids,) = ctx.saved
-        return _C.embedding_bwd(ids, np.ascontiguousarray(g, dtype=np.float32), ctx.V), None
+        return _C.embedding_bwd(ids, _c(g), ctx.V), None
 
 
 def embedding(ids, weight) -> Tensor:
@@ -453,7 +461,7 @@ class _Dropout(Function):
 
     @staticmethod
     def backward(ctx, g):
-        return _C.dropout_bwd(np.ascontiguousarray(g, dtype=np.float32), ctx.p, ctx.seed), None, None
+        return _C.dropout_bwd(_c(g), ctx.p, ctx.seed), None, None
 
 
 def dropout(x, p: float, seed: int, training: bool = True) -> Tensor:
