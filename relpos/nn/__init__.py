@@ -9,3 +9,4 @@
 from .module import Module, Parameter, IncompatibleKeys
 
 __all__ = ["Module", "Parameter", "IncompatibleKeys"]
+from .attention import MultiHeadAttention, KVCache; __all__ += ["MultiHeadAttention", "KVCache"]  # attention area
