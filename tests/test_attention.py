@@ -425,3 +425,42 @@ def test_plain_attention_vs_torch_sdpa(rng, causal):
     out.backward(dout)
     for t, tt, n in ((Q, tq, "q"), (K, tk, "k"), (V, tv, "v")):
         np.testing.assert_allclose(t.grad, tt.grad.numpy(), atol=1e-6, rtol=1e-4, err_msg=n)
+
+
+# ---------------------------------------------------------------- properties
+
+def test_non_contiguous_inputs(rng):
+    q, k, v, kw = make_case(rng, "all", Tq=4, Tk=4, D=4, Dv=4, q_offset=0)
+    qt = np.ascontiguousarray(q.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)  # same values, F-like strides
+    assert not qt.flags.c_contiguous
+    a = _C.attention_mat_fwd(qt, k, v, **kw)
+    b = _C.attention_mat_fwd(q, k, v, **kw)
+    np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_property_random_shapes_and_channels():
+    hyp = pytest.importorskip("hypothesis")
+    st = hyp.strategies
+
+    @hyp.settings(max_examples=40, deadline=None)
+    @hyp.given(B=st.integers(1, 2), H=st.integers(1, 3), Tq=st.integers(1, 5), Tk=st.integers(1, 6),
+               D=st.integers(1, 5), Dv=st.integers(1, 4), q_offset=st.integers(0, 6),
+               channel=st.sampled_from(CHANNELS), shared=st.booleans(), causal=st.booleans(),
+               padding=st.booleans(), seed=st.integers(0, 2 ** 16))
+    def check(B, H, Tq, Tk, D, Dv, q_offset, channel, shared, causal, padding, seed):
+        rng = np.random.default_rng(seed)
+        q, k, v, kw = make_case(rng, channel, B=B, H=H, Tq=Tq, Tk=Tk, D=D, Dv=Dv, q_offset=q_offset,
+                                shared=shared, causal=causal)
+        if padding:
+            kw["key_padding_mask"] = rng.random((B, Tk)) < 0.4
+        out, lse, p = _C.attention_mat_fwd(q, k, v, return_weights=True, **kw)
+        rout, rlse, rp = ref.attention(q, k, v, **kw)
+        assert_close(out, rout)
+        assert_close(p, rp)
+        assert np.array_equal(np.isfinite(lse), np.isfinite(rlse))
+        g = _C.attention_mat_bwd(q, k, v, out, lse, np.ones_like(out), **kw)
+        assert all(np.all(np.isfinite(x)) for x in g.values())
+        # d(sum out)/dv_j = Σ_i p_ij (each value row is weighted by its total attention)
+        assert_close(g["v"], np.broadcast_to(rp.sum(axis=2)[..., None], v.shape))
+
+    check()
