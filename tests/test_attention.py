@@ -464,3 +464,19 @@ def test_property_random_shapes_and_channels():
         assert_close(g["v"], np.broadcast_to(rp.sum(axis=2)[..., None], v.shape))
 
     check()
+
+
+def test_no_reference_leaks(rng):
+    import sys
+    q, k, v, kw = make_case(rng, "all", padding=True)
+    arrays = [q, k, v] + [x for x in kw.values() if isinstance(x, np.ndarray)]
+    before = [sys.getrefcount(a) for a in arrays]
+    for _ in range(50):
+        out, lse, p = _C.attention_mat_fwd(q, k, v, return_weights=True, **kw)
+        _C.attention_mat_bwd(q, k, v, out, lse, out, **kw)
+        with pytest.raises(ValueError):
+            _C.attention_mat_fwd(q, k, v, **{**kw, "relv_ix": (3, 0)})
+        with pytest.raises(ValueError):
+            _C.attention_mat_bwd(q, k, v, out, lse, out, needs=["nope"], **kw)
+    del out, lse, p
+    assert [sys.getrefcount(a) for a in arrays] == before
