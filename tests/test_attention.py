@@ -480,3 +480,21 @@ def test_no_reference_leaks(rng):
             _C.attention_mat_bwd(q, k, v, out, lse, out, needs=["nope"], **kw)
     del out, lse, p
     assert [sys.getrefcount(a) for a in arrays] == before
+
+
+@pytest.mark.parametrize("channel", CHANNELS)
+def test_attention_core_fused_agrees_with_materialized(rng, channel):
+    if not hasattr(_C, "attention_fwd"):
+        pytest.skip("this build has no fused kernel (_C.attention_fwd): the fused area is not merged")
+    q, k, v, kw = make_case(rng, channel, padding=True)
+    W = f32(rng, 2, 2, 3, 3)
+    res = {}
+    for impl in ("materialized", "fused"):
+        T = [Tensor(x, requires_grad=True) for x in (q, k, v)]
+        kwt = {n: (Tensor(x, requires_grad=True) if isinstance(x, np.ndarray) and x.dtype == np.float32 else x)
+               for n, x in kw.items()}
+        out = attention_core(*T, impl=impl, **kwt)
+        out.backward(W)
+        res[impl] = [out.data] + [t.grad for t in T] + [t.grad for t in kwt.values() if isinstance(t, Tensor)]
+    for a, b in zip(res["materialized"], res["fused"]):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
