@@ -37,7 +37,11 @@ def numgrad(f, x, eps=1e-6):
 
 
 # ============================================================== posenc
-# (area: position encodings: rotary, bias tables, relative content, FIRE, CoPE)
+# (area: absolute and rotary encodings: sinusoidal, complex word order, RoPE + scalings, xPos)
+
+
+# ============================================================== bias
+# (area: bias and relative-content encodings: ALiBi, T5, KERPLE, Sandwich, FIRE, learned, Shaw, XL, DeBERTa, CoPE)
 
 
 # ============================================================== attention
