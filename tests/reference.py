@@ -206,6 +206,98 @@ def warmup_cosine_lr(step, base_lr, warmup_steps, total_steps, min_lr=0.0):
 # (area: absolute and rotary encodings: sinusoidal, complex word order, RoPE + scalings, xPos)
 
 
+def rope_pairs(rotary_dim, layout):
+    """List of channel pairs (a, b) that rotate together, pair k first."""
+    P = rotary_dim // 2
+    if layout == "interleaved":
+        return [(2 * k, 2 * k + 1) for k in range(P)]
+    if layout == "half":
+        return [(k, k + P) for k in range(P)]
+    raise ValueError(layout)
+
+
+def rope_inv_freq_paper(rotary_dim, base=10000.0, scaling=None, s=1.0, L=None, alpha=1.0, beta=32.0):
+    """θ_k from the papers' formulas, one pair at a time (float64 list -> array).
+
+    RoFormer θ_k = base^(-2k/d); NTK-aware base' = base·s^(d/(d-2));
+    YaRN (Peng et al. 2024 §3.2): λ_k = 2π/θ_k, r = L/λ_k,
+    γ = 0 if r < α, 1 if r > β, else (r-α)/(β-α); h(θ) = (1-γ)·θ/s + γ·θ.
+    """
+    d = rotary_dim
+    if scaling == "ntk":
+        base = base * s ** (d / (d - 2))
+    out = []
+    for k in range(d // 2):
+        theta = base ** (-2.0 * k / d)
+        if scaling == "yarn":
+            wavelength = 2 * np.pi / theta
+            r = L / wavelength
+            if r < alpha:
+                gamma = 0.0
+            elif r > beta:
+                gamma = 1.0
+            else:
+                gamma = (r - alpha) / (beta - alpha)
+            theta = (1 - gamma) * theta / s + gamma * theta
+        out.append(theta)
+    return np.array(out, dtype=np.float64)
+
+
+def rotary(x, angles, rotary_dim, layout, scale=None):
+    """Rotary transform in float64. x (..., T, D); angles, scale (T, rotary_dim/2).
+
+    Each pair (a, b) of a row is treated as the complex number x_a + i·x_b and
+    multiplied by scale·exp(i·angle); the other channels are copied.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = x.copy()
+    T = x.shape[-2]
+    for k, (a, b) in enumerate(rope_pairs(rotary_dim, layout)):
+        for t in range(T):
+            z = x[..., t, a] + 1j * x[..., t, b]
+            z = z * np.exp(1j * angles[t, k])
+            if scale is not None:
+                z = z * scale[t, k]
+            y[..., t, a] = z.real
+            y[..., t, b] = z.imag
+    return y
+
+
+def xpos_scale(positions, rotary_dim, center=0.0, gamma=0.4, scale_base=512.0, inverse=False):
+    """xPos ζ_k^((p - c)/B) (keys: the reciprocal), (T, rotary_dim/2) float64, no clamping."""
+    d = rotary_dim
+    zeta = np.array([(2.0 * k / d + gamma) / (1 + gamma) for k in range(d // 2)])
+    expo = (np.asarray(positions, dtype=np.float64)[:, None] - center) / scale_base
+    if inverse:
+        expo = -expo
+    return zeta[None, :] ** expo
+
+
+def sinusoidal(positions, d_model, layout="interleaved", base=10000.0):
+    """Vaswani et al. table (T, d_model) float64, written per element."""
+    pos = np.asarray(positions, dtype=np.float64)
+    out = np.zeros((len(pos), d_model))
+    half = d_model // 2
+    for t, p in enumerate(pos):
+        for k in range(half):
+            angle = p / base ** (2.0 * k / d_model)
+            if layout == "interleaved":
+                out[t, 2 * k], out[t, 2 * k + 1] = np.sin(angle), np.cos(angle)
+            else:
+                out[t, k], out[t, half + k] = np.sin(angle), np.cos(angle)
+    return out
+
+
+def complex_embed(ids, positions, r, omega, theta):
+    """Wang et al. 2020: ids (B, T), positions (T,), tables (V, d) -> (B, T, 2d) = [real | imag]."""
+    ids = np.asarray(ids)
+    pos = np.asarray(positions, dtype=np.float64)
+    r, omega, theta = (np.asarray(a, dtype=np.float64) for a in (r, omega, theta))
+    z = r[ids] * np.exp(1j * (omega[ids] * pos[None, :, None] + theta[ids]))
+    return np.concatenate([z.real, z.imag], axis=-1)
+
+
+
 # ============================================================== bias
 # (area: bias and relative-content encodings: ALiBi, T5, KERPLE, Sandwich, FIRE, learned, Shaw, XL, DeBERTa, CoPE)
 
