@@ -1,7 +1,7 @@
 /* relpos core: common definitions shared by every C file of the core.
  *
  * Rules (see docs/INTERNALS.md):
- *  - no Python here or in any csrc/*.c except the bridge (module.c and the bridge_ files);
+ *  - no Python in the core: only module.c and the bridge_ files include Python.h;
  *  - every core function is rp_<area>_<op>[_fwd|_bwd], takes raw pointers and
  *    int64_t sizes, returns 0 or a negative RP_E* code, never prints;
  *  - the same inputs give bit-identical outputs for any thread count.
@@ -28,6 +28,10 @@ extern "C" {
 void *rp_malloc(size_t nbytes);
 void *rp_calloc(size_t n, size_t size);
 void rp_free(void *p);
+
+/* Called once at import: installs the fork handler (a forked child runs serially). */
+void rp_init(void);
+int rp_in_forked_child(void);
 
 /* Threads: n <= 0 resets to the OpenMP default (OMP_NUM_THREADS or the cores). */
 void rp_set_num_threads(int n);

@@ -9,9 +9,10 @@ __version__ = "0.1.0"
 from . import _C
 from .tensor import Tensor, Function, tensor, no_grad, enable_grad, is_grad_enabled
 from . import functional
+from . import nn
 
 __all__ = ["Tensor", "Function", "tensor", "no_grad", "enable_grad", "is_grad_enabled",
-           "functional", "show_config", "set_num_threads", "get_num_threads", "config"]
+           "functional", "nn", "show_config", "set_num_threads", "get_num_threads", "config"]
 
 
 def set_num_threads(n: int) -> None:
@@ -41,7 +42,8 @@ def show_config() -> None:
     c = config()
     print(f"relpos {c['version']}")
     print(f"  OpenMP        : {'on' if c['openmp'] else 'off (serial build)'}")
-    print(f"  threads       : {c['num_threads']}")
+    print(f"  threads       : {c['num_threads']}"
+          + ("  (a forked child: serial, since OpenMP's pool does not survive fork)" if c["forked_child"] else ""))
     print(f"  SIMD path     : {c['simd']} (CPU has AVX2+FMA: {c['cpu_avx2_fma']})")
     print(f"  compiler      : {c['compiler']}")
     print(f"  CFLAGS        : {c['cflags']}")
