@@ -1,7 +1,7 @@
 /* relpos core: common definitions shared by every C file of the core.
  *
  * Rules (see docs/INTERNALS.md):
- *  - no Python here or in any csrc/*.c except the bridge (module.c and the bridge_ files);
+ *  - no Python in the core: only module.c and the bridge_ files include Python.h;
  *  - every core function is rp_<area>_<op>[_fwd|_bwd], takes raw pointers and
  *    int64_t sizes, returns 0 or a negative RP_E* code, never prints;
  *  - the same inputs give bit-identical outputs for any thread count.

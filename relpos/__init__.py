@@ -9,9 +9,10 @@ __version__ = "0.1.0"
 from . import _C
 from .tensor import Tensor, Function, tensor, no_grad, enable_grad, is_grad_enabled
 from . import functional
+from . import nn
 
 __all__ = ["Tensor", "Function", "tensor", "no_grad", "enable_grad", "is_grad_enabled",
-           "functional", "show_config", "set_num_threads", "get_num_threads", "config"]
+           "functional", "nn", "show_config", "set_num_threads", "get_num_threads", "config"]
 
 
 def set_num_threads(n: int) -> None:

@@ -96,12 +96,23 @@ def sum(x: Tensor, axis=None, keepdims=False) -> Tensor:  # noqa: A001 - mirrors
     return Sum.apply(x, _norm_axis(axis), keepdims)
 
 
+class Mean(Function):
+    @staticmethod
+    def forward(ctx, x, axis, keepdims):
+        ctx.shape, ctx.axis, ctx.keepdims = x.shape, axis, keepdims
+        n = x.size if axis is None else int(np.prod([x.shape[a] for a in np.atleast_1d(axis)]))
+        ctx.n = max(n, 1)
+        return np.asarray(x.mean(axis=axis, keepdims=keepdims, dtype=np.float32), dtype=np.float32)
+
+    @staticmethod
+    def backward(ctx, g):
+        if ctx.axis is not None and not ctx.keepdims:
+            g = np.expand_dims(g, ctx.axis)
+        return (np.broadcast_to(g, ctx.shape) / np.float32(ctx.n)).astype(np.float32), None, None
+
+
 def mean(x: Tensor, axis=None, keepdims=False) -> Tensor:
-    axis = _norm_axis(axis)
-    n = x.data.size if axis is None else int(np.prod([x.shape[a] for a in np.atleast_1d(axis)]))
-    s = Sum.apply(x, axis, keepdims)
-    from .. import functional as F
-    return F.mul(s, 1.0 / max(n, 1))
+    return Mean.apply(x, _norm_axis(axis), keepdims)
 
 
 def concat(tensors, axis=0) -> Tensor:

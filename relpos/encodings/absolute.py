@@ -1,0 +1,1 @@
+"""absolute encodings (filled in by their area)."""

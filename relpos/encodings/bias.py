@@ -1,0 +1,1 @@
+"""bias encodings (filled in by their area)."""

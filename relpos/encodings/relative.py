@@ -1,0 +1,1 @@
+"""relative encodings (filled in by their area)."""

@@ -1,0 +1,1 @@
+"""rotary encodings (filled in by their area)."""
