@@ -42,7 +42,8 @@ def show_config() -> None:
     c = config()
     print(f"relpos {c['version']}")
     print(f"  OpenMP        : {'on' if c['openmp'] else 'off (serial build)'}")
-    print(f"  threads       : {c['num_threads']}")
+    print(f"  threads       : {c['num_threads']}"
+          + ("  (a forked child: serial, since OpenMP's pool does not survive fork)" if c["forked_child"] else ""))
     print(f"  SIMD path     : {c['simd']} (CPU has AVX2+FMA: {c['cpu_avx2_fma']})")
     print(f"  compiler      : {c['compiler']}")
     print(f"  CFLAGS        : {c['cflags']}")
