@@ -461,9 +461,13 @@ class CompareResult:
 
     # ---- JSON ------------------------------------------------------------
     def to_dict(self) -> dict:
+        """JSON-ready dict; ``rows`` = {encoding: {str(length): [value per seed]}}
+        (the form :func:`relpos.probe.plot_extrapolation` reads)."""
+        rows = {enc: {str(L): self.values(enc, L) for L in self.eval_lens}
+                for enc in self.encodings if any(r["encoding"] == enc for r in self.runs)}
         return {"format": "relpos.compare/1", "encodings": self.encodings, "eval_lens": self.eval_lens,
                 "train_len": self.train_len, "metric": self.metric, "config": self.config,
-                "runs": self.runs, "wall_time": self.wall_time}
+                "rows": rows, "runs": self.runs, "wall_time": self.wall_time}
 
     @classmethod
     def from_dict(cls, d: dict) -> "CompareResult":
