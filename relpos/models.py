@@ -93,18 +93,19 @@ class TransformerBlock(nn.Module):
         self.attn = nn.MultiHeadAttention(d_model, n_heads, encoding=encoding, causal=causal, bias=True,
                                           dropout=dropout, impl=impl, seed=seed, **encoding_options)
         self.norm2 = _norm(norm, d_model)
-        self.fc1 = nn.Linear(d_model, d_ff)
-        self.fc2 = nn.Linear(d_ff, d_model)
-        self.drop = nn.Dropout(dropout, seed=seed)
+        self.fc1 = nn.Linear(d_model, d_ff, seed=seed + 1)
+        self.fc2 = nn.Linear(d_ff, d_model, seed=seed + 2)
+        self.drop = nn.Dropout(dropout, seed=seed + 3)
 
     def _mlp(self, x):
         return self.drop(self.fc2(F.gelu(self.fc1(x))))
 
     def forward(self, x, cache=None, key_padding_mask=None):
         if self.pre_ln:
-            x = x + self.drop(self.attn(self.norm1(x), cache=cache, key_padding_mask=key_padding_mask))
+            # the attention layer applies its own dropout to its output
+            x = x + self.attn(self.norm1(x), cache=cache, key_padding_mask=key_padding_mask)
             return x + self._mlp(self.norm2(x))
-        x = self.norm1(x + self.drop(self.attn(x, cache=cache, key_padding_mask=key_padding_mask)))
+        x = self.norm1(x + self.attn(x, cache=cache, key_padding_mask=key_padding_mask))
         return self.norm2(x + self._mlp(x))
 
     def extra_repr(self):
@@ -130,19 +131,20 @@ class _Stack(nn.Module):
         probe.check_causal(causal)
         self.encoding_name = probe.name
         self.absolute = "A" in probe.channel
-        self.tok_emb = None if probe.replaces_token_embedding else nn.Embedding(vocab_size, d_model)
+        self.tok_emb = None if probe.replaces_token_embedding else nn.Embedding(vocab_size, d_model, seed=seed)
         if self.absolute:
             self.pos = probe
-            layer_encoding, layer_opts = "none", {}
+            layer_encoding, layer_opts = None, {}
         else:
             self.pos = None
             layer_encoding, layer_opts = probe.name, dict(encoding_options)
+            if max_len is not None:
+                layer_opts.setdefault("max_len", max_len)
         self.drop = nn.Dropout(dropout, seed=seed + 7919)
         self.blocks = nn.ModuleList([
             TransformerBlock(d_model, n_heads, encoding=layer_encoding, d_ff=d_ff, norm=norm, pre_ln=pre_ln,
-                             dropout=dropout, causal=causal, impl=impl, seed=seed * 1000 + i + 1,
-                             **(dict(layer_opts, max_len=max_len) if "max_len" not in layer_opts and max_len
-                                else layer_opts))
+                             dropout=dropout, causal=causal, impl=impl, seed=seed * 1000 + 10 * i + 1,
+                             **layer_opts)
             for i in range(n_layers)])
         self.norm_f = _norm(norm, d_model) if pre_ln else None
 

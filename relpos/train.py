@@ -202,22 +202,28 @@ def _rng_from_json(s):
     return np.random.Generator(bg)
 
 
-def save_checkpoint(path, model, optimizer, step, rng, history, run_info):
-    """Write a checkpoint atomically (temp file in the same folder, then rename)."""
+def _generators(model):
+    """Every numpy Generator a module holds (dropout streams): {"path:attr": Generator}."""
+    out = {}
+    for name, m in model.named_modules():
+        for attr, val in vars(m).items():
+            if isinstance(val, np.random.Generator):
+                out[f"{name}:{attr}"] = val
+    return out
+
+
+def save_checkpoint(path, model, optimizer, scheduler, step, rng, history, run_info):
+    """Write a checkpoint (model, optimizer and schedule state, step, the batch
+    sampler's RNG, the modules' dropout RNGs, history) with :func:`relpos.save`,
+    which writes atomically (temp file, fsync, rename)."""
     from . import save
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    meta = {"step": int(step), "rng": _rng_to_json(rng), "history": history.to_dict(), "run": run_info}
-    state = {"model": dict(model.state_dict()), "optimizer": optimizer.state_dict(),
-             "meta": json.dumps(meta)}
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    meta = {"step": int(step), "rng": _rng_to_json(rng), "history": history.to_dict(), "run": run_info,
+            "module_rngs": {k: _rng_to_json(g) for k, g in _generators(model).items()}}
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "meta": json.dumps(meta)}
+    save(state, path)
 
 
 def load_checkpoint(path, model):
@@ -232,8 +238,9 @@ def load_checkpoint(path, model):
         state = load(path)
     except Exception as e:  # any failure to parse is a bad checkpoint
         raise CheckpointError(f"checkpoint {path!r} could not be read: {e}") from e
-    if not isinstance(state, dict) or not {"model", "optimizer", "meta"} <= set(state):
-        raise CheckpointError(f"{path!r} is not a relpos.train checkpoint (expected keys model, optimizer, meta)")
+    if not isinstance(state, dict) or not {"model", "optimizer", "scheduler", "meta"} <= set(state):
+        raise CheckpointError(f"{path!r} is not a relpos.train checkpoint "
+                              f"(expected keys model, optimizer, scheduler, meta)")
     mine = model.state_dict()
     theirs = state["model"]
     missing = sorted(set(mine) - set(theirs))
@@ -246,10 +253,7 @@ def load_checkpoint(path, model):
         if tuple(np.shape(theirs[k])) != tuple(np.shape(v)):
             raise CheckpointError(f"checkpoint {path!r} is from a different model: {k} has shape "
                                   f"{tuple(np.shape(theirs[k]))} there, {tuple(np.shape(v))} in this model")
-    meta = state["meta"]
-    if isinstance(meta, np.ndarray):
-        meta = meta.item() if meta.ndim == 0 else bytes(meta).decode()
-    return state, json.loads(meta)
+    return state, json.loads(state["meta"])
 
 
 # ----------------------------------------------------------------------- fit
@@ -319,7 +323,7 @@ def fit(model, data, steps: int, batch_size: int = 16, seq_len: int = 64, lr: fl
     run_info = {"steps": steps, "batch_size": batch_size, "seq_len": seq_len if kind == "lm" else None,
                 "lr": lr, "seed": seed, "kind": kind}
     opt = _make_optimizer(model, lr, weight_decay, tuple(betas))
-    sched = WarmupCosine(opt, warmup=warmup, total=max(steps, 1), min_lr=lr * min_lr_ratio)
+    sched = WarmupCosine(opt, min(warmup, max(steps, 1)), max(steps, 1), min_lr=lr * min_lr_ratio)
     rng = np.random.default_rng(seed)
     hist = History()
     start = 0
@@ -327,12 +331,16 @@ def fit(model, data, steps: int, batch_size: int = 16, seq_len: int = 64, lr: fl
         state, meta = load_checkpoint(resume, model)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
         start = int(meta["step"])
         if start > steps:
             raise CheckpointError(f"checkpoint {os.fspath(resume)!r} is at step {start}, past steps={steps}")
         rng = _rng_from_json(meta["rng"])
         hist = History.from_dict(meta["history"])
-        sched.set_step(start)
+        gens = _generators(model)
+        for key, js in meta.get("module_rngs", {}).items():
+            if key in gens:
+                gens[key].bit_generator.state = _rng_from_json(js).bit_generator.state
 
     model.train()
     t0 = time.perf_counter()
@@ -357,7 +365,7 @@ def fit(model, data, steps: int, batch_size: int = 16, seq_len: int = 64, lr: fl
                                             for p in params if p.grad is not None)))
             if not math.isfinite(gnorm):
                 raise FloatingPointError(f"gradient norm is {gnorm} at step {step} (of {steps})")
-            hist.lrs.append(float(sched.get_lr()))
+            hist.lrs.append(float(sched.get_last_lr()[0]))
             opt.step()
             sched.step()
             hist.steps.append(step)
@@ -370,7 +378,7 @@ def fit(model, data, steps: int, batch_size: int = 16, seq_len: int = 64, lr: fl
                 model.train()
             if checkpoint_every is not None and (step % checkpoint_every == 0 or step == steps):
                 hist.wall_time = wall0 + time.perf_counter() - t0
-                save_checkpoint(checkpoint_path, model, opt, step, rng, hist, run_info)
+                save_checkpoint(checkpoint_path, model, opt, sched, step, rng, hist, run_info)
             bar.update(1)
             if step % 5 == 0 or step == steps:
                 bar.set_postfix(loss=f"{value:.4f}", refresh=False)
