@@ -9,3 +9,4 @@
 from .module import Module, Parameter, IncompatibleKeys
 
 __all__ = ["Module", "Parameter", "IncompatibleKeys"]
+from ..models import TransformerBlock, TransformerLM, TransformerEncoder; __all__ += ["TransformerBlock", "TransformerLM", "TransformerEncoder"]  # exp area
