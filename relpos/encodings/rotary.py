@@ -257,6 +257,8 @@ class RoPE(Encoding):
         if hit is None:
             hit = _C.rope_tables(self.inv_freq(rotary_dim), int(T), offset=int(offset),
                                  pos_scale=_pos_scale(self.scaling, self.scaling_factor))
+            for a in hit:
+                a.flags.writeable = False  # shared by later calls
             self._cache[key] = hit
             while len(self._cache) > 16:
                 self._cache.popitem(last=False)
@@ -348,6 +350,7 @@ class XPos(RoPE):
         if hit is None:
             hit = xpos_scale(T, rotary_dim, offset=offset, center=self.center, gamma=self.gamma,
                              scale_base=self.scale_base, inverse=is_key)
+            hit.flags.writeable = False
             self._cache[key] = hit
             while len(self._cache) > 16:
                 self._cache.popitem(last=False)
