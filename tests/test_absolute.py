@@ -38,6 +38,12 @@ def test_sinusoidal_large_positions_and_explicit_positions():
     np.testing.assert_allclose(got, ref.sinusoidal(pos, 6, base=500.0), atol=1e-6)
 
 
+def test_sinusoidal_bit_identical_one_and_two_threads(threads):
+    a = threads(1, _C.sinusoidal_table, 301, 64, offset=17, layout="concat")
+    b = threads(2, _C.sinusoidal_table, 301, 64, offset=17, layout="concat")
+    assert np.array_equal(a, b)
+
+
 def test_sinusoidal_encoding_embed_and_grad(rng):
     enc = E.get("sinusoidal", d_model=6, layout="concat")
     x = relpos.Tensor(rng.standard_normal((2, 4, 6)), requires_grad=True)

@@ -160,6 +160,14 @@ def test_zero_size_dims(rng):
         assert _C.rotary_bwd(x, c, s).shape == shape
 
 
+def test_zero_size_tables():
+    c, s = _C.rope_tables(rope_inv_freq(8), 0, offset=3)
+    assert c.shape == s.shape == (0, 4)
+    c, s = _C.rope_tables(np.zeros(0), 5)
+    assert c.shape == (5, 0)
+    assert xpos_scale(0, 8).shape == (0, 4)
+
+
 def test_interleaved_equals_half_after_permutation(rng):
     D = 8
     perm = np.r_[np.arange(0, D, 2), np.arange(1, D, 2)]  # [0,2,4,6,1,3,5,7]
@@ -330,6 +338,8 @@ def test_bad_inputs_encodings():
     q = relpos.Tensor(np.zeros((1, 1, 2, 7), np.float32))
     with pytest.raises(ValueError, match="rotary_dim must be even"):
         enc.rotate_q(q)
+    with pytest.raises(ValueError, match=r"head dim D \(8\) differs from the encoding's head_dim \(16\)"):
+        E.get("rope", head_dim=16).rotate_k(relpos.Tensor(np.zeros((1, 1, 2, 8), np.float32)))
     with pytest.raises(ValueError, match="offset must be an int >= 0"):
         E.get("rope").rotate_q(relpos.Tensor(np.zeros((1, 1, 2, 8), np.float32)), -1)
     with pytest.raises(ValueError, match=r"\(B, H, T, D\)"):

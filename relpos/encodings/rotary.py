@@ -237,7 +237,9 @@ class RoPE(Encoding):
 
     # ---- tables ------------------------------------------------------------
     def _rotary_dim_for(self, D):
-        rd = self.rotary_dim if self.rotary_dim is not None else (self.head_dim or D)
+        if self.head_dim is not None and D != self.head_dim:
+            raise ValueError(f"q/k head dim D ({D}) differs from the encoding's head_dim ({self.head_dim})")
+        rd = self.rotary_dim if self.rotary_dim is not None else D
         if rd % 2:
             raise ValueError(f"rotary_dim must be even; head_dim {rd} is odd: give rotary_dim explicitly")
         if rd > D:
