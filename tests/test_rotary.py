@@ -189,7 +189,7 @@ def test_partial_rotary_permutation_only_on_rotated_part(rng):
 
 
 def test_bit_identical_one_and_two_threads(rng, threads):
-    x = rng.standard_normal((3, 4, 33, 16)).astype(np.float32)
+    x = rng.standard_normal((3, 4, 33, 48)).astype(np.float32)  # above the one-thread cutoff
     inv = rope_inv_freq(12)
     sc = xpos_scale(33, 12, center=10.0)
     for layout in LAYOUTS:
