@@ -93,6 +93,13 @@ def test_learned_embed_values_and_grad(rng):
     np.testing.assert_allclose(enc.weight.grad, want, atol=1e-5)
     np.testing.assert_allclose(x.grad, g, atol=1e-7)
     assert [n for n, _ in enc.named_parameters()] == ["weight"]
+    # consecutive positions (the fast path) give the same gradient rows
+    enc.weight.grad = None
+    y = enc.embed(x, np.arange(2, 5))
+    y.backward(g.astype(np.float32))
+    want = np.zeros((6, 4))
+    want[2:5] = g.sum(0)
+    np.testing.assert_allclose(enc.weight.grad, want, atol=1e-5)
 
 
 def test_learned_past_max_len_says_the_numbers():

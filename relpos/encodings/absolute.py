@@ -86,8 +86,14 @@ class _AddRows(Function):
         dE = None
         if ctx.needs_input_grad[1]:
             dE = np.zeros(ctx.E_shape, dtype=np.float32)
-            # np.add.at runs in index order: deterministic, and correct for repeated positions
-            np.add.at(dE, ctx.positions, g.sum(axis=0, dtype=np.float32))
+            gsum = g.sum(axis=0, dtype=np.float32)
+            pos = ctx.positions
+            T = len(pos)
+            if T and pos[-1] - pos[0] == T - 1 and np.all(np.diff(pos) == 1):
+                dE[pos[0]:pos[0] + T] = gsum  # consecutive positions (the usual case): one row each
+            else:
+                # np.add.at runs in index order: deterministic, and correct for repeated positions
+                np.add.at(dE, pos, gsum)
         return dx, dE
 
 
