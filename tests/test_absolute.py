@@ -250,3 +250,21 @@ def test_registry_lists_channel_a_and_r():
         assert names[n]["channel"] == "R"
     assert names["none"]["causal only"] == "yes" and names["xpos"]["causal only"] == "yes"
     assert names["learned"]["learnable"] == "weight"
+
+
+def test_complex_bridge_keeps_reference_counts(rng):
+    import sys
+
+    r, om, th = complex_tables(rng)
+    ids = np.array([[0, 1, 2]])
+    pos = np.arange(3)
+    g = np.ones((1, 3, 6), np.float32)
+    before = [sys.getrefcount(a) for a in (r, om, th, ids, pos, g)]
+    for _ in range(200):
+        _C.complex_embed_fwd(ids, r, om, th, pos)
+        _C.complex_embed_bwd(ids, r, om, th, pos, g)
+        with pytest.raises(IndexError):
+            _C.complex_embed_fwd(ids + 4, r, om, th, pos)
+        with pytest.raises(ValueError):
+            _C.complex_embed_bwd(ids, r, om, th, pos, g[..., :5])
+    assert [sys.getrefcount(a) for a in (r, om, th, ids, pos, g)] == before

@@ -391,3 +391,21 @@ def test_rope_matches_torch(rng, layout):
     rk.backward(np.swapaxes(gL, -1, -2) @ rq.data)
     np.testing.assert_allclose(tq.grad, pq.grad.numpy(), atol=1e-5)
     np.testing.assert_allclose(tk.grad, pk.grad.numpy(), atol=1e-5)
+
+
+def test_bridge_keeps_reference_counts(rng):
+    """No leaked references on the success path, the error paths or in-place output."""
+    import sys
+
+    x = rng.standard_normal((1, 2, 4, 8)).astype(np.float32)
+    c, s = _C.rope_tables(rope_inv_freq(8), 4)
+    sc = np.ones((4, 4), np.float32)
+    before = [sys.getrefcount(a) for a in (x, c, s, sc)]
+    for _ in range(200):
+        _C.rotary_fwd(x, c, s, scale=sc)
+        _C.rotary_bwd(x, c, s, scale=sc)
+        with pytest.raises(ValueError):
+            _C.rotary_fwd(x, c, s, scale=sc[:2])
+        with pytest.raises(ValueError):
+            _C.rotary_fwd(x, c, s, rotary_dim=5)
+    assert [sys.getrefcount(a) for a in (x, c, s, sc)] == before
