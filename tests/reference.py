@@ -28,16 +28,274 @@ def numgrad(f, x, eps=1e-6):
 # (area: gemm)
 
 
+def gemm(a, b, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, c=None):
+    """alpha * op(a) @ op(b) + beta * c in float64 (c read only if beta != 0)."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    opa = np.swapaxes(a, -1, -2) if trans_a else a
+    opb = np.swapaxes(b, -1, -2) if trans_b else b
+    out = alpha * np.matmul(opa, opb)
+    if beta != 0.0:
+        out = out + beta * np.asarray(c, np.float64)
+    return out
+
+
+def matmul(a, b):
+    """a @ b in float64 (2-D, equal batch dims, or (..., M, K) @ (K, N))."""
+    return np.matmul(np.asarray(a, np.float64), np.asarray(b, np.float64))
+
+
+def linear(x, w, b=None):
+    """x (..., in) @ w (out, in).T + b (out,) in float64."""
+    y = np.asarray(x, np.float64) @ np.asarray(w, np.float64).T
+    if b is not None:
+        y = y + np.asarray(b, np.float64)
+    return y
+
+
+def colsum(x):
+    """Column sums of x (M, N) -> (N,) in float64."""
+    return np.asarray(x, np.float64).sum(axis=0)
+
+
 # ============================================================== ops
 # (area: elementwise, activations, norms, softmax, cross-entropy, embedding, dropout)
+
+def binary(op, a, b):
+    """add/sub/mul/div with NumPy broadcasting, float64."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    return {"add": a + b, "sub": a - b, "mul": a * b, "div": a / b}[op]
+
+
+def gelu_tanh(x):
+    x = np.asarray(x, np.float64)
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
+def gelu_erf(x):
+    from math import erf
+    x = np.asarray(x, np.float64)
+    return 0.5 * x * (1.0 + np.vectorize(erf, otypes=[np.float64])(x / np.sqrt(2.0)))
+
+
+def relu(x):
+    return np.maximum(np.asarray(x, np.float64), 0.0)
+
+
+def silu(x):
+    x = np.asarray(x, np.float64)
+    return x / (1.0 + np.exp(-x))
+
+
+def layer_norm(x, weight=None, bias=None, eps=1e-5):
+    """Over the last axis; biased variance. Returns y only."""
+    x = np.asarray(x, np.float64)
+    mean = x.mean(axis=-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+    y = (x - mean) / np.sqrt(var + eps)
+    if weight is not None:
+        y = y * np.asarray(weight, np.float64)
+    if bias is not None:
+        y = y + np.asarray(bias, np.float64)
+    return y
+
+
+def rms_norm(x, weight=None, eps=1e-6):
+    x = np.asarray(x, np.float64)
+    y = x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps)
+    if weight is not None:
+        y = y * np.asarray(weight, np.float64)
+    return y
+
+
+def softmax(x, axis=-1):
+    x = np.asarray(x, np.float64)
+    e = np.exp(x - x.max(axis=axis, keepdims=True, initial=-np.inf))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def log_softmax(x, axis=-1):
+    x = np.asarray(x, np.float64)
+    m = x.max(axis=axis, keepdims=True, initial=-np.inf)
+    with np.errstate(divide="ignore"):  # empty rows: log(0), never used
+        return x - m - np.log(np.exp(x - m).sum(axis=axis, keepdims=True))
+
+
+def cross_entropy(logits, targets, ignore_index=-100):
+    """Mean over rows whose target != ignore_index of -log_softmax[target]; 0 if none."""
+    x = np.asarray(logits, np.float64)
+    x = x.reshape(-1, x.shape[-1])
+    t = np.asarray(targets).reshape(-1)
+    keep = t != ignore_index
+    if not keep.any():
+        return 0.0
+    ls = log_softmax(x[keep])
+    return float(-ls[np.arange(ls.shape[0]), t[keep]].mean())
+
+
+def embedding(ids, weight):
+    return np.asarray(weight, np.float64)[np.asarray(ids)]
+
+
+def embedding_grad(ids, grad, V):
+    """dweight (V, D): grad rows added at their ids."""
+    grad = np.asarray(grad, np.float64)
+    D = grad.shape[-1]
+    dw = np.zeros((V, D))
+    np.add.at(dw, np.asarray(ids).reshape(-1), grad.reshape(-1, D))
+    return dw
+
+
+def dropout(x, mask, p):
+    """Inverted dropout given the keep mask."""
+    return np.where(mask, np.asarray(x, np.float64) / (1.0 - p), 0.0)
+
 
 
 # ============================================================== optim
 # (area: optimizers, grad norm)
 
 
+def sgd_step(param, grad, buf, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
+             init_buf=False):
+    """One SGD step (torch.optim.SGD semantics) in float64; returns (param, buf).
+
+    param, grad, buf: arrays of one shape (buf ignored when momentum == 0).
+    """
+    p = np.asarray(param, np.float64)
+    g = np.asarray(grad, np.float64) + weight_decay * p
+    b = None
+    if momentum != 0:
+        b = g.copy() if init_buf else momentum * np.asarray(buf, np.float64) + (1 - dampening) * g
+        g = g + momentum * b if nesterov else b
+    return p - lr * g, b
+
+
+def adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
+    """One AdamW step (decoupled weight decay, bias-corrected moments) in
+    float64; returns (param, m, v). step is 1-based."""
+    p = np.asarray(param, np.float64) * (1 - lr * weight_decay)
+    g = np.asarray(grad, np.float64)
+    m = beta1 * np.asarray(m, np.float64) + (1 - beta1) * g
+    v = beta2 * np.asarray(v, np.float64) + (1 - beta2) * g * g
+    mhat = m / (1 - beta1 ** step)
+    vhat = v / (1 - beta2 ** step)
+    return p - lr * mhat / (np.sqrt(vhat) + eps), m, v
+
+
+def grad_norm(arrays):
+    """Euclidean norm of every element of a list of arrays, as one vector (float64)."""
+    return float(np.sqrt(sum(float(np.sum(np.asarray(a, np.float64) ** 2)) for a in arrays)))
+
+
+def warmup_cosine_lr(step, base_lr, warmup_steps, total_steps, min_lr=0.0):
+    """Learning rate at 0-based `step`: linear warmup base*(step+1)/warmup for
+    step < warmup, then half a cosine from base (at step = warmup) to min_lr
+    (at step = total_steps), min_lr after."""
+    import math
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    if step >= total_steps:
+        return min_lr
+    t = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+    return min_lr + (base_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * t))
+
+
 # ============================================================== posenc
 # (area: absolute and rotary encodings: sinusoidal, complex word order, RoPE + scalings, xPos)
+
+
+def rope_pairs(rotary_dim, layout):
+    """List of channel pairs (a, b) that rotate together, pair k first."""
+    P = rotary_dim // 2
+    if layout == "interleaved":
+        return [(2 * k, 2 * k + 1) for k in range(P)]
+    if layout == "half":
+        return [(k, k + P) for k in range(P)]
+    raise ValueError(layout)
+
+
+def rope_inv_freq_paper(rotary_dim, base=10000.0, scaling=None, s=1.0, L=None, alpha=1.0, beta=32.0):
+    """θ_k from the papers' formulas, one pair at a time (float64 list -> array).
+
+    RoFormer θ_k = base^(-2k/d); NTK-aware base' = base·s^(d/(d-2));
+    YaRN (Peng et al. 2024 §3.2): λ_k = 2π/θ_k, r = L/λ_k,
+    γ = 0 if r < α, 1 if r > β, else (r-α)/(β-α); h(θ) = (1-γ)·θ/s + γ·θ.
+    """
+    d = rotary_dim
+    if scaling == "ntk":
+        base = base * s ** (d / (d - 2))
+    out = []
+    for k in range(d // 2):
+        theta = base ** (-2.0 * k / d)
+        if scaling == "yarn":
+            wavelength = 2 * np.pi / theta
+            r = L / wavelength
+            if r < alpha:
+                gamma = 0.0
+            elif r > beta:
+                gamma = 1.0
+            else:
+                gamma = (r - alpha) / (beta - alpha)
+            theta = (1 - gamma) * theta / s + gamma * theta
+        out.append(theta)
+    return np.array(out, dtype=np.float64)
+
+
+def rotary(x, angles, rotary_dim, layout, scale=None):
+    """Rotary transform in float64. x (..., T, D); angles, scale (T, rotary_dim/2).
+
+    Each pair (a, b) of a row is treated as the complex number x_a + i·x_b and
+    multiplied by scale·exp(i·angle); the other channels are copied.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = x.copy()
+    T = x.shape[-2]
+    for k, (a, b) in enumerate(rope_pairs(rotary_dim, layout)):
+        for t in range(T):
+            z = x[..., t, a] + 1j * x[..., t, b]
+            z = z * np.exp(1j * angles[t, k])
+            if scale is not None:
+                z = z * scale[t, k]
+            y[..., t, a] = z.real
+            y[..., t, b] = z.imag
+    return y
+
+
+def xpos_scale(positions, rotary_dim, center=0.0, gamma=0.4, scale_base=512.0, inverse=False):
+    """xPos ζ_k^((p - c)/B) (keys: the reciprocal), (T, rotary_dim/2) float64, no clamping."""
+    d = rotary_dim
+    zeta = np.array([(2.0 * k / d + gamma) / (1 + gamma) for k in range(d // 2)])
+    expo = (np.asarray(positions, dtype=np.float64)[:, None] - center) / scale_base
+    if inverse:
+        expo = -expo
+    return zeta[None, :] ** expo
+
+
+def sinusoidal(positions, d_model, layout="interleaved", base=10000.0):
+    """Vaswani et al. table (T, d_model) float64, written per element."""
+    pos = np.asarray(positions, dtype=np.float64)
+    out = np.zeros((len(pos), d_model))
+    half = d_model // 2
+    for t, p in enumerate(pos):
+        for k in range(half):
+            angle = p / base ** (2.0 * k / d_model)
+            if layout == "interleaved":
+                out[t, 2 * k], out[t, 2 * k + 1] = np.sin(angle), np.cos(angle)
+            else:
+                out[t, k], out[t, half + k] = np.sin(angle), np.cos(angle)
+    return out
+
+
+def complex_embed(ids, positions, r, omega, theta):
+    """Wang et al. 2020: ids (B, T), positions (T,), tables (V, d) -> (B, T, 2d) = [real | imag]."""
+    ids = np.asarray(ids)
+    pos = np.asarray(positions, dtype=np.float64)
+    r, omega, theta = (np.asarray(a, dtype=np.float64) for a in (r, omega, theta))
+    z = r[ids] * np.exp(1j * (omega[ids] * pos[None, :, None] + theta[ids]))
+    return np.concatenate([z.real, z.imag], axis=-1)
+
 
 
 # ============================================================== bias
