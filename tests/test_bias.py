@@ -390,3 +390,141 @@ def test_bad_kernel_inputs():
         _C.fire_bwd(*args, np.ones((1, 3, 3, 3), f32))
     with pytest.raises(TypeError, match="W1"):
         _C.fire_fwd([1.0] * 6, *args[1:], 3, 3)
+
+
+# ---------------------------------------------------------------- end to end through attention_core
+
+def run_e2e(enc, ref_logits, *, B=1, H=2, Tq=3, Tk=5, D=3, qo=2, causal=True, pad=False, impl="materialized",
+            extra_v=None, seed=0, check_grads=True):
+    """attention(q, k, v, encoding=enc) vs a float64 softmax over ref_logits(params, q, k).
+
+    ref_logits(params: dict of float64 arrays, q, k) -> (B, H, Tq, Tk) logits written
+    plainly from the paper; extra_v(params) -> (.., Tq, Tk, Dv) value term or None.
+    Checks the output and the gradients of q, k, v and every encoding parameter
+    (central finite differences of the float64 reference)."""
+    rng = np.random.default_rng(seed)
+    q = relpos.Tensor(rng.standard_normal((B, H, Tq, D)).astype(f32), requires_grad=True)
+    k = relpos.Tensor(rng.standard_normal((B, H, Tk, D)).astype(f32), requires_grad=True)
+    v = relpos.Tensor(rng.standard_normal((B, H, Tk, D)).astype(f32), requires_grad=True)
+    mask = None
+    if pad:
+        mask = np.zeros((B, Tk), dtype=bool)
+        mask[:, Tk - 1] = True
+    enc.zero_grad()
+    out = relpos.functional.attention(q, k, v, encoding=enc, causal=causal, key_padding_mask=mask,
+                                      q_offset=qo, impl=impl)
+    G = rng.standard_normal(out.shape).astype(f32)
+    out.backward(G)
+    params = {n: p.data.astype(np.float64) for n, p in enc.named_parameters()}
+
+    def f(qd, kd, vd, pd):
+        ev = extra_v(pd) if extra_v is not None else None
+        return ref.softmax_attention(ref_logits(pd, qd, kd), vd, causal, qo, mask, ev)[0]
+
+    qd, kd, vd = (t.data.astype(np.float64) for t in (q, k, v))
+    np.testing.assert_allclose(out.data, f(qd, kd, vd, params), rtol=1e-4, atol=2e-5)
+    if not check_grads:
+        return
+    loss = lambda o: (o * G).sum()
+    tol = dict(rtol=2e-3, atol=2e-4)
+    np.testing.assert_allclose(q.grad, ref.numgrad(lambda x: loss(f(x, kd, vd, params)), qd), **tol, err_msg="dq")
+    np.testing.assert_allclose(k.grad, ref.numgrad(lambda x: loss(f(qd, x, vd, params)), kd), **tol, err_msg="dk")
+    np.testing.assert_allclose(v.grad, ref.numgrad(lambda x: loss(f(qd, kd, x, params)), vd), **tol, err_msg="dv")
+    for name, p in enc.named_parameters():
+        def lp(x, name=name):
+            pd = dict(params)
+            pd[name] = x
+            return loss(f(qd, kd, vd, pd))
+        got = p.grad if p.grad is not None else np.zeros(p.shape)
+        np.testing.assert_allclose(got, ref.numgrad(lp, params[name]), **tol, err_msg=f"d{name}")
+
+
+def content(q, k):
+    return q @ np.swapaxes(k, -1, -2) / np.sqrt(q.shape[-1])
+
+
+def _alibi_ref(enc, symmetric):
+    def logits(p, q, k):
+        m = p["slopes"] if "slopes" in p else ref.alibi_slopes_ref(enc.n_heads)
+        d = ref.distances(q.shape[2], k.shape[2], QO)
+        f = np.abs(d) if symmetric else d
+        return content(q, k) - m[:, None, None] * f
+    return logits
+
+
+QO = 2
+BIAS_CASES = {
+    "alibi": (dict(learnable=True), lambda enc, causal: _alibi_ref(enc, False)),
+    "alibi_sym": (dict(symmetric=True, learnable=True), lambda enc, causal: _alibi_ref(enc, True)),
+    "t5": (dict(num_buckets=8, max_distance=6), lambda enc, causal: lambda p, q, k: content(q, k) + p["table"][
+        :, ref.t5_bucket_ref(-ref.distances(q.shape[2], k.shape[2], QO), 8, 6, enc._bidir(causal))]),
+    "kerple_log": (dict(variant="log"), lambda enc, causal: lambda p, q, k: content(q, k) + ref.toeplitz_matrix(
+        ref.kerple_vec(p["r1"], p["r2"], QO - (k.shape[2] - 1), q.shape[2] + k.shape[2] - 1, "log"),
+        q.shape[2], k.shape[2], QO)),
+    "kerple_power": (dict(variant="power"), lambda enc, causal: lambda p, q, k: content(q, k) + ref.toeplitz_matrix(
+        ref.kerple_vec(p["r1"], p["r2"], QO - (k.shape[2] - 1), q.shape[2] + k.shape[2] - 1, "power"),
+        q.shape[2], k.shape[2], QO)),
+    "sandwich": (dict(), lambda enc, causal: lambda p, q, k: content(q, k) + ref.toeplitz_matrix(
+        ref.sandwich_vec(enc.n_heads / (8.0 * np.arange(1, enc.n_heads + 1)), QO - (k.shape[2] - 1),
+                         q.shape[2] + k.shape[2] - 1), q.shape[2], k.shape[2], QO)),
+    "learned_bias": (dict(max_distance=2), lambda enc, causal: lambda p, q, k: content(q, k) + p["table"][
+        :, np.clip(ref.distances(q.shape[2], k.shape[2], QO), -2, 2) + 2]),
+    "fire": (dict(width=4, init_L=3.0), lambda enc, causal: lambda p, q, k: content(q, k) + ref.fire_bias_param(
+        p, q.shape[2], k.shape[2], QO, enc.eps)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BIAS_CASES))
+@pytest.mark.parametrize("causal,pad,impl", [(True, False, "materialized"), (False, True, "materialized"),
+                                             (True, True, "fused")])
+def test_bias_attention_end_to_end(case, causal, pad, impl):
+    opts, make = BIAS_CASES[case]
+    name = {"alibi_sym": "alibi", "kerple_log": "kerple", "kerple_power": "kerple"}.get(case, case)
+    enc = E.get(name, n_heads=2, head_dim=3, seed=11, **opts)
+    if (case == "alibi" or case == "fire") and not causal:
+        with pytest.raises(ValueError, match="causal"):
+            run_e2e(enc, make(enc, causal), causal=causal)
+        return
+    rng = np.random.default_rng(3)
+    for _, p in enc.named_parameters():  # away from init (and, for KERPLE, inside the clamp)
+        p.data[...] = (rng.random(p.shape) * 0.8 + 0.2 if name == "kerple"
+                       else rng.standard_normal(p.shape) * 0.5).astype(f32)
+    run_e2e(enc, make(enc, causal), qo=QO, causal=causal, pad=pad, impl=impl)
+
+
+@pytest.mark.parametrize("name,opts", [("alibi", {}), ("t5", {}), ("kerple", {}), ("fire", {})])
+def test_last_row_with_offset_equals_full(name, opts, rng):
+    enc = E.get(name, n_heads=2, head_dim=4, seed=1, **opts)
+    T = 6
+    q, k, v = (relpos.Tensor(rng.standard_normal((1, 2, T, 4)).astype(f32)) for _ in range(3))
+    full = relpos.functional.attention(q, k, v, encoding=enc, impl="materialized")
+    last = relpos.functional.attention(relpos.Tensor(q.data[:, :, -1:]), k, v, encoding=enc, q_offset=T - 1,
+                                       impl="materialized")
+    np.testing.assert_allclose(last.data[:, :, 0], full.data[:, :, -1], rtol=1e-5, atol=1e-6)
+
+
+def test_alibi_attention_matches_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    B, H, Tq, Tk, D, qo = 2, 4, 5, 7, 8, 2
+    qn, kn, vn = (rng.standard_normal(s).astype(f32) for s in ((B, H, Tq, D), (B, H, Tk, D), (B, H, Tk, D)))
+    G = rng.standard_normal((B, H, Tq, D)).astype(f32)
+    for symmetric, causal in [(False, True), (True, False), (True, True)]:
+        enc = E.get("alibi", n_heads=H, symmetric=symmetric, learnable=True)
+        q, k, v = (relpos.Tensor(a, requires_grad=True) for a in (qn, kn, vn))
+        out = relpos.functional.attention(q, k, v, encoding=enc, causal=causal, q_offset=qo, impl="materialized")
+        out.backward(G)
+
+        tq, tk, tv = (torch.tensor(a, requires_grad=True) for a in (qn, kn, vn))
+        m = torch.tensor(enc.slopes.data.copy(), requires_grad=True)
+        i = torch.arange(Tq)[:, None] + qo
+        j = torch.arange(Tk)[None, :]
+        dist = (i - j).abs() if symmetric else (i - j).clamp(min=0)
+        s = tq @ tk.transpose(-1, -2) / D ** 0.5 - m[:, None, None] * dist.float()
+        if causal:
+            s = s.masked_fill(j > i, float("-inf"))
+        tout = torch.softmax(s, dim=-1) @ tv
+        tout.backward(torch.tensor(G))
+        np.testing.assert_allclose(out.data, tout.detach().numpy(), rtol=1e-5, atol=1e-5)
+        for mine, theirs in ((q.grad, tq.grad), (k.grad, tk.grad), (v.grad, tv.grad), (enc.slopes.grad, m.grad)):
+            np.testing.assert_allclose(mine, theirs.numpy(), rtol=1e-4, atol=1e-5)
