@@ -211,3 +211,56 @@ def test_bad_cope_kernel_inputs():
         _C.cope_bwd(q, k, e, np.ones((1, 2, 3, 4), f32))
     with pytest.raises(ValueError, match="q_offset"):
         _C.cope_fwd(q, k, e, -2)
+
+
+# ---------------------------------------------------------------- end to end through attention_core
+
+from test_bias import run_e2e  # noqa: E402
+
+QO = 2
+REL_CASES = {
+    "shaw": (dict(k=2, values=True),
+             lambda enc: (lambda p, q, k: ref.shaw_logits(q, k, p["wK"][0], 2, 1 / np.sqrt(q.shape[-1]), QO)),
+             lambda enc: (lambda p: ref.shaw_values(p["wV"][0], 2, 3, 5, QO))),
+    "xl": (dict(r_dim=4),
+           lambda enc: (lambda p, q, k: ref.xl_logits(q, k, p["W_R"], p["u"], p["v"], 1 / np.sqrt(q.shape[-1]), QO)),
+           None),
+    "deberta": (dict(k=2, p_dim=4),
+                lambda enc: (lambda p, q, k: ref.deberta_logits(q, k, p["P"], p["W_kr"], p["W_qr"], 2, QO)),
+                None),
+    "cope": (dict(npos=3),
+             lambda enc: (lambda p, q, k: q @ np.swapaxes(k, -1, -2) / np.sqrt(q.shape[-1])
+                          + ref.cope_bias(q, k, p["e"], QO, 1 / np.sqrt(q.shape[-1]))),
+             None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REL_CASES))
+@pytest.mark.parametrize("causal,pad,impl", [(True, False, "materialized"), (False, True, "materialized"),
+                                             (True, True, "fused")])
+def test_relative_attention_end_to_end(case, causal, pad, impl):
+    opts, make, extra = REL_CASES[case]
+    enc = E.get(case, n_heads=2, head_dim=3, seed=4, **opts)
+    randomise(enc, np.random.default_rng(8))
+    if case == "cope":
+        if not causal:
+            with pytest.raises(ValueError, match="causal"):
+                run_e2e(enc, make(enc), causal=False)
+            return
+        if impl == "fused":
+            with pytest.raises(ValueError, match="materialized"):
+                run_e2e(enc, make(enc), impl="fused")
+            return
+    run_e2e(enc, make(enc), qo=QO, causal=causal, pad=pad, impl=impl,
+            extra_v=extra(enc) if extra else None)
+
+
+def test_cope_auto_runs_materialised(rng):
+    enc = randomise(E.get("cope", n_heads=2, head_dim=3, npos=4), rng)
+    q, k, v = (relpos.Tensor(rng.standard_normal((1, 2, 4, 3)).astype(f32)) for _ in range(3))
+    out, w = relpos.functional.attention(q, k, v, encoding=enc, return_weights=True)
+    logits = (ref.channel_logits(q, k, {}, 0)
+              + ref.cope_bias(q.data, k.data, enc.e.data, 0, 1 / np.sqrt(3)))
+    want_out, want_w = ref.softmax_attention(logits, v.data.astype(np.float64), True, 0)
+    np.testing.assert_allclose(w, want_w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out.data, want_out, rtol=1e-5, atol=1e-6)
