@@ -25,7 +25,7 @@ int rp_bias_alibi_fwd(const float *slopes, int64_t H, int64_t d0, int64_t N, int
     RP_OMP_PARALLEL_FOR
     for (int64_t t = 0; t < total; t++) {
         int64_t h = t / N, n = t % N;
-        out[t] = (float)(-(double)slopes[h] * alibi_f(d0 + n, symmetric));
+        out[t] = (float)(-(double)slopes[h] * alibi_f(d0 + n, symmetric) + 0.0); /* no -0 */
     }
     return RP_OK;
 }
@@ -127,7 +127,7 @@ int rp_bias_kerple_fwd(const float *r1, const float *r2, int64_t H, int variant,
         int64_t h = t / N, n = t % N;
         double a = (double)iabs64(d0 + n), p = r1[h], s = r2[h];
         double v = variant == 0 ? -p * log1p(s * a) : (a == 0.0 ? 0.0 : -p * pow(a, s));
-        out[t] = (float)v;
+        out[t] = (float)(v + 0.0);
     }
     return RP_OK;
 }
