@@ -1,6 +1,7 @@
 /* Memory, threads, SIMD dispatch and build facts. */
 #include "relpos.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -34,6 +35,23 @@ void rp_free(void *p) { free(p); }
  * limit set through omp_set_num_threads, e.g. by threadpoolctl). */
 static int rp_threads = 0;
 
+/* libgomp's thread pool does not survive fork(): a child that opens a parallel
+ * region with more than one thread hangs for ever. A forked child therefore
+ * runs every kernel on one thread (spawned processes are unaffected). */
+static int rp_forked_child = 0;
+
+static void rp_atfork_child(void) { rp_forked_child = 1; }
+
+void rp_init(void) {
+    static int done = 0;
+    if (!done) {
+        done = 1;
+        pthread_atfork(NULL, NULL, rp_atfork_child);
+    }
+}
+
+int rp_in_forked_child(void) { return rp_forked_child; }
+
 void rp_set_num_threads(int n) {
     if (n < 0) n = 0;
     __atomic_store_n(&rp_threads, n, __ATOMIC_RELAXED);
@@ -43,6 +61,7 @@ void rp_set_num_threads(int n) {
 }
 
 int rp_get_num_threads(void) {
+    if (rp_forked_child) return 1;
     int n = __atomic_load_n(&rp_threads, __ATOMIC_RELAXED);
     if (n > 0) return n;
 #if RP_HAVE_OPENMP

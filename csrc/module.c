@@ -167,9 +167,10 @@ static PyObject *py_force_portable(PyObject *self, PyObject *args) {
 
 static PyObject *py_config(PyObject *self, PyObject *noargs) {
     (void)self; (void)noargs;
-    return Py_BuildValue("{s:O,s:i,s:s,s:O,s:s,s:s,s:s}",
+    return Py_BuildValue("{s:O,s:i,s:O,s:s,s:O,s:s,s:s,s:s}",
                          "openmp", rp_have_openmp() ? Py_True : Py_False,
                          "num_threads", rp_get_num_threads(),
+                         "forked_child", rp_in_forked_child() ? Py_True : Py_False,
                          "simd", rp_simd_name(),
                          "cpu_avx2_fma", rp_cpu_has_avx2_fma() ? Py_True : Py_False,
                          "compiler", rp_compiler(),
@@ -192,6 +193,7 @@ static struct PyModuleDef rp_module = {
 
 PyMODINIT_FUNC PyInit__C(void) {
     import_array();
+    rp_init();
     PyObject *m = PyModule_Create(&rp_module);
     if (!m) return NULL;
     PyMethodDef *tables[] = {rp_methods_gemm, rp_methods_ops, rp_methods_optim,

@@ -29,6 +29,10 @@ void *rp_malloc(size_t nbytes);
 void *rp_calloc(size_t n, size_t size);
 void rp_free(void *p);
 
+/* Called once at import: installs the fork handler (a forked child runs serially). */
+void rp_init(void);
+int rp_in_forked_child(void);
+
 /* Threads: n <= 0 resets to the OpenMP default (OMP_NUM_THREADS or the cores). */
 void rp_set_num_threads(int n);
 int rp_get_num_threads(void);

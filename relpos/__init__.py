@@ -10,9 +10,12 @@ from . import _C
 from .tensor import Tensor, Function, tensor, no_grad, enable_grad, is_grad_enabled
 from . import functional
 from . import nn
+from . import optim
+from .serialization import save, load
+from . import encodings, data, models, train, experiments, probe  # noqa: E402
 
 __all__ = ["Tensor", "Function", "tensor", "no_grad", "enable_grad", "is_grad_enabled",
-           "functional", "nn", "show_config", "set_num_threads", "get_num_threads", "config"]
+           "functional", "nn", "optim", "save", "load", "show_config", "set_num_threads", "get_num_threads", "config"]
 
 
 def set_num_threads(n: int) -> None:
@@ -42,7 +45,8 @@ def show_config() -> None:
     c = config()
     print(f"relpos {c['version']}")
     print(f"  OpenMP        : {'on' if c['openmp'] else 'off (serial build)'}")
-    print(f"  threads       : {c['num_threads']}")
+    print(f"  threads       : {c['num_threads']}"
+          + ("  (a forked child: serial, since OpenMP's pool does not survive fork)" if c["forked_child"] else ""))
     print(f"  SIMD path     : {c['simd']} (CPU has AVX2+FMA: {c['cpu_avx2_fma']})")
     print(f"  compiler      : {c['compiler']}")
     print(f"  CFLAGS        : {c['cflags']}")

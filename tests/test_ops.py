@@ -1,0 +1,658 @@
+"""ops area: elementwise, activations, norms, softmax, cross-entropy, embedding, dropout.
+
+Forward checked against the float64 twins in tests/reference.py, backward
+against central finite differences of those twins; determinism across thread
+counts; bad inputs; torch as an oracle where installed.
+"""
+import numpy as np
+import pytest
+
+import relpos
+from relpos import Tensor, _C
+import relpos.functional as F
+from tests import reference as ref
+
+SIZES = [0, 1, 7, 65]
+
+
+def f32(rng, *shape, lo=None):
+    x = rng.standard_normal(shape).astype(np.float32)
+    if lo is not None:  # keep magnitudes away from 0 (divisors)
+        x = (np.sign(x) + (x == 0)) * (lo + np.abs(x))
+        x = x.astype(np.float32)
+    return x
+
+
+def grads_of(fn, arrays, G, needs=None):
+    """Analytic gradients of sum(fn(*tensors) * G) w.r.t. each array."""
+    needs = needs or [True] * len(arrays)
+    ts = [Tensor(a.copy(), requires_grad=n) for a, n in zip(arrays, needs)]
+    out = fn(*ts)
+    out.backward(G.astype(np.float32))
+    return out, [t.grad for t in ts]
+
+
+def check_grad(fn64, arrays, i, analytic, G, tol=2e-3):
+    """Compare the analytic gradient of input i with finite differences of
+    the float64 twin fn64 (taking float64 arrays)."""
+    args = [a.astype(np.float64) for a in arrays]
+    assert analytic.shape == args[i].shape
+    if args[i].size == 0:
+        return
+
+    def f(xi):
+        a2 = list(args)
+        a2[i] = xi
+        return float((fn64(*a2) * G).sum())
+
+    num = ref.numgrad(f, args[i])
+    np.testing.assert_allclose(analytic, num, rtol=tol, atol=tol)
+
+
+# ----------------------------------------------------------------- binary ops
+
+OPS = {"add": F.add, "sub": F.sub, "mul": F.mul, "div": F.div}
+
+
+def _operands(rng, case, n):
+    a = f32(rng, 3, n, lo=0.5)
+    if case == "same":
+        return a, f32(rng, 3, n, lo=0.5)
+    if case == "vector":
+        return a, f32(rng, n, lo=0.5)
+    if case == "row":         # (1, n): last-axis kernel after a reshape
+        return a, f32(rng, 1, n, lo=0.5)
+    if case == "scalar":
+        return a, f32(rng, 1, lo=0.5).reshape(())
+    if case == "vector_left":
+        return f32(rng, n, lo=0.5), a
+    if case == "scalar_left":
+        return f32(rng, 1, 1, lo=0.5), a
+    if case == "numpy":       # column broadcast: NumPy path
+        return a, f32(rng, 3, 1, lo=0.5)
+    if case == "both":        # both broadcast: (3, 1) with (1, n)
+        return f32(rng, 3, 1, lo=0.5), f32(rng, 1, n, lo=0.5)
+    raise AssertionError(case)
+
+
+CASES = ["same", "vector", "row", "scalar", "vector_left", "scalar_left", "numpy", "both"]
+
+
+@pytest.mark.parametrize("op", list(OPS))
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("n", SIZES)
+def test_binary_forward_backward(rng, op, case, n):
+    a, b = _operands(rng, case, n)
+    a0, b0 = a.copy(), b.copy()
+    G = rng.standard_normal(np.broadcast_shapes(a.shape, b.shape))
+    out, (ga, gb) = grads_of(OPS[op], [a, b], G)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out.data, ref.binary(op, a, b), rtol=1e-6, atol=1e-6)
+    assert ga.shape == a.shape and gb.shape == b.shape
+    check_grad(lambda x, y: ref.binary(op, x, y), [a, b], 0, ga, G)
+    check_grad(lambda x, y: ref.binary(op, x, y), [a, b], 1, gb, G)
+    np.testing.assert_array_equal(a, a0)
+    np.testing.assert_array_equal(b, b0)
+
+
+@pytest.mark.parametrize("op", list(OPS))
+def test_binary_python_scalars_and_operators(rng, op):
+    a = f32(rng, 2, 5, lo=0.5)
+    t = Tensor(a, requires_grad=True)
+    np.testing.assert_allclose(OPS[op](t, 2.0).data, ref.binary(op, a, 2.0), rtol=1e-6)
+    np.testing.assert_allclose(OPS[op](3.0, t).data, ref.binary(op, 3.0, a), rtol=1e-6)
+    # float64 ndarray on the other side is converted, result float32
+    b = rng.standard_normal(5) + 3.0
+    r = OPS[op](b, t)
+    assert r.dtype == np.float32
+    np.testing.assert_allclose(r.data, ref.binary(op, b, a), rtol=1e-5)
+    np.testing.assert_allclose((-t).data, -a)
+    np.testing.assert_allclose((t + 1).data, a + 1, rtol=1e-6)
+    np.testing.assert_allclose((1 - t).data, 1 - a, rtol=1e-6)
+    np.testing.assert_allclose(F.div(2, t).data, 2 / a, rtol=1e-6)  # Tensor has no __rtruediv__ yet
+
+
+def test_binary_needs_input_grad(rng):
+    a = Tensor(f32(rng, 4, 3), requires_grad=True)
+    b = Tensor(f32(rng, 3), requires_grad=False)
+    (a * b).backward(np.ones((4, 3), np.float32))
+    assert b.grad is None
+    np.testing.assert_allclose(a.grad, np.broadcast_to(b.data, (4, 3)))
+    # the bridge skips the unneeded gradient
+    da, db = _C.binary_bwd(a.data, b.data, np.ones((4, 3), np.float32), "mul", need_a=False)
+    assert da is None and db.shape == (3,)
+
+
+def test_binary_reduction_deterministic(rng, threads):
+    a = f32(rng, 4000, 33)
+    b = f32(rng, 33)
+    g = f32(rng, 4000, 33)
+    r1 = threads(1, _C.binary_bwd, a, b, g, "mul")
+    r2 = threads(2, _C.binary_bwd, a, b, g, "mul")
+    for x, y in zip(r1, r2):
+        assert np.array_equal(x, y)
+    s = np.array(1.5, np.float32)
+    r1 = threads(1, _C.binary_bwd, a, s, g, "div")
+    r2 = threads(2, _C.binary_bwd, a, s, g, "div")
+    assert np.array_equal(r1[1], r2[1])
+    np.testing.assert_allclose(r1[1], -(g.astype(np.float64) * a / 2.25).sum(), rtol=1e-5)
+
+
+def test_scale_bias_add_sum_rows(rng):
+    x = f32(rng, 5, 7)
+    bias = f32(rng, 7)
+    np.testing.assert_allclose(_C.scale(x, 2.5), 2.5 * x.astype(np.float64), rtol=1e-6)
+    np.testing.assert_allclose(_C.bias_add(x, bias), x.astype(np.float64) + bias, rtol=1e-6)
+    np.testing.assert_allclose(_C.sum_rows(x), x.astype(np.float64).sum(0), rtol=1e-5, atol=1e-6)
+    xt, bt = Tensor(x, requires_grad=True), Tensor(bias, requires_grad=True)
+    G = f32(rng, 5, 7)
+    F.bias_add(xt, bt).backward(G)
+    np.testing.assert_allclose(bt.grad, G.sum(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(xt.grad, G)
+    st = Tensor(x, requires_grad=True)
+    F.scale(st, -3.0).backward(G)
+    np.testing.assert_allclose(st.grad, -3.0 * G)
+    with pytest.raises(ValueError, match="bias"):
+        _C.bias_add(x, f32(rng, 6))
+    with pytest.raises(TypeError, match="alpha"):
+        F.scale(st, "2")
+
+
+def test_binary_bad_inputs(rng):
+    a = f32(rng, 3, 4)
+    with pytest.raises(TypeError, match="b must have dtype float32"):
+        _C.binary_fwd(a, a.astype(np.float64))
+    with pytest.raises(TypeError, match="a must be a numpy.ndarray"):
+        _C.binary_fwd([1.0], a)
+    with pytest.raises(ValueError, match="b must have the shape of a"):
+        _C.binary_fwd(a, f32(rng, 3))
+    with pytest.raises(ValueError, match="op must be one of"):
+        _C.binary_fwd(a, a, "pow")
+    with pytest.raises(ValueError, match="out"):
+        _C.binary_fwd(a, a, out=np.zeros((4, 3), np.float32))
+    with pytest.raises(ValueError, match="grad must have the shape of a"):
+        _C.binary_bwd(a, a, f32(rng, 4))
+    with pytest.raises(ValueError):
+        F.add(Tensor(a), f32(rng, 5))     # not broadcastable
+    with pytest.raises(TypeError, match="dtype"):
+        F.add(Tensor(a), np.array(["x"]))
+
+
+def test_binary_out_and_noncontiguous(rng):
+    a = f32(rng, 6, 4)
+    out = np.empty((4, 6), np.float32)
+    r = _C.binary_fwd(np.ascontiguousarray(a.T), np.array(2.0, np.float32), "mul", out=out)
+    assert r is out
+    np.testing.assert_allclose(out, a.T * 2)
+    # a transposed (non-contiguous) view through the Python API
+    t = Tensor(a)
+    np.testing.assert_allclose(F.sub(t.data.T, f32(rng, 6) * 0).data, a.T)
+
+
+# ----------------------------------------------------------- activations
+
+ACTS = {
+    "gelu_tanh": (lambda x: F.gelu(x, approximate="tanh"), ref.gelu_tanh),
+    "gelu_none": (lambda x: F.gelu(x, approximate="none"), ref.gelu_erf),
+    "relu": (F.relu, ref.relu),
+    "silu": (F.silu, ref.silu),
+    "exp": (F.exp, np.exp),
+    "tanh": (F.tanh, np.tanh),
+    "log": (F.log, np.log),
+}
+
+
+@pytest.mark.parametrize("name", list(ACTS))
+@pytest.mark.parametrize("n", SIZES)
+def test_activation_forward_backward(rng, name, n):
+    fn, fn64 = ACTS[name]
+    x = 2.0 * f32(rng, 2, n)
+    if name == "log":
+        x = np.abs(x) + 0.3
+    if name == "relu":
+        x = x + np.where(x >= 0, 1e-3, -1e-3).astype(np.float32)  # away from the kink
+    x0 = x.copy()
+    G = rng.standard_normal(x.shape)
+    out, (gx,) = grads_of(fn, [x], G)
+    np.testing.assert_allclose(out.data, fn64(x.astype(np.float64)), rtol=2e-6, atol=2e-6)
+    check_grad(fn64, [x], 0, gx, G)
+    np.testing.assert_array_equal(x, x0)
+
+
+@pytest.mark.parametrize("approx", ["tanh", "none"])
+def test_gelu_large_and_tails(approx):
+    x = np.array([-1e4, -30, -8, 0, 8, 30, 1e4], np.float32)
+    y = F.gelu(x, approximate=approx).data
+    assert np.all(np.isfinite(y))
+    fn64 = ref.gelu_tanh if approx == "tanh" else ref.gelu_erf
+    np.testing.assert_allclose(y, fn64(x), rtol=1e-6, atol=1e-6)
+    dx = _C.gelu_bwd(x, np.ones_like(x), approx)
+    np.testing.assert_allclose(dx, [0, 0, 0, 0.5, 1, 1, 1], atol=1e-5)
+    s = F.silu(x).data
+    assert np.all(np.isfinite(s))
+    assert np.all(np.isfinite(_C.silu_bwd(x, np.ones_like(x))))
+
+
+def test_activation_bad_inputs(rng):
+    x = f32(rng, 3)
+    with pytest.raises(ValueError, match="approximate must be 'tanh' or 'none'"):
+        F.gelu(x, approximate="erf")
+    with pytest.raises(ValueError, match="approximate"):
+        _C.gelu_fwd(x, "fast")
+    with pytest.raises(TypeError, match="x must have dtype float32"):
+        _C.relu_fwd(x.astype(np.float64))
+    with pytest.raises(ValueError, match="grad must have the shape of x"):
+        _C.silu_bwd(x, f32(rng, 4))
+    with pytest.raises(TypeError, match="got dtype complex"):
+        F.relu(np.ones(3, np.complex64))
+
+
+# ------------------------------------------------------------------- norms
+
+@pytest.mark.parametrize("D", [1, 7, 65])
+@pytest.mark.parametrize("N", [0, 1, 3])
+@pytest.mark.parametrize("affine", [True, False])
+def test_layer_norm(rng, N, D, affine):
+    x = f32(rng, N, D) * 2 + 0.5
+    w = f32(rng, D) if affine else None
+    b = f32(rng, D) if affine else None
+    arrays = [x] + ([w, b] if affine else [])
+    fn = (lambda x_, w_, b_: F.layer_norm(x_, w_, b_)) if affine else (lambda x_: F.layer_norm(x_))
+    fn64 = (lambda x_, w_, b_: ref.layer_norm(x_, w_, b_)) if affine else (lambda x_: ref.layer_norm(x_))
+    G = rng.standard_normal((N, D))
+    copies = [a.copy() for a in arrays]
+    out, grads = grads_of(fn, arrays, G)
+    np.testing.assert_allclose(out.data, fn64(*[a.astype(np.float64) for a in arrays]), rtol=1e-5, atol=1e-5)
+    for i, g in enumerate(grads):
+        assert g.shape == arrays[i].shape
+        check_grad(fn64, arrays, i, g, G)
+    for a, c in zip(arrays, copies):
+        np.testing.assert_array_equal(a, c)
+
+
+def test_layer_norm_saved_stats_and_leading_axes(rng):
+    x = f32(rng, 2, 3, 9) + 100.0   # a large common offset must not cost accuracy
+    w, b = f32(rng, 9), f32(rng, 9)
+    y, mean, rstd = _C.layer_norm_fwd(x, w, b, 1e-5)
+    assert mean.shape == (2, 3) and rstd.shape == (2, 3)
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(mean, x64.mean(-1), rtol=1e-6)
+    np.testing.assert_allclose(rstd, 1 / np.sqrt(x64.var(-1) + 1e-5), rtol=1e-5)
+    np.testing.assert_allclose(y, ref.layer_norm(x64, w, b), rtol=1e-4, atol=1e-4)
+
+
+def test_layer_norm_needs_input_grad(rng):
+    x = Tensor(f32(rng, 4, 5), requires_grad=True)
+    w = Tensor(f32(rng, 5), requires_grad=False)
+    b = Tensor(f32(rng, 5), requires_grad=True)
+    F.layer_norm(x, w, b).backward(np.ones((4, 5), np.float32))
+    assert w.grad is None and x.grad is not None
+    np.testing.assert_allclose(b.grad, np.full(5, 4.0))
+    dx, dw, db = _C.layer_norm_bwd(x.data, w.data, *_C.layer_norm_fwd(x.data, w.data)[1:],
+                                   np.ones((4, 5), np.float32), need_x=False, need_bias=False)
+    assert dx is None and db is None and dw.shape == (5,)
+
+
+@pytest.mark.parametrize("D", [1, 7, 65])
+@pytest.mark.parametrize("N", [0, 1, 3])
+def test_rms_norm(rng, N, D):
+    x, w = f32(rng, N, D), f32(rng, D)
+    G = rng.standard_normal((N, D))
+    out, (gx, gw) = grads_of(lambda a, b: F.rms_norm(a, b), [x, w], G)
+    fn64 = lambda a, b: ref.rms_norm(a, b)  # noqa: E731
+    np.testing.assert_allclose(out.data, fn64(x, w), rtol=1e-5, atol=1e-5)
+    check_grad(fn64, [x, w], 0, gx, G)
+    check_grad(fn64, [x, w], 1, gw, G)
+    out2, (gx2,) = grads_of(lambda a: F.rms_norm(a, eps=1e-3), [x], G)
+    np.testing.assert_allclose(out2.data, ref.rms_norm(x, eps=1e-3), rtol=1e-5, atol=1e-5)
+    check_grad(lambda a: ref.rms_norm(a, eps=1e-3), [x], 0, gx2, G)
+
+
+@pytest.mark.parametrize("kind", ["layer", "rms"])
+def test_norm_deterministic_threads(rng, threads, kind):
+    x, w, b = f32(rng, 300, 65), f32(rng, 65), f32(rng, 65)
+    g = f32(rng, 300, 65)
+
+    def run():
+        if kind == "layer":
+            y, mean, rstd = _C.layer_norm_fwd(x, w, b)
+            return (y,) + _C.layer_norm_bwd(x, w, mean, rstd, g)
+        y, rstd = _C.rms_norm_fwd(x, w)
+        return (y,) + _C.rms_norm_bwd(x, w, rstd, g)
+
+    r1, r2 = threads(1, run), threads(2, run)
+    for u, v in zip(r1, r2):
+        assert u.tobytes() == v.tobytes()
+    # the chunked dweight is still the column sum
+    xh = ref.layer_norm(x) if kind == "layer" else ref.rms_norm(x)
+    np.testing.assert_allclose(r1[2], (g * xh).sum(0), rtol=1e-4, atol=1e-4)
+
+
+def test_norm_bad_inputs(rng):
+    x = f32(rng, 4, 5)
+    with pytest.raises(ValueError, match=r"weight must have shape \(D,\)"):
+        F.layer_norm(x, f32(rng, 4))
+    with pytest.raises(ValueError, match="bias"):
+        _C.layer_norm_fwd(x, None, f32(rng, 6))
+    with pytest.raises(ValueError, match="eps must be"):
+        _C.layer_norm_fwd(x, None, None, -1.0)
+    with pytest.raises(ValueError, match="at least 1 dimension"):
+        _C.rms_norm_fwd(np.array(1.0, np.float32))
+    with pytest.raises(TypeError, match="x must have dtype float32"):
+        _C.rms_norm_fwd(x.astype(np.float16))
+    y, mean, rstd = _C.layer_norm_fwd(x)
+    with pytest.raises(ValueError, match="rstd must have the leading shape of x"):
+        _C.layer_norm_bwd(x, None, mean, rstd[:3], x)
+    with pytest.raises(ValueError, match="grad must have the shape of x"):
+        _C.rms_norm_bwd(x, None, rstd, x[:2])
+
+
+# ----------------------------------------------------------------- softmax
+
+@pytest.mark.parametrize("log", [False, True])
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("axis", [-1, 0])
+def test_softmax(rng, log, n, axis):
+    x = f32(rng, 3, n) * 3
+    fn = F.log_softmax if log else F.softmax
+    fn64 = ref.log_softmax if log else ref.softmax
+    G = rng.standard_normal(x.shape)
+    x0 = x.copy()
+    out, (gx,) = grads_of(lambda t: fn(t, axis=axis), [x], G)
+    np.testing.assert_allclose(out.data, fn64(x, axis=axis), rtol=1e-5, atol=1e-6)
+    check_grad(lambda a: fn64(a, axis=axis), [x], 0, gx, G)
+    np.testing.assert_array_equal(x, x0)
+
+
+def test_softmax_extreme_logits():
+    x = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4]], np.float32)
+    y = F.softmax(x).data
+    np.testing.assert_allclose(y, ref.softmax(x), atol=1e-7)
+    ls = F.log_softmax(x).data
+    np.testing.assert_allclose(ls, ref.log_softmax(x), rtol=1e-6)
+    assert np.isfinite(ls).all()
+
+
+def test_softmax_bad_inputs(rng):
+    x = f32(rng, 2, 3)
+    with pytest.raises(ValueError, match="axis must be in"):
+        F.softmax(x, axis=2)
+    with pytest.raises(TypeError, match="axis must be an int"):
+        F.softmax(x, axis=None)
+    with pytest.raises(ValueError, match="0-d"):
+        F.softmax(np.float32(1.0))
+    with pytest.raises(ValueError, match="grad must have the shape of y"):
+        _C.softmax_bwd(x, x.T.copy())
+
+
+# ----------------------------------------------------------- cross-entropy
+
+@pytest.mark.parametrize("N", [0, 1, 7, 65])
+@pytest.mark.parametrize("V", [1, 7, 65])
+def test_cross_entropy(rng, N, V):
+    x = f32(rng, N, V) * 2
+    t = rng.integers(0, V, N)
+    if N > 2:
+        t[::3] = -100
+    G = np.array(rng.standard_normal())
+    x0, t0 = x.copy(), t.copy()
+    out, (gx,) = grads_of(lambda a: F.cross_entropy(a, t), [x], G)
+    assert out.shape == ()
+    np.testing.assert_allclose(out.item(), ref.cross_entropy(x, t), rtol=1e-5, atol=1e-6)
+    if N <= 7:
+        check_grad(lambda a: ref.cross_entropy(a, t), [x], 0, gx, G)
+    else:  # closed form of the gradient, cheaper than finite differences
+        keep = t != -100
+        p = ref.softmax(x)
+        p[np.arange(N)[keep], t[keep]] -= 1
+        want = np.where(keep[:, None], p, 0) / max(keep.sum(), 1) * G
+        np.testing.assert_allclose(gx, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(t, t0)
+
+
+def test_cross_entropy_ignore_index_and_all_ignored(rng):
+    x = f32(rng, 4, 5)
+    t = np.array([1, 7, 7, 0])
+    l = F.cross_entropy(x, t, ignore_index=7)
+    np.testing.assert_allclose(l.item(), ref.cross_entropy(x, t, ignore_index=7), rtol=1e-6)
+    xt = Tensor(x, requires_grad=True)
+    loss = F.cross_entropy(xt, np.full(4, -100))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert np.array_equal(xt.grad, np.zeros_like(x))
+
+
+def test_cross_entropy_extreme_logits_and_leading_axes(rng):
+    x = (np.sign(f32(rng, 2, 3, 6)) * 1e4).astype(np.float32)
+    t = rng.integers(0, 6, (2, 3))
+    xt = Tensor(x, requires_grad=True)
+    loss = F.cross_entropy(xt, t)
+    loss.backward()
+    assert np.isfinite(loss.item()) and np.isfinite(xt.grad).all()
+    assert xt.grad.shape == x.shape
+    np.testing.assert_allclose(loss.item(), ref.cross_entropy(x, t), rtol=1e-6)
+    s, lse, count = _C.cross_entropy_fwd(x.reshape(6, 6), t.reshape(-1))
+    assert count == 6 and np.isfinite(lse).all()
+
+
+def test_cross_entropy_bad_inputs(rng):
+    x = f32(rng, 3, 5)
+    with pytest.raises(IndexError, match=r"= 5 is out of range for V = 5"):
+        F.cross_entropy(x, np.array([0, 5, 1]))
+    with pytest.raises(IndexError, match=r"= -1 is out of range for V = 5"):
+        F.cross_entropy(x, np.array([0, -1, 1]))
+    with pytest.raises(ValueError, match="targets must have shape"):
+        F.cross_entropy(x, np.array([0, 1]))
+    with pytest.raises(TypeError, match="integer dtype"):
+        F.cross_entropy(x, np.array([0.0, 1.0, 2.0]))
+    with pytest.raises(TypeError, match="logits must have dtype float32"):
+        _C.cross_entropy_fwd(x.astype(np.float64), np.array([0, 1, 2]))
+    with pytest.raises(ValueError, match=r"logits must have shape \(N, V\)"):
+        _C.cross_entropy_fwd(x[0], np.array([0]))
+    with pytest.raises(TypeError, match="ignore_index"):
+        F.cross_entropy(x, np.array([0, 1, 2]), ignore_index=None)
+
+
+# ---------------------------------------------------------------- embedding
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("D", [1, 7, 65])
+def test_embedding(rng, n, D):
+    V = 11
+    W = f32(rng, V, D)
+    ids = rng.integers(0, V, (2, n))
+    ids[:, ::2] = 3  # repeated ids
+    G = rng.standard_normal((2, n, D))
+    W0, ids0 = W.copy(), ids.copy()
+    out, (gw,) = grads_of(lambda w: F.embedding(ids, w), [W], G)
+    assert out.shape == (2, n, D)
+    np.testing.assert_array_equal(out.data, ref.embedding(ids, W))
+    np.testing.assert_allclose(gw, ref.embedding_grad(ids, G, V), rtol=1e-5, atol=1e-5)
+    if n <= 7 and D <= 7:
+        check_grad(lambda w: ref.embedding(ids, w), [W], 0, gw, G)
+    np.testing.assert_array_equal(W, W0)
+    np.testing.assert_array_equal(ids, ids0)
+
+
+def test_embedding_int_dtypes(rng):
+    W = f32(rng, 5, 3)
+    for dt in (np.int8, np.int32, np.uint16, np.int64):
+        ids = np.array([[4, 0], [2, 2]], dtype=dt)
+        np.testing.assert_array_equal(F.embedding(ids, W).data, W[ids.astype(np.int64)])
+
+
+def test_embedding_backward_deterministic(rng, threads):
+    V, D, n = 50, 96, 4000
+    ids = rng.integers(0, V, n)
+    g = f32(rng, n, D)
+    r1 = threads(1, _C.embedding_bwd, ids, g, V)
+    r2 = threads(2, _C.embedding_bwd, ids, g, V)
+    assert r1.tobytes() == r2.tobytes()
+    np.testing.assert_allclose(r1, ref.embedding_grad(ids, g, V), rtol=1e-4, atol=1e-4)
+
+
+def test_embedding_bad_inputs(rng):
+    W = f32(rng, 5, 3)
+    with pytest.raises(IndexError, match=r"ids contains 5 .*V = 5"):
+        F.embedding(np.array([1, 5]), W)
+    with pytest.raises(IndexError, match=r"ids contains -2 .*V = 5"):
+        F.embedding(np.array([-2]), W)
+    with pytest.raises(TypeError, match="integer dtype"):
+        F.embedding(np.array([1.0]), W)
+    with pytest.raises(TypeError, match="Tensor"):
+        F.embedding(Tensor([1.0]), W)
+    with pytest.raises(ValueError, match=r"weight must have shape \(V, D\)"):
+        _C.embedding_fwd(np.array([1]), W[0])
+    with pytest.raises(ValueError, match="grad must have shape ids.shape"):
+        _C.embedding_bwd(np.array([1, 2]), f32(rng, 3, 3), 5)
+    with pytest.raises(IndexError, match="V = 2"):
+        _C.embedding_bwd(np.array([1, 2]), f32(rng, 2, 3), 2)
+
+
+# ------------------------------------------------------------------ dropout
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("p", [0.0, 0.3, 0.9])
+def test_dropout_forward_backward(rng, n, p):
+    x = f32(rng, 3, n)
+    x0 = x.copy()
+    mask = _C.dropout_mask(x.size, p, 1234).reshape(x.shape)
+    xt = Tensor(x, requires_grad=True)
+    y = F.dropout(xt, p, seed=1234)
+    np.testing.assert_allclose(y.data, ref.dropout(x, mask, p), rtol=1e-6)
+    G = f32(rng, 3, n)
+    y.backward(G)
+    np.testing.assert_allclose(xt.grad, ref.dropout(G, mask, p), rtol=1e-6)
+    check_grad(lambda a: ref.dropout(a, mask, p), [x], 0, xt.grad, G)
+    np.testing.assert_array_equal(x, x0)
+
+
+def test_dropout_mask_threads_seeds_rate(threads):
+    n, p = 200_000, 0.25
+    m1 = threads(1, _C.dropout_mask, n, p, 42)
+    m2 = threads(2, _C.dropout_mask, n, p, 42)
+    assert np.array_equal(m1, m2)
+    x = np.ones(n, np.float32)
+    y1 = threads(1, _C.dropout_fwd, x, p, 42)
+    y2 = threads(2, _C.dropout_fwd, x, p, 42)
+    assert y1.tobytes() == y2.tobytes()
+    np.testing.assert_array_equal(y1 != 0, m1)
+    # keep rate within 5 standard deviations of 1 - p
+    sd = np.sqrt(p * (1 - p) / n)
+    assert abs(m1.mean() - (1 - p)) < 5 * sd
+    # different (even adjacent) seeds give different, uncorrelated masks
+    m3 = _C.dropout_mask(n, p, 43)
+    assert not np.array_equal(m1, m3)
+    both = (m1 & m3).mean()
+    assert abs(both - (1 - p) ** 2) < 5 * np.sqrt((1 - p) ** 2 * (1 - (1 - p) ** 2) / n)
+    # the prefix of a longer mask is the mask of the shorter tensor (flat index based)
+    assert np.array_equal(_C.dropout_mask(1000, p, 42), m1[:1000])
+    assert _C.dropout_mask(1000, p, 2 ** 64 - 1).shape == (1000,)
+
+
+def test_dropout_identity_cases(rng):
+    x = Tensor(f32(rng, 4, 5), requires_grad=True)
+    assert F.dropout(x, 0.0, seed=1) is x
+    assert F.dropout(x, 0.5, seed=1, training=False) is x
+    y = F.dropout(x.data, 0.5, seed=1, training=False)
+    np.testing.assert_array_equal(y.data, x.data)
+
+
+def test_dropout_bad_inputs(rng):
+    x = f32(rng, 4)
+    for p in (1.0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="p must be in"):
+            F.dropout(x, p, seed=0)
+        with pytest.raises(ValueError, match="p must be in"):
+            _C.dropout_fwd(x, p, 0)
+    with pytest.raises(ValueError, match="seed must be"):
+        F.dropout(x, 0.5, seed=-1)
+    with pytest.raises(ValueError, match="seed must be"):
+        _C.dropout_fwd(x, 0.5, 2 ** 64)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        F.dropout(x, 0.5, seed=1.5)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        _C.dropout_fwd(x, 0.5, "1")
+    with pytest.raises(TypeError, match="p must be"):
+        F.dropout(x, "0.5", seed=1)
+
+
+# ----------------------------------------------------------------- misc
+
+def test_all_names_exported():
+    want = {"add", "sub", "mul", "div", "gelu", "relu", "silu", "layer_norm", "rms_norm",
+            "softmax", "log_softmax", "cross_entropy", "embedding", "dropout", "exp", "log", "tanh"}
+    assert want <= set(F.__all__)
+    from relpos._fn import ops
+    assert want <= set(ops.__all__)
+
+
+def test_chain_backward(rng):
+    """A small network made of these ops: gradient of the input vs finite differences."""
+    x = f32(rng, 3, 6)
+    w, b = f32(rng, 6), f32(rng, 6)
+    t = np.array([0, 5, 2])
+
+    def fn(x_):
+        h = F.layer_norm(x_, w, b)
+        h = F.gelu(h) * 0.5 + h
+        return F.cross_entropy(F.softmax(h) * 3.0, t)
+
+    def fn64(x_):
+        h = ref.layer_norm(x_, w, b)
+        h = ref.gelu_tanh(h) * 0.5 + h
+        return ref.cross_entropy(ref.softmax(h) * 3.0, t)
+
+    xt = Tensor(x, requires_grad=True)
+    loss = fn(xt)
+    np.testing.assert_allclose(loss.item(), fn64(x.astype(np.float64)), rtol=1e-5)
+    loss.backward()
+    check_grad(lambda a: np.asarray(fn64(a)), [x], 0, xt.grad, np.array(1.0))
+
+
+# ------------------------------------------------------------------- torch
+
+@pytest.mark.parametrize("approx", ["tanh", "none"])
+def test_torch_gelu(rng, approx):
+    torch = pytest.importorskip("torch")
+    x = f32(rng, 4, 33) * 3
+    G = f32(rng, 4, 33)
+    xt = Tensor(x, requires_grad=True)
+    F.gelu(xt, approximate=approx).backward(G)
+    tx = torch.tensor(x, requires_grad=True)
+    ty = torch.nn.functional.gelu(tx, approximate=approx)
+    ty.backward(torch.tensor(G))
+    np.testing.assert_allclose(F.gelu(x, approximate=approx).data, ty.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(xt.grad, tx.grad.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_torch_layer_norm(rng):
+    torch = pytest.importorskip("torch")
+    x, w, b = f32(rng, 2, 5, 33) + 2, f32(rng, 33), f32(rng, 33)
+    G = f32(rng, 2, 5, 33)
+    ts = [Tensor(a, requires_grad=True) for a in (x, w, b)]
+    y = F.layer_norm(*ts, eps=1e-5)
+    y.backward(G)
+    tt = [torch.tensor(a, requires_grad=True) for a in (x, w, b)]
+    ty = torch.nn.functional.layer_norm(tt[0], (33,), tt[1], tt[2], eps=1e-5)
+    ty.backward(torch.tensor(G))
+    np.testing.assert_allclose(y.data, ty.detach().numpy(), rtol=1e-5, atol=1e-5)
+    for mine, theirs in zip(ts, tt):
+        np.testing.assert_allclose(mine.grad, theirs.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_torch_cross_entropy(rng):
+    torch = pytest.importorskip("torch")
+    x = f32(rng, 9, 13) * 4
+    x[0, 0] = 1e4
+    t = rng.integers(0, 13, 9)
+    t[[2, 5]] = -100
+    xt = Tensor(x, requires_grad=True)
+    loss = F.cross_entropy(xt, t)
+    loss.backward()
+    tx = torch.tensor(x, requires_grad=True)
+    tl = torch.nn.functional.cross_entropy(tx, torch.tensor(t), ignore_index=-100)
+    tl.backward()
+    np.testing.assert_allclose(loss.item(), tl.item(), rtol=1e-5)
+    np.testing.assert_allclose(xt.grad, tx.grad.numpy(), rtol=1e-5, atol=1e-6)
