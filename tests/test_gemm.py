@@ -389,3 +389,19 @@ def test_gemm_property(M, N, K, ta, tb, alpha, beta, seed):
     out = c.copy()
     _C.gemm(a, b, out, trans_a=ta, trans_b=tb, alpha=alpha, beta=beta)
     close(out, ref.gemm(a, b, ta, tb, alpha, beta, c), K)
+
+
+def test_linear_and_matmul_match_torch(rng):
+    torch = pytest.importorskip("torch")
+    x, w, b = rand(rng, 2, 5, 8), rand(rng, 6, 8), rand(rng, 6)
+    m = rand(rng, 2, 6, 3)
+    tx, tw, tb, tm = (relpos.Tensor(v, requires_grad=True) for v in (x, w, b, m))
+    out = matmul(linear(tx, tw, tb), tm)       # (2, 5, 6) @ (2, 6, 3)
+    G = rand(rng, *out.shape)
+    out.backward(G)
+    px, pw, pb, pm = (torch.tensor(v.astype(np.float64), requires_grad=True) for v in (x, w, b, m))
+    pout = torch.nn.functional.linear(px, pw, pb) @ pm
+    pout.backward(torch.tensor(G.astype(np.float64)))
+    np.testing.assert_allclose(out.data, pout.detach().numpy(), rtol=1e-5, atol=1e-5)
+    for mine, theirs in ((tx, px), (tw, pw), (tb, pb), (tm, pm)):
+        np.testing.assert_allclose(mine.grad, theirs.grad.numpy(), rtol=1e-5, atol=1e-5)
