@@ -12,6 +12,11 @@
  * each C element is summed in the same order whichever thread runs the task
  * and however many threads there are: results are bit-identical for any
  * thread count. Only the K split (KC) and the kernel fix the rounding.
+ *
+ * Other paths: tiny products (<= SMALL_MNK multiply-adds) and few-row ones
+ * (M <= DIRECT_M_MAX) skip packing (gemm_direct); batches of moderate
+ * products give each thread whole products (gemm_alone, private buffers).
+ * Micro-kernels: AVX-512 12x32 and AVX2 6x16 (gemm_avx2.c), portable 6x16 here.
  */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime(CLOCK_THREAD_CPUTIME_ID) */
 #include "gemm.h"
@@ -38,7 +43,6 @@
 #define SMALL_MNK (32 * 32 * 32)
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 static inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 static inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
