@@ -13,8 +13,9 @@
  * and however many threads there are: results are bit-identical for any
  * thread count. Only the K split (KC) and the kernel fix the rounding.
  *
- * Other paths: tiny products (<= SMALL_MNK multiply-adds) and few-row ones
- * (M <= DIRECT_M_MAX) skip packing (gemm_direct); batches of moderate
+ * Other paths: tiny products (<= SMALL_MNK multiply-adds), few-row ones
+ * (M <= DIRECT_M_MAX) and few-column ones (N <= DIRECT_N_MAX) skip packing
+ * (gemm_direct_block); batches of moderate
  * products give each thread whole products (gemm_alone, private buffers).
  * Micro-kernels: AVX-512 12x32 and AVX2 6x16 (gemm_avx2.c), portable 6x16 here.
  */
@@ -248,16 +249,18 @@ static void scale_only(const gemm_prob *g) {
 }
 
 /* Direct (unpacked) product on the columns [j0, j0+nb) of C, nb <= DIRECT_NB,
- * for tiny problems and for few rows (M <= DIRECT_M_MAX: a GEMV-like Linear at
+ * rows [i0, i1), for tiny problems, few rows (M <= DIRECT_M_MAX: a GEMV-like Linear at
  * generation time), where packing B would cost as much as the product.
  * Each element's K order is fixed: in order for B (K, N); for B given as
  * (N, K), DIRECT_LANES interleaved partial sums over p added in a fixed tree. */
 #define DIRECT_NB 64
 #define DIRECT_LANES 8
 #define DIRECT_M_MAX 4
-static void gemm_direct_cols(const gemm_prob *g, int64_t j0, int64_t nb) {
+#define DIRECT_N_MAX 4
+#define DIRECT_ROWS 64 /* rows per work item when N <= DIRECT_N_MAX */
+static void gemm_direct_block(const gemm_prob *g, int64_t i0, int64_t i1, int64_t j0, int64_t nb) {
     const int64_t K = g->K;
-    for (int64_t i = 0; i < g->M; i++) {
+    for (int64_t i = i0; i < i1; i++) {
         float *c = g->C + i * g->ldc + j0;
         float acc[DIRECT_NB];
         if (!g->tb) {
@@ -294,7 +297,7 @@ static void gemm_direct_cols(const gemm_prob *g, int64_t j0, int64_t nb) {
 }
 
 static void gemm_direct(const gemm_prob *g) {
-    for (int64_t j0 = 0; j0 < g->N; j0 += DIRECT_NB) gemm_direct_cols(g, j0, min64(DIRECT_NB, g->N - j0));
+    for (int64_t j0 = 0; j0 < g->N; j0 += DIRECT_NB) gemm_direct_block(g, 0, g->M, j0, min64(DIRECT_NB, g->N - j0));
 }
 
 /* The work split of one product: row blocks of mc (a multiple of MR), and
@@ -445,7 +448,26 @@ static int gemm_run(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha
             g.A = A + b * sA;
             g.B = B + b * sB;
             g.C = C + b * sC;
-            gemm_direct_cols(&g, j0, min64(DIRECT_NB, N - j0));
+            gemm_direct_block(&g, 0, M, j0, min64(DIRECT_NB, N - j0));
+        }
+        return RP_OK;
+    }
+
+    if (N <= DIRECT_N_MAX) {
+        /* few columns (e.g. a Linear with 1 output): packing NR-wide panels would
+         * mostly compute padding; threads take fixed row chunks instead */
+        const int64_t nchunk = ceil_div(M, DIRECT_ROWS), nwork = batch * nchunk;
+        (void)nwork;
+#if RP_HAVE_OPENMP
+#pragma omp parallel for schedule(dynamic, 4) num_threads(nt) if (nt > 1 && nwork > 1)
+#endif
+        for (int64_t w = 0; w < batch * nchunk; w++) {
+            const int64_t b = w / nchunk, i0 = (w % nchunk) * DIRECT_ROWS;
+            gemm_prob g = g0;
+            g.A = A + b * sA;
+            g.B = B + b * sB;
+            g.C = C + b * sC;
+            gemm_direct_block(&g, i0, min64(M, i0 + DIRECT_ROWS), 0, N);
         }
         return RP_OK;
     }

@@ -45,7 +45,8 @@ def close(got, want, K):
 SIZES = [(0, 5, 3), (5, 0, 3), (5, 3, 0), (1, 1, 1), (7, 7, 7), (1, 65, 7), (65, 1, 65), (7, 65, 1),
          (65, 65, 65), (150, 37, 300),
          (1, 300, 200), (4, 130, 77), (5, 200, 40),  # few-row direct path; packed with M < MR
-         (6, 4200, 20)]  # N > NC: two column blocks
+         (6, 4200, 20),  # N > NC: two column blocks
+         (300, 1, 130), (200, 3, 70)]  # few-column direct path
 
 
 @pytest.mark.parametrize("M,N,K", SIZES)
@@ -137,6 +138,7 @@ def test_bit_identical_one_and_two_threads(path, threads, rng):
     cs = rand(rng, 1000, 1500)
     g1, w1 = rand(rng, 2, 300), rand(rng, 700, 300)  # few-row direct path
     wide_x, wide_w, wide_b = rand(rng, 30, 40), rand(rng, 4300, 40), rand(rng, 4300)  # N > NC
+    tall_x, tall_w = rand(rng, 700, 90), rand(rng, 1, 90)  # few-column direct path
 
     def run():
         out = c.copy()
@@ -144,7 +146,7 @@ def test_bit_identical_one_and_two_threads(path, threads, rng):
         return [_C.gemm(a, b), _C.gemm(b, a, trans_a=True, trans_b=True), out,
                 _C.linear_fwd(x, w, bias), _C.gemm_batched(a3, b3), _C.gemm_batched(big3a, big3b),
                 _C.colsum(cs), _C.linear_fwd(g1, w1), _C.gemm(g1, w1.T.copy()),
-                _C.linear_fwd(wide_x, wide_w, wide_b)]
+                _C.linear_fwd(wide_x, wide_w, wide_b), _C.linear_fwd(tall_x, tall_w), _C.gemm(tall_x, tall_w.T.copy())]
 
     one = threads(1, run)
     two = threads(2, run)
