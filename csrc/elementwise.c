@@ -153,73 +153,29 @@ int rp_ops_sum_rows(const float *g, float *out, int64_t N, int64_t D) {
     return RP_OK;
 }
 
-/* ---- activations ------------------------------------------------------- */
-
-#define GELU_K 0.7978845608028654f  /* sqrt(2 / pi) */
-#define GELU_C 0.044715f
-#define INV_SQRT2 0.7071067811865476f
-#define INV_SQRT_2PI 0.3989422804014327f
-
-static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+/* ---- activations ------------------------------------------------------
+ * Parallel over fixed blocks of elements; each block is one span call. */
 
 int rp_ops_act_fwd(int kind, const float *x, float *y, int64_t n) {
     if (n < 0 || kind < RP_ACT_GELU_TANH || kind > RP_ACT_SILU) return RP_EINVAL;
-    switch (kind) {
-    case RP_ACT_GELU_TANH:
-        RP_OPS_PFOR(n >= 4096)
-        for (int64_t i = 0; i < n; i++) {
-            float v = x[i];
-            y[i] = 0.5f * v * (1.0f + tanhf(GELU_K * (v + GELU_C * v * v * v)));
-        }
-        break;
-    case RP_ACT_GELU_ERF:
-        RP_OPS_PFOR(n >= 4096)
-        for (int64_t i = 0; i < n; i++) y[i] = 0.5f * x[i] * (1.0f + erff(x[i] * INV_SQRT2));
-        break;
-    case RP_ACT_RELU:
-        RP_OPS_PFOR(n >= RP_OPS_PAR_MIN)
-        for (int64_t i = 0; i < n; i++) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
-        break;
-    default:
-        RP_OPS_PFOR(n >= 4096)
-        for (int64_t i = 0; i < n; i++) y[i] = x[i] * sigmoidf(x[i]);
-        break;
+    const int simd = rp_simd_enabled();
+    const int64_t nblk = (n + FLAT_BLOCK - 1) / FLAT_BLOCK;
+    RP_OPS_PFOR(n >= 2 * FLAT_BLOCK)
+    for (int64_t k = 0; k < nblk; k++) {
+        int64_t lo = k * FLAT_BLOCK, len = n - lo < FLAT_BLOCK ? n - lo : FLAT_BLOCK;
+        rp_ops_act_fwd_span(simd, kind, x + lo, y + lo, len);
     }
     return RP_OK;
 }
 
 int rp_ops_act_bwd(int kind, const float *x, const float *grad, float *dx, int64_t n) {
     if (n < 0 || kind < RP_ACT_GELU_TANH || kind > RP_ACT_SILU) return RP_EINVAL;
-    switch (kind) {
-    case RP_ACT_GELU_TANH:
-        RP_OPS_PFOR(n >= 4096)
-        for (int64_t i = 0; i < n; i++) {
-            float v = x[i];
-            float t = tanhf(GELU_K * (v + GELU_C * v * v * v));
-            float dinner = GELU_K * (1.0f + 3.0f * GELU_C * v * v);
-            dx[i] = grad[i] * (0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * dinner);
-        }
-        break;
-    case RP_ACT_GELU_ERF:
-        RP_OPS_PFOR(n >= 4096)
-        for (int64_t i = 0; i < n; i++) {
-            float v = x[i];
-            float cdf = 0.5f * (1.0f + erff(v * INV_SQRT2));
-            float pdf = INV_SQRT_2PI * expf(-0.5f * v * v);
-            dx[i] = grad[i] * (cdf + v * pdf);
-        }
-        break;
-    case RP_ACT_RELU:
-        RP_OPS_PFOR(n >= RP_OPS_PAR_MIN)
-        for (int64_t i = 0; i < n; i++) dx[i] = x[i] > 0.0f ? grad[i] : 0.0f;
-        break;
-    default:
-        RP_OPS_PFOR(n >= 4096)
-        for (int64_t i = 0; i < n; i++) {
-            float s = sigmoidf(x[i]);
-            dx[i] = grad[i] * s * (1.0f + x[i] * (1.0f - s));
-        }
-        break;
+    const int simd = rp_simd_enabled();
+    const int64_t nblk = (n + FLAT_BLOCK - 1) / FLAT_BLOCK;
+    RP_OPS_PFOR(n >= 2 * FLAT_BLOCK)
+    for (int64_t k = 0; k < nblk; k++) {
+        int64_t lo = k * FLAT_BLOCK, len = n - lo < FLAT_BLOCK ? n - lo : FLAT_BLOCK;
+        rp_ops_act_bwd_span(simd, kind, x + lo, grad + lo, dx + lo, len);
     }
     return RP_OK;
 }

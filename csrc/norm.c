@@ -159,27 +159,16 @@ int rp_ops_rmsnorm_bwd(const float *x, const float *weight, const float *rstd, c
 
 /* ---- softmax ------------------------------------------------------------ */
 
-static inline float row_max(const float *x, int64_t D) {
-    float m = -INFINITY;
-    for (int64_t j = 0; j < D; j++) m = x[j] > m ? x[j] : m;
-    return m;
-}
-
 /* x, y: (N, D). A row of all -inf gives NaN (as in NumPy and torch). */
 int rp_ops_softmax_fwd(const float *x, float *y, int64_t N, int64_t D) {
     if (N < 0 || D < 0) return RP_EINVAL;
+    const int simd = rp_simd_enabled();
     RP_OPS_PFOR(N * D >= 4096)
     for (int64_t r = 0; r < N; r++) {
         const float *xr = x + r * D;
         float *yr = y + r * D;
-        const float m = row_max(xr, D);
-        float s = 0.0f;
-        for (int64_t j = 0; j < D; j++) {
-            yr[j] = expf(xr[j] - m);
-        }
-        RP_OPS_SIMD_SUM(s)
-        for (int64_t j = 0; j < D; j++) s += yr[j];
-        const float inv = 1.0f / s;
+        const float m = rp_span_max(xr, D);
+        const float inv = 1.0f / rp_ops_exp_sum(simd, xr, m, yr, D);
         for (int64_t j = 0; j < D; j++) yr[j] *= inv;
     }
     return RP_OK;
@@ -201,18 +190,15 @@ int rp_ops_softmax_bwd(const float *y, const float *grad, float *dx, int64_t N, 
 
 int rp_ops_log_softmax_fwd(const float *x, float *y, int64_t N, int64_t D) {
     if (N < 0 || D < 0) return RP_EINVAL;
+    const int simd = rp_simd_enabled();
     RP_OPS_PFOR(N * D >= 4096)
     for (int64_t r = 0; r < N; r++) {
         const float *xr = x + r * D;
         float *yr = y + r * D;
-        const float m = row_max(xr, D);
-        float s = 0.0f;
-        for (int64_t j = 0; j < D; j++) yr[j] = expf(xr[j] - m);
-        RP_OPS_SIMD_SUM(s)
-        for (int64_t j = 0; j < D; j++) s += yr[j];
+        const float m = rp_span_max(xr, D);
         /* (x - m) - log(s), not x - (m + log(s)): the latter rounds log(s)
          * to the spacing of m, costly when |m| is large */
-        const float ls = logf(s);
+        const float ls = logf(rp_ops_exp_sum(simd, xr, m, NULL, D));
         for (int64_t j = 0; j < D; j++) yr[j] = (xr[j] - m) - ls;
     }
     return RP_OK;
@@ -220,6 +206,7 @@ int rp_ops_log_softmax_fwd(const float *x, float *y, int64_t N, int64_t D) {
 
 int rp_ops_log_softmax_bwd(const float *y, const float *grad, float *dx, int64_t N, int64_t D) {
     if (N < 0 || D < 0) return RP_EINVAL;
+    const int simd = rp_simd_enabled();
     RP_OPS_PFOR(N * D >= 4096)
     for (int64_t r = 0; r < N; r++) {
         const float *yr = y + r * D, *gr = grad + r * D;
@@ -227,7 +214,8 @@ int rp_ops_log_softmax_bwd(const float *y, const float *grad, float *dx, int64_t
         float s = 0.0f;
         RP_OPS_SIMD_SUM(s)
         for (int64_t j = 0; j < D; j++) s += gr[j];
-        for (int64_t j = 0; j < D; j++) dxr[j] = gr[j] - expf(yr[j]) * s;
+        /* dx = grad - exp(y) * s in one elementwise pass (dx may be y or grad) */
+        rp_ops_exp_scale(simd, yr, 0.0f, -s, gr, 1.0f, dxr, D);
     }
     return RP_OK;
 }

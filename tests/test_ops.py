@@ -15,6 +15,17 @@ from tests import reference as ref
 SIZES = [0, 1, 7, 65]
 
 
+@pytest.fixture(params=["simd", "portable"])
+def path(request):
+    """Run a test on the AVX2 kernels (when the CPU has them) and on the portable C path."""
+    portable = request.param == "portable"
+    if not portable and not relpos.config()["cpu_avx2_fma"]:
+        pytest.skip("this CPU or build has no AVX2/FMA path")
+    _C.force_portable(portable)
+    yield request.param
+    _C.force_portable(False)
+
+
 def f32(rng, *shape, lo=None):
     x = rng.standard_normal(shape).astype(np.float32)
     if lo is not None:  # keep magnitudes away from 0 (divisors)
@@ -204,7 +215,7 @@ ACTS = {
 
 @pytest.mark.parametrize("name", list(ACTS))
 @pytest.mark.parametrize("n", SIZES)
-def test_activation_forward_backward(rng, name, n):
+def test_activation_forward_backward(rng, name, n, path):
     fn, fn64 = ACTS[name]
     x = 2.0 * f32(rng, 2, n)
     if name == "log":
@@ -220,7 +231,7 @@ def test_activation_forward_backward(rng, name, n):
 
 
 @pytest.mark.parametrize("approx", ["tanh", "none"])
-def test_gelu_large_and_tails(approx):
+def test_gelu_large_and_tails(approx, path):
     x = np.array([-1e4, -30, -8, 0, 8, 30, 1e4], np.float32)
     y = F.gelu(x, approximate=approx).data
     assert np.all(np.isfinite(y))
@@ -352,7 +363,7 @@ def test_norm_bad_inputs(rng):
 @pytest.mark.parametrize("log", [False, True])
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("axis", [-1, 0])
-def test_softmax(rng, log, n, axis):
+def test_softmax(rng, log, n, axis, path):
     x = f32(rng, 3, n) * 3
     fn = F.log_softmax if log else F.softmax
     fn64 = ref.log_softmax if log else ref.softmax
@@ -364,7 +375,7 @@ def test_softmax(rng, log, n, axis):
     np.testing.assert_array_equal(x, x0)
 
 
-def test_softmax_extreme_logits():
+def test_softmax_extreme_logits(path):
     x = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4]], np.float32)
     y = F.softmax(x).data
     np.testing.assert_allclose(y, ref.softmax(x), atol=1e-7)
@@ -389,7 +400,7 @@ def test_softmax_bad_inputs(rng):
 
 @pytest.mark.parametrize("N", [0, 1, 7, 65])
 @pytest.mark.parametrize("V", [1, 7, 65])
-def test_cross_entropy(rng, N, V):
+def test_cross_entropy(rng, N, V, path):
     x = f32(rng, N, V) * 2
     t = rng.integers(0, V, N)
     if N > 2:
@@ -423,7 +434,7 @@ def test_cross_entropy_ignore_index_and_all_ignored(rng):
     assert np.array_equal(xt.grad, np.zeros_like(x))
 
 
-def test_cross_entropy_extreme_logits_and_leading_axes(rng):
+def test_cross_entropy_extreme_logits_and_leading_axes(rng, path):
     x = (np.sign(f32(rng, 2, 3, 6)) * 1e4).astype(np.float32)
     t = rng.integers(0, 6, (2, 3))
     xt = Tensor(x, requires_grad=True)
@@ -578,7 +589,118 @@ def test_dropout_bad_inputs(rng):
         F.dropout(x, "0.5", seed=1)
 
 
+def test_cross_entropy_large_logits_gradient_precise(path):
+    """Near-tied logits around +-1e4: the gradient keeps float32 accuracy
+    (the backward does not trust the rounded lse when |lse| is large)."""
+    x = np.array([[1e4, 1e4 - 1, 1e4 - 3, -1e4], [-1e4, -1e4 + 0.5, -1e4 + 2, -1e4 + 2]], np.float32)
+    t = np.array([1, 0])
+    xt = Tensor(x, requires_grad=True)
+    loss = F.cross_entropy(xt, t)
+    loss.backward()
+    p = ref.softmax(x)
+    p[[0, 1], t] -= 1
+    np.testing.assert_allclose(xt.grad, p / 2, rtol=2e-6, atol=1e-7)
+    np.testing.assert_allclose(loss.item(), ref.cross_entropy(x, t), rtol=1e-6)
+
+
 # ----------------------------------------------------------------- misc
+
+def test_simd_and_portable_agree(rng):
+    if not relpos.config()["cpu_avx2_fma"]:
+        pytest.skip("this CPU or build has no AVX2/FMA path")
+    x = f32(rng, 37, 129) * 3
+    g = f32(rng, 37, 129)
+    t = rng.integers(0, 129, 37)
+    calls = [lambda: _C.gelu_fwd(x), lambda: _C.gelu_fwd(x, "none"), lambda: _C.silu_fwd(x),
+             lambda: _C.gelu_bwd(x, g), lambda: _C.gelu_bwd(x, g, "none"), lambda: _C.silu_bwd(x, g),
+             lambda: _C.softmax_fwd(x), lambda: _C.log_softmax_fwd(x),
+             lambda: _C.cross_entropy_fwd(x, t)[1]]
+    for call in calls:
+        _C.force_portable(True)
+        try:
+            a = call()
+        finally:
+            _C.force_portable(False)
+        b = call()
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_out_in_place_and_overlap(rng):
+    x = f32(rng, 6, 8)
+    want = ref.softmax(x)
+    y = x.copy()
+    assert _C.softmax_fwd(y, out=y) is y
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-7)
+    ls = _C.log_softmax_fwd(x)
+    g = f32(rng, 6, 8)
+    want = g - np.exp(ls.astype(np.float64)) * g.sum(-1, keepdims=True)
+    g2 = g.copy()
+    _C.log_softmax_bwd(ls, g2, out=g2)       # in place on grad
+    np.testing.assert_allclose(g2, want, rtol=1e-5, atol=1e-5)
+    z = x.copy()
+    _C.gelu_fwd(z, out=z)
+    np.testing.assert_allclose(z, ref.gelu_tanh(x), rtol=2e-6, atol=2e-6)
+    big = np.zeros(64, np.float32)
+    with pytest.raises(ValueError, match="overlap"):
+        _C.relu_fwd(big[:48].reshape(6, 8), out=big[8:56].reshape(6, 8))
+    W = f32(rng, 4, 3)
+    with pytest.raises(ValueError, match="out must not overlap weight"):
+        _C.embedding_fwd(np.array([0]), W, out=W[1:2])
+    with pytest.raises(ValueError, match="out.*writeable"):
+        ro = np.zeros((6, 8), np.float32)
+        ro.flags.writeable = False
+        _C.relu_fwd(x, out=ro)
+
+
+def test_no_reference_leaks(rng):
+    """Every bridge function gives back the references it takes."""
+    import sys
+    x, g = f32(rng, 3, 5), f32(rng, 3, 5)
+    w, b = f32(rng, 5), f32(rng, 5)
+    t = np.array([0, 4, -100])
+    ids = np.array([[1, 2], [0, 1]])
+    y, mean, rstd = _C.layer_norm_fwd(x, w, b)
+    _, rr = _C.rms_norm_fwd(x, w)
+    loss, lse, cnt = _C.cross_entropy_fwd(x, t)
+    calls = [
+        lambda: _C.binary_fwd(x, w, "mul"), lambda: _C.binary_bwd(x, w, g, "div"),
+        lambda: _C.scale(x, 2.0), lambda: _C.bias_add(x, b), lambda: _C.sum_rows(x),
+        lambda: _C.gelu_fwd(x), lambda: _C.gelu_bwd(x, g, "none"), lambda: _C.silu_bwd(x, g),
+        lambda: _C.layer_norm_fwd(x, w, b), lambda: _C.layer_norm_bwd(x, w, mean, rstd, g),
+        lambda: _C.rms_norm_fwd(x, w), lambda: _C.rms_norm_bwd(x, w, rr, g),
+        lambda: _C.softmax_fwd(x), lambda: _C.log_softmax_bwd(x, g),
+        lambda: _C.cross_entropy_fwd(x, t), lambda: _C.cross_entropy_bwd(x, t, lse, 1.0, cnt),
+        lambda: _C.embedding_fwd(ids, x), lambda: _C.embedding_bwd(ids, f32(rng, 2, 2, 5), 3),
+        lambda: _C.dropout_fwd(x, 0.5, 3), lambda: _C.dropout_mask(10, 0.5, 3),
+        # error paths too
+        lambda: _C.binary_fwd(x, f32(rng, 4)), lambda: _C.layer_norm_fwd(x, w[:4]),
+        lambda: _C.cross_entropy_fwd(x, np.array([0, 9, 1])), lambda: _C.embedding_fwd(np.array([7]), x),
+        lambda: _C.layer_norm_bwd(x, w, mean, rstd[:2], g),
+    ]
+    arrays = [x, g, w, b, t, ids, mean, rstd, lse, rr]
+    for call in calls:
+        try:
+            call()
+        except (ValueError, IndexError, TypeError):
+            pass
+        before = [sys.getrefcount(a) for a in arrays]
+        for _ in range(50):
+            try:
+                call()
+            except (ValueError, IndexError, TypeError):
+                pass
+        assert [sys.getrefcount(a) for a in arrays] == before
+
+
+def test_numpy_integer_seed_and_messages(rng):
+    x = f32(rng, 10)
+    np.testing.assert_array_equal(_C.dropout_fwd(x, 0.5, np.uint64(7)), _C.dropout_fwd(x, 0.5, 7))
+    with pytest.raises(ValueError, match=r"eps must be a finite number >= 0; got -1.0"):
+        _C.layer_norm_fwd(x.reshape(2, 5), None, None, -1.0)
+    with pytest.raises(ValueError, match=r"p must be in \[0, 1\); got 1.5"):
+        _C.dropout_fwd(x, 1.5, 0)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        _C.dropout_fwd(x, 0.5, True)
 
 def test_all_names_exported():
     want = {"add", "sub", "mul", "div", "gelu", "relu", "silu", "layer_norm", "rms_norm",
