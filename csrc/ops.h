@@ -92,9 +92,10 @@ int rp_ops_embedding_bwd(const int64_t *ids, const float *grad, float *dweight, 
 
 /* ---- dropout -----------------------------------------------------------
  * Element i (flat index) is kept when u(seed, i) >= p, u a uniform [0, 1)
- * number from a counter-based hash of (seed, i): the mask depends on nothing
- * else (not the thread count, not the call order). Kept elements are scaled
- * by 1 / (1 - p). 0 <= p < 1. The backward regenerates the mask. */
+ * number with 32 bits from a counter-based generator (SplitMix64 output
+ * i / 2 of the stream keyed by the seed): the mask depends on nothing else
+ * (not the thread count, not the call order). Kept elements are scaled by
+ * 1 / (1 - p). 0 <= p < 1. The backward regenerates the mask. */
 int rp_ops_dropout_fwd(const float *x, float *y, int64_t n, float p, uint64_t seed);
 int rp_ops_dropout_bwd(const float *grad, float *dx, int64_t n, float p, uint64_t seed);
 /* mask[i] = 1 if element i is kept (n bytes). */
@@ -289,6 +290,68 @@ static inline void rp_span_exp_scale(const float *x, float c, float scale, const
     }
 }
 
+/* ---- row spans of the norms (weight/bias never NULL here: the callers
+ * substitute ones/zeros). Statistics in float, two passes (mean, then the
+ * centred sum of squares), so a large common offset costs no accuracy. */
+
+/* one LayerNorm row of D: y = (x - mean) * rstd * w + b */
+static inline void rp_span_ln_fwd(const float *x, const float *w, const float *b, float *y, int64_t D, float eps,
+                                  float *mean, float *rstd) {
+    float s = 0.0f;
+    RP_OPS_SIMD_SUM(s)
+    for (int64_t j = 0; j < D; j++) s += x[j];
+    const float m = D > 0 ? s / (float)D : 0.0f;
+    float v = 0.0f;
+    RP_OPS_SIMD_SUM(v)
+    for (int64_t j = 0; j < D; j++) v += (x[j] - m) * (x[j] - m);
+    v = D > 0 ? v / (float)D : 0.0f;
+    const float rs = 1.0f / sqrtf(v + eps);
+    for (int64_t j = 0; j < D; j++) y[j] = (x[j] - m) * rs * w[j] + b[j];
+    *mean = m;
+    *rstd = rs;
+}
+
+/* one LayerNorm row backward: pw += g * h, pb += g (either may be NULL);
+ * dx = rs * (g w - mean(g w) - h mean(g w h)) (dx may be NULL). */
+static inline void rp_span_ln_bwd(const float *x, const float *w, float m, float rs, const float *g, float *dx,
+                                  float *pw, float *pb, int64_t D) {
+    if (pw)
+        for (int64_t j = 0; j < D; j++) pw[j] += g[j] * ((x[j] - m) * rs);
+    if (pb)
+        for (int64_t j = 0; j < D; j++) pb[j] += g[j];
+    if (!dx) return;
+    float s1 = 0.0f, s2 = 0.0f;
+    RP_OPS_SIMD_SUM(s1)
+    for (int64_t j = 0; j < D; j++) s1 += g[j] * w[j];
+    RP_OPS_SIMD_SUM(s2)
+    for (int64_t j = 0; j < D; j++) s2 += g[j] * w[j] * ((x[j] - m) * rs);
+    const float a1 = s1 / (float)D, a2 = s2 / (float)D;
+    for (int64_t j = 0; j < D; j++) dx[j] = rs * (g[j] * w[j] - a1 - ((x[j] - m) * rs) * a2);
+}
+
+/* one RMSNorm row: y = x * rstd * w */
+static inline void rp_span_rms_fwd(const float *x, const float *w, float *y, int64_t D, float eps, float *rstd) {
+    float s = 0.0f;
+    RP_OPS_SIMD_SUM(s)
+    for (int64_t j = 0; j < D; j++) s += x[j] * x[j];
+    const float rs = 1.0f / sqrtf((D > 0 ? s / (float)D : 0.0f) + eps);
+    for (int64_t j = 0; j < D; j++) y[j] = x[j] * rs * w[j];
+    *rstd = rs;
+}
+
+/* one RMSNorm row backward: pw += g * h (may be NULL); dx = rs (g w - h mean(g w h)). */
+static inline void rp_span_rms_bwd(const float *x, const float *w, float rs, const float *g, float *dx, float *pw,
+                                   int64_t D) {
+    if (pw)
+        for (int64_t j = 0; j < D; j++) pw[j] += g[j] * (x[j] * rs);
+    if (!dx) return;
+    float s = 0.0f;
+    RP_OPS_SIMD_SUM(s)
+    for (int64_t j = 0; j < D; j++) s += g[j] * w[j] * (x[j] * rs);
+    const float a = s / (float)D;
+    for (int64_t j = 0; j < D; j++) dx[j] = rs * (g[j] * w[j] - (x[j] * rs) * a);
+}
+
 /* ---- AVX2 entry points (ops_avx2.c), used when rp_simd_enabled() ------- */
 #ifdef __cplusplus
 extern "C" {
@@ -297,6 +360,12 @@ void rp_ops_avx2_act_fwd(int kind, const float *x, float *y, int64_t n);
 void rp_ops_avx2_act_bwd(int kind, const float *x, const float *g, float *dx, int64_t n);
 float rp_ops_avx2_exp_sum(const float *x, float m, float *y, int64_t n);
 void rp_ops_avx2_exp_scale(const float *x, float c, float scale, const float *z, float add, float *y, int64_t n);
+void rp_ops_avx2_ln_fwd(const float *x, const float *w, const float *b, float *y, int64_t D, float eps, float *mean,
+                        float *rstd);
+void rp_ops_avx2_ln_bwd(const float *x, const float *w, float m, float rs, const float *g, float *dx, float *pw,
+                        float *pb, int64_t D);
+void rp_ops_avx2_rms_fwd(const float *x, const float *w, float *y, int64_t D, float eps, float *rstd);
+void rp_ops_avx2_rms_bwd(const float *x, const float *w, float rs, const float *g, float *dx, float *pw, int64_t D);
 #ifdef __cplusplus
 }
 #endif
@@ -334,6 +403,42 @@ static inline void rp_ops_exp_scale(int simd, const float *x, float c, float sca
 #endif
     (void)simd;
     rp_span_exp_scale(x, c, scale, z, add, y, n);
+}
+
+static inline void rp_ops_ln_fwd(int simd, const float *x, const float *w, const float *b, float *y, int64_t D,
+                                 float eps, float *mean, float *rstd) {
+#if RP_HAVE_AVX2_TU
+    if (simd) { rp_ops_avx2_ln_fwd(x, w, b, y, D, eps, mean, rstd); return; }
+#endif
+    (void)simd;
+    rp_span_ln_fwd(x, w, b, y, D, eps, mean, rstd);
+}
+
+static inline void rp_ops_ln_bwd(int simd, const float *x, const float *w, float m, float rs, const float *g,
+                                 float *dx, float *pw, float *pb, int64_t D) {
+#if RP_HAVE_AVX2_TU
+    if (simd) { rp_ops_avx2_ln_bwd(x, w, m, rs, g, dx, pw, pb, D); return; }
+#endif
+    (void)simd;
+    rp_span_ln_bwd(x, w, m, rs, g, dx, pw, pb, D);
+}
+
+static inline void rp_ops_rms_fwd(int simd, const float *x, const float *w, float *y, int64_t D, float eps,
+                                  float *rstd) {
+#if RP_HAVE_AVX2_TU
+    if (simd) { rp_ops_avx2_rms_fwd(x, w, y, D, eps, rstd); return; }
+#endif
+    (void)simd;
+    rp_span_rms_fwd(x, w, y, D, eps, rstd);
+}
+
+static inline void rp_ops_rms_bwd(int simd, const float *x, const float *w, float rs, const float *g, float *dx,
+                                  float *pw, int64_t D) {
+#if RP_HAVE_AVX2_TU
+    if (simd) { rp_ops_avx2_rms_bwd(x, w, rs, g, dx, pw, D); return; }
+#endif
+    (void)simd;
+    rp_span_rms_bwd(x, w, rs, g, dx, pw, D);
 }
 
 #endif /* RELPOS_OPS_H */

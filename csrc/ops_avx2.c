@@ -22,6 +22,24 @@ void rp_ops_avx2_exp_scale(const float *x, float c, float scale, const float *z,
     rp_span_exp_scale(x, c, scale, z, add, y, n);
 }
 
+void rp_ops_avx2_ln_fwd(const float *x, const float *w, const float *b, float *y, int64_t D, float eps, float *mean,
+                        float *rstd) {
+    rp_span_ln_fwd(x, w, b, y, D, eps, mean, rstd);
+}
+
+void rp_ops_avx2_ln_bwd(const float *x, const float *w, float m, float rs, const float *g, float *dx, float *pw,
+                        float *pb, int64_t D) {
+    rp_span_ln_bwd(x, w, m, rs, g, dx, pw, pb, D);
+}
+
+void rp_ops_avx2_rms_fwd(const float *x, const float *w, float *y, int64_t D, float eps, float *rstd) {
+    rp_span_rms_fwd(x, w, y, D, eps, rstd);
+}
+
+void rp_ops_avx2_rms_bwd(const float *x, const float *w, float rs, const float *g, float *dx, float *pw, int64_t D) {
+    rp_span_rms_bwd(x, w, rs, g, dx, pw, D);
+}
+
 #else
 /* Not an x86-64 AVX2 build: keep the translation unit non-empty (ISO C). */
 typedef int rp_ops_avx2_unused;

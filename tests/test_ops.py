@@ -263,7 +263,7 @@ def test_activation_bad_inputs(rng):
 @pytest.mark.parametrize("D", [1, 7, 65])
 @pytest.mark.parametrize("N", [0, 1, 3])
 @pytest.mark.parametrize("affine", [True, False])
-def test_layer_norm(rng, N, D, affine):
+def test_layer_norm(rng, N, D, affine, path):
     x = f32(rng, N, D) * 2 + 0.5
     w = f32(rng, D) if affine else None
     b = f32(rng, D) if affine else None
@@ -281,7 +281,7 @@ def test_layer_norm(rng, N, D, affine):
         np.testing.assert_array_equal(a, c)
 
 
-def test_layer_norm_saved_stats_and_leading_axes(rng):
+def test_layer_norm_saved_stats_and_leading_axes(rng, path):
     x = f32(rng, 2, 3, 9) + 100.0   # a large common offset must not cost accuracy
     w, b = f32(rng, 9), f32(rng, 9)
     y, mean, rstd = _C.layer_norm_fwd(x, w, b, 1e-5)
@@ -306,7 +306,7 @@ def test_layer_norm_needs_input_grad(rng):
 
 @pytest.mark.parametrize("D", [1, 7, 65])
 @pytest.mark.parametrize("N", [0, 1, 3])
-def test_rms_norm(rng, N, D):
+def test_rms_norm(rng, N, D, path):
     x, w = f32(rng, N, D), f32(rng, D)
     G = rng.standard_normal((N, D))
     out, (gx, gw) = grads_of(lambda a, b: F.rms_norm(a, b), [x, w], G)
@@ -320,7 +320,7 @@ def test_rms_norm(rng, N, D):
 
 
 @pytest.mark.parametrize("kind", ["layer", "rms"])
-def test_norm_deterministic_threads(rng, threads, kind):
+def test_norm_deterministic_threads(rng, threads, kind, path):
     x, w, b = f32(rng, 300, 65), f32(rng, 65), f32(rng, 65)
     g = f32(rng, 300, 65)
 
