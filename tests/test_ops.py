@@ -778,3 +778,72 @@ def test_torch_cross_entropy(rng):
     tl.backward()
     np.testing.assert_allclose(loss.item(), tl.item(), rtol=1e-5)
     np.testing.assert_allclose(xt.grad, tx.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------- properties
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+
+
+def _reduce_to(g, shape):
+    """float64 twin of unbroadcasting: sum g down to shape."""
+    while g.ndim > len(shape):
+        g = g.sum(axis=0)
+    for i, n in enumerate(shape):
+        if n == 1 and g.shape[i] != 1:
+            g = g.sum(axis=i, keepdims=True)
+    return g
+
+
+@settings(max_examples=60, deadline=None)
+@given(shapes=hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=3, max_side=5),
+       op=st.sampled_from(list(OPS)), seed=st.integers(0, 2 ** 32 - 1))
+def test_binary_broadcast_property(shapes, op, seed):
+    """Any NumPy-broadcastable pair: the value and both gradients match float64 NumPy."""
+    rng = np.random.default_rng(seed)
+    sa, sb = shapes.input_shapes
+    a = f32(rng, *sa, lo=0.5)
+    b = f32(rng, *sb, lo=0.5)
+    G = rng.standard_normal(shapes.result_shape)
+    out, (ga, gb) = grads_of(OPS[op], [np.asarray(a, np.float32), np.asarray(b, np.float32)], G)
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    assert out.shape == shapes.result_shape
+    np.testing.assert_allclose(out.data, ref.binary(op, a64, b64), rtol=1e-6, atol=1e-6)
+    if op in ("add", "sub"):
+        wa, wb = G, (G if op == "add" else -G)
+    elif op == "mul":
+        wa, wb = G * b64, G * a64
+    else:
+        wa, wb = G / b64, -G * a64 / b64 ** 2
+    np.testing.assert_allclose(ga, _reduce_to(np.broadcast_to(wa, G.shape), sa), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gb, _reduce_to(np.broadcast_to(wb, G.shape), sb), rtol=1e-4, atol=1e-4)
+
+
+# the threads fixture restores the thread count itself after each call
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shape=hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=9),
+       scale=st.sampled_from([1e-3, 1.0, 30.0]), seed=st.integers(0, 2 ** 32 - 1))
+def test_row_ops_property(shape, scale, seed, threads):
+    """LayerNorm, RMSNorm, softmax, log-softmax on random shapes and scales:
+    match float64, and are bit-identical with 1 and 2 threads."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * scale).astype(np.float32)
+    D = shape[-1]
+    w, b = f32(rng, D), f32(rng, D)
+    for fn, fn64, tol in [(lambda v: _C.layer_norm_fwd(v, w, b)[0], lambda v: ref.layer_norm(v, w, b), 2e-4),
+                          (lambda v: _C.rms_norm_fwd(v, w)[0], lambda v: ref.rms_norm(v, w), 2e-5),
+                          (_C.softmax_fwd, ref.softmax, 1e-5), (_C.log_softmax_fwd, ref.log_softmax, 1e-5)]:
+        y1, y2 = threads(1, fn, x), threads(2, fn, x)
+        assert y1.tobytes() == y2.tobytes()
+        np.testing.assert_allclose(y1, fn64(x.astype(np.float64)), rtol=tol, atol=tol)
+
+
+def test_same_tensor_both_sides(rng):
+    x = f32(rng, 3, 4)
+    t = Tensor(x, requires_grad=True)
+    (t * t).backward(np.ones((3, 4), np.float32))
+    np.testing.assert_allclose(t.grad, 2 * x, rtol=1e-6)
+    t2 = Tensor(x, requires_grad=True)
+    F.sub(t2, t2).backward(np.ones((3, 4), np.float32))
+    np.testing.assert_array_equal(t2.grad, np.zeros_like(x))

@@ -352,18 +352,19 @@ class _Softmax(Function):
     def forward(ctx, x, axis, log):
         x = _f32(x, "x")
         ax = _norm_axis(axis, x.ndim)
-        ctx.ax, ctx.log = ax, log
-        xm = _c(np.moveaxis(x, ax, -1))
+        last = ax == x.ndim - 1
+        ctx.ax, ctx.log, ctx.last = ax, log, last
+        xm = x if last else _c(np.moveaxis(x, ax, -1))
         y = _C.log_softmax_fwd(xm) if log else _C.softmax_fwd(xm)
         ctx.save_for_backward(y)
-        return np.moveaxis(y, -1, ax)
+        return y if last else np.moveaxis(y, -1, ax)
 
     @staticmethod
     def backward(ctx, g):
         (y,) = ctx.saved
-        gm = _c(np.moveaxis(g, ctx.ax, -1))
+        gm = _c(g if ctx.last else np.moveaxis(g, ctx.ax, -1))
         dx = _C.log_softmax_bwd(y, gm) if ctx.log else _C.softmax_bwd(y, gm)
-        return np.moveaxis(dx, -1, ctx.ax), None, None
+        return (dx if ctx.last else np.moveaxis(dx, -1, ctx.ax)), None, None
 
 
 def softmax(x, axis: int = -1) -> Tensor:
