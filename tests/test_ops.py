@@ -321,8 +321,8 @@ def test_rms_norm(rng, N, D, path):
 
 @pytest.mark.parametrize("kind", ["layer", "rms"])
 def test_norm_deterministic_threads(rng, threads, kind, path):
-    x, w, b = f32(rng, 300, 65), f32(rng, 65), f32(rng, 65)
-    g = f32(rng, 300, 65)
+    x, w, b = f32(rng, 600, 65), f32(rng, 65), f32(rng, 65)  # above the parallel thresholds
+    g = f32(rng, 600, 65)
 
     def run():
         if kind == "layer":
@@ -491,6 +491,23 @@ def test_embedding_int_dtypes(rng):
     for dt in (np.int8, np.int32, np.uint16, np.int64):
         ids = np.array([[4, 0], [2, 2]], dtype=dt)
         np.testing.assert_array_equal(F.embedding(ids, W).data, W[ids.astype(np.int64)])
+
+
+def test_rows_and_loss_deterministic(rng, threads, path):
+    """softmax, log-softmax (fwd/bwd), activations and cross-entropy: 1 vs 2 threads bit-identical."""
+    x, g = f32(rng, 300, 130) * 4, f32(rng, 300, 130)
+    t = rng.integers(0, 130, 300)
+    t[::7] = -100
+
+    def run():
+        y, ls = _C.softmax_fwd(x), _C.log_softmax_fwd(x)
+        loss, lse, cnt = _C.cross_entropy_fwd(x, t)
+        return (y, ls, _C.softmax_bwd(y, g), _C.log_softmax_bwd(ls, g), np.float32(loss), lse,
+                _C.cross_entropy_bwd(x, t, lse, 0.5, cnt), _C.gelu_fwd(x), _C.gelu_bwd(x, g, "none"),
+                _C.sum_rows(g), _C.binary_bwd(x, np.array(0.7, np.float32), g, "div")[1])
+
+    for u, v in zip(threads(1, run), threads(2, run)):
+        assert u.tobytes() == v.tobytes()
 
 
 def test_embedding_backward_deterministic(rng, threads):
