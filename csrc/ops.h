@@ -159,23 +159,6 @@ static inline float rp_expf(float x) {
     return y;
 }
 
-/* tanh(x): odd polynomial below |x| = 0.625 (Cephes tanhf), else
- * 1 - 2 / (exp(2|x|) + 1) with the sign of x. A few ulp. */
-static inline float rp_tanhf(float x) {
-    float ax = x < 0.0f ? -x : x;
-    float z = x * x;
-    float p = -5.70498872745e-3f;
-    p = p * z + 2.06390887954e-2f;
-    p = p * z - 5.37397155531e-2f;
-    p = p * z + 1.33314422036e-1f;
-    p = p * z - 3.33332819422e-1f;
-    float small = p * z * x + x;
-    float e = rp_expf(2.0f * ax);
-    float big = 1.0f - 2.0f / (e + 1.0f);
-    big = x < 0.0f ? -big : big;
-    return ax < 0.625f ? small : big;
-}
-
 /* erfc(a) for a >= 0 (Numerical Recipes' Chebyshev fit, fractional error
  * below 1.2e-7 in exact arithmetic). */
 static inline float rp_erfcf_pos(float a) {
@@ -210,9 +193,10 @@ static inline float rp_sigmoidf(float x) { return 1.0f / (1.0f + rp_expf(-x)); }
 static inline void rp_span_act_fwd(int kind, const float *x, float *y, int64_t n) {
     switch (kind) {
     case RP_ACT_GELU_TANH:
+        /* 0.5 (1 + tanh(u)) = sigmoid(2u): no cancellation in the negative tail */
         for (int64_t i = 0; i < n; i++) {
             float v = x[i];
-            y[i] = 0.5f * v * (1.0f + rp_tanhf(RP_GELU_K * (v + RP_GELU_C * v * v * v)));
+            y[i] = v / (1.0f + rp_expf(-2.0f * RP_GELU_K * (v + RP_GELU_C * v * v * v)));
         }
         break;
     case RP_ACT_GELU_ERF:
@@ -231,11 +215,16 @@ static inline void rp_span_act_fwd(int kind, const float *x, float *y, int64_t n
 static inline void rp_span_act_bwd(int kind, const float *x, const float *g, float *dx, int64_t n) {
     switch (kind) {
     case RP_ACT_GELU_TANH:
+        /* with e = exp(-2u), s = 1 / (1 + e) = 0.5 (1 + tanh u) and
+         * s (1 - s) = e s^2 (no cancellation near s = 1; 0 when e = inf):
+         * d/dx = s + 2 x s (1 - s) du/dx */
         for (int64_t i = 0; i < n; i++) {
             float v = x[i];
-            float t = rp_tanhf(RP_GELU_K * (v + RP_GELU_C * v * v * v));
-            float dinner = RP_GELU_K * (1.0f + 3.0f * RP_GELU_C * v * v);
-            dx[i] = g[i] * (0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * dinner);
+            float e = rp_expf(-2.0f * RP_GELU_K * (v + RP_GELU_C * v * v * v));
+            float s = 1.0f / (1.0f + e);
+            float ss = s == 0.0f ? 0.0f : (e * s) * s;
+            float du = RP_GELU_K * (1.0f + 3.0f * RP_GELU_C * v * v);
+            dx[i] = g[i] * (s + 2.0f * v * ss * du);
         }
         break;
     case RP_ACT_GELU_ERF:
@@ -249,9 +238,12 @@ static inline void rp_span_act_bwd(int kind, const float *x, const float *g, flo
         for (int64_t i = 0; i < n; i++) dx[i] = x[i] > 0.0f ? g[i] : 0.0f;
         break;
     default:
+        /* 1 - s = e s with e = exp(-x): exact near s = 1 (1 when e = inf) */
         for (int64_t i = 0; i < n; i++) {
-            float s = rp_sigmoidf(x[i]);
-            dx[i] = g[i] * s * (1.0f + x[i] * (1.0f - s));
+            float e = rp_expf(-x[i]);
+            float s = 1.0f / (1.0f + e);
+            float one_minus = s == 0.0f ? 1.0f : e * s;
+            dx[i] = g[i] * s * (1.0f + x[i] * one_minus);
         }
         break;
     }

@@ -244,6 +244,19 @@ def test_gelu_large_and_tails(approx, path):
     assert np.all(np.isfinite(_C.silu_bwd(x, np.ones_like(x))))
 
 
+def test_activation_negative_tails_relative(path):
+    """Tiny outputs in the negative tails keep their relative accuracy (no 1 + tanh cancellation)."""
+    x = np.linspace(-9, -3, 61).astype(np.float32)
+    x64 = x.astype(np.float64)
+    u = np.sqrt(2 / np.pi) * (x64 + 0.044715 * x64 ** 3)
+    s2 = 1 / (1 + np.exp(-2 * u))  # 0.5 (1 + tanh u) without cancellation
+    np.testing.assert_allclose(_C.gelu_fwd(x), x64 * s2, rtol=2e-5)
+    from math import erfc
+    phi = np.array([0.5 * erfc(-v / np.sqrt(2)) for v in x64])
+    np.testing.assert_allclose(_C.gelu_fwd(x, "none"), x64 * phi, rtol=2e-5)
+    np.testing.assert_allclose(_C.silu_fwd(x), x64 / (1 + np.exp(-x64)), rtol=2e-6)
+
+
 def test_activation_bad_inputs(rng):
     x = f32(rng, 3)
     with pytest.raises(ValueError, match="approximate must be 'tanh' or 'none'"):
