@@ -1,0 +1,178 @@
+/* AVX2/FMA kernels of the fused attention (attention_fused.c chooses them at
+ * run time when rp_simd_enabled()). Compiled with -mavx2 -mfma; empty elsewhere.
+ *
+ *  rp_fused_gemm_avx2   C (M x N) [+]= A * B, A with any row/column stride
+ *                       (so A^T costs nothing), B row-major: a 6 x 16 register
+ *                       tile, broadcast A, two B vectors, 12 FMA accumulators.
+ *  rp_fused_expsub_avx2 x = exp(x - m) and its sum, 8 lanes at a time.
+ *  rp_fused_rowmax_avx2 max of a row.
+ */
+#include "relpos.h"
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#include <math.h>
+
+#define FZ_INLINE static inline __attribute__((always_inline))
+
+/* lane mask with the first n (0..8) lanes set */
+FZ_INLINE __m256i fz_mask(int64_t n) {
+    const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), idx);
+}
+
+/* MR rows (1..6) x NV vectors (1 or 2); the last vector masked when MASKED. */
+FZ_INLINE void fz_ukr(const int MR, const int NV, const int MASKED, __m256i mk, int64_t K, const float *A,
+                      int64_t rsa, int64_t csa, const float *B, int64_t ldb, float *C, int64_t ldc, int acc) {
+    __m256 c0[6], c1[6];
+    for (int r = 0; r < MR; r++) {
+        c0[r] = _mm256_setzero_ps();
+        c1[r] = _mm256_setzero_ps();
+    }
+    for (int64_t k = 0; k < K; k++) {
+        const float *b = B + k * ldb;
+        const float *ap = A + k * csa;
+        __m256 b0, b1 = _mm256_setzero_ps();
+        if (NV == 1)
+            b0 = MASKED ? _mm256_maskload_ps(b, mk) : _mm256_loadu_ps(b);
+        else {
+            b0 = _mm256_loadu_ps(b);
+            b1 = MASKED ? _mm256_maskload_ps(b + 8, mk) : _mm256_loadu_ps(b + 8);
+        }
+        for (int r = 0; r < MR; r++) {
+            __m256 ar = _mm256_broadcast_ss(ap + r * rsa);
+            c0[r] = _mm256_fmadd_ps(ar, b0, c0[r]);
+            if (NV == 2) c1[r] = _mm256_fmadd_ps(ar, b1, c1[r]);
+        }
+    }
+    for (int r = 0; r < MR; r++) {
+        float *cr = C + r * ldc;
+        if (NV == 1) {
+            if (MASKED) {
+                __m256 x = c0[r];
+                if (acc) x = _mm256_add_ps(x, _mm256_maskload_ps(cr, mk));
+                _mm256_maskstore_ps(cr, mk, x);
+            } else {
+                __m256 x = c0[r];
+                if (acc) x = _mm256_add_ps(x, _mm256_loadu_ps(cr));
+                _mm256_storeu_ps(cr, x);
+            }
+        } else {
+            __m256 x = c0[r], y = c1[r];
+            if (acc) {
+                x = _mm256_add_ps(x, _mm256_loadu_ps(cr));
+                y = _mm256_add_ps(y, MASKED ? _mm256_maskload_ps(cr + 8, mk) : _mm256_loadu_ps(cr + 8));
+            }
+            _mm256_storeu_ps(cr, x);
+            if (MASKED)
+                _mm256_maskstore_ps(cr + 8, mk, y);
+            else
+                _mm256_storeu_ps(cr + 8, y);
+        }
+    }
+}
+
+#define FZ_ROWS(NV, MASKED)                                                            \
+    for (int64_t i = 0; i < M; i += 6) {                                               \
+        const float *Ai = A + i * rsa;                                                 \
+        float *Ci = C + i * ldc + j;                                                   \
+        switch (M - i >= 6 ? 6 : M - i) {                                              \
+        case 6: fz_ukr(6, NV, MASKED, mk, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break; \
+        case 5: fz_ukr(5, NV, MASKED, mk, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break; \
+        case 4: fz_ukr(4, NV, MASKED, mk, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break; \
+        case 3: fz_ukr(3, NV, MASKED, mk, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break; \
+        case 2: fz_ukr(2, NV, MASKED, mk, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break; \
+        default: fz_ukr(1, NV, MASKED, mk, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break; \
+        }                                                                              \
+    }
+
+void rp_fused_gemm_avx2(int64_t M, int64_t N, int64_t K, const float *A, int64_t rsa, int64_t csa,
+                        const float *B, int64_t ldb, float *C, int64_t ldc, int acc) {
+    if (M <= 0 || N <= 0) return;
+    int64_t j = 0;
+    __m256i mk = fz_mask(8);
+    for (; j + 16 <= N; j += 16) {
+        const float *Bj = B + j;
+        FZ_ROWS(2, 0)
+    }
+    int64_t rem = N - j;
+    if (rem > 8) {
+        mk = fz_mask(rem - 8);
+        const float *Bj = B + j;
+        FZ_ROWS(2, 1)
+    } else if (rem == 8) {
+        const float *Bj = B + j;
+        FZ_ROWS(1, 0)
+    } else if (rem > 0) {
+        mk = fz_mask(rem);
+        const float *Bj = B + j;
+        FZ_ROWS(1, 1)
+    }
+}
+
+/* exp(x) for x <= 0, as fz_expf in attention_fused.c: x = n ln2 + r, a degree-6
+ * polynomial on |r| <= ln2/2, 2^n through the exponent bits; exp(-inf) = 0. */
+FZ_INLINE __m256 fz_exp8(__m256 x) {
+    x = _mm256_min_ps(x, _mm256_set1_ps(88.0f));
+    x = _mm256_max_ps(x, _mm256_set1_ps(-88.3762626647949f));
+    __m256 fn = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+    __m256 r = _mm256_fnmadd_ps(fn, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(fn, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 z = _mm256_mul_ps(r, r);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, z, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fn), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+float rp_fused_expsub_avx2(float *x, int64_t n, float m) {
+    const __m256 mv = _mm256_set1_ps(m);
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) {
+        __m256 e0 = fz_exp8(_mm256_sub_ps(_mm256_loadu_ps(x + j), mv));
+        __m256 e1 = fz_exp8(_mm256_sub_ps(_mm256_loadu_ps(x + j + 8), mv));
+        _mm256_storeu_ps(x + j, e0);
+        _mm256_storeu_ps(x + j + 8, e1);
+        s0 = _mm256_add_ps(s0, e0);
+        s1 = _mm256_add_ps(s1, e1);
+    }
+    for (; j < n; j += 8) {
+        __m256i mk = fz_mask(n - j < 8 ? n - j : 8);
+        __m256 e = fz_exp8(_mm256_sub_ps(_mm256_maskload_ps(x + j, mk), mv));
+        e = _mm256_and_ps(e, _mm256_castsi256_ps(mk));
+        _mm256_maskstore_ps(x + j, mk, e);
+        s0 = _mm256_add_ps(s0, e);
+    }
+    s0 = _mm256_add_ps(s0, s1);
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s0), _mm256_extractf128_ps(s0, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
+    return _mm_cvtss_f32(h);
+}
+
+float rp_fused_rowmax_avx2(const float *x, int64_t n) {
+    __m256 m0 = _mm256_set1_ps(-INFINITY), m1 = m0;
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) {
+        m0 = _mm256_max_ps(m0, _mm256_loadu_ps(x + j));
+        m1 = _mm256_max_ps(m1, _mm256_loadu_ps(x + j + 8));
+    }
+    m0 = _mm256_max_ps(m0, m1);
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m0), _mm256_extractf128_ps(m0, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
+    float mx = _mm_cvtss_f32(h);
+    for (; j < n; j++) mx = x[j] > mx ? x[j] : mx;
+    return mx;
+}
+
+#else
+/* keep the translation unit non-empty for -Wpedantic */
+typedef int rp_fused_avx2_unused;
+#endif
