@@ -508,8 +508,8 @@ def test_embedding_int_dtypes(rng):
 
 def test_rows_and_loss_deterministic(rng, threads, path):
     """softmax, log-softmax (fwd/bwd), activations and cross-entropy: 1 vs 2 threads bit-identical."""
-    x, g = f32(rng, 300, 130) * 4, f32(rng, 300, 130)
-    t = rng.integers(0, 130, 300)
+    x, g = f32(rng, 600, 130) * 4, f32(rng, 600, 130)  # above the parallel thresholds
+    t = rng.integers(0, 130, 600)
     t[::7] = -100
 
     def run():
