@@ -635,6 +635,44 @@ def test_cross_entropy_large_logits_gradient_precise(path):
 
 # ----------------------------------------------------------------- misc
 
+def test_zero_size_dims(rng):
+    """Zero-size axes anywhere: empty results or zeros, never a crash or NaN."""
+    # cross-entropy with V = 0 and every row ignored; N = 0
+    xt = Tensor(np.zeros((3, 0), np.float32), requires_grad=True)
+    loss = F.cross_entropy(xt, np.full(3, -100))
+    loss.backward()
+    assert loss.item() == 0.0 and xt.grad.shape == (3, 0)
+    with pytest.raises(IndexError, match="V = 0"):
+        F.cross_entropy(np.zeros((2, 0), np.float32), np.array([0, -100]))
+    # embedding with D = 0, and with no ids
+    Wt = Tensor(np.zeros((5, 0), np.float32), requires_grad=True)
+    out = F.embedding(np.array([[1, 4]]), Wt)
+    out.backward(np.zeros((1, 2, 0), np.float32))
+    assert out.shape == (1, 2, 0) and Wt.grad.shape == (5, 0)
+    W = Tensor(f32(rng, 5, 3), requires_grad=True)
+    e = F.embedding(np.zeros((0, 4), np.int64), W)
+    e.backward(np.zeros((0, 4, 3), np.float32))
+    assert e.shape == (0, 4, 3) and np.array_equal(W.grad, np.zeros((5, 3)))
+    # norms with D = 0 rows and with N = 0 rows: weight gradients are zeros
+    for shape in [(4, 0), (0, 6)]:
+        D = shape[1]
+        x = Tensor(np.zeros(shape, np.float32), requires_grad=True)
+        w, b = Tensor(np.ones(D, np.float32), requires_grad=True), Tensor(np.zeros(D, np.float32), requires_grad=True)
+        (F.layer_norm(x, w, b) * 1.0).backward(np.ones(shape, np.float32))
+        assert x.grad.shape == shape and np.array_equal(w.grad, np.zeros(D)) and np.array_equal(b.grad, np.zeros(D))
+        F.rms_norm(x, w).backward(np.ones(shape, np.float32))
+        assert x.grad.shape == shape
+    # broadcast binary with an empty leading axis: the vector's gradient is zeros
+    a, v = Tensor(np.zeros((0, 3), np.float32), requires_grad=True), Tensor(f32(rng, 3), requires_grad=True)
+    (a * v).backward(np.zeros((0, 3), np.float32))
+    assert np.array_equal(v.grad, np.zeros(3))
+    # dropout and softmax of empty tensors
+    d = Tensor(np.zeros((0, 5), np.float32), requires_grad=True)
+    F.dropout(d, 0.5, seed=1).backward(np.zeros((0, 5), np.float32))
+    assert d.grad.shape == (0, 5)
+    assert F.softmax(np.zeros((2, 0), np.float32)).shape == (2, 0)
+
+
 def test_simd_and_portable_agree(rng):
     if not relpos.config()["cpu_avx2_fma"]:
         pytest.skip("this CPU or build has no AVX2/FMA path")

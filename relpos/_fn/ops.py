@@ -397,7 +397,7 @@ class _CrossEntropy(Function):
         lead = x.shape[:-1]
         if t.shape != lead:
             raise ValueError(f"targets must have shape {lead} (logits.shape[:-1]); got {t.shape}")
-        x2 = x.reshape(-1, x.shape[-1])
+        x2 = x.reshape(int(np.prod(lead)), x.shape[-1])  # not -1: ambiguous when V == 0
         t1 = t.reshape(-1)
         loss, lse, count = _C.cross_entropy_fwd(x2, t1, ignore_index)
         ctx.save_for_backward(x2, t1, lse)
