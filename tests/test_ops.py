@@ -79,6 +79,8 @@ def _operands(rng, case, n):
         return f32(rng, n, lo=0.5), a
     if case == "scalar_left":
         return f32(rng, 1, 1, lo=0.5), a
+    if case == "trailing":    # (3, n) against (2, 3, n): the C kernel repeats it over axis 0
+        return f32(rng, 2, 3, n, lo=0.5), a
     if case == "numpy":       # column broadcast: NumPy path
         return a, f32(rng, 3, 1, lo=0.5)
     if case == "both":        # both broadcast: (3, 1) with (1, n)
@@ -86,7 +88,7 @@ def _operands(rng, case, n):
     raise AssertionError(case)
 
 
-CASES = ["same", "vector", "row", "scalar", "vector_left", "scalar_left", "numpy", "both"]
+CASES = ["same", "vector", "row", "scalar", "vector_left", "scalar_left", "trailing", "numpy", "both"]
 
 
 @pytest.mark.parametrize("op", list(OPS))
@@ -177,6 +179,8 @@ def test_binary_bad_inputs(rng):
         _C.binary_fwd([1.0], a)
     with pytest.raises(ValueError, match="b must have the shape of a"):
         _C.binary_fwd(a, f32(rng, 3))
+    with pytest.raises(ValueError, match="trailing axes"):
+        _C.binary_fwd(f32(rng, 2, 3, 4), f32(rng, 2, 4))
     with pytest.raises(ValueError, match="op must be one of"):
         _C.binary_fwd(a, a, "pow")
     with pytest.raises(ValueError, match="out"):
