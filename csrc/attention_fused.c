@@ -201,15 +201,15 @@ static fz_scr fz_scr_at(float *base, int64_t D, int64_t Dv) {
 }
 
 /* S (mq x nk, ld BK) = logits of queries i0.. (absolute ia0..) and keys j0..
- * of head (b, h), masked entries -INFINITY. Kt holds the packed keys. */
-static void tile_logits(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, int64_t i0, int64_t mq, int64_t j0,
-                        int64_t nk) {
+ * of head (b, h), masked entries -INFINITY. Kt: the keys packed (D x BK). */
+static void tile_logits(const fz_ctx *c, fz_scr *w, const float *Kt, int64_t b, int64_t h, int64_t i0, int64_t mq,
+                        int64_t j0, int64_t nk) {
     const rp_attn *a = c->a;
     const int64_t D = c->D, H = a->H, bh = b * H + h;
     const int64_t ia0 = a->q_offset + i0;
     const float *qt = a->q + (bh * a->Tq + i0) * D;
     float *S = w->S;
-    c->kr.gemm(mq, nk, D, qt, D, 1, w->Kt, FZ_BK, S, FZ_BK, 0);
+    c->kr.gemm(mq, nk, D, qt, D, 1, Kt, FZ_BK, S, FZ_BK, 0);
 
     if (c->has_c2p) { /* + qr_i . relk[idx(ia, j)] */
         rp_relidx ix = a->relk_ix;
@@ -246,25 +246,32 @@ static void tile_logits(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, int64_
     for (int64_t i = 0; i < mq; i++) {
         float *restrict s = S + i * FZ_BK;
         const int64_t ia = ia0 + i;
-        for (int64_t j = 0; j < nk; j++) s[j] *= scale;
         if (bv) {
             rp_relidx ix = a->bias_ix;
-            /* unclamped index u(j) = sign*(ia - j0 - j) + off; clamp only at the ends */
-            int64_t u0 = ix.sign * (ia - j0) + ix.off;
+            /* u(j) = u0 - sign*j is unclamped for j in [jlo, jhi); constant outside */
+            const int64_t u0 = ix.sign * (ia - j0) + ix.off;
+            int64_t jlo, jhi;
             if (ix.sign > 0) {
-                /* u decreasing in j: u(j) = u0 - j in [0, R-1] iff u0-R+1 <= j <= u0 */
-                for (int64_t j = 0; j < nk; j++) {
-                    int64_t u = u0 - j;
-                    u = u < 0 ? 0 : (u >= ix.R ? ix.R - 1 : u);
-                    s[j] += bv[u];
-                }
+                jlo = u0 - (ix.R - 1);
+                jhi = u0 + 1;
             } else {
-                for (int64_t j = 0; j < nk; j++) {
-                    int64_t u = u0 + j;
-                    u = u < 0 ? 0 : (u >= ix.R ? ix.R - 1 : u);
-                    s[j] += bv[u];
-                }
+                jlo = -u0;
+                jhi = ix.R - u0;
             }
+            jlo = jlo < 0 ? 0 : (jlo > nk ? nk : jlo);
+            jhi = jhi < jlo ? jlo : (jhi > nk ? nk : jhi);
+            const float blo = bv[ix.sign > 0 ? ix.R - 1 : 0], bhi = bv[ix.sign > 0 ? 0 : ix.R - 1];
+            for (int64_t j = 0; j < jlo; j++) s[j] = s[j] * scale + blo;
+            if (jhi > jlo && ix.sign > 0) {
+                const float *restrict br = bv + (u0 - jlo); /* bias at j is br[jlo - j] */
+                for (int64_t j = jlo; j < jhi; j++) s[j] = s[j] * scale + br[jlo - j];
+            } else if (jhi > jlo) {
+                const float *restrict br = bv + (u0 + jlo);
+                for (int64_t j = jlo; j < jhi; j++) s[j] = s[j] * scale + br[j - jlo];
+            }
+            for (int64_t j = jhi; j < nk; j++) s[j] = s[j] * scale + bhi;
+        } else {
+            for (int64_t j = 0; j < nk; j++) s[j] *= scale;
         }
         if (bf) {
             const float *restrict f = bf + i * a->Tk;
@@ -300,7 +307,9 @@ static int fz_all_padded(const rp_attn *a, int64_t b, int64_t j0, int64_t nk) {
 
 /* -------------------------------------------------------------------- forward */
 
-static void fwd_item(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, int64_t qb, float *out, float *lse) {
+/* Kp: every key block packed, (B*H, nkb, D, BK). */
+static void fwd_item(const fz_ctx *c, fz_scr *w, const float *Kp, int64_t b, int64_t h, int64_t qb, float *out,
+                     float *lse) {
     const rp_attn *a = c->a;
     const int64_t D = c->D, Dv = c->Dv, bh = b * a->H + h;
     const int64_t i0 = qb * FZ_BQ, mq = (a->Tq - i0) < FZ_BQ ? (a->Tq - i0) : FZ_BQ;
@@ -315,8 +324,7 @@ static void fwd_item(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, int64_t q
     for (int64_t kb = 0; kb < kb_end; kb++) {
         const int64_t j0 = kb * FZ_BK, nk = (a->Tk - j0) < FZ_BK ? (a->Tk - j0) : FZ_BK;
         if (fz_all_padded(a, b, j0, nk)) continue;
-        pack_t(a->k + (bh * a->Tk + j0) * D, nk, D, D, w->Kt, FZ_BK);
-        tile_logits(c, w, b, h, i0, mq, j0, nk);
+        tile_logits(c, w, Kp + (bh * c->nkb + kb) * D * FZ_BK, b, h, i0, mq, j0, nk);
         float *S = w->S;
         for (int64_t i = 0; i < mq; i++) {
             float *s = S + i * FZ_BK;
@@ -414,7 +422,12 @@ int rp_attn_fused_fwd(const rp_attn *a, float *out, float *lse) {
     if (nitems < nt) nt = (int)nitems;
     const size_t per = fz_scr_floats(c.D, c.Dv, 0);
     float *scr = rp_malloc(sizeof(float) * per * (size_t)nt);
-    if (!scr) return RP_ENOMEM;
+    float *Kp = rp_malloc(sizeof(float) * (size_t)(BH * c.nkb * c.D * FZ_BK));
+    if (!scr || !Kp) {
+        rp_free(scr);
+        rp_free(Kp);
+        return RP_ENOMEM;
+    }
 #if RP_HAVE_OPENMP
 #pragma omp parallel num_threads(nt)
 #endif
@@ -426,15 +439,24 @@ int rp_attn_fused_fwd(const rp_attn *a, float *out, float *lse) {
 #endif
         fz_scr w = fz_scr_at(scr + per * (size_t)tid, c.D, c.Dv);
 #if RP_HAVE_OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t it = 0; it < BH * c.nkb; it++) {
+            const int64_t bh = it / c.nkb, j0 = (it % c.nkb) * FZ_BK;
+            const int64_t nk = (a->Tk - j0) < FZ_BK ? (a->Tk - j0) : FZ_BK;
+            pack_t(a->k + (bh * a->Tk + j0) * c.D, nk, c.D, c.D, Kp + it * c.D * FZ_BK, FZ_BK);
+        }
+#if RP_HAVE_OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
         for (int64_t it = 0; it < nitems; it++) {
             /* longest (last) query blocks first: causal work grows with qb */
             int64_t qb = c.nqb - 1 - it % c.nqb, bh = it / c.nqb;
-            fwd_item(&c, &w, bh / a->H, bh % a->H, qb, out, lse);
+            fwd_item(&c, &w, Kp, bh / a->H, bh % a->H, qb, out, lse);
         }
     }
     rp_free(scr);
+    rp_free(Kp);
     return RP_OK;
 }
 
@@ -489,7 +511,7 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
             const int64_t i0 = qb * FZ_BQ, mq = (Tq - i0) < FZ_BQ ? (Tq - i0) : FZ_BQ;
             const int64_t ia0 = a->q_offset + i0;
             if (a->causal && ia0 + mq - 1 < j0) continue;
-            tile_logits(c, w, b, h, i0, mq, j0, nk);
+            tile_logits(c, w, w->Kt, b, h, i0, mq, j0, nk);
             float *S = w->S, *dP = w->dP;
             for (int64_t i = 0; i < mq; i++) {
                 float *s = S + i * FZ_BK;
@@ -529,23 +551,42 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
                     for (int64_t j = 0; j < nk; j++) p[j] += dr[rp_relidx_at(a->relv_ix, ia0 + i, j0 + j) - rv0];
                 }
             }
-            /* dS = P (dP - D) */
+            /* dS = P (dP - D); the content terms below take scale * dS */
+            const int bias_grad = t->dbias_vec || t->dbias_full;
+            const float sc = bias_grad ? 1.0f : scale;
             for (int64_t i = 0; i < mq; i++) {
                 float *restrict p = dP + i * FZ_BK;
                 const float *restrict s = S + i * FZ_BK;
                 const float di = w->Dvec[i0 + i];
-                for (int64_t j = 0; j < nk; j++) p[j] = s[j] * (p[j] - di);
+                for (int64_t j = 0; j < nk; j++) p[j] = sc * s[j] * (p[j] - di);
             }
             if (t->dbias_vec) {
                 rp_relidx ix = a->bias_ix;
+                float *restrict db = t->dbias_vec;
                 for (int64_t i = 0; i < mq; i++) {
                     const float *restrict p = dP + i * FZ_BK;
-                    float *restrict db = t->dbias_vec;
-                    int64_t u0 = ix.sign * (ia0 + i - j0) + ix.off;
-                    for (int64_t j = 0; j < nk; j++) {
-                        int64_t u = u0 - ix.sign * j;
-                        u = u < 0 ? 0 : (u >= R_b ? R_b - 1 : u);
-                        db[u] += p[j];
+                    const int64_t u0 = ix.sign * (ia0 + i - j0) + ix.off;
+                    int64_t jlo, jhi;
+                    if (ix.sign > 0) {
+                        jlo = u0 - (R_b - 1);
+                        jhi = u0 + 1;
+                    } else {
+                        jlo = -u0;
+                        jhi = R_b - u0;
+                    }
+                    jlo = jlo < 0 ? 0 : (jlo > nk ? nk : jlo);
+                    jhi = jhi < jlo ? jlo : (jhi > nk ? nk : jhi);
+                    float elo = 0.0f, ehi = 0.0f;
+                    for (int64_t j = 0; j < jlo; j++) elo += p[j];
+                    for (int64_t j = jhi; j < nk; j++) ehi += p[j];
+                    if (jlo > 0) db[ix.sign > 0 ? R_b - 1 : 0] += elo;
+                    if (jhi < nk) db[ix.sign > 0 ? 0 : R_b - 1] += ehi;
+                    if (jhi > jlo && ix.sign > 0) {
+                        float *restrict dr = db + (u0 - jlo);
+                        for (int64_t j = jlo; j < jhi; j++) dr[jlo - j] += p[j];
+                    } else if (jhi > jlo) {
+                        float *restrict dr = db + (u0 + jlo);
+                        for (int64_t j = jlo; j < jhi; j++) dr[j - jlo] += p[j];
                     }
                 }
             }
@@ -556,10 +597,11 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
                     for (int64_t j = 0; j < nk; j++) f[j] += p[j];
                 }
             }
-            /* the content terms carry the scale */
-            for (int64_t i = 0; i < mq; i++) {
-                float *restrict p = dP + i * FZ_BK;
-                for (int64_t j = 0; j < nk; j++) p[j] *= scale;
+            if (bias_grad) {
+                for (int64_t i = 0; i < mq; i++) {
+                    float *restrict p = dP + i * FZ_BK;
+                    for (int64_t j = 0; j < nk; j++) p[j] *= scale;
+                }
             }
             if (dk) c->kr.gemm(nk, D, mq, dP, 1, FZ_BK, Q + i0 * D, D, dk + j0 * D, D, 1);
             if (dq) c->kr.gemm(mq, D, nk, dP, FZ_BK, 1, K + j0 * D, D, dq + i0 * D, D, 1);
