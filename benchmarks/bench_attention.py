@@ -14,9 +14,11 @@ Not a test. Forward + backward, B=1, H=8, D=64, causal, at T = 512 ... 4096
          bias vector does get its gradient, like relpos.
 
 Peak memory: one fresh process per (implementation, case, T); the number is
-the resident-set high-water mark (ru_maxrss) minus the resident set just
-before the call, after the inputs exist: the extra memory of one forward +
-backward, outputs and gradients included.
+the resident-set high-water mark (VmHWM) minus the resident set after the
+imports: inputs (q, k, v, dout: 4 x B*H*T*D floats, the same everywhere), the
+bias as each implementation needs it (SDPA: the materialised (H, T, T) mask),
+one forward + backward, outputs and gradients. Timings exclude building the
+mask (it is built once, outside the timed loop: favourable to SDPA).
 
 FLOP count (same for every implementation, causal half of the square):
 forward 2 matmuls, backward 5, each 2*B*H*T*T*D/2 flops. The FMA peak comes
@@ -30,7 +32,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -176,17 +177,24 @@ def time_case(impl, T, case, repeat):
 
 # ------------------------------------------------------------------- memory
 
-def _rss_kib():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+def _status_kib(field):
+    """VmRSS / VmHWM of this process in KiB. VmHWM belongs to this address space
+    (ru_maxrss would carry the forking parent's high-water mark across exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def memory_child(impl, T, case, threads):
+    if impl != "relpos":
+        import torch  # noqa: F401  (imported before the baseline)
     set_threads(threads)
-    fwd, bwd = RUNNERS[impl](T, case)
-    base = _rss_kib()
+    base = _status_kib("VmRSS")
+    fwd, bwd = RUNNERS[impl](T, case)  # inputs, and SDPA's materialised mask, count
     bwd(fwd())
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    peak = _status_kib("VmHWM")
     print(json.dumps({"extra_mib": (peak - base) / 1024.0, "peak_mib": peak / 1024.0}))
 
 
