@@ -136,6 +136,82 @@ static void rel_range(rp_relidx ix, int64_t ia0, int64_t mq, int64_t j0, int64_t
     *nr = u1 - u0 + 1;
 }
 
+/* Keys j (0..nk-1 of a tile starting at j0) of query ia: u(j) = u0 - sign*j is
+ * inside [0, R) for j in [*jlo, *jhi); below jlo and from jhi on it is clamped
+ * to the constant ends *ulo (j < jlo) and *uhi (j >= jhi). */
+static inline void rel_row(rp_relidx ix, int64_t ia, int64_t j0, int64_t nk, int64_t *u0, int64_t *jlo,
+                           int64_t *jhi, int64_t *ulo, int64_t *uhi) {
+    const int64_t u = ix.sign * (ia - j0) + ix.off;
+    int64_t lo, hi;
+    if (ix.sign > 0) {
+        lo = u - (ix.R - 1);
+        hi = u + 1;
+        *ulo = ix.R - 1;
+        *uhi = 0;
+    } else {
+        lo = -u;
+        hi = ix.R - u;
+        *ulo = 0;
+        *uhi = ix.R - 1;
+    }
+    lo = lo < 0 ? 0 : (lo > nk ? nk : lo);
+    hi = hi < lo ? lo : (hi > nk ? nk : hi);
+    *u0 = u;
+    *jlo = lo;
+    *jhi = hi;
+}
+
+/* s[j] += t[(u(j) - r0) + j*tsj] for j < nk (tsj = 0: one row of t). */
+static void rel_gather_add(rp_relidx ix, int64_t ia, int64_t j0, int64_t nk, int64_t r0, const float *t, int64_t tsj,
+                           float *restrict s) {
+    int64_t u0, jlo, jhi, ulo, uhi;
+    rel_row(ix, ia, j0, nk, &u0, &jlo, &jhi, &ulo, &uhi);
+    for (int64_t j = 0; j < jlo; j++) s[j] += t[ulo - r0 + j * tsj];
+    if (jhi > jlo) {
+        if (tsj == 0 && ix.sign > 0) {
+            const float *restrict tr = t + (u0 - jlo - r0); /* u(j) - r0 = (u0 - jlo - r0) - (j - jlo) */
+            for (int64_t j = jlo; j < jhi; j++) s[j] += tr[jlo - j];
+        } else if (tsj == 0) {
+            const float *restrict tr = t + (u0 + jlo - r0);
+            for (int64_t j = jlo; j < jhi; j++) s[j] += tr[j - jlo];
+        } else {
+            const int64_t step = tsj - ix.sign;
+            const float *tr = t + (u0 - r0 - ix.sign * jlo + jlo * tsj);
+            for (int64_t j = jlo; j < jhi; j++, tr += step) s[j] += *tr;
+        }
+    }
+    for (int64_t j = jhi; j < nk; j++) s[j] += t[uhi - r0 + j * tsj];
+}
+
+/* t[(u(j) - r0) + j*tsj] += s[j] for j < nk (tsj = 0: one row of t). */
+static void rel_scatter_add(rp_relidx ix, int64_t ia, int64_t j0, int64_t nk, int64_t r0, float *t, int64_t tsj,
+                            const float *restrict s) {
+    int64_t u0, jlo, jhi, ulo, uhi;
+    rel_row(ix, ia, j0, nk, &u0, &jlo, &jhi, &ulo, &uhi);
+    if (tsj == 0) {
+        float elo = 0.0f, ehi = 0.0f;
+        for (int64_t j = 0; j < jlo; j++) elo += s[j];
+        for (int64_t j = jhi; j < nk; j++) ehi += s[j];
+        if (jlo > 0) t[ulo - r0] += elo;
+        if (jhi < nk) t[uhi - r0] += ehi;
+        if (jhi > jlo && ix.sign > 0) {
+            float *restrict tr = t + (u0 - jlo - r0);
+            for (int64_t j = jlo; j < jhi; j++) tr[jlo - j] += s[j];
+        } else if (jhi > jlo) {
+            float *restrict tr = t + (u0 + jlo - r0);
+            for (int64_t j = jlo; j < jhi; j++) tr[j - jlo] += s[j];
+        }
+        return;
+    }
+    for (int64_t j = 0; j < jlo; j++) t[ulo - r0 + j * tsj] += s[j];
+    if (jhi > jlo) {
+        const int64_t step = tsj - ix.sign;
+        float *tr = t + (u0 - r0 - ix.sign * jlo + jlo * tsj);
+        for (int64_t j = jlo; j < jhi; j++, tr += step) *tr += s[j];
+    }
+    for (int64_t j = jhi; j < nk; j++) t[uhi - r0 + j * tsj] += s[j];
+}
+
 /* dst (cols x n, ld ldd) = src (n x cols, ld lds) transposed. */
 static void pack_t(const float *restrict src, int64_t n, int64_t cols, int64_t lds, float *restrict dst, int64_t ldd) {
     for (int64_t r = 0; r < n; r++)
@@ -219,11 +295,7 @@ static void tile_logits(const fz_ctx *c, fz_scr *w, const float *Kt, int64_t b, 
         const float *qq = (a->qr ? a->qr : a->q) + (bh * a->Tq + i0) * D;
         pack_t(tab, nr, D, D, w->RT, FZ_LDR);
         c->kr.gemm(mq, nr, D, qq, D, 1, w->RT, FZ_LDR, w->QR, FZ_LDR, 0);
-        for (int64_t i = 0; i < mq; i++) {
-            const float *qr = w->QR + i * FZ_LDR;
-            float *s = S + i * FZ_BK;
-            for (int64_t j = 0; j < nk; j++) s[j] += qr[rp_relidx_at(ix, ia0 + i, j0 + j) - r0];
-        }
+        for (int64_t i = 0; i < mq; i++) rel_gather_add(ix, ia0 + i, j0, nk, r0, w->QR + i * FZ_LDR, 0, S + i * FZ_BK);
     }
     if (c->has_p2c) { /* + k_j . relq[idx(ia, j)] */
         rp_relidx ix = a->relq_ix;
@@ -232,10 +304,7 @@ static void tile_logits(const fz_ctx *c, fz_scr *w, const float *Kt, int64_t b, 
         const float *tab = a->relq + ((a->Hrq == 1 ? 0 : h) * ix.R + r0) * D;
         pack_t(tab, nr, D, D, w->RT, FZ_LDR);
         c->kr.gemm(nk, nr, D, a->k + (bh * a->Tk + j0) * D, D, 1, w->RT, FZ_LDR, w->KR, FZ_LDR, 0);
-        for (int64_t i = 0; i < mq; i++) {
-            float *s = S + i * FZ_BK;
-            for (int64_t j = 0; j < nk; j++) s[j] += w->KR[j * FZ_LDR + rp_relidx_at(ix, ia0 + i, j0 + j) - r0];
-        }
+        for (int64_t i = 0; i < mq; i++) rel_gather_add(ix, ia0 + i, j0, nk, r0, w->KR, FZ_LDR, S + i * FZ_BK);
     }
 
     const float scale = a->scale;
@@ -351,10 +420,8 @@ static void fwd_item(const fz_ctx *c, fz_scr *w, const float *Kp, int64_t b, int
             rel_range(ix, ia0, mq, j0, nk, &r0, &nr);
             float *PR = w->PR;
             for (int64_t i = 0; i < mq; i++) {
-                float *pr = PR + i * FZ_LDR;
-                const float *s = S + i * FZ_BK;
-                memset(pr, 0, sizeof(float) * (size_t)nr);
-                for (int64_t j = 0; j < nk; j++) pr[rp_relidx_at(ix, ia0 + i, j0 + j) - r0] += s[j];
+                memset(PR + i * FZ_LDR, 0, sizeof(float) * (size_t)nr);
+                rel_scatter_add(ix, ia0 + i, j0, nk, r0, PR + i * FZ_LDR, 0, S + i * FZ_BK);
             }
             const float *tab = a->relv + ((a->Hrv == 1 ? 0 : h) * ix.R + r0) * Dv;
             c->kr.gemm(mq, Dv, nr, PR, FZ_LDR, 1, tab, Dv, O, Dv, 1);
@@ -531,10 +598,8 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
                 /* drelv[r] += sum_{idx(i,j)=r} p_ij dO_i: buckets PR (mq x nr) */
                 float *PR = w->PR;
                 for (int64_t i = 0; i < mq; i++) {
-                    float *pr = PR + i * FZ_LDR;
-                    const float *s = S + i * FZ_BK;
-                    memset(pr, 0, sizeof(float) * (size_t)nrv);
-                    for (int64_t j = 0; j < nk; j++) pr[rp_relidx_at(a->relv_ix, ia0 + i, j0 + j) - rv0] += s[j];
+                    memset(PR + i * FZ_LDR, 0, sizeof(float) * (size_t)nrv);
+                    rel_scatter_add(a->relv_ix, ia0 + i, j0, nk, rv0, PR + i * FZ_LDR, 0, S + i * FZ_BK);
                 }
                 c->kr.gemm(nrv, Dv, mq, PR, 1, FZ_LDR, dOt, Dv, t->drelv + rv0 * Dv, Dv, 1);
             }
@@ -545,11 +610,8 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
                 const float *tab = a->relv + ((a->Hrv == 1 ? 0 : h) * a->relv_ix.R + rv0) * Dv;
                 pack_t(tab, nrv, Dv, Dv, w->RT, FZ_LDR);
                 c->kr.gemm(mq, nrv, Dv, dOt, Dv, 1, w->RT, FZ_LDR, w->QR, FZ_LDR, 0);
-                for (int64_t i = 0; i < mq; i++) {
-                    const float *dr = w->QR + i * FZ_LDR;
-                    float *p = dP + i * FZ_BK;
-                    for (int64_t j = 0; j < nk; j++) p[j] += dr[rp_relidx_at(a->relv_ix, ia0 + i, j0 + j) - rv0];
-                }
+                for (int64_t i = 0; i < mq; i++)
+                    rel_gather_add(a->relv_ix, ia0 + i, j0, nk, rv0, w->QR + i * FZ_LDR, 0, dP + i * FZ_BK);
             }
             /* dS = P (dP - D); the content terms below take scale * dS */
             const int bias_grad = t->dbias_vec || t->dbias_full;
@@ -611,10 +673,8 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
                 rel_range(ix, ia0, mq, j0, nk, &r0, &nr);
                 float *B = w->DQR;
                 for (int64_t i = 0; i < mq; i++) {
-                    float *bq = B + i * FZ_LDR;
-                    const float *p = dP + i * FZ_BK;
-                    memset(bq, 0, sizeof(float) * (size_t)nr);
-                    for (int64_t j = 0; j < nk; j++) bq[rp_relidx_at(ix, ia0 + i, j0 + j) - r0] += p[j];
+                    memset(B + i * FZ_LDR, 0, sizeof(float) * (size_t)nr);
+                    rel_scatter_add(ix, ia0 + i, j0, nk, r0, B + i * FZ_LDR, 0, dP + i * FZ_BK);
                 }
                 const float *tab = a->relk + ((a->Hrk == 1 ? 0 : h) * ix.R + r0) * D;
                 if (dqq) c->kr.gemm(mq, D, nr, B, FZ_LDR, 1, tab, D, dqq + i0 * D, D, 1);
@@ -626,10 +686,7 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
                 rel_range(ix, ia0, mq, j0, nk, &r0, &nr);
                 float *B = w->DKR;
                 for (int64_t j = 0; j < nk; j++) memset(B + j * FZ_LDR, 0, sizeof(float) * (size_t)nr);
-                for (int64_t i = 0; i < mq; i++) {
-                    const float *p = dP + i * FZ_BK;
-                    for (int64_t j = 0; j < nk; j++) B[j * FZ_LDR + rp_relidx_at(ix, ia0 + i, j0 + j) - r0] += p[j];
-                }
+                for (int64_t i = 0; i < mq; i++) rel_scatter_add(ix, ia0 + i, j0, nk, r0, B, FZ_LDR, dP + i * FZ_BK);
                 const float *tab = a->relq + ((a->Hrq == 1 ? 0 : h) * ix.R + r0) * D;
                 if (dk) c->kr.gemm(nk, D, nr, B, FZ_LDR, 1, tab, D, dk + j0 * D, D, 1);
                 if (t->drelq) c->kr.gemm(nr, D, nk, B, 1, FZ_LDR, K + j0 * D, D, t->drelq + r0 * D, D, 1);
