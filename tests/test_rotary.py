@@ -116,6 +116,21 @@ def test_rotary_fwd_matches_reference(rng, layout, shape, rd):
     assert np.array_equal(y[..., rd:], x[..., rd:])  # partial rotary: the tail passes through bit for bit
 
 
+@settings(max_examples=30, deadline=None)
+@given(N=st.integers(0, 3), T=st.integers(0, 5), half_rd=st.integers(0, 4), extra=st.integers(0, 3),
+       offset=st.integers(0, 200_000), layout=st.sampled_from(LAYOUTS), seed=st.integers(0, 2**16))
+def test_rotary_fwd_bwd_any_shape_and_offset(N, T, half_rd, extra, offset, layout, seed):
+    rng = np.random.default_rng(seed)
+    rd, D = 2 * half_rd, 2 * half_rd + extra
+    x = rng.standard_normal((N, T, D)).astype(np.float32)
+    ang = rope_angles(T, rd, offset=offset) if rd else np.zeros((T, 0))
+    c, s = _C.rope_tables(rope_inv_freq(rd) if rd else np.zeros(0), T, offset=offset)
+    y = _C.rotary_fwd(x, c, s, rotary_dim=rd, layout=layout)
+    np.testing.assert_allclose(y, ref.rotary(x, ang, rd, layout), atol=5e-6)
+    # the backward is the inverse rotation: it undoes the forward
+    np.testing.assert_allclose(_C.rotary_bwd(y, c, s, rotary_dim=rd, layout=layout), x, atol=5e-6)
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_rotary_fwd_with_scale_matches_reference(rng, layout):
     x = rng.standard_normal((2, 2, 6, 8)).astype(np.float32)
