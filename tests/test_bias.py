@@ -528,3 +528,22 @@ def test_alibi_attention_matches_torch():
         np.testing.assert_allclose(out.data, tout.detach().numpy(), rtol=1e-5, atol=1e-5)
         for mine, theirs in ((q.grad, tq.grad), (k.grad, tk.grad), (v.grad, tv.grad), (enc.slopes.grad, m.grad)):
             np.testing.assert_allclose(mine, theirs.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_fire_dead_units_and_shared_kinks(rng):
+    # units with W1 = 0 (no kink), two units with the same kink, and one always off
+    p = fire_params(rng, W=6, L=3.5)  # not an integer: max(L, i) has no tie
+    p["W1"][:] = [0.0, 0.0, 1.0, 2.0, -1.5, 0.7]
+    p["b1"][:] = [0.5, -0.5, -0.25, -0.5, 0.3, -0.2]
+    args = [p[k] for k in NAMES]
+    out = _C.fire_fwd(*args, 5, 5, 0)
+    np.testing.assert_allclose(out, ref.fire_bias(*args, 5, 5, 0), rtol=1e-5, atol=1e-6)
+    g = rng.standard_normal(out.shape).astype(f32)
+    grads = _C.fire_bwd(*args, g, 0)
+    pd = {k: v.astype(np.float64) for k, v in p.items()}
+    for name, got in zip(NAMES, grads):
+        def loss(x, name=name):
+            q = dict(pd)
+            q[name] = x
+            return (ref.fire_bias_param(q, 5, 5, 0) * g).sum()
+        np.testing.assert_allclose(got, ref.numgrad(loss, pd[name]), rtol=2e-4, atol=2e-4, err_msg=name)
