@@ -16,6 +16,9 @@
 #define RP_SIN_INTERLEAVED 0  /* PE(i,2k)=sin, PE(i,2k+1)=cos (Vaswani et al.) */
 #define RP_SIN_CONCAT 1       /* [sin_0..sin_{P-1}, cos_0..cos_{P-1}] */
 
+/* Elementwise kernels below this many elements run on one thread. */
+#define RP_POSENC_MIN_PARALLEL 16384
+
 /* Largest |log scale| an xPos factor may take: e^80 is finite in float32 and
  * a causal product of a q and a k factor stays <= 1 (see rp_xpos_scale). */
 #define RP_XPOS_MAX_LOG 80.0

@@ -74,7 +74,10 @@ static int rotary_apply(const float *x, const float *cos_t, const float *sin_t, 
     const int64_t P = rotary_dim / 2;
     const int64_t rows = N * T;
     if (rows == 0 || D == 0) return RP_OK;
-    RP_OMP_PARALLEL_FOR
+    /* a parallel region costs more than rotating a few thousand numbers */
+    const int nt = rows * D < RP_POSENC_MIN_PARALLEL ? 1 : rp_get_num_threads();
+    (void)nt;
+    RP_PRAGMA(omp parallel for schedule(static) num_threads(nt))
     for (int64_t row = 0; row < rows; row++) {
         int64_t t = row % T;
         rotate_row(x + row * D, y + row * D, cos_t + t * P, sin_t + t * P, scale ? scale + t * P : NULL,

@@ -9,17 +9,27 @@ from relpos.functional import linear, matmul
 
 import reference as ref
 
-PATHS = ["simd", "portable"]
+PATHS = ["avx512", "avx2", "portable"]
 
 
 @pytest.fixture(params=PATHS)
 def path(request):
-    """Run the test on the AVX2 path and on the portable path."""
-    if request.param == "simd" and not _C.config()["cpu_avx2_fma"]:
-        pytest.skip("CPU (or build) has no AVX2/FMA path")
-    _C.force_portable(request.param == "portable")
-    yield request.param
-    _C.force_portable(False)
+    """Run the test with each GEMM micro-kernel: AVX-512, AVX2 (SIMD paths) and
+    the portable one (through force_portable, as every area does)."""
+    name = request.param
+    if name == "portable":
+        _C.force_portable(True)
+    else:
+        try:
+            _C.gemm_kernel(name)
+        except ValueError:
+            pytest.skip(f"this CPU or build has no {name} GEMM kernel")
+    try:
+        assert _C.gemm_kernel() == name
+        yield name
+    finally:
+        _C.force_portable(False)
+        _C.gemm_kernel("auto")
 
 
 def rand(rng, *shape):
@@ -216,6 +226,19 @@ def test_bad_out(rng):
         _C.fma_peak_gflops(seconds=-1.0)
     with pytest.raises(ValueError, match="threads"):
         _C.fma_peak_gflops(threads=-2)
+
+
+def test_gemm_kernel_choice():
+    with pytest.raises(ValueError, match="one of"):
+        _C.gemm_kernel("sse9")
+    with pytest.raises(TypeError, match="name must be a str"):
+        _C.gemm_kernel(3)
+    _C.force_portable(True)
+    try:
+        assert _C.gemm_kernel() == "portable"
+    finally:
+        _C.force_portable(False)
+    assert _C.gemm_kernel("auto") in ("avx512", "avx2", "portable")
 
 
 def test_fma_peak_positive(path):

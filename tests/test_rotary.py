@@ -160,6 +160,14 @@ def test_zero_size_dims(rng):
         assert _C.rotary_bwd(x, c, s).shape == shape
 
 
+def test_zero_size_tables():
+    c, s = _C.rope_tables(rope_inv_freq(8), 0, offset=3)
+    assert c.shape == s.shape == (0, 4)
+    c, s = _C.rope_tables(np.zeros(0), 5)
+    assert c.shape == (5, 0)
+    assert xpos_scale(0, 8).shape == (0, 4)
+
+
 def test_interleaved_equals_half_after_permutation(rng):
     D = 8
     perm = np.r_[np.arange(0, D, 2), np.arange(1, D, 2)]  # [0,2,4,6,1,3,5,7]
@@ -181,7 +189,7 @@ def test_partial_rotary_permutation_only_on_rotated_part(rng):
 
 
 def test_bit_identical_one_and_two_threads(rng, threads):
-    x = rng.standard_normal((3, 4, 33, 16)).astype(np.float32)
+    x = rng.standard_normal((3, 4, 33, 48)).astype(np.float32)  # above the one-thread cutoff
     inv = rope_inv_freq(12)
     sc = xpos_scale(33, 12, center=10.0)
     for layout in LAYOUTS:
@@ -330,6 +338,8 @@ def test_bad_inputs_encodings():
     q = relpos.Tensor(np.zeros((1, 1, 2, 7), np.float32))
     with pytest.raises(ValueError, match="rotary_dim must be even"):
         enc.rotate_q(q)
+    with pytest.raises(ValueError, match=r"head dim D \(8\) differs from the encoding's head_dim \(16\)"):
+        E.get("rope", head_dim=16).rotate_k(relpos.Tensor(np.zeros((1, 1, 2, 8), np.float32)))
     with pytest.raises(ValueError, match="offset must be an int >= 0"):
         E.get("rope").rotate_q(relpos.Tensor(np.zeros((1, 1, 2, 8), np.float32)), -1)
     with pytest.raises(ValueError, match=r"\(B, H, T, D\)"):
@@ -381,3 +391,21 @@ def test_rope_matches_torch(rng, layout):
     rk.backward(np.swapaxes(gL, -1, -2) @ rq.data)
     np.testing.assert_allclose(tq.grad, pq.grad.numpy(), atol=1e-5)
     np.testing.assert_allclose(tk.grad, pk.grad.numpy(), atol=1e-5)
+
+
+def test_bridge_keeps_reference_counts(rng):
+    """No leaked references on the success path, the error paths or in-place output."""
+    import sys
+
+    x = rng.standard_normal((1, 2, 4, 8)).astype(np.float32)
+    c, s = _C.rope_tables(rope_inv_freq(8), 4)
+    sc = np.ones((4, 4), np.float32)
+    before = [sys.getrefcount(a) for a in (x, c, s, sc)]
+    for _ in range(200):
+        _C.rotary_fwd(x, c, s, scale=sc)
+        _C.rotary_bwd(x, c, s, scale=sc)
+        with pytest.raises(ValueError):
+            _C.rotary_fwd(x, c, s, scale=sc[:2])
+        with pytest.raises(ValueError):
+            _C.rotary_fwd(x, c, s, rotary_dim=5)
+    assert [sys.getrefcount(a) for a in (x, c, s, sc)] == before

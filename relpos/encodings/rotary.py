@@ -237,7 +237,9 @@ class RoPE(Encoding):
 
     # ---- tables ------------------------------------------------------------
     def _rotary_dim_for(self, D):
-        rd = self.rotary_dim if self.rotary_dim is not None else (self.head_dim or D)
+        if self.head_dim is not None and D != self.head_dim:
+            raise ValueError(f"q/k head dim D ({D}) differs from the encoding's head_dim ({self.head_dim})")
+        rd = self.rotary_dim if self.rotary_dim is not None else D
         if rd % 2:
             raise ValueError(f"rotary_dim must be even; head_dim {rd} is odd: give rotary_dim explicitly")
         if rd > D:
@@ -257,6 +259,8 @@ class RoPE(Encoding):
         if hit is None:
             hit = _C.rope_tables(self.inv_freq(rotary_dim), int(T), offset=int(offset),
                                  pos_scale=_pos_scale(self.scaling, self.scaling_factor))
+            for a in hit:
+                a.flags.writeable = False  # shared by later calls
             self._cache[key] = hit
             while len(self._cache) > 16:
                 self._cache.popitem(last=False)
@@ -348,6 +352,7 @@ class XPos(RoPE):
         if hit is None:
             hit = xpos_scale(T, rotary_dim, offset=offset, center=self.center, gamma=self.gamma,
                              scale_base=self.scale_base, inverse=is_key)
+            hit.flags.writeable = False
             self._cache[key] = hit
             while len(self._cache) > 16:
                 self._cache.popitem(last=False)
