@@ -14,11 +14,6 @@
 
 #define COPE_MAX_PARTS 64
 
-#if RP_HAVE_OPENMP
-#define COPE_PARALLEL_PARTS RP_PRAGMA(omp parallel for schedule(dynamic, 1) num_threads(rp_get_num_threads()))
-#else
-#define COPE_PARALLEL_PARTS
-#endif
 
 /* Dot product in double with four interleaved partial sums (a fixed order, so
  * the same for any thread count; lets the compiler use vector registers). */
@@ -64,7 +59,7 @@ int rp_cope_fwd(const float *q, const float *k, const float *e, int64_t B, int64
     double *scratch = (double *)rp_malloc((size_t)parts * (size_t)ns * sizeof(double));
     if (!scratch) return RP_ENOMEM;
     const double top = (double)(P - 1);
-    COPE_PARALLEL_PARTS
+    RP_BIAS_PARALLEL_PARTS(rows * Tk * D)
     for (int64_t part = 0; part < parts; part++) {
         int64_t lo, hi;
         rp_chunk(rows, parts, part, &lo, &hi);
@@ -103,7 +98,7 @@ int rp_cope_bwd(const float *q, const float *k, const float *e, const float *g, 
     double *scratch = (double *)rp_calloc((size_t)parts * (size_t)ns, sizeof(double));
     if (!scratch) return RP_ENOMEM;
     const double top = (double)(P - 1);
-    COPE_PARALLEL_PARTS
+    RP_BIAS_PARALLEL_PARTS(BH * Tq * Tk * D)
     for (int64_t part = 0; part < parts; part++) {
         int64_t lo, hi;
         rp_chunk(BH, parts, part, &lo, &hi);

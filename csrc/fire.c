@@ -22,11 +22,6 @@
 
 #define FIRE_MAX_PARTS 64
 
-#if RP_HAVE_OPENMP
-#define FIRE_PARALLEL_PARTS RP_PRAGMA(omp parallel for schedule(dynamic, 1) num_threads(rp_get_num_threads()))
-#else
-#define FIRE_PARALLEL_PARTS
-#endif
 
 static inline double sgn(double x) { return x > 0 ? 1.0 : (x < 0 ? -1.0 : 0.0); }
 
@@ -126,7 +121,7 @@ int rp_fire_fwd(const rp_fire *f, int64_t Tq, int64_t Tk, int64_t q_offset, floa
         return RP_ENOMEM;
     }
     int64_t parts = Tq < FIRE_MAX_PARTS ? Tq : FIRE_MAX_PARTS;
-    FIRE_PARALLEL_PARTS
+    RP_BIAS_PARALLEL_PARTS(TT * H)
     for (int64_t p = 0; p < parts; p++) {
         int64_t lo, hi;
         rp_chunk(Tq, parts, p, &lo, &hi);
@@ -176,7 +171,7 @@ int rp_fire_bwd(const rp_fire *f, int64_t Tq, int64_t Tk, int64_t q_offset, cons
         return RP_ENOMEM;
     }
     const double *dpsi = psi + dmax + 1;
-    FIRE_PARALLEL_PARTS
+    RP_BIAS_PARALLEL_PARTS(TT * H)
     for (int64_t p = 0; p < parts; p++) {
         int64_t lo, hi;
         rp_chunk(Tq, parts, p, &lo, &hi);

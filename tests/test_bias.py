@@ -273,7 +273,7 @@ def test_fire_encoding_matches_twin(rng):
 # ---------------------------------------------------------------- threads
 
 def test_bit_identical_across_threads(rng, threads):
-    d0, n = window(300, 500, 100)
+    d0, n = window(3000, 9000, 100)  # H * n above the kernels' parallel threshold
     H = 4
     g = rng.standard_normal((H, n)).astype(f32)
     r1 = (rng.random(H) + 0.1).astype(f32)
@@ -281,7 +281,7 @@ def test_bit_identical_across_threads(rng, threads):
     tab = rng.standard_normal((H, 32)).astype(f32)
     p = fire_params(rng, H=H, W=32, L=40.0)
     args = [p[k] for k in NAMES]
-    gf = rng.standard_normal((1, H, 70, 90)).astype(f32)
+    gf = rng.standard_normal((1, H, 100, 120)).astype(f32)
     q = rng.standard_normal((2, 3, 24, 8)).astype(f32)
     k = rng.standard_normal((2, 3, 30, 8)).astype(f32)
     e = rng.standard_normal((12, 8)).astype(f32)
@@ -291,7 +291,7 @@ def test_bit_identical_across_threads(rng, threads):
         return ([_C.bias_alibi_fwd(r1, d0, n, True), _C.bias_alibi_bwd(g, d0, True),
                  _C.bias_t5_fwd(tab, d0, n, 128, True), _C.bias_t5_bwd(g, d0, 32, 128, True),
                  *_C.bias_kerple_bwd(r1, r2, g, d0, "power"), _C.bias_sandwich_fwd(r1, d0, n),
-                 _C.fire_fwd(*args, 70, 90, 5), *_C.fire_bwd(*args, gf, 5),
+                 _C.fire_fwd(*args, 100, 120, 5), *_C.fire_bwd(*args, gf, 5),
                  _C.cope_fwd(q, k, e, 6, 0.3), *_C.cope_bwd(q, k, e, gc, 6, 0.3)])
 
     one = threads(1, run)
