@@ -279,3 +279,19 @@ def test_empty_windows(name, opts):
         assert out.shape == (1, 2, Tq, 3)
         out.backward(np.ones(out.shape, f32))
         assert q.grad.shape == q.shape and not np.any(q.grad)
+
+
+def test_tables_bit_identical_across_threads(rng, threads):
+    q, k = qk(rng, B=1, H=2, Tq=200, Tk=300, D=8)
+    for name, opts in (("xl", {}), ("deberta", {"k": 150})):
+        enc = randomise(E.get(name, n_heads=2, head_dim=8, d_model=64, **opts), rng)
+
+        def run():
+            enc.zero_grad()
+            inp = enc.attention_inputs(q, k, 50, True)
+            inp["relk"].backward(np.ones(inp["relk"].shape, f32))
+            return [inp["relk"].data.copy()] + [p.grad.copy() for _, p in enc.named_parameters()
+                                                if p.grad is not None]
+
+        for a, b in zip(threads(1, run), threads(2, run)):
+            np.testing.assert_array_equal(a, b)
