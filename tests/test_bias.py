@@ -273,7 +273,7 @@ def test_fire_encoding_matches_twin(rng):
 # ---------------------------------------------------------------- threads
 
 def test_bit_identical_across_threads(rng, threads):
-    d0, n = window(300, 500, 100)
+    d0, n = window(3000, 9000, 100)  # H * n above the kernels' parallel threshold
     H = 4
     g = rng.standard_normal((H, n)).astype(f32)
     r1 = (rng.random(H) + 0.1).astype(f32)
@@ -281,7 +281,7 @@ def test_bit_identical_across_threads(rng, threads):
     tab = rng.standard_normal((H, 32)).astype(f32)
     p = fire_params(rng, H=H, W=32, L=40.0)
     args = [p[k] for k in NAMES]
-    gf = rng.standard_normal((1, H, 70, 90)).astype(f32)
+    gf = rng.standard_normal((1, H, 100, 120)).astype(f32)
     q = rng.standard_normal((2, 3, 24, 8)).astype(f32)
     k = rng.standard_normal((2, 3, 30, 8)).astype(f32)
     e = rng.standard_normal((12, 8)).astype(f32)
@@ -291,7 +291,7 @@ def test_bit_identical_across_threads(rng, threads):
         return ([_C.bias_alibi_fwd(r1, d0, n, True), _C.bias_alibi_bwd(g, d0, True),
                  _C.bias_t5_fwd(tab, d0, n, 128, True), _C.bias_t5_bwd(g, d0, 32, 128, True),
                  *_C.bias_kerple_bwd(r1, r2, g, d0, "power"), _C.bias_sandwich_fwd(r1, d0, n),
-                 _C.fire_fwd(*args, 70, 90, 5), *_C.fire_bwd(*args, gf, 5),
+                 _C.fire_fwd(*args, 100, 120, 5), *_C.fire_bwd(*args, gf, 5),
                  _C.cope_fwd(q, k, e, 6, 0.3), *_C.cope_bwd(q, k, e, gc, 6, 0.3)])
 
     one = threads(1, run)
@@ -528,3 +528,22 @@ def test_alibi_attention_matches_torch():
         np.testing.assert_allclose(out.data, tout.detach().numpy(), rtol=1e-5, atol=1e-5)
         for mine, theirs in ((q.grad, tq.grad), (k.grad, tk.grad), (v.grad, tv.grad), (enc.slopes.grad, m.grad)):
             np.testing.assert_allclose(mine, theirs.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_fire_dead_units_and_shared_kinks(rng):
+    # units with W1 = 0 (no kink), two units with the same kink, and one always off
+    p = fire_params(rng, W=6, L=3.5)  # not an integer: max(L, i) has no tie
+    p["W1"][:] = [0.0, 0.0, 1.0, 2.0, -1.5, 0.7]
+    p["b1"][:] = [0.5, -0.5, -0.25, -0.5, 0.3, -0.2]
+    args = [p[k] for k in NAMES]
+    out = _C.fire_fwd(*args, 5, 5, 0)
+    np.testing.assert_allclose(out, ref.fire_bias(*args, 5, 5, 0), rtol=1e-5, atol=1e-6)
+    g = rng.standard_normal(out.shape).astype(f32)
+    grads = _C.fire_bwd(*args, g, 0)
+    pd = {k: v.astype(np.float64) for k, v in p.items()}
+    for name, got in zip(NAMES, grads):
+        def loss(x, name=name):
+            q = dict(pd)
+            q[name] = x
+            return (ref.fire_bias_param(q, 5, 5, 0) * g).sum()
+        np.testing.assert_allclose(got, ref.numgrad(loss, pd[name]), rtol=2e-4, atol=2e-4, err_msg=name)
