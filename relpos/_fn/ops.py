@@ -119,27 +119,30 @@ class _Binary(Function):
 
 
 def add(a, b) -> Tensor:
-    """a + b with NumPy broadcasting. a, b: Tensor, ndarray or scalar."""
+    """a + b. a, b: Tensor, ndarray or scalar with NumPy-broadcastable shapes
+    -> Tensor of the broadcast shape. Same shapes, a scalar, or an operand
+    shaped like the other's trailing axes ((D,), (T, D)) run in C; other
+    broadcasts in NumPy. Gradients are summed back to each input's shape."""
     return _Binary.apply(a, b, "add")
 
 
 def sub(a, b) -> Tensor:
-    """a - b with NumPy broadcasting."""
+    """a - b; shapes and broadcasting as in :func:`add`."""
     return _Binary.apply(a, b, "sub")
 
 
 def mul(a, b) -> Tensor:
-    """a * b with NumPy broadcasting."""
+    """a * b; shapes and broadcasting as in :func:`add`."""
     return _Binary.apply(a, b, "mul")
 
 
 def div(a, b) -> Tensor:
-    """a / b with NumPy broadcasting."""
+    """a / b; shapes and broadcasting as in :func:`add` (IEEE results for b == 0)."""
     return _Binary.apply(a, b, "div")
 
 
 def neg(x) -> Tensor:
-    """-x."""
+    """-x, any shape."""
     return _Scale.apply(x, -1.0)
 
 
