@@ -152,7 +152,8 @@ class _Stack(nn.Module):
     def max_positions(self):
         """Longest input the model can take: max_len for learned absolute
         positions, None (no limit) otherwise."""
-        if self.pos is not None and getattr(self.pos, "name", "") == "learned":
+        if self.pos is not None and getattr(self.pos, "name", "") == "learned" \
+                and not getattr(self.pos, "clamp", False):
             return self.max_len
         return None
 

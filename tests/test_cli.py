@@ -62,6 +62,8 @@ def test_compare_task_and_seeds(tmp_path):
 ])
 def test_bad_input_exits_2(tmp_path, small_text, args, message):
     base = ["--text", str(small_text)] if "--text" not in args else []
+    if "--encodings" not in args:
+        base += ["--encodings", "rope"]
     r = run("compare", *base, *args, "--out", str(tmp_path / "o"), *TINY[:2])
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert message in r.stderr

@@ -23,14 +23,14 @@ def text_data():
 
 def test_loss_decreases_on_copy_task():
     task = get_task("copy", train_lengths=(2, 4), n_symbols=4)
-    model = tiny_lm(task.vocab_size, "alibi")
-    hist = fit(model, task, steps=60, batch_size=16, lr=1e-2, progress=False)
-    assert isinstance(hist, History) and len(hist.losses) == 60
-    first, last = np.mean(hist.losses[:5]), np.mean(hist.losses[-5:])
-    assert first > 1.0  # about log(7) at the start
-    assert last < 0.6 * first, (first, last)
-    assert hist.steps == list(range(1, 61))
-    assert 60 * 16 * task.seq_len(2) <= hist.tokens <= 60 * 16 * task.seq_len(4)
+    model = tiny_lm(task.vocab_size, "alibi", n_layers=2)
+    hist = fit(model, task, steps=120, batch_size=16, lr=1e-2, progress=False)
+    assert isinstance(hist, History) and len(hist.losses) == 120
+    first, last = np.mean(hist.losses[:5]), np.mean(hist.losses[-10:])
+    assert first > 1.5  # about log(7) at the start
+    assert last < 0.65 * first, (first, last)
+    assert hist.steps == list(range(1, 121))
+    assert 120 * 16 * task.seq_len(2) <= hist.tokens <= 120 * 16 * task.seq_len(4)
     assert all(math.isfinite(g) for g in hist.grad_norms)
 
 

@@ -15,3 +15,4 @@ from .layers import (Linear, Embedding, LayerNorm, RMSNorm, Dropout, GELU, ReLU,
 __all__ = ["Module", "Parameter", "IncompatibleKeys", "init", "Linear", "Embedding", "LayerNorm", "RMSNorm",
            "Dropout", "GELU", "ReLU", "SiLU", "Identity", "Sequential", "ModuleList", "MLP", "activation"]
 from .attention import MultiHeadAttention, KVCache; __all__ += ["MultiHeadAttention", "KVCache"]  # attention area
+from ..models import TransformerBlock, TransformerLM, TransformerEncoder; __all__ += ["TransformerBlock", "TransformerLM", "TransformerEncoder"]  # exp area
