@@ -74,10 +74,11 @@ __attribute__((optimize("no-trapping-math")))
 static void exp_shifted(float *s, int64_t n, float m) {
     RP_PRAGMA(omp simd)
     for (int64_t j = 0; j < n; j++) {
-        float x = s[j] - m;
-        const int dead = !(x >= -87.0f); /* also true for NaN-free -inf */
-        const float lo = x < -87.0f ? -87.0f : x;
-        x = lo > 88.0f ? 88.0f : lo;
+        const float x0 = s[j] - m;
+        const int dead = x0 < -87.0f; /* masked (-inf) or underflow; NaN stays NaN below */
+        const float safe = x0 == x0 ? x0 : 0.0f; /* no NaN into the int conversion */
+        const float lo = safe < -87.0f ? -87.0f : safe;
+        const float x = lo > 88.0f ? 88.0f : lo;
         const float half = x >= 0.0f ? 0.5f : -0.5f;
         const float kf = (float)(int32_t)(x * 1.44269504f + half);
         const float r = (x - kf * 0.693359375f) + kf * 2.12194440e-4f;
@@ -91,7 +92,7 @@ static void exp_shifted(float *s, int64_t n, float m) {
         const int32_t bits = ((int32_t)kf + 127) << 23;
         float two_k;
         memcpy(&two_k, &bits, sizeof two_k);
-        const float val = e * two_k;
+        const float val = x0 == x0 ? e * two_k : x0;
         s[j] = dead ? 0.0f : val;
     }
 }
@@ -148,7 +149,7 @@ static float row_logits(const rp_attn *a, int64_t b, int64_t h, int64_t i, float
         for (int64_t j = 0; j < n; j++)
             if (pad[j]) s[j] = -INFINITY;
     float m = -INFINITY;
-    for (int64_t j = 0; j < n; j++) m = s[j] > m ? s[j] : m;
+    for (int64_t j = 0; j < n; j++) m = (s[j] > m || s[j] != s[j]) ? s[j] : m; /* NaN sticks: never hidden */
     return m;
 }
 

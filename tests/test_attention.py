@@ -527,3 +527,13 @@ def test_portable_and_simd_gemm_paths(rng, threads, portable):
     assert o1.tobytes() == o2.tobytes() and l1.tobytes() == l2.tobytes()
     assert all(g1[n].tobytes() == g2[n].tobytes() for n in g1)
     assert_close(o1, ref.attention(q, k, v, **kw)[0])
+
+
+def test_nan_propagates_never_hidden(rng):
+    q, k, v, kw = make_case(rng, "bias_vec", causal=False)
+    q[0, 1, 2, 0] = np.nan
+    out, lse = _C.attention_mat_fwd(q, k, v, **kw)
+    assert np.all(np.isnan(out[0, 1, 2])) and np.isnan(lse[0, 1, 2])
+    good = np.ones(out.shape[:3], bool)
+    good[0, 1, 2] = False
+    assert np.all(np.isfinite(out[good]))
