@@ -504,8 +504,16 @@ class CompareResult:
         ax.set_xlabel("evaluation length (tokens)" if self.metric == "perplexity" else "problem size")
         if self.metric == "perplexity":
             if logy is None or logy:
+                from matplotlib.ticker import FuncFormatter, NullFormatter
                 ax.set_yscale("log")
-            ax.set_ylabel("perplexity (log scale)")
+                plain = FuncFormatter(lambda v, _: f"{v:g}")
+                ax.yaxis.set_major_formatter(plain)
+                lo, hi = ax.get_ylim()
+                # within a decade or so, label the minor ticks too (else a log axis shows one number)
+                ax.yaxis.set_minor_formatter(plain if hi / max(lo, 1e-12) < 30 else NullFormatter())
+                ax.set_ylabel("perplexity (log scale)")
+            else:
+                ax.set_ylabel("perplexity")
         else:
             ax.set_ylim(-0.02, 1.02)
             ax.set_ylabel("exact-match accuracy")
