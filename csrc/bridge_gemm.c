@@ -229,6 +229,29 @@ static PyObject *py_fma_peak_gflops(PyObject *self, PyObject *args, PyObject *kw
     return PyFloat_FromDouble(g);
 }
 
+static PyObject *py_gemm_kernel(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
+    static char *kwlist[] = {"name", NULL};
+    PyObject *name = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O:gemm_kernel", kwlist, &name)) return NULL;
+    if (name != Py_None) {
+        static const char *names[] = {"auto", "avx512", "avx2", "portable"};
+        if (!PyUnicode_Check(name))
+            return PyErr_Format(PyExc_TypeError, "name must be a str or None; got %s", Py_TYPE(name)->tp_name);
+        int which = -1;
+        for (int i = 0; i < 4; i++)
+            if (PyUnicode_CompareWithASCIIString(name, names[i]) == 0) which = i;
+        if (which < 0)
+            return PyErr_Format(PyExc_ValueError, "name must be one of 'auto', 'avx512', 'avx2', 'portable'; got %R",
+                                name);
+        int rc = rp_gemm_set_kernel(which);
+        if (rc == RP_ENOSIMD)
+            return PyErr_Format(PyExc_ValueError, "gemm kernel %R is not available on this CPU/build", name);
+        if (rc) return rp_raise_code(rc, "gemm_kernel");
+    }
+    return PyUnicode_FromString(rp_gemm_kernel_name());
+}
+
 PyMethodDef rp_methods_gemm[] = {
     {"gemm", (PyCFunction)(void (*)(void))py_gemm, METH_VARARGS | METH_KEYWORDS,
      "gemm(a, b, out=None, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0) -> out (M, N)\n"
@@ -242,6 +265,10 @@ PyMethodDef rp_methods_gemm[] = {
     {"colsum", (PyCFunction)(void (*)(void))py_colsum, METH_VARARGS | METH_KEYWORDS,
      "colsum(x, out=None) -> (N,): sums of the columns of x (M, N), deterministic order."},
     {"fma_peak_gflops", (PyCFunction)(void (*)(void))py_fma_peak_gflops, METH_VARARGS | METH_KEYWORDS,
-     "fma_peak_gflops(threads=0, seconds=0.2) -> float: measured float32 FMA GFLOP/s of the active SIMD path."},
+     "fma_peak_gflops(threads=0, seconds=0.2) -> float: measured float32 FMA GFLOP/s on the instruction set of\n"
+     "the GEMM kernel in use (see gemm_kernel()); threads=0 uses relpos' thread count."},
+    {"gemm_kernel", (PyCFunction)(void (*)(void))py_gemm_kernel, METH_VARARGS | METH_KEYWORDS,
+     "gemm_kernel(name=None) -> str: the GEMM micro-kernel in use ('avx512', 'avx2', 'portable');\n"
+     "name='auto'|'avx512'|'avx2'|'portable' chooses one first (tests, benchmarks). force_portable(True) wins."},
     {NULL, NULL, 0, NULL},
 };

@@ -14,16 +14,20 @@
 
 #define COPE_MAX_PARTS 64
 
-#if RP_HAVE_OPENMP
-#define COPE_PARALLEL_PARTS RP_PRAGMA(omp parallel for schedule(dynamic, 1) num_threads(rp_get_num_threads()))
-#else
-#define COPE_PARALLEL_PARTS
-#endif
 
+/* Dot product in double with four interleaved partial sums (a fixed order, so
+ * the same for any thread count; lets the compiler use vector registers). */
 static inline double dot_d(const float *a, const float *b, int64_t D) {
-    double s = 0.0;
-    for (int64_t d = 0; d < D; d++) s += (double)a[d] * (double)b[d];
-    return s;
+    double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+    int64_t d = 0;
+    for (; d + 4 <= D; d += 4) {
+        s0 += (double)a[d] * (double)b[d];
+        s1 += (double)a[d + 1] * (double)b[d + 1];
+        s2 += (double)a[d + 2] * (double)b[d + 2];
+        s3 += (double)a[d + 3] * (double)b[d + 3];
+    }
+    for (; d < D; d++) s0 += (double)a[d] * (double)b[d];
+    return (s0 + s1) + (s2 + s3);
 }
 
 static inline double sigmoid(double x) { return x >= 0 ? 1.0 / (1.0 + exp(-x)) : exp(x) / (1.0 + exp(x)); }
@@ -55,7 +59,7 @@ int rp_cope_fwd(const float *q, const float *k, const float *e, int64_t B, int64
     double *scratch = (double *)rp_malloc((size_t)parts * (size_t)ns * sizeof(double));
     if (!scratch) return RP_ENOMEM;
     const double top = (double)(P - 1);
-    COPE_PARALLEL_PARTS
+    RP_BIAS_PARALLEL_PARTS(rows * Tk * D)
     for (int64_t part = 0; part < parts; part++) {
         int64_t lo, hi;
         rp_chunk(rows, parts, part, &lo, &hi);
@@ -94,7 +98,7 @@ int rp_cope_bwd(const float *q, const float *k, const float *e, const float *g, 
     double *scratch = (double *)rp_calloc((size_t)parts * (size_t)ns, sizeof(double));
     if (!scratch) return RP_ENOMEM;
     const double top = (double)(P - 1);
-    COPE_PARALLEL_PARTS
+    RP_BIAS_PARALLEL_PARTS(BH * Tq * Tk * D)
     for (int64_t part = 0; part < parts; part++) {
         int64_t lo, hi;
         rp_chunk(BH, parts, part, &lo, &hi);

@@ -2,48 +2,62 @@
  * the Linear forward with a fused bias epilogue, the column sum for the bias
  * gradient, and the FMA peak probe.
  *
- * Loops, outer to inner:   jc (NC columns of C)
- *                            pc (KC of the K dimension)   -> pack op(B) block, shared by all threads
- *                              ic (MC rows of C)           -> pack op(A) block, one per thread
- *                                jr (NR) / ir (MR)          -> micro-kernel
- * The K split (pc) depends on K only; each thread owns whole MR x NR tiles of
- * C for a given pc, and the pc blocks are applied in order (barrier between),
- * so every C element is summed in the same order for any thread count.
+ * One product, outer to inner:
+ *   jc  NC columns of C:     pack op(B)[:, jc] for ALL of K (KC-deep blocks of
+ *                            NR-wide panels), shared by the team; one barrier
+ *   task (ic, j-chunk)       MC rows x a run of NR panels, handed out dynamically
+ *     pc  KC of K:           pack op(A)[ic, pc] (MR-wide panels, L2-resident)
+ *       jr / ir              micro-kernel on an MR x NR tile (B panel in L1)
+ * A task owns its C tiles for every pc, and applies the pc blocks in order, so
+ * each C element is summed in the same order whichever thread runs the task
+ * and however many threads there are: results are bit-identical for any
+ * thread count. Only the K split (KC) and the kernel fix the rounding.
  */
+#define _POSIX_C_SOURCE 200809L /* clock_gettime(CLOCK_THREAD_CPUTIME_ID) */
 #include "gemm.h"
 
 #include <string.h>
 #include <time.h>
 
-#define MR RP_GEMM_MR
-#define NR RP_GEMM_NR
-
-/* Cache blocking. KC x NR B panel (16 KiB) sits in L1, the MC x KC A block
- * (144 KiB) in L2, the KC x NC B block (3 MiB) in L3. */
-#define KC 256
-#define MC 144
-#define NC 3072
+/* Cache blocking (elements). The KC x NR B panel sits in L1, the MC x KC A
+ * block in L2, the K x NC packed B in L3. MC is rounded to the kernel's MR. */
+#ifndef RP_GEMM_KC /* compile-time overrides are for tuning experiments only */
+#define RP_GEMM_KC 256
+#endif
+#ifndef RP_GEMM_MC
+#define RP_GEMM_MC 144
+#endif
+#ifndef RP_GEMM_NC
+#define RP_GEMM_NC 4096
+#endif
+#define KC ((int64_t)RP_GEMM_KC)
+#define MC ((int64_t)RP_GEMM_MC)
+#define NC ((int64_t)RP_GEMM_NC)
 
 /* Problems with at most this many multiply-adds skip packing. */
 #define SMALL_MNK (32 * 32 * 32)
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 static inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 static inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
-/* ---- portable micro-kernel ------------------------------------------- */
+/* ---- portable micro-kernel (6 x 16) ------------------------------------ */
+
+#define PMR 6
+#define PNR 16
 
 static void ukr_portable(int64_t kc, const float *restrict Ap, const float *restrict Bp, float *restrict C,
                          int64_t ldc, int64_t mr, int64_t nr, float alpha, float beta, const float *bias) {
-    float acc[MR][NR];
-    for (int i = 0; i < MR; i++)
-        for (int j = 0; j < NR; j++) acc[i][j] = 0.0f;
+    float acc[PMR][PNR];
+    for (int i = 0; i < PMR; i++)
+        for (int j = 0; j < PNR; j++) acc[i][j] = 0.0f;
     for (int64_t p = 0; p < kc; p++) {
-        const float *a = Ap + p * MR;
-        const float *b = Bp + p * NR;
-        for (int i = 0; i < MR; i++) {
+        const float *a = Ap + p * PMR;
+        const float *b = Bp + p * PNR;
+        for (int i = 0; i < PMR; i++) {
             float ai = a[i];
-            for (int j = 0; j < NR; j++) acc[i][j] += ai * b[j];
+            for (int j = 0; j < PNR; j++) acc[i][j] += ai * b[j];
         }
     }
     for (int64_t i = 0; i < mr; i++) {
@@ -57,62 +71,152 @@ static void ukr_portable(int64_t kc, const float *restrict Ap, const float *rest
     }
 }
 
-/* ---- packing --------------------------------------------------------- */
+/* ---- kernel choice --------------------------------------------------------- */
+
+typedef void (*pack_panel_fn)(const float *A, int64_t lda, int64_t kc, int MR, float *dst);
+
+typedef struct {
+    int mr, nr;
+    rp_gemm_ukr_fn fn;
+    pack_panel_fn pack_rows; /* full panels of row-major A / transposed B; NULL: plain C */
+    const char *name;
+} kernel_t;
+
+static const kernel_t k_portable = {PMR, PNR, ukr_portable, NULL, "portable"};
+#if RP_HAVE_AVX2_TU
+static const kernel_t k_avx2 = {RP_GEMM_AVX2_MR, RP_GEMM_AVX2_NR, rp_gemm_ukr_avx2, rp_gemm_pack_rows_avx2, "avx2"};
+static const kernel_t k_avx512 = {RP_GEMM_AVX512_MR, RP_GEMM_AVX512_NR, rp_gemm_ukr_avx512,
+                                  rp_gemm_pack_rows_avx2, "avx512"};
+#endif
+
+static int kernel_pref = 0; /* 0 auto, 1 avx512, 2 avx2, 3 portable */
+
+static const kernel_t *pick_kernel(void) {
+    int pref = __atomic_load_n(&kernel_pref, __ATOMIC_RELAXED);
+#if RP_HAVE_AVX2_TU
+    if (rp_simd_enabled() && pref != 3) {
+        if ((pref == 0 || pref == 1) && rp_gemm_cpu_avx512()) return &k_avx512;
+        return &k_avx2;
+    }
+#endif
+    (void)pref;
+    return &k_portable;
+}
+
+int rp_gemm_set_kernel(int which) {
+    if (which < 0 || which > 3) return RP_EINVAL;
+    if (which == 1 && !(rp_simd_enabled() && rp_gemm_cpu_avx512())) return RP_ENOSIMD;
+    if (which == 2 && !rp_simd_enabled()) return RP_ENOSIMD;
+    __atomic_store_n(&kernel_pref, which, __ATOMIC_RELAXED);
+    return RP_OK;
+}
+
+const char *rp_gemm_kernel_name(void) { return pick_kernel()->name; }
+
+/* ---- packing ---------------------------------------------------------------- */
+
+/* Copy n (= MR, a compile-time constant at each call site) floats: inlined moves. */
+#define COPY_ROW(d, s, n) memcpy((d), (s), (size_t)(n) * sizeof(float))
 
 /* op(A)[i0:i0+mc, p0:p0+kc] -> Ap as ceil(mc/MR) panels of (kc x MR), zero padded. */
 static void pack_a(int ta, const float *A, int64_t lda, int64_t i0, int64_t p0, int64_t mc, int64_t kc,
-                   float *restrict Ap) {
+                   const kernel_t *kn, float *restrict Ap) {
+    const int MR = kn->mr;
+    if (ta) {
+        /* A is (K, M): row p of the block is mc contiguous floats; read each once,
+         * in order, and deal it out to the panels */
+        const int64_t full = mc / MR * MR;
+        for (int64_t p = 0; p < kc; p++) {
+            const float *src = A + (p0 + p) * lda + i0;
+            float *restrict dst = Ap + p * MR;
+            int64_t ir = 0;
+            if (MR == 12)
+                for (; ir < full; ir += 12) COPY_ROW(dst + ir * kc, src + ir, 12);
+            else if (MR == 6)
+                for (; ir < full; ir += 6) COPY_ROW(dst + ir * kc, src + ir, 6);
+            for (; ir < mc; ir += MR) {
+                const int64_t mr = min64(MR, mc - ir);
+                for (int64_t i = 0; i < mr; i++) dst[ir * kc + i] = src[ir + i];
+                for (int64_t i = mr; i < MR; i++) dst[ir * kc + i] = 0.0f;
+            }
+        }
+        return;
+    }
     for (int64_t ir = 0; ir < mc; ir += MR) {
-        int64_t mr = min64(MR, mc - ir);
-        float *dst = Ap + ir * kc;
-        if (!ta) {
-            for (int64_t i = 0; i < mr; i++) {
-                const float *src = A + (i0 + ir + i) * lda + p0;
-                for (int64_t p = 0; p < kc; p++) dst[p * MR + i] = src[p];
-            }
-            for (int64_t i = mr; i < MR; i++)
-                for (int64_t p = 0; p < kc; p++) dst[p * MR + i] = 0.0f;
-        } else {
-            for (int64_t p = 0; p < kc; p++) {
-                const float *src = A + (p0 + p) * lda + i0 + ir;
-                float *d = dst + p * MR;
-                for (int64_t i = 0; i < mr; i++) d[i] = src[i];
-                for (int64_t i = mr; i < MR; i++) d[i] = 0.0f;
-            }
+        const int64_t mr = min64(MR, mc - ir);
+        float *restrict dst = Ap + ir * kc;
+        const float *src = A + (i0 + ir) * lda + p0;
+        if (mr == MR && kn->pack_rows) {
+            kn->pack_rows(src, lda, kc, MR, dst);
+            continue;
         }
+        for (int64_t i = 0; i < mr; i++)
+            for (int64_t p = 0; p < kc; p++) dst[p * MR + i] = src[i * lda + p];
+        for (int64_t i = mr; i < MR; i++)
+            for (int64_t p = 0; p < kc; p++) dst[p * MR + i] = 0.0f;
     }
 }
 
-/* op(B)[p0:p0+kc, j0+jr0*NR : ...] panels jr0..jr1 -> Bp panels (kc x NR), zero padded. */
-static void pack_b(int tb, const float *B, int64_t ldb, int64_t p0, int64_t j0, int64_t nc, int64_t kc,
-                   int64_t jr0, int64_t jr1, float *restrict Bp) {
-    for (int64_t q = jr0; q < jr1; q++) {
-        int64_t jr = q * NR;
-        int64_t nr = min64(NR, nc - jr);
-        float *dst = Bp + jr * kc;
-        if (!tb) {
-            for (int64_t p = 0; p < kc; p++) {
-                const float *src = B + (p0 + p) * ldb + j0 + jr;
-                float *d = dst + p * NR;
-                if (nr == NR) {
-                    memcpy(d, src, NR * sizeof(float));
-                } else {
-                    for (int64_t j = 0; j < nr; j++) d[j] = src[j];
-                    for (int64_t j = nr; j < NR; j++) d[j] = 0.0f;
-                }
-            }
+/* Panel of op(B)[p0:p0+kc, j:j+nr] -> dst (kc x NR), zero padded. */
+static void pack_b_panel(int tb, const float *B, int64_t ldb, int64_t p0, int64_t kc, int64_t j, int64_t nr,
+                         const kernel_t *kn, float *restrict dst) {
+    const int NR = kn->nr;
+    if (!tb) {
+        const float *src = B + p0 * ldb + j;
+        if (nr == NR && NR == 32) {
+            for (int64_t p = 0; p < kc; p++) COPY_ROW(dst + p * 32, src + p * ldb, 32);
+        } else if (nr == NR && NR == 16) {
+            for (int64_t p = 0; p < kc; p++) COPY_ROW(dst + p * 16, src + p * ldb, 16);
         } else {
-            for (int64_t j = 0; j < nr; j++) {
-                const float *src = B + (j0 + jr + j) * ldb + p0;
-                for (int64_t p = 0; p < kc; p++) dst[p * NR + j] = src[p];
+            for (int64_t p = 0; p < kc; p++) {
+                for (int64_t jj = 0; jj < nr; jj++) dst[p * NR + jj] = src[p * ldb + jj];
+                for (int64_t jj = nr; jj < NR; jj++) dst[p * NR + jj] = 0.0f;
             }
-            for (int64_t j = nr; j < NR; j++)
-                for (int64_t p = 0; p < kc; p++) dst[p * NR + j] = 0.0f;
         }
+    } else if (nr == NR && kn->pack_rows) {
+        kn->pack_rows(B + j * ldb + p0, ldb, kc, NR, dst);
+    } else {
+        for (int64_t jj = 0; jj < nr; jj++) {
+            const float *src = B + (j + jj) * ldb + p0;
+            for (int64_t p = 0; p < kc; p++) dst[p * NR + jj] = src[p];
+        }
+        for (int64_t jj = nr; jj < NR; jj++)
+            for (int64_t p = 0; p < kc; p++) dst[p * NR + jj] = 0.0f;
     }
 }
 
-/* ---- drivers ----------------------------------------------------------- */
+/* ---- scratch -------------------------------------------------------------
+ * The packed buffers (up to K x NC floats of B) are kept for the next call:
+ * a fresh allocation of that size is mmap'ed and page-faulted on every call,
+ * which costs 10-20% of a 1024^3 product. One buffer is cached (taken and
+ * returned with atomic exchanges, so concurrent callers each get their own);
+ * buffers larger than SCRATCH_KEEP_MAX are freed after use. */
+#define SCRATCH_HDR 64
+#define SCRATCH_KEEP_MAX ((size_t)64 << 20)
+static char *scratch_slot = NULL; /* allocation base; its usable size is stored at the base */
+
+static float *scratch_take(size_t nbytes) {
+    char *p = __atomic_exchange_n(&scratch_slot, NULL, __ATOMIC_ACQ_REL);
+    if (p && *(size_t *)p >= nbytes) return (float *)(p + SCRATCH_HDR);
+    rp_free(p);
+    if (nbytes > SIZE_MAX - SCRATCH_HDR) return NULL;
+    p = rp_malloc(nbytes + SCRATCH_HDR);
+    if (!p) return NULL;
+    *(size_t *)p = nbytes;
+    return (float *)(p + SCRATCH_HDR);
+}
+
+static void scratch_give(float *buf) {
+    if (!buf) return;
+    char *p = (char *)buf - SCRATCH_HDR;
+    if (*(size_t *)p > SCRATCH_KEEP_MAX) {
+        rp_free(p);
+        return;
+    }
+    rp_free(__atomic_exchange_n(&scratch_slot, p, __ATOMIC_ACQ_REL));
+}
+
+/* ---- drivers ------------------------------------------------------------------ */
 
 typedef struct {
     int ta, tb;
@@ -139,114 +243,149 @@ static void scale_only(const gemm_prob *g) {
     }
 }
 
-/* Tiny problems: no packing, one pass per output row, K summed in order. */
-#define SMALL_NB 64
-static void gemm_small(const gemm_prob *g) {
+/* Direct (unpacked) product on the columns [j0, j0+nb) of C, nb <= DIRECT_NB,
+ * for tiny problems and for few rows (M <= DIRECT_M_MAX: a GEMV-like Linear at
+ * generation time), where packing B would cost as much as the product.
+ * Each element's K order is fixed: in order for B (K, N); for B given as
+ * (N, K), DIRECT_LANES interleaved partial sums over p added in a fixed tree. */
+#define DIRECT_NB 64
+#define DIRECT_LANES 8
+#define DIRECT_M_MAX 4
+static void gemm_direct_cols(const gemm_prob *g, int64_t j0, int64_t nb) {
+    const int64_t K = g->K;
     for (int64_t i = 0; i < g->M; i++) {
-        float *c = g->C + i * g->ldc;
-        for (int64_t j0 = 0; j0 < g->N; j0 += SMALL_NB) {
-            int64_t nb = min64(SMALL_NB, g->N - j0);
-            float acc[SMALL_NB];
+        float *c = g->C + i * g->ldc + j0;
+        float acc[DIRECT_NB];
+        if (!g->tb) {
             for (int64_t j = 0; j < nb; j++) acc[j] = 0.0f;
-            if (!g->tb) {
-                for (int64_t p = 0; p < g->K; p++) {
-                    float a = op_a(g, i, p);
-                    const float *b = g->B + p * g->ldb + j0;
-                    for (int64_t j = 0; j < nb; j++) acc[j] += a * b[j];
-                }
-            } else {
-                for (int64_t j = 0; j < nb; j++) {
-                    const float *b = g->B + (j0 + j) * g->ldb;
-                    float s = 0.0f;
-                    for (int64_t p = 0; p < g->K; p++) s += op_a(g, i, p) * b[p];
-                    acc[j] = s;
-                }
+            for (int64_t p = 0; p < K; p++) {
+                const float a = op_a(g, i, p);
+                const float *b = g->B + p * g->ldb + j0;
+                for (int64_t j = 0; j < nb; j++) acc[j] += a * b[j];
             }
+        } else {
+            const float *arow = g->ta ? NULL : g->A + i * g->lda;
             for (int64_t j = 0; j < nb; j++) {
-                float v = g->alpha * acc[j];
-                if (g->beta != 0.0f) v = g->beta * c[j0 + j] + v;
-                if (g->bias) v = v + g->bias[j0 + j];
-                c[j0 + j] = v;
+                const float *b = g->B + (j0 + j) * g->ldb;
+                float part[DIRECT_LANES] = {0.0f};
+                int64_t p = 0;
+                if (arow) {
+                    for (; p + DIRECT_LANES <= K; p += DIRECT_LANES)
+                        for (int l = 0; l < DIRECT_LANES; l++) part[l] += arow[p + l] * b[p + l];
+                } else {
+                    for (; p + DIRECT_LANES <= K; p += DIRECT_LANES)
+                        for (int l = 0; l < DIRECT_LANES; l++) part[l] += op_a(g, i, p + l) * b[p + l];
+                }
+                for (int l = 0; p < K; p++, l++) part[l] += op_a(g, i, p) * b[p];
+                acc[j] = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
             }
+        }
+        for (int64_t j = 0; j < nb; j++) {
+            float v = g->alpha * acc[j];
+            if (g->beta != 0.0f) v = g->beta * c[j] + v;
+            if (g->bias) v = v + g->bias[j0 + j];
+            c[j] = v;
         }
     }
 }
 
-static int use_small(const gemm_prob *g) { return g->M * g->N * g->K <= SMALL_MNK; }
-
-/* Row-block size for M rows shared by nt threads: a multiple of MR, at most
- * MC, and giving a number of blocks that is a multiple of nt when possible.
- * It only moves tile boundaries along M, never the K order. */
-static int64_t pick_mc(int64_t M, int nt) {
-    int64_t nblk = round_up(ceil_div(M, MC), nt);
-    int64_t mc = round_up(ceil_div(M, nblk), MR);
-    return mc < MR ? MR : mc;
+static void gemm_direct(const gemm_prob *g) {
+    for (int64_t j0 = 0; j0 < g->N; j0 += DIRECT_NB) gemm_direct_cols(g, j0, min64(DIRECT_NB, g->N - j0));
 }
 
-/* The blocked product, run by thread `tid` of a team of `nt` (nt == 1: alone,
- * no barriers). Ap: this thread's MC x KC buffer; Bp: the team's KC x NC buffer. */
-static void gemm_blocked(const gemm_prob *g, int tid, int nt, float *Ap, float *Bp, rp_gemm_ukr_fn ukr) {
-    const int64_t M = g->M, N = g->N, K = g->K;
-    const int64_t mc_blk = pick_mc(M, nt);
-    const int64_t n_ic = ceil_div(M, mc_blk);
-    for (int64_t j0 = 0; j0 < N; j0 += NC) {
-        const int64_t nc = min64(NC, N - j0);
-        const int64_t n_jr = ceil_div(nc, NR);
-        /* few row blocks: split the column panels as well (A block packed twice) */
-        const int64_t jchunks = n_ic >= nt ? 1 : min64(nt, n_jr);
-        const int64_t ntask = n_ic * jchunks;
-        for (int64_t p0 = 0; p0 < K; p0 += KC) {
-            const int64_t kc = min64(KC, K - p0);
-            int64_t lo, hi;
-            rp_chunk(n_jr, nt, tid, &lo, &hi);
-            pack_b(g->tb, g->B, g->ldb, p0, j0, nc, kc, lo, hi, Bp);
-#if RP_HAVE_OPENMP
-            if (nt > 1) {
-#pragma omp barrier
-            }
-#endif
-            const float beta = p0 == 0 ? g->beta : 1.0f;
-            const float *bias = (p0 == 0 && g->bias) ? g->bias + j0 : NULL;
-            int64_t t0, t1, packed_ic = -1;
-            rp_chunk(ntask, nt, tid, &t0, &t1);
-            for (int64_t t = t0; t < t1; t++) {
-                int64_t ic = t / jchunks, jc = t % jchunks;
-                int64_t i0 = ic * mc_blk;
-                int64_t mc = min64(mc_blk, M - i0);
-                if (i0 >= M) continue;
-                if (packed_ic != ic) {
-                    pack_a(g->ta, g->A, g->lda, i0, p0, mc, kc, Ap);
-                    packed_ic = ic;
-                }
-                int64_t q0, q1;
-                rp_chunk(n_jr, jchunks, jc, &q0, &q1);
-                for (int64_t q = q0; q < q1; q++) {
-                    int64_t jr = q * NR;
-                    int64_t nr = min64(NR, nc - jr);
-                    const float *bp = Bp + jr * kc;
-                    const float *bb = bias ? bias + jr : NULL;
-                    for (int64_t ir = 0; ir < mc; ir += MR) {
-                        int64_t mr = min64(MR, mc - ir);
-                        float *c = g->C + (i0 + ir) * g->ldc + j0 + jr;
-                        ukr(kc, Ap + ir * kc, bp, c, g->ldc, mr, nr, g->alpha, beta, bb);
-                    }
-                }
-            }
-#if RP_HAVE_OPENMP
-            if (nt > 1) {
-#pragma omp barrier
-            }
-#endif
+/* The work split of one product: row blocks of mc (a multiple of MR), and
+ * the NR panels of a column block cut into jchunks runs. Depends on the
+ * thread count (for balance) but only moves tile ownership, never the K order. */
+typedef struct {
+    int64_t mc, n_ic, jchunks;
+} split_t;
+
+static split_t make_split(int64_t M, int64_t n_jr, int nt, int MR) {
+    split_t s;
+    const int64_t mc_max = round_up(MC, MR);
+    int64_t want = nt > 1 ? 4 * (int64_t)nt : 1; /* tasks wanted, for dynamic balance */
+    int64_t n_ic = ceil_div(M, mc_max);
+    if (n_ic < want) n_ic = min64(want, ceil_div(M, MR)); /* smaller row blocks, down to MR rows */
+    s.mc = round_up(ceil_div(M, n_ic), MR);
+    s.n_ic = ceil_div(M, s.mc);
+    s.jchunks = s.n_ic >= want ? 1 : min64(n_jr, ceil_div(want, s.n_ic));
+    return s;
+}
+
+/* Pack all KC-deep blocks of op(B)[:, j0:j0+nc]: block kb at Bp + kb*KC*nc_pad,
+ * its panel q at + q*NR*kc. Items [it0, it1) of n_kb * n_jr (kb-major). */
+static void pack_b_items(const gemm_prob *g, const kernel_t *kn, int64_t j0, int64_t nc, int64_t it0, int64_t it1,
+                         float *Bp) {
+    const int NR = kn->nr;
+    const int64_t n_jr = ceil_div(nc, NR), nc_pad = n_jr * NR;
+    for (int64_t it = it0; it < it1; it++) {
+        int64_t kb = it / n_jr, q = it % n_jr;
+        int64_t p0 = kb * KC, kc = min64(KC, g->K - p0);
+        pack_b_panel(g->tb, g->B, g->ldb, p0, kc, j0 + q * NR, min64(NR, nc - q * NR), kn,
+                     Bp + kb * KC * nc_pad + q * NR * kc);
+    }
+}
+
+/* One task: rows [i0, i0+mc) x panels [q0, q1) of the column block at j0, all of K. */
+static void run_task(const gemm_prob *g, const kernel_t *kn, int64_t j0, int64_t nc, int64_t i0, int64_t mc,
+                     int64_t q0, int64_t q1, const float *Bp, float *Ap) {
+    const int MR = kn->mr, NR = kn->nr;
+    const int64_t nc_pad = ceil_div(nc, NR) * NR;
+    for (int64_t p0 = 0; p0 < g->K; p0 += KC) {
+        const int64_t kc = min64(KC, g->K - p0);
+        pack_a(g->ta, g->A, g->lda, i0, p0, mc, kc, kn, Ap);
+        const float beta = p0 == 0 ? g->beta : 1.0f;
+        const float *bias = (p0 == 0 && g->bias) ? g->bias + j0 : NULL;
+        const float *bblk = Bp + (p0 / KC) * KC * nc_pad;
+        for (int64_t q = q0; q < q1; q++) {
+            const int64_t jr = q * NR, nr = min64(NR, nc - jr);
+            const float *bp = bblk + jr * kc;
+            const float *bb = bias ? bias + jr : NULL;
+            float *c = g->C + i0 * g->ldc + j0 + jr;
+            for (int64_t ir = 0; ir < mc; ir += MR)
+                kn->fn(kc, Ap + ir * kc, bp, c + ir * g->ldc, g->ldc, min64(MR, mc - ir), nr, g->alpha, beta, bb);
         }
     }
 }
 
-static rp_gemm_ukr_fn pick_ukr(void) {
-#if RP_HAVE_AVX2_TU
-    if (rp_simd_enabled()) return rp_gemm_ukr_avx2;
-#endif
-    return ukr_portable;
+/* Whole product by one thread with its own buffers. */
+static void gemm_alone(const gemm_prob *g, const kernel_t *kn, float *Ap, float *Bp) {
+    for (int64_t j0 = 0; j0 < g->N; j0 += NC) {
+        const int64_t nc = min64(NC, g->N - j0);
+        const int64_t n_jr = ceil_div(nc, kn->nr);
+        pack_b_items(g, kn, j0, nc, 0, ceil_div(g->K, KC) * n_jr, Bp);
+        split_t s = make_split(g->M, n_jr, 1, kn->mr);
+        for (int64_t ic = 0; ic < s.n_ic; ic++) {
+            int64_t i0 = ic * s.mc;
+            run_task(g, kn, j0, nc, i0, min64(s.mc, g->M - i0), 0, n_jr, Bp, Ap);
+        }
+    }
 }
+
+#if RP_HAVE_OPENMP
+/* Whole product by the calling team (call from inside a parallel region,
+ * every thread with its own Ap, the team sharing Bp). */
+static void gemm_team(const gemm_prob *g, const kernel_t *kn, float *Ap, float *Bp, int nt) {
+    for (int64_t j0 = 0; j0 < g->N; j0 += NC) {
+        const int64_t nc = min64(NC, g->N - j0);
+        const int64_t n_jr = ceil_div(nc, kn->nr);
+        const int64_t n_items = ceil_div(g->K, KC) * n_jr;
+#pragma omp for schedule(dynamic, 4)
+        for (int64_t it = 0; it < n_items; it++) pack_b_items(g, kn, j0, nc, it, it + 1, Bp);
+        /* implicit barrier: Bp complete */
+        split_t s = make_split(g->M, n_jr, nt, kn->mr);
+        const int64_t ntask = s.n_ic * s.jchunks;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t t = 0; t < ntask; t++) {
+            int64_t ic = t / s.jchunks, jc = t % s.jchunks;
+            int64_t i0 = ic * s.mc, q0, q1;
+            rp_chunk(n_jr, s.jchunks, jc, &q0, &q1);
+            if (i0 < g->M && q0 < q1) run_task(g, kn, j0, nc, i0, min64(s.mc, g->M - i0), q0, q1, Bp, Ap);
+        }
+        /* implicit barrier: Bp free for the next column block */
+    }
+}
+#endif
 
 static int check_args(int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc, int ta, int tb) {
     if (M < 0 || N < 0 || K < 0) return RP_EINVAL;
@@ -262,16 +401,16 @@ static int gemm_run(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha
     if (rc) return rc;
     if (batch < 0) return RP_EINVAL;
     if (M == 0 || N == 0 || batch == 0) return RP_OK;
-    gemm_prob g0 = {ta, tb, M, N, K, alpha, beta, A, B, bias, lda, ldb, ldc, C};
+    const gemm_prob g0 = {ta, tb, M, N, K, alpha, beta, A, B, bias, lda, ldb, ldc, C};
     const int nothing = (K == 0 || alpha == 0.0f);
-    const int small = use_small(&g0);
+    const int64_t mnk = M * N * K;
     int nt = rp_get_num_threads();
     if (nt < 1) nt = 1;
-    const int64_t mnk = M * N * K;
+    (void)nt;
 
-    if (nothing || small) {
+    if (nothing || mnk <= SMALL_MNK) {
         /* cheap per product: spread the batch over threads if it pays */
-        int par = RP_HAVE_OPENMP && nt > 1 && batch > 1 && (M * N * (K + 1)) * batch > 65536;
+        const int par = nt > 1 && batch > 1 && (M * N * (K + 1)) * batch > 65536;
         (void)par;
 #if RP_HAVE_OPENMP
 #pragma omp parallel for schedule(static) num_threads(nt) if (par)
@@ -284,23 +423,40 @@ static int gemm_run(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha
             if (nothing)
                 scale_only(&g);
             else
-                gemm_small(&g);
+                gemm_direct(&g);
         }
         return RP_OK;
     }
 
-    rp_gemm_ukr_fn ukr = pick_ukr();
-    const int64_t kc_max = min64(K, KC);
-    /* sizes rounded to 64 bytes so every buffer (and every NR panel) stays aligned */
-    const int64_t a_elems = round_up(round_up(min64(M, MC), MR) * kc_max, 16);
-    const int64_t b_elems = round_up(round_up(min64(N, NC), NR) * kc_max, 16);
+    if (M <= DIRECT_M_MAX) {
+        /* few rows: no packing; threads take fixed column chunks of each product */
+        const int64_t nchunk = ceil_div(N, DIRECT_NB), nwork = batch * nchunk;
+        (void)nwork;
+#if RP_HAVE_OPENMP
+#pragma omp parallel for schedule(dynamic, 4) num_threads(nt) if (nt > 1 && nwork > 1)
+#endif
+        for (int64_t w = 0; w < batch * nchunk; w++) {
+            const int64_t b = w / nchunk, j0 = (w % nchunk) * DIRECT_NB;
+            gemm_prob g = g0;
+            g.A = A + b * sA;
+            g.B = B + b * sB;
+            g.C = C + b * sC;
+            gemm_direct_cols(&g, j0, min64(DIRECT_NB, N - j0));
+        }
+        return RP_OK;
+    }
+
+    const kernel_t *kn = pick_kernel();
+    /* buffer sizes in floats, rounded to 64 bytes so every buffer and panel stays aligned */
+    const int64_t a_elems = round_up(round_up(min64(M, MC), kn->mr) * min64(K, KC), 16);
+    const int64_t b_elems = round_up(ceil_div(K, KC) * KC * round_up(min64(N, NC), kn->nr), 16);
 
     /* many moderate products: one product per thread at a time, private buffers */
-    const int per_batch = nt > 1 && batch >= nt && (mnk <= (int64_t)256 * 256 * 256 || batch >= 4 * nt);
+    const int per_batch = nt > 1 && batch >= nt && (mnk <= (int64_t)192 * 192 * 192 || batch >= 4 * nt);
     if (nt == 1 || per_batch || !RP_HAVE_OPENMP) {
-        int teams = per_batch ? nt : 1;
-        float *Ap = rp_malloc((size_t)(a_elems + b_elems) * sizeof(float) * (size_t)teams);
-        if (!Ap) return RP_ENOMEM;
+        const int teams = per_batch ? nt : 1;
+        float *buf = scratch_take((size_t)(a_elems + b_elems) * sizeof(float) * (size_t)teams);
+        if (!buf) return RP_ENOMEM;
         (void)teams;
 #if RP_HAVE_OPENMP
 #pragma omp parallel num_threads(teams) if (teams > 1)
@@ -310,42 +466,41 @@ static int gemm_run(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha
 #if RP_HAVE_OPENMP
             tid = omp_get_thread_num();
 #endif
-            float *ap = Ap + (size_t)tid * (size_t)(a_elems + b_elems);
+            float *ap = buf + (size_t)tid * (size_t)(a_elems + b_elems);
             float *bp = ap + a_elems;
 #if RP_HAVE_OPENMP
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)
 #endif
             for (int64_t b = 0; b < batch; b++) {
                 gemm_prob g = g0;
                 g.A = A + b * sA;
                 g.B = B + b * sB;
                 g.C = C + b * sC;
-                gemm_blocked(&g, 0, 1, ap, bp, ukr);
+                gemm_alone(&g, kn, ap, bp);
             }
         }
-        rp_free(Ap);
+        scratch_give(buf);
         return RP_OK;
     }
 
-    /* one product at a time, the whole team on it */
-    float *buf = rp_malloc((size_t)(a_elems * nt + b_elems) * sizeof(float));
-    if (!buf) return RP_ENOMEM;
 #if RP_HAVE_OPENMP
+    /* one product at a time, the whole team on it */
+    float *buf = scratch_take((size_t)(a_elems * nt + b_elems) * sizeof(float));
+    if (!buf) return RP_ENOMEM;
 #pragma omp parallel num_threads(nt)
     {
-        int tid = omp_get_thread_num();
-        int team = omp_get_num_threads();
+        const int tid = omp_get_thread_num(), team = omp_get_num_threads();
         float *ap = buf + b_elems + (size_t)tid * (size_t)a_elems;
         for (int64_t b = 0; b < batch; b++) {
             gemm_prob g = g0;
             g.A = A + b * sA;
             g.B = B + b * sB;
             g.C = C + b * sC;
-            gemm_blocked(&g, tid, team, ap, buf, ukr);
+            gemm_team(&g, kn, ap, buf, team);
         }
     }
+    scratch_give(buf);
 #endif
-    rp_free(buf);
     return RP_OK;
 }
 
@@ -405,8 +560,13 @@ int rp_colsum(const float *X, int64_t M, int64_t N, float *out) {
 
 /* ---- FMA peak ------------------------------------------------------------ */
 
+/* CPU time of the calling thread: the probe measures what the core does while
+ * it runs, unaffected by other processes competing for it (shared machines). */
 static double now_seconds(void) {
     struct timespec ts;
+#if defined(CLOCK_THREAD_CPUTIME_ID)
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) == 0) return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+#endif
     timespec_get(&ts, TIME_UTC);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
@@ -414,6 +574,7 @@ static double now_seconds(void) {
 /* Portable: 64 independent multiply-add chains the compiler can vectorise. */
 static double peak_portable(int threads, double seconds) {
     double total = 0.0;
+    (void)threads;
 #if RP_HAVE_OPENMP
 #pragma omp parallel num_threads(threads) reduction(+ : total)
 #endif
@@ -445,7 +606,9 @@ double rp_fma_peak_gflops(int threads, double seconds) {
     threads = 1;
 #endif
 #if RP_HAVE_AVX2_TU
-    if (rp_simd_enabled()) return rp_fma_peak_gflops_avx2(threads, seconds);
+    const kernel_t *kn = pick_kernel();
+    if (kn == &k_avx512) return rp_fma_peak_gflops_avx512(threads, seconds);
+    if (kn == &k_avx2) return rp_fma_peak_gflops_avx2(threads, seconds);
 #endif
     return peak_portable(threads, seconds);
 }

@@ -12,6 +12,7 @@ from . import functional
 from . import nn
 from . import optim
 from .serialization import save, load
+from . import encodings, data, models, train, experiments, probe  # noqa: E402
 
 __all__ = ["Tensor", "Function", "tensor", "no_grad", "enable_grad", "is_grad_enabled",
            "functional", "nn", "optim", "save", "load", "show_config", "set_num_threads", "get_num_threads", "config"]

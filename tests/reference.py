@@ -91,8 +91,9 @@ def silu(x):
 def layer_norm(x, weight=None, bias=None, eps=1e-5):
     """Over the last axis; biased variance. Returns y only."""
     x = np.asarray(x, np.float64)
-    mean = x.mean(axis=-1, keepdims=True)
-    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+    D = max(x.shape[-1], 1)  # D == 0: empty rows, no "mean of empty slice"
+    mean = x.sum(axis=-1, keepdims=True) / D
+    var = ((x - mean) ** 2).sum(axis=-1, keepdims=True) / D
     y = (x - mean) / np.sqrt(var + eps)
     if weight is not None:
         y = y * np.asarray(weight, np.float64)
@@ -103,7 +104,7 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5):
 
 def rms_norm(x, weight=None, eps=1e-6):
     x = np.asarray(x, np.float64)
-    y = x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps)
+    y = x / np.sqrt((x * x).sum(axis=-1, keepdims=True) / max(x.shape[-1], 1) + eps)
     if weight is not None:
         y = y * np.asarray(weight, np.float64)
     return y
@@ -495,6 +496,39 @@ def deberta_logits(q, k, P, W_kr, W_qr, clip, q_offset=0):
     c2p = np.einsum("bhid,hijd->bhij", q, Kr[h, c2p_ix[None]])
     p2c = np.einsum("bhjd,hijd->bhij", k, Qr[h, p2c_ix[None]])
     return (q @ np.swapaxes(k, -1, -2) + c2p + p2c) / np.sqrt(3.0 * D)
+
+
+def channel_logits(q, k, inputs, q_offset=0, scale=None):
+    """Materialise the logits an attention_core call would form from an
+    encoding's channel inputs (float64, no mask), following csrc/attention.h:
+    scale*(q'.k' + qr.relk[idx] + k'.relq[idx]) + bias_vec[idx] + bias_full.
+    inputs: dict of ndarrays / (sign, off) tuples; "q", "k" replace the content q, k."""
+    f = lambda a: None if a is None else np.asarray(getattr(a, "data", a), dtype=np.float64)
+    q = f(q)
+    k = f(k)
+    qc = f(inputs.get("q", q))
+    kc = f(inputs.get("k", k))
+    B, H, Tq, D = q.shape
+    Tk = k.shape[2]
+    scale = inputs.get("scale", scale if scale is not None else 1.0 / np.sqrt(D))
+    s = qc @ np.swapaxes(kc, -1, -2)
+    if inputs.get("relk") is not None:
+        t = f(inputs["relk"])
+        ix = relidx(*inputs["relk_ix"], t.shape[1], Tq, Tk, q_offset)
+        qr = f(inputs.get("qr", qc))
+        s = s + np.einsum("bhid,hijd->bhij", qr, np.broadcast_to(t, (H,) + t.shape[1:])[:, ix])
+    if inputs.get("relq") is not None:
+        t = f(inputs["relq"])
+        ix = relidx(*inputs["relq_ix"], t.shape[1], Tq, Tk, q_offset)
+        s = s + np.einsum("bhjd,hijd->bhij", kc, np.broadcast_to(t, (H,) + t.shape[1:])[:, ix])
+    s = scale * s
+    if inputs.get("bias_vec") is not None:
+        t = f(inputs["bias_vec"])
+        ix = relidx(*inputs["bias_ix"], t.shape[1], Tq, Tk, q_offset)
+        s = s + np.broadcast_to(t, (H, t.shape[1]))[:, ix][None]
+    if inputs.get("bias_full") is not None:
+        s = s + f(inputs["bias_full"])
+    return s
 
 
 # ============================================================== attention

@@ -38,6 +38,12 @@ def test_sinusoidal_large_positions_and_explicit_positions():
     np.testing.assert_allclose(got, ref.sinusoidal(pos, 6, base=500.0), atol=1e-6)
 
 
+def test_sinusoidal_bit_identical_one_and_two_threads(threads):
+    a = threads(1, _C.sinusoidal_table, 301, 64, offset=17, layout="concat")
+    b = threads(2, _C.sinusoidal_table, 301, 64, offset=17, layout="concat")
+    assert np.array_equal(a, b)
+
+
 def test_sinusoidal_encoding_embed_and_grad(rng):
     enc = E.get("sinusoidal", d_model=6, layout="concat")
     x = relpos.Tensor(rng.standard_normal((2, 4, 6)), requires_grad=True)
@@ -87,6 +93,13 @@ def test_learned_embed_values_and_grad(rng):
     np.testing.assert_allclose(enc.weight.grad, want, atol=1e-5)
     np.testing.assert_allclose(x.grad, g, atol=1e-7)
     assert [n for n, _ in enc.named_parameters()] == ["weight"]
+    # consecutive positions (the fast path) give the same gradient rows
+    enc.weight.grad = None
+    y = enc.embed(x, np.arange(2, 5))
+    y.backward(g.astype(np.float32))
+    want = np.zeros((6, 4))
+    want[2:5] = g.sum(0)
+    np.testing.assert_allclose(enc.weight.grad, want, atol=1e-5)
 
 
 def test_learned_past_max_len_says_the_numbers():
@@ -237,3 +250,21 @@ def test_registry_lists_channel_a_and_r():
         assert names[n]["channel"] == "R"
     assert names["none"]["causal only"] == "yes" and names["xpos"]["causal only"] == "yes"
     assert names["learned"]["learnable"] == "weight"
+
+
+def test_complex_bridge_keeps_reference_counts(rng):
+    import sys
+
+    r, om, th = complex_tables(rng)
+    ids = np.array([[0, 1, 2]])
+    pos = np.arange(3)
+    g = np.ones((1, 3, 6), np.float32)
+    before = [sys.getrefcount(a) for a in (r, om, th, ids, pos, g)]
+    for _ in range(100):
+        _C.complex_embed_fwd(ids, r, om, th, pos)
+        _C.complex_embed_bwd(ids, r, om, th, pos, g)
+        with pytest.raises(IndexError):
+            _C.complex_embed_fwd(ids + 4, r, om, th, pos)
+        with pytest.raises(ValueError):
+            _C.complex_embed_bwd(ids, r, om, th, pos, g[..., :5])
+    assert [sys.getrefcount(a) for a in (r, om, th, ids, pos, g)] == before

@@ -86,8 +86,14 @@ class _AddRows(Function):
         dE = None
         if ctx.needs_input_grad[1]:
             dE = np.zeros(ctx.E_shape, dtype=np.float32)
-            # np.add.at runs in index order: deterministic, and correct for repeated positions
-            np.add.at(dE, ctx.positions, g.sum(axis=0, dtype=np.float32))
+            gsum = g.sum(axis=0, dtype=np.float32)
+            pos = ctx.positions
+            T = len(pos)
+            if T and pos[-1] - pos[0] == T - 1 and np.all(np.diff(pos) == 1):
+                dE[pos[0]:pos[0] + T] = gsum  # consecutive positions (the usual case): one row each
+            else:
+                # np.add.at runs in index order: deterministic, and correct for repeated positions
+                np.add.at(dE, pos, gsum)
         return dx, dE
 
 
@@ -174,12 +180,22 @@ class Sinusoidal(Encoding):
         if d_model is not None and d_model % 2:
             raise ValueError(f"sinusoidal needs an even d_model (sin/cos pairs); got {d_model}")
         self.layout, self.base = layout, base
+        self._last = None  # ((first position, T), table)
 
     def table(self, positions):
-        """(T, d_model) float32 for positions (T,) ints."""
+        """(T, d_model) float32 for positions (T,) ints (the last table of consecutive positions is kept)."""
         self._need(d_model=self.d_model)
         pos = _positions(positions, len(positions))
-        return sinusoidal_table(len(pos), self.d_model, layout=self.layout, base=self.base, positions=pos)
+        T = len(pos)
+        consecutive = T > 0 and pos[-1] - pos[0] == T - 1 and np.all(np.diff(pos) == 1)
+        if not consecutive:
+            return sinusoidal_table(T, self.d_model, layout=self.layout, base=self.base, positions=pos)
+        key = (int(pos[0]), T)
+        if self._last is None or self._last[0] != key:
+            tab = sinusoidal_table(T, self.d_model, offset=int(pos[0]), layout=self.layout, base=self.base)
+            tab.flags.writeable = False  # shared by later calls
+            self._last = (key, tab)
+        return self._last[1]
 
     def embed(self, x, positions=None, ids=None):
         """x (B, T, d_model) Tensor, positions (T,) ints (default 0..T−1) -> x + PE[positions]."""

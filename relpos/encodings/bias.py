@@ -84,8 +84,9 @@ def relative_positions(Tq: int, Tk: int, q_offset: int = 0) -> np.ndarray:
 
 
 def _window(Tq, Tk, q_offset):
-    """(d0, n): the distances d0 .. d0+n-1 a (Tq, Tk, q_offset) window needs."""
-    return q_offset - (Tk - 1), max(Tq + Tk - 1, 0)
+    """(d0, n): the distances d0 .. d0+n-1 a (Tq, Tk, q_offset) window needs
+    (at least one, so that an empty window still gives a valid table)."""
+    return q_offset - (Tk - 1), max(Tq + Tk - 1, 1)
 
 
 def _spread(vec, Tq, Tk, q_offset, d0):

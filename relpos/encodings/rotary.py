@@ -143,8 +143,8 @@ def xpos_scale(T, rotary_dim, offset=0, center=0.0, gamma=0.4, scale_base=512.0,
     ζ_k = (2k/rotary_dim + γ)/(1 + γ) (Sun et al. 2022); ``inverse`` for keys.
 
     Computed in logs and clamped to e^±80, so always finite; exact while
-    |p − center|·|ln ζ_k|/scale_base ≤ 80 (for γ = 0.4, B = 512: ±32 698 positions
-    around the centre for the slowest pair).
+    |p − center|·|ln ζ_k|/scale_base ≤ 80 (for γ = 0.4, B = 512: ±32 695 positions
+    around the centre for pair 0, the fastest-decaying one).
     """
     rotary_dim = _check_rotary_dim(rotary_dim)
     return _C.xpos_scale(rotary_dim // 2, int(T), offset=int(offset), center=float(center),
@@ -237,7 +237,9 @@ class RoPE(Encoding):
 
     # ---- tables ------------------------------------------------------------
     def _rotary_dim_for(self, D):
-        rd = self.rotary_dim if self.rotary_dim is not None else (self.head_dim or D)
+        if self.head_dim is not None and D != self.head_dim:
+            raise ValueError(f"q/k head dim D ({D}) differs from the encoding's head_dim ({self.head_dim})")
+        rd = self.rotary_dim if self.rotary_dim is not None else D
         if rd % 2:
             raise ValueError(f"rotary_dim must be even; head_dim {rd} is odd: give rotary_dim explicitly")
         if rd > D:
@@ -257,6 +259,8 @@ class RoPE(Encoding):
         if hit is None:
             hit = _C.rope_tables(self.inv_freq(rotary_dim), int(T), offset=int(offset),
                                  pos_scale=_pos_scale(self.scaling, self.scaling_factor))
+            for a in hit:
+                a.flags.writeable = False  # shared by later calls
             self._cache[key] = hit
             while len(self._cache) > 16:
                 self._cache.popitem(last=False)
@@ -316,8 +320,10 @@ class XPos(RoPE):
     center c (None = max_len // 2 if max_len is known, else 0). Any fixed c gives the
     same logits; it only places the window where the float32 factors are exact:
     scales are computed in logs and clamped to e^±80, exact for |p − c| ≤ 80·B/|ln ζ_0|
-    (±32 698 positions at the defaults) and finite everywhere. c is fixed per
-    encoding so cached keys and new queries agree.
+    (±32 695 positions at the defaults) and finite everywhere. Past that window a
+    factor saturates: causal products q_i·k_j stay ≤ 1 but no longer decay exactly
+    as ζ^((i−j)/B) for that pair. c is fixed per encoding so cached keys and new
+    queries agree (torchscale re-centres on each call's length instead).
     """
 
     name = "xpos"
@@ -348,6 +354,7 @@ class XPos(RoPE):
         if hit is None:
             hit = xpos_scale(T, rotary_dim, offset=offset, center=self.center, gamma=self.gamma,
                              scale_base=self.scale_base, inverse=is_key)
+            hit.flags.writeable = False
             self._cache[key] = hit
             while len(self._cache) > 16:
                 self._cache.popitem(last=False)

@@ -143,6 +143,17 @@ class Dropout(Module):
         """Restart the mask-seed stream from ``seed`` (int or Generator)."""
         self._rng = init.make_rng(seed, name="seed")
 
+    def rng_state(self) -> dict:
+        """The mask-seed Generator's state (a JSON-able dict, e.g. for ``relpos.save``)."""
+        return self._rng.bit_generator.state
+
+    def set_rng_state(self, state: dict) -> None:
+        """Restore a state from ``rng_state()`` so the next masks repeat a saved run's."""
+        if not isinstance(state, dict) or state.get("bit_generator") != type(self._rng.bit_generator).__name__:
+            raise ValueError(f"state must be a dict from Dropout.rng_state() for "
+                             f"{type(self._rng.bit_generator).__name__}; got {state!r:.80}")
+        self._rng.bit_generator.state = state
+
     def forward(self, x):
         if not self.training or self.p == 0.0:
             return x
