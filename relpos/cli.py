@@ -88,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--eval-lens", type=_eval_lens, default=None, metavar="L,L,...",
                    help="evaluation lengths, or multiples of the training length such as "
                         "1x,2x,4x,8x (the default)")
-    c.add_argument("--steps", type=_positive, default=DEFAULTS["steps"], metavar="N",
-                   help="training steps per model (default: %(default)s)")
+    c.add_argument("--steps", type=_positive, default=None, metavar="N",
+                   help="training steps per model (default: 300 for lm, 1000 for tasks)")
     c.add_argument("--seeds", type=lambda t: _int_list(t, "--seeds"), default=[0], metavar="S,S,...",
                    help="seeds; one model per encoding and seed, the table shows mean ± std "
                         "(default: 0)")
@@ -111,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="transformer blocks (default: %(default)s)")
     m.add_argument("--heads", type=_positive, default=DEFAULTS["n_heads"], metavar="N",
                    help="attention heads (default: %(default)s)")
-    m.add_argument("--batch-size", type=_positive, default=DEFAULTS["batch_size"], metavar="N",
-                   help="sequences per step (default: %(default)s)")
+    m.add_argument("--batch-size", type=_positive, default=None, metavar="N",
+                   help="sequences per step (default: 16 for lm, 32 for tasks)")
     m.add_argument("--lr", type=float, default=DEFAULTS["lr"], metavar="LR",
                    help="peak learning rate (default: %(default)s)")
     c.add_argument("--no-progress", action="store_true", help="no progress bars")

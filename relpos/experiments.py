@@ -29,9 +29,9 @@ DEFAULT_ENCODINGS = ("none", "sinusoidal", "learned", "rope", "alibi", "t5", "ke
 
 #: model and training defaults of a comparison run (small enough for a laptop)
 DEFAULTS = dict(
-    task="lm", train_len=None, eval_lens=None, steps=300, seed=0,
+    task="lm", train_len=None, eval_lens=None, steps=None, seed=0,
     d_model=64, n_layers=2, n_heads=4, d_ff=None, norm="layernorm", pre_ln=True, dropout=0.0,
-    batch_size=16, lr=3e-3, warmup=None, weight_decay=0.1, clip=1.0,
+    batch_size=None, lr=3e-3, warmup=None, weight_decay=0.1, clip=1.0,
     text=None, text_file=None, val_fraction=0.1, eval_tokens=16384, n_eval=256,
     encoding_options=None, threads=None, impl="auto",
 )
@@ -43,8 +43,13 @@ def ALL_ENCODINGS():
     return [row["name"] for row in encodings.available()]
 
 
+#: per-kind defaults for what DEFAULTS leaves as None (tasks: short sequences, so more steps)
+KIND_DEFAULTS = {"lm": dict(train_len=64, steps=300, batch_size=16),
+                 "task": dict(train_len=8, steps=1000, batch_size=32)}
+
+
 def _default_train_len(task):
-    return 64 if task == "lm" else 8
+    return KIND_DEFAULTS["lm" if task == "lm" else "task"]["train_len"]
 
 
 def _resolve(config):
@@ -57,8 +62,9 @@ def _resolve(config):
     cfg.update(config)
     if "encoding" not in cfg:
         raise ValueError("a run config needs 'encoding'")
-    if cfg["train_len"] is None:
-        cfg["train_len"] = _default_train_len(cfg["task"])
+    for key, val in KIND_DEFAULTS["lm" if cfg["task"] == "lm" else "task"].items():
+        if cfg[key] is None:
+            cfg[key] = val
     tl = cfg["train_len"]
     if isinstance(tl, bool) or not isinstance(tl, (int, np.integer)) or tl < 1:
         raise ValueError(f"train_len must be a positive int; got {tl!r}")
@@ -270,10 +276,10 @@ def _check_encodings(encodings):
 
 
 def compare(encodings=DEFAULT_ENCODINGS, task: str = "lm", train_len: int | None = None, eval_lens=None,
-            steps: int = DEFAULTS["steps"], seeds=(0,), d_model: int = DEFAULTS["d_model"],
+            steps: int | None = None, seeds=(0,), d_model: int = DEFAULTS["d_model"],
             n_layers: int = DEFAULTS["n_layers"], n_heads: int = DEFAULTS["n_heads"], d_ff=None,
             norm: str = "layernorm", pre_ln: bool = True, dropout: float = 0.0,
-            batch_size: int = DEFAULTS["batch_size"], lr: float = DEFAULTS["lr"], warmup=None,
+            batch_size: int | None = None, lr: float = DEFAULTS["lr"], warmup=None,
             weight_decay: float = 0.1, clip: float = 1.0, text=None, text_file=None,
             eval_tokens: int = DEFAULTS["eval_tokens"], n_eval: int = DEFAULTS["n_eval"],
             encoding_options: dict | None = None, out=None, progress: bool = True, executor=None,
@@ -287,9 +293,11 @@ def compare(encodings=DEFAULT_ENCODINGS, task: str = "lm", train_len: int | None
             largest problem size trained on, sizes 1..train_len).
         train_len: training length (default 64 for lm, 8 for tasks).
         eval_lens: evaluation lengths (default 1x, 2x, 4x, 8x train_len).
-        steps, seeds: optimisation steps per run; one run per (encoding, seed).
+        steps, seeds: optimisation steps per run (default 300 for lm, 1000 for
+            tasks); one run per (encoding, seed).
         d_model, n_layers, n_heads, d_ff, norm, pre_ln, dropout: the model.
-        batch_size, lr, warmup, weight_decay, clip: the optimiser.
+        batch_size, lr, warmup, weight_decay, clip: the optimiser (batch_size
+            default 16 for lm, 32 for tasks).
         text: the training text itself (str); text_file: a path to read it from.
         eval_tokens: LM evaluation uses the first eval_tokens validation tokens
             at every length; n_eval: problems per length for tasks.
