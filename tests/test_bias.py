@@ -180,6 +180,9 @@ def test_alibi_attention_inputs(rng, qo):
     d = ref.distances(3, qo + 3, qo)
     np.testing.assert_allclose(expand(enc.attention_inputs(q, k, qo, True), 3, qo + 3, qo),
                                -m[:, None, None] * np.maximum(d, 0), rtol=1e-6)
+    # symmetric=None (default) follows the mask
+    np.testing.assert_allclose(expand(enc.attention_inputs(q, k, qo, False), 3, qo + 3, qo),
+                               -m[:, None, None] * np.abs(d), rtol=1e-6)
     sym = E.get("alibi", n_heads=3, symmetric=True)
     np.testing.assert_allclose(expand(sym.attention_inputs(q, k, qo, False), 3, qo + 3, qo),
                                -m[:, None, None] * np.abs(d), rtol=1e-6)
@@ -344,12 +347,13 @@ def test_causal_only_checks(rng):
     q, k = qk(rng)
     with pytest.raises(ValueError, match="causal"):
         E.get("fire", n_heads=3).attention_inputs(q, k, 0, causal=False)
-    with pytest.raises(ValueError, match="symmetric=True"):
-        E.get("alibi", n_heads=3).attention_inputs(q, k, 0, causal=False)
+    with pytest.raises(ValueError, match="symmetric=False is causal only"):
+        E.get("alibi", n_heads=3, symmetric=False).attention_inputs(q, k, 0, causal=False)
     with pytest.raises(ValueError, match="n_heads=2"):
         E.get("alibi", n_heads=2).attention_inputs(q, k, 0, causal=True)
-    assert E.get("fire", n_heads=3).causal_only and E.get("alibi", n_heads=3).causal_only
+    assert E.get("fire", n_heads=3).causal_only and E.get("alibi", n_heads=3, symmetric=False).causal_only
     assert not E.get("alibi", n_heads=3, symmetric=True).causal_only
+    assert not E.get("alibi", n_heads=3).causal_only  # symmetric=None follows the mask
 
 
 def test_bad_kernel_inputs():
@@ -443,7 +447,9 @@ def content(q, k):
     return q @ np.swapaxes(k, -1, -2) / np.sqrt(q.shape[-1])
 
 
-def _alibi_ref(enc, symmetric):
+def _alibi_ref(enc, causal):
+    symmetric = (not causal) if enc.symmetric is None else enc.symmetric
+
     def logits(p, q, k):
         m = p["slopes"] if "slopes" in p else ref.alibi_slopes_ref(enc.n_heads)
         d = ref.distances(q.shape[2], k.shape[2], QO)
@@ -454,8 +460,9 @@ def _alibi_ref(enc, symmetric):
 
 QO = 2
 BIAS_CASES = {
-    "alibi": (dict(learnable=True), lambda enc, causal: _alibi_ref(enc, False)),
-    "alibi_sym": (dict(symmetric=True, learnable=True), lambda enc, causal: _alibi_ref(enc, True)),
+    "alibi": (dict(learnable=True), _alibi_ref),
+    "alibi_causal": (dict(symmetric=False, learnable=True), _alibi_ref),
+    "alibi_sym": (dict(symmetric=True, learnable=True), _alibi_ref),
     "t5": (dict(num_buckets=8, max_distance=6), lambda enc, causal: lambda p, q, k: content(q, k) + p["table"][
         :, ref.t5_bucket_ref(-ref.distances(q.shape[2], k.shape[2], QO), 8, 6, enc._bidir(causal))]),
     "kerple_log": (dict(variant="log"), lambda enc, causal: lambda p, q, k: content(q, k) + ref.toeplitz_matrix(
@@ -479,9 +486,9 @@ BIAS_CASES = {
                                              (True, True, "fused")])
 def test_bias_attention_end_to_end(case, causal, pad, impl):
     opts, make = BIAS_CASES[case]
-    name = {"alibi_sym": "alibi", "kerple_log": "kerple", "kerple_power": "kerple"}.get(case, case)
+    name = {"alibi_sym": "alibi", "alibi_causal": "alibi", "kerple_log": "kerple", "kerple_power": "kerple"}.get(case, case)
     enc = E.get(name, n_heads=2, head_dim=3, seed=11, **opts)
-    if (case == "alibi" or case == "fire") and not causal:
+    if case in ("alibi_causal", "fire") and not causal:
         with pytest.raises(ValueError, match="causal"):
             run_e2e(enc, make(enc, causal), causal=causal)
         return
