@@ -374,6 +374,8 @@ def test_bad_kernel_inputs():
         _C.bias_kerple_bwd(s, s, np.ones((2, 4), f32), 0)
     with pytest.raises(ValueError, match="variant"):
         _C.bias_kerple_fwd(s, s, 0, 4, "cubic")
+    with pytest.raises(ValueError, match=r"r2 must be > 0 .* r2\[1\] = -0.5"):
+        _C.bias_kerple_fwd(s, np.array([1.0, -0.5, 1.0], f32), 0, 4)
     with pytest.raises(ValueError, match="dim"):
         _C.bias_sandwich_fwd(s, 0, 4, 3)
     with pytest.raises(TypeError, match="relative_position"):
@@ -390,6 +392,13 @@ def test_bad_kernel_inputs():
         _C.fire_fwd(*bad, 3, 3)
     with pytest.raises(ValueError, match="q_offset"):
         _C.fire_fwd(*args, 3, 3, -1)
+    bad = list(args)
+    bad[4] = np.zeros(1, f32)
+    with pytest.raises(ValueError, match="eps must be >= 0; got -1"):
+        _C.fire_fwd(*args, 3, 3, 0, -1.0)
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        _C.fire_fwd(*bad, 3, 3, 0, 0.0)
+    assert np.isfinite(_C.fire_fwd(*bad, 3, 3, 0, 1e-6)).all()  # c = 0: a constant bias, no NaN
     with pytest.raises(ValueError, match="grad"):
         _C.fire_bwd(*args, np.ones((1, 3, 3, 3), f32))
     with pytest.raises(TypeError, match="W1"):
