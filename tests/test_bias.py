@@ -212,10 +212,6 @@ def test_learned_bias_clips(rng):
     np.testing.assert_array_equal(enc.bias_matrix(3, 8, 5), enc.table.data.astype(np.float64)[:, d])
 
 
-def backprop(vec_tensor, g):
-    vec_tensor.backward(g)
-
-
 def test_learnable_parameter_gradients_through_encodings(rng):
     Tq, Tk, qo = 4, 7, 3
     d0, n = window(Tq, Tk, qo)
