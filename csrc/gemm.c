@@ -13,6 +13,7 @@
  * and however many threads there are: results are bit-identical for any
  * thread count. Only the K split (KC) and the kernel fix the rounding.
  */
+#define _POSIX_C_SOURCE 200809L /* clock_gettime(CLOCK_THREAD_CPUTIME_ID) */
 #include "gemm.h"
 
 #include <string.h>
@@ -20,9 +21,18 @@
 
 /* Cache blocking (elements). The KC x NR B panel sits in L1, the MC x KC A
  * block in L2, the K x NC packed B in L3. MC is rounded to the kernel's MR. */
-#define KC 256
-#define MC 144
-#define NC 4096
+#ifndef RP_GEMM_KC /* compile-time overrides are for tuning experiments only */
+#define RP_GEMM_KC 256
+#endif
+#ifndef RP_GEMM_MC
+#define RP_GEMM_MC 144
+#endif
+#ifndef RP_GEMM_NC
+#define RP_GEMM_NC 4096
+#endif
+#define KC ((int64_t)RP_GEMM_KC)
+#define MC ((int64_t)RP_GEMM_MC)
+#define NC ((int64_t)RP_GEMM_NC)
 
 /* Problems with at most this many multiply-adds skip packing. */
 #define SMALL_MNK (32 * 32 * 32)
@@ -63,16 +73,20 @@ static void ukr_portable(int64_t kc, const float *restrict Ap, const float *rest
 
 /* ---- kernel choice --------------------------------------------------------- */
 
+typedef void (*pack_panel_fn)(const float *A, int64_t lda, int64_t kc, int MR, float *dst);
+
 typedef struct {
     int mr, nr;
     rp_gemm_ukr_fn fn;
+    pack_panel_fn pack_rows; /* full panels of row-major A / transposed B; NULL: plain C */
     const char *name;
 } kernel_t;
 
-static const kernel_t k_portable = {PMR, PNR, ukr_portable, "portable"};
+static const kernel_t k_portable = {PMR, PNR, ukr_portable, NULL, "portable"};
 #if RP_HAVE_AVX2_TU
-static const kernel_t k_avx2 = {RP_GEMM_AVX2_MR, RP_GEMM_AVX2_NR, rp_gemm_ukr_avx2, "avx2"};
-static const kernel_t k_avx512 = {RP_GEMM_AVX512_MR, RP_GEMM_AVX512_NR, rp_gemm_ukr_avx512, "avx512"};
+static const kernel_t k_avx2 = {RP_GEMM_AVX2_MR, RP_GEMM_AVX2_NR, rp_gemm_ukr_avx2, rp_gemm_pack_rows_avx2, "avx2"};
+static const kernel_t k_avx512 = {RP_GEMM_AVX512_MR, RP_GEMM_AVX512_NR, rp_gemm_ukr_avx512,
+                                  rp_gemm_pack_rows_avx2, "avx512"};
 #endif
 
 static int kernel_pref = 0; /* 0 auto, 1 avx512, 2 avx2, 3 portable */
@@ -101,48 +115,66 @@ const char *rp_gemm_kernel_name(void) { return pick_kernel()->name; }
 
 /* ---- packing ---------------------------------------------------------------- */
 
+/* Copy n (= MR, a compile-time constant at each call site) floats: inlined moves. */
+#define COPY_ROW(d, s, n) memcpy((d), (s), (size_t)(n) * sizeof(float))
+
 /* op(A)[i0:i0+mc, p0:p0+kc] -> Ap as ceil(mc/MR) panels of (kc x MR), zero padded. */
 static void pack_a(int ta, const float *A, int64_t lda, int64_t i0, int64_t p0, int64_t mc, int64_t kc,
-                   const int MR, float *restrict Ap) {
+                   const kernel_t *kn, float *restrict Ap) {
+    const int MR = kn->mr;
+    if (ta) {
+        /* A is (K, M): row p of the block is mc contiguous floats; read each once,
+         * in order, and deal it out to the panels */
+        const int64_t full = mc / MR * MR;
+        for (int64_t p = 0; p < kc; p++) {
+            const float *src = A + (p0 + p) * lda + i0;
+            float *restrict dst = Ap + p * MR;
+            int64_t ir = 0;
+            if (MR == 12)
+                for (; ir < full; ir += 12) COPY_ROW(dst + ir * kc, src + ir, 12);
+            else if (MR == 6)
+                for (; ir < full; ir += 6) COPY_ROW(dst + ir * kc, src + ir, 6);
+            for (; ir < mc; ir += MR) {
+                const int64_t mr = min64(MR, mc - ir);
+                for (int64_t i = 0; i < mr; i++) dst[ir * kc + i] = src[ir + i];
+                for (int64_t i = mr; i < MR; i++) dst[ir * kc + i] = 0.0f;
+            }
+        }
+        return;
+    }
     for (int64_t ir = 0; ir < mc; ir += MR) {
         const int64_t mr = min64(MR, mc - ir);
         float *restrict dst = Ap + ir * kc;
-        if (!ta) {
-            for (int64_t i = 0; i < mr; i++) {
-                const float *src = A + (i0 + ir + i) * lda + p0;
-                for (int64_t p = 0; p < kc; p++) dst[p * MR + i] = src[p];
-            }
-            for (int64_t i = mr; i < MR; i++)
-                for (int64_t p = 0; p < kc; p++) dst[p * MR + i] = 0.0f;
-        } else {
-            for (int64_t p = 0; p < kc; p++) {
-                const float *src = A + (p0 + p) * lda + i0 + ir;
-                float *d = dst + p * MR;
-                if (mr == MR) {
-                    memcpy(d, src, (size_t)MR * sizeof(float));
-                } else {
-                    for (int64_t i = 0; i < mr; i++) d[i] = src[i];
-                    for (int64_t i = mr; i < MR; i++) d[i] = 0.0f;
-                }
-            }
+        const float *src = A + (i0 + ir) * lda + p0;
+        if (mr == MR && kn->pack_rows) {
+            kn->pack_rows(src, lda, kc, MR, dst);
+            continue;
         }
+        for (int64_t i = 0; i < mr; i++)
+            for (int64_t p = 0; p < kc; p++) dst[p * MR + i] = src[i * lda + p];
+        for (int64_t i = mr; i < MR; i++)
+            for (int64_t p = 0; p < kc; p++) dst[p * MR + i] = 0.0f;
     }
 }
 
-/* Panel q (columns j0 + q*NR ...) of op(B)[p0:p0+kc, :] -> dst (kc x NR), zero padded. */
+/* Panel of op(B)[p0:p0+kc, j:j+nr] -> dst (kc x NR), zero padded. */
 static void pack_b_panel(int tb, const float *B, int64_t ldb, int64_t p0, int64_t kc, int64_t j, int64_t nr,
-                         const int NR, float *restrict dst) {
+                         const kernel_t *kn, float *restrict dst) {
+    const int NR = kn->nr;
     if (!tb) {
-        for (int64_t p = 0; p < kc; p++) {
-            const float *src = B + (p0 + p) * ldb + j;
-            float *d = dst + p * NR;
-            if (nr == NR) {
-                memcpy(d, src, (size_t)NR * sizeof(float));
-            } else {
-                for (int64_t jj = 0; jj < nr; jj++) d[jj] = src[jj];
-                for (int64_t jj = nr; jj < NR; jj++) d[jj] = 0.0f;
+        const float *src = B + p0 * ldb + j;
+        if (nr == NR && NR == 32) {
+            for (int64_t p = 0; p < kc; p++) COPY_ROW(dst + p * 32, src + p * ldb, 32);
+        } else if (nr == NR && NR == 16) {
+            for (int64_t p = 0; p < kc; p++) COPY_ROW(dst + p * 16, src + p * ldb, 16);
+        } else {
+            for (int64_t p = 0; p < kc; p++) {
+                for (int64_t jj = 0; jj < nr; jj++) dst[p * NR + jj] = src[p * ldb + jj];
+                for (int64_t jj = nr; jj < NR; jj++) dst[p * NR + jj] = 0.0f;
             }
         }
+    } else if (nr == NR && kn->pack_rows) {
+        kn->pack_rows(B + j * ldb + p0, ldb, kc, NR, dst);
     } else {
         for (int64_t jj = 0; jj < nr; jj++) {
             const float *src = B + (j + jj) * ldb + p0;
@@ -151,6 +183,37 @@ static void pack_b_panel(int tb, const float *B, int64_t ldb, int64_t p0, int64_
         for (int64_t jj = nr; jj < NR; jj++)
             for (int64_t p = 0; p < kc; p++) dst[p * NR + jj] = 0.0f;
     }
+}
+
+/* ---- scratch -------------------------------------------------------------
+ * The packed buffers (up to K x NC floats of B) are kept for the next call:
+ * a fresh allocation of that size is mmap'ed and page-faulted on every call,
+ * which costs 10-20% of a 1024^3 product. One buffer is cached (taken and
+ * returned with atomic exchanges, so concurrent callers each get their own);
+ * buffers larger than SCRATCH_KEEP_MAX are freed after use. */
+#define SCRATCH_HDR 64
+#define SCRATCH_KEEP_MAX ((size_t)64 << 20)
+static char *scratch_slot = NULL; /* allocation base; its usable size is stored at the base */
+
+static float *scratch_take(size_t nbytes) {
+    char *p = __atomic_exchange_n(&scratch_slot, NULL, __ATOMIC_ACQ_REL);
+    if (p && *(size_t *)p >= nbytes) return (float *)(p + SCRATCH_HDR);
+    rp_free(p);
+    if (nbytes > SIZE_MAX - SCRATCH_HDR) return NULL;
+    p = rp_malloc(nbytes + SCRATCH_HDR);
+    if (!p) return NULL;
+    *(size_t *)p = nbytes;
+    return (float *)(p + SCRATCH_HDR);
+}
+
+static void scratch_give(float *buf) {
+    if (!buf) return;
+    char *p = (char *)buf - SCRATCH_HDR;
+    if (*(size_t *)p > SCRATCH_KEEP_MAX) {
+        rp_free(p);
+        return;
+    }
+    rp_free(__atomic_exchange_n(&scratch_slot, p, __ATOMIC_ACQ_REL));
 }
 
 /* ---- drivers ------------------------------------------------------------------ */
@@ -180,37 +243,54 @@ static void scale_only(const gemm_prob *g) {
     }
 }
 
-/* Tiny problems: no packing, one pass per output row, K summed in order. */
-#define SMALL_NB 64
-static void gemm_small(const gemm_prob *g) {
+/* Direct (unpacked) product on the columns [j0, j0+nb) of C, nb <= DIRECT_NB,
+ * for tiny problems and for few rows (M <= DIRECT_M_MAX: a GEMV-like Linear at
+ * generation time), where packing B would cost as much as the product.
+ * Each element's K order is fixed: in order for B (K, N); for B given as
+ * (N, K), DIRECT_LANES interleaved partial sums over p added in a fixed tree. */
+#define DIRECT_NB 64
+#define DIRECT_LANES 8
+#define DIRECT_M_MAX 4
+static void gemm_direct_cols(const gemm_prob *g, int64_t j0, int64_t nb) {
+    const int64_t K = g->K;
     for (int64_t i = 0; i < g->M; i++) {
-        float *c = g->C + i * g->ldc;
-        for (int64_t j0 = 0; j0 < g->N; j0 += SMALL_NB) {
-            int64_t nb = min64(SMALL_NB, g->N - j0);
-            float acc[SMALL_NB];
+        float *c = g->C + i * g->ldc + j0;
+        float acc[DIRECT_NB];
+        if (!g->tb) {
             for (int64_t j = 0; j < nb; j++) acc[j] = 0.0f;
-            if (!g->tb) {
-                for (int64_t p = 0; p < g->K; p++) {
-                    float a = op_a(g, i, p);
-                    const float *b = g->B + p * g->ldb + j0;
-                    for (int64_t j = 0; j < nb; j++) acc[j] += a * b[j];
-                }
-            } else {
-                for (int64_t j = 0; j < nb; j++) {
-                    const float *b = g->B + (j0 + j) * g->ldb;
-                    float s = 0.0f;
-                    for (int64_t p = 0; p < g->K; p++) s += op_a(g, i, p) * b[p];
-                    acc[j] = s;
-                }
+            for (int64_t p = 0; p < K; p++) {
+                const float a = op_a(g, i, p);
+                const float *b = g->B + p * g->ldb + j0;
+                for (int64_t j = 0; j < nb; j++) acc[j] += a * b[j];
             }
+        } else {
+            const float *arow = g->ta ? NULL : g->A + i * g->lda;
             for (int64_t j = 0; j < nb; j++) {
-                float v = g->alpha * acc[j];
-                if (g->beta != 0.0f) v = g->beta * c[j0 + j] + v;
-                if (g->bias) v = v + g->bias[j0 + j];
-                c[j0 + j] = v;
+                const float *b = g->B + (j0 + j) * g->ldb;
+                float part[DIRECT_LANES] = {0.0f};
+                int64_t p = 0;
+                if (arow) {
+                    for (; p + DIRECT_LANES <= K; p += DIRECT_LANES)
+                        for (int l = 0; l < DIRECT_LANES; l++) part[l] += arow[p + l] * b[p + l];
+                } else {
+                    for (; p + DIRECT_LANES <= K; p += DIRECT_LANES)
+                        for (int l = 0; l < DIRECT_LANES; l++) part[l] += op_a(g, i, p + l) * b[p + l];
+                }
+                for (int l = 0; p < K; p++, l++) part[l] += op_a(g, i, p) * b[p];
+                acc[j] = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
             }
         }
+        for (int64_t j = 0; j < nb; j++) {
+            float v = g->alpha * acc[j];
+            if (g->beta != 0.0f) v = g->beta * c[j] + v;
+            if (g->bias) v = v + g->bias[j0 + j];
+            c[j] = v;
+        }
     }
+}
+
+static void gemm_direct(const gemm_prob *g) {
+    for (int64_t j0 = 0; j0 < g->N; j0 += DIRECT_NB) gemm_direct_cols(g, j0, min64(DIRECT_NB, g->N - j0));
 }
 
 /* The work split of one product: row blocks of mc (a multiple of MR), and
@@ -241,7 +321,7 @@ static void pack_b_items(const gemm_prob *g, const kernel_t *kn, int64_t j0, int
     for (int64_t it = it0; it < it1; it++) {
         int64_t kb = it / n_jr, q = it % n_jr;
         int64_t p0 = kb * KC, kc = min64(KC, g->K - p0);
-        pack_b_panel(g->tb, g->B, g->ldb, p0, kc, j0 + q * NR, min64(NR, nc - q * NR), NR,
+        pack_b_panel(g->tb, g->B, g->ldb, p0, kc, j0 + q * NR, min64(NR, nc - q * NR), kn,
                      Bp + kb * KC * nc_pad + q * NR * kc);
     }
 }
@@ -253,7 +333,7 @@ static void run_task(const gemm_prob *g, const kernel_t *kn, int64_t j0, int64_t
     const int64_t nc_pad = ceil_div(nc, NR) * NR;
     for (int64_t p0 = 0; p0 < g->K; p0 += KC) {
         const int64_t kc = min64(KC, g->K - p0);
-        pack_a(g->ta, g->A, g->lda, i0, p0, mc, kc, MR, Ap);
+        pack_a(g->ta, g->A, g->lda, i0, p0, mc, kc, kn, Ap);
         const float beta = p0 == 0 ? g->beta : 1.0f;
         const float *bias = (p0 == 0 && g->bias) ? g->bias + j0 : NULL;
         const float *bblk = Bp + (p0 / KC) * KC * nc_pad;
@@ -290,7 +370,7 @@ static void gemm_team(const gemm_prob *g, const kernel_t *kn, float *Ap, float *
         const int64_t nc = min64(NC, g->N - j0);
         const int64_t n_jr = ceil_div(nc, kn->nr);
         const int64_t n_items = ceil_div(g->K, KC) * n_jr;
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 4)
         for (int64_t it = 0; it < n_items; it++) pack_b_items(g, kn, j0, nc, it, it + 1, Bp);
         /* implicit barrier: Bp complete */
         split_t s = make_split(g->M, n_jr, nt, kn->mr);
@@ -343,7 +423,25 @@ static int gemm_run(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha
             if (nothing)
                 scale_only(&g);
             else
-                gemm_small(&g);
+                gemm_direct(&g);
+        }
+        return RP_OK;
+    }
+
+    if (M <= DIRECT_M_MAX) {
+        /* few rows: no packing; threads take fixed column chunks of each product */
+        const int64_t nchunk = ceil_div(N, DIRECT_NB), nwork = batch * nchunk;
+        (void)nwork;
+#if RP_HAVE_OPENMP
+#pragma omp parallel for schedule(dynamic, 4) num_threads(nt) if (nt > 1 && nwork > 1)
+#endif
+        for (int64_t w = 0; w < batch * nchunk; w++) {
+            const int64_t b = w / nchunk, j0 = (w % nchunk) * DIRECT_NB;
+            gemm_prob g = g0;
+            g.A = A + b * sA;
+            g.B = B + b * sB;
+            g.C = C + b * sC;
+            gemm_direct_cols(&g, j0, min64(DIRECT_NB, N - j0));
         }
         return RP_OK;
     }
@@ -357,7 +455,7 @@ static int gemm_run(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha
     const int per_batch = nt > 1 && batch >= nt && (mnk <= (int64_t)192 * 192 * 192 || batch >= 4 * nt);
     if (nt == 1 || per_batch || !RP_HAVE_OPENMP) {
         const int teams = per_batch ? nt : 1;
-        float *buf = rp_malloc((size_t)(a_elems + b_elems) * sizeof(float) * (size_t)teams);
+        float *buf = scratch_take((size_t)(a_elems + b_elems) * sizeof(float) * (size_t)teams);
         if (!buf) return RP_ENOMEM;
         (void)teams;
 #if RP_HAVE_OPENMP
@@ -381,13 +479,13 @@ static int gemm_run(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha
                 gemm_alone(&g, kn, ap, bp);
             }
         }
-        rp_free(buf);
+        scratch_give(buf);
         return RP_OK;
     }
 
 #if RP_HAVE_OPENMP
     /* one product at a time, the whole team on it */
-    float *buf = rp_malloc((size_t)(a_elems * nt + b_elems) * sizeof(float));
+    float *buf = scratch_take((size_t)(a_elems * nt + b_elems) * sizeof(float));
     if (!buf) return RP_ENOMEM;
 #pragma omp parallel num_threads(nt)
     {
@@ -401,7 +499,7 @@ static int gemm_run(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha
             gemm_team(&g, kn, ap, buf, team);
         }
     }
-    rp_free(buf);
+    scratch_give(buf);
 #endif
     return RP_OK;
 }
@@ -462,8 +560,13 @@ int rp_colsum(const float *X, int64_t M, int64_t N, float *out) {
 
 /* ---- FMA peak ------------------------------------------------------------ */
 
+/* CPU time of the calling thread: the probe measures what the core does while
+ * it runs, unaffected by other processes competing for it (shared machines). */
 static double now_seconds(void) {
     struct timespec ts;
+#if defined(CLOCK_THREAD_CPUTIME_ID)
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) == 0) return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+#endif
     timespec_get(&ts, TIME_UTC);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
@@ -471,6 +574,7 @@ static double now_seconds(void) {
 /* Portable: 64 independent multiply-add chains the compiler can vectorise. */
 static double peak_portable(int threads, double seconds) {
     double total = 0.0;
+    (void)threads;
 #if RP_HAVE_OPENMP
 #pragma omp parallel num_threads(threads) reduction(+ : total)
 #endif

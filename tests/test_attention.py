@@ -342,6 +342,7 @@ def _bad_cases(rng):
         (dict(relk=tab, relk_ix=(2, 0)), ValueError, r"relk_ix sign must be \+1 or -1; got 2"),
         (dict(relk=tab, relk_ix=(1,)), (ValueError, TypeError), r"relk_ix must be a \(sign, off\) tuple"),
         (dict(relk=tab, relk_ix=(1.0, 0)), TypeError, r"relk_ix must be a \(sign, off\) tuple of ints"),
+        (dict(relk=tab, relk_ix=(True, 0)), TypeError, r"relk_ix must be a \(sign, off\) tuple of ints"),
         (dict(relk=f32(rng, 3, 5, 16), relk_ix=(1, 0)), ValueError, r"relk must have a head dim of 1 or H = 4"),
         (dict(relk=f32(rng, 4, 5, 8), relk_ix=(1, 0)), ValueError, r"relk must have shape"),
         (dict(relk=f32(rng, 4, 0, 16), relk_ix=(1, 0)), ValueError, r"relk must have at least one"),
@@ -428,6 +429,14 @@ def test_plain_attention_vs_torch_sdpa(rng, causal):
 
 
 # ---------------------------------------------------------------- properties
+
+def test_numpy_integer_indices(rng):
+    q, k, v, kw = make_case(rng, "shaw")
+    a = _C.attention_mat_fwd(q, k, v, **kw)
+    kw.update(relk_ix=(np.int64(-1), np.int32(2)), relv_ix=[np.int8(-1), 2])
+    b = _C.attention_mat_fwd(q, k, v, **kw)
+    np.testing.assert_array_equal(a[0], b[0])
+
 
 def test_non_contiguous_inputs(rng):
     q, k, v, kw = make_case(rng, "all", Tq=4, Tk=4, D=4, Dv=4, q_offset=0)

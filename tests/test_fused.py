@@ -320,6 +320,22 @@ def test_zero_size(shape):
     assert g["q"].shape == q.shape and np.all(g["q"] == 0) and np.all(g["k"] == 0)
 
 
+@pytest.mark.parametrize("D,Dv", [(0, 4), (4, 0), (0, 0)])
+def test_zero_head_dims(D, Dv):
+    """D = 0 gives uniform weights over the visible keys (logits 0); Dv = 0 an empty output."""
+    q = np.ones((1, 2, 5, D), np.float32)
+    k = np.ones((1, 2, 70, D), np.float32)
+    v = np.arange(140 * Dv, dtype=np.float32).reshape(1, 2, 70, Dv)
+    out, lse = _C.attention_fwd(q, k, v, causal=True, q_offset=65)
+    rout, rlse, _ = R.attention(q, k, v, causal=True, q_offset=65)
+    close("out", out, rout)
+    close("lse", lse, rlse)
+    g = _C.attention_bwd(q, k, v, out, lse, np.ones_like(out), causal=True, q_offset=65)
+    rg = ref_grads(q, k, v, np.ones(out.shape), causal=True, q_offset=65)
+    for n in rg:
+        close("d" + n, g[n], rg[n])
+
+
 def test_needs_subset_and_inputs_untouched(rng):
     q, k, v, kw = make_case(rng, B=1, H=2, Tq=70, Tk=70, channels=("c2p", "bias_vec"))
     copies = [x.copy() for x in (q, k, v, kw["qr"], kw["relk"], kw["bias_vec"])]
