@@ -488,7 +488,7 @@ BIAS_CASES = {
 
 @pytest.mark.parametrize("case", sorted(BIAS_CASES))
 @pytest.mark.parametrize("causal,pad,impl", [(True, False, "materialized"), (False, True, "materialized"),
-                                             (True, True, "fused")])
+                                             (True, True, "fused"), (False, False, "fused")])
 def test_bias_attention_end_to_end(case, causal, pad, impl):
     opts, make = BIAS_CASES[case]
     name = {"alibi_sym": "alibi", "alibi_causal": "alibi", "kerple_log": "kerple", "kerple_power": "kerple"}.get(case, case)

@@ -419,7 +419,8 @@ class Fire(Encoding):
     normaliser), so it gives ``bias_full`` (1, H, Tq, Tk). Causal only.
 
     As in the authors' code the threshold is ``|L|`` and ``eps`` is added to
-    the normaliser ``psi(max(|L|, i))``.
+    the normaliser ``psi(max(|L|, i))``. L gets gradient from the rows with
+    ``i < |L|`` (none from a row with i = |L| exactly, where max has a kink).
 
     Options:
         width (int, 32): hidden width of the MLP.
