@@ -24,6 +24,18 @@ static int need_vec_len(long long n) {
     return 0;
 }
 
+/* Distances d0 .. d0+n-1 are formed (and negated) in int64: keep them far from overflow. */
+#define RP_MAX_DIST (1LL << 62)
+static int need_window(long long d0, long long n) {
+    if (need_vec_len(n) < 0) return -1;
+    if (d0 < -RP_MAX_DIST || d0 > RP_MAX_DIST || n > RP_MAX_DIST) {
+        PyErr_Format(PyExc_ValueError, "d0 and n must lie in [-2**62, 2**62] (distances d0 .. d0+n-1); got d0=%lld, n=%lld",
+                     d0, n);
+        return -1;
+    }
+    return 0;
+}
+
 static int need_grad_hn(PyArrayObject *g, int64_t H, int64_t n) {
     npy_intp dims[2] = {(npy_intp)H, (npy_intp)n};
     return rp_check_shape(g, "grad", 2, dims, "(H, n)");
@@ -39,7 +51,7 @@ static PyObject *py_alibi_fwd(PyObject *self, PyObject *args, PyObject *kw) {
     int sym = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OLL|p:bias_alibi_fwd", kwlist, &o_s, &d0, &n, &sym)) return NULL;
     PyArrayObject *s = NULL, *out = NULL;
-    if (need_vec_len(n) < 0) goto fail;
+    if (need_window(d0, n) < 0) goto fail;
     if (!(s = rp_in_f32(o_s, "slopes"))) goto fail;
     if (rp_check_ndim(s, "slopes", 1, "(H,)") < 0) goto fail;
     int64_t H = RP_DIM(s, 0);
@@ -65,6 +77,7 @@ static PyObject *py_alibi_bwd(PyObject *self, PyObject *args, PyObject *kw) {
     long long d0;
     int sym = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OL|p:bias_alibi_bwd", kwlist, &o_g, &d0, &sym)) return NULL;
+    if (need_window(d0, 0) < 0) return NULL;
     PyArrayObject *g = NULL, *out = NULL;
     if (!(g = rp_in_f32(o_g, "grad"))) goto fail;
     if (rp_check_ndim(g, "grad", 2, "(H, n)") < 0) goto fail;
@@ -138,7 +151,7 @@ static PyObject *py_t5_fwd(PyObject *self, PyObject *args, PyObject *kw) {
     int bidir;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OLLLp:bias_t5_fwd", kwlist, &o_t, &d0, &n, &md, &bidir)) return NULL;
     PyArrayObject *t = NULL, *out = NULL;
-    if (need_vec_len(n) < 0) goto fail;
+    if (need_window(d0, n) < 0) goto fail;
     if (!(t = rp_in_f32(o_t, "table"))) goto fail;
     if (rp_check_ndim(t, "table", 2, "(H, num_buckets)") < 0) goto fail;
     int64_t H = RP_DIM(t, 0), nb = RP_DIM(t, 1);
@@ -165,6 +178,7 @@ static PyObject *py_t5_bwd(PyObject *self, PyObject *args, PyObject *kw) {
     long long d0, nb, md;
     int bidir;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OLLLp:bias_t5_bwd", kwlist, &o_g, &d0, &nb, &md, &bidir)) return NULL;
+    if (need_window(d0, 0) < 0) return NULL;
     if (t5_check(nb, md, bidir) < 0) return NULL;
     PyArrayObject *g = NULL, *out = NULL;
     if (!(g = rp_in_f32(o_g, "grad"))) goto fail;
@@ -212,7 +226,7 @@ static PyObject *py_kerple_fwd(PyObject *self, PyObject *args, PyObject *kw) {
     int variant = kerple_variant(vs);
     if (variant < 0) return NULL;
     PyArrayObject *r1 = NULL, *r2 = NULL, *out = NULL;
-    if (need_vec_len(n) < 0) goto fail;
+    if (need_window(d0, n) < 0) goto fail;
     if (kerple_params(o1, o2, &r1, &r2) < 0) goto fail;
     int64_t H = RP_DIM(r1, 0);
     npy_intp od[2] = {(npy_intp)H, (npy_intp)n};
@@ -240,6 +254,7 @@ static PyObject *py_kerple_bwd(PyObject *self, PyObject *args, PyObject *kw) {
     const char *vs = "log";
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOL|s:bias_kerple_bwd", kwlist, &o1, &o2, &o_g, &d0, &vs))
         return NULL;
+    if (need_window(d0, 0) < 0) return NULL;
     int variant = kerple_variant(vs);
     if (variant < 0) return NULL;
     PyArrayObject *r1 = NULL, *r2 = NULL, *g = NULL, *d1 = NULL, *d2 = NULL;
@@ -279,7 +294,7 @@ static PyObject *py_sandwich_fwd(PyObject *self, PyObject *args, PyObject *kw) {
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OLL|L:bias_sandwich_fwd", kwlist, &o_s, &d0, &n, &dim)) return NULL;
     if (dim < 2 || dim % 2) return PyErr_Format(PyExc_ValueError, "dim must be an even int >= 2; got %lld", dim);
     PyArrayObject *s = NULL, *out = NULL;
-    if (need_vec_len(n) < 0) goto fail;
+    if (need_window(d0, n) < 0) goto fail;
     if (!(s = rp_in_f32(o_s, "scales"))) goto fail;
     if (rp_check_ndim(s, "scales", 1, "(H,)") < 0) goto fail;
     int64_t H = RP_DIM(s, 0);
