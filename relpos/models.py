@@ -142,6 +142,10 @@ class _Stack(nn.Module):
         if self.absolute:
             self.pos = probe
             layer_encoding, layer_opts = None, {}
+        elif probe is encoding:
+            # an Encoding instance given by the caller: one module shared by every layer (as T5 shares its table)
+            self.pos = None
+            layer_encoding, layer_opts = probe, {}
         else:
             self.pos = None
             layer_encoding, layer_opts = probe.name, dict(encoding_options)
@@ -228,7 +232,8 @@ class TransformerLM(_Stack):
         vocab_size: token ids are in [0, vocab_size).
         d_model, n_layers, n_heads: sizes (d_model divisible by n_heads).
         encoding: position encoding name (default "rope"); its options as
-            extra keyword arguments (e.g. ``base=500``).
+            extra keyword arguments (e.g. ``base=500``). Each layer builds its
+            own copy; an Encoding instance instead is shared by all layers.
         max_len: maximum sequence length, needed by learned absolute positions
             (past it they have no row: inputs that long raise ValueError and
             ``evaluate_lengths`` reports them as not applicable).

@@ -239,3 +239,13 @@ def test_matches_torch(encoding):
 def test_reexported_in_nn():
     assert nn.TransformerLM is TransformerLM
     assert nn.TransformerBlock is TransformerBlock and nn.TransformerEncoder is TransformerEncoder
+
+
+def test_encoding_instance_is_shared_by_layers():
+    shared = relpos.encodings.get("t5", n_heads=4)
+    m = TransformerLM(20, d_model=16, n_layers=3, n_heads=4, encoding=shared)
+    assert all(b.attn.encoding is shared for b in m.blocks)
+    by_name = TransformerLM(20, d_model=16, n_layers=3, n_heads=4, encoding="t5")
+    assert by_name.blocks[0].attn.encoding is not by_name.blocks[1].attn.encoding
+    m.loss(ids(2, 5, 20), ids(2, 5, 20)).backward()
+    assert shared.table.grad is not None and np.abs(shared.table.grad).sum() > 0
