@@ -127,6 +127,11 @@ class _Stack(nn.Module):
         head_dim = d_model // n_heads
         # one probe instance tells the channel; absolute encodings live here, others in each layer
         ctx = dict(n_heads=n_heads, head_dim=head_dim, d_model=d_model, max_len=max_len, seed=seed)
+        cls = encodings._REGISTRY.get(encoding.lower()) if isinstance(encoding, str) else None
+        if cls is not None and cls.replaces_token_embedding:
+            # e.g. complex word order: it builds the token embedding itself
+            encoding_options = dict(encoding_options)
+            encoding_options.setdefault("vocab_size", vocab_size)
         probe = encodings.get(encoding, **ctx, **encoding_options)
         probe.check_causal(causal)
         self.encoding_name = probe.name
