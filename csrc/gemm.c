@@ -3,15 +3,20 @@
  * gradient, and the FMA peak probe.
  *
  * One product, outer to inner:
- *   jc  NC columns of C:     pack op(B)[:, jc] for ALL of K (KC-deep blocks of
- *                            NR-wide panels), shared by the team; one barrier
- *   task (ic, j-chunk)       MC rows x a run of NR panels, handed out dynamically
+ *   jc  NC columns of C:     op(B)[:, jc] for ALL of K is packed into KC-deep
+ *                            blocks of NR-wide panels shared by the team; each
+ *                            panel is packed on first use by whichever thread
+ *                            needs it first (atomic flags, no barrier)
+ *   task (ic, j-chunk)       MC rows x a run of NR panels, handed out through
+ *                            an atomic counter (dynamic balance)
  *     pc  KC of K:           pack op(A)[ic, pc] (MR-wide panels, L2-resident)
  *       jr / ir              micro-kernel on an MR x NR tile (B panel in L1)
  * A task owns its C tiles for every pc, and applies the pc blocks in order, so
  * each C element is summed in the same order whichever thread runs the task
  * and however many threads there are: results are bit-identical for any
  * thread count. Only the K split (KC) and the kernel fix the rounding.
+ * Waits between threads yield the CPU (team_wait, ensure_panels): spinning
+ * waiters starve their partner on a loaded machine.
  *
  * Other paths: tiny products (<= SMALL_MNK multiply-adds), few-row ones
  * (M <= DIRECT_M_MAX) and few-column ones (N <= DIRECT_N_MAX) skip packing
