@@ -313,12 +313,15 @@ typedef struct {
     int64_t mc, n_ic, jchunks;
 } split_t;
 
-static split_t make_split(int64_t M, int64_t n_jr, int nt, int MR) {
+static split_t make_split(int64_t M, int64_t n_jr, int nt, int MR, int NR) {
     split_t s;
     const int64_t mc_max = round_up(MC, MR);
     int64_t want = nt > 1 ? 4 * (int64_t)nt : 1; /* tasks wanted, for dynamic balance */
     int64_t n_ic = ceil_div(M, mc_max);
-    if (n_ic < want) n_ic = min64(want, ceil_div(M, MR)); /* smaller row blocks, down to MR rows */
+    /* Too few row blocks: cut the rows finer when C is tall, else cut the
+     * columns (every task streams the packed B of its columns, for all K:
+     * with wide C that is the larger operand). */
+    if (n_ic < want && M >= n_jr * NR) n_ic = min64(want, ceil_div(M, MR));
     s.mc = round_up(ceil_div(M, n_ic), MR);
     s.n_ic = ceil_div(M, s.mc);
     s.jchunks = s.n_ic >= want ? 1 : min64(n_jr, ceil_div(want, s.n_ic));
@@ -373,7 +376,7 @@ static void gemm_alone(const gemm_prob *g, const kernel_t *kn, float *Ap, float 
         const int64_t nc = min64(NC, g->N - j0);
         const int64_t n_jr = ceil_div(nc, kn->nr);
         pack_b_items(g, kn, j0, nc, 0, ceil_div(g->K, KC) * n_jr, Bp);
-        split_t s = make_split(g->M, n_jr, 1, kn->mr);
+        split_t s = make_split(g->M, n_jr, 1, kn->mr, kn->nr);
         for (int64_t ic = 0; ic < s.n_ic; ic++) {
             int64_t i0 = ic * s.mc;
             run_task(g, kn, j0, nc, i0, min64(s.mc, g->M - i0), 0, n_jr, Bp, Ap, NULL);
@@ -436,7 +439,7 @@ static void gemm_team(const gemm_prob *g, const kernel_t *kn, float *Ap, float *
         const int64_t n_jr = ceil_div(nc, kn->nr);
         int *fl = flags + u * flags_per_block;
         if (j0 > 0) team_wait(ts, nt); /* everyone is done with Bp of the previous block */
-        split_t s = make_split(g->M, n_jr, nt, kn->mr);
+        split_t s = make_split(g->M, n_jr, nt, kn->mr, kn->nr);
         const int64_t ntask = s.n_ic * s.jchunks;
         for (;;) {
             const int64_t t = __atomic_fetch_add(&next[u], 1, __ATOMIC_RELAXED);
