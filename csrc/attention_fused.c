@@ -6,16 +6,22 @@
  *
  * Work partition (the thread count never decides how a float sum is split):
  *  - forward: items (b, h, query block), each writes its own rows;
- *  - backward: items (b, h) (or (h) with every b inside when a batch-shared
- *    bias_full gradient is wanted). An item walks key blocks (outer) and query
- *    blocks (inner), so it owns dK/dV of its head, and dQ/dqr rows of its head
- *    (accumulated in key-block order). Gradients of tables shared between items
- *    (dbias_vec, drelk, drelq, drelv, batch-shared dbias_full) go to one partial
- *    buffer per item, summed afterwards in item order; when only one item
- *    feeds a table head it writes the table directly.
+ *  - backward: items (b, h, chunk) (or (h) with every b inside when a
+ *    batch-shared bias_full gradient is wanted). With B*H >= 8 there is one
+ *    chunk per head; with fewer heads each head's key blocks are dealt to
+ *    NC = ceil(8 / (B*H)) interleaved chunks (kb = c mod NC), a function of the
+ *    shape, never of the thread count. An item walks its key blocks (outer) and
+ *    the query blocks that see them (inner): it owns dK/dV of those blocks;
+ *    dQ/dqr rows accumulate in key-block order, directly when NC = 1, else in a
+ *    per-chunk partial. Gradients of tables shared between items (dbias_vec,
+ *    drelk, drelq, drelv) go to one partial buffer per item; all partials are
+ *    summed afterwards in item order. A destination fed by exactly one item is
+ *    written directly.
  *
- * Extra memory: per thread O((BQ + BK) * (D + Dv) + Tq) scratch; per item O(R*D)
- * for shared relative tables (R = table length), never O(Tq*Tk).
+ * Extra memory: per thread O((BQ + BK) * (D + Dv) + Tq) scratch; forward: the
+ * packed keys (like k); backward: per item O(R*D) for shared relative tables
+ * (R = table length) and, when NC > 1, NC dq partials of (Tq, D) per head;
+ * never O(Tq*Tk).
  *
  * Position channels inside a tile (rows ia0.., keys j0..): a relative table
  * touches at most BQ+BK-1 consecutive rows r0..r0+nr-1. c2p: QR = qr_tile *
