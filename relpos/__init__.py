@@ -10,9 +10,12 @@ from . import _C
 from .tensor import Tensor, Function, tensor, no_grad, enable_grad, is_grad_enabled
 from . import functional
 from . import nn
+from . import optim
+from .serialization import save, load
+from . import encodings, data, models, train, experiments, probe  # noqa: E402
 
 __all__ = ["Tensor", "Function", "tensor", "no_grad", "enable_grad", "is_grad_enabled",
-           "functional", "nn", "show_config", "set_num_threads", "get_num_threads", "config"]
+           "functional", "nn", "optim", "save", "load", "show_config", "set_num_threads", "get_num_threads", "config"]
 
 
 def set_num_threads(n: int) -> None:

@@ -28,20 +28,507 @@ def numgrad(f, x, eps=1e-6):
 # (area: gemm)
 
 
+def gemm(a, b, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, c=None):
+    """alpha * op(a) @ op(b) + beta * c in float64 (c read only if beta != 0)."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    opa = np.swapaxes(a, -1, -2) if trans_a else a
+    opb = np.swapaxes(b, -1, -2) if trans_b else b
+    out = alpha * np.matmul(opa, opb)
+    if beta != 0.0:
+        out = out + beta * np.asarray(c, np.float64)
+    return out
+
+
+def matmul(a, b):
+    """a @ b in float64 (2-D, equal batch dims, or (..., M, K) @ (K, N))."""
+    return np.matmul(np.asarray(a, np.float64), np.asarray(b, np.float64))
+
+
+def linear(x, w, b=None):
+    """x (..., in) @ w (out, in).T + b (out,) in float64."""
+    y = np.asarray(x, np.float64) @ np.asarray(w, np.float64).T
+    if b is not None:
+        y = y + np.asarray(b, np.float64)
+    return y
+
+
+def colsum(x):
+    """Column sums of x (M, N) -> (N,) in float64."""
+    return np.asarray(x, np.float64).sum(axis=0)
+
+
 # ============================================================== ops
 # (area: elementwise, activations, norms, softmax, cross-entropy, embedding, dropout)
+
+def binary(op, a, b):
+    """add/sub/mul/div with NumPy broadcasting, float64."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    return {"add": a + b, "sub": a - b, "mul": a * b, "div": a / b}[op]
+
+
+def gelu_tanh(x):
+    x = np.asarray(x, np.float64)
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
+def gelu_erf(x):
+    from math import erf
+    x = np.asarray(x, np.float64)
+    return 0.5 * x * (1.0 + np.vectorize(erf, otypes=[np.float64])(x / np.sqrt(2.0)))
+
+
+def relu(x):
+    return np.maximum(np.asarray(x, np.float64), 0.0)
+
+
+def silu(x):
+    x = np.asarray(x, np.float64)
+    return x / (1.0 + np.exp(-x))
+
+
+def layer_norm(x, weight=None, bias=None, eps=1e-5):
+    """Over the last axis; biased variance. Returns y only."""
+    x = np.asarray(x, np.float64)
+    D = max(x.shape[-1], 1)  # D == 0: empty rows, no "mean of empty slice"
+    mean = x.sum(axis=-1, keepdims=True) / D
+    var = ((x - mean) ** 2).sum(axis=-1, keepdims=True) / D
+    y = (x - mean) / np.sqrt(var + eps)
+    if weight is not None:
+        y = y * np.asarray(weight, np.float64)
+    if bias is not None:
+        y = y + np.asarray(bias, np.float64)
+    return y
+
+
+def rms_norm(x, weight=None, eps=1e-6):
+    x = np.asarray(x, np.float64)
+    y = x / np.sqrt((x * x).sum(axis=-1, keepdims=True) / max(x.shape[-1], 1) + eps)
+    if weight is not None:
+        y = y * np.asarray(weight, np.float64)
+    return y
+
+
+def softmax(x, axis=-1):
+    x = np.asarray(x, np.float64)
+    e = np.exp(x - x.max(axis=axis, keepdims=True, initial=-np.inf))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def log_softmax(x, axis=-1):
+    x = np.asarray(x, np.float64)
+    m = x.max(axis=axis, keepdims=True, initial=-np.inf)
+    with np.errstate(divide="ignore"):  # empty rows: log(0), never used
+        return x - m - np.log(np.exp(x - m).sum(axis=axis, keepdims=True))
+
+
+def cross_entropy(logits, targets, ignore_index=-100):
+    """Mean over rows whose target != ignore_index of -log_softmax[target]; 0 if none."""
+    x = np.asarray(logits, np.float64)
+    x = x.reshape(-1, x.shape[-1])
+    t = np.asarray(targets).reshape(-1)
+    keep = t != ignore_index
+    if not keep.any():
+        return 0.0
+    ls = log_softmax(x[keep])
+    return float(-ls[np.arange(ls.shape[0]), t[keep]].mean())
+
+
+def embedding(ids, weight):
+    return np.asarray(weight, np.float64)[np.asarray(ids)]
+
+
+def embedding_grad(ids, grad, V):
+    """dweight (V, D): grad rows added at their ids."""
+    grad = np.asarray(grad, np.float64)
+    D = grad.shape[-1]
+    dw = np.zeros((V, D))
+    np.add.at(dw, np.asarray(ids).reshape(-1), grad.reshape(-1, D))
+    return dw
+
+
+def dropout(x, mask, p):
+    """Inverted dropout given the keep mask."""
+    return np.where(mask, np.asarray(x, np.float64) / (1.0 - p), 0.0)
+
 
 
 # ============================================================== optim
 # (area: optimizers, grad norm)
 
 
+def sgd_step(param, grad, buf, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
+             init_buf=False):
+    """One SGD step (torch.optim.SGD semantics) in float64; returns (param, buf).
+
+    param, grad, buf: arrays of one shape (buf ignored when momentum == 0).
+    """
+    p = np.asarray(param, np.float64)
+    g = np.asarray(grad, np.float64) + weight_decay * p
+    b = None
+    if momentum != 0:
+        b = g.copy() if init_buf else momentum * np.asarray(buf, np.float64) + (1 - dampening) * g
+        g = g + momentum * b if nesterov else b
+    return p - lr * g, b
+
+
+def adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
+    """One AdamW step (decoupled weight decay, bias-corrected moments) in
+    float64; returns (param, m, v). step is 1-based."""
+    p = np.asarray(param, np.float64) * (1 - lr * weight_decay)
+    g = np.asarray(grad, np.float64)
+    m = beta1 * np.asarray(m, np.float64) + (1 - beta1) * g
+    v = beta2 * np.asarray(v, np.float64) + (1 - beta2) * g * g
+    mhat = m / (1 - beta1 ** step)
+    vhat = v / (1 - beta2 ** step)
+    return p - lr * mhat / (np.sqrt(vhat) + eps), m, v
+
+
+def grad_norm(arrays):
+    """Euclidean norm of every element of a list of arrays, as one vector (float64)."""
+    return float(np.sqrt(sum(float(np.sum(np.asarray(a, np.float64) ** 2)) for a in arrays)))
+
+
+def warmup_cosine_lr(step, base_lr, warmup_steps, total_steps, min_lr=0.0):
+    """Learning rate at 0-based `step`: linear warmup base*(step+1)/warmup for
+    step < warmup, then half a cosine from base (at step = warmup) to min_lr
+    (at step = total_steps), min_lr after."""
+    import math
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    if step >= total_steps:
+        return min_lr
+    t = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+    return min_lr + (base_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * t))
+
+
 # ============================================================== posenc
 # (area: absolute and rotary encodings: sinusoidal, complex word order, RoPE + scalings, xPos)
 
 
+def rope_pairs(rotary_dim, layout):
+    """List of channel pairs (a, b) that rotate together, pair k first."""
+    P = rotary_dim // 2
+    if layout == "interleaved":
+        return [(2 * k, 2 * k + 1) for k in range(P)]
+    if layout == "half":
+        return [(k, k + P) for k in range(P)]
+    raise ValueError(layout)
+
+
+def rope_inv_freq_paper(rotary_dim, base=10000.0, scaling=None, s=1.0, L=None, alpha=1.0, beta=32.0):
+    """θ_k from the papers' formulas, one pair at a time (float64 list -> array).
+
+    RoFormer θ_k = base^(-2k/d); NTK-aware base' = base·s^(d/(d-2));
+    YaRN (Peng et al. 2024 §3.2): λ_k = 2π/θ_k, r = L/λ_k,
+    γ = 0 if r < α, 1 if r > β, else (r-α)/(β-α); h(θ) = (1-γ)·θ/s + γ·θ.
+    """
+    d = rotary_dim
+    if scaling == "ntk":
+        base = base * s ** (d / (d - 2))
+    out = []
+    for k in range(d // 2):
+        theta = base ** (-2.0 * k / d)
+        if scaling == "yarn":
+            wavelength = 2 * np.pi / theta
+            r = L / wavelength
+            if r < alpha:
+                gamma = 0.0
+            elif r > beta:
+                gamma = 1.0
+            else:
+                gamma = (r - alpha) / (beta - alpha)
+            theta = (1 - gamma) * theta / s + gamma * theta
+        out.append(theta)
+    return np.array(out, dtype=np.float64)
+
+
+def rotary(x, angles, rotary_dim, layout, scale=None):
+    """Rotary transform in float64. x (..., T, D); angles, scale (T, rotary_dim/2).
+
+    Each pair (a, b) of a row is treated as the complex number x_a + i·x_b and
+    multiplied by scale·exp(i·angle); the other channels are copied.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = x.copy()
+    T = x.shape[-2]
+    for k, (a, b) in enumerate(rope_pairs(rotary_dim, layout)):
+        for t in range(T):
+            z = x[..., t, a] + 1j * x[..., t, b]
+            z = z * np.exp(1j * angles[t, k])
+            if scale is not None:
+                z = z * scale[t, k]
+            y[..., t, a] = z.real
+            y[..., t, b] = z.imag
+    return y
+
+
+def xpos_scale(positions, rotary_dim, center=0.0, gamma=0.4, scale_base=512.0, inverse=False):
+    """xPos ζ_k^((p - c)/B) (keys: the reciprocal), (T, rotary_dim/2) float64, no clamping."""
+    d = rotary_dim
+    zeta = np.array([(2.0 * k / d + gamma) / (1 + gamma) for k in range(d // 2)])
+    expo = (np.asarray(positions, dtype=np.float64)[:, None] - center) / scale_base
+    if inverse:
+        expo = -expo
+    return zeta[None, :] ** expo
+
+
+def sinusoidal(positions, d_model, layout="interleaved", base=10000.0):
+    """Vaswani et al. table (T, d_model) float64, written per element."""
+    pos = np.asarray(positions, dtype=np.float64)
+    out = np.zeros((len(pos), d_model))
+    half = d_model // 2
+    for t, p in enumerate(pos):
+        for k in range(half):
+            angle = p / base ** (2.0 * k / d_model)
+            if layout == "interleaved":
+                out[t, 2 * k], out[t, 2 * k + 1] = np.sin(angle), np.cos(angle)
+            else:
+                out[t, k], out[t, half + k] = np.sin(angle), np.cos(angle)
+    return out
+
+
+def complex_embed(ids, positions, r, omega, theta):
+    """Wang et al. 2020: ids (B, T), positions (T,), tables (V, d) -> (B, T, 2d) = [real | imag]."""
+    ids = np.asarray(ids)
+    pos = np.asarray(positions, dtype=np.float64)
+    r, omega, theta = (np.asarray(a, dtype=np.float64) for a in (r, omega, theta))
+    z = r[ids] * np.exp(1j * (omega[ids] * pos[None, :, None] + theta[ids]))
+    return np.concatenate([z.real, z.imag], axis=-1)
+
+
+
 # ============================================================== bias
 # (area: bias and relative-content encodings: ALiBi, T5, KERPLE, Sandwich, FIRE, learned, Shaw, XL, DeBERTa, CoPE)
+#
+# Toeplitz twins return (H, n) with column t holding distance d = d0 + t
+# (d = query position - key position); toeplitz_matrix spreads such a vector
+# over a (Tq, Tk) window whose queries start at q_offset.
+
+
+def distances(Tq, Tk, q_offset=0):
+    """(Tq, Tk) int matrix of i_abs - j."""
+    return (q_offset + np.arange(Tq))[:, None] - np.arange(Tk)[None, :]
+
+
+def toeplitz_matrix(vec, Tq, Tk, q_offset=0):
+    """vec (H, Tq+Tk-1) over d = q_offset-(Tk-1) ... -> (H, Tq, Tk)."""
+    d = distances(Tq, Tk, q_offset)
+    return np.asarray(vec, dtype=np.float64)[:, d - (q_offset - (Tk - 1))]
+
+
+def alibi_slopes_ref(H):
+    """ALiBi slopes (Press et al.): power-of-two rule, else slopes(c) + slopes(2c)[0::2][:H-c]."""
+    def pow2(n):
+        return [2.0 ** (-8.0 * (h + 1) / n) for h in range(n)]
+    c = 2 ** int(np.floor(np.log2(H)))
+    if c == H:
+        return np.array(pow2(H))
+    return np.array(pow2(c) + pow2(2 * c)[0::2][:H - c])
+
+
+def alibi_vec(slopes, d0, n, symmetric=False):
+    d = d0 + np.arange(n)
+    f = np.abs(d) if symmetric else np.maximum(d, 0)
+    return -np.asarray(slopes, dtype=np.float64)[:, None] * f[None, :]
+
+
+def t5_bucket_ref(rel, num_buckets=32, max_distance=128, bidirectional=True):
+    """T5 relative bucket of rel = j - i, element by element, as in ENCODINGS.md."""
+    rel = np.asarray(rel)
+    out = np.zeros(rel.shape, dtype=np.int64)
+    for idx, r in np.ndenumerate(rel):
+        r = int(r)
+        nb, ret = num_buckets, 0
+        if bidirectional:
+            nb //= 2
+            ret += nb if r > 0 else 0
+            n = abs(r)
+        else:
+            n = max(-r, 0)
+        max_exact = nb // 2
+        if n < max_exact:
+            out[idx] = ret + n
+        else:
+            v = max_exact + int(np.log(n / max_exact) / np.log(max_distance / max_exact) * (nb - max_exact))
+            out[idx] = ret + min(nb - 1, v)
+    return out
+
+
+def t5_vec(table, d0, n, max_distance=128, bidirectional=True):
+    table = np.asarray(table, dtype=np.float64)
+    b = t5_bucket_ref(-(d0 + np.arange(n)), table.shape[1], max_distance, bidirectional)
+    return table[:, b]
+
+
+def kerple_vec(r1, r2, d0, n, variant="log"):
+    a = np.abs(d0 + np.arange(n)).astype(np.float64)[None, :]
+    r1 = np.asarray(r1, dtype=np.float64)[:, None]
+    r2 = np.asarray(r2, dtype=np.float64)[:, None]
+    if variant == "log":
+        return -r1 * np.log(1.0 + r2 * a)
+    with np.errstate(divide="ignore"):
+        return np.where(a == 0, 0.0, -r1 * a ** r2)
+
+
+def sandwich_vec(scales, d0, n, dim=128):
+    d = (d0 + np.arange(n)).astype(np.float64)
+    w = 10000.0 ** (-2.0 * np.arange(dim // 2) / dim)
+    prof = np.cos(d[:, None] * w[None, :]).sum(axis=1)
+    return np.asarray(scales, dtype=np.float64)[:, None] * prof[None, :]
+
+
+def fire_bias(W1, b1, W2, b2, c, L, Tq, Tk, q_offset=0, eps=1e-6):
+    """FIRE (Li et al. 2024) -> (1, H, Tq, Tk), 0 above the causal diagonal."""
+    W1, b1, W2, b2 = (np.asarray(a, dtype=np.float64) for a in (W1, b1, W2, b2))
+    c = abs(float(np.ravel(c)[0]))
+    L = abs(float(np.ravel(L)[0]))
+    H = W2.shape[0]
+    out = np.zeros((1, H, Tq, Tk))
+    for i in range(Tq):
+        ia = q_offset + i
+        pn = np.log(c * max(ia, L) + 1.0) + eps
+        for j in range(min(ia + 1, Tk)):
+            x = np.log(c * (ia - j) + 1.0) / pn
+            hid = np.maximum(W1 * x + b1, 0.0)
+            out[0, :, i, j] = W2 @ hid + b2
+    return out
+
+
+def fire_bias_param(params, Tq, Tk, q_offset=0, eps=1e-6):
+    """fire_bias from a dict W1, b1, W2, b2, c, L (for finite differences)."""
+    return fire_bias(params["W1"], params["b1"], params["W2"], params["b2"], params["c"], params["L"],
+                     Tq, Tk, q_offset, eps)
+
+
+def cope_bias(q, k, e, q_offset=0, scale=1.0):
+    """CoPE (Golovneva et al. 2024) extra logits (B, H, Tq, Tk), causal, 0 above the diagonal."""
+    q, k, e = (np.asarray(a, dtype=np.float64) for a in (q, k, e))
+    B, H, Tq, D = q.shape
+    Tk, P = k.shape[2], e.shape[0]
+    out = np.zeros((B, H, Tq, Tk))
+    for b in range(B):
+        for h in range(H):
+            for i in range(Tq):
+                ia = q_offset + i
+                qi = q[b, h, i]
+                z = e @ qi
+                for j in range(min(ia + 1, Tk)):
+                    gates = [1.0 / (1.0 + np.exp(-scale * (qi @ k[b, h, t]))) for t in range(j, min(ia + 1, Tk))]
+                    p = min(sum(gates), P - 1)
+                    fl, ce = int(np.floor(p)), int(np.ceil(p))
+                    w = p - fl
+                    out[b, h, i, j] = z[fl] * (1 - w) + z[ce] * w
+    return out
+
+
+def relidx(sign, off, R, Tq, Tk, q_offset=0):
+    """(Tq, Tk) table index clamp(sign*(i_abs - j) + off, 0, R-1) (attention.h)."""
+    return np.clip(sign * distances(Tq, Tk, q_offset) + off, 0, R - 1)
+
+
+def softmax_attention(logits, v, causal=True, q_offset=0, key_padding_mask=None, extra_v=None):
+    """Plain softmax attention over materialised logits (B, H, Tq, Tk), v (B, H, Tk, Dv).
+
+    extra_v (B or 1, H or 1, Tq, Tk, Dv): a per-pair value term (Shaw's a^V)."""
+    logits = np.array(logits, dtype=np.float64, copy=True)
+    B, H, Tq, Tk = logits.shape
+    mask = np.zeros((B, 1, Tq, Tk), dtype=bool)
+    if causal:
+        mask |= (distances(Tq, Tk, q_offset) < 0)[None, None]
+    if key_padding_mask is not None:
+        mask |= np.asarray(key_padding_mask, dtype=bool)[:, None, None, :]
+    logits = np.where(mask, -np.inf, logits)
+    m = logits.max(axis=-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    p = np.exp(logits - m)
+    s = p.sum(axis=-1, keepdims=True)
+    p = np.where(s > 0, p / np.where(s > 0, s, 1.0), 0.0)
+    out = p @ np.asarray(v, dtype=np.float64)
+    if extra_v is not None:
+        out = out + np.einsum("bhij,bhijd->bhid", p, np.broadcast_to(extra_v, (B, H, Tq, Tk, extra_v.shape[-1])))
+    return out, p
+
+
+def shaw_logits(q, k, wK, clip, scale, q_offset=0):
+    """Shaw et al. 2018: scale * q_i.(k_j + wK[clip(j - i, -k, k) + k]); wK (2k+1, D)."""
+    Tq, Tk = q.shape[2], k.shape[2]
+    rel = np.clip(-distances(Tq, Tk, q_offset), -clip, clip) + clip
+    aK = np.asarray(wK, dtype=np.float64)[rel]                     # (Tq, Tk, D)
+    return scale * (q @ np.swapaxes(k, -1, -2) + np.einsum("bhid,ijd->bhij", q, aK))
+
+
+def shaw_values(wV, clip, Tq, Tk, q_offset=0):
+    rel = np.clip(-distances(Tq, Tk, q_offset), -clip, clip) + clip
+    return np.asarray(wV, dtype=np.float64)[rel][None, None]      # (1, 1, Tq, Tk, D)
+
+
+def sinusoid_R(dist, dim):
+    """Transformer-XL relative sinusoids [sin, cos] of distances dist (n,) -> (n, dim)."""
+    inv = 1.0 / 10000.0 ** (np.arange(0, dim, 2) / dim)
+    a = np.asarray(dist, dtype=np.float64)[:, None] * inv[None, :]
+    return np.concatenate([np.sin(a), np.cos(a)], axis=1)
+
+
+def xl_logits(q, k, W_R, u, v, scale, q_offset=0):
+    """Transformer-XL: scale * [(q_i + u).k_j + (q_i + v).(W_R R_{i-j})]; W_R (H, dR, D), u, v (H, D)."""
+    Tq, Tk = q.shape[2], k.shape[2]
+    d = distances(Tq, Tk, q_offset)
+    R = sinusoid_R(d.ravel(), W_R.shape[1]).reshape(Tq, Tk, -1)
+    rk = np.einsum("ije,hed->hijd", R, W_R)                          # (H, Tq, Tk, D)
+    c = (q + u[None, :, None, :]) @ np.swapaxes(k, -1, -2)
+    p = np.einsum("bhid,hijd->bhij", q + v[None, :, None, :], rk)
+    return scale * (c + p)
+
+
+def deberta_logits(q, k, P, W_kr, W_qr, clip, q_offset=0):
+    """DeBERTa (He et al. 2021): [Qc.Kc + Qc.Kr[δ(i,j)] + Kc.Qr[δ(j,i)]] / sqrt(3D),
+    δ(i, j) = clip(i - j, -k, k-1) + k; P (2k, dP), W_kr, W_qr (H, dP, D)."""
+    D = q.shape[-1]
+    Tq, Tk = q.shape[2], k.shape[2]
+    d = distances(Tq, Tk, q_offset)
+    c2p_ix = np.clip(d, -clip, clip - 1) + clip
+    p2c_ix = np.clip(-d, -clip, clip - 1) + clip
+    Kr = np.einsum("re,hed->hrd", P, W_kr)
+    Qr = np.einsum("re,hed->hrd", P, W_qr)
+    h = np.arange(q.shape[1])[:, None, None]
+    c2p = np.einsum("bhid,hijd->bhij", q, Kr[h, c2p_ix[None]])
+    p2c = np.einsum("bhjd,hijd->bhij", k, Qr[h, p2c_ix[None]])
+    return (q @ np.swapaxes(k, -1, -2) + c2p + p2c) / np.sqrt(3.0 * D)
+
+
+def channel_logits(q, k, inputs, q_offset=0, scale=None):
+    """Materialise the logits an attention_core call would form from an
+    encoding's channel inputs (float64, no mask), following csrc/attention.h:
+    scale*(q'.k' + qr.relk[idx] + k'.relq[idx]) + bias_vec[idx] + bias_full.
+    inputs: dict of ndarrays / (sign, off) tuples; "q", "k" replace the content q, k."""
+    f = lambda a: None if a is None else np.asarray(getattr(a, "data", a), dtype=np.float64)
+    q = f(q)
+    k = f(k)
+    qc = f(inputs.get("q", q))
+    kc = f(inputs.get("k", k))
+    B, H, Tq, D = q.shape
+    Tk = k.shape[2]
+    scale = inputs.get("scale", scale if scale is not None else 1.0 / np.sqrt(D))
+    s = qc @ np.swapaxes(kc, -1, -2)
+    if inputs.get("relk") is not None:
+        t = f(inputs["relk"])
+        ix = relidx(*inputs["relk_ix"], t.shape[1], Tq, Tk, q_offset)
+        qr = f(inputs.get("qr", qc))
+        s = s + np.einsum("bhid,hijd->bhij", qr, np.broadcast_to(t, (H,) + t.shape[1:])[:, ix])
+    if inputs.get("relq") is not None:
+        t = f(inputs["relq"])
+        ix = relidx(*inputs["relq_ix"], t.shape[1], Tq, Tk, q_offset)
+        s = s + np.einsum("bhjd,hijd->bhij", kc, np.broadcast_to(t, (H,) + t.shape[1:])[:, ix])
+    s = scale * s
+    if inputs.get("bias_vec") is not None:
+        t = f(inputs["bias_vec"])
+        ix = relidx(*inputs["bias_ix"], t.shape[1], Tq, Tk, q_offset)
+        s = s + np.broadcast_to(t, (H, t.shape[1]))[:, ix][None]
+    if inputs.get("bias_full") is not None:
+        s = s + f(inputs["bias_full"])
+    return s
 
 
 # ============================================================== attention

@@ -1,2 +1,191 @@
-"""attention: filled in by its area (see docs/INTERNALS.md)."""
-__all__ = []
+"""Attention with the four position-encoding channels, differentiable.
+
+One function, :func:`attention_core`, runs either the materialised kernel
+(``_C.attention_mat_fwd/_bwd``: builds the (Tq, Tk) logits, can return the
+attention weights) or the fused one (``_C.attention_fwd/_bwd``: O(T·D) extra
+memory). Both take the same arguments; see csrc/attention.h for the logit
+formula and the relative index rules.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _C
+from ..tensor import Function, Tensor, as_array
+
+__all__ = ["attention_core"]
+
+# Positional (differentiable) arguments of _AttentionCore, in order; the
+# gradient dict of the _C backward is keyed by these names.
+_TENSOR_ARGS = ("q", "k", "v", "qr", "relk", "relq", "relv", "bias_vec", "bias_full")
+_IMPLS = ("auto", "materialized", "fused")
+
+
+def has_fused() -> bool:
+    """True when the extension provides the fused kernel (_C.attention_fwd/_bwd)."""
+    return hasattr(_C, "attention_fwd") and hasattr(_C, "attention_bwd")
+
+
+def _resolve_impl(impl, return_weights):
+    if impl not in _IMPLS:
+        raise ValueError(f"impl must be one of {_IMPLS}; got {impl!r}")
+    if impl == "auto":
+        return "fused" if (has_fused() and not return_weights) else "materialized"
+    if impl == "fused":
+        if not has_fused():
+            raise RuntimeError("impl='fused' was asked for but this build of relpos._C has no fused "
+                               "attention kernel (_C.attention_fwd/_C.attention_bwd); use impl='materialized'")
+        if return_weights:
+            raise ValueError("return_weights=True needs impl='materialized' (or 'auto'): the fused "
+                             "kernel never builds the attention weights")
+    return impl
+
+
+class _AttentionCore(Function):
+    """forward(q, k, v, qr, relk, relq, relv, bias_vec, bias_full; opts) -> out [, probs]."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, qr, relk, relq, relv, bias_vec, bias_full, *, opts, impl, return_weights):
+        arrays = dict(zip(_TENSOR_ARGS, (q, k, v, qr, relk, relq, relv, bias_vec, bias_full)))
+        given = {n: a for n, a in arrays.items() if a is not None and n not in ("q", "k", "v")}
+        if impl == "materialized":
+            res = _C.attention_mat_fwd(q, k, v, return_weights=return_weights, **opts, **given)
+        else:
+            res = _C.attention_fwd(q, k, v, **opts, **given)
+        out, lse = res[0], res[1]
+        ctx.arrays = arrays
+        ctx.given = given
+        ctx.opts = opts
+        ctx.impl = impl
+        ctx.out = out
+        ctx.lse = lse
+        if return_weights:
+            return out, res[2]
+        return out
+
+    @staticmethod
+    def backward(ctx, dout, *unused):
+        if dout is None:
+            return (None,) * len(_TENSOR_ARGS)
+        needs = [n for n, w in zip(_TENSOR_ARGS, ctx.needs_input_grad) if w]
+        if not needs:
+            return (None,) * len(_TENSOR_ARGS)
+        a = ctx.arrays
+        dout = np.ascontiguousarray(dout, dtype=np.float32)
+        bwd = _C.attention_mat_bwd if ctx.impl == "materialized" else _C.attention_bwd
+        grads = bwd(a["q"], a["k"], a["v"], ctx.out, ctx.lse, dout, needs=needs, **ctx.opts, **ctx.given)
+        return tuple(grads.get(n) if w else None for n, w in zip(_TENSOR_ARGS, ctx.needs_input_grad))
+
+
+def _as_input(x, name):
+    if x is None or isinstance(x, Tensor):
+        return x
+    return as_array(x, name)
+
+
+def _shape(x):
+    return tuple(x.shape)
+
+
+def _check_ix(ix, name, table):
+    if ix is None:
+        return None
+    if not isinstance(ix, (tuple, list)) or len(ix) != 2:
+        raise TypeError(f"{name} must be a (sign, off) tuple of 2 ints for {table}; got {ix!r}")
+    sign, off = ix
+    ints = (int, np.integer)
+    if isinstance(sign, bool) or isinstance(off, bool) or not isinstance(sign, ints) or not isinstance(off, ints):
+        raise TypeError(f"{name} must be a (sign, off) tuple of ints; got {ix!r}")
+    if sign not in (1, -1):
+        raise ValueError(f"{name} sign must be +1 or -1; got {sign}")
+    return (int(sign), int(off))
+
+
+def attention_core(q, k, v, *, causal=True, key_padding_mask=None, q_offset=0, scale=None,
+                   qr=None, relk=None, relk_ix=None, relq=None, relq_ix=None,
+                   relv=None, relv_ix=None, bias_vec=None, bias_ix=None, bias_full=None,
+                   impl="auto", return_weights=False):
+    """Scaled dot-product attention with every position-encoding channel.
+
+    Query i sits at absolute position ``q_offset + i``, key j at position j::
+
+        s_ij = scale * (q_i·k_j + qr_i·relk[h, idx(relk_ix)] + k_j·relq[h, idx(relq_ix)])
+               + bias_vec[h, idx(bias_ix)] + bias_full[b, h, i, j]
+        out_i = Σ_j softmax_j(s_ij) (v_j + relv[h, idx(relv_ix)])
+
+    with ``idx((sign, off)) = clip(sign * ((q_offset + i) - j) + off, 0, R - 1)``
+    (csrc/attention.h). Masked: ``j > q_offset + i`` when causal, and keys
+    where ``key_padding_mask`` is True. A query row with every key masked gives
+    zeros (and zero gradients).
+
+    Args:
+        q: (B, H, Tq, D) Tensor or array. k: (B, H, Tk, D). v: (B, H, Tk, Dv).
+        causal: mask keys after the query's absolute position.
+        key_padding_mask: (B, Tk) bool ndarray, True = padding (ignored key).
+        q_offset: int >= 0, the absolute position of query 0 (a cache of past keys).
+        scale: float multiplying the content terms; None = 1/sqrt(D).
+        qr: (B, H, Tq, D) query for the relk term (default q), e.g. Transformer-XL's q + u.
+        relk, relq: (1|H, R, D) relative key / query tables with relk_ix, relq_ix (sign, off).
+        relv: (1|H, R, Dv) relative value table with relv_ix.
+        bias_vec: (1|H, R) Toeplitz bias over relative index bias_ix.
+        bias_full: (1|B, H, Tq, Tk) any additive logit bias.
+        impl: "materialized", "fused" or "auto" (fused when built and no weights asked for).
+        return_weights: also return the attention weights (materialised path).
+
+    Returns:
+        out (B, H, Tq, Dv) Tensor, or (out, weights (B, H, Tq, Tk) ndarray) when
+        return_weights. Gradients flow to q, k, v and every channel Tensor.
+    """
+    impl = _resolve_impl(impl, bool(return_weights))
+    q = _as_input(q, "q")
+    k = _as_input(k, "k")
+    v = _as_input(v, "v")
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if x.ndim != 4:
+            raise ValueError(f"{name} must have shape (B, H, T, D) (4 dimensions); got {_shape(x)}")
+    B, H, Tq, D = _shape(q)
+    if _shape(k)[:2] != (B, H) or _shape(k)[3] != D:
+        raise ValueError(f"k must have shape (B, H, Tk, D) = ({B}, {H}, *, {D}) to match q {_shape(q)}; "
+                         f"got {_shape(k)}")
+    Tk = _shape(k)[2]
+    if _shape(v)[:3] != (B, H, Tk):
+        raise ValueError(f"v must have shape (B, H, Tk, Dv) = ({B}, {H}, {Tk}, *) to match q {_shape(q)} "
+                         f"and k {_shape(k)}; got {_shape(v)}")
+    if isinstance(q_offset, bool) or not isinstance(q_offset, (int, np.integer)):
+        raise TypeError(f"q_offset must be an int; got {type(q_offset).__name__}")
+    if q_offset < 0:
+        raise ValueError(f"q_offset must be >= 0; got {q_offset}")
+    if key_padding_mask is not None:
+        m = key_padding_mask.data if isinstance(key_padding_mask, Tensor) else key_padding_mask
+        m = np.asarray(m)
+        if m.dtype != np.bool_:
+            raise TypeError(f"key_padding_mask must have dtype bool (True = padding); got {m.dtype}")
+        if m.shape != (B, Tk):
+            raise ValueError(f"key_padding_mask must have shape (B, Tk) = ({B}, {Tk}); got {m.shape}")
+        key_padding_mask = np.ascontiguousarray(m)
+    if scale is not None:
+        if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating, np.integer)):
+            raise TypeError(f"scale must be a float or None; got {type(scale).__name__}")
+        if not np.isfinite(scale):
+            raise ValueError(f"scale must be finite; got {scale}")
+        scale = float(scale)
+    tabs = {}
+    for name, x, ixname, ix in (("relk", relk, "relk_ix", relk_ix), ("relq", relq, "relq_ix", relq_ix),
+                                ("relv", relv, "relv_ix", relv_ix), ("bias_vec", bias_vec, "bias_ix", bias_ix)):
+        if x is None:
+            if ix is not None:
+                raise ValueError(f"{ixname} was given but {name} is None")
+            continue
+        if ix is None:
+            raise ValueError(f"{ixname} is required when {name} is given: a (sign, off) tuple")
+        tabs[ixname] = _check_ix(ix, ixname, name)
+    if qr is not None and relk is None:
+        raise ValueError("qr was given but relk is None (qr is the query of the relk term)")
+    opts = dict(causal=bool(causal), key_padding_mask=key_padding_mask, q_offset=int(q_offset), scale=scale,
+                **tabs)
+    args = [_as_input(x, n) for n, x in zip(_TENSOR_ARGS, (q, k, v, qr, relk, relq, relv, bias_vec, bias_full))]
+    res = _AttentionCore.apply(*args, opts=opts, impl=impl, return_weights=bool(return_weights))
+    if return_weights:
+        out, w = res
+        return out, w.data
+    return res

@@ -1,1 +1,476 @@
-"""bias encodings (filled in by their area)."""
+"""Channel B: encodings that add a bias ``b_h(i, j)`` to the attention logits.
+
+Toeplitz biases (ALiBi, T5 buckets, KERPLE, Sandwich, learned per-distance
+bias) depend on ``i - j`` only. For a window of Tq queries at absolute
+positions ``q_offset .. q_offset+Tq-1`` and Tk keys at ``0 .. Tk-1`` each of
+them builds one per-head vector over the ``Tq + Tk - 1`` distances
+``d = q_offset-(Tk-1) .. q_offset+Tq-1`` (a C kernel, with its backward into
+the encoding's parameters) and hands it to attention as ``bias_vec`` with
+``bias_ix = (+1, Tk-1-q_offset)``. FIRE depends on ``i`` as well and gives a
+``bias_full`` (1, H, Tq, Tk).
+
+The bias is added to ``scale * q.k`` and is not multiplied by the scale.
+
+Notebook helpers: :func:`alibi_slopes`, :func:`t5_bucket`, :func:`relative_positions`.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import _C
+from ..nn import Parameter
+from ..tensor import Function, Tensor, no_grad
+from . import register
+from .base import Encoding
+
+__all__ = ["alibi_slopes", "t5_bucket", "relative_positions"]
+
+
+# ---- notebook helpers ----------------------------------------------------------
+
+def _pos_int(value, name, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}")
+    return int(value)
+
+
+def alibi_slopes(n_heads: int) -> np.ndarray:
+    """ALiBi head slopes m_h (Press et al. 2022) -> (n_heads,) float64 ndarray.
+
+    For n_heads a power of two, ``m_h = 2^(-8(h+1)/n_heads)``. Otherwise, with
+    ``c`` the largest power of two below n_heads: the c slopes of ``c`` heads,
+    followed by every other slope of ``2c`` heads (``slopes(2c)[0::2][:n_heads-c]``).
+    Example: 12 heads -> 2^-1 ... 2^-8, then 2^-0.5, 2^-1.5, 2^-2.5, 2^-3.5.
+    """
+    n_heads = _pos_int(n_heads, "n_heads")
+
+    def pow2(n):
+        return 2.0 ** (-8.0 * np.arange(1, n + 1) / n)
+
+    c = 1 << (n_heads.bit_length() - 1)
+    if c == n_heads:
+        return pow2(n_heads)
+    return np.concatenate([pow2(c), pow2(2 * c)[0::2][:n_heads - c]])
+
+
+def t5_bucket(relative_position, num_buckets: int = 32, max_distance: int = 128,
+              bidirectional: bool = True) -> np.ndarray:
+    """T5 bucket index (Raffel et al. 2020) of each relative position ``j - i``.
+
+    relative_position: int array of any shape (key position minus query
+    position). Returns an int64 array of the same shape. Half the buckets hold
+    exact distances ``< num_buckets/2`` (a quarter each way when bidirectional),
+    the rest are log-spaced up to ``max_distance``; farther distances share the
+    last bucket. Computed in double precision.
+    """
+    rel = np.asarray(relative_position)
+    if rel.dtype.kind not in "iu":
+        raise TypeError(f"relative_position must be integers; got dtype {rel.dtype}")
+    num_buckets = _pos_int(num_buckets, "num_buckets")
+    max_distance = _pos_int(max_distance, "max_distance")
+    return _C.t5_bucket(rel.astype(np.int64), num_buckets=num_buckets, max_distance=max_distance,
+                        bidirectional=bool(bidirectional))
+
+
+def relative_positions(Tq: int, Tk: int, q_offset: int = 0) -> np.ndarray:
+    """(Tq, Tk) int64 matrix of ``i - j``: query i at absolute position
+    ``q_offset + i``, key j at position j (positive = key in the past)."""
+    Tq = _pos_int(Tq, "Tq", 0)
+    Tk = _pos_int(Tk, "Tk", 0)
+    q_offset = _pos_int(q_offset, "q_offset", 0)
+    return (q_offset + np.arange(Tq, dtype=np.int64))[:, None] - np.arange(Tk, dtype=np.int64)[None, :]
+
+
+def _window(Tq, Tk, q_offset):
+    """(d0, n): the distances d0 .. d0+n-1 a (Tq, Tk, q_offset) window needs
+    (at least one, so that an empty window still gives a valid table)."""
+    return q_offset - (Tk - 1), max(Tq + Tk - 1, 1)
+
+
+def _spread(vec, Tq, Tk, q_offset, d0):
+    """(H, n) vector over d = d0 .. -> (H, Tq, Tk) float64."""
+    return np.asarray(vec, dtype=np.float64)[:, relative_positions(Tq, Tk, q_offset) - d0]
+
+
+# ---- autograd Functions over the C kernels --------------------------------------------
+
+class AlibiVector(Function):
+    """slopes (H,) -> (H, n): ``-m_h * max(d, 0)`` (causal) or ``-m_h * |d|`` (symmetric)."""
+
+    @staticmethod
+    def forward(ctx, slopes, d0=0, n=0, symmetric=False):
+        ctx.args = (d0, symmetric)
+        return _C.bias_alibi_fwd(slopes, d0, n, symmetric)
+
+    @staticmethod
+    def backward(ctx, g):
+        if not ctx.needs_input_grad[0]:
+            return None
+        d0, symmetric = ctx.args
+        return _C.bias_alibi_bwd(np.ascontiguousarray(g, dtype=np.float32), d0, symmetric)
+
+
+class T5Vector(Function):
+    """table (H, num_buckets) -> (H, n): ``table[h, bucket(-d)]``."""
+
+    @staticmethod
+    def forward(ctx, table, d0=0, n=0, max_distance=128, bidirectional=True):
+        ctx.args = (d0, table.shape[1], max_distance, bidirectional)
+        return _C.bias_t5_fwd(table, d0, n, max_distance, bidirectional)
+
+    @staticmethod
+    def backward(ctx, g):
+        if not ctx.needs_input_grad[0]:
+            return None
+        d0, nb, md, bidir = ctx.args
+        return _C.bias_t5_bwd(np.ascontiguousarray(g, dtype=np.float32), d0, nb, md, bidir)
+
+
+class KerpleVector(Function):
+    """r1, r2 (H,) -> (H, n): ``-r1 log(1 + r2|d|)`` (log) or ``-r1 |d|^r2`` (power)."""
+
+    @staticmethod
+    def forward(ctx, r1, r2, d0=0, n=0, variant="log"):
+        ctx.save_for_backward(r1, r2)
+        ctx.args = (d0, variant)
+        return _C.bias_kerple_fwd(r1, r2, d0, n, variant)
+
+    @staticmethod
+    def backward(ctx, g):
+        if not any(ctx.needs_input_grad[:2]):
+            return None, None
+        r1, r2 = ctx.saved
+        d0, variant = ctx.args
+        d1, d2 = _C.bias_kerple_bwd(r1, r2, np.ascontiguousarray(g, dtype=np.float32), d0, variant)
+        return (d1 if ctx.needs_input_grad[0] else None), (d2 if ctx.needs_input_grad[1] else None)
+
+
+class FireBias(Function):
+    """W1, b1 (W,), W2 (H, W), b2 (H,), c, L (1,) -> (1, H, Tq, Tk), causal (0 where j > i)."""
+
+    @staticmethod
+    def forward(ctx, W1, b1, W2, b2, c, L, Tq=0, Tk=0, q_offset=0, eps=1e-6):
+        ctx.save_for_backward(W1, b1, W2, b2, c, L)
+        ctx.args = (q_offset, eps)
+        return _C.fire_fwd(W1, b1, W2, b2, c, L, Tq, Tk, q_offset, eps)
+
+    @staticmethod
+    def backward(ctx, g):
+        if not any(ctx.needs_input_grad):
+            return (None,) * 6
+        q_offset, eps = ctx.args
+        grads = _C.fire_bwd(*ctx.saved, np.ascontiguousarray(g, dtype=np.float32), q_offset, eps)
+        return tuple(gr if need else None for gr, need in zip(grads, ctx.needs_input_grad))
+
+
+# ---- encodings -------------------------------------------------------------------
+
+class ToeplitzBias(Encoding):
+    """Base of the biases that depend on ``i - j`` only: subclasses give
+    :meth:`vector` (H, n) over distances ``d0 .. d0+n-1``."""
+
+    channel = "B"
+
+    def vector(self, d0: int, n: int, causal: bool = True):
+        """(H, n) Tensor of ``b_h(d)`` for ``d = d0 .. d0+n-1`` (d = query - key position)."""
+        raise NotImplementedError
+
+    def _heads(self, q):
+        H = q.shape[1]
+        if self.n_heads is not None and H != self.n_heads:
+            raise ValueError(f"encoding {self.name!r} was built for n_heads={self.n_heads}; "
+                             f"got q with {H} heads (q.shape={tuple(q.shape)})")
+
+    def attention_inputs(self, q, k, q_offset: int = 0, causal: bool = True) -> dict:
+        """bias_vec (H, Tq+Tk-1) Tensor and bias_ix = (+1, Tk-1-q_offset)."""
+        self.check_causal(causal)
+        self._heads(q)
+        Tq, Tk = q.shape[2], k.shape[2]
+        d0, n = _window(Tq, Tk, q_offset)
+        return {"bias_vec": self.vector(d0, n, causal), "bias_ix": (1, Tk - 1 - q_offset)}
+
+    def bias_matrix(self, Tq: int, Tk: int, q_offset: int = 0, causal: bool = True) -> np.ndarray:
+        """(H, Tq, Tk) float64: the bias added to logit (i, j)."""
+        d0, n = _window(Tq, Tk, q_offset)
+        with no_grad():
+            vec = self.vector(d0, n, causal)
+        return _spread(vec.data if isinstance(vec, Tensor) else vec, Tq, Tk, q_offset, d0)
+
+
+@register
+class ALiBi(ToeplitzBias):
+    """ALiBi (Press, Smith, Lewis, ICLR 2022): ``b = -m_h (i - j)`` (causal) or
+    ``-m_h |i - j|`` (symmetric, for bidirectional attention).
+
+    Options:
+        symmetric (bool or None, None): True always uses ``|i - j|``; False
+            always uses the causal form ``-m_h (i - j)``, which is defined with
+            a causal mask only (bidirectional attention raises ValueError);
+            None follows the mask: causal form when causal=True, symmetric
+            when causal=False (``bias_matrix`` then takes causal=True unless told).
+        learnable (bool, False): make the slopes a Parameter (initialised to
+            the paper's slopes; gradient from the C kernel).
+    Context: n_heads (required). Slopes: :func:`alibi_slopes`.
+    """
+
+    name = "alibi"
+    paper = "Press, Smith, Lewis 2022 (ALiBi, arXiv 2108.12409)"
+    learnable = ("slopes (if learnable=True)",)
+
+    def __init__(self, symmetric=None, learnable=False, n_heads=None, head_dim=None, d_model=None,
+                 max_len=None, seed=None):
+        super().__init__(n_heads=n_heads, head_dim=head_dim, d_model=d_model, max_len=max_len, seed=seed)
+        self._need(n_heads=n_heads)
+        self.symmetric = None if symmetric is None else bool(symmetric)
+        self.learn_slopes = bool(learnable)
+        self.causal_only = self.symmetric is False
+        slopes = alibi_slopes(n_heads).astype(np.float32)
+        if self.learn_slopes:
+            self.slopes = Parameter(slopes)
+        else:
+            self.register_buffer("slopes", slopes, persistent=False)
+
+    def check_causal(self, causal: bool) -> None:
+        if not causal and self.symmetric is False:
+            raise ValueError("encoding 'alibi' with symmetric=False is causal only (-m(i-j) grows without "
+                             "bound for future keys); use causal=True, or symmetric=True / None")
+
+    def _symmetric(self, causal):
+        return (not causal) if self.symmetric is None else self.symmetric
+
+    def vector(self, d0, n, causal=True):
+        return AlibiVector.apply(self.slopes, d0=d0, n=n, symmetric=self._symmetric(causal))
+
+    def extra_repr(self):
+        return f"n_heads={self.n_heads}, symmetric={self.symmetric}, learnable={self.learn_slopes}"
+
+
+def _check_t5(num_buckets, max_distance, bidirectional):
+    nb = _pos_int(num_buckets, "num_buckets", 2)
+    md = _pos_int(max_distance, "max_distance", 1)
+    for bidir in ((True, False) if bidirectional is None else (bool(bidirectional),)):
+        half = nb // 2 if bidir else nb
+        if half < 2:
+            raise ValueError(f"num_buckets must be >= 4 for bidirectional T5 buckets; got {nb}")
+        if md <= half // 2:
+            raise ValueError(f"max_distance must be > {half // 2} (the exact buckets) for num_buckets={nb}; "
+                             f"got {md}")
+    return nb, md
+
+
+@register
+class T5Bias(ToeplitzBias):
+    """T5 bucketed relative bias (Raffel et al. 2020): a learned table
+    ``b[H, num_buckets]`` indexed by :func:`t5_bucket` of ``j - i``.
+
+    Options:
+        num_buckets (int, 32), max_distance (int, 128): as in T5.
+        bidirectional (bool or None, None): None follows the attention's mask
+            (bidirectional buckets when causal=False); ``bias_matrix`` then
+            uses causal=True unless told otherwise.
+    Context: n_heads (required), seed (table init N(0, 0.02^2)).
+    """
+
+    name = "t5"
+    paper = "Raffel et al. 2020 (T5, JMLR)"
+    learnable = ("table",)
+
+    def __init__(self, num_buckets=32, max_distance=128, bidirectional=None, n_heads=None, head_dim=None,
+                 d_model=None, max_len=None, seed=None):
+        super().__init__(n_heads=n_heads, head_dim=head_dim, d_model=d_model, max_len=max_len, seed=seed)
+        self._need(n_heads=n_heads)
+        self.num_buckets, self.max_distance = _check_t5(num_buckets, max_distance, bidirectional)
+        self.bidirectional = None if bidirectional is None else bool(bidirectional)
+        rng = np.random.default_rng(seed)
+        self.table = Parameter(rng.normal(0.0, 0.02, (n_heads, self.num_buckets)).astype(np.float32))
+
+    def _bidir(self, causal):
+        return (not causal) if self.bidirectional is None else self.bidirectional
+
+    def vector(self, d0, n, causal=True):
+        return T5Vector.apply(self.table, d0=d0, n=n, max_distance=self.max_distance,
+                              bidirectional=self._bidir(causal))
+
+    def extra_repr(self):
+        return (f"n_heads={self.n_heads}, num_buckets={self.num_buckets}, max_distance={self.max_distance}, "
+                f"bidirectional={self.bidirectional}")
+
+
+@register
+class Kerple(ToeplitzBias):
+    """KERPLE (Chi, Fan, Ramadge, Rudnicky, NeurIPS 2022): conditionally
+    positive definite kernels as a bias, per head learnable r1, r2 > 0.
+
+    Options:
+        variant ("log" | "power", "log"): ``-r1 log(1 + r2 |i-j|)`` or ``-r1 |i-j|^r2``.
+    Like the authors' code, every forward first clamps the parameters in place:
+    r1 >= 1e-2 and r2 >= 1e-2 (and r2 <= 2 for "power"); the gradient is that of
+    the formula at the clamped values. For "power" the d/dr2 term at i = j
+    (which holds log 0) is taken as 0. Init: r1 ~ U(0, 2), r2 ~ U(0, 1), then clamped.
+    Context: n_heads (required), seed.
+    """
+
+    name = "kerple"
+    paper = "Chi, Fan, Ramadge, Rudnicky 2022 (KERPLE, arXiv 2205.09921)"
+    learnable = ("r1", "r2")
+    EPS = 1e-2
+
+    def __init__(self, variant="log", n_heads=None, head_dim=None, d_model=None, max_len=None, seed=None):
+        super().__init__(n_heads=n_heads, head_dim=head_dim, d_model=d_model, max_len=max_len, seed=seed)
+        self._need(n_heads=n_heads)
+        if variant not in ("log", "power"):
+            raise ValueError(f"kerple variant must be 'log' or 'power'; got {variant!r}")
+        self.variant = variant
+        rng = np.random.default_rng(seed)
+        self.r1 = Parameter((rng.random(n_heads) * 2.0).astype(np.float32))
+        self.r2 = Parameter(rng.random(n_heads).astype(np.float32))
+        self.clamp_()
+
+    def clamp_(self):
+        """Clamp r1, r2 into their domain in place (what every forward does first)."""
+        np.maximum(self.r1.data, self.EPS, out=self.r1.data)
+        hi = 2.0 if self.variant == "power" else np.inf
+        np.clip(self.r2.data, self.EPS, hi, out=self.r2.data)
+
+    def vector(self, d0, n, causal=True):
+        self.clamp_()
+        return KerpleVector.apply(self.r1, self.r2, d0=d0, n=n, variant=self.variant)
+
+    def extra_repr(self):
+        return f"n_heads={self.n_heads}, variant={self.variant!r}"
+
+
+@register
+class Sandwich(ToeplitzBias):
+    """Sandwich (Chi et al. 2023, "Dissecting Transformer Length Extrapolation via
+    the Lens of Receptive Field Analysis"): ``b = s_h sum_{k<dim/2} cos((i-j) w_k)``,
+    ``w_k = 10000^(-2k/dim)``, with per-head scale ``s_h = H / (8 (h+1))`` (the
+    scaling of one public implementation). No parameters.
+
+    Options: dim (int, 128): the d-bar of the paper (even).
+    Context: n_heads (required).
+    """
+
+    name = "sandwich"
+    paper = "Chi, Fan, Rudnicky, Ramadge 2023 (Sandwich, arXiv 2212.10356)"
+    learnable = ()
+
+    def __init__(self, dim=128, n_heads=None, head_dim=None, d_model=None, max_len=None, seed=None):
+        super().__init__(n_heads=n_heads, head_dim=head_dim, d_model=d_model, max_len=max_len, seed=seed)
+        self._need(n_heads=n_heads)
+        dim = _pos_int(dim, "dim", 2)
+        if dim % 2:
+            raise ValueError(f"sandwich dim must be even; got {dim}")
+        self.dim = dim
+        self.register_buffer("scales", (n_heads / (8.0 * np.arange(1, n_heads + 1))).astype(np.float32),
+                             persistent=False)
+
+    def vector(self, d0, n, causal=True):
+        return Tensor(_C.bias_sandwich_fwd(self.scales, d0, n, self.dim))
+
+    def extra_repr(self):
+        return f"n_heads={self.n_heads}, dim={self.dim}"
+
+
+@register
+class LearnedBias(ToeplitzBias):
+    """A learned per-distance bias ``b[H, 2 max_distance + 1]`` over
+    ``clip(i - j, -max_distance, max_distance)``; the simplest learnable
+    Toeplitz bias. It goes to attention as the table itself with
+    ``bias_ix = (+1, max_distance)`` (no kernel).
+
+    Options: max_distance (int, 128).
+    Context: n_heads (required), seed (init N(0, 0.02^2)).
+    """
+
+    name = "learned_bias"
+    paper = "learned per-distance bias (Toeplitz table over clipped i - j)"
+    learnable = ("table",)
+
+    def __init__(self, max_distance=128, n_heads=None, head_dim=None, d_model=None, max_len=None, seed=None):
+        super().__init__(n_heads=n_heads, head_dim=head_dim, d_model=d_model, max_len=max_len, seed=seed)
+        self._need(n_heads=n_heads)
+        self.max_distance = _pos_int(max_distance, "max_distance", 0)
+        rng = np.random.default_rng(seed)
+        self.table = Parameter(rng.normal(0.0, 0.02, (n_heads, 2 * self.max_distance + 1)).astype(np.float32))
+
+    def attention_inputs(self, q, k, q_offset: int = 0, causal: bool = True) -> dict:
+        """bias_vec = the table (H, 2M+1) itself, bias_ix = (+1, M)."""
+        self.check_causal(causal)
+        self._heads(q)
+        return {"bias_vec": self.table, "bias_ix": (1, self.max_distance)}
+
+    def bias_matrix(self, Tq: int, Tk: int, q_offset: int = 0, causal: bool = True) -> np.ndarray:
+        M = self.max_distance
+        idx = np.clip(relative_positions(Tq, Tk, q_offset) + M, 0, 2 * M)
+        return self.table.data.astype(np.float64)[:, idx]
+
+    def extra_repr(self):
+        return f"n_heads={self.n_heads}, max_distance={self.max_distance}"
+
+
+@register
+class Fire(Encoding):
+    """FIRE (Li et al., ICLR 2024): ``b_h(i, j) = f(psi(i - j) / psi(max(L, i)))``,
+    ``psi(x) = log(|c| x + 1)``, f an MLP 1 -> width -> H with ReLU; c and L
+    learnable. Depends on the query position i as well as on i - j (the
+    normaliser), so it gives ``bias_full`` (1, H, Tq, Tk). Causal only.
+
+    As in the authors' code the threshold is ``|L|`` and ``eps`` is added to
+    the normaliser ``psi(max(|L|, i))``. L gets gradient from the rows with
+    ``i < |L|`` (none from a row with i = |L| exactly, where max has a kink).
+
+    Options:
+        width (int, 32): hidden width of the MLP.
+        init_c (float, 0.1): initial c.
+        init_L (float or None, None): initial threshold L; None uses max_len,
+            or 512 if max_len is not given.
+        eps (float, 1e-6).
+    Context: n_heads (required), max_len, seed (MLP init like torch.nn.Linear).
+    """
+
+    name = "fire"
+    channel = "B"
+    paper = "Li et al. 2024 (FIRE, arXiv 2310.04418)"
+    learnable = ("W1", "b1", "W2", "b2", "c", "L")
+    causal_only = True
+
+    def __init__(self, width=32, init_c=0.1, init_L=None, eps=1e-6, n_heads=None, head_dim=None, d_model=None,
+                 max_len=None, seed=None):
+        super().__init__(n_heads=n_heads, head_dim=head_dim, d_model=d_model, max_len=max_len, seed=seed)
+        self._need(n_heads=n_heads)
+        width = _pos_int(width, "width")
+        if init_L is None:
+            init_L = float(max_len) if max_len else 512.0
+        if not (isinstance(eps, (int, float)) and eps >= 0):
+            raise ValueError(f"eps must be a float >= 0; got {eps!r}")
+        self.width, self.eps = width, float(eps)
+        rng = np.random.default_rng(seed)
+        lim = 1.0 / math.sqrt(width)
+        self.W1 = Parameter(rng.uniform(-1.0, 1.0, width).astype(np.float32))
+        self.b1 = Parameter(rng.uniform(-1.0, 1.0, width).astype(np.float32))
+        self.W2 = Parameter(rng.uniform(-lim, lim, (n_heads, width)).astype(np.float32))
+        self.b2 = Parameter(rng.uniform(-lim, lim, n_heads).astype(np.float32))
+        self.c = Parameter(np.array([init_c], dtype=np.float32))
+        self.L = Parameter(np.array([init_L], dtype=np.float32))
+
+    def bias(self, Tq: int, Tk: int, q_offset: int = 0):
+        """(1, H, Tq, Tk) Tensor of the FIRE bias (0 above the causal diagonal)."""
+        return FireBias.apply(self.W1, self.b1, self.W2, self.b2, self.c, self.L, Tq=Tq, Tk=Tk,
+                              q_offset=q_offset, eps=self.eps)
+
+    def attention_inputs(self, q, k, q_offset: int = 0, causal: bool = True) -> dict:
+        """bias_full (1, H, Tq, Tk)."""
+        self.check_causal(causal)
+        if q.shape[1] != self.n_heads:
+            raise ValueError(f"encoding 'fire' was built for n_heads={self.n_heads}; got q with {q.shape[1]} heads")
+        return {"bias_full": self.bias(q.shape[2], k.shape[2], q_offset)}
+
+    def bias_matrix(self, Tq: int, Tk: int, q_offset: int = 0) -> np.ndarray:
+        with no_grad():
+            return self.bias(Tq, Tk, q_offset).data[0].astype(np.float64)
+
+    def extra_repr(self):
+        return f"n_heads={self.n_heads}, width={self.width}, c={float(self.c.data[0]):.4g}, L={float(self.L.data[0]):.4g}"

@@ -175,6 +175,7 @@ class Module:
                 yield name, m
 
     def children(self) -> Iterator["Module"]:
+        """Each direct child module once, in registration order."""
         for _, m in self.named_children():
             yield m
 
@@ -211,6 +212,7 @@ class Module:
         yield from self._named_members("_parameters", prefix, recurse)
 
     def parameters(self, recurse: bool = True) -> Iterator[Parameter]:
+        """Every Parameter once (shared ones once), in ``named_parameters()`` order."""
         for _, p in self.named_parameters(recurse=recurse):
             yield p
 
@@ -219,6 +221,7 @@ class Module:
         yield from self._named_members("_buffers", prefix, recurse)
 
     def buffers(self, recurse: bool = True) -> Iterator[np.ndarray]:
+        """Every buffer array once, in ``named_buffers()`` order."""
         for _, b in self.named_buffers(recurse=recurse):
             yield b
 
@@ -331,6 +334,7 @@ class Module:
             p.grad = None
 
     def requires_grad_(self, flag: bool = True) -> "Module":
+        """Set ``requires_grad`` on every parameter (freeze with False); returns self."""
         for p in self.parameters():
             p.requires_grad = bool(flag)
         return self

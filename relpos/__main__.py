@@ -1,0 +1,7 @@
+"""``python -m relpos``: see :mod:`relpos.cli`."""
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

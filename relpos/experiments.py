@@ -1,0 +1,561 @@
+"""Compare position encodings: train the same small model with each, test longer.
+
+    >>> from relpos.experiments import compare
+    >>> res = compare(["sinusoidal", "rope", "alibi"], train_len=64, steps=300)
+    >>> print(res.table())          # rows: encodings; columns: eval lengths
+    >>> res.plot()                  # eval length vs perplexity, one line per encoding
+    >>> res.save("results.json")
+
+Every (encoding, seed) pair is one *run* described by a plain dict of options
+(see :func:`run_config`), so grids run anywhere: :func:`sweep` takes any
+``concurrent.futures.Executor`` (local processes by default, a Dask cluster
+through ``client.get_executor()``) and gives the same numbers as a serial run,
+because relpos results do not depend on the thread count.
+"""
+from __future__ import annotations
+
+import html
+import json
+import os
+import time
+
+import numpy as np
+
+__all__ = ["DEFAULT_ENCODINGS", "ALL_ENCODINGS", "DEFAULTS", "run_config", "compare", "sweep",
+           "CompareResult"]
+
+#: the encodings the default comparison covers
+DEFAULT_ENCODINGS = ("none", "sinusoidal", "learned", "rope", "alibi", "t5", "kerple", "fire", "shaw")
+
+#: model and training defaults of a comparison run (small enough for a laptop)
+DEFAULTS = dict(
+    task="lm", train_len=None, eval_lens=None, steps=None, seed=0,
+    d_model=64, n_layers=2, n_heads=4, d_ff=None, norm="layernorm", pre_ln=True, dropout=0.0,
+    batch_size=None, lr=3e-3, warmup=None, weight_decay=0.1, clip=1.0,
+    text=None, text_file=None, val_fraction=0.1, eval_tokens=16384, n_eval=256,
+    encoding_options=None, threads=None, impl="auto",
+)
+
+
+def ALL_ENCODINGS():
+    """Every registered encoding name."""
+    from . import encodings
+    return [row["name"] for row in encodings.available()]
+
+
+#: per-kind defaults for what DEFAULTS leaves as None (tasks: short sequences, so more steps)
+KIND_DEFAULTS = {"lm": dict(train_len=64, steps=300, batch_size=16),
+                 "task": dict(train_len=8, steps=1000, batch_size=32)}
+
+
+def _default_train_len(task):
+    return KIND_DEFAULTS["lm" if task == "lm" else "task"]["train_len"]
+
+
+def _resolve(config):
+    """Fill defaults; check names and sizes. Returns a new dict."""
+    cfg = dict(DEFAULTS)
+    unknown = sorted(set(config) - set(DEFAULTS) - {"encoding", "progress", "_progress_queue", "_progress_tag"})
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} in run config; known: encoding, progress, "
+                         f"{', '.join(sorted(DEFAULTS))}")
+    cfg.update(config)
+    if "encoding" not in cfg:
+        raise ValueError("a run config needs 'encoding'")
+    for key, val in KIND_DEFAULTS["lm" if cfg["task"] == "lm" else "task"].items():
+        if cfg[key] is None:
+            cfg[key] = val
+    tl = cfg["train_len"]
+    if isinstance(tl, bool) or not isinstance(tl, (int, np.integer)) or tl < 1:
+        raise ValueError(f"train_len must be a positive int; got {tl!r}")
+    cfg["train_len"] = int(tl)
+    if cfg["eval_lens"] is None:
+        cfg["eval_lens"] = [cfg["train_len"] * m for m in (1, 2, 4, 8)]
+    lens = list(cfg["eval_lens"])
+    if not lens or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in lens):
+        raise ValueError(f"eval_lens must be a non-empty list of positive ints; got {cfg['eval_lens']!r}")
+    cfg["eval_lens"] = sorted({int(v) for v in lens})
+    return cfg
+
+
+def _build_data(cfg):
+    from .data import LMData, default_corpus, get_task, load_text
+    if cfg["task"] == "lm":
+        if cfg["text"] is not None:
+            text = cfg["text"]
+        elif cfg["text_file"] is not None:
+            text = load_text(cfg["text_file"])
+        else:
+            text = default_corpus()
+        data = LMData(text, val_fraction=cfg["val_fraction"])
+        data.check_seq_len(cfg["train_len"], "train")
+        return data
+    lo = 1
+    return get_task(cfg["task"], train_lengths=(lo, cfg["train_len"]),
+                    test_lengths=[L for L in cfg["eval_lens"] if L > cfg["train_len"]] or None)
+
+
+def _build_model(cfg, data):
+    from .models import TransformerLM
+    if cfg["task"] == "lm":
+        max_len = cfg["train_len"]
+    else:
+        max_len = data.seq_len(cfg["train_len"])
+    opts = dict(cfg["encoding_options"] or {})
+    return TransformerLM(data.vocab_size, d_model=cfg["d_model"], n_layers=cfg["n_layers"],
+                         n_heads=cfg["n_heads"], encoding=cfg["encoding"], max_len=max_len,
+                         d_ff=cfg["d_ff"], norm=cfg["norm"], pre_ln=cfg["pre_ln"], dropout=cfg["dropout"],
+                         impl=cfg["impl"], seed=cfg["seed"], **opts)
+
+
+def run_config(config: dict) -> dict:
+    """Train and evaluate one model described by ``config`` (a dict; missing
+    keys take :data:`DEFAULTS`; ``encoding`` is required). Picklable and
+    self-contained, so it runs in another process or on a Dask worker.
+
+    Returns a JSON-ready dict: encoding, seed, metrics {str(length): value or
+    None}, final training loss, losses (every step), timings, n_params, config.
+    """
+    from . import get_num_threads, set_num_threads
+    from .train import evaluate_lengths, fit
+    cfg = _resolve(config)
+    progress = bool(config.get("progress", False))
+    queue, tag = config.get("_progress_queue"), config.get("_progress_tag")
+    callback = None
+    if queue is not None:
+        def callback(step, loss, _every=max(1, int(cfg["steps"]) // 50)):
+            if step % _every == 0 or step == cfg["steps"]:
+                queue.put((tag, step))
+    prev_threads = None
+    if cfg["threads"] is not None:
+        prev_threads = get_num_threads()
+        set_num_threads(int(cfg["threads"]))
+    try:
+        data = _build_data(cfg)
+        model = _build_model(cfg, data)
+        t0 = time.perf_counter()
+        hist = fit(model, data, cfg["steps"], batch_size=cfg["batch_size"], seq_len=cfg["train_len"],
+                   lr=cfg["lr"], warmup=cfg["warmup"], weight_decay=cfg["weight_decay"], clip=cfg["clip"],
+                   seed=cfg["seed"], progress=progress, desc=f"{cfg['encoding']} seed {cfg['seed']}",
+                   callback=callback)
+        t1 = time.perf_counter()
+        metrics = evaluate_lengths(model, data, cfg["eval_lens"], max_tokens=cfg["eval_tokens"],
+                                   n_samples=cfg["n_eval"], seed=cfg["seed"])
+        t2 = time.perf_counter()
+    finally:
+        if prev_threads is not None:
+            set_num_threads(prev_threads)
+    public = {k: v for k, v in cfg.items() if k not in ("text", "progress") and not k.startswith("_")}
+    return {
+        "encoding": cfg["encoding"] if isinstance(cfg["encoding"], str) else type(cfg["encoding"]).__name__,
+        "seed": int(cfg["seed"]),
+        "metric": "perplexity" if cfg["task"] == "lm" else "accuracy",
+        "metrics": {str(k): v for k, v in metrics.items()},
+        "final_loss": hist.final_loss,
+        "losses": [float(v) for v in hist.losses],
+        "train_time": t1 - t0,
+        "eval_time": t2 - t1,
+        "n_params": int(sum(p.data.size for p in model.parameters())),
+        "config": public,
+    }
+
+
+# --------------------------------------------------------------------- sweep
+def _worker_init(threads):
+    from . import set_num_threads
+    if threads:
+        set_num_threads(int(threads))
+
+
+def _default_executor(n_jobs, max_workers=None):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    cores = os.cpu_count() or 1
+    workers = max(1, min(n_jobs, max_workers or cores))
+    threads = max(1, cores // workers)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_init, initargs=(threads,))
+
+
+def sweep(configs, executor=None, max_workers: int | None = None, progress: bool = True,
+          on_result=None) -> list:
+    """Run :func:`run_config` on every config dict; results in config order.
+
+    ``executor``: any ``concurrent.futures.Executor`` (a ThreadPoolExecutor,
+    a ProcessPoolExecutor, Dask's ``client.get_executor()``...). Default:
+    local processes (spawn), ``max_workers`` of them (default: one per core),
+    each worker running relpos with ``cores // workers`` threads (a config's
+    own ``threads`` key overrides that). The numbers equal a serial run's.
+    ``on_result(index, result)`` is called as each run finishes. With the
+    default executor the progress bar counts training steps of all runs;
+    with another executor it counts finished runs.
+    """
+    from concurrent.futures import as_completed
+    from tqdm.auto import tqdm
+    configs = [dict(c) for c in configs]
+    for c in configs:
+        _resolve(c)  # fail early, in the caller, on a bad config
+    if not configs:
+        return []
+    own = executor is None
+    manager = None
+    if own:
+        executor = _default_executor(len(configs), max_workers)
+        if progress:
+            import multiprocessing
+            manager = multiprocessing.get_context("spawn").Manager()
+            queue = manager.Queue()
+            for i, c in enumerate(configs):
+                c["_progress_queue"], c["_progress_tag"] = queue, i
+    results = [None] * len(configs)
+    total_steps = sum(_resolve(c)["steps"] for c in configs)
+    bar = tqdm(total=total_steps if manager else len(configs), disable=not progress,
+               desc="training" if manager else "runs", unit="step" if manager else "run", dynamic_ncols=True)
+    done_steps = [0] * len(configs)
+    stop = None
+    try:
+        if manager is not None:
+            import threading
+            stop = threading.Event()
+
+            def pump():
+                import queue as _q
+                while not stop.is_set():
+                    try:
+                        tag, step = queue.get(timeout=0.2)
+                    except _q.Empty:
+                        continue
+                    except (EOFError, OSError):  # the manager went away
+                        return
+                    bar.update(step - done_steps[tag])
+                    done_steps[tag] = step
+            pump_thread = threading.Thread(target=pump, daemon=True)
+            pump_thread.start()
+        futures = {executor.submit(run_config, c): i for i, c in enumerate(configs)}
+        finished = 0
+        for fut in as_completed(futures):
+            i = futures[fut]
+            results[i] = fut.result()
+            finished += 1
+            if manager is None:
+                bar.update(1)
+            else:
+                bar.set_postfix_str(f"{finished}/{len(configs)} runs done", refresh=True)
+            if on_result is not None:
+                on_result(i, results[i])
+    finally:
+        if stop is not None:
+            stop.set()
+            pump_thread.join(timeout=2)
+        bar.close()
+        if own:
+            executor.shutdown(wait=True, cancel_futures=True)
+        if manager is not None:
+            manager.shutdown()
+    return results
+
+
+# ------------------------------------------------------------------- compare
+def _check_encodings(encodings):
+    if isinstance(encodings, str):
+        encodings = [e for e in encodings.split(",") if e.strip()]
+    names = [e.strip().lower() if isinstance(e, str) else e for e in encodings]
+    if not names:
+        raise ValueError("encodings must name at least one encoding")
+    if any(n == "all" for n in names):
+        names = ALL_ENCODINGS()
+    known = set(ALL_ENCODINGS())
+    for n in names:
+        if not isinstance(n, str):
+            raise TypeError(f"encodings must be names (str); got {type(n).__name__}")
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise ValueError(f"unknown encoding(s) {', '.join(map(repr, bad))}; available: "
+                         f"{', '.join(sorted(known))}")
+    return list(dict.fromkeys(names))
+
+
+def compare(encodings=DEFAULT_ENCODINGS, task: str = "lm", train_len: int | None = None, eval_lens=None,
+            steps: int | None = None, seeds=(0,), d_model: int = DEFAULTS["d_model"],
+            n_layers: int = DEFAULTS["n_layers"], n_heads: int = DEFAULTS["n_heads"], d_ff=None,
+            norm: str = "layernorm", pre_ln: bool = True, dropout: float = 0.0,
+            batch_size: int | None = None, lr: float = DEFAULTS["lr"], warmup=None,
+            weight_decay: float = 0.1, clip: float = 1.0, text=None, text_file=None,
+            eval_tokens: int = DEFAULTS["eval_tokens"], n_eval: int = DEFAULTS["n_eval"],
+            encoding_options: dict | None = None, out=None, progress: bool = True, executor=None,
+            jobs: int = 1, threads: int | None = None) -> "CompareResult":
+    """Train the same model with each encoding at ``train_len``; evaluate at ``eval_lens``.
+
+    Args:
+        encodings: names (or a comma-separated string, or "all").
+        task: "lm" (perplexity on ``text`` / ``text_file`` / the default corpus)
+            or a synthetic task name (exact-match accuracy; train_len is then the
+            largest problem size trained on, sizes 1..train_len).
+        train_len: training length (default 64 for lm, 8 for tasks).
+        eval_lens: evaluation lengths (default 1x, 2x, 4x, 8x train_len).
+        steps, seeds: optimisation steps per run (default 300 for lm, 1000 for
+            tasks); one run per (encoding, seed).
+        d_model, n_layers, n_heads, d_ff, norm, pre_ln, dropout: the model.
+        batch_size, lr, warmup, weight_decay, clip: the optimiser (batch_size
+            default 16 for lm, 32 for tasks).
+        text: the training text itself (str); text_file: a path to read it from.
+        eval_tokens: LM evaluation uses the first eval_tokens validation tokens
+            at every length; n_eval: problems per length for tasks.
+        encoding_options: {encoding name: {option: value}} or options for all.
+        out: a folder; results.json is rewritten there as each encoding finishes.
+        executor: run the (encoding, seed) runs on it (see :func:`sweep`).
+        jobs: without an executor, ``jobs > 1`` runs that many at once in local
+            processes (each with ``cores // jobs`` threads unless ``threads``
+            is given); ``jobs=1`` (default) runs them one after another here.
+        threads: relpos threads for each run (default: unchanged).
+
+    Returns a :class:`CompareResult`. Learned absolute positions past their
+    max_len (= train_len) are reported as None ("n/a"), not an error.
+    """
+    names = _check_encodings(encodings)
+    if isinstance(seeds, (int, np.integer)):
+        seeds = (int(seeds),)
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds must hold at least one seed")
+    if isinstance(text, os.PathLike):
+        text, text_file = None, text
+    if text_file is not None:
+        text_file = os.fspath(text_file)
+    from .data import get_task
+    if task != "lm":
+        task = get_task(task).name  # unknown names fail here, listing the known ones
+    common = dict(task=task, train_len=train_len, eval_lens=eval_lens, steps=steps, d_model=d_model,
+                  n_layers=n_layers, n_heads=n_heads, d_ff=d_ff, norm=norm, pre_ln=pre_ln, dropout=dropout,
+                  batch_size=batch_size, lr=lr, warmup=warmup, weight_decay=weight_decay, clip=clip,
+                  text_file=text_file, eval_tokens=eval_tokens, n_eval=n_eval, threads=threads)
+    resolved = _resolve(dict(common, encoding=names[0]))
+    # check the data once, here, so a bad file or a too-long train_len fails before any training
+    data = _build_data(dict(resolved, text=text))
+    if d_model % n_heads:
+        raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+
+    configs = []
+    for name in names:
+        opts = encoding_options or {}
+        if opts and all(isinstance(v, dict) for v in opts.values()):
+            opts = opts.get(name, {})
+        for s in seeds:
+            configs.append(dict(common, encoding=name, seed=s, text=text, encoding_options=opts or None))
+
+    public = {k: v for k, v in resolved.items() if k not in ("encoding", "seed", "text", "encoding_options")}
+    public["seeds"] = seeds
+    public["encoding_options"] = encoding_options
+    result = CompareResult(names, resolved["eval_lens"], resolved["train_len"],
+                           "perplexity" if task == "lm" else "accuracy", public, [])
+    del data
+    remaining = {name: len(seeds) for name in names}
+
+    def finished(i, run):
+        if progress:
+            from tqdm.auto import tqdm
+            cells = ", ".join(f"{L}: {_fmt(v, result.metric)}" for L, v in run["metrics"].items())
+            tqdm.write(f"  {run['encoding']:<12s} seed {run['seed']}: train loss {run['final_loss']:.3f}, "
+                       f"{result.metric} {cells}  ({run['train_time'] + run['eval_time']:.0f} s)")
+        result.runs.append(run)
+        remaining[run["encoding"]] -= 1
+        if out is not None and remaining[run["encoding"]] == 0:
+            result._sort_runs()
+            result.save(os.path.join(os.fspath(out), "results.json"))
+
+    if out is not None:
+        os.makedirs(os.fspath(out), exist_ok=True)
+    t0 = time.perf_counter()
+    if executor is None and jobs <= 1:
+        for i, cfg in enumerate(configs):
+            finished(i, run_config(dict(cfg, progress=progress)))
+    else:
+        sweep(configs, executor=executor, max_workers=jobs, progress=progress, on_result=finished)
+    result.wall_time = time.perf_counter() - t0
+    result._sort_runs()
+    if out is not None:
+        result.save(os.path.join(os.fspath(out), "results.json"))
+    return result
+
+
+# ------------------------------------------------------------------- result
+def _fmt(v, metric):
+    if v is None:
+        return "n/a"
+    if metric == "accuracy":
+        return f"{v:.3f}"
+    if v >= 1e4:
+        return f"{v:.3g}"
+    return f"{v:.2f}"
+
+
+class CompareResult:
+    """The numbers of a comparison.
+
+    Attributes: ``encodings`` (row order), ``eval_lens``, ``train_len``,
+    ``metric`` ("perplexity", lower is better, or "accuracy"), ``config`` and
+    ``runs`` (one dict per (encoding, seed), see :func:`run_config`).
+    """
+
+    def __init__(self, encodings, eval_lens, train_len, metric, config, runs, wall_time=None):
+        self.encodings = list(encodings)
+        self.eval_lens = [int(v) for v in eval_lens]
+        self.train_len = int(train_len)
+        self.metric = metric
+        self.config = dict(config)
+        self.runs = list(runs)
+        self.wall_time = wall_time
+
+    def _sort_runs(self):
+        order = {n: i for i, n in enumerate(self.encodings)}
+        self.runs.sort(key=lambda r: (order.get(r["encoding"], len(order)), r["seed"]))
+
+    # ---- numbers ---------------------------------------------------------
+    def values(self, encoding, length):
+        """The per-seed values at one cell (None where not applicable)."""
+        return [r["metrics"].get(str(length)) for r in self.runs if r["encoding"] == encoding]
+
+    def summary(self) -> dict:
+        """{encoding: {length: (mean, std, n_seeds) or None}} over the finished runs."""
+        out = {}
+        for enc in self.encodings:
+            row = {}
+            for L in self.eval_lens:
+                vals = [v for v in self.values(enc, L) if v is not None]
+                row[L] = (float(np.mean(vals)), float(np.std(vals)), len(vals)) if vals else None
+            out[enc] = row
+        return out
+
+    def _cells(self):
+        summ = self.summary()
+        multi = any(len(self.values(e, self.eval_lens[0])) > 1 for e in self.encodings)
+        rows = []
+        for enc in self.encodings:
+            if not any(r["encoding"] == enc for r in self.runs):
+                rows.append([enc] + ["(not run)"] * len(self.eval_lens))
+                continue
+            cells = [enc]
+            for L in self.eval_lens:
+                s = summ[enc][L]
+                if s is None:
+                    cells.append("n/a")
+                elif multi:
+                    cells.append(f"{_fmt(s[0], self.metric)} ± {_fmt(s[1], self.metric)}")
+                else:
+                    cells.append(_fmt(s[0], self.metric))
+            rows.append(cells)
+        header = ["encoding"] + [f"{L}{' (train)' if L == self.train_len else ''}" for L in self.eval_lens]
+        return header, rows
+
+    def table(self) -> str:
+        """A plain-text table: rows encodings, columns evaluation lengths, mean ± std over seeds."""
+        header, rows = self._cells()
+        widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+        fmt = lambda r: "  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i])  # noqa: E731
+                                  for i, c in enumerate(r))
+        lines = [self._title(), fmt(header), "  ".join("-" * w for w in widths)]
+        lines += [fmt(r) for r in rows]
+        return "\n".join(lines)
+
+    def _title(self):
+        task = self.config.get("task", "lm")
+        better = "lower is better" if self.metric == "perplexity" else "higher is better"
+        seeds = self.config.get("seeds", [])
+        return (f"{self.metric} ({better}) by evaluation length; task {task}, trained at {self.train_len}, "
+                f"{self.config.get('steps')} steps, {len(seeds)} seed{'s' if len(seeds) != 1 else ''}")
+
+    def to_markdown(self) -> str:
+        header, rows = self._cells()
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines)
+
+    def _repr_html_(self):
+        header, rows = self._cells()
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+        return (f"<p>{html.escape(self._title())}</p><table><thead><tr>{head}</tr></thead>"
+                f"<tbody>{body}</tbody></table>")
+
+    def __repr__(self):
+        return self.table()
+
+    # ---- plot ------------------------------------------------------------
+    def plot(self, ax=None, logy: bool | None = None):
+        """Evaluation length (log2 x axis) vs the metric, one line per
+        encoding with a band of ± one std over seeds; the training length is
+        marked. Returns the matplotlib Axes (never calls ``plt.show()``)."""
+        try:
+            import matplotlib  # noqa: F401 - fail early with a clear message
+            if ax is None:
+                import matplotlib.pyplot as plt
+        except ImportError:  # pragma: no cover - depends on the environment
+            raise ImportError("CompareResult.plot needs matplotlib: pip install matplotlib "
+                              "(or pip install 'relpos[plot]')") from None
+        if ax is None:
+            _, ax = plt.subplots(figsize=(7, 4.5))
+        summ = self.summary()
+        xs = np.array(self.eval_lens, dtype=float)
+        for enc in self.encodings:
+            row = summ.get(enc, {})
+            mean = np.array([row[L][0] if row.get(L) else np.nan for L in self.eval_lens])
+            std = np.array([row[L][1] if row.get(L) else np.nan for L in self.eval_lens])
+            if np.all(np.isnan(mean)):
+                continue
+            (line,) = ax.plot(xs, mean, marker="o", label=enc)
+            if np.nanmax(std) > 0:
+                ax.fill_between(xs, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+        ax.axvline(self.train_len, color="grey", linestyle="--", linewidth=1, label="train length")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(xs)
+        ax.set_xticklabels([str(int(x)) for x in xs])
+        ax.set_xlabel("evaluation length (tokens)" if self.metric == "perplexity" else "problem size")
+        if self.metric == "perplexity":
+            if logy is None or logy:
+                from matplotlib.ticker import FuncFormatter, NullFormatter
+                ax.set_yscale("log")
+                plain = FuncFormatter(lambda v, _: f"{v:g}")
+                ax.yaxis.set_major_formatter(plain)
+                lo, hi = ax.get_ylim()
+                # within a decade or so, label the minor ticks too (else a log axis shows one number)
+                ax.yaxis.set_minor_formatter(plain if hi / max(lo, 1e-12) < 30 else NullFormatter())
+                ax.set_ylabel("perplexity (log scale)")
+            else:
+                ax.set_ylabel("perplexity")
+        else:
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_ylabel("exact-match accuracy")
+        ax.set_title(f"Length extrapolation: trained at {self.train_len} ({self.config.get('task', 'lm')})")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="small", ncol=2)
+        return ax
+
+    # ---- JSON ------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """JSON-ready dict; ``rows`` = {encoding: {str(length): [value per seed]}}
+        (the form :func:`relpos.probe.plot_extrapolation` reads)."""
+        rows = {enc: {str(L): self.values(enc, L) for L in self.eval_lens}
+                for enc in self.encodings if any(r["encoding"] == enc for r in self.runs)}
+        return {"format": "relpos.compare/1", "encodings": self.encodings, "eval_lens": self.eval_lens,
+                "train_len": self.train_len, "metric": self.metric, "config": self.config,
+                "rows": rows, "runs": self.runs, "wall_time": self.wall_time}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CompareResult":
+        if d.get("format") != "relpos.compare/1":
+            raise ValueError(f"not a relpos compare result (format {d.get('format')!r})")
+        return cls(d["encodings"], d["eval_lens"], d["train_len"], d["metric"], d["config"], d["runs"],
+                   d.get("wall_time"))
+
+    def save(self, path) -> None:
+        """Write JSON atomically (a temp file, then rename)."""
+        path = os.fspath(path)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=1, allow_nan=True)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path) -> "CompareResult":
+        with open(os.fspath(path), encoding="utf-8") as f:
+            return cls.from_dict(json.load(f))

@@ -1,0 +1,97 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from relpos.data import default_corpus
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(*args, timeout=240):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "relpos", *args], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def small_text(tmp_path_factory):
+    p = tmp_path_factory.mktemp("txt") / "small.txt"
+    p.write_text(default_corpus()[:6000], encoding="utf-8")
+    return p
+
+
+TINY = ["--steps", "3", "--train-len", "16", "--d-model", "16", "--layers", "1", "--heads", "2",
+        "--batch-size", "4", "--no-progress"]
+SERIAL = ["--jobs", "1"]
+
+
+def test_compare_end_to_end(tmp_path, small_text):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "out"
+    # default --jobs: one process per core (2 runs at once here)
+    r = run("compare", "--encodings", "rope,learned", "--eval-lens", "1x,2x", "--text", str(small_text),
+            "--out", str(out), "--jobs", "2", *TINY)
+    assert r.returncode == 0, r.stderr
+    assert "rope" in r.stdout and "learned" in r.stdout and "n/a" in r.stdout
+    res = json.loads((out / "results.json").read_text())
+    assert res["eval_lens"] == [16, 32] and res["encodings"] == ["rope", "learned"]
+    assert res["rows"]["learned"]["32"] == [None]
+    assert res["rows"]["rope"]["32"][0] > 1
+    png = (out / "extrapolation.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_compare_task_and_seeds(tmp_path):
+    out = tmp_path / "t"
+    r = run("compare", "--encodings", "alibi", "--task", "parity", "--train-len", "3", "--eval-lens", "3,6",
+            "--steps", "2", "--seeds", "0,1", "--d-model", "16", "--layers", "1", "--heads", "2",
+            "--batch-size", "4", "--out", str(out), "--no-progress", *SERIAL)
+    assert r.returncode == 0, r.stderr
+    res = json.loads((out / "results.json").read_text())
+    assert res["metric"] == "accuracy" and len(res["rows"]["alibi"]["6"]) == 2
+    assert "accuracy" in r.stdout and "±" in r.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--text", "/no/such/file.txt"], "does not exist"),
+    (["--encodings", "rope,nosuch"], "unknown encoding"),
+    (["--task", "nosuch"], "unknown task 'nosuch'"),
+    (["--train-len", "100000"], "longer than the data"),
+    (["--eval-lens", "a,b"], "--eval-lens"),
+])
+def test_bad_input_exits_2(tmp_path, small_text, args, message):
+    base = ["--text", str(small_text)] if "--text" not in args else []
+    if "--encodings" not in args:
+        base += ["--encodings", "rope"]
+    r = run("compare", *base, *args, "--out", str(tmp_path / "o"), *TINY[:2], *SERIAL)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_empty_and_bad_text(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    r = run("compare", "--text", str(empty), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "empty" in r.stderr and "Traceback" not in r.stderr
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"\xff\xfe\x00abc")
+    r = run("compare", "--text", str(bad), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "UTF-8" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_help_and_info():
+    r = run("--help")
+    assert r.returncode == 0 and "compare" in r.stdout and "info" in r.stdout
+    r = run("compare", "--help")
+    assert r.returncode == 0
+    for opt in ("--encodings", "--task", "--train-len", "--eval-lens", "--steps", "--seeds", "--text",
+                "--out", "--threads", "--no-progress"):
+        assert opt in r.stdout
+    r = run("info")
+    assert r.returncode == 0 and r.stdout.startswith("relpos ") and "OpenMP" in r.stdout
+    r = run()
+    assert r.returncode == 2 and "COMMAND" in r.stdout
