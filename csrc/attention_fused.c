@@ -30,6 +30,7 @@
  * multiplied by rel[r0..]. Backward uses the same buckets for dS.
  */
 #include "attention.h"
+#include "gemm.h"
 
 #include <math.h>
 #include <string.h>
@@ -52,6 +53,9 @@ typedef float (*fz_expsub_fn)(float *x, int64_t n, float m);
 typedef float (*fz_rowmax_fn)(const float *x, int64_t n);
 
 #if RP_HAVE_AVX2_TU
+int rp_fused_have_avx512(void);
+void rp_fused_gemm_avx512(int64_t M, int64_t N, int64_t K, const float *A, int64_t rsa, int64_t csa,
+                          const float *B, int64_t ldb, float *C, int64_t ldc, int acc);
 void rp_fused_gemm_avx2(int64_t M, int64_t N, int64_t K, const float *A, int64_t rsa, int64_t csa,
                         const float *B, int64_t ldb, float *C, int64_t ldc, int acc);
 float rp_fused_expsub_avx2(float *x, int64_t n, float m);
@@ -122,7 +126,12 @@ static fz_kernels fz_pick(void) {
     fz_kernels k = {gemm_portable, expsub_portable, rowmax_portable};
 #if RP_HAVE_AVX2_TU
     if (rp_simd_enabled()) {
+        /* the tile products follow the GEMM area's kernel choice (AVX-512 on
+         * CPUs that have it, unless a test or benchmark picked another) */
+        const char *gk = rp_gemm_kernel_name();
         k.gemm = rp_fused_gemm_avx2;
+        if (gk[0] == 'a' && strcmp(gk, "avx512") == 0 && rp_fused_have_avx512()) k.gemm = rp_fused_gemm_avx512;
+        if (strcmp(gk, "portable") == 0) k.gemm = gemm_portable;
         k.expsub = rp_fused_expsub_avx2;
         k.rowmax = rp_fused_rowmax_avx2;
     }

@@ -110,6 +110,87 @@ void rp_fused_gemm_avx2(int64_t M, int64_t N, int64_t K, const float *A, int64_t
     }
 }
 
+/* ---- AVX-512F variant of the same product (chosen when the GEMM area's
+ * kernel in use is AVX-512: rp_gemm_kernel_name()). 8 rows x 32 columns, 16
+ * zmm accumulators; each C element is the same k-ordered FMA chain as above. */
+#if defined(__GNUC__) && !defined(RP_NO_AVX512)
+#define FZ_T512 __attribute__((target("avx512f")))
+
+static inline __attribute__((always_inline)) FZ_T512 void fz_ukr512(const int MR, const int NV, __mmask16 m0,
+                                                                    __mmask16 m1, int64_t K, const float *A,
+                                                                    int64_t rsa, int64_t csa, const float *B,
+                                                                    int64_t ldb, float *C, int64_t ldc, int acc) {
+    __m512 c0[8], c1[8];
+    for (int r = 0; r < MR; r++) {
+        c0[r] = _mm512_setzero_ps();
+        c1[r] = _mm512_setzero_ps();
+    }
+    for (int64_t k = 0; k < K; k++) {
+        const float *b = B + k * ldb;
+        const float *ap = A + k * csa;
+        __m512 b0 = _mm512_maskz_loadu_ps(m0, b);
+        __m512 b1 = NV == 2 ? _mm512_maskz_loadu_ps(m1, b + 16) : _mm512_setzero_ps();
+        for (int r = 0; r < MR; r++) {
+            __m512 ar = _mm512_set1_ps(ap[r * rsa]);
+            c0[r] = _mm512_fmadd_ps(ar, b0, c0[r]);
+            if (NV == 2) c1[r] = _mm512_fmadd_ps(ar, b1, c1[r]);
+        }
+    }
+    for (int r = 0; r < MR; r++) {
+        float *cr = C + r * ldc;
+        __m512 x = c0[r];
+        if (acc) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(m0, cr));
+        _mm512_mask_storeu_ps(cr, m0, x);
+        if (NV == 2) {
+            __m512 y = c1[r];
+            if (acc) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m1, cr + 16));
+            _mm512_mask_storeu_ps(cr + 16, m1, y);
+        }
+    }
+}
+
+#define FZ_ROWS512(NV)                                                                     \
+    for (int64_t i = 0; i < M; i += 8) {                                                   \
+        const float *Ai = A + i * rsa;                                                     \
+        float *Ci = C + i * ldc + j;                                                       \
+        switch (M - i >= 8 ? 8 : M - i) {                                                  \
+        case 8: fz_ukr512(8, NV, m0, m1, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break;    \
+        case 7: fz_ukr512(7, NV, m0, m1, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break;    \
+        case 6: fz_ukr512(6, NV, m0, m1, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break;    \
+        case 5: fz_ukr512(5, NV, m0, m1, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break;    \
+        case 4: fz_ukr512(4, NV, m0, m1, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break;    \
+        case 3: fz_ukr512(3, NV, m0, m1, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break;    \
+        case 2: fz_ukr512(2, NV, m0, m1, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break;    \
+        default: fz_ukr512(1, NV, m0, m1, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break;   \
+        }                                                                                  \
+    }
+
+FZ_T512 void rp_fused_gemm_avx512(int64_t M, int64_t N, int64_t K, const float *A, int64_t rsa, int64_t csa,
+                                  const float *B, int64_t ldb, float *C, int64_t ldc, int acc) {
+    if (M <= 0 || N <= 0) return;
+    for (int64_t j = 0; j < N; j += 32) {
+        const int64_t rem = N - j;
+        const float *Bj = B + j;
+        const __mmask16 m0 = rem >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << rem) - 1u);
+        if (rem > 16) {
+            const __mmask16 m1 = rem >= 32 ? (__mmask16)0xFFFF : (__mmask16)((1u << (rem - 16)) - 1u);
+            FZ_ROWS512(2)
+        } else {
+            const __mmask16 m1 = 0;
+            FZ_ROWS512(1)
+        }
+    }
+}
+
+int rp_fused_have_avx512(void) { return 1; }
+#else
+int rp_fused_have_avx512(void) { return 0; }
+void rp_fused_gemm_avx512(int64_t M, int64_t N, int64_t K, const float *A, int64_t rsa, int64_t csa,
+                          const float *B, int64_t ldb, float *C, int64_t ldc, int acc) {
+    rp_fused_gemm_avx2(M, N, K, A, rsa, csa, B, ldb, C, ldc, acc);
+}
+#endif
+
 /* exp(x) for x <= 0, as fz_expf in attention_fused.c: x = n ln2 + r, a degree-6
  * polynomial on |r| <= ln2/2, 2^n through the exponent bits; exp(-inf) = 0. */
 FZ_INLINE __m256 fz_exp8(__m256 x) {

@@ -246,15 +246,36 @@ def test_dv_differs_from_d(rng):
     check_against_reference(q, k, v, kw, rng)
 
 
-@pytest.mark.parametrize("portable", [True, False])
-def test_portable_and_simd_paths(portable, rng):
+def _kernels():
+    """Tile-product kernels this machine can run (they follow _C.gemm_kernel)."""
+    names = ["portable"]
+    if _C.config()["simd"] != "portable":
+        names.append("avx2")
+        try:
+            _C.gemm_kernel("avx512")
+            names.append("avx512")
+        except Exception:  # CPU or build without AVX-512: not available here
+            pass
+        finally:
+            _C.gemm_kernel("auto")
+    return names
+
+
+@pytest.mark.parametrize("kernel", _kernels())
+def test_every_kernel_path(kernel, rng):
+    """Portable, AVX2 and (where the CPU has it) AVX-512 tile products, D not a
+    multiple of the vector width."""
     q, k, v, kw = make_case(rng, B=1, H=2, Tq=77, Tk=77, D=20, channels=("c2p", "p2c", "relv", "bias_vec"),
                             padding=True)
-    _C.force_portable(portable)
+    if kernel == "portable":
+        _C.force_portable(True)
+    else:
+        _C.gemm_kernel(kernel)
     try:
         check_against_reference(q, k, v, kw, rng)
     finally:
         _C.force_portable(False)
+        _C.gemm_kernel("auto")
 
 
 @pytest.mark.parametrize("portable", [False, True])
