@@ -54,6 +54,7 @@ typedef float (*fz_rowmax_fn)(const float *x, int64_t n);
 
 #if RP_HAVE_AVX2_TU
 int rp_fused_have_avx512(void);
+float rp_fused_expsub_avx512(float *x, int64_t n, float m);
 void rp_fused_gemm_avx512(int64_t M, int64_t N, int64_t K, const float *A, int64_t rsa, int64_t csa,
                           const float *B, int64_t ldb, float *C, int64_t ldc, int acc);
 void rp_fused_gemm_avx2(int64_t M, int64_t N, int64_t K, const float *A, int64_t rsa, int64_t csa,
@@ -130,10 +131,13 @@ static fz_kernels fz_pick(void) {
          * CPUs that have it, unless a test or benchmark picked another) */
         const char *gk = rp_gemm_kernel_name();
         k.gemm = rp_fused_gemm_avx2;
-        if (gk[0] == 'a' && strcmp(gk, "avx512") == 0 && rp_fused_have_avx512()) k.gemm = rp_fused_gemm_avx512;
-        if (strcmp(gk, "portable") == 0) k.gemm = gemm_portable;
         k.expsub = rp_fused_expsub_avx2;
         k.rowmax = rp_fused_rowmax_avx2;
+        if (strcmp(gk, "avx512") == 0 && rp_fused_have_avx512()) {
+            k.gemm = rp_fused_gemm_avx512;
+            k.expsub = rp_fused_expsub_avx512;
+        }
+        if (strcmp(gk, "portable") == 0) k.gemm = gemm_portable;
     }
 #endif
     return k;

@@ -110,6 +110,8 @@ void rp_fused_gemm_avx2(int64_t M, int64_t N, int64_t K, const float *A, int64_t
     }
 }
 
+float rp_fused_expsub_avx2(float *x, int64_t n, float m);
+
 /* ---- AVX-512F variant of the same product (chosen when the GEMM area's
  * kernel in use is AVX-512: rp_gemm_kernel_name()). 8 rows x 32 columns, 16
  * zmm accumulators; each C element is the same k-ordered FMA chain as above. */
@@ -182,8 +184,42 @@ FZ_T512 void rp_fused_gemm_avx512(int64_t M, int64_t N, int64_t K, const float *
     }
 }
 
+/* fz_exp8 on 16 lanes (same reduction, polynomial and flush to 0). */
+static inline __attribute__((always_inline)) FZ_T512 __m512 fz_exp16(__m512 x) {
+    x = _mm512_min_ps(x, _mm512_set1_ps(88.0f));
+    x = _mm512_max_ps(x, _mm512_set1_ps(-88.3762626647949f));
+    __m512 fn = _mm512_roundscale_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f)),
+                                     _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(fn, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(fn, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 z = _mm512_mul_ps(r, r);
+    __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+    y = _mm512_fmadd_ps(y, z, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(fn), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(y, _mm512_castsi512_ps(e));
+}
+
+FZ_T512 float rp_fused_expsub_avx512(float *x, int64_t n, float m) {
+    const __m512 mv = _mm512_set1_ps(m);
+    __m512 s0 = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n; j += 16) {
+        const __mmask16 mk = n - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - j)) - 1u);
+        __m512 e = fz_exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, x + j), mv));
+        e = _mm512_maskz_mov_ps(mk, e);
+        _mm512_mask_storeu_ps(x + j, mk, e);
+        s0 = _mm512_add_ps(s0, e);
+    }
+    return _mm512_reduce_add_ps(s0);
+}
+
 int rp_fused_have_avx512(void) { return 1; }
 #else
+float rp_fused_expsub_avx512(float *x, int64_t n, float m) { return rp_fused_expsub_avx2(x, n, m); }
 int rp_fused_have_avx512(void) { return 0; }
 void rp_fused_gemm_avx512(int64_t M, int64_t N, int64_t K, const float *A, int64_t rsa, int64_t csa,
                           const float *B, int64_t ldb, float *C, int64_t ldc, int acc) {
