@@ -18,6 +18,9 @@
  *    summed afterwards in item order. A destination fed by exactly one item is
  *    written directly.
  *
+ * Kernels: tile products by a strided-A micro-kernel (portable C, AVX2/FMA, or
+ * AVX-512F following the GEMM area's kernel choice), a polynomial exp (~1.3 ulp).
+ *
  * Extra memory: per thread O((BQ + BK) * (D + Dv) + Tq) scratch; forward: the
  * packed keys (like k); backward: per item O(R*D) for shared relative tables
  * (R = table length) and, when NC > 1, NC dq partials of (Tq, D) per head;
