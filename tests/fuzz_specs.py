@@ -622,3 +622,31 @@ def _(draw):
 # arguments and with wrong types by a separate test.
 CONFIG_ENTRY_POINTS = {"config", "get_num_threads", "set_num_threads", "force_portable", "gemm_kernel",
                        "fma_peak_gflops"}
+
+
+class RandomDraw:
+    """A stand-in for hypothesis' `draw` outside @given (leak checks, valgrind smoke):
+    integers / booleans / sampled_from drawn from a seeded random.Random, biased to
+    the largest sizes when `big=True` so the kernels have work to do."""
+
+    def __init__(self, seed=0, big=True):
+        import random
+        self.r, self.big = random.Random(seed), big
+
+    def __call__(self, strategy, label=None):
+        w = getattr(strategy, "wrapped_strategy", strategy)
+        if hasattr(w, "start") and hasattr(w, "end"):
+            lo, hi = w.start, w.end
+            if self.big and hi - lo <= 8:
+                return hi
+            return self.r.randint(lo, min(hi, lo + 2**31))
+        if hasattr(w, "elements"):
+            return self.r.choice(list(w.elements))
+        if type(w).__name__ == "BooleansStrategy":
+            return self.r.random() < 0.5
+        raise TypeError(f"RandomDraw cannot draw from {strategy!r}")
+
+
+def valid_call(name, seed=0, big=True):
+    """One valid Call of entry point `name` outside hypothesis."""
+    return SPECS[name](RandomDraw(seed, big))
