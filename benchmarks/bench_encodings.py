@@ -42,7 +42,21 @@ CASES = [
     ("sinusoidal", "sinusoidal", {}),
     ("learned", "learned", {}),
     ("complex", "complex", {"vocab_size": 256}),
-    # bias / relative encodings: add rows here, e.g. ("alibi", "alibi", {}),
+    # channel B: the bias vector / matrix and its backward into the encoding's parameters
+    ("alibi", "alibi", {}),
+    ("alibi-learn", "alibi", {"learnable": True}),
+    ("t5", "t5", {}),
+    ("kerple-log", "kerple", {"variant": "log"}),
+    ("kerple-power", "kerple", {"variant": "power"}),
+    ("sandwich", "sandwich", {}),
+    ("learned-bias", "learned_bias", {}),
+    ("fire", "fire", {}),
+    # channel C: relative tables (and for XL the q + u, q + v terms)
+    ("shaw", "shaw", {"values": True}),
+    ("xl", "xl", {}),
+    ("deberta", "deberta", {}),
+    # materialised only: CoPE's (B, H, T, T) logits from q, k
+    ("cope", "cope", {}),
 ]
 
 

@@ -96,12 +96,21 @@ def main():
     ap.add_argument("--json", default=os.path.join("bench_results", "bench_matmul.json"))
     ap.add_argument("--quick", action="store_true", help="smaller shapes (a smoke run)")
     ap.add_argument("--min-time", type=float, default=0.3, help="seconds per case and library")
+    ap.add_argument("--kernel", default="auto", choices=["auto", "avx512", "avx2", "portable"],
+                    help="relpos GEMM micro-kernel (default: the widest this CPU has)")
     args = ap.parse_args()
+    if args.kernel == "portable":
+        _C.force_portable(True)
+    else:
+        _C.gemm_kernel(args.kernel)
     threads = [int(t) for t in args.threads.split(",")]
 
     info = _util.machine_info()
     blas = _util.blas_info()
-    print(f"CPU: {info['cpu']}; numpy {info['numpy']}; relpos SIMD path: {info['relpos']['simd']}")
+    kernel = _C.gemm_kernel()
+    info["gemm_kernel"] = kernel
+    print(f"CPU: {info['cpu']}; numpy {info['numpy']}; relpos SIMD path: {info['relpos']['simd']}, "
+          f"GEMM micro-kernel: {kernel}")
     for d in blas:
         print(f"NumPy BLAS: {d.get('internal_api')} {d.get('version')} kernel={d.get('architecture')} "
               f"threading={d.get('threading_layer')} ({d.get('filepath')})")
@@ -115,7 +124,9 @@ def main():
         for nt in threads:
             relpos.set_num_threads(nt)
             peak = _util.measured_peak(nt)
-            print(f"\n### {nt} thread(s) — measured FMA peak {peak:.1f} GFLOP/s ({info['relpos']['simd']})\n")
+            load = os.getloadavg()[0]
+            print(f"\n### {nt} thread(s) — measured FMA peak {peak:.1f} GFLOP/s ({kernel} FMA chains, per-thread "
+                  f"CPU time); load average {load:.1f} on {os.cpu_count()} CPUs\n")
             print("| case | M | N | K | relpos GFLOP/s | numpy GFLOP/s | relpos/numpy | relpos % of peak | max rel err |")
             print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
             with threadpool_limits(limits=nt, user_api="blas"):
@@ -126,7 +137,7 @@ def main():
                     t_rel, t_np = _util.time_pair([rel_fn, np_fn], min_time=args.min_time)
                     flops = 2.0 * case["M"] * case["N"] * case["K"]
                     g_rel, g_np = flops / t_rel * 1e-9, flops / t_np * 1e-9
-                    row = dict(case=case["name"], threads=nt, M=case["M"], N=case["N"], K=case["K"],
+                    row = dict(case=case["name"], threads=nt, load=os.getloadavg()[0], kernel=kernel, M=case["M"], N=case["N"], K=case["K"],
                                relpos_gflops=g_rel, numpy_gflops=g_np, ratio=g_rel / g_np,
                                peak_gflops=peak, frac_peak=g_rel / peak, max_rel_err=err,
                                relpos_s=t_rel, numpy_s=t_np)

@@ -12,7 +12,9 @@ int rp_posenc_sinusoidal_table(const int64_t *positions, int64_t T, int64_t offs
     const int64_t P = d_model / 2;
     if (T == 0 || P == 0) return RP_OK;
     const double log_base = log(base);
-    RP_OMP_PARALLEL_FOR
+    const int nt = rp_posenc_threads(T * P, RP_POSENC_MIN_PARALLEL_TRIG);
+    (void)nt;
+    RP_PRAGMA(omp parallel for schedule(static) num_threads(nt))
     for (int64_t t = 0; t < T; t++) {
         double pos = positions ? (double)positions[t] : (double)(offset + t);
         float *row = out + t * d_model;
@@ -39,7 +41,9 @@ int rp_posenc_complex_fwd(const int64_t *ids, const int64_t *positions, int64_t 
     for (int64_t n = 0; n < N; n++)
         if (ids[n] < 0 || ids[n] >= V) return RP_EINDEX;
     if (N == 0 || d == 0) return RP_OK;
-    RP_OMP_PARALLEL_FOR
+    const int nt = rp_posenc_threads(N * d, RP_POSENC_MIN_PARALLEL_TRIG);
+    (void)nt;
+    RP_PRAGMA(omp parallel for schedule(static) num_threads(nt))
     for (int64_t n = 0; n < N; n++) {
         const int64_t w = ids[n];
         const double pos = (double)positions[n % T];
@@ -74,7 +78,9 @@ int rp_posenc_complex_bwd(const int64_t *ids, const int64_t *positions, int64_t 
     }
     if (N == 0 || d == 0) return RP_OK;
     const int64_t nblocks = (d + RP_COMPLEX_COLS - 1) / RP_COMPLEX_COLS;
-    RP_OMP_PARALLEL_FOR
+    const int nt = rp_posenc_threads(N * d, RP_POSENC_MIN_PARALLEL_TRIG);
+    (void)nt;
+    RP_PRAGMA(omp parallel for schedule(static) num_threads(nt))
     for (int64_t blk = 0; blk < nblocks; blk++) {
         const int64_t j0 = blk * RP_COMPLEX_COLS;
         const int64_t j1 = j0 + RP_COMPLEX_COLS < d ? j0 + RP_COMPLEX_COLS : d;

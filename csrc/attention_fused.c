@@ -136,6 +136,82 @@ static void rel_range(rp_relidx ix, int64_t ia0, int64_t mq, int64_t j0, int64_t
     *nr = u1 - u0 + 1;
 }
 
+/* Keys j (0..nk-1 of a tile starting at j0) of query ia: u(j) = u0 - sign*j is
+ * inside [0, R) for j in [*jlo, *jhi); below jlo and from jhi on it is clamped
+ * to the constant ends *ulo (j < jlo) and *uhi (j >= jhi). */
+static inline void rel_row(rp_relidx ix, int64_t ia, int64_t j0, int64_t nk, int64_t *u0, int64_t *jlo,
+                           int64_t *jhi, int64_t *ulo, int64_t *uhi) {
+    const int64_t u = ix.sign * (ia - j0) + ix.off;
+    int64_t lo, hi;
+    if (ix.sign > 0) {
+        lo = u - (ix.R - 1);
+        hi = u + 1;
+        *ulo = ix.R - 1;
+        *uhi = 0;
+    } else {
+        lo = -u;
+        hi = ix.R - u;
+        *ulo = 0;
+        *uhi = ix.R - 1;
+    }
+    lo = lo < 0 ? 0 : (lo > nk ? nk : lo);
+    hi = hi < lo ? lo : (hi > nk ? nk : hi);
+    *u0 = u;
+    *jlo = lo;
+    *jhi = hi;
+}
+
+/* s[j] += t[(u(j) - r0) + j*tsj] for j < nk (tsj = 0: one row of t). */
+static void rel_gather_add(rp_relidx ix, int64_t ia, int64_t j0, int64_t nk, int64_t r0, const float *t, int64_t tsj,
+                           float *restrict s) {
+    int64_t u0, jlo, jhi, ulo, uhi;
+    rel_row(ix, ia, j0, nk, &u0, &jlo, &jhi, &ulo, &uhi);
+    for (int64_t j = 0; j < jlo; j++) s[j] += t[ulo - r0 + j * tsj];
+    if (jhi > jlo) {
+        if (tsj == 0 && ix.sign > 0) {
+            const float *restrict tr = t + (u0 - jlo - r0); /* u(j) - r0 = (u0 - jlo - r0) - (j - jlo) */
+            for (int64_t j = jlo; j < jhi; j++) s[j] += tr[jlo - j];
+        } else if (tsj == 0) {
+            const float *restrict tr = t + (u0 + jlo - r0);
+            for (int64_t j = jlo; j < jhi; j++) s[j] += tr[j - jlo];
+        } else {
+            const int64_t step = tsj - ix.sign;
+            const float *tr = t + (u0 - r0 - ix.sign * jlo + jlo * tsj);
+            for (int64_t j = jlo; j < jhi; j++, tr += step) s[j] += *tr;
+        }
+    }
+    for (int64_t j = jhi; j < nk; j++) s[j] += t[uhi - r0 + j * tsj];
+}
+
+/* t[(u(j) - r0) + j*tsj] += s[j] for j < nk (tsj = 0: one row of t). */
+static void rel_scatter_add(rp_relidx ix, int64_t ia, int64_t j0, int64_t nk, int64_t r0, float *t, int64_t tsj,
+                            const float *restrict s) {
+    int64_t u0, jlo, jhi, ulo, uhi;
+    rel_row(ix, ia, j0, nk, &u0, &jlo, &jhi, &ulo, &uhi);
+    if (tsj == 0) {
+        float elo = 0.0f, ehi = 0.0f;
+        for (int64_t j = 0; j < jlo; j++) elo += s[j];
+        for (int64_t j = jhi; j < nk; j++) ehi += s[j];
+        if (jlo > 0) t[ulo - r0] += elo;
+        if (jhi < nk) t[uhi - r0] += ehi;
+        if (jhi > jlo && ix.sign > 0) {
+            float *restrict tr = t + (u0 - jlo - r0);
+            for (int64_t j = jlo; j < jhi; j++) tr[jlo - j] += s[j];
+        } else if (jhi > jlo) {
+            float *restrict tr = t + (u0 + jlo - r0);
+            for (int64_t j = jlo; j < jhi; j++) tr[j - jlo] += s[j];
+        }
+        return;
+    }
+    for (int64_t j = 0; j < jlo; j++) t[ulo - r0 + j * tsj] += s[j];
+    if (jhi > jlo) {
+        const int64_t step = tsj - ix.sign;
+        float *tr = t + (u0 - r0 - ix.sign * jlo + jlo * tsj);
+        for (int64_t j = jlo; j < jhi; j++, tr += step) *tr += s[j];
+    }
+    for (int64_t j = jhi; j < nk; j++) t[uhi - r0 + j * tsj] += s[j];
+}
+
 /* dst (cols x n, ld ldd) = src (n x cols, ld lds) transposed. */
 static void pack_t(const float *restrict src, int64_t n, int64_t cols, int64_t lds, float *restrict dst, int64_t ldd) {
     for (int64_t r = 0; r < n; r++)
@@ -201,15 +277,15 @@ static fz_scr fz_scr_at(float *base, int64_t D, int64_t Dv) {
 }
 
 /* S (mq x nk, ld BK) = logits of queries i0.. (absolute ia0..) and keys j0..
- * of head (b, h), masked entries -INFINITY. Kt holds the packed keys. */
-static void tile_logits(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, int64_t i0, int64_t mq, int64_t j0,
-                        int64_t nk) {
+ * of head (b, h), masked entries -INFINITY. Kt: the keys packed (D x BK). */
+static void tile_logits(const fz_ctx *c, fz_scr *w, const float *Kt, int64_t b, int64_t h, int64_t i0, int64_t mq,
+                        int64_t j0, int64_t nk) {
     const rp_attn *a = c->a;
     const int64_t D = c->D, H = a->H, bh = b * H + h;
     const int64_t ia0 = a->q_offset + i0;
     const float *qt = a->q + (bh * a->Tq + i0) * D;
     float *S = w->S;
-    c->kr.gemm(mq, nk, D, qt, D, 1, w->Kt, FZ_BK, S, FZ_BK, 0);
+    c->kr.gemm(mq, nk, D, qt, D, 1, Kt, FZ_BK, S, FZ_BK, 0);
 
     if (c->has_c2p) { /* + qr_i . relk[idx(ia, j)] */
         rp_relidx ix = a->relk_ix;
@@ -219,11 +295,7 @@ static void tile_logits(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, int64_
         const float *qq = (a->qr ? a->qr : a->q) + (bh * a->Tq + i0) * D;
         pack_t(tab, nr, D, D, w->RT, FZ_LDR);
         c->kr.gemm(mq, nr, D, qq, D, 1, w->RT, FZ_LDR, w->QR, FZ_LDR, 0);
-        for (int64_t i = 0; i < mq; i++) {
-            const float *qr = w->QR + i * FZ_LDR;
-            float *s = S + i * FZ_BK;
-            for (int64_t j = 0; j < nk; j++) s[j] += qr[rp_relidx_at(ix, ia0 + i, j0 + j) - r0];
-        }
+        for (int64_t i = 0; i < mq; i++) rel_gather_add(ix, ia0 + i, j0, nk, r0, w->QR + i * FZ_LDR, 0, S + i * FZ_BK);
     }
     if (c->has_p2c) { /* + k_j . relq[idx(ia, j)] */
         rp_relidx ix = a->relq_ix;
@@ -232,10 +304,7 @@ static void tile_logits(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, int64_
         const float *tab = a->relq + ((a->Hrq == 1 ? 0 : h) * ix.R + r0) * D;
         pack_t(tab, nr, D, D, w->RT, FZ_LDR);
         c->kr.gemm(nk, nr, D, a->k + (bh * a->Tk + j0) * D, D, 1, w->RT, FZ_LDR, w->KR, FZ_LDR, 0);
-        for (int64_t i = 0; i < mq; i++) {
-            float *s = S + i * FZ_BK;
-            for (int64_t j = 0; j < nk; j++) s[j] += w->KR[j * FZ_LDR + rp_relidx_at(ix, ia0 + i, j0 + j) - r0];
-        }
+        for (int64_t i = 0; i < mq; i++) rel_gather_add(ix, ia0 + i, j0, nk, r0, w->KR, FZ_LDR, S + i * FZ_BK);
     }
 
     const float scale = a->scale;
@@ -246,25 +315,32 @@ static void tile_logits(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, int64_
     for (int64_t i = 0; i < mq; i++) {
         float *restrict s = S + i * FZ_BK;
         const int64_t ia = ia0 + i;
-        for (int64_t j = 0; j < nk; j++) s[j] *= scale;
         if (bv) {
             rp_relidx ix = a->bias_ix;
-            /* unclamped index u(j) = sign*(ia - j0 - j) + off; clamp only at the ends */
-            int64_t u0 = ix.sign * (ia - j0) + ix.off;
+            /* u(j) = u0 - sign*j is unclamped for j in [jlo, jhi); constant outside */
+            const int64_t u0 = ix.sign * (ia - j0) + ix.off;
+            int64_t jlo, jhi;
             if (ix.sign > 0) {
-                /* u decreasing in j: u(j) = u0 - j in [0, R-1] iff u0-R+1 <= j <= u0 */
-                for (int64_t j = 0; j < nk; j++) {
-                    int64_t u = u0 - j;
-                    u = u < 0 ? 0 : (u >= ix.R ? ix.R - 1 : u);
-                    s[j] += bv[u];
-                }
+                jlo = u0 - (ix.R - 1);
+                jhi = u0 + 1;
             } else {
-                for (int64_t j = 0; j < nk; j++) {
-                    int64_t u = u0 + j;
-                    u = u < 0 ? 0 : (u >= ix.R ? ix.R - 1 : u);
-                    s[j] += bv[u];
-                }
+                jlo = -u0;
+                jhi = ix.R - u0;
             }
+            jlo = jlo < 0 ? 0 : (jlo > nk ? nk : jlo);
+            jhi = jhi < jlo ? jlo : (jhi > nk ? nk : jhi);
+            const float blo = bv[ix.sign > 0 ? ix.R - 1 : 0], bhi = bv[ix.sign > 0 ? 0 : ix.R - 1];
+            for (int64_t j = 0; j < jlo; j++) s[j] = s[j] * scale + blo;
+            if (jhi > jlo && ix.sign > 0) {
+                const float *restrict br = bv + (u0 - jlo); /* bias at j is br[jlo - j] */
+                for (int64_t j = jlo; j < jhi; j++) s[j] = s[j] * scale + br[jlo - j];
+            } else if (jhi > jlo) {
+                const float *restrict br = bv + (u0 + jlo);
+                for (int64_t j = jlo; j < jhi; j++) s[j] = s[j] * scale + br[j - jlo];
+            }
+            for (int64_t j = jhi; j < nk; j++) s[j] = s[j] * scale + bhi;
+        } else {
+            for (int64_t j = 0; j < nk; j++) s[j] *= scale;
         }
         if (bf) {
             const float *restrict f = bf + i * a->Tk;
@@ -300,7 +376,9 @@ static int fz_all_padded(const rp_attn *a, int64_t b, int64_t j0, int64_t nk) {
 
 /* -------------------------------------------------------------------- forward */
 
-static void fwd_item(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, int64_t qb, float *out, float *lse) {
+/* Kp: every key block packed, (B*H, nkb, D, BK). */
+static void fwd_item(const fz_ctx *c, fz_scr *w, const float *Kp, int64_t b, int64_t h, int64_t qb, float *out,
+                     float *lse) {
     const rp_attn *a = c->a;
     const int64_t D = c->D, Dv = c->Dv, bh = b * a->H + h;
     const int64_t i0 = qb * FZ_BQ, mq = (a->Tq - i0) < FZ_BQ ? (a->Tq - i0) : FZ_BQ;
@@ -315,8 +393,7 @@ static void fwd_item(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, int64_t q
     for (int64_t kb = 0; kb < kb_end; kb++) {
         const int64_t j0 = kb * FZ_BK, nk = (a->Tk - j0) < FZ_BK ? (a->Tk - j0) : FZ_BK;
         if (fz_all_padded(a, b, j0, nk)) continue;
-        pack_t(a->k + (bh * a->Tk + j0) * D, nk, D, D, w->Kt, FZ_BK);
-        tile_logits(c, w, b, h, i0, mq, j0, nk);
+        tile_logits(c, w, Kp + (bh * c->nkb + kb) * D * FZ_BK, b, h, i0, mq, j0, nk);
         float *S = w->S;
         for (int64_t i = 0; i < mq; i++) {
             float *s = S + i * FZ_BK;
@@ -343,10 +420,8 @@ static void fwd_item(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, int64_t q
             rel_range(ix, ia0, mq, j0, nk, &r0, &nr);
             float *PR = w->PR;
             for (int64_t i = 0; i < mq; i++) {
-                float *pr = PR + i * FZ_LDR;
-                const float *s = S + i * FZ_BK;
-                memset(pr, 0, sizeof(float) * (size_t)nr);
-                for (int64_t j = 0; j < nk; j++) pr[rp_relidx_at(ix, ia0 + i, j0 + j) - r0] += s[j];
+                memset(PR + i * FZ_LDR, 0, sizeof(float) * (size_t)nr);
+                rel_scatter_add(ix, ia0 + i, j0, nk, r0, PR + i * FZ_LDR, 0, S + i * FZ_BK);
             }
             const float *tab = a->relv + ((a->Hrv == 1 ? 0 : h) * ix.R + r0) * Dv;
             c->kr.gemm(mq, Dv, nr, PR, FZ_LDR, 1, tab, Dv, O, Dv, 1);
@@ -414,7 +489,12 @@ int rp_attn_fused_fwd(const rp_attn *a, float *out, float *lse) {
     if (nitems < nt) nt = (int)nitems;
     const size_t per = fz_scr_floats(c.D, c.Dv, 0);
     float *scr = rp_malloc(sizeof(float) * per * (size_t)nt);
-    if (!scr) return RP_ENOMEM;
+    float *Kp = rp_malloc(sizeof(float) * (size_t)(BH * c.nkb * c.D * FZ_BK));
+    if (!scr || !Kp) {
+        rp_free(scr);
+        rp_free(Kp);
+        return RP_ENOMEM;
+    }
 #if RP_HAVE_OPENMP
 #pragma omp parallel num_threads(nt)
 #endif
@@ -426,15 +506,24 @@ int rp_attn_fused_fwd(const rp_attn *a, float *out, float *lse) {
 #endif
         fz_scr w = fz_scr_at(scr + per * (size_t)tid, c.D, c.Dv);
 #if RP_HAVE_OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t it = 0; it < BH * c.nkb; it++) {
+            const int64_t bh = it / c.nkb, j0 = (it % c.nkb) * FZ_BK;
+            const int64_t nk = (a->Tk - j0) < FZ_BK ? (a->Tk - j0) : FZ_BK;
+            pack_t(a->k + (bh * a->Tk + j0) * c.D, nk, c.D, c.D, Kp + it * c.D * FZ_BK, FZ_BK);
+        }
+#if RP_HAVE_OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
         for (int64_t it = 0; it < nitems; it++) {
             /* longest (last) query blocks first: causal work grows with qb */
             int64_t qb = c.nqb - 1 - it % c.nqb, bh = it / c.nqb;
-            fwd_item(&c, &w, bh / a->H, bh % a->H, qb, out, lse);
+            fwd_item(&c, &w, Kp, bh / a->H, bh % a->H, qb, out, lse);
         }
     }
     rp_free(scr);
+    rp_free(Kp);
     return RP_OK;
 }
 
@@ -489,7 +578,7 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
             const int64_t i0 = qb * FZ_BQ, mq = (Tq - i0) < FZ_BQ ? (Tq - i0) : FZ_BQ;
             const int64_t ia0 = a->q_offset + i0;
             if (a->causal && ia0 + mq - 1 < j0) continue;
-            tile_logits(c, w, b, h, i0, mq, j0, nk);
+            tile_logits(c, w, w->Kt, b, h, i0, mq, j0, nk);
             float *S = w->S, *dP = w->dP;
             for (int64_t i = 0; i < mq; i++) {
                 float *s = S + i * FZ_BK;
@@ -509,10 +598,8 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
                 /* drelv[r] += sum_{idx(i,j)=r} p_ij dO_i: buckets PR (mq x nr) */
                 float *PR = w->PR;
                 for (int64_t i = 0; i < mq; i++) {
-                    float *pr = PR + i * FZ_LDR;
-                    const float *s = S + i * FZ_BK;
-                    memset(pr, 0, sizeof(float) * (size_t)nrv);
-                    for (int64_t j = 0; j < nk; j++) pr[rp_relidx_at(a->relv_ix, ia0 + i, j0 + j) - rv0] += s[j];
+                    memset(PR + i * FZ_LDR, 0, sizeof(float) * (size_t)nrv);
+                    rel_scatter_add(a->relv_ix, ia0 + i, j0, nk, rv0, PR + i * FZ_LDR, 0, S + i * FZ_BK);
                 }
                 c->kr.gemm(nrv, Dv, mq, PR, 1, FZ_LDR, dOt, Dv, t->drelv + rv0 * Dv, Dv, 1);
             }
@@ -523,29 +610,45 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
                 const float *tab = a->relv + ((a->Hrv == 1 ? 0 : h) * a->relv_ix.R + rv0) * Dv;
                 pack_t(tab, nrv, Dv, Dv, w->RT, FZ_LDR);
                 c->kr.gemm(mq, nrv, Dv, dOt, Dv, 1, w->RT, FZ_LDR, w->QR, FZ_LDR, 0);
-                for (int64_t i = 0; i < mq; i++) {
-                    const float *dr = w->QR + i * FZ_LDR;
-                    float *p = dP + i * FZ_BK;
-                    for (int64_t j = 0; j < nk; j++) p[j] += dr[rp_relidx_at(a->relv_ix, ia0 + i, j0 + j) - rv0];
-                }
+                for (int64_t i = 0; i < mq; i++)
+                    rel_gather_add(a->relv_ix, ia0 + i, j0, nk, rv0, w->QR + i * FZ_LDR, 0, dP + i * FZ_BK);
             }
-            /* dS = P (dP - D) */
+            /* dS = P (dP - D); the content terms below take scale * dS */
+            const int bias_grad = t->dbias_vec || t->dbias_full;
+            const float sc = bias_grad ? 1.0f : scale;
             for (int64_t i = 0; i < mq; i++) {
                 float *restrict p = dP + i * FZ_BK;
                 const float *restrict s = S + i * FZ_BK;
                 const float di = w->Dvec[i0 + i];
-                for (int64_t j = 0; j < nk; j++) p[j] = s[j] * (p[j] - di);
+                for (int64_t j = 0; j < nk; j++) p[j] = sc * s[j] * (p[j] - di);
             }
             if (t->dbias_vec) {
                 rp_relidx ix = a->bias_ix;
+                float *restrict db = t->dbias_vec;
                 for (int64_t i = 0; i < mq; i++) {
                     const float *restrict p = dP + i * FZ_BK;
-                    float *restrict db = t->dbias_vec;
-                    int64_t u0 = ix.sign * (ia0 + i - j0) + ix.off;
-                    for (int64_t j = 0; j < nk; j++) {
-                        int64_t u = u0 - ix.sign * j;
-                        u = u < 0 ? 0 : (u >= R_b ? R_b - 1 : u);
-                        db[u] += p[j];
+                    const int64_t u0 = ix.sign * (ia0 + i - j0) + ix.off;
+                    int64_t jlo, jhi;
+                    if (ix.sign > 0) {
+                        jlo = u0 - (R_b - 1);
+                        jhi = u0 + 1;
+                    } else {
+                        jlo = -u0;
+                        jhi = R_b - u0;
+                    }
+                    jlo = jlo < 0 ? 0 : (jlo > nk ? nk : jlo);
+                    jhi = jhi < jlo ? jlo : (jhi > nk ? nk : jhi);
+                    float elo = 0.0f, ehi = 0.0f;
+                    for (int64_t j = 0; j < jlo; j++) elo += p[j];
+                    for (int64_t j = jhi; j < nk; j++) ehi += p[j];
+                    if (jlo > 0) db[ix.sign > 0 ? R_b - 1 : 0] += elo;
+                    if (jhi < nk) db[ix.sign > 0 ? 0 : R_b - 1] += ehi;
+                    if (jhi > jlo && ix.sign > 0) {
+                        float *restrict dr = db + (u0 - jlo);
+                        for (int64_t j = jlo; j < jhi; j++) dr[jlo - j] += p[j];
+                    } else if (jhi > jlo) {
+                        float *restrict dr = db + (u0 + jlo);
+                        for (int64_t j = jlo; j < jhi; j++) dr[j - jlo] += p[j];
                     }
                 }
             }
@@ -556,10 +659,11 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
                     for (int64_t j = 0; j < nk; j++) f[j] += p[j];
                 }
             }
-            /* the content terms carry the scale */
-            for (int64_t i = 0; i < mq; i++) {
-                float *restrict p = dP + i * FZ_BK;
-                for (int64_t j = 0; j < nk; j++) p[j] *= scale;
+            if (bias_grad) {
+                for (int64_t i = 0; i < mq; i++) {
+                    float *restrict p = dP + i * FZ_BK;
+                    for (int64_t j = 0; j < nk; j++) p[j] *= scale;
+                }
             }
             if (dk) c->kr.gemm(nk, D, mq, dP, 1, FZ_BK, Q + i0 * D, D, dk + j0 * D, D, 1);
             if (dq) c->kr.gemm(mq, D, nk, dP, FZ_BK, 1, K + j0 * D, D, dq + i0 * D, D, 1);
@@ -569,10 +673,8 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
                 rel_range(ix, ia0, mq, j0, nk, &r0, &nr);
                 float *B = w->DQR;
                 for (int64_t i = 0; i < mq; i++) {
-                    float *bq = B + i * FZ_LDR;
-                    const float *p = dP + i * FZ_BK;
-                    memset(bq, 0, sizeof(float) * (size_t)nr);
-                    for (int64_t j = 0; j < nk; j++) bq[rp_relidx_at(ix, ia0 + i, j0 + j) - r0] += p[j];
+                    memset(B + i * FZ_LDR, 0, sizeof(float) * (size_t)nr);
+                    rel_scatter_add(ix, ia0 + i, j0, nk, r0, B + i * FZ_LDR, 0, dP + i * FZ_BK);
                 }
                 const float *tab = a->relk + ((a->Hrk == 1 ? 0 : h) * ix.R + r0) * D;
                 if (dqq) c->kr.gemm(mq, D, nr, B, FZ_LDR, 1, tab, D, dqq + i0 * D, D, 1);
@@ -584,10 +686,7 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
                 rel_range(ix, ia0, mq, j0, nk, &r0, &nr);
                 float *B = w->DKR;
                 for (int64_t j = 0; j < nk; j++) memset(B + j * FZ_LDR, 0, sizeof(float) * (size_t)nr);
-                for (int64_t i = 0; i < mq; i++) {
-                    const float *p = dP + i * FZ_BK;
-                    for (int64_t j = 0; j < nk; j++) B[j * FZ_LDR + rp_relidx_at(ix, ia0 + i, j0 + j) - r0] += p[j];
-                }
+                for (int64_t i = 0; i < mq; i++) rel_scatter_add(ix, ia0 + i, j0, nk, r0, B, FZ_LDR, dP + i * FZ_BK);
                 const float *tab = a->relq + ((a->Hrq == 1 ? 0 : h) * ix.R + r0) * D;
                 if (dk) c->kr.gemm(nk, D, nr, B, FZ_LDR, 1, tab, D, dk + j0 * D, D, 1);
                 if (t->drelq) c->kr.gemm(nr, D, nk, B, 1, FZ_LDR, K + j0 * D, D, t->drelq + r0 * D, D, 1);

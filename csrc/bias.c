@@ -22,7 +22,7 @@ static inline double alibi_f(int64_t d, int symmetric) {
 int rp_bias_alibi_fwd(const float *slopes, int64_t H, int64_t d0, int64_t N, int symmetric, float *out) {
     if (H < 0 || N < 0) return RP_EINVAL;
     int64_t total = H * N;
-    RP_OMP_PARALLEL_FOR
+    RP_BIAS_PARALLEL_FOR(total)
     for (int64_t t = 0; t < total; t++) {
         int64_t h = t / N, n = t % N;
         out[t] = (float)(-(double)slopes[h] * alibi_f(d0 + n, symmetric) + 0.0); /* no -0 */
@@ -33,7 +33,7 @@ int rp_bias_alibi_fwd(const float *slopes, int64_t H, int64_t d0, int64_t N, int
 /* g (H, N) -> dslopes (H,) */
 int rp_bias_alibi_bwd(const float *g, int64_t H, int64_t d0, int64_t N, int symmetric, float *dslopes) {
     if (H < 0 || N < 0) return RP_EINVAL;
-    RP_OMP_PARALLEL_FOR
+    RP_BIAS_PARALLEL_FOR(H * N)
     for (int64_t h = 0; h < H; h++) {
         const float *gr = g + h * N;
         double acc = 0.0;
@@ -78,10 +78,10 @@ int rp_bias_t5_fwd(const float *table, int64_t H, int64_t nb, int64_t max_distan
     if (!t5_args_ok(H, nb, max_distance, bidirectional, N)) return RP_EINVAL;
     int64_t *bucket = (int64_t *)rp_malloc((size_t)(N > 0 ? N : 1) * sizeof(int64_t));
     if (!bucket) return RP_ENOMEM;
-    RP_OMP_PARALLEL_FOR
+    RP_BIAS_PARALLEL_FOR(N * 16)
     for (int64_t n = 0; n < N; n++) bucket[n] = rp_t5_bucket(-(d0 + n), bidirectional, nb, max_distance);
     int64_t total = H * N;
-    RP_OMP_PARALLEL_FOR
+    RP_BIAS_PARALLEL_FOR(total)
     for (int64_t t = 0; t < total; t++) {
         int64_t h = t / N, n = t % N;
         out[t] = table[h * nb + bucket[n]];
@@ -101,9 +101,9 @@ int rp_bias_t5_bwd(const float *g, int64_t H, int64_t nb, int64_t max_distance, 
         rp_free(acc);
         return RP_ENOMEM;
     }
-    RP_OMP_PARALLEL_FOR
+    RP_BIAS_PARALLEL_FOR(N * 16)
     for (int64_t n = 0; n < N; n++) bucket[n] = rp_t5_bucket(-(d0 + n), bidirectional, nb, max_distance);
-    RP_OMP_PARALLEL_FOR
+    RP_BIAS_PARALLEL_FOR(H * N)
     for (int64_t h = 0; h < H; h++) {
         double *a = acc + h * nb;
         const float *gr = g + h * N;
@@ -122,7 +122,7 @@ int rp_bias_kerple_fwd(const float *r1, const float *r2, int64_t H, int variant,
                        float *out) {
     if (H < 0 || N < 0 || (variant != 0 && variant != 1)) return RP_EINVAL;
     int64_t total = H * N;
-    RP_OMP_PARALLEL_FOR
+    RP_BIAS_PARALLEL_FOR(total)
     for (int64_t t = 0; t < total; t++) {
         int64_t h = t / N, n = t % N;
         double a = (double)iabs64(d0 + n), p = r1[h], s = r2[h];
@@ -136,7 +136,7 @@ int rp_bias_kerple_fwd(const float *r1, const float *r2, int64_t H, int variant,
 int rp_bias_kerple_bwd(const float *r1, const float *r2, const float *g, int64_t H, int variant, int64_t d0,
                        int64_t N, float *dr1, float *dr2) {
     if (H < 0 || N < 0 || (variant != 0 && variant != 1)) return RP_EINVAL;
-    RP_OMP_PARALLEL_FOR
+    RP_BIAS_PARALLEL_FOR(H * N)
     for (int64_t h = 0; h < H; h++) {
         const float *gr = g + h * N;
         double p = r1[h], s = r2[h], a1 = 0.0, a2 = 0.0;
@@ -173,14 +173,14 @@ int rp_bias_sandwich_fwd(const float *scales, int64_t H, int64_t dim, int64_t d0
         return RP_ENOMEM;
     }
     for (int64_t k = 0; k < half; k++) omega[k] = pow(10000.0, -2.0 * (double)k / (double)dim);
-    RP_OMP_PARALLEL_FOR
+    RP_BIAS_PARALLEL_FOR(N * half)
     for (int64_t n = 0; n < N; n++) {
         double d = (double)(d0 + n), s = 0.0;
         for (int64_t k = 0; k < half; k++) s += cos(d * omega[k]);
         prof[n] = s;
     }
     int64_t total = H * N;
-    RP_OMP_PARALLEL_FOR
+    RP_BIAS_PARALLEL_FOR(total)
     for (int64_t t = 0; t < total; t++) out[t] = (float)((double)scales[t / N] * prof[t % N]);
     rp_free(prof);
     rp_free(omega);

@@ -16,6 +16,20 @@
 
 #include "relpos.h"
 
+/* Parallel loops only when there is enough work: a parallel region costs
+ * microseconds (much more on a loaded machine), and these kernels are often
+ * tiny. Every result is independent of the thread count either way. */
+#define RP_BIAS_MIN_PARALLEL 32768
+#if RP_HAVE_OPENMP
+#define RP_BIAS_PARALLEL_FOR(work) \
+    RP_PRAGMA(omp parallel for schedule(static) num_threads(rp_get_num_threads()) if ((work) >= RP_BIAS_MIN_PARALLEL))
+#define RP_BIAS_PARALLEL_PARTS(work) \
+    RP_PRAGMA(omp parallel for schedule(dynamic, 1) num_threads(rp_get_num_threads()) if ((work) >= RP_BIAS_MIN_PARALLEL))
+#else
+#define RP_BIAS_PARALLEL_FOR(work)
+#define RP_BIAS_PARALLEL_PARTS(work)
+#endif
+
 /* ALiBi (Press et al. 2022).
  * slopes (H,), out (H, N).
  * symmetric = 0 (causal): out = -m_h * max(d, 0)   (d < 0 is masked anyway)

@@ -49,6 +49,7 @@ extern PyMethodDef rp_methods_ops[];
 extern PyMethodDef rp_methods_optim[];
 extern PyMethodDef rp_methods_posenc[];
 extern PyMethodDef rp_methods_bias[];
+extern PyMethodDef rp_methods_perf[];
 extern PyMethodDef rp_methods_attn[];
 extern PyMethodDef rp_methods_fused[];
 

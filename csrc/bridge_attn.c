@@ -56,15 +56,17 @@ static int parse_ix(PyObject *obj, const char *name, const char *table, rp_relid
         goto done;
     }
     PyObject *s = PySequence_Fast_GET_ITEM(seq, 0), *o = PySequence_Fast_GET_ITEM(seq, 1);
-    if (!PyLong_Check(s) || !PyLong_Check(o)) {
+    if (!PyIndex_Check(s) || !PyIndex_Check(o) || PyBool_Check(s) || PyBool_Check(o) || PyFloat_Check(s) ||
+        PyFloat_Check(o)) {
         PyErr_Format(PyExc_TypeError, "%s must be a (sign, off) tuple of ints; got (%s, %s)", name,
                      Py_TYPE(s)->tp_name, Py_TYPE(o)->tp_name);
         goto done;
     }
-    long long sign = PyLong_AsLongLong(s);
-    if (sign == -1 && PyErr_Occurred()) goto done;
-    long long off = PyLong_AsLongLong(o);
-    if (off == -1 && PyErr_Occurred()) goto done;
+    PyObject *si = PyNumber_Index(s), *oi = PyNumber_Index(o); /* ints and NumPy integers */
+    long long sign = si ? PyLong_AsLongLong(si) : -1, off = oi ? PyLong_AsLongLong(oi) : -1;
+    Py_XDECREF(si);
+    Py_XDECREF(oi);
+    if (PyErr_Occurred()) goto done;
     if (sign != 1 && sign != -1) {
         PyErr_Format(PyExc_ValueError, "%s sign must be +1 or -1; got %lld", name, sign);
         goto done;

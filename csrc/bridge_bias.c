@@ -7,6 +7,7 @@
 
 #include "bias.h"
 
+#include <stdio.h>
 #include <string.h>
 
 /* ---- small helpers ---------------------------------------------------- */
@@ -213,6 +214,15 @@ static int kerple_params(PyObject *o1, PyObject *o2, PyArrayObject **r1, PyArray
     if (rp_check_ndim(*r1, "r1", 1, "(H,)") < 0) return -1;
     if (!(*r2 = rp_in_f32(o2, "r2"))) return -1;
     if (need_1d(*r2, "r2", PyArray_DIM(*r1, 0), "(H,) like r1") < 0) return -1;
+    const float *v = RP_F32(*r2);
+    for (npy_intp h = 0; h < PyArray_DIM(*r2, 0); h++)
+        if (!(v[h] > 0.0f)) { /* also catches NaN */
+            char buf[64];
+            snprintf(buf, sizeof buf, "%g", (double)v[h]);
+            PyErr_Format(PyExc_ValueError, "r2 must be > 0 for every head (KERPLE's domain); got r2[%lld] = %s",
+                         (long long)h, buf);
+            return -1;
+        }
     return 0;
 }
 
@@ -352,7 +362,9 @@ static int fire_load(PyObject *oW1, PyObject *ob1, PyObject *oW2, PyObject *ob2,
         return -1;
     }
     if (!(eps >= 0.0)) {
-        PyErr_Format(PyExc_ValueError, "eps must be >= 0; got %g", eps);
+        char buf[64];
+        snprintf(buf, sizeof buf, "%g", eps);
+        PyErr_Format(PyExc_ValueError, "eps must be >= 0; got %s", buf);
         return -1;
     }
     f->W1 = RP_F32(a->W1);
@@ -364,6 +376,14 @@ static int fire_load(PyObject *oW1, PyObject *ob1, PyObject *oW2, PyObject *ob2,
     f->eps = (float)eps;
     f->W = W;
     f->H = H;
+    if (eps == 0.0 && (f->c == 0.0f || f->L == 0.0f)) {
+        /* psi(max(|L|, i)) + eps would be 0 (c = 0, or L = 0 at i = 0): x = 0/0 */
+        char buf[96];
+        snprintf(buf, sizeof buf, "c=%g, L=%g", (double)f->c, (double)f->L);
+        PyErr_Format(PyExc_ValueError, "eps must be > 0 when c or L is 0 (the FIRE normaliser would be 0); "
+                     "got eps=0, %s", buf);
+        return -1;
+    }
     return 0;
 }
 

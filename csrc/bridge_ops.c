@@ -52,30 +52,64 @@ static int in_vec_opt(PyObject *obj, const char *name, int64_t D, PyArrayObject 
     return 0;
 }
 
+/* seed: any integer (int, numpy integer) in [0, 2**64); bools rejected. */
 static int parse_seed(PyObject *obj, uint64_t *seed) {
-    if (!PyLong_Check(obj) || PyBool_Check(obj)) {
+    PyObject *i = PyBool_Check(obj) ? NULL : PyNumber_Index(obj);
+    if (!i) {
+        PyErr_Clear();
         PyErr_Format(PyExc_TypeError, "seed must be an int in [0, 2**64); got %s", Py_TYPE(obj)->tp_name);
         return -1;
     }
-    unsigned long long v = PyLong_AsUnsignedLongLong(obj);
+    unsigned long long v = PyLong_AsUnsignedLongLong(i);
     if (v == (unsigned long long)-1 && PyErr_Occurred()) {
         PyErr_Clear();
-        PyObject *r = PyObject_Repr(obj);
-        PyErr_Format(PyExc_ValueError, "seed must be an int in [0, 2**64); got %s", r ? PyUnicode_AsUTF8(r) : "?");
-        Py_XDECREF(r);
+        PyErr_Format(PyExc_ValueError, "seed must be an int in [0, 2**64); got %S", i);
+        Py_DECREF(i);
         return -1;
     }
+    Py_DECREF(i);
     *seed = (uint64_t)v;
     return 0;
 }
 
+/* "name must be ...; got <repr of v>" for a float v (PyErr_Format has no %g). */
+static void raise_float(const char *prefix, double v) {
+    char *r = PyOS_double_to_string(v, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+    PyErr_Format(PyExc_ValueError, "%s; got %s", prefix, r ? r : "?");
+    PyMem_Free(r);
+}
+
 static int check_p(double p) {
     if (!(p >= 0.0 && p < 1.0)) {
-        PyErr_Format(PyExc_ValueError, "p must be in [0, 1); got %R", PyFloat_FromDouble(p));
+        raise_float("p must be in [0, 1)", p);
         return -1;
     }
     return 0;
 }
+
+/* `out` may be exactly one of the inputs (in place) but must not partly
+ * overlap one: the kernels read an element before writing the same element,
+ * not others. */
+static int check_overlap(PyArrayObject *out, PyArrayObject *in, const char *in_name, int exact_ok) {
+    if (!out || !in) return 0;
+    const char *o0 = PyArray_BYTES(out), *o1 = o0 + PyArray_NBYTES(out);
+    const char *i0 = PyArray_BYTES(in), *i1 = i0 + PyArray_NBYTES(in);
+    if (o0 >= i1 || i0 >= o1 || PyArray_NBYTES(out) == 0 || PyArray_NBYTES(in) == 0) return 0;
+    if (exact_ok && o0 == i0 && o1 == i1) return 0;
+    PyErr_Format(PyExc_ValueError, exact_ok ? "out must be %s itself or not overlap it; got an overlapping array"
+                                            : "out must not overlap %s", in_name);
+    return -1;
+}
+
+/* Like rp_out_f32, but a new array is left uninitialised: for outputs the
+ * kernel writes in full (saves a zero-filling pass). */
+static PyArrayObject *out_f32(PyObject *obj, const char *name, int ndim, const npy_intp *dims) {
+    if (obj == NULL || obj == Py_None)
+        return (PyArrayObject *)PyArray_EMPTY(ndim, (npy_intp *)dims, NPY_FLOAT32, 0);
+    return rp_out_f32(obj, name, ndim, dims);
+}
+
+static PyArrayObject *new_f32(int ndim, const npy_intp *dims) { return out_f32(NULL, NULL, ndim, dims); }
 
 static PyObject *none_or(PyArrayObject *a) {
     if (a) return (PyObject *)a;
@@ -95,10 +129,12 @@ static int parse_op(const char *s, int *op) {
     return -1;
 }
 
-/* nb for b broadcast against a: b has a's shape, one element, or shape (D,)
- * with D a's last axis. */
+/* nb for b broadcast against a: b has a's shape, one element, or the shape of
+ * a's trailing axes (e.g. (D,) or (T, D) against (B, T, D)): then b repeats
+ * over the leading rows of a. */
 static int broadcast_nb(PyArrayObject *a, PyArrayObject *b, int64_t *nb) {
     int64_t na = (int64_t)PyArray_SIZE(a), n_b = (int64_t)PyArray_SIZE(b);
+    int nda = PyArray_NDIM(a), ndb = PyArray_NDIM(b);
     if (same_shape(a, b)) {
         *nb = na;
         return 0;
@@ -107,8 +143,7 @@ static int broadcast_nb(PyArrayObject *a, PyArrayObject *b, int64_t *nb) {
         *nb = 1;
         return 0;
     }
-    if (PyArray_NDIM(a) >= 1 && PyArray_NDIM(b) == 1 &&
-        PyArray_DIM(b, 0) == PyArray_DIM(a, PyArray_NDIM(a) - 1)) {
+    if (ndb >= 1 && ndb <= nda && PyArray_CompareLists(PyArray_DIMS(b), PyArray_DIMS(a) + (nda - ndb), ndb)) {
         *nb = n_b;
         return 0;
     }
@@ -116,8 +151,7 @@ static int broadcast_nb(PyArrayObject *a, PyArrayObject *b, int64_t *nb) {
     rp_shape_str(a, sa, sizeof sa);
     rp_shape_str(b, sb, sizeof sb);
     PyErr_Format(PyExc_ValueError,
-                 "b must have the shape of a %s, one element, or shape (D,) with D the last axis of a; got %s", sa,
-                 sb);
+                 "b must have the shape of a %s, one element, or the shape of a's trailing axes; got %s", sa, sb);
     return -1;
 }
 
@@ -133,7 +167,8 @@ static PyObject *py_binary_fwd(PyObject *self, PyObject *args, PyObject *kw) {
     if (parse_op(ops, &op) < 0) return NULL;
     if (!(a = rp_in_f32(ao, "a")) || !(b = rp_in_f32(bo, "b"))) goto fail;
     if (broadcast_nb(a, b, &nb) < 0) goto fail;
-    if (!(out = rp_out_f32(out_o, "out", PyArray_NDIM(a), PyArray_DIMS(a)))) goto fail;
+    if (!(out = out_f32(out_o, "out", PyArray_NDIM(a), PyArray_DIMS(a)))) goto fail;
+    if (check_overlap(out, a, "a", 1) < 0 || check_overlap(out, b, "b", 1) < 0) goto fail;
     int64_t n = (int64_t)PyArray_SIZE(a);
     if (n == 0) nb = n;
     Py_BEGIN_ALLOW_THREADS
@@ -161,8 +196,8 @@ static PyObject *py_binary_bwd(PyObject *self, PyObject *args, PyObject *kw) {
     if (parse_op(ops, &op) < 0) return NULL;
     if (!(a = rp_in_f32(ao, "a")) || !(b = rp_in_f32(bo, "b")) || !(g = rp_in_f32(go, "grad"))) goto fail;
     if (broadcast_nb(a, b, &nb) < 0 || check_same_shape(a, "a", g, "grad") < 0) goto fail;
-    if (need_a && !(da = rp_new_f32(PyArray_NDIM(a), PyArray_DIMS(a)))) goto fail;
-    if (need_b && !(db = rp_new_f32(PyArray_NDIM(b), PyArray_DIMS(b)))) goto fail;
+    if (need_a && !(da = new_f32(PyArray_NDIM(a), PyArray_DIMS(a)))) goto fail;
+    if (need_b && !(db = rp_new_f32(PyArray_NDIM(b), PyArray_DIMS(b)))) goto fail; /* zeros: n == 0 */
     int64_t n = (int64_t)PyArray_SIZE(a);
     if (n == 0) {
         Py_DECREF(a); Py_DECREF(b); Py_DECREF(g);
@@ -189,7 +224,8 @@ static PyObject *py_scale(PyObject *self, PyObject *args, PyObject *kw) {
     PyArrayObject *x = NULL, *out = NULL;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "Of|$O:scale", kwlist, &xo, &alpha, &out_o)) return NULL;
     if (!(x = rp_in_f32(xo, "x"))) goto fail;
-    if (!(out = rp_out_f32(out_o, "out", PyArray_NDIM(x), PyArray_DIMS(x)))) goto fail;
+    if (!(out = out_f32(out_o, "out", PyArray_NDIM(x), PyArray_DIMS(x)))) goto fail;
+    if (check_overlap(out, x, "x", 1) < 0) goto fail;
     Py_BEGIN_ALLOW_THREADS
     rc = rp_ops_scale(RP_F32(x), alpha, RP_F32(out), (int64_t)PyArray_SIZE(x));
     Py_END_ALLOW_THREADS
@@ -212,7 +248,8 @@ static PyObject *py_bias_add(PyObject *self, PyObject *args, PyObject *kw) {
     if (!(x = rp_in_f32(xo, "x")) || as_rows(x, "x", &N, &D) < 0) goto fail;
     if (in_vec_opt(bo, "bias", D, &bias) < 0) goto fail;
     if (!bias) { PyErr_SetString(PyExc_TypeError, "bias must be a float32 ndarray of shape (D,); got None"); goto fail; }
-    if (!(out = rp_out_f32(out_o, "out", PyArray_NDIM(x), PyArray_DIMS(x)))) goto fail;
+    if (!(out = out_f32(out_o, "out", PyArray_NDIM(x), PyArray_DIMS(x)))) goto fail;
+    if (check_overlap(out, x, "x", 1) < 0 || check_overlap(out, bias, "bias", 0) < 0) goto fail;
     Py_BEGIN_ALLOW_THREADS
     rc = (N * D == 0) ? RP_OK : rp_ops_binary_fwd(RP_OP_ADD, RP_F32(x), RP_F32(bias), RP_F32(out), N * D, D);
     Py_END_ALLOW_THREADS
@@ -234,7 +271,7 @@ static PyObject *py_sum_rows(PyObject *self, PyObject *args, PyObject *kw) {
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O:sum_rows", kwlist, &xo)) return NULL;
     if (!(x = rp_in_f32(xo, "x")) || as_rows(x, "x", &N, &D) < 0) goto fail;
     npy_intp dims[1] = {(npy_intp)D};
-    if (!(out = rp_new_f32(1, dims))) goto fail;
+    if (!(out = new_f32(1, dims))) goto fail;
     Py_BEGIN_ALLOW_THREADS
     rc = rp_ops_sum_rows(RP_F32(x), RP_F32(out), N, D);
     Py_END_ALLOW_THREADS
@@ -252,7 +289,8 @@ static PyObject *act_fwd(int kind, const char *fname, PyObject *xo, PyObject *ou
     PyArrayObject *x = NULL, *out = NULL;
     int rc;
     if (!(x = rp_in_f32(xo, "x"))) goto fail;
-    if (!(out = rp_out_f32(out_o, "out", PyArray_NDIM(x), PyArray_DIMS(x)))) goto fail;
+    if (!(out = out_f32(out_o, "out", PyArray_NDIM(x), PyArray_DIMS(x)))) goto fail;
+    if (check_overlap(out, x, "x", 1) < 0) goto fail;
     Py_BEGIN_ALLOW_THREADS
     rc = rp_ops_act_fwd(kind, RP_F32(x), RP_F32(out), (int64_t)PyArray_SIZE(x));
     Py_END_ALLOW_THREADS
@@ -269,7 +307,8 @@ static PyObject *act_bwd(int kind, const char *fname, PyObject *xo, PyObject *go
     int rc;
     if (!(x = rp_in_f32(xo, "x")) || !(g = rp_in_f32(go, "grad"))) goto fail;
     if (check_same_shape(x, "x", g, "grad") < 0) goto fail;
-    if (!(out = rp_out_f32(out_o, "out", PyArray_NDIM(x), PyArray_DIMS(x)))) goto fail;
+    if (!(out = out_f32(out_o, "out", PyArray_NDIM(x), PyArray_DIMS(x)))) goto fail;
+    if (check_overlap(out, x, "x", 1) < 0 || check_overlap(out, g, "grad", 1) < 0) goto fail;
     Py_BEGIN_ALLOW_THREADS
     rc = rp_ops_act_bwd(kind, RP_F32(x), RP_F32(g), RP_F32(out), (int64_t)PyArray_SIZE(x));
     Py_END_ALLOW_THREADS
@@ -336,7 +375,7 @@ ACT_PAIR(silu, RP_ACT_SILU)
 
 static int check_eps(double eps) {
     if (!(eps >= 0.0) || isinf(eps)) {
-        PyErr_Format(PyExc_ValueError, "eps must be a finite number >= 0; got %g", eps);
+        raise_float("eps must be a finite number >= 0", eps);
         return -1;
     }
     return 0;
@@ -344,7 +383,7 @@ static int check_eps(double eps) {
 
 /* Row statistics (mean, rstd) have x's leading shape. */
 static PyArrayObject *new_stats(PyArrayObject *x) {
-    return rp_new_f32(PyArray_NDIM(x) - 1, PyArray_DIMS(x));
+    return new_f32(PyArray_NDIM(x) - 1, PyArray_DIMS(x));
 }
 
 static int check_stats(PyArrayObject *s, const char *name, PyArrayObject *x) {
@@ -371,7 +410,8 @@ static PyObject *py_layer_norm_fwd(PyObject *self, PyObject *args, PyObject *kw)
     if (check_eps(eps) < 0) return NULL;
     if (!(x = rp_in_f32(xo, "x")) || as_rows(x, "x", &N, &D) < 0) goto fail;
     if (in_vec_opt(wo, "weight", D, &w) < 0 || in_vec_opt(bo, "bias", D, &b) < 0) goto fail;
-    if (!(y = rp_out_f32(out_o, "out", PyArray_NDIM(x), PyArray_DIMS(x)))) goto fail;
+    if (!(y = out_f32(out_o, "out", PyArray_NDIM(x), PyArray_DIMS(x)))) goto fail;
+    if (check_overlap(y, x, "x", 1) < 0 || check_overlap(y, w, "weight", 0) < 0 || check_overlap(y, b, "bias", 0) < 0) goto fail;
     if (!(mean = new_stats(x)) || !(rstd = new_stats(x))) goto fail;
     Py_BEGIN_ALLOW_THREADS
     rc = rp_ops_layernorm_fwd(RP_F32(x), w ? RP_F32(w) : NULL, b ? RP_F32(b) : NULL, RP_F32(y), RP_F32(mean),
@@ -402,9 +442,9 @@ static PyObject *py_layer_norm_bwd(PyObject *self, PyObject *args, PyObject *kw)
         check_same_shape(x, "x", g, "grad") < 0)
         goto fail;
     npy_intp dd[1] = {(npy_intp)D};
-    if (need_x && !(dx = rp_new_f32(PyArray_NDIM(x), PyArray_DIMS(x)))) goto fail;
-    if (need_w && !(dw = rp_new_f32(1, dd))) goto fail;
-    if (need_b && !(db = rp_new_f32(1, dd))) goto fail;
+    if (need_x && !(dx = new_f32(PyArray_NDIM(x), PyArray_DIMS(x)))) goto fail;
+    if (need_w && !(dw = new_f32(1, dd))) goto fail;
+    if (need_b && !(db = new_f32(1, dd))) goto fail;
     Py_BEGIN_ALLOW_THREADS
     rc = rp_ops_layernorm_bwd(RP_F32(x), w ? RP_F32(w) : NULL, RP_F32(mean), RP_F32(rstd), RP_F32(g),
                               dx ? RP_F32(dx) : NULL, dw ? RP_F32(dw) : NULL, db ? RP_F32(db) : NULL, N, D);
@@ -430,7 +470,8 @@ static PyObject *py_rms_norm_fwd(PyObject *self, PyObject *args, PyObject *kw) {
     if (check_eps(eps) < 0) return NULL;
     if (!(x = rp_in_f32(xo, "x")) || as_rows(x, "x", &N, &D) < 0) goto fail;
     if (in_vec_opt(wo, "weight", D, &w) < 0) goto fail;
-    if (!(y = rp_out_f32(out_o, "out", PyArray_NDIM(x), PyArray_DIMS(x)))) goto fail;
+    if (!(y = out_f32(out_o, "out", PyArray_NDIM(x), PyArray_DIMS(x)))) goto fail;
+    if (check_overlap(y, x, "x", 1) < 0 || check_overlap(y, w, "weight", 0) < 0) goto fail;
     if (!(rstd = new_stats(x))) goto fail;
     Py_BEGIN_ALLOW_THREADS
     rc = rp_ops_rmsnorm_fwd(RP_F32(x), w ? RP_F32(w) : NULL, RP_F32(y), RP_F32(rstd), N, D, (float)eps);
@@ -458,8 +499,8 @@ static PyObject *py_rms_norm_bwd(PyObject *self, PyObject *args, PyObject *kw) {
     if (!(rstd = rp_in_f32(ro, "rstd")) || !(g = rp_in_f32(go, "grad"))) goto fail;
     if (check_stats(rstd, "rstd", x) < 0 || check_same_shape(x, "x", g, "grad") < 0) goto fail;
     npy_intp dd[1] = {(npy_intp)D};
-    if (need_x && !(dx = rp_new_f32(PyArray_NDIM(x), PyArray_DIMS(x)))) goto fail;
-    if (need_w && !(dw = rp_new_f32(1, dd))) goto fail;
+    if (need_x && !(dx = new_f32(PyArray_NDIM(x), PyArray_DIMS(x)))) goto fail;
+    if (need_w && !(dw = new_f32(1, dd))) goto fail;
     Py_BEGIN_ALLOW_THREADS
     rc = rp_ops_rmsnorm_bwd(RP_F32(x), w ? RP_F32(w) : NULL, RP_F32(rstd), RP_F32(g), dx ? RP_F32(dx) : NULL,
                             dw ? RP_F32(dw) : NULL, N, D);
@@ -485,7 +526,8 @@ static PyObject *rows_fwd(row_fwd_fn fn, const char *fname, PyObject *args, PyOb
     int rc;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$O", kwlist, &xo, &out_o)) return NULL;
     if (!(x = rp_in_f32(xo, "x")) || as_rows(x, "x", &N, &D) < 0) goto fail;
-    if (!(y = rp_out_f32(out_o, "out", PyArray_NDIM(x), PyArray_DIMS(x)))) goto fail;
+    if (!(y = out_f32(out_o, "out", PyArray_NDIM(x), PyArray_DIMS(x)))) goto fail;
+    if (check_overlap(y, x, "x", 1) < 0) goto fail;
     Py_BEGIN_ALLOW_THREADS
     rc = fn(RP_F32(x), RP_F32(y), N, D);
     Py_END_ALLOW_THREADS
@@ -506,7 +548,8 @@ static PyObject *rows_bwd(row_bwd_fn fn, const char *fname, PyObject *args, PyOb
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|$O", kwlist, &yo, &go, &out_o)) return NULL;
     if (!(y = rp_in_f32(yo, "y")) || as_rows(y, "y", &N, &D) < 0) goto fail;
     if (!(g = rp_in_f32(go, "grad")) || check_same_shape(y, "y", g, "grad") < 0) goto fail;
-    if (!(dx = rp_out_f32(out_o, "out", PyArray_NDIM(y), PyArray_DIMS(y)))) goto fail;
+    if (!(dx = out_f32(out_o, "out", PyArray_NDIM(y), PyArray_DIMS(y)))) goto fail;
+    if (check_overlap(dx, y, "y", 1) < 0 || check_overlap(dx, g, "grad", 1) < 0) goto fail;
     Py_BEGIN_ALLOW_THREADS
     rc = fn(RP_F32(y), RP_F32(g), RP_F32(dx), N, D);
     Py_END_ALLOW_THREADS
@@ -556,7 +599,7 @@ static PyObject *py_cross_entropy_fwd(PyObject *self, PyObject *args, PyObject *
     V = RP_DIM(x, 1);
     if (!(t = rp_in_i64(to, "targets")) || check_targets(t, N, V, (int64_t)ignore) < 0) goto fail;
     npy_intp dn[1] = {(npy_intp)N};
-    if (!(lse = rp_new_f32(1, dn))) goto fail;
+    if (!(lse = new_f32(1, dn))) goto fail;
     Py_BEGIN_ALLOW_THREADS
     rc = rp_ops_xent_fwd(RP_F32(x), RP_I64(t), RP_F32(lse), &loss, &count, N, V, (int64_t)ignore, &bad);
     Py_END_ALLOW_THREADS
@@ -587,7 +630,8 @@ static PyObject *py_cross_entropy_bwd(PyObject *self, PyObject *args, PyObject *
     if (!(t = rp_in_i64(to, "targets")) || check_targets(t, N, V, (int64_t)ignore) < 0) goto fail;
     npy_intp dn[1] = {(npy_intp)N};
     if (!(lse = rp_in_f32(so, "lse")) || rp_check_shape(lse, "lse", 1, dn, "(N,)") < 0) goto fail;
-    if (!(dx = rp_out_f32(out_o, "out", 2, PyArray_DIMS(x)))) goto fail;
+    if (!(dx = out_f32(out_o, "out", 2, PyArray_DIMS(x)))) goto fail;
+    if (check_overlap(dx, x, "logits", 1) < 0 || check_overlap(dx, lse, "lse", 0) < 0 || check_overlap(dx, t, "targets", 0) < 0) goto fail;
     Py_BEGIN_ALLOW_THREADS
     rc = rp_ops_xent_bwd(RP_F32(x), RP_I64(t), RP_F32(lse), (float)dloss, (int64_t)count, RP_F32(dx), N, V,
                          (int64_t)ignore);
@@ -630,7 +674,8 @@ static PyObject *py_embedding_fwd(PyObject *self, PyObject *args, PyObject *kw) 
     int nd = PyArray_NDIM(ids);
     for (int i = 0; i < nd; i++) dims[i] = PyArray_DIM(ids, i);
     dims[nd] = (npy_intp)D;
-    if (!(out = rp_out_f32(out_o, "out", nd + 1, dims))) goto fail;
+    if (!(out = out_f32(out_o, "out", nd + 1, dims))) goto fail;
+    if (check_overlap(out, w, "weight", 0) < 0 || check_overlap(out, ids, "ids", 0) < 0) goto fail;
     Py_BEGIN_ALLOW_THREADS
     rc = rp_ops_embedding_fwd(RP_I64(ids), RP_F32(w), RP_F32(out), (int64_t)PyArray_SIZE(ids), V, D);
     Py_END_ALLOW_THREADS
@@ -663,7 +708,7 @@ static PyObject *py_embedding_bwd(PyObject *self, PyObject *args, PyObject *kw) 
     if (check_ids(ids, (int64_t)V) < 0) goto fail;
     int64_t D = RP_DIM(g, nd);
     npy_intp dims[2] = {(npy_intp)V, (npy_intp)D};
-    if (!(dw = rp_new_f32(2, dims))) goto fail;
+    if (!(dw = new_f32(2, dims))) goto fail;
     Py_BEGIN_ALLOW_THREADS
     rc = rp_ops_embedding_bwd(RP_I64(ids), RP_F32(g), RP_F32(dw), (int64_t)PyArray_SIZE(ids), (int64_t)V, D);
     Py_END_ALLOW_THREADS
@@ -690,7 +735,8 @@ static PyObject *dropout_common(int bwd, PyObject *args, PyObject *kw) {
         return NULL;
     if (check_p(p) < 0 || parse_seed(so, &seed) < 0) return NULL;
     if (!(x = rp_in_f32(xo, bwd ? "grad" : "x"))) goto fail;
-    if (!(y = rp_out_f32(out_o, "out", PyArray_NDIM(x), PyArray_DIMS(x)))) goto fail;
+    if (!(y = out_f32(out_o, "out", PyArray_NDIM(x), PyArray_DIMS(x)))) goto fail;
+    if (check_overlap(y, x, bwd ? "grad" : "x", 1) < 0) goto fail;
     Py_BEGIN_ALLOW_THREADS
     rc = bwd ? rp_ops_dropout_bwd(RP_F32(x), RP_F32(y), (int64_t)PyArray_SIZE(x), (float)p, seed)
              : rp_ops_dropout_fwd(RP_F32(x), RP_F32(y), (int64_t)PyArray_SIZE(x), (float)p, seed);
@@ -731,7 +777,7 @@ static PyObject *py_dropout_mask(PyObject *self, PyObject *args, PyObject *kw) {
 #define M(name, doc) {#name, (PyCFunction)(void (*)(void))py_##name, KW, doc}
 
 PyMethodDef rp_methods_ops[] = {
-    M(binary_fwd, "binary_fwd(a, b, op='add', *, out=None): op(a, b), b of a's shape, one element, or (D,) = a's last axis; op in add, sub, mul, div, rsub (b - a), rdiv (b / a)."),
+    M(binary_fwd, "binary_fwd(a, b, op='add', *, out=None): op(a, b), b of a's shape, one element, or the shape of a's trailing axes (repeated over the leading ones); op in add, sub, mul, div, rsub (b - a), rdiv (b / a)."),
     M(binary_bwd, "binary_bwd(a, b, grad, op='add', *, need_a=True, need_b=True) -> (da, db); db summed over the broadcast rows."),
     M(scale, "scale(x, alpha, *, out=None) -> alpha * x"),
     M(bias_add, "bias_add(x, bias, *, out=None): x (..., D) + bias (D,)"),

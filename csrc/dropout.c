@@ -1,7 +1,14 @@
-/* Dropout with a counter-based mask: element i of a call with seed s is kept
- * when u(s, i) >= p, u from a splitmix64-style hash of (s, i). No state, no
- * stored mask: the backward recomputes it from the seed. */
+/* Dropout with a counter-based mask. Element i of a call with seed s is kept
+ * when u(s, i) >= p, where u(s, i) is 32 bits of SplitMix64's output number
+ * i / 2 in the stream keyed by s (low half for even i, high half for odd i),
+ * read as a number in [0, 1). The mask is a pure function of (s, i): it does
+ * not depend on the thread count or the call order, nothing is stored, and
+ * the backward regenerates it from the seed. */
 #include "ops.h"
+
+#include <math.h>
+
+#define GOLDEN 0x9E3779B97F4A7C15ULL
 
 static inline uint64_t mix64(uint64_t z) {
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
@@ -9,32 +16,57 @@ static inline uint64_t mix64(uint64_t z) {
     return z ^ (z >> 31);
 }
 
-/* Uniform in [0, 1) with 53 random bits. The seed is hashed first so nearby
- * seeds give unrelated streams. */
-static inline double uniform(uint64_t key, int64_t i) {
-    uint64_t h = mix64(key ^ mix64((uint64_t)i + 0x9E3779B97F4A7C15ULL));
-    return (double)(h >> 11) * 0x1.0p-53;
-}
+/* The stream key: the seed hashed, so nearby seeds give unrelated streams. */
+static inline uint64_t seed_key(uint64_t seed) { return mix64(seed ^ 0x6A09E667F3BCC909ULL); }
 
-static inline uint64_t seed_key(uint64_t seed) { return mix64(seed * 0xD1B54A32D192ED03ULL + 0x632BE59BD9B4E019ULL); }
+/* 64 random bits for elements 2k and 2k + 1. */
+static inline uint64_t pair_bits(uint64_t key, int64_t k) { return mix64(key + ((uint64_t)k + 1) * GOLDEN); }
 
-int rp_ops_dropout_mask(uint8_t *mask, int64_t n, float p, uint64_t seed) {
+/* keep iff u32 >= thr, thr = ceil(p * 2^32): P(keep) = 1 - p to within 2^-32. */
+static inline uint64_t threshold(float p) { return (uint64_t)ceil((double)p * 4294967296.0); }
+
+/* Elements per unit of parallel work (even, so pairs never straddle units). */
+#define DROP_BLOCK 8192
+
+/* One kernel for the three uses: x != NULL: y = x * keep * scale; x == NULL:
+ * mask[i] = keep. */
+static int dropout_run(const float *x, float *y, uint8_t *mask, int64_t n, float p, uint64_t seed) {
     if (n < 0 || !(p >= 0.0f && p < 1.0f)) return RP_EINVAL;
-    const uint64_t key = seed_key(seed);
-    const double pd = (double)p;
-    RP_OPS_PFOR(n >= RP_OPS_PAR_MIN)
-    for (int64_t i = 0; i < n; i++) mask[i] = uniform(key, i) >= pd;
-    return RP_OK;
-}
-
-int rp_ops_dropout_fwd(const float *x, float *y, int64_t n, float p, uint64_t seed) {
-    if (n < 0 || !(p >= 0.0f && p < 1.0f)) return RP_EINVAL;
-    const uint64_t key = seed_key(seed);
-    const double pd = (double)p;
+    const uint64_t key = seed_key(seed), thr = threshold(p);
     const float scale = 1.0f / (1.0f - p);
-    RP_OPS_PFOR(n >= 8192)
-    for (int64_t i = 0; i < n; i++) y[i] = uniform(key, i) >= pd ? x[i] * scale : 0.0f;
+    const int64_t nblk = (n + DROP_BLOCK - 1) / DROP_BLOCK;
+    RP_OPS_PFOR(n >= RP_OPS_PAR_MIN_COMPUTE)
+    for (int64_t b = 0; b < nblk; b++) {
+        const int64_t lo = b * DROP_BLOCK, hi = lo + DROP_BLOCK < n ? lo + DROP_BLOCK : n;
+        const int64_t k0 = lo >> 1, k1 = hi >> 1; /* full pairs [2 k0, 2 k1) */
+        if (x) {
+            for (int64_t k = k0; k < k1; k++) {
+                const uint64_t h = pair_bits(key, k);
+                y[2 * k] = (h & 0xFFFFFFFFULL) >= thr ? x[2 * k] * scale : 0.0f;
+                y[2 * k + 1] = (h >> 32) >= thr ? x[2 * k + 1] * scale : 0.0f;
+            }
+            if (hi & 1) y[hi - 1] = (pair_bits(key, k1) & 0xFFFFFFFFULL) >= thr ? x[hi - 1] * scale : 0.0f;
+        } else {
+            for (int64_t k = k0; k < k1; k++) {
+                const uint64_t h = pair_bits(key, k);
+                mask[2 * k] = (h & 0xFFFFFFFFULL) >= thr;
+                mask[2 * k + 1] = (h >> 32) >= thr;
+            }
+            if (hi & 1) mask[hi - 1] = (pair_bits(key, k1) & 0xFFFFFFFFULL) >= thr;
+        }
+    }
     return RP_OK;
+}
+
+/* mask: (n) bytes, 1 = kept. */
+int rp_ops_dropout_mask(uint8_t *mask, int64_t n, float p, uint64_t seed) {
+    return dropout_run(NULL, NULL, mask, n, p, seed);
+}
+
+/* x, y: (n). */
+int rp_ops_dropout_fwd(const float *x, float *y, int64_t n, float p, uint64_t seed) {
+    if (n > 0 && !x) return RP_EINVAL;
+    return dropout_run(x, y, NULL, n, p, seed);
 }
 
 /* Same mask and scale as the forward: dx = grad * mask / (1 - p). */

@@ -55,18 +55,76 @@ int rp_ops_binary_fwd(int op, const float *a, const float *b, float *out, int64_
     return RP_OK;
 }
 
-/* Partial derivatives of out = op(a, b) at one element. */
-static inline void binop_grad(int op, float a, float b, float g, float *ga, float *gb) {
-    switch (op) {
-    case RP_OP_ADD: *ga = g; *gb = g; break;
-    case RP_OP_SUB: *ga = g; *gb = -g; break;
-    case RP_OP_MUL: *ga = g * b; *gb = g * a; break;
-    case RP_OP_DIV: *ga = g / b; *gb = -g * a / (b * b); break;
-    case RP_OP_RSUB: *ga = -g; *gb = g; break;
-    default: *ga = -g * b / (a * a); *gb = g / a; break; /* out = b / a */
+/* The two partial derivatives of out = op(a, b) times g, as expressions in
+ * av, bv, gv; each loop below switches on op outside the loop so every case
+ * is a plain loop the compiler vectorises. */
+#define GA_ADD gv
+#define GB_ADD gv
+#define GA_SUB gv
+#define GB_SUB (-gv)
+#define GA_MUL (gv * bv)
+#define GB_MUL (gv * av)
+#define GA_DIV (gv / bv)
+#define GB_DIV (-gv * av / (bv * bv))
+#define GA_RSUB (-gv)
+#define GB_RSUB gv
+#define GA_RDIV (-gv * bv / (av * av)) /* out = b / a */
+#define GB_RDIV (gv / av)
+
+#define OP_CASES(BODY)                  \
+    switch (op) {                       \
+    case RP_OP_ADD: BODY(ADD) break;    \
+    case RP_OP_SUB: BODY(SUB) break;    \
+    case RP_OP_MUL: BODY(MUL) break;    \
+    case RP_OP_DIV: BODY(DIV) break;    \
+    case RP_OP_RSUB: BODY(RSUB) break;  \
+    default: BODY(RDIV) break;          \
     }
+
+/* da[j] = dOut/da * g over m elements; b is b[j] (bstep 1) or b[0] (bstep 0). */
+static void grad_a_span(int op, const float *a, const float *b, int64_t bstep, const float *g, float *da, int64_t m) {
+#define BODY(OP)                                                                  \
+    for (int64_t j = 0; j < m; j++) {                                             \
+        const float av = a[j], bv = b[j * bstep], gv = g[j];                      \
+        (void)av; (void)bv;                                                       \
+        da[j] = GA_##OP;                                                          \
+    }
+    OP_CASES(BODY)
+#undef BODY
 }
 
+/* acc[j] += dOut/db * g (one row of a vector b, in double). */
+static void grad_b_row(int op, const float *a, const float *b, const float *g, double *acc, int64_t m) {
+#define BODY(OP)                                                                  \
+    for (int64_t j = 0; j < m; j++) {                                             \
+        const float av = a[j], bv = b[j], gv = g[j];                              \
+        (void)av; (void)bv;                                                       \
+        acc[j] += (double)(GB_##OP);                                              \
+    }
+    OP_CASES(BODY)
+#undef BODY
+}
+
+/* sum over m elements of dOut/db * g for a scalar b, in double. */
+static double grad_b_scalar(int op, const float *a, float b, const float *g, int64_t m) {
+    double acc = 0.0;
+    const float bv = b;
+    (void)bv;
+#define BODY(OP)                                                                  \
+    RP_OPS_SIMD_SUM(acc)                                                          \
+    for (int64_t j = 0; j < m; j++) {                                             \
+        const float av = a[j], gv = g[j];                                         \
+        (void)av;                                                                 \
+        acc += (double)(GB_##OP);                                                 \
+    }
+    OP_CASES(BODY)
+#undef BODY
+    return acc;
+}
+
+/* da: (n) = dOut/da * grad; db: (nb) = dOut/db * grad summed over the rows
+ * b was broadcast over. Sums go through min(rows, RP_OPS_NCHUNK) fixed chunks
+ * (never the thread count), each in double, then added in chunk order. */
 int rp_ops_binary_bwd(int op, const float *a, const float *b, const float *grad, float *da, float *db,
                       int64_t n, int64_t nb) {
     if (op < RP_OP_ADD || op > RP_OP_RDIV || n < 0 || nb < 0) return RP_EINVAL;
@@ -76,19 +134,35 @@ int rp_ops_binary_bwd(int op, const float *a, const float *b, const float *grad,
     }
     if (nb <= 0 || n % nb != 0) return RP_EINVAL;
     if (nb == n) {
-        /* same shape: no reduction */
+        /* same shape: elementwise, no reduction (db is "a" of the reversed op) */
+        static const int swapped[] = {RP_OP_ADD, RP_OP_RSUB, RP_OP_MUL, RP_OP_RDIV, RP_OP_SUB, RP_OP_DIV};
+        const int64_t nblk = (n + FLAT_BLOCK - 1) / FLAT_BLOCK;
         RP_OPS_PFOR(n >= RP_OPS_PAR_MIN)
-        for (int64_t i = 0; i < n; i++) {
-            float ga, gb;
-            binop_grad(op, a[i], b[i], grad[i], &ga, &gb);
-            if (da) da[i] = ga;
-            if (db) db[i] = gb;
+        for (int64_t k = 0; k < nblk; k++) {
+            int64_t lo = k * FLAT_BLOCK, len = n - lo < FLAT_BLOCK ? n - lo : FLAT_BLOCK;
+            if (da) grad_a_span(op, a + lo, b + lo, 1, grad + lo, da + lo, len);
+            if (db) grad_a_span(swapped[op], b + lo, a + lo, 1, grad + lo, db + lo, len);
         }
         return RP_OK;
     }
-    /* b broadcast over rows (nb == 1 is a row of one element): db is a sum over
-     * rows, done in RP_OPS_NCHUNK fixed chunks of rows, each summed in double,
-     * then the chunks are added in order. */
+    if (nb == 1) {
+        const int64_t nch = n < RP_OPS_NCHUNK ? n : RP_OPS_NCHUNK;
+        double part[RP_OPS_NCHUNK];
+        RP_OPS_PFOR(n >= RP_OPS_PAR_MIN)
+        for (int64_t c = 0; c < nch; c++) {
+            int64_t lo, hi;
+            rp_chunk(n, nch, c, &lo, &hi);
+            if (da) grad_a_span(op, a + lo, b, 0, grad + lo, da + lo, hi - lo);
+            if (db) part[c] = grad_b_scalar(op, a + lo, b[0], grad + lo, hi - lo);
+        }
+        if (db) {
+            double s = 0.0;
+            for (int64_t c = 0; c < nch; c++) s += part[c];
+            db[0] = (float)s;
+        }
+        return RP_OK;
+    }
+    /* b a vector over the last axis: rows of nb */
     const int64_t rows = n / nb;
     const int64_t nch = rows < RP_OPS_NCHUNK ? rows : RP_OPS_NCHUNK;
     double *part = NULL;
@@ -100,16 +174,9 @@ int rp_ops_binary_bwd(int op, const float *a, const float *b, const float *grad,
     for (int64_t c = 0; c < nch; c++) {
         int64_t lo, hi;
         rp_chunk(rows, nch, c, &lo, &hi);
-        double *pc = part ? part + c * nb : NULL;
         for (int64_t r = lo; r < hi; r++) {
-            const float *ar = a + r * nb, *gr = grad + r * nb;
-            float *dar = da ? da + r * nb : NULL;
-            for (int64_t j = 0; j < nb; j++) {
-                float ga, gb;
-                binop_grad(op, ar[j], b[j], gr[j], &ga, &gb);
-                if (dar) dar[j] = ga;
-                if (pc) pc[j] += (double)gb;
-            }
+            if (da) grad_a_span(op, a + r * nb, b, 1, grad + r * nb, da + r * nb, nb);
+            if (db) grad_b_row(op, a + r * nb, b, grad + r * nb, part + c * nb, nb);
         }
     }
     if (db) {
@@ -153,73 +220,29 @@ int rp_ops_sum_rows(const float *g, float *out, int64_t N, int64_t D) {
     return RP_OK;
 }
 
-/* ---- activations ------------------------------------------------------- */
-
-#define GELU_K 0.7978845608028654f  /* sqrt(2 / pi) */
-#define GELU_C 0.044715f
-#define INV_SQRT2 0.7071067811865476f
-#define INV_SQRT_2PI 0.3989422804014327f
-
-static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+/* ---- activations ------------------------------------------------------
+ * Parallel over fixed blocks of elements; each block is one span call. */
 
 int rp_ops_act_fwd(int kind, const float *x, float *y, int64_t n) {
     if (n < 0 || kind < RP_ACT_GELU_TANH || kind > RP_ACT_SILU) return RP_EINVAL;
-    switch (kind) {
-    case RP_ACT_GELU_TANH:
-        RP_OPS_PFOR(n >= 4096)
-        for (int64_t i = 0; i < n; i++) {
-            float v = x[i];
-            y[i] = 0.5f * v * (1.0f + tanhf(GELU_K * (v + GELU_C * v * v * v)));
-        }
-        break;
-    case RP_ACT_GELU_ERF:
-        RP_OPS_PFOR(n >= 4096)
-        for (int64_t i = 0; i < n; i++) y[i] = 0.5f * x[i] * (1.0f + erff(x[i] * INV_SQRT2));
-        break;
-    case RP_ACT_RELU:
-        RP_OPS_PFOR(n >= RP_OPS_PAR_MIN)
-        for (int64_t i = 0; i < n; i++) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
-        break;
-    default:
-        RP_OPS_PFOR(n >= 4096)
-        for (int64_t i = 0; i < n; i++) y[i] = x[i] * sigmoidf(x[i]);
-        break;
+    const int simd = rp_simd_enabled();
+    const int64_t nblk = (n + FLAT_BLOCK - 1) / FLAT_BLOCK;
+    RP_OPS_PFOR(n >= RP_OPS_PAR_MIN_COMPUTE)
+    for (int64_t k = 0; k < nblk; k++) {
+        int64_t lo = k * FLAT_BLOCK, len = n - lo < FLAT_BLOCK ? n - lo : FLAT_BLOCK;
+        rp_ops_act_fwd_span(simd, kind, x + lo, y + lo, len);
     }
     return RP_OK;
 }
 
 int rp_ops_act_bwd(int kind, const float *x, const float *grad, float *dx, int64_t n) {
     if (n < 0 || kind < RP_ACT_GELU_TANH || kind > RP_ACT_SILU) return RP_EINVAL;
-    switch (kind) {
-    case RP_ACT_GELU_TANH:
-        RP_OPS_PFOR(n >= 4096)
-        for (int64_t i = 0; i < n; i++) {
-            float v = x[i];
-            float t = tanhf(GELU_K * (v + GELU_C * v * v * v));
-            float dinner = GELU_K * (1.0f + 3.0f * GELU_C * v * v);
-            dx[i] = grad[i] * (0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * dinner);
-        }
-        break;
-    case RP_ACT_GELU_ERF:
-        RP_OPS_PFOR(n >= 4096)
-        for (int64_t i = 0; i < n; i++) {
-            float v = x[i];
-            float cdf = 0.5f * (1.0f + erff(v * INV_SQRT2));
-            float pdf = INV_SQRT_2PI * expf(-0.5f * v * v);
-            dx[i] = grad[i] * (cdf + v * pdf);
-        }
-        break;
-    case RP_ACT_RELU:
-        RP_OPS_PFOR(n >= RP_OPS_PAR_MIN)
-        for (int64_t i = 0; i < n; i++) dx[i] = x[i] > 0.0f ? grad[i] : 0.0f;
-        break;
-    default:
-        RP_OPS_PFOR(n >= 4096)
-        for (int64_t i = 0; i < n; i++) {
-            float s = sigmoidf(x[i]);
-            dx[i] = grad[i] * s * (1.0f + x[i] * (1.0f - s));
-        }
-        break;
+    const int simd = rp_simd_enabled();
+    const int64_t nblk = (n + FLAT_BLOCK - 1) / FLAT_BLOCK;
+    RP_OPS_PFOR(n >= RP_OPS_PAR_MIN_COMPUTE)
+    for (int64_t k = 0; k < nblk; k++) {
+        int64_t lo = k * FLAT_BLOCK, len = n - lo < FLAT_BLOCK ? n - lo : FLAT_BLOCK;
+        rp_ops_act_bwd_span(simd, kind, x + lo, grad + lo, dx + lo, len);
     }
     return RP_OK;
 }

@@ -2,22 +2,26 @@
  * from a small MLP, with its backward into the MLP weights, c and L.
  *
  * As in the authors' code, psi(t) = log(|c| t + 1), the threshold is |L|, and
- * eps is added to the normaliser. Work is split into a fixed number of row
- * parts (independent of the thread count); the backward keeps one partial
- * gradient per part and sums the parts in order, so results are bit-identical
- * for any thread count. */
+ * eps is added to the normaliser.
+ *
+ * The MLP 1 -> W -> H with ReLU is a piecewise-linear function of its scalar
+ * input x, with at most W kinks at x_k = -b1[k]/W1[k]. We precompute, per
+ * segment between kinks, the slope and intercept of every head (and which
+ * hidden units are on), so each (i, j) costs O(H) instead of O(W H); the
+ * backward sums the upstream gradient per segment (sum G, sum G x) and turns
+ * those sums into gradients of W1, b1, W2, b2 at the end.
+ *
+ * Work is split into a fixed number of row parts (independent of the thread
+ * count); the backward keeps one partial per part and sums the parts in
+ * order, so results are bit-identical for any thread count. */
 #include "bias.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define FIRE_MAX_PARTS 64
 
-#if RP_HAVE_OPENMP
-#define FIRE_PARALLEL_PARTS RP_PRAGMA(omp parallel for schedule(dynamic, 1) num_threads(rp_get_num_threads()))
-#else
-#define FIRE_PARALLEL_PARTS
-#endif
 
 static inline double sgn(double x) { return x > 0 ? 1.0 : (x < 0 ? -1.0 : 0.0); }
 
@@ -25,20 +29,102 @@ static int fire_ok(const rp_fire *f, int64_t Tq, int64_t Tk, int64_t q_offset) {
     return f && f->W >= 0 && f->H >= 0 && Tq >= 0 && Tk >= 0 && q_offset >= 0;
 }
 
+/* The MLP as a piecewise-linear function of x. */
+typedef struct {
+    int64_t nbp, nseg;
+    double *bp;      /* sorted kinks (nbp) */
+    double *slope;   /* (nseg, H) */
+    double *icpt;    /* (nseg, H) */
+    uint8_t *on;     /* (nseg, W): hidden unit k is active on segment s */
+    void *mem;
+} fire_pl;
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static int fire_pl_build(const rp_fire *f, fire_pl *pl) {
+    const int64_t W = f->W, H = f->H;
+    const int64_t nseg_max = W + 1;
+    size_t bytes = (size_t)(W + 2 * nseg_max * H + 1) * sizeof(double) + (size_t)(nseg_max * W + 1);
+    pl->mem = rp_malloc(bytes);
+    if (!pl->mem) return RP_ENOMEM;
+    pl->bp = (double *)pl->mem;
+    pl->slope = pl->bp + W;
+    pl->icpt = pl->slope + nseg_max * H;
+    pl->on = (uint8_t *)(pl->icpt + nseg_max * H + 1);
+    int64_t nbp = 0;
+    for (int64_t k = 0; k < W; k++)
+        if (f->W1[k] != 0.0f) pl->bp[nbp++] = -(double)f->b1[k] / (double)f->W1[k];
+    qsort(pl->bp, (size_t)nbp, sizeof(double), cmp_double);
+    pl->nbp = nbp;
+    pl->nseg = nbp + 1;
+    for (int64_t s = 0; s < pl->nseg; s++) {
+        double xr; /* a point inside segment s */
+        if (nbp == 0) xr = 0.0;
+        else if (s == 0) xr = pl->bp[0] - fmax(1.0, fabs(pl->bp[0]));
+        else if (s == nbp) xr = pl->bp[nbp - 1] + fmax(1.0, fabs(pl->bp[nbp - 1]));
+        else xr = 0.5 * (pl->bp[s - 1] + pl->bp[s]);
+        uint8_t *on = pl->on + s * W;
+        for (int64_t k = 0; k < W; k++) on[k] = (double)f->W1[k] * xr + (double)f->b1[k] > 0.0;
+        for (int64_t h = 0; h < H; h++) {
+            const float *w2 = f->W2 + h * W;
+            double a = 0.0, b = f->b2[h];
+            for (int64_t k = 0; k < W; k++)
+                if (on[k]) {
+                    a += (double)w2[k] * (double)f->W1[k];
+                    b += (double)w2[k] * (double)f->b1[k];
+                }
+            pl->slope[s * H + h] = a;
+            pl->icpt[s * H + h] = b;
+        }
+    }
+    return RP_OK;
+}
+
+/* segment of x: the number of kinks <= x */
+static inline int64_t fire_seg(const fire_pl *pl, double x) {
+    int64_t lo = 0, hi = pl->nbp;
+    while (lo < hi) {
+        int64_t mid = (lo + hi) / 2;
+        if (pl->bp[mid] <= x) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+/* a[dd] = log(|c| dd + 1) and its derivative in c, for dd = 0 .. dmax */
+static double *fire_psi_table(double cabs, double sc, int64_t dmax) {
+    double *t = (double *)rp_malloc((size_t)(2 * (dmax + 1)) * sizeof(double));
+    if (!t) return NULL;
+    for (int64_t dd = 0; dd <= dmax; dd++) {
+        t[dd] = log1p(cabs * (double)dd);
+        t[dmax + 1 + dd] = sc * (double)dd / (1.0 + cabs * (double)dd);
+    }
+    return t;
+}
+
 /* out (H, Tq, Tk) */
 int rp_fire_fwd(const rp_fire *f, int64_t Tq, int64_t Tk, int64_t q_offset, float *out) {
     if (!fire_ok(f, Tq, Tk, q_offset)) return RP_EINVAL;
-    const int64_t W = f->W, H = f->H, TT = Tq * Tk;
+    const int64_t H = f->H, TT = Tq * Tk;
     const double cabs = fabs((double)f->c), Labs = fabs((double)f->L);
     if (Tq == 0 || Tk == 0 || H == 0) return RP_OK;
+    fire_pl pl;
+    int rc = fire_pl_build(f, &pl);
+    if (rc) return rc;
+    const int64_t dmax = q_offset + Tq - 1;
+    double *psi = fire_psi_table(cabs, sgn((double)f->c), dmax);
+    if (!psi) {
+        rp_free(pl.mem);
+        return RP_ENOMEM;
+    }
     int64_t parts = Tq < FIRE_MAX_PARTS ? Tq : FIRE_MAX_PARTS;
-    double *scratch = (double *)rp_malloc((size_t)parts * (size_t)(W > 0 ? W : 1) * sizeof(double));
-    if (!scratch) return RP_ENOMEM;
-    FIRE_PARALLEL_PARTS
+    RP_BIAS_PARALLEL_PARTS(TT * H)
     for (int64_t p = 0; p < parts; p++) {
         int64_t lo, hi;
         rp_chunk(Tq, parts, p, &lo, &hi);
-        double *hid = scratch + p * (W > 0 ? W : 1);
         for (int64_t i = lo; i < hi; i++) {
             int64_t ia = q_offset + i;
             double m = (double)ia > Labs ? (double)ia : Labs;
@@ -48,21 +134,15 @@ int rp_fire_fwd(const rp_fire *f, int64_t Tq, int64_t Tk, int64_t q_offset, floa
                     for (int64_t h = 0; h < H; h++) out[h * TT + i * Tk + j] = 0.0f;
                     continue;
                 }
-                double x = log1p(cabs * (double)(ia - j)) / pn;
-                for (int64_t k = 0; k < W; k++) {
-                    double pre = (double)f->W1[k] * x + (double)f->b1[k];
-                    hid[k] = pre > 0.0 ? pre : 0.0;
-                }
-                for (int64_t h = 0; h < H; h++) {
-                    const float *w2 = f->W2 + h * W;
-                    double s = f->b2[h];
-                    for (int64_t k = 0; k < W; k++) s += (double)w2[k] * hid[k];
-                    out[h * TT + i * Tk + j] = (float)s;
-                }
+                double x = psi[ia - j] / pn;
+                int64_t s = fire_seg(&pl, x);
+                const double *a = pl.slope + s * H, *b = pl.icpt + s * H;
+                for (int64_t h = 0; h < H; h++) out[h * TT + i * Tk + j] = (float)(b[h] + a[h] * x);
             }
         }
     }
-    rp_free(scratch);
+    rp_free(psi);
+    rp_free(pl.mem);
     return RP_OK;
 }
 
@@ -73,25 +153,29 @@ int rp_fire_bwd(const rp_fire *f, int64_t Tq, int64_t Tk, int64_t q_offset, cons
     const int64_t W = f->W, H = f->H, TT = Tq * Tk;
     const double cabs = fabs((double)f->c), Labs = fabs((double)f->L);
     const double sc = sgn((double)f->c), sL = sgn((double)f->L);
-    /* partial layout: gW1[W] gb1[W] gW2[H*W] gb2[H] gc gL */
-    const int64_t np = 2 * W + H * W + H + 2;
-    const int64_t ns = 2 * W + H; /* scratch: pre[W], dpre[W], gout[H] */
+    fire_pl pl;
+    int rc = fire_pl_build(f, &pl);
+    if (rc) return rc;
+    const int64_t nseg = pl.nseg;
+    /* partial layout: S0 (nseg, H) = sum G, S1 (nseg, H) = sum G x, gc, gL */
+    const int64_t np = 2 * nseg * H + 2;
     int64_t parts = Tq < FIRE_MAX_PARTS ? Tq : FIRE_MAX_PARTS;
     if (parts < 1) parts = 1;
+    const int64_t dmax = q_offset + (Tq > 0 ? Tq - 1 : 0);
     double *part = (double *)rp_calloc((size_t)parts * (size_t)np, sizeof(double));
-    double *scratch = (double *)rp_malloc((size_t)parts * (size_t)(ns > 0 ? ns : 1) * sizeof(double));
-    if (!part || !scratch) {
+    double *psi = fire_psi_table(cabs, sc, dmax);
+    if (!part || !psi) {
         rp_free(part);
-        rp_free(scratch);
+        rp_free(psi);
+        rp_free(pl.mem);
         return RP_ENOMEM;
     }
-    FIRE_PARALLEL_PARTS
+    const double *dpsi = psi + dmax + 1;
+    RP_BIAS_PARALLEL_PARTS(TT * H)
     for (int64_t p = 0; p < parts; p++) {
         int64_t lo, hi;
         rp_chunk(Tq, parts, p, &lo, &hi);
-        double *acc = part + p * np;
-        double *gW1 = acc, *gb1 = acc + W, *gW2 = acc + 2 * W, *gb2 = gW2 + H * W, *gc = gb2 + H, *gL = gc + 1;
-        double *pre = scratch + p * (ns > 0 ? ns : 1), *dpre = pre + W, *gout = dpre + W;
+        double *S0 = part + p * np, *S1 = S0 + nseg * H, *gc = S1 + nseg * H, *gL = gc + 1;
         for (int64_t i = lo; i < hi; i++) {
             int64_t ia = q_offset + i;
             int L_active = Labs > (double)ia;
@@ -101,35 +185,19 @@ int rp_fire_bwd(const rp_fire *f, int64_t Tq, int64_t Tk, int64_t q_offset, cons
             double dpn_dL = L_active ? sL * cabs / (1.0 + cabs * Labs) : 0.0;
             int64_t jmax = ia < Tk - 1 ? ia : Tk - 1;
             for (int64_t j = 0; j <= jmax; j++) {
-                double dd = (double)(ia - j);
-                double a = log1p(cabs * dd), x = a / pn;
-                int any = 0;
-                for (int64_t h = 0; h < H; h++) {
-                    gout[h] = g[h * TT + i * Tk + j];
-                    any |= gout[h] != 0.0;
-                }
-                if (!any) continue;
-                for (int64_t k = 0; k < W; k++) pre[k] = (double)f->W1[k] * x + (double)f->b1[k];
-                for (int64_t h = 0; h < H; h++) {
-                    gb2[h] += gout[h];
-                    double *gw = gW2 + h * W;
-                    for (int64_t k = 0; k < W; k++)
-                        if (pre[k] > 0.0) gw[k] += gout[h] * pre[k];
-                }
-                for (int64_t k = 0; k < W; k++) dpre[k] = 0.0;
-                for (int64_t h = 0; h < H; h++) {
-                    const float *w2 = f->W2 + h * W;
-                    for (int64_t k = 0; k < W; k++) dpre[k] += (double)w2[k] * gout[h];
-                }
+                int64_t dd = ia - j;
+                double a = psi[dd], x = a / pn;
+                int64_t s = fire_seg(&pl, x);
+                const double *sl = pl.slope + s * H;
+                double *s0 = S0 + s * H, *s1 = S1 + s * H;
                 double dx = 0.0;
-                for (int64_t k = 0; k < W; k++) {
-                    if (pre[k] <= 0.0) continue;
-                    gW1[k] += dpre[k] * x;
-                    gb1[k] += dpre[k];
-                    dx += (double)f->W1[k] * dpre[k];
+                for (int64_t h = 0; h < H; h++) {
+                    double G = g[h * TT + i * Tk + j];
+                    s0[h] += G;
+                    s1[h] += G * x;
+                    dx += G * sl[h];
                 }
-                double da_dc = sc * dd / (1.0 + cabs * dd);
-                *gc += dx * (da_dc / pn - a * dpn_dc / (pn * pn));
+                *gc += dx * (dpsi[dd] / pn - a * dpn_dc / (pn * pn));
                 *gL += dx * (-a * dpn_dL / (pn * pn));
             }
         }
@@ -137,17 +205,33 @@ int rp_fire_bwd(const rp_fire *f, int64_t Tq, int64_t Tk, int64_t q_offset, cons
     /* sum the parts in order */
     for (int64_t t = 1; t < parts; t++)
         for (int64_t u = 0; u < np; u++) part[u] += part[t * np + u];
-    for (int64_t k = 0; k < W; k++) {
-        if (dW1) dW1[k] = (float)part[k];
-        if (db1) db1[k] = (float)part[W + k];
+    const double *S0 = part, *S1 = part + nseg * H;
+    for (int64_t h = 0; h < H; h++) {
+        double acc = 0.0;
+        for (int64_t s = 0; s < nseg; s++) acc += S0[s * H + h];
+        if (db2) db2[h] = (float)acc;
     }
-    for (int64_t u = 0; u < H * W; u++)
-        if (dW2) dW2[u] = (float)part[2 * W + u];
-    for (int64_t h = 0; h < H; h++)
-        if (db2) db2[h] = (float)part[2 * W + H * W + h];
+    for (int64_t k = 0; k < W; k++) {
+        double w1 = 0.0, b1 = 0.0;
+        for (int64_t h = 0; h < H; h++) {
+            double s0 = 0.0, s1 = 0.0;
+            for (int64_t s = 0; s < nseg; s++)
+                if (pl.on[s * W + k]) {
+                    s0 += S0[s * H + h];
+                    s1 += S1[s * H + h];
+                }
+            double w2 = f->W2[h * W + k];
+            w1 += w2 * s1;
+            b1 += w2 * s0;
+            if (dW2) dW2[h * W + k] = (float)((double)f->W1[k] * s1 + (double)f->b1[k] * s0);
+        }
+        if (dW1) dW1[k] = (float)w1;
+        if (db1) db1[k] = (float)b1;
+    }
     if (dc) *dc = (float)part[np - 2];
     if (dL) *dL = (float)part[np - 1];
     rp_free(part);
-    rp_free(scratch);
+    rp_free(psi);
+    rp_free(pl.mem);
     return RP_OK;
 }

@@ -37,8 +37,9 @@ int rp_colsum(const float *X, int64_t M, int64_t N, float *out);
 
 /* Measured single-precision FMA throughput (GFLOP/s, 2 flops per FMA lane)
  * of `threads` threads (<= 0: relpos' thread count) running independent FMA
- * chains for about `seconds`, on the instruction set of the GEMM kernel in use
- * (AVX-512, AVX2/FMA, or a portable multiply-add loop). */
+ * chains for about `seconds` of each thread's CPU time (so other processes on a
+ * shared machine do not lower it), on the instruction set of the GEMM kernel in
+ * use (AVX-512, AVX2/FMA, or a portable multiply-add loop). */
 double rp_fma_peak_gflops(int threads, double seconds);
 
 /* Micro-kernel choice (tests and benchmarks): 0 auto (widest the CPU has),
@@ -66,6 +67,10 @@ void rp_gemm_ukr_avx2(int64_t kc, const float *Ap, const float *Bp, float *C, in
 void rp_gemm_ukr_avx512(int64_t kc, const float *Ap, const float *Bp, float *C, int64_t ldc, int64_t mr,
                         int64_t nr, float alpha, float beta, const float *bias);
 int rp_gemm_cpu_avx512(void); /* AVX-512F usable (CPU and OS) and compiled in */
+/* Pack R rows of a row-major matrix (rows X, X+ld, ...; kc columns) into dst
+ * (kc x R), dst[p*R + i] = X[i*ld + p], with 8x8 / 4x8 / 2x8 register
+ * transposes; R is 6, 12, 16 or 32 (full A panels, full panels of a transposed B). */
+void rp_gemm_pack_rows_avx2(const float *X, int64_t ld, int64_t kc, int R, float *dst);
 double rp_fma_peak_gflops_avx2(int threads, double seconds);
 double rp_fma_peak_gflops_avx512(int threads, double seconds);
 

@@ -4,6 +4,7 @@
  *     a target attribute and called only when the CPU and OS support it
  *     (rp_gemm_cpu_avx512), so the build still runs on any AVX2 machine.
  * Everything here is called only when rp_simd_enabled(). */
+#define _POSIX_C_SOURCE 200809L /* clock_gettime(CLOCK_THREAD_CPUTIME_ID) */
 #include "gemm.h"
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -111,8 +112,96 @@ void rp_gemm_ukr_avx2(int64_t kc, const float *restrict Ap, const float *restric
     }
 }
 
+/* ---- packing: R rows of a row-major matrix -> (kc x R) panel, by register
+ * transposes (A panels with R = MR, panels of a transposed B with R = NR) ---- */
+
+/* rows r[0..7], columns p..p+7 -> dst[(p+k)*MR + 0..7] */
+static inline void tr8x8(const float *const *r, int64_t p, float *dst, int MR) {
+    __m256 t0 = _mm256_unpacklo_ps(_mm256_loadu_ps(r[0] + p), _mm256_loadu_ps(r[1] + p));
+    __m256 t1 = _mm256_unpackhi_ps(_mm256_loadu_ps(r[0] + p), _mm256_loadu_ps(r[1] + p));
+    __m256 t2 = _mm256_unpacklo_ps(_mm256_loadu_ps(r[2] + p), _mm256_loadu_ps(r[3] + p));
+    __m256 t3 = _mm256_unpackhi_ps(_mm256_loadu_ps(r[2] + p), _mm256_loadu_ps(r[3] + p));
+    __m256 t4 = _mm256_unpacklo_ps(_mm256_loadu_ps(r[4] + p), _mm256_loadu_ps(r[5] + p));
+    __m256 t5 = _mm256_unpackhi_ps(_mm256_loadu_ps(r[4] + p), _mm256_loadu_ps(r[5] + p));
+    __m256 t6 = _mm256_unpacklo_ps(_mm256_loadu_ps(r[6] + p), _mm256_loadu_ps(r[7] + p));
+    __m256 t7 = _mm256_unpackhi_ps(_mm256_loadu_ps(r[6] + p), _mm256_loadu_ps(r[7] + p));
+    __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    _mm256_storeu_ps(dst + 0 * MR, _mm256_permute2f128_ps(s0, s4, 0x20));
+    _mm256_storeu_ps(dst + 1 * MR, _mm256_permute2f128_ps(s1, s5, 0x20));
+    _mm256_storeu_ps(dst + 2 * MR, _mm256_permute2f128_ps(s2, s6, 0x20));
+    _mm256_storeu_ps(dst + 3 * MR, _mm256_permute2f128_ps(s3, s7, 0x20));
+    _mm256_storeu_ps(dst + 4 * MR, _mm256_permute2f128_ps(s0, s4, 0x31));
+    _mm256_storeu_ps(dst + 5 * MR, _mm256_permute2f128_ps(s1, s5, 0x31));
+    _mm256_storeu_ps(dst + 6 * MR, _mm256_permute2f128_ps(s2, s6, 0x31));
+    _mm256_storeu_ps(dst + 7 * MR, _mm256_permute2f128_ps(s3, s7, 0x31));
+}
+
+/* rows r[0..3], columns p..p+7 -> dst[(p+k)*MR + 0..3] */
+static inline void tr4x8(const float *const *r, int64_t p, float *dst, int MR) {
+    __m256 a0 = _mm256_loadu_ps(r[0] + p), a1 = _mm256_loadu_ps(r[1] + p);
+    __m256 a2 = _mm256_loadu_ps(r[2] + p), a3 = _mm256_loadu_ps(r[3] + p);
+    __m256 t0 = _mm256_unpacklo_ps(a0, a1), t1 = _mm256_unpackhi_ps(a0, a1);
+    __m256 t2 = _mm256_unpacklo_ps(a2, a3), t3 = _mm256_unpackhi_ps(a2, a3);
+    __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    _mm_storeu_ps(dst + 0 * MR, _mm256_castps256_ps128(s0));
+    _mm_storeu_ps(dst + 1 * MR, _mm256_castps256_ps128(s1));
+    _mm_storeu_ps(dst + 2 * MR, _mm256_castps256_ps128(s2));
+    _mm_storeu_ps(dst + 3 * MR, _mm256_castps256_ps128(s3));
+    _mm_storeu_ps(dst + 4 * MR, _mm256_extractf128_ps(s0, 1));
+    _mm_storeu_ps(dst + 5 * MR, _mm256_extractf128_ps(s1, 1));
+    _mm_storeu_ps(dst + 6 * MR, _mm256_extractf128_ps(s2, 1));
+    _mm_storeu_ps(dst + 7 * MR, _mm256_extractf128_ps(s3, 1));
+}
+
+/* rows r[0..1], columns p..p+7 -> dst[(p+k)*MR + 0..1] */
+static inline void tr2x8(const float *const *r, int64_t p, float *dst, int MR) {
+    __m256 a0 = _mm256_loadu_ps(r[0] + p), a1 = _mm256_loadu_ps(r[1] + p);
+    __m256 lo = _mm256_unpacklo_ps(a0, a1), hi = _mm256_unpackhi_ps(a0, a1);
+    __m128 l0 = _mm256_castps256_ps128(lo), l1 = _mm256_extractf128_ps(lo, 1);
+    __m128 h0 = _mm256_castps256_ps128(hi), h1 = _mm256_extractf128_ps(hi, 1);
+    _mm_storel_pi((__m64 *)(dst + 0 * MR), l0);
+    _mm_storeh_pi((__m64 *)(dst + 1 * MR), l0);
+    _mm_storel_pi((__m64 *)(dst + 2 * MR), h0);
+    _mm_storeh_pi((__m64 *)(dst + 3 * MR), h0);
+    _mm_storel_pi((__m64 *)(dst + 4 * MR), l1);
+    _mm_storeh_pi((__m64 *)(dst + 5 * MR), l1);
+    _mm_storel_pi((__m64 *)(dst + 6 * MR), h1);
+    _mm_storeh_pi((__m64 *)(dst + 7 * MR), h1);
+}
+
+void rp_gemm_pack_rows_avx2(const float *X, int64_t ld, int64_t kc, int R, float *dst) {
+    const float *r[32];
+    for (int i = 0; i < R && i < 32; i++) r[i] = X + i * ld;
+    int64_t p = 0;
+    if (R == 12) {
+        for (; p + 8 <= kc; p += 8) {
+            tr8x8(r, p, dst + p * 12, 12);
+            tr4x8(r + 8, p, dst + p * 12 + 8, 12);
+        }
+    } else if (R == 6) {
+        for (; p + 8 <= kc; p += 8) {
+            tr4x8(r, p, dst + p * 6, 6);
+            tr2x8(r + 4, p, dst + p * 6 + 4, 6);
+        }
+    } else if (R == 16 || R == 32) {
+        for (; p + 8 <= kc; p += 8)
+            for (int g = 0; g < R; g += 8) tr8x8(r + g, p, dst + p * R + g, R);
+    }
+    for (; p < kc; p++)
+        for (int i = 0; i < R; i++) dst[p * R + i] = r[i][p];
+}
+
+/* CPU time of the calling thread: the probe measures what the core does while
+ * it runs, unaffected by other processes competing for it (shared machines). */
 static double now_seconds(void) {
     struct timespec ts;
+#if defined(CLOCK_THREAD_CPUTIME_ID)
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) == 0) return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+#endif
     timespec_get(&ts, TIME_UTC);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
@@ -330,6 +419,9 @@ double rp_fma_peak_gflops_avx2(int threads, double seconds) {
     return 0.0;
 }
 int rp_gemm_cpu_avx512(void) { return 0; }
+void rp_gemm_pack_rows_avx2(const float *X, int64_t ld, int64_t kc, int R, float *dst) {
+    (void)X, (void)ld, (void)kc, (void)R, (void)dst;
+}
 void rp_gemm_ukr_avx512(int64_t kc, const float *Ap, const float *Bp, float *C, int64_t ldc, int64_t mr,
                         int64_t nr, float alpha, float beta, const float *bias) {
     (void)kc, (void)Ap, (void)Bp, (void)C, (void)ldc, (void)mr, (void)nr, (void)alpha, (void)beta, (void)bias;

@@ -19,7 +19,8 @@ int rp_ops_xent_fwd(const float *logits, const int64_t *targets, float *lse, flo
     }
     float *row_loss = (float *)rp_malloc((size_t)(N > 0 ? N : 1) * sizeof(float));
     if (!row_loss) return RP_ENOMEM;
-    RP_OPS_PFOR(N * V >= 4096)
+    const int simd = rp_simd_enabled();
+    RP_OPS_PFOR(N * V >= RP_OPS_PAR_MIN_COMPUTE)
     for (int64_t r = 0; r < N; r++) {
         const int64_t t = targets[r];
         if (t == ignore_index) {
@@ -28,12 +29,8 @@ int rp_ops_xent_fwd(const float *logits, const int64_t *targets, float *lse, flo
             continue;
         }
         const float *xr = logits + r * V;
-        float m = -INFINITY;
-        for (int64_t j = 0; j < V; j++) m = xr[j] > m ? xr[j] : m;
-        float s = 0.0f;
-        RP_OPS_SIMD_SUM(s)
-        for (int64_t j = 0; j < V; j++) s += expf(xr[j] - m);
-        const float ls = logf(s);
+        const float m = rp_span_max(xr, V);
+        const float ls = logf(rp_ops_exp_sum(simd, xr, m, NULL, V));
         lse[r] = m + ls;
         row_loss[r] = (m - xr[t]) + ls; /* exact when the target holds the max */
     }
@@ -55,7 +52,8 @@ int rp_ops_xent_bwd(const float *logits, const int64_t *targets, const float *ls
                     float *dlogits, int64_t N, int64_t V, int64_t ignore_index) {
     if (N < 0 || V < 0 || count < 0) return RP_EINVAL;
     const float scale = count > 0 ? dloss / (float)count : 0.0f;
-    RP_OPS_PFOR(N * V >= 4096)
+    const int simd = rp_simd_enabled();
+    RP_OPS_PFOR(N * V >= RP_OPS_PAR_MIN_COMPUTE)
     for (int64_t r = 0; r < N; r++) {
         const int64_t t = targets[r];
         float *dr = dlogits + r * V;
@@ -65,7 +63,16 @@ int rp_ops_xent_bwd(const float *logits, const int64_t *targets, const float *ls
         }
         const float *xr = logits + r * V;
         const float l = lse[r];
-        for (int64_t j = 0; j < V; j++) dr[j] = expf(xr[j] - l) * scale;
+        if (fabsf(l) < 64.0f) {
+            /* lse is exact to 4e-6 here: p = exp(x - lse) */
+            rp_ops_exp_scale(simd, xr, l, scale, NULL, 0.0f, dr, V);
+        } else {
+            /* large logits: lse holds few bits below the point, so recompute
+             * the row's max m and log-sum ls and use exp(x - m) * exp(-ls) */
+            const float m = rp_span_max(xr, V);
+            const float ls = logf(rp_ops_exp_sum(simd, xr, m, NULL, V));
+            rp_ops_exp_scale(simd, xr, m, scale * expf(-ls), NULL, 0.0f, dr, V);
+        }
         if (t >= 0 && t < V) dr[t] -= scale;
     }
     return RP_OK;

@@ -222,7 +222,7 @@ PyMODINIT_FUNC PyInit__C(void) {
     PyObject *m = PyModule_Create(&rp_module);
     if (!m) return NULL;
     PyMethodDef *tables[] = {rp_methods_gemm, rp_methods_ops, rp_methods_optim,
-                             rp_methods_posenc, rp_methods_bias, rp_methods_attn, rp_methods_fused};
+                             rp_methods_posenc, rp_methods_bias, rp_methods_attn, rp_methods_fused, rp_methods_perf};
     for (size_t i = 0; i < sizeof tables / sizeof tables[0]; i++) {
         if (PyModule_AddFunctions(m, tables[i]) < 0) {
             Py_DECREF(m);

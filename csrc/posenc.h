@@ -16,8 +16,16 @@
 #define RP_SIN_INTERLEAVED 0  /* PE(i,2k)=sin, PE(i,2k+1)=cos (Vaswani et al.) */
 #define RP_SIN_CONCAT 1       /* [sin_0..sin_{P-1}, cos_0..cos_{P-1}] */
 
-/* Elementwise kernels below this many elements run on one thread. */
+/* Kernels below this much work run on one thread: a parallel region costs
+ * more than rotating 16k numbers or evaluating 2k sines (and far more when
+ * the machine is oversubscribed). Work is split by static schedule either way,
+ * so the result does not depend on the thread count. */
 #define RP_POSENC_MIN_PARALLEL 16384
+#define RP_POSENC_MIN_PARALLEL_TRIG 2048
+
+static inline int rp_posenc_threads(int64_t work, int64_t min_work) {
+    return work < min_work ? 1 : rp_get_num_threads();
+}
 
 /* Largest |log scale| an xPos factor may take: e^80 is finite in float32 and
  * a causal product of a q and a k factor stays <= 1 (see rp_xpos_scale). */

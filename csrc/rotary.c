@@ -9,7 +9,9 @@ int rp_posenc_rope_tables(const double *inv_freq, int64_t P, int64_t T, int64_t 
                           double pos_scale, float *cos_out, float *sin_out) {
     if (P < 0 || T < 0 || !(pos_scale == pos_scale)) return RP_EINVAL;
     if (P == 0 || T == 0) return RP_OK;
-    RP_OMP_PARALLEL_FOR
+    const int nt = rp_posenc_threads(T * P, RP_POSENC_MIN_PARALLEL_TRIG);
+    (void)nt;
+    RP_PRAGMA(omp parallel for schedule(static) num_threads(nt))
     for (int64_t t = 0; t < T; t++) {
         /* the position and the product in float64: libm's cos/sin then reduce
          * the angle exactly, so position 1e6 keeps ~1e-10 rad of accuracy */
@@ -30,7 +32,9 @@ int rp_posenc_xpos_scale(int64_t P, int64_t T, int64_t offset, double center, do
         return RP_EINVAL;
     if (P == 0 || T == 0) return RP_OK;
     const double d_rot = 2.0 * (double)P;
-    RP_OMP_PARALLEL_FOR
+    const int nt = rp_posenc_threads(T * P, RP_POSENC_MIN_PARALLEL_TRIG);
+    (void)nt;
+    RP_PRAGMA(omp parallel for schedule(static) num_threads(nt))
     for (int64_t t = 0; t < T; t++) {
         double rel = (double)sign * ((double)(offset + t) - center) / scale_base;
         for (int64_t k = 0; k < P; k++) {
@@ -75,7 +79,7 @@ static int rotary_apply(const float *x, const float *cos_t, const float *sin_t, 
     const int64_t rows = N * T;
     if (rows == 0 || D == 0) return RP_OK;
     /* a parallel region costs more than rotating a few thousand numbers */
-    const int nt = rows * D < RP_POSENC_MIN_PARALLEL ? 1 : rp_get_num_threads();
+    const int nt = rp_posenc_threads(rows * D, RP_POSENC_MIN_PARALLEL);
     (void)nt;
     RP_PRAGMA(omp parallel for schedule(static) num_threads(nt))
     for (int64_t row = 0; row < rows; row++) {

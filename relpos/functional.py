@@ -15,6 +15,9 @@ from ._fn.ops import __all__ as _ops_all
 from ._fn.attention import *  # noqa: F401,F403
 from ._fn.attention import __all__ as _attention_all
 
+from ._fn.fused import *  # noqa: F401,F403
+from ._fn.fused import __all__ as _fused_all
+
 from ._fn.encoded import attention  # noqa: F401
 
-__all__ = ["attention"] + list(_views_all) + list(_linalg_all) + list(_ops_all) + list(_attention_all)
+__all__ = ["attention"] + list(_views_all) + list(_linalg_all) + list(_ops_all) + list(_attention_all) + list(_fused_all)

@@ -91,8 +91,9 @@ def silu(x):
 def layer_norm(x, weight=None, bias=None, eps=1e-5):
     """Over the last axis; biased variance. Returns y only."""
     x = np.asarray(x, np.float64)
-    mean = x.mean(axis=-1, keepdims=True)
-    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+    D = max(x.shape[-1], 1)  # D == 0: empty rows, no "mean of empty slice"
+    mean = x.sum(axis=-1, keepdims=True) / D
+    var = ((x - mean) ** 2).sum(axis=-1, keepdims=True) / D
     y = (x - mean) / np.sqrt(var + eps)
     if weight is not None:
         y = y * np.asarray(weight, np.float64)
@@ -103,7 +104,7 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5):
 
 def rms_norm(x, weight=None, eps=1e-6):
     x = np.asarray(x, np.float64)
-    y = x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps)
+    y = x / np.sqrt((x * x).sum(axis=-1, keepdims=True) / max(x.shape[-1], 1) + eps)
     if weight is not None:
         y = y * np.asarray(weight, np.float64)
     return y

@@ -260,7 +260,7 @@ def test_complex_bridge_keeps_reference_counts(rng):
     pos = np.arange(3)
     g = np.ones((1, 3, 6), np.float32)
     before = [sys.getrefcount(a) for a in (r, om, th, ids, pos, g)]
-    for _ in range(200):
+    for _ in range(100):
         _C.complex_embed_fwd(ids, r, om, th, pos)
         _C.complex_embed_bwd(ids, r, om, th, pos, g)
         with pytest.raises(IndexError):

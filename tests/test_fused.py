@@ -250,8 +250,9 @@ def test_portable_and_simd_paths(portable, rng):
         _C.force_portable(False)
 
 
+@pytest.mark.parametrize("portable", [False, True])
 @pytest.mark.parametrize("case", ["per_head", "shared_tables", "batch_shared_bias_full"])
-def test_bit_identical_threads(case, threads, rng):
+def test_bit_identical_threads(case, portable, threads, rng):
     """1 and 2 threads give the same bits, including the table reductions."""
     chans = ("c2p", "p2c", "relv", "bias_vec", "bias_full_b")
     if case == "batch_shared_bias_full":
@@ -259,8 +260,12 @@ def test_bit_identical_threads(case, threads, rng):
     q, k, v, kw = make_case(rng, B=2, H=3, Tq=100, Tk=140, q_offset=40, channels=chans, padding=True,
                             shared=case != "per_head")
     dout = rng.standard_normal((2, 3, 100, 16)).astype(np.float32)
-    r1 = threads(1, run_fused, q, k, v, dout, kw)
-    r2 = threads(2, run_fused, q, k, v, dout, kw)
+    _C.force_portable(portable)
+    try:
+        r1 = threads(1, run_fused, q, k, v, dout, kw)
+        r2 = threads(2, run_fused, q, k, v, dout, kw)
+    finally:
+        _C.force_portable(False)
     assert np.array_equal(r1[0], r2[0]) and np.array_equal(r1[1], r2[1])
     assert set(r1[2]) == set(r2[2]) == {"q", "k", "v", "qr", "relk", "relq", "relv", "bias_vec", "bias_full"}
     for n in r1[2]:
@@ -318,6 +323,22 @@ def test_zero_size(shape):
     assert np.all(out == 0) and np.all(lse == -np.inf)
     g = _C.attention_bwd(q, k, v, out, lse, np.ones_like(out), causal=False)
     assert g["q"].shape == q.shape and np.all(g["q"] == 0) and np.all(g["k"] == 0)
+
+
+@pytest.mark.parametrize("D,Dv", [(0, 4), (4, 0), (0, 0)])
+def test_zero_head_dims(D, Dv):
+    """D = 0 gives uniform weights over the visible keys (logits 0); Dv = 0 an empty output."""
+    q = np.ones((1, 2, 5, D), np.float32)
+    k = np.ones((1, 2, 70, D), np.float32)
+    v = np.arange(140 * Dv, dtype=np.float32).reshape(1, 2, 70, Dv)
+    out, lse = _C.attention_fwd(q, k, v, causal=True, q_offset=65)
+    rout, rlse, _ = R.attention(q, k, v, causal=True, q_offset=65)
+    close("out", out, rout)
+    close("lse", lse, rlse)
+    g = _C.attention_bwd(q, k, v, out, lse, np.ones_like(out), causal=True, q_offset=65)
+    rg = ref_grads(q, k, v, np.ones(out.shape), causal=True, q_offset=65)
+    for n in rg:
+        close("d" + n, g[n], rg[n])
 
 
 def test_needs_subset_and_inputs_untouched(rng):

@@ -4,44 +4,10 @@ import pytest
 
 import relpos
 from relpos import nn
-from relpos.tensor import Function, Tensor, no_grad
+from relpos import functional as F
+from relpos.tensor import Tensor, no_grad
 
 import reference as ref
-
-
-class _LinearFn(Function):
-    @staticmethod
-    def forward(ctx, x, w, b):
-        ctx.save_for_backward(x, w)
-        y = x @ w.T
-        return (y + b if b is not None else y).astype(np.float32)
-
-    @staticmethod
-    def backward(ctx, g):
-        x, w = ctx.saved
-        g2 = g.reshape(-1, g.shape[-1])
-        return (g @ w).astype(np.float32), (g2.T @ x.reshape(-1, x.shape[-1])).astype(np.float32), g2.sum(0)
-
-
-class _StubLinear(nn.Module):
-    """Stand-in for relpos.nn.Linear until the nn area lands (same layout as torch)."""
-
-    def __init__(self, in_features, out_features, bias=True, seed=None):
-        super().__init__()
-        rng = np.random.default_rng(seed)
-        bound = 1 / np.sqrt(in_features)
-        self.weight = nn.Parameter(rng.uniform(-bound, bound, (out_features, in_features)).astype(np.float32))
-        self.bias = nn.Parameter(rng.uniform(-bound, bound, out_features).astype(np.float32)) if bias else None
-
-    def forward(self, x):
-        return _LinearFn.apply(x, self.weight, self.bias)
-
-
-@pytest.fixture(autouse=True)
-def linear(monkeypatch):
-    if not hasattr(nn, "Linear"):
-        monkeypatch.setattr(nn, "Linear", _StubLinear, raising=False)
-    yield
 
 
 def proj(lin, x):
@@ -139,3 +105,81 @@ def test_bad_arguments(rng):
         m(Tensor(np.zeros((2, 3, 8), np.float32)), cache={})
     with pytest.raises(ValueError, match="key_padding_mask must have shape"):
         m(Tensor(np.zeros((2, 3, 8), np.float32)), key_padding_mask=np.zeros((2, 4), bool))
+
+
+ENCODINGS = ["rope", "xpos", "alibi", "t5", "kerple", "fire", "cope", "shaw", "deberta", "xl"]
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_encoding_matches_functional_and_cache(rng, encoding):
+    """MHA with an encoding == projections + F.attention(encoding=...) + out projection,
+    and token-by-token generation through the cache == the full causal pass."""
+    B, T, d, H = 2, 6, 16, 2
+    m = nn.MultiHeadAttention(d, H, encoding=encoding, seed=2)
+    x = rng.standard_normal((B, T, d)).astype(np.float32)
+    with no_grad():
+        full = m(Tensor(x)).data
+        heads = lambda y: y.reshape(B, T, H, d // H).transpose(0, 2, 1, 3)
+        X = Tensor(x)
+        o = F.attention(heads(m.q_proj(X)), heads(m.k_proj(X)), heads(m.v_proj(X)), encoding=m.encoding,
+                        impl="materialized")
+        want = m.out_proj(o.transpose(0, 2, 1, 3).reshape(B, T, d)).data
+        cache = nn.KVCache()
+        steps = [m(Tensor(x[:, :2]), cache=cache).data]
+        steps += [m(Tensor(x[:, t:t + 1]), cache=cache).data for t in range(2, T)]
+    np.testing.assert_allclose(full, want, atol=2e-5, rtol=1e-4)
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=2e-5, rtol=1e-4)
+
+
+def test_rope_weights_depend_on_relative_position_only(rng):
+    """With RoPE, shifting every position by a cache offset leaves the weights unchanged:
+    a query at absolute position p attending to keys 0..p sees the same logits as ever."""
+    m = nn.MultiHeadAttention(8, 2, encoding="rope", seed=4)
+    x = rng.standard_normal((1, 5, 8)).astype(np.float32)
+    with no_grad():
+        _, w = m(Tensor(x), return_weights=True)
+        cache = nn.KVCache()
+        m(Tensor(x[:, :4]), cache=cache)
+        _, w_last = m(Tensor(x[:, 4:]), cache=cache, return_weights=True)
+    assert w.shape == (1, 2, 5, 5) and w_last.shape == (1, 2, 1, 5)
+    np.testing.assert_allclose(w.sum(-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(w_last[:, :, 0], w[:, :, -1], atol=1e-6)
+
+
+def test_gradients_reach_encoding_parameters(rng):
+    m = nn.MultiHeadAttention(8, 2, encoding="shaw", seed=0)
+    out = m(Tensor(rng.standard_normal((2, 5, 8)).astype(np.float32)))
+    out.backward(np.ones(out.shape, np.float32))
+    enc_params = [(n, p) for n, p in m.named_parameters() if n.startswith("encoding.")]
+    assert enc_params, "shaw has learnable tables"
+    for n, p in m.named_parameters():
+        assert p.grad is not None and p.grad.shape == p.shape, n
+        assert np.any(p.grad != 0), n
+
+
+def test_dropout_train_and_eval(rng):
+    x = Tensor(rng.standard_normal((2, 4, 8)).astype(np.float32))
+    a = nn.MultiHeadAttention(8, 2, encoding=None, dropout=0.5, seed=7)
+    b = nn.MultiHeadAttention(8, 2, encoding=None, dropout=0.5, seed=7)
+    ya, yb = a(x).data, b(x).data
+    np.testing.assert_array_equal(ya, yb)  # the same seed drops the same elements
+    assert np.mean(ya == 0) > 0.2
+    a.eval()
+    clean = nn.MultiHeadAttention(8, 2, encoding=None, seed=7)
+    np.testing.assert_array_equal(a(x).data, clean(x).data)
+
+
+def test_materialized_only_encoding_rejects_fused():
+    with pytest.raises(ValueError, match="impl='fused' is not possible"):
+        m = nn.MultiHeadAttention(8, 2, encoding="cope", impl="fused", seed=0)
+        m(Tensor(np.zeros((1, 3, 8), np.float32)))
+
+
+def test_cache_batch_mismatch(rng):
+    m = nn.MultiHeadAttention(8, 2, encoding=None)
+    cache = nn.KVCache()
+    with no_grad():
+        m(Tensor(np.zeros((2, 3, 8), np.float32)), cache=cache)
+        with pytest.raises(ValueError, match="batch"):
+            m(Tensor(np.zeros((1, 1, 8), np.float32)), cache=cache)
+    assert "length=3" in repr(cache)

@@ -135,7 +135,8 @@ def test_generate_sampling():
 
 # ----------------------------------------------------------------- encoder
 def test_encoder_heads():
-    enc = TransformerEncoder(30, d_model=16, n_layers=1, n_heads=2, encoding="alibi", head="token")
+    enc = TransformerEncoder(30, d_model=16, n_layers=1, n_heads=2, encoding="alibi", symmetric=True,
+                             head="token")
     x = ids(2, 6, 30)
     assert enc(x).shape == (2, 6, 30)
     clf = TransformerEncoder(30, d_model=16, n_layers=1, n_heads=2, encoding="t5", head="classification",

@@ -15,6 +15,17 @@ from tests import reference as ref
 SIZES = [0, 1, 7, 65]
 
 
+@pytest.fixture(params=["simd", "portable"])
+def path(request):
+    """Run a test on the AVX2 kernels (when the CPU has them) and on the portable C path."""
+    portable = request.param == "portable"
+    if not portable and not relpos.config()["cpu_avx2_fma"]:
+        pytest.skip("this CPU or build has no AVX2/FMA path")
+    _C.force_portable(portable)
+    yield request.param
+    _C.force_portable(False)
+
+
 def f32(rng, *shape, lo=None):
     x = rng.standard_normal(shape).astype(np.float32)
     if lo is not None:  # keep magnitudes away from 0 (divisors)
@@ -68,6 +79,8 @@ def _operands(rng, case, n):
         return f32(rng, n, lo=0.5), a
     if case == "scalar_left":
         return f32(rng, 1, 1, lo=0.5), a
+    if case == "trailing":    # (3, n) against (2, 3, n): the C kernel repeats it over axis 0
+        return f32(rng, 2, 3, n, lo=0.5), a
     if case == "numpy":       # column broadcast: NumPy path
         return a, f32(rng, 3, 1, lo=0.5)
     if case == "both":        # both broadcast: (3, 1) with (1, n)
@@ -75,7 +88,7 @@ def _operands(rng, case, n):
     raise AssertionError(case)
 
 
-CASES = ["same", "vector", "row", "scalar", "vector_left", "scalar_left", "numpy", "both"]
+CASES = ["same", "vector", "row", "scalar", "vector_left", "scalar_left", "trailing", "numpy", "both"]
 
 
 @pytest.mark.parametrize("op", list(OPS))
@@ -166,6 +179,8 @@ def test_binary_bad_inputs(rng):
         _C.binary_fwd([1.0], a)
     with pytest.raises(ValueError, match="b must have the shape of a"):
         _C.binary_fwd(a, f32(rng, 3))
+    with pytest.raises(ValueError, match="trailing axes"):
+        _C.binary_fwd(f32(rng, 2, 3, 4), f32(rng, 2, 4))
     with pytest.raises(ValueError, match="op must be one of"):
         _C.binary_fwd(a, a, "pow")
     with pytest.raises(ValueError, match="out"):
@@ -204,7 +219,7 @@ ACTS = {
 
 @pytest.mark.parametrize("name", list(ACTS))
 @pytest.mark.parametrize("n", SIZES)
-def test_activation_forward_backward(rng, name, n):
+def test_activation_forward_backward(rng, name, n, path):
     fn, fn64 = ACTS[name]
     x = 2.0 * f32(rng, 2, n)
     if name == "log":
@@ -220,7 +235,7 @@ def test_activation_forward_backward(rng, name, n):
 
 
 @pytest.mark.parametrize("approx", ["tanh", "none"])
-def test_gelu_large_and_tails(approx):
+def test_gelu_large_and_tails(approx, path):
     x = np.array([-1e4, -30, -8, 0, 8, 30, 1e4], np.float32)
     y = F.gelu(x, approximate=approx).data
     assert np.all(np.isfinite(y))
@@ -231,6 +246,19 @@ def test_gelu_large_and_tails(approx):
     s = F.silu(x).data
     assert np.all(np.isfinite(s))
     assert np.all(np.isfinite(_C.silu_bwd(x, np.ones_like(x))))
+
+
+def test_activation_negative_tails_relative(path):
+    """Tiny outputs in the negative tails keep their relative accuracy (no 1 + tanh cancellation)."""
+    x = np.linspace(-9, -3, 61).astype(np.float32)
+    x64 = x.astype(np.float64)
+    u = np.sqrt(2 / np.pi) * (x64 + 0.044715 * x64 ** 3)
+    s2 = 1 / (1 + np.exp(-2 * u))  # 0.5 (1 + tanh u) without cancellation
+    np.testing.assert_allclose(_C.gelu_fwd(x), x64 * s2, rtol=2e-5)
+    from math import erfc
+    phi = np.array([0.5 * erfc(-v / np.sqrt(2)) for v in x64])
+    np.testing.assert_allclose(_C.gelu_fwd(x, "none"), x64 * phi, rtol=2e-5)
+    np.testing.assert_allclose(_C.silu_fwd(x), x64 / (1 + np.exp(-x64)), rtol=2e-6)
 
 
 def test_activation_bad_inputs(rng):
@@ -252,7 +280,7 @@ def test_activation_bad_inputs(rng):
 @pytest.mark.parametrize("D", [1, 7, 65])
 @pytest.mark.parametrize("N", [0, 1, 3])
 @pytest.mark.parametrize("affine", [True, False])
-def test_layer_norm(rng, N, D, affine):
+def test_layer_norm(rng, N, D, affine, path):
     x = f32(rng, N, D) * 2 + 0.5
     w = f32(rng, D) if affine else None
     b = f32(rng, D) if affine else None
@@ -270,7 +298,7 @@ def test_layer_norm(rng, N, D, affine):
         np.testing.assert_array_equal(a, c)
 
 
-def test_layer_norm_saved_stats_and_leading_axes(rng):
+def test_layer_norm_saved_stats_and_leading_axes(rng, path):
     x = f32(rng, 2, 3, 9) + 100.0   # a large common offset must not cost accuracy
     w, b = f32(rng, 9), f32(rng, 9)
     y, mean, rstd = _C.layer_norm_fwd(x, w, b, 1e-5)
@@ -295,7 +323,7 @@ def test_layer_norm_needs_input_grad(rng):
 
 @pytest.mark.parametrize("D", [1, 7, 65])
 @pytest.mark.parametrize("N", [0, 1, 3])
-def test_rms_norm(rng, N, D):
+def test_rms_norm(rng, N, D, path):
     x, w = f32(rng, N, D), f32(rng, D)
     G = rng.standard_normal((N, D))
     out, (gx, gw) = grads_of(lambda a, b: F.rms_norm(a, b), [x, w], G)
@@ -309,9 +337,9 @@ def test_rms_norm(rng, N, D):
 
 
 @pytest.mark.parametrize("kind", ["layer", "rms"])
-def test_norm_deterministic_threads(rng, threads, kind):
-    x, w, b = f32(rng, 300, 65), f32(rng, 65), f32(rng, 65)
-    g = f32(rng, 300, 65)
+def test_norm_deterministic_threads(rng, threads, kind, path):
+    x, w, b = f32(rng, 600, 65), f32(rng, 65), f32(rng, 65)  # above the parallel thresholds
+    g = f32(rng, 600, 65)
 
     def run():
         if kind == "layer":
@@ -352,7 +380,7 @@ def test_norm_bad_inputs(rng):
 @pytest.mark.parametrize("log", [False, True])
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("axis", [-1, 0])
-def test_softmax(rng, log, n, axis):
+def test_softmax(rng, log, n, axis, path):
     x = f32(rng, 3, n) * 3
     fn = F.log_softmax if log else F.softmax
     fn64 = ref.log_softmax if log else ref.softmax
@@ -364,7 +392,7 @@ def test_softmax(rng, log, n, axis):
     np.testing.assert_array_equal(x, x0)
 
 
-def test_softmax_extreme_logits():
+def test_softmax_extreme_logits(path):
     x = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4]], np.float32)
     y = F.softmax(x).data
     np.testing.assert_allclose(y, ref.softmax(x), atol=1e-7)
@@ -389,7 +417,7 @@ def test_softmax_bad_inputs(rng):
 
 @pytest.mark.parametrize("N", [0, 1, 7, 65])
 @pytest.mark.parametrize("V", [1, 7, 65])
-def test_cross_entropy(rng, N, V):
+def test_cross_entropy(rng, N, V, path):
     x = f32(rng, N, V) * 2
     t = rng.integers(0, V, N)
     if N > 2:
@@ -423,7 +451,7 @@ def test_cross_entropy_ignore_index_and_all_ignored(rng):
     assert np.array_equal(xt.grad, np.zeros_like(x))
 
 
-def test_cross_entropy_extreme_logits_and_leading_axes(rng):
+def test_cross_entropy_extreme_logits_and_leading_axes(rng, path):
     x = (np.sign(f32(rng, 2, 3, 6)) * 1e4).astype(np.float32)
     t = rng.integers(0, 6, (2, 3))
     xt = Tensor(x, requires_grad=True)
@@ -480,6 +508,23 @@ def test_embedding_int_dtypes(rng):
     for dt in (np.int8, np.int32, np.uint16, np.int64):
         ids = np.array([[4, 0], [2, 2]], dtype=dt)
         np.testing.assert_array_equal(F.embedding(ids, W).data, W[ids.astype(np.int64)])
+
+
+def test_rows_and_loss_deterministic(rng, threads, path):
+    """softmax, log-softmax (fwd/bwd), activations and cross-entropy: 1 vs 2 threads bit-identical."""
+    x, g = f32(rng, 600, 130) * 4, f32(rng, 600, 130)  # above the parallel thresholds
+    t = rng.integers(0, 130, 600)
+    t[::7] = -100
+
+    def run():
+        y, ls = _C.softmax_fwd(x), _C.log_softmax_fwd(x)
+        loss, lse, cnt = _C.cross_entropy_fwd(x, t)
+        return (y, ls, _C.softmax_bwd(y, g), _C.log_softmax_bwd(ls, g), np.float32(loss), lse,
+                _C.cross_entropy_bwd(x, t, lse, 0.5, cnt), _C.gelu_fwd(x), _C.gelu_bwd(x, g, "none"),
+                _C.sum_rows(g), _C.binary_bwd(x, np.array(0.7, np.float32), g, "div")[1])
+
+    for u, v in zip(threads(1, run), threads(2, run)):
+        assert u.tobytes() == v.tobytes()
 
 
 def test_embedding_backward_deterministic(rng, threads):
@@ -578,7 +623,174 @@ def test_dropout_bad_inputs(rng):
         F.dropout(x, "0.5", seed=1)
 
 
+def test_cross_entropy_large_logits_gradient_precise(path):
+    """Near-tied logits around +-1e4: the gradient keeps float32 accuracy
+    (the backward does not trust the rounded lse when |lse| is large)."""
+    x = np.array([[1e4, 1e4 - 1, 1e4 - 3, -1e4], [-1e4, -1e4 + 0.5, -1e4 + 2, -1e4 + 2]], np.float32)
+    t = np.array([1, 0])
+    xt = Tensor(x, requires_grad=True)
+    loss = F.cross_entropy(xt, t)
+    loss.backward()
+    p = ref.softmax(x)
+    p[[0, 1], t] -= 1
+    np.testing.assert_allclose(xt.grad, p / 2, rtol=2e-6, atol=1e-7)
+    np.testing.assert_allclose(loss.item(), ref.cross_entropy(x, t), rtol=1e-6)
+
+
 # ----------------------------------------------------------------- misc
+
+def test_zero_size_dims(rng):
+    """Zero-size axes anywhere: empty results or zeros, never a crash or NaN."""
+    # cross-entropy with V = 0 and every row ignored; N = 0
+    xt = Tensor(np.zeros((3, 0), np.float32), requires_grad=True)
+    loss = F.cross_entropy(xt, np.full(3, -100))
+    loss.backward()
+    assert loss.item() == 0.0 and xt.grad.shape == (3, 0)
+    with pytest.raises(IndexError, match="V = 0"):
+        F.cross_entropy(np.zeros((2, 0), np.float32), np.array([0, -100]))
+    # embedding with D = 0, and with no ids
+    Wt = Tensor(np.zeros((5, 0), np.float32), requires_grad=True)
+    out = F.embedding(np.array([[1, 4]]), Wt)
+    out.backward(np.zeros((1, 2, 0), np.float32))
+    assert out.shape == (1, 2, 0) and Wt.grad.shape == (5, 0)
+    W = Tensor(f32(rng, 5, 3), requires_grad=True)
+    e = F.embedding(np.zeros((0, 4), np.int64), W)
+    e.backward(np.zeros((0, 4, 3), np.float32))
+    assert e.shape == (0, 4, 3) and np.array_equal(W.grad, np.zeros((5, 3)))
+    # norms with D = 0 rows and with N = 0 rows: weight gradients are zeros
+    for shape in [(4, 0), (0, 6)]:
+        D = shape[1]
+        x = Tensor(np.zeros(shape, np.float32), requires_grad=True)
+        w, b = Tensor(np.ones(D, np.float32), requires_grad=True), Tensor(np.zeros(D, np.float32), requires_grad=True)
+        (F.layer_norm(x, w, b) * 1.0).backward(np.ones(shape, np.float32))
+        assert x.grad.shape == shape and np.array_equal(w.grad, np.zeros(D)) and np.array_equal(b.grad, np.zeros(D))
+        F.rms_norm(x, w).backward(np.ones(shape, np.float32))
+        assert x.grad.shape == shape
+    # broadcast binary with an empty leading axis: the vector's gradient is zeros
+    a, v = Tensor(np.zeros((0, 3), np.float32), requires_grad=True), Tensor(f32(rng, 3), requires_grad=True)
+    (a * v).backward(np.zeros((0, 3), np.float32))
+    assert np.array_equal(v.grad, np.zeros(3))
+    # dropout and softmax of empty tensors
+    d = Tensor(np.zeros((0, 5), np.float32), requires_grad=True)
+    F.dropout(d, 0.5, seed=1).backward(np.zeros((0, 5), np.float32))
+    assert d.grad.shape == (0, 5)
+    assert F.softmax(np.zeros((2, 0), np.float32)).shape == (2, 0)
+
+
+def test_simd_and_portable_agree(rng):
+    if not relpos.config()["cpu_avx2_fma"]:
+        pytest.skip("this CPU or build has no AVX2/FMA path")
+    x = f32(rng, 37, 129) * 3
+    g = f32(rng, 37, 129)
+    t = rng.integers(0, 129, 37)
+    calls = [lambda: _C.gelu_fwd(x), lambda: _C.gelu_fwd(x, "none"), lambda: _C.silu_fwd(x),
+             lambda: _C.gelu_bwd(x, g), lambda: _C.gelu_bwd(x, g, "none"), lambda: _C.silu_bwd(x, g),
+             lambda: _C.softmax_fwd(x), lambda: _C.log_softmax_fwd(x),
+             lambda: _C.cross_entropy_fwd(x, t)[1]]
+    for call in calls:
+        _C.force_portable(True)
+        try:
+            a = call()
+        finally:
+            _C.force_portable(False)
+        b = call()
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_out_in_place_and_overlap(rng):
+    x = f32(rng, 6, 8)
+    want = ref.softmax(x)
+    y = x.copy()
+    assert _C.softmax_fwd(y, out=y) is y
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-7)
+    ls = _C.log_softmax_fwd(x)
+    g = f32(rng, 6, 8)
+    want = g - np.exp(ls.astype(np.float64)) * g.sum(-1, keepdims=True)
+    g2 = g.copy()
+    _C.log_softmax_bwd(ls, g2, out=g2)       # in place on grad
+    np.testing.assert_allclose(g2, want, rtol=1e-5, atol=1e-5)
+    z = x.copy()
+    _C.gelu_fwd(z, out=z)
+    np.testing.assert_allclose(z, ref.gelu_tanh(x), rtol=2e-6, atol=2e-6)
+    big = np.zeros(64, np.float32)
+    with pytest.raises(ValueError, match="overlap"):
+        _C.relu_fwd(big[:48].reshape(6, 8), out=big[8:56].reshape(6, 8))
+    W = f32(rng, 4, 3)
+    with pytest.raises(ValueError, match="out must not overlap weight"):
+        _C.embedding_fwd(np.array([0]), W, out=W[1:2])
+    with pytest.raises(ValueError, match="out.*writeable"):
+        ro = np.zeros((6, 8), np.float32)
+        ro.flags.writeable = False
+        _C.relu_fwd(x, out=ro)
+
+
+def test_no_reference_leaks(rng):
+    """Every bridge function gives back the references it takes."""
+    import sys
+    x, g = f32(rng, 3, 5), f32(rng, 3, 5)
+    w, b = f32(rng, 5), f32(rng, 5)
+    t = np.array([0, 4, -100])
+    ids = np.array([[1, 2], [0, 1]])
+    y, mean, rstd = _C.layer_norm_fwd(x, w, b)
+    _, rr = _C.rms_norm_fwd(x, w)
+    loss, lse, cnt = _C.cross_entropy_fwd(x, t)
+    calls = [
+        lambda: _C.binary_fwd(x, w, "mul"), lambda: _C.binary_bwd(x, w, g, "div"),
+        lambda: _C.scale(x, 2.0), lambda: _C.bias_add(x, b), lambda: _C.sum_rows(x),
+        lambda: _C.gelu_fwd(x), lambda: _C.gelu_bwd(x, g, "none"), lambda: _C.silu_bwd(x, g),
+        lambda: _C.layer_norm_fwd(x, w, b), lambda: _C.layer_norm_bwd(x, w, mean, rstd, g),
+        lambda: _C.rms_norm_fwd(x, w), lambda: _C.rms_norm_bwd(x, w, rr, g),
+        lambda: _C.softmax_fwd(x), lambda: _C.log_softmax_bwd(x, g),
+        lambda: _C.cross_entropy_fwd(x, t), lambda: _C.cross_entropy_bwd(x, t, lse, 1.0, cnt),
+        lambda: _C.embedding_fwd(ids, x), lambda: _C.embedding_bwd(ids, f32(rng, 2, 2, 5), 3),
+        lambda: _C.dropout_fwd(x, 0.5, 3), lambda: _C.dropout_mask(10, 0.5, 3),
+        # error paths too
+        lambda: _C.binary_fwd(x, f32(rng, 4)), lambda: _C.layer_norm_fwd(x, w[:4]),
+        lambda: _C.cross_entropy_fwd(x, np.array([0, 9, 1])), lambda: _C.embedding_fwd(np.array([7]), x),
+        lambda: _C.layer_norm_bwd(x, w, mean, rstd[:2], g),
+    ]
+    arrays = [x, g, w, b, t, ids, mean, rstd, lse, rr]
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        for call in calls:  # outputs that are never freed would grow traced memory
+            for _ in range(3):
+                try:
+                    call()
+                except (ValueError, IndexError, TypeError):
+                    pass
+            base = tracemalloc.get_traced_memory()[0]
+            for _ in range(200):
+                try:
+                    call()
+                except (ValueError, IndexError, TypeError):
+                    pass
+            assert tracemalloc.get_traced_memory()[0] - base < 20_000
+    finally:
+        tracemalloc.stop()
+    for call in calls:
+        try:
+            call()
+        except (ValueError, IndexError, TypeError):
+            pass
+        before = [sys.getrefcount(a) for a in arrays]
+        for _ in range(50):
+            try:
+                call()
+            except (ValueError, IndexError, TypeError):
+                pass
+        assert [sys.getrefcount(a) for a in arrays] == before
+
+
+def test_numpy_integer_seed_and_messages(rng):
+    x = f32(rng, 10)
+    np.testing.assert_array_equal(_C.dropout_fwd(x, 0.5, np.uint64(7)), _C.dropout_fwd(x, 0.5, 7))
+    with pytest.raises(ValueError, match=r"eps must be a finite number >= 0; got -1.0"):
+        _C.layer_norm_fwd(x.reshape(2, 5), None, None, -1.0)
+    with pytest.raises(ValueError, match=r"p must be in \[0, 1\); got 1.5"):
+        _C.dropout_fwd(x, 1.5, 0)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        _C.dropout_fwd(x, 0.5, True)
 
 def test_all_names_exported():
     want = {"add", "sub", "mul", "div", "gelu", "relu", "silu", "layer_norm", "rms_norm",
@@ -642,6 +854,35 @@ def test_torch_layer_norm(rng):
         np.testing.assert_allclose(mine.grad, theirs.grad.numpy(), rtol=1e-4, atol=1e-4)
 
 
+def test_torch_other_ops(rng):
+    """softmax, log_softmax, rms_norm, silu, relu, embedding against torch (values and gradients)."""
+    torch = pytest.importorskip("torch")
+    tF = torch.nn.functional
+    x, G = f32(rng, 3, 17) * 2, f32(rng, 3, 17)
+    w = f32(rng, 17)
+    cases = [(lambda a: F.softmax(a, axis=0), lambda a: torch.softmax(a, 0)),
+             (F.log_softmax, lambda a: torch.log_softmax(a, -1)),
+             (lambda a: F.rms_norm(a, w, eps=1e-6), lambda a: tF.rms_norm(a, (17,), torch.tensor(w), eps=1e-6)),
+             (F.silu, tF.silu), (F.relu, tF.relu)]
+    for mine, theirs in cases:
+        t = Tensor(x, requires_grad=True)
+        y = mine(t)
+        y.backward(G)
+        tx = torch.tensor(x, requires_grad=True)
+        ty = theirs(tx)
+        ty.backward(torch.tensor(G))
+        np.testing.assert_allclose(y.data, ty.detach().numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(t.grad, tx.grad.numpy(), rtol=1e-4, atol=1e-5)
+    W = f32(rng, 9, 4)
+    ids = rng.integers(0, 9, (5, 3))
+    Gw = f32(rng, 5, 3, 4)
+    Wt = Tensor(W, requires_grad=True)
+    F.embedding(ids, Wt).backward(Gw)
+    tW = torch.tensor(W, requires_grad=True)
+    tF.embedding(torch.tensor(ids), tW).backward(torch.tensor(Gw))
+    np.testing.assert_allclose(Wt.grad, tW.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_torch_cross_entropy(rng):
     torch = pytest.importorskip("torch")
     x = f32(rng, 9, 13) * 4
@@ -656,3 +897,72 @@ def test_torch_cross_entropy(rng):
     tl.backward()
     np.testing.assert_allclose(loss.item(), tl.item(), rtol=1e-5)
     np.testing.assert_allclose(xt.grad, tx.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------- properties
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+
+
+def _reduce_to(g, shape):
+    """float64 twin of unbroadcasting: sum g down to shape."""
+    while g.ndim > len(shape):
+        g = g.sum(axis=0)
+    for i, n in enumerate(shape):
+        if n == 1 and g.shape[i] != 1:
+            g = g.sum(axis=i, keepdims=True)
+    return g
+
+
+@settings(max_examples=60, deadline=None)
+@given(shapes=hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=3, max_side=5),
+       op=st.sampled_from(list(OPS)), seed=st.integers(0, 2 ** 32 - 1))
+def test_binary_broadcast_property(shapes, op, seed):
+    """Any NumPy-broadcastable pair: the value and both gradients match float64 NumPy."""
+    rng = np.random.default_rng(seed)
+    sa, sb = shapes.input_shapes
+    a = f32(rng, *sa, lo=0.5)
+    b = f32(rng, *sb, lo=0.5)
+    G = rng.standard_normal(shapes.result_shape)
+    out, (ga, gb) = grads_of(OPS[op], [np.asarray(a, np.float32), np.asarray(b, np.float32)], G)
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    assert out.shape == shapes.result_shape
+    np.testing.assert_allclose(out.data, ref.binary(op, a64, b64), rtol=1e-6, atol=1e-6)
+    if op in ("add", "sub"):
+        wa, wb = G, (G if op == "add" else -G)
+    elif op == "mul":
+        wa, wb = G * b64, G * a64
+    else:
+        wa, wb = G / b64, -G * a64 / b64 ** 2
+    np.testing.assert_allclose(ga, _reduce_to(np.broadcast_to(wa, G.shape), sa), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gb, _reduce_to(np.broadcast_to(wb, G.shape), sb), rtol=1e-4, atol=1e-4)
+
+
+# the threads fixture restores the thread count itself after each call
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shape=hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=9),
+       scale=st.sampled_from([1e-3, 1.0, 30.0]), seed=st.integers(0, 2 ** 32 - 1))
+def test_row_ops_property(shape, scale, seed, threads):
+    """LayerNorm, RMSNorm, softmax, log-softmax on random shapes and scales:
+    match float64, and are bit-identical with 1 and 2 threads."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * scale).astype(np.float32)
+    D = shape[-1]
+    w, b = f32(rng, D), f32(rng, D)
+    for fn, fn64, tol in [(lambda v: _C.layer_norm_fwd(v, w, b)[0], lambda v: ref.layer_norm(v, w, b), 2e-4),
+                          (lambda v: _C.rms_norm_fwd(v, w)[0], lambda v: ref.rms_norm(v, w), 2e-5),
+                          (_C.softmax_fwd, ref.softmax, 1e-5), (_C.log_softmax_fwd, ref.log_softmax, 1e-5)]:
+        y1, y2 = threads(1, fn, x), threads(2, fn, x)
+        assert y1.tobytes() == y2.tobytes()
+        np.testing.assert_allclose(y1, fn64(x.astype(np.float64)), rtol=tol, atol=tol)
+
+
+def test_same_tensor_both_sides(rng):
+    x = f32(rng, 3, 4)
+    t = Tensor(x, requires_grad=True)
+    (t * t).backward(np.ones((3, 4), np.float32))
+    np.testing.assert_allclose(t.grad, 2 * x, rtol=1e-6)
+    t2 = Tensor(x, requires_grad=True)
+    F.sub(t2, t2).backward(np.ones((3, 4), np.float32))
+    np.testing.assert_array_equal(t2.grad, np.zeros_like(x))

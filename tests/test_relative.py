@@ -237,7 +237,7 @@ REL_CASES = {
 
 @pytest.mark.parametrize("case", sorted(REL_CASES))
 @pytest.mark.parametrize("causal,pad,impl", [(True, False, "materialized"), (False, True, "materialized"),
-                                             (True, True, "fused")])
+                                             (True, True, "fused"), (False, False, "fused")])
 def test_relative_attention_end_to_end(case, causal, pad, impl):
     opts, make, extra = REL_CASES[case]
     enc = E.get(case, n_heads=2, head_dim=3, seed=4, **opts)
@@ -264,3 +264,34 @@ def test_cope_auto_runs_materialised(rng):
     want_out, want_w = ref.softmax_attention(logits, v.data.astype(np.float64), True, 0)
     np.testing.assert_allclose(w, want_w, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out.data, want_out, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,opts", [("alibi", {}), ("t5", {}), ("kerple", {}), ("sandwich", {}),
+                                       ("learned_bias", {}), ("fire", {}), ("shaw", {"values": True}),
+                                       ("xl", {}), ("deberta", {}), ("cope", {})])
+def test_empty_windows(name, opts):
+    enc = E.get(name, n_heads=2, head_dim=3, **opts)
+    for Tq, Tk, qo in [(0, 3, 0), (2, 0, 0), (0, 0, 0), (0, 0, 4)]:
+        q = relpos.Tensor(np.ones((1, 2, Tq, 3), f32), requires_grad=True)
+        k = relpos.Tensor(np.ones((1, 2, Tk, 3), f32), requires_grad=True)
+        v = relpos.Tensor(np.ones((1, 2, Tk, 3), f32), requires_grad=True)
+        out = relpos.functional.attention(q, k, v, encoding=enc, q_offset=qo, impl="materialized")
+        assert out.shape == (1, 2, Tq, 3)
+        out.backward(np.ones(out.shape, f32))
+        assert q.grad.shape == q.shape and not np.any(q.grad)
+
+
+def test_tables_bit_identical_across_threads(rng, threads):
+    q, k = qk(rng, B=1, H=2, Tq=200, Tk=300, D=8)
+    for name, opts in (("xl", {}), ("deberta", {"k": 150})):
+        enc = randomise(E.get(name, n_heads=2, head_dim=8, d_model=64, **opts), rng)
+
+        def run():
+            enc.zero_grad()
+            inp = enc.attention_inputs(q, k, 50, True)
+            inp["relk"].backward(np.ones(inp["relk"].shape, f32))
+            return [inp["relk"].data.copy()] + [p.grad.copy() for _, p in enc.named_parameters()
+                                                if p.grad is not None]
+
+        for a, b in zip(threads(1, run), threads(2, run)):
+            np.testing.assert_array_equal(a, b)

@@ -116,6 +116,21 @@ def test_rotary_fwd_matches_reference(rng, layout, shape, rd):
     assert np.array_equal(y[..., rd:], x[..., rd:])  # partial rotary: the tail passes through bit for bit
 
 
+@settings(max_examples=30, deadline=None)
+@given(N=st.integers(0, 3), T=st.integers(0, 5), half_rd=st.integers(0, 4), extra=st.integers(0, 3),
+       offset=st.integers(0, 200_000), layout=st.sampled_from(LAYOUTS), seed=st.integers(0, 2**16))
+def test_rotary_fwd_bwd_any_shape_and_offset(N, T, half_rd, extra, offset, layout, seed):
+    rng = np.random.default_rng(seed)
+    rd, D = 2 * half_rd, 2 * half_rd + extra
+    x = rng.standard_normal((N, T, D)).astype(np.float32)
+    ang = rope_angles(T, rd, offset=offset) if rd else np.zeros((T, 0))
+    c, s = _C.rope_tables(rope_inv_freq(rd) if rd else np.zeros(0), T, offset=offset)
+    y = _C.rotary_fwd(x, c, s, rotary_dim=rd, layout=layout)
+    np.testing.assert_allclose(y, ref.rotary(x, ang, rd, layout), atol=5e-6)
+    # the backward is the inverse rotation: it undoes the forward
+    np.testing.assert_allclose(_C.rotary_bwd(y, c, s, rotary_dim=rd, layout=layout), x, atol=5e-6)
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_rotary_fwd_with_scale_matches_reference(rng, layout):
     x = rng.standard_normal((2, 2, 6, 8)).astype(np.float32)
@@ -193,7 +208,7 @@ def test_bit_identical_one_and_two_threads(rng, threads):
     inv = rope_inv_freq(12)
     sc = xpos_scale(33, 12, center=10.0)
     for layout in LAYOUTS:
-        run = lambda: (_C.rope_tables(inv, 33, offset=5),
+        run = lambda: (_C.rope_tables(inv, 1000, offset=5), xpos_scale(1000, 12, center=300.0),
                        _C.rotary_fwd(x, *_C.rope_tables(inv, 33), rotary_dim=12, layout=layout, scale=sc),
                        _C.rotary_bwd(x, *_C.rope_tables(inv, 33), rotary_dim=12, layout=layout, scale=sc))
         a, b = threads(1, run), threads(2, run)
@@ -409,3 +424,54 @@ def test_bridge_keeps_reference_counts(rng):
         with pytest.raises(ValueError):
             _C.rotary_fwd(x, c, s, rotary_dim=5)
     assert [sys.getrefcount(a) for a in (x, c, s, sc)] == before
+
+
+# ------------------------------------------------- through attention (end to end)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("impl", ["materialized", "auto"])
+def test_rope_attention_matches_torch(rng, layout, impl):
+    torch = pytest.importorskip("torch")
+    F = relpos.functional
+    B, H, Tq, Tk, D, off = 1, 2, 3, 7, 8, 4
+    q, k, v = (rng.standard_normal((B, H, T, D)).astype(np.float32) for T in (Tq, Tk, Tk))
+    g = rng.standard_normal((B, H, Tq, D)).astype(np.float32)
+    tq, tk, tv = (relpos.Tensor(a, requires_grad=True) for a in (q, k, v))
+    out = F.attention(tq, tk, tv, encoding="rope", layout=layout, causal=True, q_offset=off, impl=impl)
+    out.backward(g)
+    pq, pk, pv = (torch.tensor(a, requires_grad=True) for a in (q, k, v))
+    rq = _torch_rope(pq, torch.arange(off, off + Tq), D, 10000.0, layout)
+    rk = _torch_rope(pk, torch.arange(Tk), D, 10000.0, layout)
+    mask = torch.arange(Tk)[None, :] <= (off + torch.arange(Tq))[:, None]
+    o = torch.nn.functional.scaled_dot_product_attention(rq, rk, pv, attn_mask=mask)
+    o.backward(torch.tensor(g))
+    np.testing.assert_allclose(out.data, o.detach().numpy(), atol=2e-5)
+    for mine, theirs in ((tq, pq), (tk, pk), (tv, pv)):
+        np.testing.assert_allclose(mine.grad, theirs.grad.numpy(), atol=3e-5)
+
+
+def test_rope_last_row_with_q_offset_equals_full(rng):
+    F = relpos.functional
+    B, H, T, D = 1, 2, 6, 8
+    q, k, v = (relpos.Tensor(rng.standard_normal((B, H, T, D)).astype(np.float32)) for _ in range(3))
+    for name in ("rope", "xpos"):
+        full = F.attention(q, k, v, encoding=name, causal=True).data
+        last = F.attention(q[:, :, T - 1:], k, v, encoding=name, causal=True, q_offset=T - 1).data
+        np.testing.assert_allclose(last[:, :, 0], full[:, :, -1], atol=1e-6)
+
+
+def test_yarn_attention_uses_the_temperature(rng):
+    F = relpos.functional
+    B, H, T, D, s = 1, 1, 5, 8, 16.0
+    q, k, v = (rng.standard_normal((B, H, T, D)).astype(np.float32) for _ in range(3))
+    opts = dict(scaling="yarn", scaling_factor=s, original_max_len=4)
+    out = F.attention(relpos.Tensor(q), relpos.Tensor(k), relpos.Tensor(v), encoding="rope", **opts).data
+    enc = E.get("rope", head_dim=D, **opts)
+    qr = enc.rotate_q(relpos.Tensor(q), 0).data.astype(np.float64)
+    kr = enc.rotate_k(relpos.Tensor(k), 0).data.astype(np.float64)
+    logits = qr @ np.swapaxes(kr, -1, -2) * (0.1 * np.log(s) + 1) ** 2 / np.sqrt(D)
+    logits[..., np.triu(np.ones((T, T), bool), 1)] = -np.inf
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    np.testing.assert_allclose(out, p @ v, atol=2e-5)

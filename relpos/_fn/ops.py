@@ -37,19 +37,29 @@ _NUMPY = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divid
 
 
 def _kernel_form(small, big_shape):
-    """small reshaped for the C kernel against an operand of big_shape: the same
-    shape, one element, or (D,) with D the last axis; None if none fits."""
+    """small as the C kernel takes it against an operand of big_shape: the
+    same shape, one element (shape (1,)), or big_shape's trailing axes (leading
+    1s of small dropped), repeated over big's leading axes; None if none fits."""
     if small.shape == big_shape:
         return small
     if small.size == 1 and small.ndim <= len(big_shape):
         return small.reshape(1)
-    if (len(big_shape) >= 1 and small.ndim >= 1 and small.ndim <= len(big_shape)
-            and small.shape[-1] == big_shape[-1] and small.size == big_shape[-1]):
-        return small.reshape(-1)
+    shape = small.shape
+    while shape and shape[0] == 1:
+        shape = shape[1:]
+    k = len(shape)
+    if 0 < k <= len(big_shape) and small.ndim <= len(big_shape) and tuple(big_shape[len(big_shape) - k:]) == shape:
+        return small.reshape(shape)
     return None
 
 
 class _Binary(Function):
+    """op(a, b) for op in add, sub, mul, div. The C kernel takes the cases
+    where one operand has the result's shape and the other the same shape,
+    one element, or only trailing axes of it (a bias (D,), positions (T, D)
+    against (B, T, D)); NumPy takes every other broadcast.
+    add and sub save nothing for the backward (it needs only the shapes)."""
+
     @staticmethod
     def forward(ctx, a, b, op):
         a = _f32(a, "a")
@@ -57,20 +67,20 @@ class _Binary(Function):
         shape = np.broadcast_shapes(a.shape, b.shape)
         ctx.op, ctx.a_shape, ctx.b_shape = op, a.shape, b.shape
         ctx.path = None
-        if shape == a.shape:
-            bk = _kernel_form(b, a.shape)
-            if bk is not None:
-                ctx.path = "ab"
-                ctx.save_for_backward(a, bk)
-                return _C.binary_fwd(a, bk, op)
-        if shape == b.shape:
-            ak = _kernel_form(a, b.shape)
-            if ak is not None:
-                ctx.path = "ba"
-                ctx.save_for_backward(b, ak)
-                return _C.binary_fwd(b, ak, _SWAP[op])
+        linear = op in ("add", "sub")
+        for path, big, small, kop in (("ab", a, b, op), ("ba", b, a, _SWAP[op])):
+            if shape != big.shape:
+                continue
+            sk = _kernel_form(small, big.shape)
+            if sk is None:
+                continue
+            ctx.path, ctx.kop, ctx.small_shape = path, kop, sk.shape
+            if not linear:
+                ctx.save_for_backward(big, sk)
+            return _C.binary_fwd(big, sk, kop)
         # general broadcasting: NumPy
-        ctx.save_for_backward(a, b)
+        if not linear:
+            ctx.save_for_backward(a, b)
         return np.asarray(_NUMPY[op](a, b), dtype=np.float32)
 
     @staticmethod
@@ -78,55 +88,61 @@ class _Binary(Function):
         need_a, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         g = _c(g)
         op = ctx.op
+        linear = op in ("add", "sub")
         if ctx.path is not None:
-            big, small = ctx.saved
-            if ctx.path == "ab":
-                da, db = _C.binary_bwd(big, small, g, op, need_a=need_a, need_b=need_b)
+            if linear:  # the kernel reads only g: shape-only stand-ins
+                big = g
+                small = g if ctx.small_shape == g.shape else np.zeros(ctx.small_shape, np.float32)
             else:
-                db, da = _C.binary_bwd(big, small, g, _SWAP[op], need_a=need_b, need_b=need_a)
+                big, small = ctx.saved
+            need_big, need_small = (need_a, need_b) if ctx.path == "ab" else (need_b, need_a)
+            dbig, dsmall = _C.binary_bwd(big, small, g, ctx.kop, need_a=need_big, need_b=need_small)
+            da, db = (dbig, dsmall) if ctx.path == "ab" else (dsmall, dbig)
             da = None if da is None else da.reshape(ctx.a_shape)
             db = None if db is None else db.reshape(ctx.b_shape)
             return da, db, None
-        a, b = ctx.saved
-        da = db = None
+        ga = gb = None
         if op == "add":
             ga, gb = (g if need_a else None), (g if need_b else None)
         elif op == "sub":
             ga, gb = (g if need_a else None), (-g if need_b else None)
-        elif op == "mul":
-            ga, gb = (g * b if need_a else None), (g * a if need_b else None)
         else:
-            ga = g / b if need_a else None
-            gb = -g * a / (b * b) if need_b else None
-        if ga is not None:
-            da = _unbroadcast(np.asarray(ga, dtype=np.float32), ctx.a_shape)
-        if gb is not None:
-            db = _unbroadcast(np.asarray(gb, dtype=np.float32), ctx.b_shape)
+            a, b = ctx.saved
+            if op == "mul":
+                ga, gb = (g * b if need_a else None), (g * a if need_b else None)
+            else:
+                ga = g / b if need_a else None
+                gb = -g * a / (b * b) if need_b else None
+        da = None if ga is None else _unbroadcast(np.asarray(ga, dtype=np.float32), ctx.a_shape)
+        db = None if gb is None else _unbroadcast(np.asarray(gb, dtype=np.float32), ctx.b_shape)
         return da, db, None
 
 
 def add(a, b) -> Tensor:
-    """a + b with NumPy broadcasting. a, b: Tensor, ndarray or scalar."""
+    """a + b. a, b: Tensor, ndarray or scalar with NumPy-broadcastable shapes
+    -> Tensor of the broadcast shape. Same shapes, a scalar, or an operand
+    shaped like the other's trailing axes ((D,), (T, D)) run in C; other
+    broadcasts in NumPy. Gradients are summed back to each input's shape."""
     return _Binary.apply(a, b, "add")
 
 
 def sub(a, b) -> Tensor:
-    """a - b with NumPy broadcasting."""
+    """a - b; shapes and broadcasting as in :func:`add`."""
     return _Binary.apply(a, b, "sub")
 
 
 def mul(a, b) -> Tensor:
-    """a * b with NumPy broadcasting."""
+    """a * b; shapes and broadcasting as in :func:`add`."""
     return _Binary.apply(a, b, "mul")
 
 
 def div(a, b) -> Tensor:
-    """a / b with NumPy broadcasting."""
+    """a / b; shapes and broadcasting as in :func:`add` (IEEE results for b == 0)."""
     return _Binary.apply(a, b, "div")
 
 
 def neg(x) -> Tensor:
-    """-x."""
+    """-x, any shape."""
     return _Scale.apply(x, -1.0)
 
 
@@ -352,18 +368,19 @@ class _Softmax(Function):
     def forward(ctx, x, axis, log):
         x = _f32(x, "x")
         ax = _norm_axis(axis, x.ndim)
-        ctx.ax, ctx.log = ax, log
-        xm = _c(np.moveaxis(x, ax, -1))
+        last = ax == x.ndim - 1
+        ctx.ax, ctx.log, ctx.last = ax, log, last
+        xm = x if last else _c(np.moveaxis(x, ax, -1))
         y = _C.log_softmax_fwd(xm) if log else _C.softmax_fwd(xm)
         ctx.save_for_backward(y)
-        return np.moveaxis(y, -1, ax)
+        return y if last else np.moveaxis(y, -1, ax)
 
     @staticmethod
     def backward(ctx, g):
         (y,) = ctx.saved
-        gm = _c(np.moveaxis(g, ctx.ax, -1))
+        gm = _c(g if ctx.last else np.moveaxis(g, ctx.ax, -1))
         dx = _C.log_softmax_bwd(y, gm) if ctx.log else _C.softmax_bwd(y, gm)
-        return np.moveaxis(dx, -1, ctx.ax), None, None
+        return (dx if ctx.last else np.moveaxis(dx, -1, ctx.ax)), None, None
 
 
 def softmax(x, axis: int = -1) -> Tensor:
@@ -388,7 +405,7 @@ class _CrossEntropy(Function):
         lead = x.shape[:-1]
         if t.shape != lead:
             raise ValueError(f"targets must have shape {lead} (logits.shape[:-1]); got {t.shape}")
-        x2 = x.reshape(-1, x.shape[-1])
+        x2 = x.reshape(int(np.prod(lead)), x.shape[-1])  # not -1: ambiguous when V == 0
         t1 = t.reshape(-1)
         loss, lse, count = _C.cross_entropy_fwd(x2, t1, ignore_index)
         ctx.save_for_backward(x2, t1, lse)

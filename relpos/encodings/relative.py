@@ -39,18 +39,30 @@ class AddHeadVector(Function):
 
 
 class ProjectTable(Function):
-    """table (R, E) projected per head: W (H, E, D) -> (H, R, D), ``out[h] = table @ W[h]``."""
+    """table (R, E) projected per head: W (H, E, D) -> (H, R, D), ``out[h] = table @ W[h]``.
+
+    One GEMM of the relpos core, (R, E) @ (E, H*D): deterministic for any
+    thread count, and no second thread pool (BLAS) next to OpenMP's."""
 
     @staticmethod
     def forward(ctx, table, W):
-        ctx.save_for_backward(table, W)
-        return np.ascontiguousarray(np.matmul(table[None], W), dtype=np.float32)
+        H, E, D = W.shape
+        R = table.shape[0]
+        t = np.ascontiguousarray(table, dtype=np.float32)
+        W2 = np.ascontiguousarray(W.transpose(1, 0, 2), dtype=np.float32).reshape(E, H * D)
+        ctx.save_for_backward(t, W2)
+        ctx.dims = (H, E, D, R)
+        return np.ascontiguousarray(_C.gemm(t, W2).reshape(R, H, D).transpose(1, 0, 2))
 
     @staticmethod
     def backward(ctx, g):
-        table, W = ctx.saved
-        gt = np.einsum("hrd,hed->re", g, W, optimize=True) if ctx.needs_input_grad[0] else None
-        gW = np.einsum("re,hrd->hed", table, g, optimize=True) if ctx.needs_input_grad[1] else None
+        t, W2 = ctx.saved
+        H, E, D, R = ctx.dims
+        g2 = np.ascontiguousarray(np.asarray(g, dtype=np.float32).transpose(1, 0, 2)).reshape(R, H * D)
+        gt = _C.gemm(g2, W2, trans_b=True) if ctx.needs_input_grad[0] else None
+        gW = None
+        if ctx.needs_input_grad[1]:
+            gW = np.ascontiguousarray(_C.gemm(t, g2, trans_a=True).reshape(E, H, D).transpose(1, 0, 2))
         return gt, gW
 
 
@@ -171,8 +183,12 @@ class TransformerXL(Encoding):
 
     def rel_keys(self, d0: int, n: int):
         """(H, n, D) Tensor ``W_R R_d`` for d = d0 .. d0+n-1."""
-        R = sinusoid_table(np.arange(d0, d0 + n), self.r_dim)
-        return ProjectTable.apply(R, self.W_R)
+        key = (d0, n)
+        cached = self.__dict__.get("_r_cache")
+        if cached is None or cached[0] != key:  # the same window comes back every layer and step
+            cached = (key, sinusoid_table(np.arange(d0, d0 + n), self.r_dim))
+            self.__dict__["_r_cache"] = cached
+        return ProjectTable.apply(cached[1], self.W_R)
 
     def attention_inputs(self, q, k, q_offset: int = 0, causal: bool = True) -> dict:
         """q = q + u, qr = q + v, relk = W_R R (H, Tq+Tk-1, D), relk_ix = (+1, Tk-1-q_offset)."""

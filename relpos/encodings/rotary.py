@@ -143,8 +143,8 @@ def xpos_scale(T, rotary_dim, offset=0, center=0.0, gamma=0.4, scale_base=512.0,
     ζ_k = (2k/rotary_dim + γ)/(1 + γ) (Sun et al. 2022); ``inverse`` for keys.
 
     Computed in logs and clamped to e^±80, so always finite; exact while
-    |p − center|·|ln ζ_k|/scale_base ≤ 80 (for γ = 0.4, B = 512: ±32 698 positions
-    around the centre for the slowest pair).
+    |p − center|·|ln ζ_k|/scale_base ≤ 80 (for γ = 0.4, B = 512: ±32 695 positions
+    around the centre for pair 0, the fastest-decaying one).
     """
     rotary_dim = _check_rotary_dim(rotary_dim)
     return _C.xpos_scale(rotary_dim // 2, int(T), offset=int(offset), center=float(center),
@@ -320,8 +320,10 @@ class XPos(RoPE):
     center c (None = max_len // 2 if max_len is known, else 0). Any fixed c gives the
     same logits; it only places the window where the float32 factors are exact:
     scales are computed in logs and clamped to e^±80, exact for |p − c| ≤ 80·B/|ln ζ_0|
-    (±32 698 positions at the defaults) and finite everywhere. c is fixed per
-    encoding so cached keys and new queries agree.
+    (±32 695 positions at the defaults) and finite everywhere. Past that window a
+    factor saturates: causal products q_i·k_j stay ≤ 1 but no longer decay exactly
+    as ζ^((i−j)/B) for that pair. c is fixed per encoding so cached keys and new
+    queries agree (torchscale re-centres on each call's length instead).
     """
 
     name = "xpos"
