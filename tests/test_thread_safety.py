@@ -6,6 +6,7 @@ released around the kernels is shown by benchmarks/bench_threads.py.)
     python -m pytest tests/test_thread_safety.py -q
 """
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -131,3 +132,47 @@ def test_set_num_threads_from_threads_is_safe(threads):
         for i in (0, 1, 3):
             assert same(res[i], ref)
     threads(2, check)
+
+
+def largest_stall(call):
+    """Run `call` in a thread while this thread keeps taking timestamps; return
+    (the longest gap between this thread's timestamps inside the call, the call's duration).
+    A kernel that holds the GIL stalls this thread for the whole call; one that
+    releases it does not (whatever the machine's load)."""
+    marks = {}
+
+    def worker():
+        marks["t0"] = time.perf_counter()
+        call()
+        marks["t1"] = time.perf_counter()
+
+    stamps = []
+    t = threading.Thread(target=worker)
+    t.start()
+    while t.is_alive():
+        stamps.append(time.perf_counter())
+    t.join()
+    t0, t1 = marks["t0"], marks["t1"]
+    inside = [t0] + [s for s in stamps if t0 < s < t1] + [t1]
+    return max(b - a for a, b in zip(inside, inside[1:])), t1 - t0
+
+
+def test_largest_stall_sees_a_held_gil():
+    # builtin sum over a range is one C call that never lets go of the GIL
+    stall, dur = largest_stall(lambda: sum(range(20_000_000)))
+    assert dur > 0.02 and stall > 0.8 * dur
+
+
+@pytest.mark.parametrize("kernel", ["gemm", "attention_fwd", "attention_bwd", "attention_mat_fwd"])
+def test_gil_released_during_kernels(kernel, threads):
+    r = np.random.default_rng(0)
+    a = r.standard_normal((1024, 1024)).astype(np.float32)
+    q, k, v = (r.standard_normal((1, 4, 1024, 64)).astype(np.float32) for _ in range(3))
+    o, lse = C.attention_fwd(q, k, v)
+    call = {"gemm": lambda: C.gemm(a, a),
+            "attention_fwd": lambda: C.attention_fwd(q, k, v),
+            "attention_bwd": lambda: C.attention_bwd(q, k, v, o, lse, o),
+            "attention_mat_fwd": lambda: C.attention_mat_fwd(q, k, v)}[kernel]
+    stall, dur = threads(1, largest_stall, call)
+    assert dur > 0.02, "call too short to tell"
+    assert stall < 0.5 * dur, f"{kernel}: this thread stalled {stall:.3f} s of a {dur:.3f} s call (GIL held?)"
