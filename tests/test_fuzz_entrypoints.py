@@ -439,3 +439,121 @@ def test_absurd_view_memory_error_names_the_argument():
         C.rope_tables(huge(np.zeros(2)), 3)
     with pytest.raises(MemoryError, match="result of shape"):
         C.sinusoidal_table(2**62, 2)
+
+
+# ---------------------------------------------------------------- public ops (relpos.functional + autograd)
+
+import relpos.functional as F  # noqa: E402
+from relpos import Tensor  # noqa: E402
+
+PUBLIC_EXAMPLES = max(N_EXAMPLES // 2, 10)
+
+
+def _pub_attention(enc):
+    def build(draw, r):
+        B, H, Tq, D = draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.integers(1, 4)), 2 * draw(
+            st.integers(1, 2))
+        Tk = Tq
+        arrs = {n: r.standard_normal((B, H, T, D)).astype(np.float32) for n, T in (("q", Tq), ("k", Tk), ("v", Tk))}
+        impl = draw(st.sampled_from(["fused", "materialized"]))
+        return arrs, lambda q, k, v: F.attention(q, k, v, encoding=enc, causal=True, impl=impl,
+                                                 **({} if enc in ("none", "rope") else {"seed": 0}))
+    return build
+
+
+def _pub_rows(fn, with_wb=0):
+    def build(draw, r):
+        shape = tuple(draw(st.integers(1, 3)) for _ in range(draw(st.integers(1, 3))))
+        arrs = {"x": r.standard_normal(shape).astype(np.float32)}
+        if with_wb >= 1:
+            arrs["weight"] = r.standard_normal(shape[-1:]).astype(np.float32)
+        if with_wb >= 2:
+            arrs["bias"] = r.standard_normal(shape[-1:]).astype(np.float32)
+        return arrs, fn
+    return build
+
+
+def _pub_linear(draw, r):
+    M, K, N = (draw(st.integers(1, 4)) for _ in range(3))
+    return {"x": r.standard_normal((M, K)).astype(np.float32), "weight": r.standard_normal((N, K)).astype(np.float32),
+            "bias": r.standard_normal(N).astype(np.float32)}, F.linear
+
+
+def _pub_matmul(draw, r):
+    Bt, M, K, N = (draw(st.integers(1, 3)) for _ in range(4))
+    return {"a": r.standard_normal((Bt, M, K)).astype(np.float32),
+            "b": r.standard_normal((Bt, K, N)).astype(np.float32)}, F.matmul
+
+
+def _pub_xent(draw, r):
+    N, V = draw(st.integers(1, 4)), draw(st.integers(1, 5))
+    t = r.integers(0, V, size=N)
+    return {"logits": r.standard_normal((N, V)).astype(np.float32)}, lambda x: F.cross_entropy(x, t)
+
+
+PUBLIC = {
+    "softmax": _pub_rows(F.softmax), "log_softmax": _pub_rows(F.log_softmax), "gelu": _pub_rows(F.gelu),
+    "silu": _pub_rows(F.silu), "layer_norm": _pub_rows(F.layer_norm, 2), "rms_norm": _pub_rows(F.rms_norm, 1),
+    "linear": _pub_linear, "matmul": _pub_matmul, "cross_entropy": _pub_xent,
+    "attention_none": _pub_attention("none"), "attention_rope": _pub_attention("rope"),
+    "attention_alibi": _pub_attention("alibi"), "attention_t5": _pub_attention("t5"),
+    "attention_shaw": _pub_attention("shaw"),
+}
+
+
+def run_public(fn, arrs, wrap):
+    """Forward, then backward of sum(out**2); returns (out, grads) as ndarrays."""
+    ts = {n: Tensor(a, requires_grad=True) if wrap else a for n, a in arrs.items()}
+    out = fn(*ts.values())
+    if not wrap:
+        return out.numpy().copy(), {}
+    (out * out).sum().backward()
+    return out.numpy().copy(), {n: t.grad.copy() for n, t in ts.items()}
+
+
+@pytest.mark.parametrize("op", sorted(PUBLIC))
+def test_fuzz_public_ops(op):
+    @settings(max_examples=PUBLIC_EXAMPLES, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(data=st.data())
+    def run(data):
+        r = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+        arrs, fn = PUBLIC[op](data.draw, r)
+        copies = {n: a.copy() for n, a in arrs.items()}
+        base_out, base_grads = run_public(fn, arrs, True)
+        name = data.draw(st.sampled_from(sorted(arrs)))
+        how = data.draw(st.sampled_from(list(LAYOUT) + ["float64", "nonfinite", "string", "object", "array"]))
+        x = arrs[name]
+        if how in LAYOUT:
+            m = apply(data.draw, Arg(name, x, "f"), how)
+            if m is None:
+                return
+        elif how == "float64":
+            m = x.astype(np.float64)
+        elif how == "nonfinite":
+            m = x.copy()
+            m.flat[0] = data.draw(st.sampled_from([np.nan, np.inf, -np.inf]))
+        elif how == "string":
+            m = "x"
+        elif how == "object":
+            m = x.astype(object)
+        else:
+            m = x   # a plain ndarray instead of a Tensor: forward only
+        mut = dict(arrs, **{name: m})
+        snap = [(n, a, a.tobytes()) for n, a in mut.items() if isinstance(a, np.ndarray) and a.dtype != object]
+        try:
+            out, grads = run_public(fn, mut, how != "array")
+        except (TypeError, ValueError) as exc:
+            assert how in ("string", "object"), f"{op}: {how} {name} raised {exc!r}"
+            return
+        finally:
+            for n, a, b in snap:
+                assert a.tobytes() == b, f"{op}: input {n} modified ({how})"
+        assert how not in ("string",), f"{op}: a string for {name} was accepted"
+        if how in LAYOUT or how in ("float64", "array"):
+            assert out.tobytes() == base_out.tobytes(), f"{op}: {how} {name} changed the output"
+            for n in grads:
+                assert grads[n].tobytes() == base_grads[n].tobytes(), f"{op}: {how} {name} changed grad of {n}"
+        for n, a in copies.items():
+            assert a.tobytes() == arrs[n].tobytes()
+    run()

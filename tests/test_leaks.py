@@ -21,6 +21,9 @@ CALLS = 1000
 PAGE = os.sysconf("SC_PAGE_SIZE")
 RSS_SLACK = 256 * 1024      # bytes: 256 B per call would show
 TRACED_SLACK = 16 * 1024    # bytes of Python/NumPy memory still alive after the loop
+# Under AddressSanitizer (.ci/sanitize) freed memory sits in ASan's quarantine, so
+# resident memory grows by design; ASan itself reports heap misuse there.
+CHECK_RSS = os.environ.get("RELPOS_SANITIZED") != "1"
 
 
 def rss():
@@ -95,7 +98,7 @@ def test_no_growth_over_1000_calls(name):
     traced, resident = growth(fn, args)
     assert refcounts(args) == before, f"{name}: input reference counts changed after {CALLS} calls"
     assert traced < TRACED_SLACK, f"{name}: {traced} bytes of Python/NumPy memory kept after {CALLS} calls"
-    assert resident < RSS_SLACK, f"{name}: resident memory grew by {resident} bytes over {CALLS} calls"
+    assert resident < RSS_SLACK or not CHECK_RSS, f"{name}: resident memory grew by {resident} bytes over {CALLS} calls"
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))
@@ -123,4 +126,4 @@ def test_refcounts_unchanged_after_errors(name):
             except (TypeError, ValueError, IndexError, MemoryError):
                 pass
     gc.collect()
-    assert rss() - r0 < RSS_SLACK, f"{name}: resident memory grew on error paths"
+    assert rss() - r0 < RSS_SLACK or not CHECK_RSS, f"{name}: resident memory grew on error paths"
