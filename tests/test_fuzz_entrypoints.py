@@ -559,3 +559,40 @@ def test_fuzz_public_ops(op):
         for n, a in copies.items():
             assert a.tobytes() == arrs[n].tobytes()
     run()
+
+
+@pytest.mark.parametrize("fn", ["attention_fwd", "attention_mat_fwd", "attention_bwd", "attention_mat_bwd"])
+def test_attention_position_overflow_rejected(fn):
+    """q_offset = 2**63 - 1 wrapped the query positions: the materialised path segfaulted, the fused one
+    returned fully masked rows; relative-index offsets of 2**63 - 1 could overflow the same way."""
+    q = np.ones((1, 1, 3, 2), np.float32)
+    b = np.ones((1, 5), np.float32)
+    args = (q, q, q) if fn.endswith("fwd") else (q, q, q, q, np.zeros((1, 1, 3), np.float32), q)
+    f = getattr(C, fn)
+    for kw in (dict(q_offset=2**63 - 1), dict(q_offset=2**60 + 1), dict(bias_vec=b, bias_ix=(1, 2**63 - 1)),
+               dict(bias_vec=b, bias_ix=(-1, -(2**63)))):
+        with pytest.raises(ValueError, match="q_offset|bias_ix"):
+            f(*args, **kw)
+    out = f(*args, q_offset=2**60, bias_vec=b, bias_ix=(1, -(2**60)))
+    assert all(np.isfinite(a).all() for a in flat(out))
+
+
+def test_cope_fire_position_overflow_rejected():
+    """cope / fire with q_offset near 2**63 wrapped positions and returned masked garbage; fire with
+    q_offset = 2**60 sized its psi table as 2 (q_offset + Tq) doubles, which wrapped: segfault."""
+    q = np.ones((1, 1, 3, 2), np.float32)
+    one = np.ones(1, np.float32)
+    with pytest.raises(ValueError, match="q_offset"):
+        C.cope_fwd(q, q, np.ones((2, 2), np.float32), q_offset=2**63 - 1)
+    with pytest.raises(ValueError, match="q_offset"):
+        C.cope_bwd(q, q, np.ones((2, 2), np.float32), np.ones((1, 1, 3, 3), np.float32), q_offset=2**63 - 1)
+    w = [np.ones(2, np.float32)] * 2 + [np.ones((1, 2), np.float32), one, one, one]
+    with pytest.raises(ValueError, match="q_offset"):
+        C.fire_fwd(*w, 2, 2, q_offset=2**63 - 1)
+    with pytest.raises(ValueError, match="q_offset"):
+        C.fire_bwd(*w, np.ones((1, 1, 2, 2), np.float32), q_offset=2**63 - 1)
+    # the psi table spans 0 .. q_offset + Tq - 1: a huge offset is a MemoryError (its size wrapped: segfault)
+    for qo in (2**60, 2**61 + 5):
+        with pytest.raises((MemoryError, ValueError), match="fire_fwd|q_offset"):
+            C.fire_fwd(*w, 2, 2, q_offset=qo)
+    assert np.isfinite(C.fire_fwd(*w, 2, 2, q_offset=10**6)).all()
