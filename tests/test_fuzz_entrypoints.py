@@ -252,7 +252,7 @@ def apply(draw, a, how):
     if how == "none":
         return None
     if how == "absurd":
-        return draw(st.sampled_from([2**62, 2**40 + 1, 2**40, 2**63 - 1]))
+        return draw(st.sampled_from([2**62, 2**61 + 3, 2**60, 2**59, 2**40 + 1, 2**40, 2**63 - 1]))
     if how == "negative":
         return draw(st.sampled_from([-1, -(2**62)]))
     if how == "absurd_off":
@@ -298,7 +298,11 @@ def fuzz_one(name, data):
     candidates = [(i, how) for i, a in enumerate(callspec.args) for how in mutations_for(a)]
     if not candidates:
         return
-    i, how = data.draw(st.sampled_from(candidates), label="mutation")
+    # the kind of mutation first, then the argument: rare kinds (absurd sizes of the one size
+    # argument) are drawn as often as the layouts of the many array arguments
+    kinds = sorted({how for _, how in candidates})
+    how = data.draw(st.sampled_from(kinds), label="mutation")
+    i = data.draw(st.sampled_from([j for j, h in candidates if h == how]), label="argument")
     a = callspec.args[i]
     mutated = apply(data.draw, a, how)
     if mutated is None and how != "none":
