@@ -23,9 +23,12 @@ Figures per (encoding, threads):
     threads). N_params counts every parameter (the tied embedding is the
     output head's matrix); attention FLOPs are the causal half of
     QK^T and PV: forward 2 products, backward 4 (6 * L * d * T^2 * B in all);
-  Python overhead: the part of relpos' step spent outside relpos._C calls
-    (wall time minus the time inside every _C function, timed by wrapping them
-    during extra steps).
+  Python overhead: the part of relpos' step spent outside relpos._C calls,
+    timed by wrapping every _C function during extra steps: python_share =
+    1 - (wall time inside _C) / (step wall time); python_cpu_ms = the main
+    thread's CPU time outside _C per step; at 1 thread also python_cpu_share =
+    python_cpu_ms / the step's process CPU time (both CPU-time figures are
+    not inflated by other processes on a shared machine).
 
 --quick: batch 4 and fewer repetitions (for benchmarks/run.py --quick).
 """
@@ -75,19 +78,20 @@ def relpos_model(enc, cfg):
 @contextlib.contextmanager
 def timed_core():
     """Wrap every function of relpos._C so the time spent inside them adds up
-    in the yielded one-element list (seconds)."""
-    spent = [0.0]
+    in the yielded list: [wall seconds, calling thread's CPU seconds]."""
+    spent = [0.0, 0.0]
     saved = {}
-    clock = time.perf_counter
+    clock, cpu = time.perf_counter, time.thread_time
 
     def wrap(fn):
         @functools.wraps(fn)
         def inner(*a, **k):
-            t0 = clock()
+            t0, c0 = clock(), cpu()
             try:
                 return fn(*a, **k)
             finally:
                 spent[0] += clock() - t0
+                spent[1] += cpu() - c0
         return inner
 
     for name in dir(_C):
@@ -222,19 +226,26 @@ def measure(enc, threads, cfg, repeat, warmup, peak, with_torch=True):
             t_step(tx, ty)
             tt.append(time.perf_counter() - t0)
     # Python share: extra steps with every _C function timed
-    shares = []
+    # (the main thread's CPU time outside _C is the Python layer's own work,
+    # unaffected by other processes; at 1 thread the process CPU time of a step
+    # is its compute time, so their ratio is a load-independent share)
+    shares, py_ms, cpu_shares = [], [], []
     with timed_core() as spent:
         for _ in range(max(3, repeat // 2)):
-            spent[0] = 0.0
-            t0 = time.perf_counter()
+            spent[0] = spent[1] = 0.0
+            t0, c0, p0 = time.perf_counter(), time.thread_time(), time.process_time()
             r_step(x, y)
-            wall = time.perf_counter() - t0
+            wall, main_cpu, proc_cpu = time.perf_counter() - t0, time.thread_time() - c0, time.process_time() - p0
             shares.append(1.0 - spent[0] / wall)
+            py_ms.append(1e3 * (main_cpu - spent[1]))
+            cpu_shares.append((main_cpu - spent[1]) / proc_cpu)
     flops, n_params = step_flops(model, cfg, batch)
     tokens = batch * cfg["T"]
     r_med = float(np.median(rt))
     row.update(n_params=n_params, step_gflop=flops / 1e9, relpos_s=r_med, relpos_tok_s=tokens / r_med,
                relpos_gflops=flops / r_med / 1e9, python_share=float(np.median(shares)),
+               python_cpu_ms=float(np.median(py_ms)),
+               python_cpu_share=float(np.median(cpu_shares)) if threads == 1 else None,
                peak_gflops=peak, mfu=flops / r_med / 1e9 / peak if peak else None)
     if tt:
         t_med = float(np.median(tt))
@@ -278,7 +289,9 @@ def run(threads=(1, 2), encodings=("rope", "alibi"), quick=False, repeat=None, w
 def format_row(r):
     s = (f"{r['encoding']:6s} threads={r['threads']} relpos {r['relpos_tok_s']:8.0f} tok/s "
          f"({r['relpos_gflops']:6.1f} GFLOP/s, MFU {100 * (r['mfu'] or 0):4.1f}%, "
-         f"python {100 * r['python_share']:4.1f}%)")
+         f"python {100 * r['python_share']:4.1f}%, {r['python_cpu_ms']:.1f} ms CPU"
+         + (f" = {100 * r['python_cpu_share']:.1f}% of step CPU" if r.get("python_cpu_share") is not None else "")
+         + ")")
     if "torch_tok_s" in r:
         s += (f" | torch {r['torch_tok_s']:8.0f} tok/s  ratio {r['ratio']:.2f}x"
               f" | first loss relpos {r['loss_relpos']:.6f} torch {r['loss_torch']:.6f}"

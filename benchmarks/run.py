@@ -164,6 +164,8 @@ def bench_train(threads, quick, timeout):
         note = (f"MFU {100 * r['mfu']:.1f}% (torch {100 * r['torch_mfu']:.1f}%); python {100 * r['python_share']:.1f}%"
                 if r.get("torch_mfu") is not None else f"MFU {100 * (r['mfu'] or 0):.1f}%; "
                 f"python {100 * r['python_share']:.1f}%")
+        if r.get("python_cpu_share") is not None:
+            note += f" ({r['python_cpu_ms']:.1f} ms CPU = {100 * r['python_cpu_share']:.1f}% of step CPU)"
         if "loss_rel_diff" in r:
             note += f"; first-loss rel diff {r['loss_rel_diff']:.1e}"
         if "torch_error" in r:
