@@ -58,7 +58,8 @@ def run_script(script, args, timeout, env=None):
 
 def row(bench, case, threads, relpos, peer, peer_name, unit, peak=None, flops_per_unit=None, higher_better=True,
         note=""):
-    """One table row; ratio > 1 means relpos is ahead."""
+    """One table row; ratio > 1 means relpos is ahead. flops_per_unit: GFLOP
+    per unit of the figure (1 for GFLOP/s), to compare with peak (GFLOP/s)."""
     r = dict(benchmark=bench, case=case, threads=threads, relpos=relpos, peer=peer, peer_name=peer_name, unit=unit,
              note=note)
     if relpos is not None and peer:
@@ -104,7 +105,7 @@ def bench_matmul(threads, quick, timeout):
     rows = []
     for r in data["results"]:
         rows.append(row("matmul", f"{r['case']} ({r['M']}x{r['N']}x{r['K']})", r["threads"], r["relpos_gflops"],
-                        r["numpy_gflops"], "numpy @ (BLAS)", "GFLOP/s", r["peak_gflops"], 1e9))
+                        r["numpy_gflops"], "numpy @ (BLAS)", "GFLOP/s", r["peak_gflops"], 1.0))
     return rows
 
 
@@ -125,7 +126,7 @@ def bench_attention(threads, quick, timeout):
             sdpa = next((p for p in res if p["impl"] == "sdpa" and p["T"] == r["T"] and p["case"] == r["case"]), None)
             rows.append(row("attention", f"{r['case']} T={r['T']} fwd+bwd", n, r["gflops"],
                             sdpa["gflops"] if sdpa else None, "torch SDPA" if sdpa else "(torch missing)",
-                            "GFLOP/s", peak, 1e9))
+                            "GFLOP/s", peak, 1.0))
     return rows
 
 
@@ -172,7 +173,7 @@ def bench_train(threads, quick, timeout):
             note += "; " + r["torch_error"]
         rows.append(row("train", f"{r['encoding']} step B={r['batch']} T={r['T']}", r["threads"], r["relpos_tok_s"],
                         r.get("torch_tok_s"), "torch eager" if "torch_tok_s" in r else "(torch missing)",
-                        "tokens/s", r["peak_gflops"], r["step_gflop"] * 1e9 / (r["batch"] * r["T"]), note=note))
+                        "tokens/s", r["peak_gflops"], r["step_gflop"] / (r["batch"] * r["T"]), note=note))
     return rows
 
 

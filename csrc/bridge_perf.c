@@ -297,12 +297,11 @@ static PyObject *py_heads_split(PyObject *self, PyObject *args, PyObject *kw) {
     npy_intp od[4] = {(npy_intp)B, (npy_intp)H, (npy_intp)T, (npy_intp)Dh};
     for (int g = 0; g < groups; g++)
         if (!(outs[g] = empty_f32(4, od))) goto fail;
+    float *optr[16];
+    for (int g = 0; g < groups; g++) optr[g] = RP_F32(outs[g]);
     Py_BEGIN_ALLOW_THREADS
-    for (int g = 0; g < groups && !rc; g++) {
-        const int rot = g < rotate && cos;
-        rc = rp_perf_heads_split(RP_F32(y) + g * H * Dh, C, rot ? RP_F32(cos) : NULL, rot ? RP_F32(sin) : NULL, rd,
-                                 layout, RP_F32(outs[g]), B, T, H, Dh);
-    }
+    rc = rp_perf_heads_split(RP_F32(y), groups, rotate, cos ? RP_F32(cos) : NULL, sin ? RP_F32(sin) : NULL, rd,
+                             layout, optr, B, T, H, Dh);
     Py_END_ALLOW_THREADS
     if (rc < 0) { rp_raise_code(rc, "heads_split"); goto fail; }
     PyObject *res = PyTuple_New(groups);
@@ -355,12 +354,11 @@ static PyObject *py_heads_merge(PyObject *self, PyObject *args, PyObject *kw) {
     }
     npy_intp yd[3] = {(npy_intp)B, (npy_intp)T, (npy_intp)(groups * H * Dh)};
     if (!(y = empty_f32(3, yd))) goto fail;
+    const float *sptr[16];
+    for (int g = 0; g < groups; g++) sptr[g] = xs[g] ? RP_F32(xs[g]) : NULL;
     Py_BEGIN_ALLOW_THREADS
-    for (int g = 0; g < groups && !rc; g++) {
-        const int rot = g < rotate && cos;
-        rc = rp_perf_heads_merge(xs[g] ? RP_F32(xs[g]) : NULL, rot ? RP_F32(cos) : NULL, rot ? RP_F32(sin) : NULL, rd,
-                                 layout, RP_F32(y) + g * H * Dh, groups * H * Dh, B, T, H, Dh);
-    }
+    rc = rp_perf_heads_merge(sptr, groups, rotate, cos ? RP_F32(cos) : NULL, sin ? RP_F32(sin) : NULL, rd, layout,
+                             RP_F32(y), B, T, H, Dh);
     Py_END_ALLOW_THREADS
     if (rc < 0) { rp_raise_code(rc, "heads_merge"); goto fail; }
     Py_DECREF(seq); Py_XDECREF(cos); Py_XDECREF(sin);

@@ -141,53 +141,57 @@ static inline void rot_row(const float *src, float *dst, const float *c, const f
     if (D > 2 * P) memcpy(dst + 2 * P, src + 2 * P, (size_t)(D - 2 * P) * sizeof(float));
 }
 
-static int heads_args_ok(const float *cos, const float *sin, int64_t rd, int layout, int64_t B, int64_t T,
-                         int64_t H, int64_t Dh) {
-    if (B < 0 || T < 0 || H < 0 || Dh < 0) return 0;
+static int heads_args_ok(int64_t G, int64_t rotate, const float *cos, const float *sin, int64_t rd, int layout,
+                         int64_t B, int64_t T, int64_t H, int64_t Dh) {
+    if (B < 0 || T < 0 || H < 0 || Dh < 0 || G < 1 || rotate < 0 || rotate > G) return 0;
     if (layout != RP_PERF_ROPE_INTERLEAVED && layout != RP_PERF_ROPE_HALF) return 0;
-    if (cos && (!sin || rd < 0 || rd % 2 || rd > Dh)) return 0;
+    if (rotate > 0 && (!cos || !sin || rd <= 0 || rd % 2 || rd > Dh)) return 0;
     return 1;
 }
 
-/* out (B, H, T, Dh) <- rot(y (B, T, ldy) head columns) */
-int rp_perf_heads_split(const float *y, int64_t ldy, const float *cos, const float *sin, int64_t rd, int layout,
-                        float *out, int64_t B, int64_t T, int64_t H, int64_t Dh) {
-    if (!heads_args_ok(cos, sin, rd, layout, B, T, H, Dh) || ldy < H * Dh) return RP_EINVAL;
-    const int64_t rows = B * T;
-    if (rows == 0 || H == 0 || Dh == 0) return RP_OK;
-    const int64_t P = cos ? rd / 2 : 0;
-    RP_OPS_PFOR(rows * H * Dh >= RP_OPS_PAR_MIN)
+/* outs[g] (B, H, T, Dh) <- rot(y (B, T, G*H*Dh) group g) */
+int rp_perf_heads_split(const float *y, int64_t G, int64_t rotate, const float *cos, const float *sin, int64_t rd,
+                        int layout, float *const *outs, int64_t B, int64_t T, int64_t H, int64_t Dh) {
+    if (!heads_args_ok(G, rotate, cos, sin, rd, layout, B, T, H, Dh)) return RP_EINVAL;
+    const int64_t rows = B * T, HD = H * Dh;
+    if (rows == 0 || HD == 0) return RP_OK;
+    const int64_t P = rd / 2;
+    RP_OPS_PFOR(rows * G * HD >= RP_OPS_PAR_MIN)
     for (int64_t row = 0; row < rows; row++) {
         const int64_t bi = row / T, t = row % T;
-        const float *yr = y + row * ldy;
-        for (int64_t h = 0; h < H; h++) {
-            float *o = out + ((bi * H + h) * T + t) * Dh;
-            if (P) rot_row(yr + h * Dh, o, cos + t * P, sin + t * P, Dh, P, layout, 1.0f);
-            else memcpy(o, yr + h * Dh, (size_t)Dh * sizeof(float));
+        for (int64_t g = 0; g < G; g++) {
+            const float *yr = y + (row * G + g) * HD;
+            for (int64_t h = 0; h < H; h++) {
+                float *o = outs[g] + ((bi * H + h) * T + t) * Dh;
+                if (g < rotate) rot_row(yr + h * Dh, o, cos + t * P, sin + t * P, Dh, P, layout, 1.0f);
+                else memcpy(o, yr + h * Dh, (size_t)Dh * sizeof(float));
+            }
         }
     }
     return RP_OK;
 }
 
-/* y (B, T, ldy) head columns <- rotᵀ(src (B, H, T, Dh)), zeros when src is NULL */
-int rp_perf_heads_merge(const float *src, const float *cos, const float *sin, int64_t rd, int layout, float *y,
-                        int64_t ldy, int64_t B, int64_t T, int64_t H, int64_t Dh) {
-    if (!heads_args_ok(cos, sin, rd, layout, B, T, H, Dh) || ldy < H * Dh) return RP_EINVAL;
-    const int64_t rows = B * T;
-    if (rows == 0 || H == 0 || Dh == 0) return RP_OK;
-    const int64_t P = cos ? rd / 2 : 0;
-    RP_OPS_PFOR(rows * H * Dh >= RP_OPS_PAR_MIN)
+/* y (B, T, G*H*Dh) <- rotᵀ(srcs[g] (B, H, T, Dh)), zeros where srcs[g] is NULL */
+int rp_perf_heads_merge(const float *const *srcs, int64_t G, int64_t rotate, const float *cos, const float *sin,
+                        int64_t rd, int layout, float *y, int64_t B, int64_t T, int64_t H, int64_t Dh) {
+    if (!heads_args_ok(G, rotate, cos, sin, rd, layout, B, T, H, Dh)) return RP_EINVAL;
+    const int64_t rows = B * T, HD = H * Dh;
+    if (rows == 0 || HD == 0) return RP_OK;
+    const int64_t P = rd / 2;
+    RP_OPS_PFOR(rows * G * HD >= RP_OPS_PAR_MIN)
     for (int64_t row = 0; row < rows; row++) {
         const int64_t bi = row / T, t = row % T;
-        float *yr = y + row * ldy;
-        if (!src) {
-            memset(yr, 0, (size_t)(H * Dh) * sizeof(float));
-            continue;
-        }
-        for (int64_t h = 0; h < H; h++) {
-            const float *s = src + ((bi * H + h) * T + t) * Dh;
-            if (P) rot_row(s, yr + h * Dh, cos + t * P, sin + t * P, Dh, P, layout, -1.0f);
-            else memcpy(yr + h * Dh, s, (size_t)Dh * sizeof(float));
+        for (int64_t g = 0; g < G; g++) {
+            float *yr = y + (row * G + g) * HD;
+            if (!srcs[g]) {
+                memset(yr, 0, (size_t)HD * sizeof(float));
+                continue;
+            }
+            for (int64_t h = 0; h < H; h++) {
+                const float *s = srcs[g] + ((bi * H + h) * T + t) * Dh;
+                if (g < rotate) rot_row(s, yr + h * Dh, cos + t * P, sin + t * P, Dh, P, layout, -1.0f);
+                else memcpy(yr + h * Dh, s, (size_t)Dh * sizeof(float));
+            }
         }
     }
     return RP_OK;

@@ -39,19 +39,20 @@ int rp_perf_linear_gelu_bwd(int kind, const float *x, const float *w, const floa
                             float *dx, float *dw, float *db, int64_t M, int64_t N, int64_t K);
 
 /* ---- head split / merge with an optional rotary transform -----------------
- * Split: out[b, h, t, :] = rot_t(y[(b*T + t)*ldy + h*Dh .. + Dh]) for a
- * (B, T, ldy) row-major matrix y whose H*Dh columns from `y` on are the heads
- * (ldy >= H*Dh). rot_t rotates channel pairs of the first rd channels by the
- * angles of row t (cos, sin: (T, rd/2)), layout RP_PERF_ROPE_INTERLEAVED
- * (pairs 2k, 2k+1) or RP_PERF_ROPE_HALF (pairs k, k + rd/2); cos == NULL (or
- * rd == 0) copies. out: (B, H, T, Dh). */
+ * Split: y (B, T, G*H*Dh) holds G groups of H heads per row (e.g. q, k, v);
+ * outs[g][b, h, t, :] = rot_t(y[b, t, (g*H + h)*Dh .. + Dh]) for g < G, where
+ * groups g < rotate are turned by rot_t: channel pairs of the first rd
+ * channels by the angles of row t (cos, sin: (T, rd/2)), layout
+ * RP_PERF_ROPE_INTERLEAVED (pairs 2k, 2k+1) or RP_PERF_ROPE_HALF (pairs k,
+ * k + rd/2); the other groups are copied. outs[g]: (B, H, T, Dh). One pass
+ * (one parallel region) over the rows of y. */
 enum { RP_PERF_ROPE_INTERLEAVED = 0, RP_PERF_ROPE_HALF = 1 };
-int rp_perf_heads_split(const float *y, int64_t ldy, const float *cos, const float *sin, int64_t rd, int layout,
-                        float *out, int64_t B, int64_t T, int64_t H, int64_t Dh);
-/* Merge, the adjoint of split: y[(b*T + t)*ldy + h*Dh ..] = rot_tᵀ(src[b, h, t, :])
- * (rotation by minus the angle); src == NULL writes zeros there. */
-int rp_perf_heads_merge(const float *src, const float *cos, const float *sin, int64_t rd, int layout, float *y,
-                        int64_t ldy, int64_t B, int64_t T, int64_t H, int64_t Dh);
+int rp_perf_heads_split(const float *y, int64_t G, int64_t rotate, const float *cos, const float *sin, int64_t rd,
+                        int layout, float *const *outs, int64_t B, int64_t T, int64_t H, int64_t Dh);
+/* Merge, the adjoint of split: y[b, t, (g*H + h)*Dh ..] = rot_tᵀ(srcs[g][b, h, t, :])
+ * (rotation by minus the angle for g < rotate); srcs[g] == NULL writes zeros. */
+int rp_perf_heads_merge(const float *const *srcs, int64_t G, int64_t rotate, const float *cos, const float *sin,
+                        int64_t rd, int layout, float *y, int64_t B, int64_t T, int64_t H, int64_t Dh);
 
 #ifdef __cplusplus
 }
