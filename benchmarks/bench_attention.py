@@ -13,7 +13,10 @@ Not a test. Forward + backward, B=1, H=8, D=64, causal, at T = 512 ... 4096
          vs eager torch attention (softmax(q k^T * scale + bias) v) in which the
          bias vector does get its gradient, like relpos.
 
-Peak memory: one fresh process per (implementation, case, T); the number is
+Each (implementation, case, T) runs in a fresh process (relpos and torch each
+bring an OpenMP runtime whose idle threads would spin on the other's cores):
+first one forward + backward for memory, then best-of-repeat timings.
+Peak memory: the number is
 the resident-set high-water mark (VmHWM) minus the resident set after the
 imports: inputs (q, k, v, dout: 4 x B*H*T*D floats, the same everywhere), the
 bias as each implementation needs it (SDPA: the materialised (H, T, T) mask),
@@ -26,7 +29,7 @@ from relpos._C.fma_peak_gflops when the build has it, else from a small AVX2
 FMA loop compiled here with the system C compiler.
 
     OMP_NUM_THREADS=2 python benchmarks/bench_attention.py [--T 512 1024] [--repeat 5]
-        [--long 8192 16384] [--no-memory] [--json results.json]
+        [--long 8192 16384] [--json results.json]
 """
 import argparse
 import json
@@ -158,10 +161,8 @@ def set_threads(n):
         pass
 
 
-def time_case(impl, T, case, repeat):
-    """Best-of-repeat forward and backward times in ms."""
-    fwd, bwd = RUNNERS[impl](T, case)
-    bwd(fwd())  # warm-up
+def time_runner(fwd, bwd, repeat):
+    """Best-of-repeat forward, backward and forward+backward times in ms."""
     tf, tb = [], []
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -175,8 +176,6 @@ def time_case(impl, T, case, repeat):
     return 1e3 * min(tf), 1e3 * min(tb), 1e3 * min(a + b for a, b in zip(tf, tb))
 
 
-# ------------------------------------------------------------------- memory
-
 def _status_kib(field):
     """VmRSS / VmHWM of this process in KiB. VmHWM belongs to this address space
     (ru_maxrss would carry the forking parent's high-water mark across exec)."""
@@ -187,22 +186,28 @@ def _status_kib(field):
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def memory_child(impl, T, case, threads):
+def child(impl, T, case, threads, repeat):
+    """One case in this fresh process: memory of the first forward + backward,
+    then best-of-repeat timings. Prints one JSON line."""
     if impl != "relpos":
-        import torch  # noqa: F401  (imported before the baseline)
+        __import__("torch")  # imported before the baseline
     set_threads(threads)
     base = _status_kib("VmRSS")
     fwd, bwd = RUNNERS[impl](T, case)  # inputs, and SDPA's materialised mask, count
     bwd(fwd())
     peak = _status_kib("VmHWM")
-    print(json.dumps({"extra_mib": (peak - base) / 1024.0, "peak_mib": peak / 1024.0}))
+    tf, tb, tt = time_runner(fwd, bwd, repeat)
+    print(json.dumps({"extra_mib": (peak - base) / 1024.0, "fwd_ms": tf, "bwd_ms": tb, "total_ms": tt}))
 
 
-def peak_memory(impl, T, case, threads):
-    cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", impl, str(T), case, str(threads)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+def run_child(impl, T, case, threads, repeat):
+    """Timing and memory of one case in a fresh process: relpos and torch each
+    bring their own OpenMP runtime, whose idle spinning threads would otherwise
+    steal the cores from the other's measurement."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", impl, str(T), case, str(threads), str(repeat)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
     if r.returncode != 0:
-        return None
+        raise RuntimeError(f"{impl} {case} T={T} failed:\n{r.stderr[-2000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -241,14 +246,15 @@ int main(int argc, char **argv) {
 def fma_peak(threads):
     from relpos import _C
     if hasattr(_C, "fma_peak_gflops"):
-        return float(_C.fma_peak_gflops(threads=threads)), "relpos._C.fma_peak_gflops"
+        return max(float(_C.fma_peak_gflops(threads=threads)) for _ in range(5)), "relpos._C.fma_peak_gflops, best of 5"
     with tempfile.TemporaryDirectory() as tmp:
         src, exe = os.path.join(tmp, "fma.c"), os.path.join(tmp, "fma")
         with open(src, "w") as f:
             f.write("#include <stdlib.h>\n" + FMA_LOOP)
         subprocess.run(["cc", "-O2", "-mavx2", "-mfma", "-fopenmp", src, "-o", exe], check=True)
-        out = subprocess.run([exe, str(threads)], capture_output=True, text=True, check=True).stdout
-        return float(out), "AVX2 FMA loop (benchmarks/bench_attention.py)"
+        runs = [float(subprocess.run([exe, str(threads)], capture_output=True, text=True, check=True).stdout)
+                for _ in range(5)]
+        return max(runs), "AVX2 FMA loop, best of 5 (benchmarks/bench_attention.py)"
 
 
 # --------------------------------------------------------------------- main
@@ -265,14 +271,13 @@ def main():
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--eager-max-T", type=int, default=4096)
     ap.add_argument("--json", default=os.path.join(HERE, "bench_attention.json"))
-    ap.add_argument("--memory-child", nargs=4, metavar=("IMPL", "T", "CASE", "THREADS"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=5, metavar=("IMPL", "T", "CASE", "THREADS", "REPEAT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.memory_child:
-        impl, T, case, threads = args.memory_child
-        memory_child(impl, int(T), case, int(threads))
+    if args.child:
+        impl, T, case, threads, repeat = args.child
+        child(impl, int(T), case, int(threads), int(repeat))
         return
 
     import relpos
@@ -293,14 +298,12 @@ def main():
             if impl == "relpos" or (torch is not None and not (impl == "eager" and (case == "plain" or T > args.eager_max_T)))]
     plan += [(T, case, "relpos") for T in args.long for case in args.cases if case != "t5"]
     for T, case, impl in plan:
-        tf, tb, tt = time_case(impl, T, case, args.repeat if T <= 4096 else max(1, args.repeat // 2))
+        res = run_child(impl, T, case, args.threads, args.repeat if T <= 4096 else max(1, args.repeat // 2))
+        tf, tb, tt = res["fwd_ms"], res["bwd_ms"], res["total_ms"]
         ff, fb = flops(T)
         row = {"T": T, "case": case, "impl": impl, "fwd_ms": tf, "bwd_ms": tb, "total_ms": tt,
-               "gflops": (ff + fb) / tt * 1e-6, "fwd_gflops": ff / tf * 1e-6}
+               "gflops": (ff + fb) / tt * 1e-6, "fwd_gflops": ff / tf * 1e-6, "extra_mib": res["extra_mib"]}
         row["peak_frac"] = row["gflops"] / peak
-        if not args.no_memory:
-            mem = peak_memory(impl, T, case, args.threads)
-            row["extra_mib"] = None if mem is None else mem["extra_mib"]
         rows.append(row)
         print(f"  {impl:6s} {case:5s} T={T:5d}  fwd {tf:8.1f} ms  bwd {tb:8.1f} ms  "
               f"{row['gflops']:6.1f} GF/s  mem {row.get('extra_mib') or float('nan'):8.1f} MiB", flush=True)

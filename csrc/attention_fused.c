@@ -449,7 +449,7 @@ static int fz_check(const rp_attn *a) {
     if (a->relq && (a->relq_ix.R <= 0 || a->Hrq < 1)) return RP_EINVAL;
     if (a->relv && (a->relv_ix.R <= 0 || a->Hrv < 1)) return RP_EINVAL;
     if (a->bias_vec && (a->bias_ix.R <= 0 || a->Hb < 1)) return RP_EINVAL;
-    if (a->bias_full && a->Bf < 1) return RP_EINVAL;
+    if (a->bias_full && a->Bf != 1 && a->Bf != a->B) return RP_EINVAL; /* Bf = B = 0: empty batch */
     return RP_OK;
 }
 

@@ -1,23 +1,26 @@
 /* Materialised attention with all four channels (see attention.h for the
  * logit formula and the relative index rules).
  *
- * Forward: one task per query row (b, h, i): build the Tk logits, softmax with
- * lse, out_i = Σ_j p_ij (v_j + relv[idx]). Rows are independent, so the result
- * does not depend on the thread count.
+ * The content products are batched GEMMs over (b, h) (gemm.h, deterministic
+ * for any thread count); the position channels, masks and softmax are row
+ * passes around them.
  *
- * Backward, four passes, each parallel over independent work:
- *   1. rows (b, h, i): recompute P from lse, dP = dO·(V + relv)ᵀ, D = dO·O,
- *      dS = P∘(dP − D); store P and dS (B, H, Tq, Tk); write dq_i, dqr_i.
- *   2. columns (b, h, j): dk_j = scale Σ_i dS_ij (q_i + relq[idx]),
- *      dv_j = Σ_i p_ij dO_i (summed over i in order).
- *   3. (b, h, row chunk): partial sums of the shared tables (drelk, drelq,
- *      drelv, dbias_vec) into per-task buffers; the chunk count depends on
- *      the shapes only.
- *   4. table entries: sum the partials in a fixed order (b, h, chunk);
- *      dbias_full from dS (summed over b when it is shared by the batch).
+ * Forward:  S = scale·Q·Kᵀ (GEMM); rows (b, h, i): add the channel terms, mask,
+ *           softmax with lse, P written over S; out = P·V (GEMM), then rows add
+ *           Σ_j p_ij relv[idx].
+ * Backward: P recomputed (GEMM + rows, from lse); dP = dO·Vᵀ (GEMM); rows:
+ *           dP += dO·relv[idx], D = dO·O, dS = P∘(dP − D);
+ *           dq = scale·dS·K (GEMM) + rows Σ_j scale·dS_ij relk[idx] (into dqr
+ *           when qr is given); dk = scale·dSᵀ·Q (GEMM) + columns
+ *           Σ_i scale·dS_ij relq[idx]; dv = Pᵀ·dO (GEMM);
+ *           shared tables (drelk, drelq, drelv, dbias_vec): per-(b, h, row chunk)
+ *           partial sums (chunk count from the shapes only), then summed in a
+ *           fixed order (b, h, chunk); dbias_full from dS (summed over b in
+ *           order when shared by the batch).
  * No float atomics anywhere: bit-identical for any thread count.
  */
 #include "attention.h"
+#include "gemm.h"
 
 #include <math.h>
 #include <string.h>
@@ -42,12 +45,6 @@ static int attn_ok(const rp_attn *a) {
     return 1;
 }
 
-static inline int key_allowed(const rp_attn *a, int64_t b, int64_t ia, int64_t j) {
-    if (a->causal && j > ia) return 0;
-    if (a->key_padding_mask && a->key_padding_mask[b * a->Tk + j]) return 0;
-    return 1;
-}
-
 /* Eight fixed lanes let the compiler vectorise the sum; the order depends on
  * n only, so the result is the same for any thread count. */
 static inline float dotf(const float *x, const float *y, int64_t n) {
@@ -64,6 +61,53 @@ static inline void axpyf(float *y, float alpha, const float *x, int64_t n) {
     for (int64_t d = 0; d < n; d++) y[d] += alpha * x[d];
 }
 
+/* s[j] = exp(s[j] - m) for j < n, exactly 0 where s[j] = -inf (masked) or the
+ * result underflows (x < -87). exp(x) = 2^k · e^r with k = round(x / ln 2),
+ * |r| <= ln2 / 2, e^r by a degree-6 Taylor polynomial (relative error < 2e-7),
+ * 2^k through the exponent bits. Branch-free, so the loop vectorises; libm's
+ * expf called per element cost more than the GEMMs here. */
+#if defined(__GNUC__) && !defined(__clang__)
+/* the selects below only pick between computed values; letting GCC assume no
+ * FP traps turns them into blends so the loop vectorises (values unchanged) */
+__attribute__((optimize("no-trapping-math")))
+#endif
+static void exp_shifted(float *s, int64_t n, float m) {
+    RP_PRAGMA(omp simd)
+    for (int64_t j = 0; j < n; j++) {
+        const float x0 = s[j] - m;
+        const int dead = x0 < -87.0f; /* masked (-inf) or underflow; NaN stays NaN below */
+        const float safe = x0 == x0 ? x0 : 0.0f; /* no NaN into the int conversion */
+        const float lo = safe < -87.0f ? -87.0f : safe;
+        const float x = lo > 88.0f ? 88.0f : lo;
+        const float half = x >= 0.0f ? 0.5f : -0.5f;
+        const float kf = (float)(int32_t)(x * 1.44269504f + half);
+        const float r = (x - kf * 0.693359375f) + kf * 2.12194440e-4f;
+        float e = 1.0f / 720.0f;
+        e = e * r + 1.0f / 120.0f;
+        e = e * r + 1.0f / 24.0f;
+        e = e * r + 1.0f / 6.0f;
+        e = e * r + 0.5f;
+        e = e * r + 1.0f;
+        e = e * r + 1.0f;
+        const int32_t bits = ((int32_t)kf + 127) << 23;
+        float two_k;
+        memcpy(&two_k, &bits, sizeof two_k);
+        const float val = x0 == x0 ? e * two_k : x0;
+        s[j] = dead ? 0.0f : val;
+    }
+}
+
+/* Σ s[j] in eight fixed lanes (order set by n only). */
+static inline float sumf(const float *s, int64_t n) {
+    float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int l = 0; l < 8; l++) acc[l] += s[j + l];
+    float t = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (; j < n; j++) t += s[j];
+    return t;
+}
+
 /* Table row of a per-head table (Ht, R, width). */
 static inline const float *tab_row(const float *t, int64_t Ht, rp_relidx ix, int64_t width, int64_t h,
                                    int64_t ia, int64_t j) {
@@ -71,33 +115,49 @@ static inline const float *tab_row(const float *t, int64_t Ht, rp_relidx ix, int
     return t + (hr * ix.R + rp_relidx_at(ix, ia, j)) * width;
 }
 
-/* Logits of row (b, h, i) into s[0..Tk); masked entries -INFINITY.
- * Returns the row maximum (-INFINITY when every key is masked). */
-static float row_logits(const rp_attn *a, int64_t b, int64_t h, int64_t i, float *s) {
+/* Finish the logits of row (b, h, i) in s[0..Tk), which holds scale·q_i·k_j:
+ * add the channel terms, set masked entries to -INFINITY. Keys from *jend on
+ * are causally masked. Returns the row maximum (-INFINITY when every key is
+ * masked). */
+static float row_logits(const rp_attn *a, int64_t b, int64_t h, int64_t i, float *s, int64_t *jend) {
     const int64_t H = a->H, Tq = a->Tq, Tk = a->Tk, D = a->D;
     const int64_t bh = b * H + h, ia = a->q_offset + i;
-    const float *qi = a->q + (bh * Tq + i) * D;
-    const float *qri = a->qr ? a->qr + (bh * Tq + i) * D : qi;
+    const float *qri = (a->qr ? a->qr : a->q) + (bh * Tq + i) * D;
     const float *kb = a->k + bh * Tk * D;
     const float *bf = NULL;
     if (a->bias_full) bf = a->bias_full + (((a->Bf == 1 ? 0 : b) * H + h) * Tq + i) * Tk;
-    float m = -INFINITY;
-    for (int64_t j = 0; j < Tk; j++) {
-        if (!key_allowed(a, b, ia, j)) {
-            s[j] = -INFINITY;
-            continue;
+    const float *bv = a->bias_vec ? a->bias_vec + (a->Hb == 1 ? 0 : h) * a->bias_ix.R : NULL;
+    const uint8_t *pad = a->key_padding_mask ? a->key_padding_mask + b * Tk : NULL;
+    const int64_t n = a->causal ? (ia + 1 < Tk ? ia + 1 : Tk) : Tk;
+    *jend = n;
+    for (int64_t j = n; j < Tk; j++) s[j] = -INFINITY;
+    if (a->relk || a->relq || bv || bf) {
+        for (int64_t j = 0; j < n; j++) {
+            float x = s[j];
+            if (a->relk || a->relq) {
+                float rel = 0.0f;
+                if (a->relk) rel += dotf(qri, tab_row(a->relk, a->Hrk, a->relk_ix, D, h, ia, j), D);
+                if (a->relq) rel += dotf(kb + j * D, tab_row(a->relq, a->Hrq, a->relq_ix, D, h, ia, j), D);
+                x += a->scale * rel;
+            }
+            if (bv) x += bv[rp_relidx_at(a->bias_ix, ia, j)];
+            if (bf) x += bf[j];
+            s[j] = x;
         }
-        const float *kj = kb + j * D;
-        float dot = dotf(qi, kj, D);
-        if (a->relk) dot += dotf(qri, tab_row(a->relk, a->Hrk, a->relk_ix, D, h, ia, j), D);
-        if (a->relq) dot += dotf(kj, tab_row(a->relq, a->Hrq, a->relq_ix, D, h, ia, j), D);
-        float x = a->scale * dot;
-        if (a->bias_vec) x += a->bias_vec[(a->Hb == 1 ? 0 : h) * a->bias_ix.R + rp_relidx_at(a->bias_ix, ia, j)];
-        if (bf) x += bf[j];
-        s[j] = x;
-        if (x > m) m = x;
     }
+    if (pad)
+        for (int64_t j = 0; j < n; j++)
+            if (pad[j]) s[j] = -INFINITY;
+    float m = -INFINITY;
+    for (int64_t j = 0; j < n; j++) m = (s[j] > m || s[j] != s[j]) ? s[j] : m; /* NaN sticks: never hidden */
     return m;
+}
+
+/* S (BH, Tq, Tk) = scale · Q · Kᵀ per (b, h). */
+static int content_logits(const rp_attn *a, float *S) {
+    const int64_t Tq = a->Tq, Tk = a->Tk, D = a->D;
+    return rp_gemm_batched(0, 1, Tq, Tk, D, a->scale, a->q, D, a->k, D, 0.0f, S, Tk, a->B * a->H, Tq * D,
+                           Tk * D, Tq * Tk);
 }
 
 /* ---- forward ------------------------------------------------------------ */
@@ -106,55 +166,51 @@ static float row_logits(const rp_attn *a, int64_t b, int64_t h, int64_t i, float
  * out (B, H, Tq, Dv), lse (B, H, Tq), probs (B, H, Tq, Tk) or NULL. */
 int rp_attn_mat_fwd(const rp_attn *a, float *out, float *lse, float *probs) {
     if (!attn_ok(a) || !out || !lse) return RP_EINVAL;
-    const int64_t H = a->H, Tq = a->Tq, Tk = a->Tk, Dv = a->Dv;
-    const int64_t nrows = a->B * H * Tq;
+    const int64_t H = a->H, Tq = a->Tq, Tk = a->Tk, Dv = a->Dv, BH = a->B * a->H;
+    const int64_t nrows = BH * Tq;
     if (nrows == 0) return RP_OK;
     int nt = rp_get_num_threads();
     if (nt < 1) nt = 1;
-    float *scratch = NULL;
-    if (!probs) {
-        scratch = rp_malloc((size_t)nt * (size_t)(Tk > 0 ? Tk : 1) * sizeof(float));
-        if (!scratch) return RP_ENOMEM;
+    float *S = probs;
+    if (!S) {
+        S = rp_malloc((size_t)nrows * (size_t)(Tk > 0 ? Tk : 1) * sizeof(float));
+        if (!S) return RP_ENOMEM;
     }
-    RP_PRAGMA(omp parallel num_threads(nt))
-    {
-        int tid = 0;
-#if RP_HAVE_OPENMP
-        tid = omp_get_thread_num();
-#endif
-        RP_PRAGMA(omp for schedule(static))
+    int rc = content_logits(a, S);
+    if (rc < 0) goto done;
+    RP_PRAGMA(omp parallel for schedule(static) num_threads(nt))
+    for (int64_t r = 0; r < nrows; r++) {
+        const int64_t i = r % Tq, bh = r / Tq, h = bh % H, b = bh / H;
+        float *s = S + r * Tk;
+        int64_t n;
+        const float m = row_logits(a, b, h, i, s, &n);
+        if (m == -INFINITY) { /* every key masked: p = 0, out = 0 */
+            for (int64_t j = 0; j < Tk; j++) s[j] = 0.0f;
+            lse[r] = -INFINITY;
+            continue;
+        }
+        for (int64_t j = n; j < Tk; j++) s[j] = 0.0f;
+        exp_shifted(s, n, m);
+        const float z = sumf(s, n); /* >= 1: the maximum contributes exp(0) */
+        const float inv = 1.0f / z;
+        for (int64_t j = 0; j < n; j++) s[j] *= inv;
+        lse[r] = m + logf(z);
+    }
+    rc = rp_gemm_batched(0, 0, Tq, Dv, Tk, 1.0f, S, Tk, a->v, Dv, 0.0f, out, Dv, BH, Tq * Tk, Tk * Dv, Tq * Dv);
+    if (rc < 0) goto done;
+    if (a->relv) {
+        RP_PRAGMA(omp parallel for schedule(static) num_threads(nt))
         for (int64_t r = 0; r < nrows; r++) {
-            const int64_t i = r % Tq, bh = r / Tq, h = bh % H, b = bh / H;
-            const int64_t ia = a->q_offset + i;
-            float *s = probs ? probs + r * Tk : scratch + (int64_t)tid * Tk;
+            const int64_t i = r % Tq, h = (r / Tq) % H, ia = a->q_offset + i;
+            const float *p = S + r * Tk;
             float *o = out + r * Dv;
-            float m = row_logits(a, b, h, i, s);
-            for (int64_t d = 0; d < Dv; d++) o[d] = 0.0f;
-            if (m == -INFINITY) { /* every key masked */
-                for (int64_t j = 0; j < Tk; j++) s[j] = 0.0f;
-                lse[r] = -INFINITY;
-                continue;
-            }
-            double z = 0.0;
-            for (int64_t j = 0; j < Tk; j++) {
-                float e = s[j] == -INFINITY ? 0.0f : expf(s[j] - m);
-                s[j] = e;
-                z += e;
-            }
-            const float inv = (float)(1.0 / z);
-            const float *vb = a->v + bh * Tk * Dv;
-            for (int64_t j = 0; j < Tk; j++) {
-                float p = s[j] * inv;
-                s[j] = p;
-                if (p == 0.0f) continue;
-                axpyf(o, p, vb + j * Dv, Dv);
-                if (a->relv) axpyf(o, p, tab_row(a->relv, a->Hrv, a->relv_ix, Dv, h, ia, j), Dv);
-            }
-            lse[r] = m + (float)log(z);
+            for (int64_t j = 0; j < Tk; j++)
+                if (p[j] != 0.0f) axpyf(o, p[j], tab_row(a->relv, a->Hrv, a->relv_ix, Dv, h, ia, j), Dv);
         }
     }
-    rp_free(scratch);
-    return RP_OK;
+done:
+    if (S != probs) rp_free(S);
+    return rc < 0 ? rc : RP_OK;
 }
 
 /* ---- backward ----------------------------------------------------------- */
@@ -219,7 +275,6 @@ int rp_attn_mat_bwd(const rp_attn *a, const float *out, const float *lse, const 
     int nt = rp_get_num_threads();
     if (nt < 1) nt = 1;
     const int64_t nmat = BH * Tq * Tk;
-    const int need_ds = g->dq || dqr || g->dk || drelk || drelq || dbv || dbf;
     const int64_t nc = table_chunks(BH, Tq);
     const int64_t szk = drelk ? a->relk_ix.R * D : 0;
     const int64_t szq = drelq ? a->relq_ix.R * D : 0;
@@ -227,84 +282,88 @@ int rp_attn_mat_bwd(const rp_attn *a, const float *out, const float *lse, const 
     const int64_t szb = dbv ? a->bias_ix.R : 0;
     const int64_t per_task = szk + szq + szv + szb;
     float *P = rp_malloc((size_t)nmat * sizeof(float));
-    float *dS = (float *)rp_malloc((size_t)nmat * sizeof(float));
+    float *dS = rp_malloc((size_t)nmat * sizeof(float));
     float *part = per_task ? rp_malloc((size_t)(BH * nc) * (size_t)per_task * sizeof(float)) : NULL;
-    if (!P || !dS || (per_task && !part)) {
-        rp_free(P);
-        rp_free(dS);
-        rp_free(part);
-        return RP_ENOMEM;
-    }
+    int rc = RP_ENOMEM;
+    if (!P || !dS || (per_task && !part)) goto done;
 
-    /* 1. rows: P, dS, dq, dqr */
+    /* P from lse; dS = P∘(dO·(V + relv)ᵀ − D) */
+    if ((rc = content_logits(a, P)) < 0) goto done;
+    rc = rp_gemm_batched(0, 1, Tq, Tk, Dv, 1.0f, dout, Dv, a->v, Dv, 0.0f, dS, Tk, BH, Tq * Dv, Tk * Dv, Tq * Tk);
+    if (rc < 0) goto done;
     RP_PRAGMA(omp parallel for schedule(static) num_threads(nt))
     for (int64_t r = 0; r < BH * Tq; r++) {
         const int64_t i = r % Tq, bh = r / Tq, h = bh % H, b = bh / H;
         const int64_t ia = a->q_offset + i;
         float *p = P + r * Tk, *ds = dS + r * Tk;
-        float *dqi = g->dq ? g->dq + r * D : NULL;
-        float *dqri = dqr ? dqr + r * D : NULL;
-        if (dqi) for (int64_t d = 0; d < D; d++) dqi[d] = 0.0f;
-        if (dqri) for (int64_t d = 0; d < D; d++) dqri[d] = 0.0f;
         const float l = lse[r];
         if (l == -INFINITY) { /* fully masked row: no gradient */
             for (int64_t j = 0; j < Tk; j++) p[j] = ds[j] = 0.0f;
             continue;
         }
-        row_logits(a, b, h, i, p);
-        for (int64_t j = 0; j < Tk; j++) p[j] = p[j] == -INFINITY ? 0.0f : expf(p[j] - l);
+        int64_t n;
+        row_logits(a, b, h, i, p, &n);
+        for (int64_t j = n; j < Tk; j++) p[j] = ds[j] = 0.0f;
         const float *doi = dout + r * Dv;
         const float Di = dotf(doi, out + r * Dv, Dv);
-        const float *vb = a->v + bh * Tk * Dv;
-        const float *kb = a->k + bh * Tk * D;
-        for (int64_t j = 0; j < Tk; j++) {
-            if (p[j] == 0.0f) {
+        exp_shifted(p, n, l);
+        for (int64_t j = 0; j < n; j++) {
+            const float pj = p[j];
+            if (pj == 0.0f) {
                 ds[j] = 0.0f;
                 continue;
             }
-            float dp = dotf(doi, vb + j * Dv, Dv);
+            float dp = ds[j];
             if (a->relv) dp += dotf(doi, tab_row(a->relv, a->Hrv, a->relv_ix, Dv, h, ia, j), Dv);
-            const float dsj = p[j] * (dp - Di);
-            ds[j] = dsj;
-            if (!need_ds) continue;
-            const float c = scale * dsj;
-            if (dqi) axpyf(dqi, c, kb + j * D, D);
-            if (a->relk) {
-                const float *rk = tab_row(a->relk, a->Hrk, a->relk_ix, D, h, ia, j);
-                if (a->qr) {
-                    if (dqri) axpyf(dqri, c, rk, D);
-                } else if (dqi) {
-                    axpyf(dqi, c, rk, D);
-                }
-            }
+            ds[j] = pj * (dp - Di);
         }
     }
 
-    /* 2. columns: dk, dv */
-    if (g->dk || g->dv) {
+    /* dq = scale·dS·K (+ the relk term, or dqr) */
+    if (g->dq) {
+        rc = rp_gemm_batched(0, 0, Tq, D, Tk, scale, dS, Tk, a->k, D, 0.0f, g->dq, D, BH, Tq * Tk, Tk * D, Tq * D);
+        if (rc < 0) goto done;
+    }
+    float *dqrel = a->relk ? (a->qr ? dqr : g->dq) : NULL;
+    if (dqrel) {
         RP_PRAGMA(omp parallel for schedule(static) num_threads(nt))
-        for (int64_t cidx = 0; cidx < BH * Tk; cidx++) {
-            const int64_t j = cidx % Tk, bh = cidx / Tk, h = bh % H;
-            float *dkj = g->dk ? g->dk + cidx * D : NULL;
-            float *dvj = g->dv ? g->dv + cidx * Dv : NULL;
-            if (dkj) for (int64_t d = 0; d < D; d++) dkj[d] = 0.0f;
-            if (dvj) for (int64_t d = 0; d < Dv; d++) dvj[d] = 0.0f;
-            const float *qb = a->q + bh * Tq * D;
-            for (int64_t i = 0; i < Tq; i++) {
-                const int64_t e = (bh * Tq + i) * Tk + j;
-                const float p = P[e];
-                if (p == 0.0f) continue;
-                if (dkj) {
-                    const float c = scale * dS[e];
-                    axpyf(dkj, c, qb + i * D, D);
-                    if (a->relq) axpyf(dkj, c, tab_row(a->relq, a->Hrq, a->relq_ix, D, h, a->q_offset + i, j), D);
+        for (int64_t r = 0; r < BH * Tq; r++) {
+            const int64_t i = r % Tq, h = (r / Tq) % H, ia = a->q_offset + i;
+            float *t = dqrel + r * D;
+            if (a->qr) for (int64_t d = 0; d < D; d++) t[d] = 0.0f;
+            const float *p = P + r * Tk, *ds = dS + r * Tk;
+            for (int64_t j = 0; j < Tk; j++)
+                if (p[j] != 0.0f) axpyf(t, scale * ds[j], tab_row(a->relk, a->Hrk, a->relk_ix, D, h, ia, j), D);
+        }
+    } else if (dqr) {
+        zero_f(dqr, BH * Tq * D); /* qr given without relk cannot happen (bridge), but stay defined */
+    }
+
+    /* dk = scale·dSᵀ·Q (+ the relq term) */
+    if (g->dk) {
+        rc = rp_gemm_batched(1, 0, Tk, D, Tq, scale, dS, Tk, a->q, D, 0.0f, g->dk, D, BH, Tq * Tk, Tq * D, Tk * D);
+        if (rc < 0) goto done;
+        if (a->relq) {
+            RP_PRAGMA(omp parallel for schedule(static) num_threads(nt))
+            for (int64_t c = 0; c < BH * Tk; c++) {
+                const int64_t j = c % Tk, bh = c / Tk, h = bh % H;
+                float *dkj = g->dk + c * D;
+                for (int64_t i = 0; i < Tq; i++) {
+                    const int64_t e = (bh * Tq + i) * Tk + j;
+                    if (P[e] != 0.0f)
+                        axpyf(dkj, scale * dS[e], tab_row(a->relq, a->Hrq, a->relq_ix, D, h, a->q_offset + i, j), D);
                 }
-                if (dvj) axpyf(dvj, p, dout + (bh * Tq + i) * Dv, Dv);
             }
         }
     }
 
-    /* 3. per-(b, h, chunk) partial sums of the relative tables */
+    /* dv = Pᵀ·dO */
+    if (g->dv) {
+        rc = rp_gemm_batched(1, 0, Tk, Dv, Tq, 1.0f, P, Tk, dout, Dv, 0.0f, g->dv, Dv, BH, Tq * Tk, Tq * Dv, Tk * Dv);
+        if (rc < 0) goto done;
+    }
+
+    /* per-(b, h, chunk) partial sums of the relative tables, then fixed-order reductions */
     if (per_task) {
         RP_PRAGMA(omp parallel for schedule(static) num_threads(nt))
         for (int64_t t = 0; t < BH * nc; t++) {
@@ -313,8 +372,7 @@ int rp_attn_mat_bwd(const rp_attn *a, const float *out, const float *lse, const 
             memset(pk, 0, (size_t)per_task * sizeof(float));
             int64_t lo, hi;
             rp_chunk(Tq, nc, c, &lo, &hi);
-            const float *qb = a->q + bh * Tq * D;
-            const float *qrb = a->qr ? a->qr + bh * Tq * D : qb;
+            const float *qrb = (a->qr ? a->qr : a->q) + bh * Tq * D;
             const float *kb = a->k + bh * Tk * D;
             for (int64_t i = lo; i < hi; i++) {
                 const int64_t ia = a->q_offset + i, row = bh * Tq + i;
@@ -329,7 +387,6 @@ int rp_attn_mat_bwd(const rp_attn *a, const float *out, const float *lse, const 
                 }
             }
         }
-        /* 4. fixed-order reductions into the tables */
         if (drelk) reduce_table(drelk, part, per_task, a->Hrk, a->relk_ix.R, D, B, H, nc, nt);
         if (drelq) reduce_table(drelq, part + szk, per_task, a->Hrq, a->relq_ix.R, D, B, H, nc, nt);
         if (drelv) reduce_table(drelv, part + szk + szq, per_task, a->Hrv, a->relv_ix.R, Dv, B, H, nc, nt);
@@ -349,8 +406,10 @@ int rp_attn_mat_bwd(const rp_attn *a, const float *out, const float *lse, const 
             }
         }
     }
+    rc = RP_OK;
+done:
     rp_free(P);
     rp_free(dS);
     rp_free(part);
-    return RP_OK;
+    return rc;
 }

@@ -163,6 +163,8 @@ int rp_bias_kerple_bwd(const float *r1, const float *r2, const float *g, int64_t
 int rp_bias_sandwich_fwd(const float *scales, int64_t H, int64_t dim, int64_t d0, int64_t N, float *out) {
     if (H < 0 || N < 0 || dim < 2 || dim % 2) return RP_EINVAL;
     int64_t half = dim / 2;
+    /* half * sizeof(double) must not wrap around size_t (dim near 2**62 would make a tiny buffer) */
+    if ((uint64_t)half > SIZE_MAX / sizeof(double)) return RP_ENOMEM;
     double *prof = (double *)rp_malloc((size_t)(N > 0 ? N : 1) * sizeof(double));
     double *omega = (double *)rp_malloc((size_t)half * sizeof(double));
     if (!prof || !omega) {

@@ -7,6 +7,7 @@
 
 #include "bias.h"
 
+#include <stdio.h>
 #include <string.h>
 
 /* ---- small helpers ---------------------------------------------------- */
@@ -19,6 +20,18 @@ static int need_1d(PyArrayObject *a, const char *name, npy_intp n, const char *d
 static int need_vec_len(long long n) {
     if (n < 0) {
         PyErr_Format(PyExc_ValueError, "n (number of distances) must be >= 0; got %lld", n);
+        return -1;
+    }
+    return 0;
+}
+
+/* Distances d0 .. d0+n-1 are formed (and negated) in int64: keep them far from overflow. */
+#define RP_MAX_DIST (1LL << 62)
+static int need_window(long long d0, long long n) {
+    if (need_vec_len(n) < 0) return -1;
+    if (d0 < -RP_MAX_DIST || d0 > RP_MAX_DIST || n > RP_MAX_DIST) {
+        PyErr_Format(PyExc_ValueError, "d0 and n must lie in [-2**62, 2**62] (distances d0 .. d0+n-1); got d0=%lld, n=%lld",
+                     d0, n);
         return -1;
     }
     return 0;
@@ -39,7 +52,7 @@ static PyObject *py_alibi_fwd(PyObject *self, PyObject *args, PyObject *kw) {
     int sym = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OLL|p:bias_alibi_fwd", kwlist, &o_s, &d0, &n, &sym)) return NULL;
     PyArrayObject *s = NULL, *out = NULL;
-    if (need_vec_len(n) < 0) goto fail;
+    if (need_window(d0, n) < 0) goto fail;
     if (!(s = rp_in_f32(o_s, "slopes"))) goto fail;
     if (rp_check_ndim(s, "slopes", 1, "(H,)") < 0) goto fail;
     int64_t H = RP_DIM(s, 0);
@@ -65,6 +78,7 @@ static PyObject *py_alibi_bwd(PyObject *self, PyObject *args, PyObject *kw) {
     long long d0;
     int sym = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OL|p:bias_alibi_bwd", kwlist, &o_g, &d0, &sym)) return NULL;
+    if (need_window(d0, 0) < 0) return NULL;
     PyArrayObject *g = NULL, *out = NULL;
     if (!(g = rp_in_f32(o_g, "grad"))) goto fail;
     if (rp_check_ndim(g, "grad", 2, "(H, n)") < 0) goto fail;
@@ -138,7 +152,7 @@ static PyObject *py_t5_fwd(PyObject *self, PyObject *args, PyObject *kw) {
     int bidir;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OLLLp:bias_t5_fwd", kwlist, &o_t, &d0, &n, &md, &bidir)) return NULL;
     PyArrayObject *t = NULL, *out = NULL;
-    if (need_vec_len(n) < 0) goto fail;
+    if (need_window(d0, n) < 0) goto fail;
     if (!(t = rp_in_f32(o_t, "table"))) goto fail;
     if (rp_check_ndim(t, "table", 2, "(H, num_buckets)") < 0) goto fail;
     int64_t H = RP_DIM(t, 0), nb = RP_DIM(t, 1);
@@ -165,6 +179,7 @@ static PyObject *py_t5_bwd(PyObject *self, PyObject *args, PyObject *kw) {
     long long d0, nb, md;
     int bidir;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OLLLp:bias_t5_bwd", kwlist, &o_g, &d0, &nb, &md, &bidir)) return NULL;
+    if (need_window(d0, 0) < 0) return NULL;
     if (t5_check(nb, md, bidir) < 0) return NULL;
     PyArrayObject *g = NULL, *out = NULL;
     if (!(g = rp_in_f32(o_g, "grad"))) goto fail;
@@ -199,6 +214,15 @@ static int kerple_params(PyObject *o1, PyObject *o2, PyArrayObject **r1, PyArray
     if (rp_check_ndim(*r1, "r1", 1, "(H,)") < 0) return -1;
     if (!(*r2 = rp_in_f32(o2, "r2"))) return -1;
     if (need_1d(*r2, "r2", PyArray_DIM(*r1, 0), "(H,) like r1") < 0) return -1;
+    const float *v = RP_F32(*r2);
+    for (npy_intp h = 0; h < PyArray_DIM(*r2, 0); h++)
+        if (!(v[h] > 0.0f)) { /* also catches NaN */
+            char buf[64];
+            snprintf(buf, sizeof buf, "%g", (double)v[h]);
+            PyErr_Format(PyExc_ValueError, "r2 must be > 0 for every head (KERPLE's domain); got r2[%lld] = %s",
+                         (long long)h, buf);
+            return -1;
+        }
     return 0;
 }
 
@@ -212,7 +236,7 @@ static PyObject *py_kerple_fwd(PyObject *self, PyObject *args, PyObject *kw) {
     int variant = kerple_variant(vs);
     if (variant < 0) return NULL;
     PyArrayObject *r1 = NULL, *r2 = NULL, *out = NULL;
-    if (need_vec_len(n) < 0) goto fail;
+    if (need_window(d0, n) < 0) goto fail;
     if (kerple_params(o1, o2, &r1, &r2) < 0) goto fail;
     int64_t H = RP_DIM(r1, 0);
     npy_intp od[2] = {(npy_intp)H, (npy_intp)n};
@@ -240,6 +264,7 @@ static PyObject *py_kerple_bwd(PyObject *self, PyObject *args, PyObject *kw) {
     const char *vs = "log";
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOL|s:bias_kerple_bwd", kwlist, &o1, &o2, &o_g, &d0, &vs))
         return NULL;
+    if (need_window(d0, 0) < 0) return NULL;
     int variant = kerple_variant(vs);
     if (variant < 0) return NULL;
     PyArrayObject *r1 = NULL, *r2 = NULL, *g = NULL, *d1 = NULL, *d2 = NULL;
@@ -279,7 +304,7 @@ static PyObject *py_sandwich_fwd(PyObject *self, PyObject *args, PyObject *kw) {
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OLL|L:bias_sandwich_fwd", kwlist, &o_s, &d0, &n, &dim)) return NULL;
     if (dim < 2 || dim % 2) return PyErr_Format(PyExc_ValueError, "dim must be an even int >= 2; got %lld", dim);
     PyArrayObject *s = NULL, *out = NULL;
-    if (need_vec_len(n) < 0) goto fail;
+    if (need_window(d0, n) < 0) goto fail;
     if (!(s = rp_in_f32(o_s, "scales"))) goto fail;
     if (rp_check_ndim(s, "scales", 1, "(H,)") < 0) goto fail;
     int64_t H = RP_DIM(s, 0);
@@ -337,7 +362,9 @@ static int fire_load(PyObject *oW1, PyObject *ob1, PyObject *oW2, PyObject *ob2,
         return -1;
     }
     if (!(eps >= 0.0)) {
-        PyErr_Format(PyExc_ValueError, "eps must be >= 0; got %g", eps);
+        char buf[64];
+        snprintf(buf, sizeof buf, "%g", eps);
+        PyErr_Format(PyExc_ValueError, "eps must be >= 0; got %s", buf);
         return -1;
     }
     f->W1 = RP_F32(a->W1);
@@ -349,6 +376,14 @@ static int fire_load(PyObject *oW1, PyObject *ob1, PyObject *oW2, PyObject *ob2,
     f->eps = (float)eps;
     f->W = W;
     f->H = H;
+    if (eps == 0.0 && (f->c == 0.0f || f->L == 0.0f)) {
+        /* psi(max(|L|, i)) + eps would be 0 (c = 0, or L = 0 at i = 0): x = 0/0 */
+        char buf[96];
+        snprintf(buf, sizeof buf, "c=%g, L=%g", (double)f->c, (double)f->L);
+        PyErr_Format(PyExc_ValueError, "eps must be > 0 when c or L is 0 (the FIRE normaliser would be 0); "
+                     "got eps=0, %s", buf);
+        return -1;
+    }
     return 0;
 }
 

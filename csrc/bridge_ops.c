@@ -129,10 +129,12 @@ static int parse_op(const char *s, int *op) {
     return -1;
 }
 
-/* nb for b broadcast against a: b has a's shape, one element, or shape (D,)
- * with D a's last axis. */
+/* nb for b broadcast against a: b has a's shape, one element, or the shape of
+ * a's trailing axes (e.g. (D,) or (T, D) against (B, T, D)): then b repeats
+ * over the leading rows of a. */
 static int broadcast_nb(PyArrayObject *a, PyArrayObject *b, int64_t *nb) {
     int64_t na = (int64_t)PyArray_SIZE(a), n_b = (int64_t)PyArray_SIZE(b);
+    int nda = PyArray_NDIM(a), ndb = PyArray_NDIM(b);
     if (same_shape(a, b)) {
         *nb = na;
         return 0;
@@ -141,8 +143,7 @@ static int broadcast_nb(PyArrayObject *a, PyArrayObject *b, int64_t *nb) {
         *nb = 1;
         return 0;
     }
-    if (PyArray_NDIM(a) >= 1 && PyArray_NDIM(b) == 1 &&
-        PyArray_DIM(b, 0) == PyArray_DIM(a, PyArray_NDIM(a) - 1)) {
+    if (ndb >= 1 && ndb <= nda && PyArray_CompareLists(PyArray_DIMS(b), PyArray_DIMS(a) + (nda - ndb), ndb)) {
         *nb = n_b;
         return 0;
     }
@@ -150,8 +151,7 @@ static int broadcast_nb(PyArrayObject *a, PyArrayObject *b, int64_t *nb) {
     rp_shape_str(a, sa, sizeof sa);
     rp_shape_str(b, sb, sizeof sb);
     PyErr_Format(PyExc_ValueError,
-                 "b must have the shape of a %s, one element, or shape (D,) with D the last axis of a; got %s", sa,
-                 sb);
+                 "b must have the shape of a %s, one element, or the shape of a's trailing axes; got %s", sa, sb);
     return -1;
 }
 
@@ -777,7 +777,7 @@ static PyObject *py_dropout_mask(PyObject *self, PyObject *args, PyObject *kw) {
 #define M(name, doc) {#name, (PyCFunction)(void (*)(void))py_##name, KW, doc}
 
 PyMethodDef rp_methods_ops[] = {
-    M(binary_fwd, "binary_fwd(a, b, op='add', *, out=None): op(a, b), b of a's shape, one element, or (D,) = a's last axis; op in add, sub, mul, div, rsub (b - a), rdiv (b / a)."),
+    M(binary_fwd, "binary_fwd(a, b, op='add', *, out=None): op(a, b), b of a's shape, one element, or the shape of a's trailing axes (repeated over the leading ones); op in add, sub, mul, div, rsub (b - a), rdiv (b / a)."),
     M(binary_bwd, "binary_bwd(a, b, grad, op='add', *, need_a=True, need_b=True) -> (da, db); db summed over the broadcast rows."),
     M(scale, "scale(x, alpha, *, out=None) -> alpha * x"),
     M(bias_add, "bias_add(x, bias, *, out=None): x (..., D) + bias (D,)"),

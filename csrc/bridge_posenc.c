@@ -18,7 +18,14 @@ static PyArrayObject *in_f64(PyObject *obj, const char *name) {
                      PyArray_DESCR((PyArrayObject *)obj)->typeobj->tp_name);
         return NULL;
     }
-    return (PyArrayObject *)PyArray_FROM_OTF(obj, NPY_FLOAT64, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+    PyArrayObject *r = (PyArrayObject *)PyArray_FROM_OTF(obj, NPY_FLOAT64, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+    if (r == NULL && (PyErr_ExceptionMatches(PyExc_MemoryError) || PyErr_ExceptionMatches(PyExc_ValueError))) {
+        char got[256];
+        rp_shape_str((PyArrayObject *)obj, got, sizeof got);
+        PyErr_Clear();
+        PyErr_Format(PyExc_MemoryError, "%s: cannot allocate a contiguous copy of an array of shape %s", name, got);
+    }
+    return r;
 }
 
 static int parse_rope_layout(const char *s, int *layout) {

@@ -15,22 +15,22 @@
 #define COPE_MAX_PARTS 64
 
 
-/* Dot product in double with four interleaved partial sums (a fixed order, so
- * the same for any thread count; lets the compiler use vector registers). */
+/* Dot product with eight interleaved float partial sums, added up in double in
+ * a fixed order: the same for any thread count, and the compiler can keep the
+ * partial sums in vector registers. */
 static inline double dot_d(const float *a, const float *b, int64_t D) {
-    double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     int64_t d = 0;
-    for (; d + 4 <= D; d += 4) {
-        s0 += (double)a[d] * (double)b[d];
-        s1 += (double)a[d + 1] * (double)b[d + 1];
-        s2 += (double)a[d + 2] * (double)b[d + 2];
-        s3 += (double)a[d + 3] * (double)b[d + 3];
-    }
-    for (; d < D; d++) s0 += (double)a[d] * (double)b[d];
-    return (s0 + s1) + (s2 + s3);
+    for (; d + 8 <= D; d += 8)
+        for (int u = 0; u < 8; u++) acc[u] += a[d + u] * b[d + u];
+    double s = (((double)acc[0] + acc[1]) + ((double)acc[2] + acc[3])) +
+               (((double)acc[4] + acc[5]) + ((double)acc[6] + acc[7]));
+    for (; d < D; d++) s += (double)a[d] * (double)b[d];
+    return s;
 }
 
-static inline double sigmoid(double x) { return x >= 0 ? 1.0 / (1.0 + exp(-x)) : exp(x) / (1.0 + exp(x)); }
+/* float exp is enough for a gate; 1/(1+inf) = 0 and 1/(1+0) = 1 at the extremes. */
+static inline double sigmoid(double x) { return 1.0f / (1.0f + expf(-(float)x)); }
 
 static int cope_ok(int64_t B, int64_t H, int64_t Tq, int64_t Tk, int64_t D, int64_t P, int64_t q_offset) {
     return B >= 0 && H >= 0 && Tq >= 0 && Tk >= 0 && D >= 0 && P >= 1 && q_offset >= 0;
@@ -72,8 +72,9 @@ int rp_cope_fwd(const float *q, const float *k, const float *e, int64_t B, int64
             cope_row(qi, kb, e, jmax, D, P, scale, gate, pos, z);
             for (int64_t j = 0; j <= jmax; j++) {
                 double pc = pos[j] > top ? top : pos[j];
-                double fl = floor(pc), w = pc - fl;
-                int64_t f = (int64_t)fl, c = (int64_t)ceil(pc);
+                int64_t f = (int64_t)pc; /* pc >= 0: truncation is floor */
+                double w = pc - (double)f;
+                int64_t c = f + (w > 0.0);
                 o[j] = (float)(z[f] * (1.0 - w) + z[c] * w);
             }
             for (int64_t j = jmax + 1; j < Tk; j++) o[j] = 0.0f;
@@ -116,8 +117,9 @@ int rp_cope_bwd(const float *q, const float *k, const float *e, const float *g, 
                 for (int64_t j = 0; j <= jmax; j++) {
                     double G = gi[j];
                     double pc = pos[j] > top ? top : pos[j];
-                    double fl = floor(pc), w = pc - fl;
-                    int64_t f = (int64_t)fl, c = (int64_t)ceil(pc);
+                    int64_t f = (int64_t)pc;
+                    double w = pc - (double)f;
+                    int64_t c = f + (w > 0.0);
                     dz[f] += G * (1.0 - w);
                     dz[c] += G * w;
                     dp[j] = pos[j] > top ? 0.0 : G * (z[c] - z[f]);

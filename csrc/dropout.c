@@ -35,7 +35,7 @@ static int dropout_run(const float *x, float *y, uint8_t *mask, int64_t n, float
     const uint64_t key = seed_key(seed), thr = threshold(p);
     const float scale = 1.0f / (1.0f - p);
     const int64_t nblk = (n + DROP_BLOCK - 1) / DROP_BLOCK;
-    RP_OPS_PFOR(n >= 2 * DROP_BLOCK)
+    RP_OPS_PFOR(n >= RP_OPS_PAR_MIN_COMPUTE)
     for (int64_t b = 0; b < nblk; b++) {
         const int64_t lo = b * DROP_BLOCK, hi = lo + DROP_BLOCK < n ? lo + DROP_BLOCK : n;
         const int64_t k0 = lo >> 1, k1 = hi >> 1; /* full pairs [2 k0, 2 k1) */

@@ -227,7 +227,7 @@ int rp_ops_act_fwd(int kind, const float *x, float *y, int64_t n) {
     if (n < 0 || kind < RP_ACT_GELU_TANH || kind > RP_ACT_SILU) return RP_EINVAL;
     const int simd = rp_simd_enabled();
     const int64_t nblk = (n + FLAT_BLOCK - 1) / FLAT_BLOCK;
-    RP_OPS_PFOR(n >= 2 * FLAT_BLOCK)
+    RP_OPS_PFOR(n >= RP_OPS_PAR_MIN_COMPUTE)
     for (int64_t k = 0; k < nblk; k++) {
         int64_t lo = k * FLAT_BLOCK, len = n - lo < FLAT_BLOCK ? n - lo : FLAT_BLOCK;
         rp_ops_act_fwd_span(simd, kind, x + lo, y + lo, len);
@@ -239,7 +239,7 @@ int rp_ops_act_bwd(int kind, const float *x, const float *grad, float *dx, int64
     if (n < 0 || kind < RP_ACT_GELU_TANH || kind > RP_ACT_SILU) return RP_EINVAL;
     const int simd = rp_simd_enabled();
     const int64_t nblk = (n + FLAT_BLOCK - 1) / FLAT_BLOCK;
-    RP_OPS_PFOR(n >= 2 * FLAT_BLOCK)
+    RP_OPS_PFOR(n >= RP_OPS_PAR_MIN_COMPUTE)
     for (int64_t k = 0; k < nblk; k++) {
         int64_t lo = k * FLAT_BLOCK, len = n - lo < FLAT_BLOCK ? n - lo : FLAT_BLOCK;
         rp_ops_act_bwd_span(simd, kind, x + lo, grad + lo, dx + lo, len);

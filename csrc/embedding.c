@@ -30,7 +30,7 @@ int rp_ops_embedding_bwd(const int64_t *ids, const float *grad, float *dweight, 
     if (rp_ops_first_bad_id(ids, n, V) >= 0) return RP_EINDEX;
     memset(dweight, 0, (size_t)(V * D) * sizeof(float));
     const int64_t nblk = (D + EMB_COLS - 1) / EMB_COLS;
-    RP_OPS_PFOR(n * D >= 8192)
+    RP_OPS_PFOR(n * D >= RP_OPS_PAR_MIN_COMPUTE)
     for (int64_t b = 0; b < nblk; b++) {
         const int64_t c0 = b * EMB_COLS, c1 = c0 + EMB_COLS < D ? c0 + EMB_COLS : D;
         for (int64_t i = 0; i < n; i++) {

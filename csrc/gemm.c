@@ -12,10 +12,17 @@
  * each C element is summed in the same order whichever thread runs the task
  * and however many threads there are: results are bit-identical for any
  * thread count. Only the K split (KC) and the kernel fix the rounding.
+ *
+ * Other paths: tiny products (<= SMALL_MNK multiply-adds), few-row ones
+ * (M <= DIRECT_M_MAX) and few-column ones (N <= DIRECT_N_MAX) skip packing
+ * (gemm_direct_block); batches of moderate
+ * products give each thread whole products (gemm_alone, private buffers).
+ * Micro-kernels: AVX-512 12x32 and AVX2 6x16 (gemm_avx2.c), portable 6x16 here.
  */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime(CLOCK_THREAD_CPUTIME_ID) */
 #include "gemm.h"
 
+#include <sched.h>
 #include <string.h>
 #include <time.h>
 
@@ -38,7 +45,6 @@
 #define SMALL_MNK (32 * 32 * 32)
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 static inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 static inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
@@ -244,16 +250,18 @@ static void scale_only(const gemm_prob *g) {
 }
 
 /* Direct (unpacked) product on the columns [j0, j0+nb) of C, nb <= DIRECT_NB,
- * for tiny problems and for few rows (M <= DIRECT_M_MAX: a GEMV-like Linear at
+ * rows [i0, i1), for tiny problems, few rows (M <= DIRECT_M_MAX: a GEMV-like Linear at
  * generation time), where packing B would cost as much as the product.
  * Each element's K order is fixed: in order for B (K, N); for B given as
  * (N, K), DIRECT_LANES interleaved partial sums over p added in a fixed tree. */
 #define DIRECT_NB 64
 #define DIRECT_LANES 8
 #define DIRECT_M_MAX 4
-static void gemm_direct_cols(const gemm_prob *g, int64_t j0, int64_t nb) {
+#define DIRECT_N_MAX 4
+#define DIRECT_ROWS 64 /* rows per work item when N <= DIRECT_N_MAX */
+static void gemm_direct_block(const gemm_prob *g, int64_t i0, int64_t i1, int64_t j0, int64_t nb) {
     const int64_t K = g->K;
-    for (int64_t i = 0; i < g->M; i++) {
+    for (int64_t i = i0; i < i1; i++) {
         float *c = g->C + i * g->ldc + j0;
         float acc[DIRECT_NB];
         if (!g->tb) {
@@ -290,7 +298,7 @@ static void gemm_direct_cols(const gemm_prob *g, int64_t j0, int64_t nb) {
 }
 
 static void gemm_direct(const gemm_prob *g) {
-    for (int64_t j0 = 0; j0 < g->N; j0 += DIRECT_NB) gemm_direct_cols(g, j0, min64(DIRECT_NB, g->N - j0));
+    for (int64_t j0 = 0; j0 < g->N; j0 += DIRECT_NB) gemm_direct_block(g, 0, g->M, j0, min64(DIRECT_NB, g->N - j0));
 }
 
 /* The work split of one product: row blocks of mc (a multiple of MR), and
@@ -363,26 +371,52 @@ static void gemm_alone(const gemm_prob *g, const kernel_t *kn, float *Ap, float 
 }
 
 #if RP_HAVE_OPENMP
+/* Team synchronisation that yields the CPU while it waits. libgomp's own
+ * barriers spin (OMP_WAIT_POLICY unset), and on a loaded machine a spinning
+ * thread takes the CPU share its partner needs to finish: a 2-thread product
+ * then ran 5-20x slower than with OMP_WAIT_POLICY=passive. Work is handed
+ * out through atomic counters that the last thread into a barrier resets. */
+typedef struct {
+    int arrived, gen;
+    int64_t next_pack, next_task; /* work counters of the current phase */
+} team_sync;
+
+static void team_wait(team_sync *ts, int nt) {
+    const int gen = __atomic_load_n(&ts->gen, __ATOMIC_ACQUIRE);
+    if (__atomic_add_fetch(&ts->arrived, 1, __ATOMIC_ACQ_REL) == nt) {
+        __atomic_store_n(&ts->arrived, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&ts->next_pack, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&ts->next_task, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&ts->gen, gen + 1, __ATOMIC_RELEASE);
+        return;
+    }
+    while (__atomic_load_n(&ts->gen, __ATOMIC_ACQUIRE) == gen) sched_yield();
+}
+
 /* Whole product by the calling team (call from inside a parallel region,
- * every thread with its own Ap, the team sharing Bp). */
-static void gemm_team(const gemm_prob *g, const kernel_t *kn, float *Ap, float *Bp, int nt) {
+ * every thread with its own Ap, the team sharing Bp and ts). */
+static void gemm_team(const gemm_prob *g, const kernel_t *kn, float *Ap, float *Bp, int nt, team_sync *ts) {
     for (int64_t j0 = 0; j0 < g->N; j0 += NC) {
         const int64_t nc = min64(NC, g->N - j0);
         const int64_t n_jr = ceil_div(nc, kn->nr);
         const int64_t n_items = ceil_div(g->K, KC) * n_jr;
-#pragma omp for schedule(dynamic, 4)
-        for (int64_t it = 0; it < n_items; it++) pack_b_items(g, kn, j0, nc, it, it + 1, Bp);
-        /* implicit barrier: Bp complete */
+        for (;;) {
+            const int64_t it = __atomic_fetch_add(&ts->next_pack, 4, __ATOMIC_RELAXED);
+            if (it >= n_items) break;
+            pack_b_items(g, kn, j0, nc, it, min64(it + 4, n_items), Bp);
+        }
+        team_wait(ts, nt); /* Bp complete */
         split_t s = make_split(g->M, n_jr, nt, kn->mr);
         const int64_t ntask = s.n_ic * s.jchunks;
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t t = 0; t < ntask; t++) {
+        for (;;) {
+            const int64_t t = __atomic_fetch_add(&ts->next_task, 1, __ATOMIC_RELAXED);
+            if (t >= ntask) break;
             int64_t ic = t / s.jchunks, jc = t % s.jchunks;
             int64_t i0 = ic * s.mc, q0, q1;
             rp_chunk(n_jr, s.jchunks, jc, &q0, &q1);
             if (i0 < g->M && q0 < q1) run_task(g, kn, j0, nc, i0, min64(s.mc, g->M - i0), q0, q1, Bp, Ap);
         }
-        /* implicit barrier: Bp free for the next column block */
+        team_wait(ts, nt); /* C done, Bp free; everyone leaves together */
     }
 }
 #endif
@@ -393,6 +427,64 @@ static int check_args(int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb,
     return RP_OK;
 }
 
+/* Work items of the paths that split whole products or fixed chunks of them. */
+enum { ITEM_SCALE, ITEM_DIRECT, ITEM_DIRECT_COLS, ITEM_DIRECT_ROWS, ITEM_PRODUCT };
+
+typedef struct {
+    int mode;
+    gemm_prob g0;
+    int64_t sA, sB, sC, nchunk;
+    const kernel_t *kn;
+    float *buf;          /* ITEM_PRODUCT: per-thread (A, B) buffers */
+    int64_t per_thread;  /* floats per thread in buf */
+    int64_t a_elems;
+} items_ctx;
+
+static void run_item(const items_ctx *c, int64_t w, int tid) {
+    const int64_t b = (c->mode == ITEM_DIRECT_COLS || c->mode == ITEM_DIRECT_ROWS) ? w / c->nchunk : w;
+    const int64_t k = (c->mode == ITEM_DIRECT_COLS || c->mode == ITEM_DIRECT_ROWS) ? w % c->nchunk : 0;
+    gemm_prob g = c->g0;
+    g.A += b * c->sA;
+    g.B += b * c->sB;
+    g.C += b * c->sC;
+    switch (c->mode) {
+    case ITEM_SCALE: scale_only(&g); break;
+    case ITEM_DIRECT: gemm_direct(&g); break;
+    case ITEM_DIRECT_COLS:
+        gemm_direct_block(&g, 0, g.M, k * DIRECT_NB, min64(DIRECT_NB, g.N - k * DIRECT_NB));
+        break;
+    case ITEM_DIRECT_ROWS: gemm_direct_block(&g, k * DIRECT_ROWS, min64(g.M, (k + 1) * DIRECT_ROWS), 0, g.N); break;
+    default: {
+        float *ap = c->buf + (size_t)tid * (size_t)c->per_thread;
+        gemm_alone(&g, c->kn, ap, ap + c->a_elems);
+    }
+    }
+}
+
+/* Items [0, n) over up to nt threads, handed out `chunk` at a time through an
+ * atomic counter; waits yield (see team_sync). Each item's result does not
+ * depend on which thread runs it. */
+static void run_items(const items_ctx *c, int64_t n, int64_t chunk, int nt) {
+#if RP_HAVE_OPENMP
+    if (nt > 1 && n > 1) {
+        team_sync ts = {0, 0, 0, 0};
+#pragma omp parallel num_threads(nt) shared(ts)
+        {
+            const int tid = omp_get_thread_num(), team = omp_get_num_threads();
+            for (;;) {
+                const int64_t i0 = __atomic_fetch_add(&ts.next_task, chunk, __ATOMIC_RELAXED);
+                if (i0 >= n) break;
+                for (int64_t i = i0; i < min64(n, i0 + chunk); i++) run_item(c, i, tid);
+            }
+            team_wait(&ts, team); /* leave together: no thread spins in the join */
+        }
+        return;
+    }
+#endif
+    (void)chunk, (void)nt;
+    for (int64_t i = 0; i < n; i++) run_item(c, i, 0);
+}
+
 /* The general entry: batch products with strides, optional bias row vector. */
 static int gemm_run(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t lda,
                     const float *B, int64_t ldb, float beta, float *C, int64_t ldc, const float *bias,
@@ -401,48 +493,33 @@ static int gemm_run(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha
     if (rc) return rc;
     if (batch < 0) return RP_EINVAL;
     if (M == 0 || N == 0 || batch == 0) return RP_OK;
-    const gemm_prob g0 = {ta, tb, M, N, K, alpha, beta, A, B, bias, lda, ldb, ldc, C};
-    const int nothing = (K == 0 || alpha == 0.0f);
     const int64_t mnk = M * N * K;
     int nt = rp_get_num_threads();
     if (nt < 1) nt = 1;
-    (void)nt;
+    items_ctx c = {0};
+    c.g0 = (gemm_prob){ta, tb, M, N, K, alpha, beta, A, B, bias, lda, ldb, ldc, C};
+    c.sA = sA, c.sB = sB, c.sC = sC;
 
-    if (nothing || mnk <= SMALL_MNK) {
+    if (K == 0 || alpha == 0.0f || mnk <= SMALL_MNK) {
         /* cheap per product: spread the batch over threads if it pays */
-        const int par = nt > 1 && batch > 1 && (M * N * (K + 1)) * batch > 65536;
-        (void)par;
-#if RP_HAVE_OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt) if (par)
-#endif
-        for (int64_t b = 0; b < batch; b++) {
-            gemm_prob g = g0;
-            g.A = A + b * sA;
-            g.B = B + b * sB;
-            g.C = C + b * sC;
-            if (nothing)
-                scale_only(&g);
-            else
-                gemm_direct(&g);
-        }
+        c.mode = (K == 0 || alpha == 0.0f) ? ITEM_SCALE : ITEM_DIRECT;
+        const int par = batch > 1 && (M * N * (K + 1)) * batch > 65536;
+        run_items(&c, batch, 1, par ? nt : 1);
         return RP_OK;
     }
-
     if (M <= DIRECT_M_MAX) {
         /* few rows: no packing; threads take fixed column chunks of each product */
-        const int64_t nchunk = ceil_div(N, DIRECT_NB), nwork = batch * nchunk;
-        (void)nwork;
-#if RP_HAVE_OPENMP
-#pragma omp parallel for schedule(dynamic, 4) num_threads(nt) if (nt > 1 && nwork > 1)
-#endif
-        for (int64_t w = 0; w < batch * nchunk; w++) {
-            const int64_t b = w / nchunk, j0 = (w % nchunk) * DIRECT_NB;
-            gemm_prob g = g0;
-            g.A = A + b * sA;
-            g.B = B + b * sB;
-            g.C = C + b * sC;
-            gemm_direct_cols(&g, j0, min64(DIRECT_NB, N - j0));
-        }
+        c.mode = ITEM_DIRECT_COLS;
+        c.nchunk = ceil_div(N, DIRECT_NB);
+        run_items(&c, batch * c.nchunk, 4, nt);
+        return RP_OK;
+    }
+    if (N <= DIRECT_N_MAX) {
+        /* few columns (e.g. a Linear with 1 output): packing NR-wide panels would
+         * mostly compute padding; threads take fixed row chunks instead */
+        c.mode = ITEM_DIRECT_ROWS;
+        c.nchunk = ceil_div(M, DIRECT_ROWS);
+        run_items(&c, batch * c.nchunk, 4, nt);
         return RP_OK;
     }
 
@@ -451,35 +528,18 @@ static int gemm_run(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha
     const int64_t a_elems = round_up(round_up(min64(M, MC), kn->mr) * min64(K, KC), 16);
     const int64_t b_elems = round_up(ceil_div(K, KC) * KC * round_up(min64(N, NC), kn->nr), 16);
 
-    /* many moderate products: one product per thread at a time, private buffers */
+    /* many moderate products (or one thread): whole products per thread, private buffers */
     const int per_batch = nt > 1 && batch >= nt && (mnk <= (int64_t)192 * 192 * 192 || batch >= 4 * nt);
     if (nt == 1 || per_batch || !RP_HAVE_OPENMP) {
         const int teams = per_batch ? nt : 1;
-        float *buf = scratch_take((size_t)(a_elems + b_elems) * sizeof(float) * (size_t)teams);
-        if (!buf) return RP_ENOMEM;
-        (void)teams;
-#if RP_HAVE_OPENMP
-#pragma omp parallel num_threads(teams) if (teams > 1)
-#endif
-        {
-            int tid = 0;
-#if RP_HAVE_OPENMP
-            tid = omp_get_thread_num();
-#endif
-            float *ap = buf + (size_t)tid * (size_t)(a_elems + b_elems);
-            float *bp = ap + a_elems;
-#if RP_HAVE_OPENMP
-#pragma omp for schedule(dynamic, 1)
-#endif
-            for (int64_t b = 0; b < batch; b++) {
-                gemm_prob g = g0;
-                g.A = A + b * sA;
-                g.B = B + b * sB;
-                g.C = C + b * sC;
-                gemm_alone(&g, kn, ap, bp);
-            }
-        }
-        scratch_give(buf);
+        c.mode = ITEM_PRODUCT;
+        c.kn = kn;
+        c.a_elems = a_elems;
+        c.per_thread = a_elems + b_elems;
+        c.buf = scratch_take((size_t)c.per_thread * sizeof(float) * (size_t)teams);
+        if (!c.buf) return RP_ENOMEM;
+        run_items(&c, batch, 1, teams);
+        scratch_give(c.buf);
         return RP_OK;
     }
 
@@ -487,16 +547,17 @@ static int gemm_run(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha
     /* one product at a time, the whole team on it */
     float *buf = scratch_take((size_t)(a_elems * nt + b_elems) * sizeof(float));
     if (!buf) return RP_ENOMEM;
-#pragma omp parallel num_threads(nt)
+    team_sync ts = {0, 0, 0, 0};
+#pragma omp parallel num_threads(nt) shared(ts)
     {
         const int tid = omp_get_thread_num(), team = omp_get_num_threads();
         float *ap = buf + b_elems + (size_t)tid * (size_t)a_elems;
         for (int64_t b = 0; b < batch; b++) {
-            gemm_prob g = g0;
+            gemm_prob g = c.g0;
             g.A = A + b * sA;
             g.B = B + b * sB;
             g.C = C + b * sC;
-            gemm_team(&g, kn, ap, buf, team);
+            gemm_team(&g, kn, ap, buf, team, &ts);
         }
     }
     scratch_give(buf);

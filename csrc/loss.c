@@ -20,7 +20,7 @@ int rp_ops_xent_fwd(const float *logits, const int64_t *targets, float *lse, flo
     float *row_loss = (float *)rp_malloc((size_t)(N > 0 ? N : 1) * sizeof(float));
     if (!row_loss) return RP_ENOMEM;
     const int simd = rp_simd_enabled();
-    RP_OPS_PFOR(N * V >= 4096)
+    RP_OPS_PFOR(N * V >= RP_OPS_PAR_MIN_COMPUTE)
     for (int64_t r = 0; r < N; r++) {
         const int64_t t = targets[r];
         if (t == ignore_index) {
@@ -53,7 +53,7 @@ int rp_ops_xent_bwd(const float *logits, const int64_t *targets, const float *ls
     if (N < 0 || V < 0 || count < 0) return RP_EINVAL;
     const float scale = count > 0 ? dloss / (float)count : 0.0f;
     const int simd = rp_simd_enabled();
-    RP_OPS_PFOR(N * V >= 4096)
+    RP_OPS_PFOR(N * V >= RP_OPS_PAR_MIN_COMPUTE)
     for (int64_t r = 0; r < N; r++) {
         const int64_t t = targets[r];
         float *dr = dlogits + r * V;

@@ -25,6 +25,20 @@ static int type_check_ndarray(PyObject *obj, const char *name, const char *what)
     return 0;
 }
 
+/* PyArray_FROM_OTF copies non-contiguous, misaligned or broadcast (zero-stride)
+ * inputs; a view whose nominal size is absurd fails there with NumPy's own
+ * message, which does not say which argument it was: name it. */
+static PyArrayObject *convert_named(PyObject *obj, int type, int flags, const char *name) {
+    PyArrayObject *r = (PyArrayObject *)PyArray_FROM_OTF(obj, type, flags);
+    if (r == NULL && (PyErr_ExceptionMatches(PyExc_MemoryError) || PyErr_ExceptionMatches(PyExc_ValueError))) {
+        char got[256];
+        rp_shape_str((PyArrayObject *)obj, got, sizeof got);
+        PyErr_Clear();
+        PyErr_Format(PyExc_MemoryError, "%s: cannot allocate a contiguous copy of an array of shape %s", name, got);
+    }
+    return r;
+}
+
 PyArrayObject *rp_in_f32(PyObject *obj, const char *name) {
     if (type_check_ndarray(obj, name, "float32") < 0) return NULL;
     if (PyArray_TYPE((PyArrayObject *)obj) != NPY_FLOAT32) {
@@ -32,7 +46,7 @@ PyArrayObject *rp_in_f32(PyObject *obj, const char *name) {
                      PyArray_DESCR((PyArrayObject *)obj)->typeobj->tp_name);
         return NULL;
     }
-    return (PyArrayObject *)PyArray_FROM_OTF(obj, NPY_FLOAT32, NPY_ARRAY_IN_ARRAY);
+    return convert_named(obj, NPY_FLOAT32, NPY_ARRAY_IN_ARRAY, name);
 }
 
 PyArrayObject *rp_in_f32_opt(PyObject *obj, const char *name) {
@@ -51,7 +65,7 @@ PyArrayObject *rp_in_i64(PyObject *obj, const char *name) {
     if (t == NPY_UINT64 || t == NPY_ULONGLONG || (t == NPY_ULONG && sizeof(unsigned long) == 8)) {
         /* uint64 values above INT64_MAX would wrap: reject them by value below */
     }
-    return (PyArrayObject *)PyArray_FROM_OTF(obj, NPY_INT64, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+    return convert_named(obj, NPY_INT64, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST, name);
 }
 
 PyArrayObject *rp_in_mask(PyObject *obj, const char *name) {
@@ -61,7 +75,7 @@ PyArrayObject *rp_in_mask(PyObject *obj, const char *name) {
                      PyArray_DESCR((PyArrayObject *)obj)->typeobj->tp_name);
         return NULL;
     }
-    return (PyArrayObject *)PyArray_FROM_OTF(obj, NPY_BOOL, NPY_ARRAY_IN_ARRAY);
+    return convert_named(obj, NPY_BOOL, NPY_ARRAY_IN_ARRAY, name);
 }
 
 static int shape_matches(PyArrayObject *a, int ndim, const npy_intp *dims) {
@@ -97,7 +111,18 @@ int rp_check_shape(PyArrayObject *a, const char *name, int ndim, const npy_intp 
 }
 
 PyArrayObject *rp_new_f32(int ndim, const npy_intp *dims) {
-    return (PyArrayObject *)PyArray_ZEROS(ndim, (npy_intp *)dims, NPY_FLOAT32, 0);
+    PyArrayObject *r = (PyArrayObject *)PyArray_ZEROS(ndim, (npy_intp *)dims, NPY_FLOAT32, 0);
+    if (r == NULL && (PyErr_ExceptionMatches(PyExc_MemoryError) || PyErr_ExceptionMatches(PyExc_ValueError))) {
+        /* NumPy says "array is too big" without the shape: the shape shows which size argument was absurd */
+        char got[256];
+        size_t used = (size_t)snprintf(got, sizeof got, "(");
+        for (int i = 0; i < ndim && used < sizeof got; i++)
+            used += (size_t)snprintf(got + used, sizeof got - used, i ? ", %lld" : "%lld", (long long)dims[i]);
+        if (used < sizeof got) snprintf(got + used, sizeof got - used, ndim == 1 ? ",)" : ")");
+        PyErr_Clear();
+        PyErr_Format(PyExc_MemoryError, "cannot allocate a float32 result of shape %s", got);
+    }
+    return r;
 }
 
 PyArrayObject *rp_out_f32(PyObject *obj, const char *name, int ndim, const npy_intp *dims) {

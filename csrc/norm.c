@@ -30,7 +30,7 @@ int rp_ops_layernorm_fwd(const float *x, const float *weight, const float *bias,
         return RP_ENOMEM;
     }
     const int simd = rp_simd_enabled();
-    RP_OPS_PFOR(N * D >= RP_OPS_PAR_MIN)
+    RP_OPS_PFOR(N * D >= RP_OPS_PAR_MIN_COMPUTE)
     for (int64_t r = 0; r < N; r++) rp_ops_ln_fwd(simd, x + r * D, w, b, y + r * D, D, eps, mean + r, rstd + r);
     rp_free(tw);
     rp_free(tb);
@@ -57,7 +57,7 @@ int rp_ops_layernorm_bwd(const float *x, const float *weight, const float *mean,
         return RP_ENOMEM;
     }
     const int simd = rp_simd_enabled();
-    RP_OPS_PFOR(N * D >= 4096)
+    RP_OPS_PFOR(N * D >= RP_OPS_PAR_MIN_COMPUTE)
     for (int64_t c = 0; c < nch; c++) {
         int64_t lo, hi;
         rp_chunk(N, nch, c, &lo, &hi);
@@ -85,7 +85,7 @@ int rp_ops_rmsnorm_fwd(const float *x, const float *weight, float *y, float *rst
     const float *w = vec_or_fill(weight, 1.0f, D, &tw);
     if (!w) return RP_ENOMEM;
     const int simd = rp_simd_enabled();
-    RP_OPS_PFOR(N * D >= RP_OPS_PAR_MIN)
+    RP_OPS_PFOR(N * D >= RP_OPS_PAR_MIN_COMPUTE)
     for (int64_t r = 0; r < N; r++) rp_ops_rms_fwd(simd, x + r * D, w, y + r * D, D, eps, rstd + r);
     rp_free(tw);
     return RP_OK;
@@ -108,7 +108,7 @@ int rp_ops_rmsnorm_bwd(const float *x, const float *weight, const float *rstd, c
         return RP_ENOMEM;
     }
     const int simd = rp_simd_enabled();
-    RP_OPS_PFOR(N * D >= 4096)
+    RP_OPS_PFOR(N * D >= RP_OPS_PAR_MIN_COMPUTE)
     for (int64_t c = 0; c < nch; c++) {
         int64_t lo, hi;
         rp_chunk(N, nch, c, &lo, &hi);
@@ -131,7 +131,7 @@ int rp_ops_rmsnorm_bwd(const float *x, const float *weight, const float *rstd, c
 int rp_ops_softmax_fwd(const float *x, float *y, int64_t N, int64_t D) {
     if (N < 0 || D < 0) return RP_EINVAL;
     const int simd = rp_simd_enabled();
-    RP_OPS_PFOR(N * D >= 4096)
+    RP_OPS_PFOR(N * D >= RP_OPS_PAR_MIN_COMPUTE)
     for (int64_t r = 0; r < N; r++) {
         const float *xr = x + r * D;
         float *yr = y + r * D;
@@ -144,7 +144,7 @@ int rp_ops_softmax_fwd(const float *x, float *y, int64_t N, int64_t D) {
 
 int rp_ops_softmax_bwd(const float *y, const float *grad, float *dx, int64_t N, int64_t D) {
     if (N < 0 || D < 0) return RP_EINVAL;
-    RP_OPS_PFOR(N * D >= RP_OPS_PAR_MIN)
+    RP_OPS_PFOR(N * D >= RP_OPS_PAR_MIN_COMPUTE)
     for (int64_t r = 0; r < N; r++) {
         const float *yr = y + r * D, *gr = grad + r * D;
         float *dxr = dx + r * D;
@@ -159,7 +159,7 @@ int rp_ops_softmax_bwd(const float *y, const float *grad, float *dx, int64_t N, 
 int rp_ops_log_softmax_fwd(const float *x, float *y, int64_t N, int64_t D) {
     if (N < 0 || D < 0) return RP_EINVAL;
     const int simd = rp_simd_enabled();
-    RP_OPS_PFOR(N * D >= 4096)
+    RP_OPS_PFOR(N * D >= RP_OPS_PAR_MIN_COMPUTE)
     for (int64_t r = 0; r < N; r++) {
         const float *xr = x + r * D;
         float *yr = y + r * D;
@@ -175,7 +175,7 @@ int rp_ops_log_softmax_fwd(const float *x, float *y, int64_t N, int64_t D) {
 int rp_ops_log_softmax_bwd(const float *y, const float *grad, float *dx, int64_t N, int64_t D) {
     if (N < 0 || D < 0) return RP_EINVAL;
     const int simd = rp_simd_enabled();
-    RP_OPS_PFOR(N * D >= 4096)
+    RP_OPS_PFOR(N * D >= RP_OPS_PAR_MIN_COMPUTE)
     for (int64_t r = 0; r < N; r++) {
         const float *yr = y + r * D, *gr = grad + r * D;
         float *dxr = dx + r * D;

@@ -116,8 +116,13 @@ int rp_ops_dropout_mask(uint8_t *mask, int64_t n, float p, uint64_t seed);
 #define RP_OPS_SIMD_SUM(v)
 #endif
 
-/* Work below this many floats runs on one thread. */
-#define RP_OPS_PAR_MIN 32768
+/* Work below these sizes runs on one thread: a parallel region costs a few
+ * microseconds on an idle machine and far more on a busy one, so only work
+ * that takes clearly longer is split. Memory-bound loops (add, copy, scale):
+ * RP_OPS_PAR_MIN floats; loops with an exp or a row reduction per element
+ * (activations, norms, softmax, cross-entropy, dropout): RP_OPS_PAR_MIN_COMPUTE. */
+#define RP_OPS_PAR_MIN 65536
+#define RP_OPS_PAR_MIN_COMPUTE 16384
 
 /* ======================================================================
  * Span kernels: branch-free loops over contiguous floats, written so the

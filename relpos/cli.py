@@ -88,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--eval-lens", type=_eval_lens, default=None, metavar="L,L,...",
                    help="evaluation lengths, or multiples of the training length such as "
                         "1x,2x,4x,8x (the default)")
-    c.add_argument("--steps", type=_positive, default=DEFAULTS["steps"], metavar="N",
-                   help="training steps per model (default: %(default)s)")
+    c.add_argument("--steps", type=_positive, default=None, metavar="N",
+                   help="training steps per model (default: 300 for lm, 1000 for tasks)")
     c.add_argument("--seeds", type=lambda t: _int_list(t, "--seeds"), default=[0], metavar="S,S,...",
                    help="seeds; one model per encoding and seed, the table shows mean ± std "
                         "(default: 0)")
@@ -98,10 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "shipped with CPython, ~465 KB)")
     c.add_argument("--out", default="relpos_compare", metavar="DIR",
                    help="folder for results.json and extrapolation.png (default: %(default)s)")
+    c.add_argument("--jobs", type=_positive, default=os.cpu_count() or 1, metavar="N",
+                   help="runs trained at once, each in its own process (default: one per core, "
+                        "%(default)s here); 1 trains them one after another in this process")
     c.add_argument("--threads", type=_positive, default=None, metavar="N",
-                   help="relpos threads per run (default: OMP_NUM_THREADS or all cores)")
-    c.add_argument("--jobs", type=_positive, default=1, metavar="N",
-                   help="runs trained at once in separate processes (default: 1)")
+                   help="relpos threads per run (default: cores / jobs with several jobs, "
+                        "else OMP_NUM_THREADS or all cores). Results do not depend on it")
     m = c.add_argument_group("model and optimiser")
     m.add_argument("--d-model", type=_positive, default=DEFAULTS["d_model"], metavar="N",
                    help="model width (default: %(default)s)")
@@ -109,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="transformer blocks (default: %(default)s)")
     m.add_argument("--heads", type=_positive, default=DEFAULTS["n_heads"], metavar="N",
                    help="attention heads (default: %(default)s)")
-    m.add_argument("--batch-size", type=_positive, default=DEFAULTS["batch_size"], metavar="N",
-                   help="sequences per step (default: %(default)s)")
+    m.add_argument("--batch-size", type=_positive, default=None, metavar="N",
+                   help="sequences per step (default: 16 for lm, 32 for tasks)")
     m.add_argument("--lr", type=float, default=DEFAULTS["lr"], metavar="LR",
                    help="peak learning rate (default: %(default)s)")
     c.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -167,15 +169,6 @@ def _cmd_compare(args):
             raise UsageError(str(e)) from None
     if args.threads is not None:
         set_num_threads(args.threads)
-    executor = None
-    if args.jobs > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-        from .experiments import _worker_init
-        cores = os.cpu_count() or 1
-        threads = args.threads or max(1, cores // args.jobs)
-        executor = ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=_worker_init, initargs=(threads,))
     if progress:
         tqdm.write(f"relpos compare: task {args.task}, encodings {args.encodings}, writing to {args.out}/",
                    file=sys.stderr)
@@ -184,13 +177,10 @@ def _cmd_compare(args):
         res = compare(args.encodings, task=args.task, train_len=train_len, eval_lens=eval_lens,
                       steps=args.steps, seeds=args.seeds, d_model=args.d_model, n_layers=args.layers,
                       n_heads=args.heads, batch_size=args.batch_size, lr=args.lr, text=text,
-                      out=args.out, progress=progress, executor=executor, threads=args.threads)
+                      out=args.out, progress=progress, jobs=args.jobs, threads=args.threads)
     except (ValueError, OSError) as e:
         # compare checks names, sizes and the data before training anything
         raise UsageError(str(e)) from None
-    finally:
-        if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
     wall = time.perf_counter() - t0
     print(res.table())
     print(f"\nwall time {wall:.0f} s; results: {os.path.join(args.out, 'results.json')}")

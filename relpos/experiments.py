@@ -29,9 +29,9 @@ DEFAULT_ENCODINGS = ("none", "sinusoidal", "learned", "rope", "alibi", "t5", "ke
 
 #: model and training defaults of a comparison run (small enough for a laptop)
 DEFAULTS = dict(
-    task="lm", train_len=None, eval_lens=None, steps=300, seed=0,
+    task="lm", train_len=None, eval_lens=None, steps=None, seed=0,
     d_model=64, n_layers=2, n_heads=4, d_ff=None, norm="layernorm", pre_ln=True, dropout=0.0,
-    batch_size=16, lr=3e-3, warmup=None, weight_decay=0.1, clip=1.0,
+    batch_size=None, lr=3e-3, warmup=None, weight_decay=0.1, clip=1.0,
     text=None, text_file=None, val_fraction=0.1, eval_tokens=16384, n_eval=256,
     encoding_options=None, threads=None, impl="auto",
 )
@@ -43,22 +43,28 @@ def ALL_ENCODINGS():
     return [row["name"] for row in encodings.available()]
 
 
+#: per-kind defaults for what DEFAULTS leaves as None (tasks: short sequences, so more steps)
+KIND_DEFAULTS = {"lm": dict(train_len=64, steps=300, batch_size=16),
+                 "task": dict(train_len=8, steps=1000, batch_size=32)}
+
+
 def _default_train_len(task):
-    return 64 if task == "lm" else 8
+    return KIND_DEFAULTS["lm" if task == "lm" else "task"]["train_len"]
 
 
 def _resolve(config):
     """Fill defaults; check names and sizes. Returns a new dict."""
     cfg = dict(DEFAULTS)
-    unknown = sorted(set(config) - set(DEFAULTS) - {"encoding", "progress"})
+    unknown = sorted(set(config) - set(DEFAULTS) - {"encoding", "progress", "_progress_queue", "_progress_tag"})
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} in run config; known: encoding, progress, "
                          f"{', '.join(sorted(DEFAULTS))}")
     cfg.update(config)
     if "encoding" not in cfg:
         raise ValueError("a run config needs 'encoding'")
-    if cfg["train_len"] is None:
-        cfg["train_len"] = _default_train_len(cfg["task"])
+    for key, val in KIND_DEFAULTS["lm" if cfg["task"] == "lm" else "task"].items():
+        if cfg[key] is None:
+            cfg[key] = val
     tl = cfg["train_len"]
     if isinstance(tl, bool) or not isinstance(tl, (int, np.integer)) or tl < 1:
         raise ValueError(f"train_len must be a positive int; got {tl!r}")
@@ -114,6 +120,12 @@ def run_config(config: dict) -> dict:
     from .train import evaluate_lengths, fit
     cfg = _resolve(config)
     progress = bool(config.get("progress", False))
+    queue, tag = config.get("_progress_queue"), config.get("_progress_tag")
+    callback = None
+    if queue is not None:
+        def callback(step, loss, _every=max(1, int(cfg["steps"]) // 50)):
+            if step % _every == 0 or step == cfg["steps"]:
+                queue.put((tag, step))
     prev_threads = None
     if cfg["threads"] is not None:
         prev_threads = get_num_threads()
@@ -124,7 +136,8 @@ def run_config(config: dict) -> dict:
         t0 = time.perf_counter()
         hist = fit(model, data, cfg["steps"], batch_size=cfg["batch_size"], seq_len=cfg["train_len"],
                    lr=cfg["lr"], warmup=cfg["warmup"], weight_decay=cfg["weight_decay"], clip=cfg["clip"],
-                   seed=cfg["seed"], progress=progress, desc=f"{cfg['encoding']} seed {cfg['seed']}")
+                   seed=cfg["seed"], progress=progress, desc=f"{cfg['encoding']} seed {cfg['seed']}",
+                   callback=callback)
         t1 = time.perf_counter()
         metrics = evaluate_lengths(model, data, cfg["eval_lens"], max_tokens=cfg["eval_tokens"],
                                    n_samples=cfg["n_eval"], seed=cfg["seed"])
@@ -132,7 +145,7 @@ def run_config(config: dict) -> dict:
     finally:
         if prev_threads is not None:
             set_num_threads(prev_threads)
-    public = {k: v for k, v in cfg.items() if k != "text"}
+    public = {k: v for k, v in cfg.items() if k not in ("text", "progress") and not k.startswith("_")}
     return {
         "encoding": cfg["encoding"] if isinstance(cfg["encoding"], str) else type(cfg["encoding"]).__name__,
         "seed": int(cfg["seed"]),
@@ -173,7 +186,9 @@ def sweep(configs, executor=None, max_workers: int | None = None, progress: bool
     local processes (spawn), ``max_workers`` of them (default: one per core),
     each worker running relpos with ``cores // workers`` threads (a config's
     own ``threads`` key overrides that). The numbers equal a serial run's.
-    ``on_result(index, result)`` is called as each run finishes.
+    ``on_result(index, result)`` is called as each run finishes. With the
+    default executor the progress bar counts training steps of all runs;
+    with another executor it counts finished runs.
     """
     from concurrent.futures import as_completed
     from tqdm.auto import tqdm
@@ -183,21 +198,60 @@ def sweep(configs, executor=None, max_workers: int | None = None, progress: bool
     if not configs:
         return []
     own = executor is None
+    manager = None
     if own:
         executor = _default_executor(len(configs), max_workers)
+        if progress:
+            import multiprocessing
+            manager = multiprocessing.get_context("spawn").Manager()
+            queue = manager.Queue()
+            for i, c in enumerate(configs):
+                c["_progress_queue"], c["_progress_tag"] = queue, i
     results = [None] * len(configs)
+    total_steps = sum(_resolve(c)["steps"] for c in configs)
+    bar = tqdm(total=total_steps if manager else len(configs), disable=not progress,
+               desc="training" if manager else "runs", unit="step" if manager else "run", dynamic_ncols=True)
+    done_steps = [0] * len(configs)
+    stop = None
     try:
+        if manager is not None:
+            import threading
+            stop = threading.Event()
+
+            def pump():
+                import queue as _q
+                while not stop.is_set():
+                    try:
+                        tag, step = queue.get(timeout=0.2)
+                    except _q.Empty:
+                        continue
+                    except (EOFError, OSError):  # the manager went away
+                        return
+                    bar.update(step - done_steps[tag])
+                    done_steps[tag] = step
+            pump_thread = threading.Thread(target=pump, daemon=True)
+            pump_thread.start()
         futures = {executor.submit(run_config, c): i for i, c in enumerate(configs)}
-        with tqdm(total=len(configs), disable=not progress, desc="runs", unit="run") as bar:
-            for fut in as_completed(futures):
-                i = futures[fut]
-                results[i] = fut.result()
-                if on_result is not None:
-                    on_result(i, results[i])
+        finished = 0
+        for fut in as_completed(futures):
+            i = futures[fut]
+            results[i] = fut.result()
+            finished += 1
+            if manager is None:
                 bar.update(1)
+            else:
+                bar.set_postfix_str(f"{finished}/{len(configs)} runs done", refresh=True)
+            if on_result is not None:
+                on_result(i, results[i])
     finally:
+        if stop is not None:
+            stop.set()
+            pump_thread.join(timeout=2)
+        bar.close()
         if own:
             executor.shutdown(wait=True, cancel_futures=True)
+        if manager is not None:
+            manager.shutdown()
     return results
 
 
@@ -222,14 +276,14 @@ def _check_encodings(encodings):
 
 
 def compare(encodings=DEFAULT_ENCODINGS, task: str = "lm", train_len: int | None = None, eval_lens=None,
-            steps: int = DEFAULTS["steps"], seeds=(0,), d_model: int = DEFAULTS["d_model"],
+            steps: int | None = None, seeds=(0,), d_model: int = DEFAULTS["d_model"],
             n_layers: int = DEFAULTS["n_layers"], n_heads: int = DEFAULTS["n_heads"], d_ff=None,
             norm: str = "layernorm", pre_ln: bool = True, dropout: float = 0.0,
-            batch_size: int = DEFAULTS["batch_size"], lr: float = DEFAULTS["lr"], warmup=None,
+            batch_size: int | None = None, lr: float = DEFAULTS["lr"], warmup=None,
             weight_decay: float = 0.1, clip: float = 1.0, text=None, text_file=None,
             eval_tokens: int = DEFAULTS["eval_tokens"], n_eval: int = DEFAULTS["n_eval"],
             encoding_options: dict | None = None, out=None, progress: bool = True, executor=None,
-            threads: int | None = None) -> "CompareResult":
+            jobs: int = 1, threads: int | None = None) -> "CompareResult":
     """Train the same model with each encoding at ``train_len``; evaluate at ``eval_lens``.
 
     Args:
@@ -239,16 +293,20 @@ def compare(encodings=DEFAULT_ENCODINGS, task: str = "lm", train_len: int | None
             largest problem size trained on, sizes 1..train_len).
         train_len: training length (default 64 for lm, 8 for tasks).
         eval_lens: evaluation lengths (default 1x, 2x, 4x, 8x train_len).
-        steps, seeds: optimisation steps per run; one run per (encoding, seed).
+        steps, seeds: optimisation steps per run (default 300 for lm, 1000 for
+            tasks); one run per (encoding, seed).
         d_model, n_layers, n_heads, d_ff, norm, pre_ln, dropout: the model.
-        batch_size, lr, warmup, weight_decay, clip: the optimiser.
+        batch_size, lr, warmup, weight_decay, clip: the optimiser (batch_size
+            default 16 for lm, 32 for tasks).
         text: the training text itself (str); text_file: a path to read it from.
         eval_tokens: LM evaluation uses the first eval_tokens validation tokens
             at every length; n_eval: problems per length for tasks.
         encoding_options: {encoding name: {option: value}} or options for all.
         out: a folder; results.json is rewritten there as each encoding finishes.
-        executor: run the (encoding, seed) runs on it (see :func:`sweep`);
-            default: one after another in this process.
+        executor: run the (encoding, seed) runs on it (see :func:`sweep`).
+        jobs: without an executor, ``jobs > 1`` runs that many at once in local
+            processes (each with ``cores // jobs`` threads unless ``threads``
+            is given); ``jobs=1`` (default) runs them one after another here.
         threads: relpos threads for each run (default: unchanged).
 
     Returns a :class:`CompareResult`. Learned absolute positions past their
@@ -294,6 +352,11 @@ def compare(encodings=DEFAULT_ENCODINGS, task: str = "lm", train_len: int | None
     remaining = {name: len(seeds) for name in names}
 
     def finished(i, run):
+        if progress:
+            from tqdm.auto import tqdm
+            cells = ", ".join(f"{L}: {_fmt(v, result.metric)}" for L, v in run["metrics"].items())
+            tqdm.write(f"  {run['encoding']:<12s} seed {run['seed']}: train loss {run['final_loss']:.3f}, "
+                       f"{result.metric} {cells}  ({run['train_time'] + run['eval_time']:.0f} s)")
         result.runs.append(run)
         remaining[run["encoding"]] -= 1
         if out is not None and remaining[run["encoding"]] == 0:
@@ -303,11 +366,11 @@ def compare(encodings=DEFAULT_ENCODINGS, task: str = "lm", train_len: int | None
     if out is not None:
         os.makedirs(os.fspath(out), exist_ok=True)
     t0 = time.perf_counter()
-    if executor is None:
+    if executor is None and jobs <= 1:
         for i, cfg in enumerate(configs):
             finished(i, run_config(dict(cfg, progress=progress)))
     else:
-        sweep(configs, executor=executor, progress=progress, on_result=finished)
+        sweep(configs, executor=executor, max_workers=jobs, progress=progress, on_result=finished)
     result.wall_time = time.perf_counter() - t0
     result._sort_runs()
     if out is not None:
@@ -449,8 +512,16 @@ class CompareResult:
         ax.set_xlabel("evaluation length (tokens)" if self.metric == "perplexity" else "problem size")
         if self.metric == "perplexity":
             if logy is None or logy:
+                from matplotlib.ticker import FuncFormatter, NullFormatter
                 ax.set_yscale("log")
-            ax.set_ylabel("perplexity (log scale)")
+                plain = FuncFormatter(lambda v, _: f"{v:g}")
+                ax.yaxis.set_major_formatter(plain)
+                lo, hi = ax.get_ylim()
+                # within a decade or so, label the minor ticks too (else a log axis shows one number)
+                ax.yaxis.set_minor_formatter(plain if hi / max(lo, 1e-12) < 30 else NullFormatter())
+                ax.set_ylabel("perplexity (log scale)")
+            else:
+                ax.set_ylabel("perplexity")
         else:
             ax.set_ylim(-0.02, 1.02)
             ax.set_ylabel("exact-match accuracy")

@@ -126,7 +126,7 @@ class _Stack(nn.Module):
     """Token embedding, channel-A encoding, blocks, final norm: shared by the LM and the encoder."""
 
     def _build(self, vocab_size, d_model, n_layers, n_heads, encoding, max_len, d_ff, norm, pre_ln,
-               dropout, causal, impl, seed, encoding_options):
+               dropout, causal, impl, seed, encoding_options, embed_scale="auto"):
         from . import encodings
         _check_int(vocab_size, "vocab_size")
         _check_sizes(d_model, n_heads, n_layers, d_ff, dropout, norm)
@@ -137,14 +137,30 @@ class _Stack(nn.Module):
         head_dim = d_model // n_heads
         # one probe instance tells the channel; absolute encodings live here, others in each layer
         ctx = dict(n_heads=n_heads, head_dim=head_dim, d_model=d_model, max_len=max_len, seed=seed)
+        cls = encodings._REGISTRY.get(encoding.lower()) if isinstance(encoding, str) else None
+        if cls is not None and cls.replaces_token_embedding:
+            # e.g. complex word order: it builds the token embedding itself
+            encoding_options = dict(encoding_options)
+            encoding_options.setdefault("vocab_size", vocab_size)
         probe = encodings.get(encoding, **ctx, **encoding_options)
         probe.check_causal(causal)
         self.encoding_name = probe.name
         self.absolute = "A" in probe.channel
         self.tok_emb = None if probe.replaces_token_embedding else nn.Embedding(vocab_size, d_model, seed=seed)
+        if embed_scale == "auto":
+            # Vaswani et al. scale token embeddings by sqrt(d_model) before adding the fixed
+            # sinusoids; without it the unit-amplitude table drowns N(0, 0.02) embeddings
+            embed_scale = math.sqrt(d_model) if probe.name == "sinusoidal" else 1.0
+        if isinstance(embed_scale, bool) or not isinstance(embed_scale, (int, float)) or embed_scale <= 0:
+            raise ValueError(f"embed_scale must be 'auto' or a number > 0; got {embed_scale!r}")
+        self.embed_scale = float(embed_scale)
         if self.absolute:
             self.pos = probe
             layer_encoding, layer_opts = None, {}
+        elif probe is encoding:
+            # an Encoding instance given by the caller: one module shared by every layer (as T5 shares its table)
+            self.pos = None
+            layer_encoding, layer_opts = probe, {}
         else:
             self.pos = None
             layer_encoding, layer_opts = probe.name, dict(encoding_options)
@@ -205,6 +221,8 @@ class _Stack(nn.Module):
             raise ValueError(f"sequence of {offset + T} tokens is longer than max_len={self.max_positions} "
                              f"of the learned absolute positions")
         x = self.tok_emb(ids) if self.tok_emb is not None else None
+        if x is not None and self.embed_scale != 1.0:
+            x = x * self.embed_scale
         if self.pos is not None:
             positions = np.arange(offset, offset + T, dtype=np.int64)
             x = self.pos.embed(x, positions, ids=ids)
@@ -238,23 +256,27 @@ class TransformerLM(_Stack):
         vocab_size: token ids are in [0, vocab_size).
         d_model, n_layers, n_heads: sizes (d_model divisible by n_heads).
         encoding: position encoding name (default "rope"); its options as
-            extra keyword arguments (e.g. ``base=500``).
+            extra keyword arguments (e.g. ``base=500``). Each layer builds its
+            own copy; an Encoding instance instead is shared by all layers.
         max_len: maximum sequence length, needed by learned absolute positions
             (past it they have no row: inputs that long raise ValueError and
             ``evaluate_lengths`` reports them as not applicable).
         tie_weights: output projection = token embedding (transposed).
         d_ff, norm, pre_ln, dropout, impl: see :class:`TransformerBlock`.
         seed: initialisation (GPT-2 style) and dropout seed.
+        embed_scale: factor on the token embeddings before a channel-A
+            encoding is added; "auto" = sqrt(d_model) for sinusoidal (as in
+            Vaswani et al.), 1 otherwise.
 
     forward(ids (B, T) int) -> logits Tensor (B, T, vocab_size).
     """
 
     def __init__(self, vocab_size, d_model=64, n_layers=2, n_heads=4, encoding="rope", max_len=None,
                  tie_weights=True, d_ff=None, norm="layernorm", pre_ln=True, dropout=0.0, impl="auto",
-                 seed=0, **encoding_options):
+                 seed=0, embed_scale="auto", **encoding_options):
         super().__init__()
         self._build(vocab_size, d_model, n_layers, n_heads, encoding, max_len, d_ff, norm, pre_ln, dropout,
-                    True, impl, seed, encoding_options)
+                    True, impl, seed, encoding_options, embed_scale)
         self.tie_weights = bool(tie_weights) and self.tok_emb is not None
         self.lm_head = None if self.tie_weights else nn.Linear(d_model, vocab_size, bias=False)
         self._init_weights()
@@ -367,7 +389,7 @@ class TransformerEncoder(_Stack):
 
     def __init__(self, vocab_size, d_model=64, n_layers=2, n_heads=4, encoding="rope", max_len=None,
                  head="token", n_classes=None, d_ff=None, norm="layernorm", pre_ln=True, dropout=0.0,
-                 impl="auto", seed=0, **encoding_options):
+                 impl="auto", seed=0, embed_scale="auto", **encoding_options):
         super().__init__()
         if head not in ("token", "classification"):
             raise ValueError(f"head must be 'token' or 'classification'; got {head!r}")
@@ -375,7 +397,7 @@ class TransformerEncoder(_Stack):
             raise ValueError("head='classification' needs n_classes")
         n_classes = vocab_size if n_classes is None else _check_int(n_classes, "n_classes")
         self._build(vocab_size, d_model, n_layers, n_heads, encoding, max_len, d_ff, norm, pre_ln, dropout,
-                    False, impl, seed, encoding_options)
+                    False, impl, seed, encoding_options, embed_scale)
         self.head_kind, self.n_classes = head, n_classes
         self.head = nn.Linear(d_model, n_classes)
         self._init_weights()

@@ -241,7 +241,7 @@ def plot_rope_decay(configs=None, rotary_dim=64, max_distance=1024, ax=None):
     ax.set_xlabel("relative distance")
     ax.set_ylabel("relative upper bound (1 at distance 0)")
     ax.set_title("RoPE long-term decay")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="lower left")
     return ax
 
 

@@ -311,6 +311,19 @@ class Tensor:
         from . import functional as F
         return F.div(self, o)
 
+    def __rtruediv__(self, o):
+        from . import functional as F
+        return F.div(o, self)
+
+    def __pow__(self, exponent):
+        from . import functional as F
+        if exponent == 2:
+            return F.mul(self, self)
+        if exponent == 1:
+            return self
+        raise TypeError(f"Tensor ** {exponent!r}: only ** 2 and ** 1 are supported; "
+                        "use relpos.functional.exp/log for other powers")
+
     def __neg__(self):
         from . import functional as F
         return F.mul(self, -1.0)

@@ -144,7 +144,7 @@ def evaluate(model, data, batches: int = 4, batch_size: int = 16, seq_len: int =
     return total / max(count, 1)
 
 
-def evaluate_lengths(model, data, lengths, batch_size: int = 8, max_tokens: int | None = 16384,
+def evaluate_lengths(model, data, lengths, batch_tokens: int = 4096, max_tokens: int | None = 16384,
                      sliding: bool = False, stride: int | None = None, n_samples: int = 256,
                      seed: int = 0) -> dict:
     """Quality at each evaluation length.
@@ -156,9 +156,13 @@ def evaluate_lengths(model, data, lengths, batch_size: int = 8, max_tokens: int 
     from ``seed`` and the size), scored by teacher-forced argmax, which equals
     greedy decoding when every answer token is right.
 
+    ``batch_tokens``: about this many tokens go through the model at once.
+
     Returns {length: float or None}; None where the model cannot take inputs
     that long (learned absolute positions past ``max_len``).
     """
+    if isinstance(batch_tokens, bool) or not isinstance(batch_tokens, (int, np.integer)) or batch_tokens < 1:
+        raise ValueError(f"batch_tokens must be a positive int; got {batch_tokens!r}")
     kind = _data_kind(data)
     max_pos = _model_max_positions(model)
     out = {}
@@ -175,16 +179,14 @@ def evaluate_lengths(model, data, lengths, batch_size: int = 8, max_tokens: int 
                     x, y = data.eval_windows(L, sliding=sliding, stride=stride, max_tokens=max_tokens)
                     if x.shape[0] == 0:
                         raise ValueError(f"no evaluation window of length {L} fits in max_tokens={max_tokens}")
-                    bs = max(1, min(batch_size * 64 // max(L, 64), x.shape[0])) if batch_size else x.shape[0]
-                    total, count = _nll_sum(model, x, y, bs)
+                    total, count = _nll_sum(model, x, y, max(1, batch_tokens // L))
                     out[L] = float(math.exp(min(total / count, 700.0)))
                 else:
                     if max_pos is not None and data.seq_len(L) > max_pos:
                         out[L] = None
                         continue
                     x, y = data.sample(n_samples, L, np.random.default_rng([seed, L]))
-                    bs = max(1, batch_size * 64 // max(data.seq_len(L), 64)) * 4
-                    out[L] = _predict_exact(model, x, y, bs)
+                    out[L] = _predict_exact(model, x, y, max(1, batch_tokens // data.seq_len(L)))
     finally:
         model.train(was_training)
     return out

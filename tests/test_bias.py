@@ -180,6 +180,9 @@ def test_alibi_attention_inputs(rng, qo):
     d = ref.distances(3, qo + 3, qo)
     np.testing.assert_allclose(expand(enc.attention_inputs(q, k, qo, True), 3, qo + 3, qo),
                                -m[:, None, None] * np.maximum(d, 0), rtol=1e-6)
+    # symmetric=None (default) follows the mask
+    np.testing.assert_allclose(expand(enc.attention_inputs(q, k, qo, False), 3, qo + 3, qo),
+                               -m[:, None, None] * np.abs(d), rtol=1e-6)
     sym = E.get("alibi", n_heads=3, symmetric=True)
     np.testing.assert_allclose(expand(sym.attention_inputs(q, k, qo, False), 3, qo + 3, qo),
                                -m[:, None, None] * np.abs(d), rtol=1e-6)
@@ -207,10 +210,6 @@ def test_learned_bias_clips(rng):
     d = np.clip(ref.distances(3, 8, 5), -2, 2) + 2
     np.testing.assert_array_equal(got, enc.table.data[:, d])
     np.testing.assert_array_equal(enc.bias_matrix(3, 8, 5), enc.table.data.astype(np.float64)[:, d])
-
-
-def backprop(vec_tensor, g):
-    vec_tensor.backward(g)
 
 
 def test_learnable_parameter_gradients_through_encodings(rng):
@@ -344,12 +343,13 @@ def test_causal_only_checks(rng):
     q, k = qk(rng)
     with pytest.raises(ValueError, match="causal"):
         E.get("fire", n_heads=3).attention_inputs(q, k, 0, causal=False)
-    with pytest.raises(ValueError, match="symmetric=True"):
-        E.get("alibi", n_heads=3).attention_inputs(q, k, 0, causal=False)
+    with pytest.raises(ValueError, match="symmetric=False is causal only"):
+        E.get("alibi", n_heads=3, symmetric=False).attention_inputs(q, k, 0, causal=False)
     with pytest.raises(ValueError, match="n_heads=2"):
         E.get("alibi", n_heads=2).attention_inputs(q, k, 0, causal=True)
-    assert E.get("fire", n_heads=3).causal_only and E.get("alibi", n_heads=3).causal_only
+    assert E.get("fire", n_heads=3).causal_only and E.get("alibi", n_heads=3, symmetric=False).causal_only
     assert not E.get("alibi", n_heads=3, symmetric=True).causal_only
+    assert not E.get("alibi", n_heads=3).causal_only  # symmetric=None follows the mask
 
 
 def test_bad_kernel_inputs():
@@ -370,6 +370,8 @@ def test_bad_kernel_inputs():
         _C.bias_kerple_bwd(s, s, np.ones((2, 4), f32), 0)
     with pytest.raises(ValueError, match="variant"):
         _C.bias_kerple_fwd(s, s, 0, 4, "cubic")
+    with pytest.raises(ValueError, match=r"r2 must be > 0 .* r2\[1\] = -0.5"):
+        _C.bias_kerple_fwd(s, np.array([1.0, -0.5, 1.0], f32), 0, 4)
     with pytest.raises(ValueError, match="dim"):
         _C.bias_sandwich_fwd(s, 0, 4, 3)
     with pytest.raises(TypeError, match="relative_position"):
@@ -386,6 +388,13 @@ def test_bad_kernel_inputs():
         _C.fire_fwd(*bad, 3, 3)
     with pytest.raises(ValueError, match="q_offset"):
         _C.fire_fwd(*args, 3, 3, -1)
+    bad = list(args)
+    bad[4] = np.zeros(1, f32)
+    with pytest.raises(ValueError, match="eps must be >= 0; got -1"):
+        _C.fire_fwd(*args, 3, 3, 0, -1.0)
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        _C.fire_fwd(*bad, 3, 3, 0, 0.0)
+    assert np.isfinite(_C.fire_fwd(*bad, 3, 3, 0, 1e-6)).all()  # c = 0: a constant bias, no NaN
     with pytest.raises(ValueError, match="grad"):
         _C.fire_bwd(*args, np.ones((1, 3, 3, 3), f32))
     with pytest.raises(TypeError, match="W1"):
@@ -443,7 +452,9 @@ def content(q, k):
     return q @ np.swapaxes(k, -1, -2) / np.sqrt(q.shape[-1])
 
 
-def _alibi_ref(enc, symmetric):
+def _alibi_ref(enc, causal):
+    symmetric = (not causal) if enc.symmetric is None else enc.symmetric
+
     def logits(p, q, k):
         m = p["slopes"] if "slopes" in p else ref.alibi_slopes_ref(enc.n_heads)
         d = ref.distances(q.shape[2], k.shape[2], QO)
@@ -454,8 +465,9 @@ def _alibi_ref(enc, symmetric):
 
 QO = 2
 BIAS_CASES = {
-    "alibi": (dict(learnable=True), lambda enc, causal: _alibi_ref(enc, False)),
-    "alibi_sym": (dict(symmetric=True, learnable=True), lambda enc, causal: _alibi_ref(enc, True)),
+    "alibi": (dict(learnable=True), _alibi_ref),
+    "alibi_causal": (dict(symmetric=False, learnable=True), _alibi_ref),
+    "alibi_sym": (dict(symmetric=True, learnable=True), _alibi_ref),
     "t5": (dict(num_buckets=8, max_distance=6), lambda enc, causal: lambda p, q, k: content(q, k) + p["table"][
         :, ref.t5_bucket_ref(-ref.distances(q.shape[2], k.shape[2], QO), 8, 6, enc._bidir(causal))]),
     "kerple_log": (dict(variant="log"), lambda enc, causal: lambda p, q, k: content(q, k) + ref.toeplitz_matrix(
@@ -476,12 +488,12 @@ BIAS_CASES = {
 
 @pytest.mark.parametrize("case", sorted(BIAS_CASES))
 @pytest.mark.parametrize("causal,pad,impl", [(True, False, "materialized"), (False, True, "materialized"),
-                                             (True, True, "fused")])
+                                             (True, True, "fused"), (False, False, "fused")])
 def test_bias_attention_end_to_end(case, causal, pad, impl):
     opts, make = BIAS_CASES[case]
-    name = {"alibi_sym": "alibi", "kerple_log": "kerple", "kerple_power": "kerple"}.get(case, case)
+    name = {"alibi_sym": "alibi", "alibi_causal": "alibi", "kerple_log": "kerple", "kerple_power": "kerple"}.get(case, case)
     enc = E.get(name, n_heads=2, head_dim=3, seed=11, **opts)
-    if (case == "alibi" or case == "fire") and not causal:
+    if case in ("alibi_causal", "fire") and not causal:
         with pytest.raises(ValueError, match="causal"):
             run_e2e(enc, make(enc, causal), causal=causal)
         return

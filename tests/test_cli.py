@@ -25,13 +25,15 @@ def small_text(tmp_path_factory):
 
 TINY = ["--steps", "3", "--train-len", "16", "--d-model", "16", "--layers", "1", "--heads", "2",
         "--batch-size", "4", "--no-progress"]
+SERIAL = ["--jobs", "1"]
 
 
 def test_compare_end_to_end(tmp_path, small_text):
     pytest.importorskip("matplotlib")
     out = tmp_path / "out"
+    # default --jobs: one process per core (2 runs at once here)
     r = run("compare", "--encodings", "rope,learned", "--eval-lens", "1x,2x", "--text", str(small_text),
-            "--out", str(out), *TINY)
+            "--out", str(out), "--jobs", "2", *TINY)
     assert r.returncode == 0, r.stderr
     assert "rope" in r.stdout and "learned" in r.stdout and "n/a" in r.stdout
     res = json.loads((out / "results.json").read_text())
@@ -46,7 +48,7 @@ def test_compare_task_and_seeds(tmp_path):
     out = tmp_path / "t"
     r = run("compare", "--encodings", "alibi", "--task", "parity", "--train-len", "3", "--eval-lens", "3,6",
             "--steps", "2", "--seeds", "0,1", "--d-model", "16", "--layers", "1", "--heads", "2",
-            "--batch-size", "4", "--out", str(out), "--no-progress")
+            "--batch-size", "4", "--out", str(out), "--no-progress", *SERIAL)
     assert r.returncode == 0, r.stderr
     res = json.loads((out / "results.json").read_text())
     assert res["metric"] == "accuracy" and len(res["rows"]["alibi"]["6"]) == 2
@@ -64,7 +66,7 @@ def test_bad_input_exits_2(tmp_path, small_text, args, message):
     base = ["--text", str(small_text)] if "--text" not in args else []
     if "--encodings" not in args:
         base += ["--encodings", "rope"]
-    r = run("compare", *base, *args, "--out", str(tmp_path / "o"), *TINY[:2])
+    r = run("compare", *base, *args, "--out", str(tmp_path / "o"), *TINY[:2], *SERIAL)
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert message in r.stderr
     assert "Traceback" not in r.stderr

@@ -140,10 +140,13 @@ def test_sweep_threads(serial):
         _same(sweep(SWEEP, executor=ex, progress=False), serial)
 
 
-def test_sweep_processes(serial):
+def test_sweep_processes(serial, capsys):
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as ex:
         _same(sweep(SWEEP, executor=ex, progress=False), serial)
-    _same(sweep(SWEEP, progress=False), serial)  # the default executor
+    # the default executor, with its step-level progress bar fed by the workers
+    _same(sweep(SWEEP, progress=True), serial)
+    err = capsys.readouterr().err
+    assert "training" in err and "6/6" in err
 
 
 def test_sweep_dask(serial):

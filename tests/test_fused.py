@@ -250,8 +250,9 @@ def test_portable_and_simd_paths(portable, rng):
         _C.force_portable(False)
 
 
+@pytest.mark.parametrize("portable", [False, True])
 @pytest.mark.parametrize("case", ["per_head", "shared_tables", "batch_shared_bias_full"])
-def test_bit_identical_threads(case, threads, rng):
+def test_bit_identical_threads(case, portable, threads, rng):
     """1 and 2 threads give the same bits, including the table reductions."""
     chans = ("c2p", "p2c", "relv", "bias_vec", "bias_full_b")
     if case == "batch_shared_bias_full":
@@ -259,8 +260,12 @@ def test_bit_identical_threads(case, threads, rng):
     q, k, v, kw = make_case(rng, B=2, H=3, Tq=100, Tk=140, q_offset=40, channels=chans, padding=True,
                             shared=case != "per_head")
     dout = rng.standard_normal((2, 3, 100, 16)).astype(np.float32)
-    r1 = threads(1, run_fused, q, k, v, dout, kw)
-    r2 = threads(2, run_fused, q, k, v, dout, kw)
+    _C.force_portable(portable)
+    try:
+        r1 = threads(1, run_fused, q, k, v, dout, kw)
+        r2 = threads(2, run_fused, q, k, v, dout, kw)
+    finally:
+        _C.force_portable(False)
     assert np.array_equal(r1[0], r2[0]) and np.array_equal(r1[1], r2[1])
     assert set(r1[2]) == set(r2[2]) == {"q", "k", "v", "qr", "relk", "relq", "relv", "bias_vec", "bias_full"}
     for n in r1[2]:

@@ -44,7 +44,9 @@ def close(got, want, K):
 
 SIZES = [(0, 5, 3), (5, 0, 3), (5, 3, 0), (1, 1, 1), (7, 7, 7), (1, 65, 7), (65, 1, 65), (7, 65, 1),
          (65, 65, 65), (150, 37, 300),
-         (1, 300, 200), (4, 130, 77), (5, 200, 40)]  # few-row direct path; packed with M < MR
+         (1, 300, 200), (4, 130, 77), (5, 200, 40),  # few-row direct path; packed with M < MR
+         (6, 4200, 20),  # N > NC: two column blocks
+         (300, 1, 130), (200, 3, 70)]  # few-column direct path
 
 
 @pytest.mark.parametrize("M,N,K", SIZES)
@@ -106,7 +108,7 @@ def test_gemm_batched(path, rng, Bt, M, N, K, ta, tb):
     close(out, ref.gemm(a, b, ta, tb, 2.0, 0.5, c), K)
 
 
-@pytest.mark.parametrize("M,N,K", [(0, 4, 3), (1, 1, 1), (9, 5, 3), (70, 33, 65), (100, 70, 270)])
+@pytest.mark.parametrize("M,N,K", [(0, 4, 3), (1, 1, 1), (9, 5, 3), (70, 33, 65), (100, 70, 270), (7, 4200, 9)])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_linear_fwd(path, rng, M, N, K, with_bias):
     x, w = rand(rng, M, K), rand(rng, N, K)
@@ -135,13 +137,16 @@ def test_bit_identical_one_and_two_threads(path, threads, rng):
     big3a, big3b = rand(rng, 3, 150, 270), rand(rng, 3, 270, 70)
     cs = rand(rng, 1000, 1500)
     g1, w1 = rand(rng, 2, 300), rand(rng, 700, 300)  # few-row direct path
+    wide_x, wide_w, wide_b = rand(rng, 30, 40), rand(rng, 4300, 40), rand(rng, 4300)  # N > NC
+    tall_x, tall_w = rand(rng, 700, 90), rand(rng, 1, 90)  # few-column direct path
 
     def run():
         out = c.copy()
         _C.gemm(a, b, out, alpha=0.7, beta=0.3)
         return [_C.gemm(a, b), _C.gemm(b, a, trans_a=True, trans_b=True), out,
                 _C.linear_fwd(x, w, bias), _C.gemm_batched(a3, b3), _C.gemm_batched(big3a, big3b),
-                _C.colsum(cs), _C.linear_fwd(g1, w1), _C.gemm(g1, w1.T.copy())]
+                _C.colsum(cs), _C.linear_fwd(g1, w1), _C.gemm(g1, w1.T.copy()),
+                _C.linear_fwd(wide_x, wide_w, wide_b), _C.linear_fwd(tall_x, tall_w), _C.gemm(tall_x, tall_w.T.copy())]
 
     one = threads(1, run)
     two = threads(2, run)
@@ -389,3 +394,19 @@ def test_gemm_property(M, N, K, ta, tb, alpha, beta, seed):
     out = c.copy()
     _C.gemm(a, b, out, trans_a=ta, trans_b=tb, alpha=alpha, beta=beta)
     close(out, ref.gemm(a, b, ta, tb, alpha, beta, c), K)
+
+
+def test_linear_and_matmul_match_torch(rng):
+    torch = pytest.importorskip("torch")
+    x, w, b = rand(rng, 2, 5, 8), rand(rng, 6, 8), rand(rng, 6)
+    m = rand(rng, 2, 6, 3)
+    tx, tw, tb, tm = (relpos.Tensor(v, requires_grad=True) for v in (x, w, b, m))
+    out = matmul(linear(tx, tw, tb), tm)       # (2, 5, 6) @ (2, 6, 3)
+    G = rand(rng, *out.shape)
+    out.backward(G)
+    px, pw, pb, pm = (torch.tensor(v.astype(np.float64), requires_grad=True) for v in (x, w, b, m))
+    pout = torch.nn.functional.linear(px, pw, pb) @ pm
+    pout.backward(torch.tensor(G.astype(np.float64)))
+    np.testing.assert_allclose(out.data, pout.detach().numpy(), rtol=1e-5, atol=1e-5)
+    for mine, theirs in ((tx, px), (tw, pw), (tb, pb), (tm, pm)):
+        np.testing.assert_allclose(mine.grad, theirs.grad.numpy(), rtol=1e-5, atol=1e-5)

@@ -79,6 +79,8 @@ def _operands(rng, case, n):
         return f32(rng, n, lo=0.5), a
     if case == "scalar_left":
         return f32(rng, 1, 1, lo=0.5), a
+    if case == "trailing":    # (3, n) against (2, 3, n): the C kernel repeats it over axis 0
+        return f32(rng, 2, 3, n, lo=0.5), a
     if case == "numpy":       # column broadcast: NumPy path
         return a, f32(rng, 3, 1, lo=0.5)
     if case == "both":        # both broadcast: (3, 1) with (1, n)
@@ -86,7 +88,7 @@ def _operands(rng, case, n):
     raise AssertionError(case)
 
 
-CASES = ["same", "vector", "row", "scalar", "vector_left", "scalar_left", "numpy", "both"]
+CASES = ["same", "vector", "row", "scalar", "vector_left", "scalar_left", "trailing", "numpy", "both"]
 
 
 @pytest.mark.parametrize("op", list(OPS))
@@ -177,6 +179,8 @@ def test_binary_bad_inputs(rng):
         _C.binary_fwd([1.0], a)
     with pytest.raises(ValueError, match="b must have the shape of a"):
         _C.binary_fwd(a, f32(rng, 3))
+    with pytest.raises(ValueError, match="trailing axes"):
+        _C.binary_fwd(f32(rng, 2, 3, 4), f32(rng, 2, 4))
     with pytest.raises(ValueError, match="op must be one of"):
         _C.binary_fwd(a, a, "pow")
     with pytest.raises(ValueError, match="out"):
@@ -508,8 +512,8 @@ def test_embedding_int_dtypes(rng):
 
 def test_rows_and_loss_deterministic(rng, threads, path):
     """softmax, log-softmax (fwd/bwd), activations and cross-entropy: 1 vs 2 threads bit-identical."""
-    x, g = f32(rng, 300, 130) * 4, f32(rng, 300, 130)
-    t = rng.integers(0, 130, 300)
+    x, g = f32(rng, 600, 130) * 4, f32(rng, 600, 130)  # above the parallel thresholds
+    t = rng.integers(0, 130, 600)
     t[::7] = -100
 
     def run():
@@ -634,6 +638,44 @@ def test_cross_entropy_large_logits_gradient_precise(path):
 
 
 # ----------------------------------------------------------------- misc
+
+def test_zero_size_dims(rng):
+    """Zero-size axes anywhere: empty results or zeros, never a crash or NaN."""
+    # cross-entropy with V = 0 and every row ignored; N = 0
+    xt = Tensor(np.zeros((3, 0), np.float32), requires_grad=True)
+    loss = F.cross_entropy(xt, np.full(3, -100))
+    loss.backward()
+    assert loss.item() == 0.0 and xt.grad.shape == (3, 0)
+    with pytest.raises(IndexError, match="V = 0"):
+        F.cross_entropy(np.zeros((2, 0), np.float32), np.array([0, -100]))
+    # embedding with D = 0, and with no ids
+    Wt = Tensor(np.zeros((5, 0), np.float32), requires_grad=True)
+    out = F.embedding(np.array([[1, 4]]), Wt)
+    out.backward(np.zeros((1, 2, 0), np.float32))
+    assert out.shape == (1, 2, 0) and Wt.grad.shape == (5, 0)
+    W = Tensor(f32(rng, 5, 3), requires_grad=True)
+    e = F.embedding(np.zeros((0, 4), np.int64), W)
+    e.backward(np.zeros((0, 4, 3), np.float32))
+    assert e.shape == (0, 4, 3) and np.array_equal(W.grad, np.zeros((5, 3)))
+    # norms with D = 0 rows and with N = 0 rows: weight gradients are zeros
+    for shape in [(4, 0), (0, 6)]:
+        D = shape[1]
+        x = Tensor(np.zeros(shape, np.float32), requires_grad=True)
+        w, b = Tensor(np.ones(D, np.float32), requires_grad=True), Tensor(np.zeros(D, np.float32), requires_grad=True)
+        (F.layer_norm(x, w, b) * 1.0).backward(np.ones(shape, np.float32))
+        assert x.grad.shape == shape and np.array_equal(w.grad, np.zeros(D)) and np.array_equal(b.grad, np.zeros(D))
+        F.rms_norm(x, w).backward(np.ones(shape, np.float32))
+        assert x.grad.shape == shape
+    # broadcast binary with an empty leading axis: the vector's gradient is zeros
+    a, v = Tensor(np.zeros((0, 3), np.float32), requires_grad=True), Tensor(f32(rng, 3), requires_grad=True)
+    (a * v).backward(np.zeros((0, 3), np.float32))
+    assert np.array_equal(v.grad, np.zeros(3))
+    # dropout and softmax of empty tensors
+    d = Tensor(np.zeros((0, 5), np.float32), requires_grad=True)
+    F.dropout(d, 0.5, seed=1).backward(np.zeros((0, 5), np.float32))
+    assert d.grad.shape == (0, 5)
+    assert F.softmax(np.zeros((2, 0), np.float32)).shape == (2, 0)
+
 
 def test_simd_and_portable_agree(rng):
     if not relpos.config()["cpu_avx2_fma"]:

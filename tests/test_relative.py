@@ -237,7 +237,7 @@ REL_CASES = {
 
 @pytest.mark.parametrize("case", sorted(REL_CASES))
 @pytest.mark.parametrize("causal,pad,impl", [(True, False, "materialized"), (False, True, "materialized"),
-                                             (True, True, "fused")])
+                                             (True, True, "fused"), (False, False, "fused")])
 def test_relative_attention_end_to_end(case, causal, pad, impl):
     opts, make, extra = REL_CASES[case]
     enc = E.get(case, n_heads=2, head_dim=3, seed=4, **opts)

@@ -146,3 +146,60 @@ def test_evaluate_lengths_task():
     res = evaluate_lengths(model, task, [1, 3, 6], n_samples=32)
     assert res[6] is None
     assert 0.0 <= res[1] <= 1.0 and 0.0 <= res[3] <= 1.0
+
+
+KILLED_RUN = r"""
+import os, signal, sys
+from relpos.data import LMData, default_corpus
+from relpos.models import TransformerLM
+from relpos.train import fit
+data = LMData(default_corpus()[:20000])
+model = TransformerLM(256, d_model=32, n_layers=1, n_heads=2, encoding="rope", seed=1)
+
+def die(step, loss):
+    if step == 5:
+        os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no finally blocks
+
+fit(model, data, steps=9, batch_size=4, seq_len=16, lr=5e-3, seed=3, progress=False,
+    checkpoint_every=3, checkpoint_path=sys.argv[1], callback=die)
+"""
+
+
+def test_killed_process_resumes_exactly(tmp_path, text_data):
+    import signal
+    import subprocess
+    import sys
+    ck = tmp_path / "run.ckpt"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-c", KILLED_RUN, str(ck)], env=env, capture_output=True, timeout=120)
+    assert r.returncode == -signal.SIGKILL, r.stderr.decode()
+    assert ck.exists()
+    opts = dict(steps=9, batch_size=4, seq_len=16, lr=5e-3, seed=3, progress=False)
+    full = tiny_lm(256, "rope", seed=1)
+    h_full = fit(full, text_data, **opts)
+    resumed = tiny_lm(256, "rope", seed=1)
+    h_res = fit(resumed, text_data, resume=ck, **opts)
+    assert h_res.losses == h_full.losses
+    a, b = _state(full), _state(resumed)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_resume_with_dropout_continues_the_dropout_streams(tmp_path, text_data):
+    opts = dict(steps=6, batch_size=4, seq_len=16, lr=5e-3, seed=0, progress=False)
+    full = tiny_lm(256, "alibi", seed=2, dropout=0.2)
+    h_full = fit(full, text_data, **opts)
+    ck = tmp_path / "d.ckpt"
+    part = tiny_lm(256, "alibi", seed=2, dropout=0.2)
+
+    def kill(step, loss):
+        if step == 4:
+            raise Stop
+
+    with pytest.raises(Stop):
+        fit(part, text_data, checkpoint_every=3, checkpoint_path=ck, callback=kill, **opts)
+    resumed = tiny_lm(256, "alibi", seed=2, dropout=0.2)
+    h_res = fit(resumed, text_data, resume=ck, **opts)
+    assert h_res.losses == h_full.losses
+    a, b = _state(full), _state(resumed)
+    assert all(np.array_equal(a[k], b[k]) for k in a)

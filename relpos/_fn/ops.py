@@ -37,22 +37,27 @@ _NUMPY = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divid
 
 
 def _kernel_form(small, big_shape):
-    """small reshaped for the C kernel against an operand of big_shape: the same
-    shape, one element, or (D,) with D the last axis; None if none fits."""
+    """small as the C kernel takes it against an operand of big_shape: the
+    same shape, one element (shape (1,)), or big_shape's trailing axes (leading
+    1s of small dropped), repeated over big's leading axes; None if none fits."""
     if small.shape == big_shape:
         return small
     if small.size == 1 and small.ndim <= len(big_shape):
         return small.reshape(1)
-    if (len(big_shape) >= 1 and small.ndim >= 1 and small.ndim <= len(big_shape)
-            and small.shape[-1] == big_shape[-1] and small.size == big_shape[-1]):
-        return small.reshape(-1)
+    shape = small.shape
+    while shape and shape[0] == 1:
+        shape = shape[1:]
+    k = len(shape)
+    if 0 < k <= len(big_shape) and small.ndim <= len(big_shape) and tuple(big_shape[len(big_shape) - k:]) == shape:
+        return small.reshape(shape)
     return None
 
 
 class _Binary(Function):
     """op(a, b) for op in add, sub, mul, div. The C kernel takes the cases
     where one operand has the result's shape and the other the same shape,
-    one element, or the last axis only; NumPy takes every other broadcast.
+    one element, or only trailing axes of it (a bias (D,), positions (T, D)
+    against (B, T, D)); NumPy takes every other broadcast.
     add and sub save nothing for the backward (it needs only the shapes)."""
 
     @staticmethod
@@ -114,27 +119,30 @@ class _Binary(Function):
 
 
 def add(a, b) -> Tensor:
-    """a + b with NumPy broadcasting. a, b: Tensor, ndarray or scalar."""
+    """a + b. a, b: Tensor, ndarray or scalar with NumPy-broadcastable shapes
+    -> Tensor of the broadcast shape. Same shapes, a scalar, or an operand
+    shaped like the other's trailing axes ((D,), (T, D)) run in C; other
+    broadcasts in NumPy. Gradients are summed back to each input's shape."""
     return _Binary.apply(a, b, "add")
 
 
 def sub(a, b) -> Tensor:
-    """a - b with NumPy broadcasting."""
+    """a - b; shapes and broadcasting as in :func:`add`."""
     return _Binary.apply(a, b, "sub")
 
 
 def mul(a, b) -> Tensor:
-    """a * b with NumPy broadcasting."""
+    """a * b; shapes and broadcasting as in :func:`add`."""
     return _Binary.apply(a, b, "mul")
 
 
 def div(a, b) -> Tensor:
-    """a / b with NumPy broadcasting."""
+    """a / b; shapes and broadcasting as in :func:`add` (IEEE results for b == 0)."""
     return _Binary.apply(a, b, "div")
 
 
 def neg(x) -> Tensor:
-    """-x."""
+    """-x, any shape."""
     return _Scale.apply(x, -1.0)
 
 
@@ -397,7 +405,7 @@ class _CrossEntropy(Function):
         lead = x.shape[:-1]
         if t.shape != lead:
             raise ValueError(f"targets must have shape {lead} (logits.shape[:-1]); got {t.shape}")
-        x2 = x.reshape(-1, x.shape[-1])
+        x2 = x.reshape(int(np.prod(lead)), x.shape[-1])  # not -1: ambiguous when V == 0
         t1 = t.reshape(-1)
         loss, lse, count = _C.cross_entropy_fwd(x2, t1, ignore_index)
         ctx.save_for_backward(x2, t1, lse)

@@ -202,11 +202,14 @@ class ToeplitzBias(Encoding):
 @register
 class ALiBi(ToeplitzBias):
     """ALiBi (Press, Smith, Lewis, ICLR 2022): ``b = -m_h (i - j)`` (causal) or
-    ``-m_h |i - j|`` (``symmetric=True``, for bidirectional attention).
+    ``-m_h |i - j|`` (symmetric, for bidirectional attention).
 
     Options:
-        symmetric (bool, False): use ``|i - j|``. The causal form is only
-            defined with a causal mask: bidirectional attention needs symmetric=True.
+        symmetric (bool or None, None): True always uses ``|i - j|``; False
+            always uses the causal form ``-m_h (i - j)``, which is defined with
+            a causal mask only (bidirectional attention raises ValueError);
+            None follows the mask: causal form when causal=True, symmetric
+            when causal=False (``bias_matrix`` then takes causal=True unless told).
         learnable (bool, False): make the slopes a Parameter (initialised to
             the paper's slopes; gradient from the C kernel).
     Context: n_heads (required). Slopes: :func:`alibi_slopes`.
@@ -216,13 +219,13 @@ class ALiBi(ToeplitzBias):
     paper = "Press, Smith, Lewis 2022 (ALiBi, arXiv 2108.12409)"
     learnable = ("slopes (if learnable=True)",)
 
-    def __init__(self, symmetric=False, learnable=False, n_heads=None, head_dim=None, d_model=None,
+    def __init__(self, symmetric=None, learnable=False, n_heads=None, head_dim=None, d_model=None,
                  max_len=None, seed=None):
         super().__init__(n_heads=n_heads, head_dim=head_dim, d_model=d_model, max_len=max_len, seed=seed)
         self._need(n_heads=n_heads)
-        self.symmetric = bool(symmetric)
+        self.symmetric = None if symmetric is None else bool(symmetric)
         self.learn_slopes = bool(learnable)
-        self.causal_only = not self.symmetric
+        self.causal_only = self.symmetric is False
         slopes = alibi_slopes(n_heads).astype(np.float32)
         if self.learn_slopes:
             self.slopes = Parameter(slopes)
@@ -230,12 +233,15 @@ class ALiBi(ToeplitzBias):
             self.register_buffer("slopes", slopes, persistent=False)
 
     def check_causal(self, causal: bool) -> None:
-        if not causal and not self.symmetric:
+        if not causal and self.symmetric is False:
             raise ValueError("encoding 'alibi' with symmetric=False is causal only (-m(i-j) grows without "
-                             "bound for future keys); use causal=True or get('alibi', symmetric=True)")
+                             "bound for future keys); use causal=True, or symmetric=True / None")
+
+    def _symmetric(self, causal):
+        return (not causal) if self.symmetric is None else self.symmetric
 
     def vector(self, d0, n, causal=True):
-        return AlibiVector.apply(self.slopes, d0=d0, n=n, symmetric=self.symmetric)
+        return AlibiVector.apply(self.slopes, d0=d0, n=n, symmetric=self._symmetric(causal))
 
     def extra_repr(self):
         return f"n_heads={self.n_heads}, symmetric={self.symmetric}, learnable={self.learn_slopes}"
@@ -413,7 +419,8 @@ class Fire(Encoding):
     normaliser), so it gives ``bias_full`` (1, H, Tq, Tk). Causal only.
 
     As in the authors' code the threshold is ``|L|`` and ``eps`` is added to
-    the normaliser ``psi(max(|L|, i))``.
+    the normaliser ``psi(max(|L|, i))``. L gets gradient from the rows with
+    ``i < |L|`` (none from a row with i = |L| exactly, where max has a kink).
 
     Options:
         width (int, 32): hidden width of the MLP.

@@ -1,0 +1,441 @@
+"""Fuzzing of every relpos._C entry point (issue 6).
+
+For each entry point a spec in tests/fuzz_specs.py draws a valid call (shapes
+include 0 and 1). Each example:
+  1. runs the valid call: it must succeed, give the documented shapes, and leave
+     every input unmodified (compared to copies);
+  2. mutates ONE argument and runs again. Layout mutations of an input
+     (non-contiguous, Fortran order, read-only, misaligned at byte offset 1 or 2
+     of a uint8 buffer) must give the bit-identical result; the same mutations
+     of an output / in-place array must be rejected (unless the mutated array is
+     still C-contiguous, aligned and writeable). Dtype changes, NaN/Inf, absurd
+     sizes (> 2**62 bytes through zero-stride views, or huge size arguments),
+     mismatched shapes and wrong types (list, None, scalar, string) must give a
+     result or a TypeError/ValueError/IndexError/MemoryError/OverflowError whose
+     message names an argument; inputs stay unmodified either way.
+A hang fails the run through faulthandler (a traceback after 60 s).
+
+    python -m pytest tests/test_fuzz_entrypoints.py -q
+RELPOS_FUZZ_EXAMPLES overrides the 200 examples per entry point.
+"""
+import copy
+import faulthandler
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import relpos._C as C
+
+from fuzz_specs import ARRAY_KINDS, CONFIG_ENTRY_POINTS, SPECS, Arg
+
+N_EXAMPLES = int(os.environ.get("RELPOS_FUZZ_EXAMPLES", "200"))
+SANITIZED = os.environ.get("RELPOS_SANITIZED") == "1"
+FUZZ = settings(max_examples=N_EXAMPLES, deadline=None, derandomize=True, database=None,
+                suppress_health_check=list(HealthCheck))
+ALLOWED = (TypeError, ValueError, IndexError, MemoryError, OverflowError)
+ENTRY_POINTS = sorted(n for n in dir(C) if not n.startswith("_") and callable(getattr(C, n)))
+
+# examples run per entry point, reported by test_report_counts (docs/RELIABILITY.md)
+COUNTS = {}
+
+
+def test_every_entry_point_has_a_spec():
+    missing = [n for n in ENTRY_POINTS if n not in SPECS and n not in CONFIG_ENTRY_POINTS]
+    assert not missing, f"entry points without a fuzz spec: {missing}"
+    assert len(ENTRY_POINTS) >= 62
+
+
+# ---------------------------------------------------------------- helpers
+
+def call(fn, args):
+    pos = [a.value for a in args if a.pos]
+    kw = {a.name: a.value for a in args if not a.pos}
+    return fn(*pos, **kw)
+
+
+def flat(result):
+    """Result as a list of ndarrays / scalars (dicts by sorted key)."""
+    if isinstance(result, dict):
+        return [x for k in sorted(result) for x in flat(result[k])]
+    if isinstance(result, (tuple, list)):
+        return [x for r in result for x in flat(r)]
+    return [result]
+
+
+def same(a, b):
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        a, b = np.asarray(a), np.asarray(b)
+        if a.shape != b.shape or a.dtype != b.dtype:
+            return False
+        return a.tobytes() == b.tobytes() or np.array_equal(a, b, equal_nan=True)
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (a != a and b != b)
+    return a == b
+
+
+def all_same(xs, ys):
+    return len(xs) == len(ys) and all(same(x, y) for x, y in zip(xs, ys))
+
+
+def fresh(args):
+    """Copies of the written arrays (out / io) so each call starts from the same state."""
+    out = []
+    for a in args:
+        b = copy.copy(a)
+        if a.kind in ("out", "io") and isinstance(a.value, np.ndarray):
+            b.value = a.value.copy()
+        out.append(b)
+    return out
+
+
+def buffers(value):
+    """The memory an argument reads: the array and, for a view, its base."""
+    if isinstance(value, np.ndarray):
+        bs = [value]
+        base = value.base
+        while isinstance(base, np.ndarray):
+            bs.append(base)
+            base = base.base
+        return bs
+    if isinstance(value, (list, tuple)):
+        return [b for v in value for b in buffers(v)]
+    return []
+
+
+def snapshot(args, written_too=False):
+    snap = []
+    for a in args:
+        if a.kind in ("out", "io") and not written_too:
+            continue
+        for b in buffers(a.value):
+            if b.dtype != object and b.nbytes < 1 << 24:
+                snap.append((a.name, b, b.tobytes()))
+    return snap
+
+
+def check_unmodified(snap, when):
+    for name, b, data in snap:
+        assert b.tobytes() == data, f"{name} was modified {when}"
+
+
+def outputs(result, args):
+    """What a call produced: its return value plus the state of in-place arrays."""
+    return flat(result) + [a.value for a in args if a.kind == "io" and isinstance(a.value, np.ndarray)]
+
+
+def check_error(exc, names, must_name=None, fname=""):
+    msg = str(exc)
+    if isinstance(exc, MemoryError) and ("result of shape" in msg or f"{fname}: could not allocate" in msg):
+        # an absurd size argument: the message shows the shape asked for, or the
+        # kernel that could not get its scratch memory
+        return
+    if must_name is not None:
+        assert must_name in msg, f"{type(exc).__name__} does not name {must_name!r}: {msg}"
+    else:
+        assert any(n in msg for n in names), f"{type(exc).__name__} names no argument of {sorted(names)}: {msg}"
+
+
+# ---------------------------------------------------------------- mutations
+
+def noncontig(x):
+    if x.ndim == 0:
+        return None
+    big = np.zeros(x.shape[:-1] + (2 * x.shape[-1] + 1,), x.dtype)
+    v = big[..., 1::2]
+    v[...] = x
+    return v
+
+
+def fortran(x):
+    return np.asfortranarray(x) if x.ndim >= 2 else None
+
+
+def readonly(x):
+    y = x.copy()
+    y.flags.writeable = False
+    return y
+
+
+def misaligned(x, off):
+    if x.dtype == object:
+        return None
+    buf = np.zeros(x.nbytes + 16, np.uint8)
+    v = buf[off:off + x.nbytes].view(x.dtype).reshape(x.shape)
+    v[...] = x
+    return v
+
+
+def huge(x):
+    """A zero-stride view of x's ndim whose nominal size is > 2**62 bytes."""
+    nd = max(x.ndim, 1)
+    total = 62 - int(np.log2(x.dtype.itemsize))   # log2 of the element count
+    shape = [1] * nd
+    for i in range(nd):
+        shape[i] = 2 ** (total // nd + (1 if i < total % nd else 0))
+    return np.lib.stride_tricks.as_strided(np.zeros(1, x.dtype), shape=tuple(shape), strides=(0,) * nd)
+
+
+def other_shape(draw, x):
+    how = draw(st.sampled_from(["grow", "shrink", "add_dim", "drop_dim"]))
+    shape = list(x.shape)
+    if how == "add_dim" or not shape:
+        shape = [2] + shape
+    elif how == "drop_dim":
+        shape = shape[1:]
+    else:
+        i = draw(st.integers(0, len(shape) - 1))
+        shape[i] = shape[i] + 1 if how == "grow" or shape[i] == 0 else shape[i] - 1
+    return np.ones(shape, x.dtype)
+
+
+LAYOUT = ("noncontig", "fortran", "readonly", "misaligned1", "misaligned2")
+INPUT_KINDS = ("f", "i", "b", "d")
+
+
+def mutations_for(a):
+    if a.kind in INPUT_KINDS:
+        m = list(LAYOUT) + ["dtype", "huge", "shape", "list", "scalar", "string"]
+        if a.kind in ("f", "d"):
+            m.append("nonfinite")
+        if not a.opt:
+            m.append("none")
+        return m
+    if a.kind in ("out", "io"):
+        m = list(LAYOUT) + ["dtype", "shape", "list", "scalar", "string"]
+        if a.kind == "io" and not a.opt:
+            m.append("none")
+        return m
+    if a.kind == "n":
+        return ["absurd", "negative"]
+    if a.kind == "ix":
+        return ["absurd_off", "bad_sign", "string"]
+    if a.kind == "list":
+        return ["elem_dtype", "elem_noncontig", "elem_huge", "elem_string", "string"]
+    return []
+
+
+def apply(draw, a, how):
+    """The mutated value, or None when the mutation does not apply to this value."""
+    x = a.value
+    if how in LAYOUT:
+        if how == "noncontig":
+            return noncontig(x)
+        if how == "fortran":
+            return fortran(x)
+        if how == "readonly":
+            return readonly(x)
+        return misaligned(x, int(how[-1]))
+    if how == "dtype":
+        choices = {"f": [np.float64, np.int32, np.int64, np.bool_, object, np.float16],
+                   "d": [np.float32, np.int64, object],
+                   "i": [np.float32, np.float64, np.bool_, object, np.int32, np.uint8],
+                   "b": [np.int64, np.float32, object, np.uint8]}.get(a.kind, [np.float64, np.int32, object])
+        return x.astype(draw(st.sampled_from(choices)))
+    if how == "nonfinite":
+        if x.size == 0:
+            return None
+        y = x.copy()
+        y.flat[draw(st.integers(0, x.size - 1))] = draw(st.sampled_from([np.nan, np.inf, -np.inf]))
+        return y
+    if how == "huge":
+        return huge(x)
+    if how == "shape":
+        return other_shape(draw, x)
+    if how == "list":
+        return x.tolist()
+    if how == "scalar":
+        return draw(st.sampled_from([1.0, 3, True]))
+    if how == "string":
+        return "x"
+    if how == "none":
+        return None
+    if how == "absurd":
+        return draw(st.sampled_from([2**62, 2**40 + 1, 2**40, 2**63 - 1]))
+    if how == "negative":
+        return draw(st.sampled_from([-1, -(2**62)]))
+    if how == "absurd_off":
+        return (x[0], draw(st.sampled_from([2**62, -(2**62), 2**63 - 1, -(2**63)])))
+    if how == "bad_sign":
+        return (draw(st.sampled_from([0, 2, -2])), x[1])
+    if how.startswith("elem_"):
+        if not x:
+            return None
+        i = draw(st.integers(0, len(x) - 1))
+        y = list(x)
+        y[i] = {"elem_dtype": lambda v: v.astype(np.float64), "elem_noncontig": noncontig,
+                "elem_huge": huge, "elem_string": lambda v: "x"}[how](x[i])
+        return None if y[i] is None else y
+    raise AssertionError(how)
+
+
+def still_valid_output(v):
+    return (isinstance(v, np.ndarray) and v.dtype == np.float32 and v.flags.c_contiguous and v.flags.aligned
+            and v.flags.writeable)
+
+
+# ---------------------------------------------------------------- the fuzz test
+
+def fuzz_one(name, data):
+    fn = getattr(C, name)
+    callspec = SPECS[name](data.draw)
+    names = {a.name for a in callspec.args}
+
+    # 1. the valid call
+    args = fresh(callspec.args)
+    snap = snapshot(args)
+    base = call(fn, args)
+    check_unmodified(snap, f"by a valid call of {name}")
+    base_out = outputs(base, args)
+    if callspec.shapes is not None:
+        got = [np.shape(r) for r in flat(base)]
+        assert got == [tuple(s) for s in callspec.shapes], f"{name}: result shapes {got}, expected {callspec.shapes}"
+    for out_arg in (a for a in args if a.kind == "out"):
+        assert any(r is out_arg.value for r in flat(base)), f"{name}: out= array was not returned"
+
+    # 2. one mutation
+    candidates = [(i, how) for i, a in enumerate(callspec.args) for how in mutations_for(a)]
+    if not candidates:
+        return
+    i, how = data.draw(st.sampled_from(candidates), label="mutation")
+    a = callspec.args[i]
+    mutated = apply(data.draw, a, how)
+    if mutated is None and how != "none":
+        return
+    args = fresh(callspec.args)
+    args[i] = Arg(a.name, mutated, a.kind, a.pos, a.opt, a.flex, a.strict)
+    if a.kind in ("out", "io") and how in LAYOUT:
+        # the mutated copy of a written array is a new array: start it from the same values
+        pass
+    snap = snapshot(args, written_too=False)
+    snap_w = snapshot([x for x in args if x.kind in ("out", "io")], written_too=True)
+    COUNTS[name] = COUNTS.get(name, 0) + 1
+    faulthandler.dump_traceback_later(60, exit=True)
+    try:
+        res = call(fn, args)
+    except ALLOWED as exc:
+        faulthandler.cancel_dump_traceback_later()
+        check_unmodified(snap, f"by {name} raising after mutation {how} of {a.name}")
+        check_unmodified(snap_w, f"(a written array) by {name} raising after mutation {how} of {a.name}")
+        if how in LAYOUT and a.kind in INPUT_KINDS and not (a.strict and how != "readonly"):
+            raise AssertionError(f"{name}: {how} {a.name} must be accepted; raised {exc!r}")
+        if how in LAYOUT and still_valid_output(mutated):
+            raise AssertionError(f"{name}: {how} {a.name} is still a valid output; raised {exc!r}")
+        must = a.name if how in ("dtype", "list", "scalar", "string", "none") else None
+        if a.kind == "list":
+            must = None
+        check_error(exc, names | {"arrays"}, must, name)
+        return
+    faulthandler.cancel_dump_traceback_later()
+    check_unmodified(snap, f"by {name} after mutation {how} of {a.name}")
+    if how in LAYOUT:
+        if a.kind in INPUT_KINDS:
+            assert all_same(outputs(res, args), base_out), f"{name}: {how} {a.name} changed the result"
+        else:
+            assert still_valid_output(mutated), f"{name}: {how} {a.name} (written) was accepted"
+            assert all_same(outputs(res, args), base_out), f"{name}: {how} {a.name} changed the result"
+        return
+    if how == "dtype" and a.kind in INPUT_KINDS and mutated.dtype != object:
+        # accepted with a conversion: the values must be those of the converted input
+        pass
+    if how in ("shape",) and not a.flex and a.kind != "io":
+        # a shape that is not the spec's may be legal only where the spec says so
+        if a.kind == "out":
+            raise AssertionError(f"{name}: out of shape {np.shape(mutated)} accepted")
+    if how in ("list", "scalar", "string") and a.kind in ARRAY_KINDS:
+        raise AssertionError(f"{name}: {how} for {a.name} accepted")
+    if how == "huge":
+        raise AssertionError(f"{name}: a view of > 2**62 bytes for {a.name} accepted")
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_fuzz(name):
+    @FUZZ
+    @given(data=st.data())
+    def run(data):
+        fuzz_one(name, data)
+    run()
+
+
+def test_config_entry_points_reject_bad_types():
+    n = C.get_num_threads()
+    try:
+        for bad in (None, "x", [1], 1.5):
+            with pytest.raises(TypeError):
+                C.set_num_threads(bad)
+        with pytest.raises(ValueError, match="n must be"):
+            C.set_num_threads(-1)
+        with pytest.raises(OverflowError):
+            C.set_num_threads(2**40)
+    finally:
+        C.set_num_threads(n)
+    assert C.get_num_threads() == n
+    assert isinstance(C.config(), dict)
+    with pytest.raises(TypeError):
+        C.config(1)
+    with pytest.raises(TypeError):
+        C.force_portable("x", 1)
+    kernel = C.gemm_kernel()
+    with pytest.raises(ValueError, match="name"):
+        C.gemm_kernel("nope")
+    with pytest.raises(TypeError):
+        C.gemm_kernel(3.5)
+    assert C.gemm_kernel() == kernel
+    with pytest.raises(ValueError, match="seconds"):
+        C.fma_peak_gflops(seconds=1e9)
+    with pytest.raises(ValueError, match="threads"):
+        C.fma_peak_gflops(threads=-1)
+    assert C.fma_peak_gflops(threads=1, seconds=0.01) > 0
+
+
+def test_report_counts():
+    """Runs last (file order): every spec'd entry point got its examples (when the whole file ran)."""
+    if len(COUNTS) < len(SPECS):
+        pytest.skip("only part of the file ran; counts are checked on a full run")
+    low = {k: v for k, v in COUNTS.items() if v < N_EXAMPLES // 2}
+    print("\nfuzz mutated calls per entry point:", dict(sorted(COUNTS.items())))
+    assert not low, f"entry points with few mutated calls (mutation did not apply): {low}"
+
+
+# ---------------------------------------------------------------- regressions found by the fuzzer
+
+def test_fused_attention_empty_batch_with_bias_full():
+    """bias_full of batch dim B = 0 (with B = 0) was rejected by the fused core with a bare 'core code -1'."""
+    q = np.zeros((0, 1, 2, 3), np.float32)
+    bf = np.zeros((0, 1, 2, 2), np.float32)
+    for fwd in (C.attention_fwd, C.attention_mat_fwd):
+        out, lse = fwd(q, q, q, bias_full=bf)
+        assert out.shape == (0, 1, 2, 3) and lse.shape == (0, 1, 2)
+
+
+def test_sandwich_huge_dim_is_a_memory_error_not_a_crash():
+    """dim near 2**62 made dim/2 * sizeof(double) wrap to a tiny buffer (segfault)."""
+    s = np.ones(2, np.float32)
+    with pytest.raises(MemoryError, match="bias_sandwich_fwd"):
+        C.bias_sandwich_fwd(s, 0, 3, dim=2**62)
+
+
+@pytest.mark.parametrize("fn", ["alibi", "t5", "kerple", "sandwich"])
+def test_toeplitz_distance_overflow_rejected(fn):
+    """d0 + n was formed in int64 without a range check (signed overflow for d0 near 2**63)."""
+    s = np.ones(2, np.float32)
+    call_ = {"alibi": lambda d0: C.bias_alibi_fwd(s, d0, 3),
+             "t5": lambda d0: C.bias_t5_fwd(np.ones((2, 8), np.float32), d0, 3, 16, True),
+             "kerple": lambda d0: C.bias_kerple_fwd(s, s, d0, 3),
+             "sandwich": lambda d0: C.bias_sandwich_fwd(s, d0, 3)}[fn]
+    for d0 in (2**63 - 1, -(2**63)):
+        with pytest.raises(ValueError, match="d0"):
+            call_(d0)
+    assert np.isfinite(call_(2**62)).all()
+
+
+def test_absurd_view_memory_error_names_the_argument():
+    """NumPy's own MemoryError for an absurd zero-stride view did not say which argument it was."""
+    x = huge(np.zeros((2, 2), np.float32))
+    with pytest.raises(MemoryError, match="^x: "):
+        C.relu_fwd(x)
+    with pytest.raises(MemoryError, match="inv_freq"):
+        C.rope_tables(huge(np.zeros(2)), 3)
+    with pytest.raises(MemoryError, match="result of shape"):
+        C.sinusoidal_table(2**62, 2)
