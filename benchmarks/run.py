@@ -1,7 +1,7 @@
 """Run every benchmark in benchmarks/ and print ONE markdown table.
 
-    OMP_NUM_THREADS=2 python benchmarks/run.py [--quick] [--threads 1,2] [--only train,matmul]
-        [--json bench_results/run.json] [--timeout 3600]
+    OMP_NUM_THREADS=2 python benchmarks/run.py [--quick [--full train]] [--threads 1,2]
+        [--only train,matmul] [--json bench_results/run.json] [--timeout 3600]
 
 Benchmarks (each run as its own process with --json, so a crash, a timeout
 or a missing torch is reported in the table as such, never stops the run):
@@ -210,11 +210,13 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="each benchmark's quick mode")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--only", default="", help=f"comma-separated subset of {','.join(BENCHES)}")
+    ap.add_argument("--full", default="", help="with --quick: benchmarks that still run in full mode (e.g. train)")
     ap.add_argument("--json", default=os.path.join(ROOT, "bench_results", "run.json"))
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per benchmark process")
     args = ap.parse_args(argv)
     threads = [int(t) for t in args.threads.split(",")]
     only = [b for b in args.only.split(",") if b] or list(BENCHES)
+    full = set(b for b in args.full.split(",") if b)
     unknown = [b for b in only if b not in BENCHES]
     if unknown:
         ap.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHES)}")
@@ -223,7 +225,7 @@ def main(argv=None):
     for name in only:
         t0 = time.perf_counter()
         try:
-            got = BENCHES[name](threads, args.quick, args.timeout)
+            got = BENCHES[name](threads, args.quick and name not in full, args.timeout)
         except Exception as e:  # a benchmark's output we could not read: report, go on
             got = [dict(benchmark=name, case="(all)", threads="-", error=f"{type(e).__name__}: {e}")]
         rows += got
@@ -236,7 +238,8 @@ def main(argv=None):
     except OSError:
         pass
     header = (f"relpos benchmarks, {started}, {cpu}, {os.cpu_count()} CPUs, load average "
-              f"{os.getloadavg()[0]:.1f} at the end{' (quick mode)' if args.quick else ''}")
+              f"{os.getloadavg()[0]:.1f} at the end"
+              + (f" (quick mode{', except ' + ','.join(sorted(full)) if full else ''})" if args.quick else ""))
     print(header + "\n")
     print(table(rows))
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

@@ -240,6 +240,11 @@ static int rope_tables(PyObject *co, PyObject *so, Py_ssize_t rd_in, int64_t T, 
         PyErr_SetString(PyExc_ValueError, "cos and sin must be given together (or both None)");
         return -1;
     }
+    if (rd_in < -1) {
+        PyErr_Format(PyExc_ValueError, "rotary_dim must be a positive even int <= head_dim (or -1: head_dim); got %zd",
+                     rd_in);
+        return -1;
+    }
     *rd = rd_in < 0 ? Dh : (int64_t)rd_in;
     if (*rd <= 0 || *rd % 2 || *rd > Dh) {
         PyErr_Format(PyExc_ValueError, "rotary_dim must be a positive even int <= head_dim (%lld); got %lld",
@@ -283,7 +288,7 @@ static PyObject *py_heads_split(PyObject *self, PyObject *args, PyObject *kw) {
     }
     if (!(y = rp_in_f32(yo, "y")) || rp_check_ndim(y, "y", 3, "(B, T, groups*n_heads*head_dim)") < 0) goto fail;
     const int64_t B = RP_DIM(y, 0), T = RP_DIM(y, 1), C = RP_DIM(y, 2), H = (int64_t)n_heads;
-    if (C % (groups * H)) {
+    if (C == 0 ? H > 1 : (H > C || C % (groups * H))) {
         PyErr_Format(PyExc_ValueError, "y must have shape (B, T, groups*n_heads*head_dim) with groups=%d, n_heads=%lld; "
                      "got last dim %lld", groups, (long long)H, (long long)C);
         goto fail;
