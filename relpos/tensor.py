@@ -190,6 +190,13 @@ class Tensor:
         """The underlying ndarray (no copy)."""
         return self.data
 
+    def __array__(self, dtype=None, copy=None):
+        # np.asarray(t), plt.plot(t): the float32 data, not an object array of 0-d Tensors
+        if copy is False and dtype is not None and np.dtype(dtype) != self.data.dtype:
+            raise ValueError(f"cannot view a float32 Tensor as {np.dtype(dtype)} without a copy")
+        arr = self.data if dtype is None else self.data.astype(dtype, copy=False)
+        return arr.copy() if copy else arr
+
     def item(self) -> float:
         return float(self.data.item())
 
