@@ -318,6 +318,10 @@ class Tensor:
         from . import functional as F
         return F.div(self, o)
 
+    def __rtruediv__(self, o):
+        from . import functional as F
+        return F.div(o, self)
+
     def __neg__(self):
         from . import functional as F
         return F.mul(self, -1.0)
