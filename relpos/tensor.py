@@ -213,6 +213,19 @@ class Tensor:
     def __len__(self):
         return len(self.data)
 
+    def __bool__(self):
+        # as NumPy: without this, bool() fell back to __len__ and `if t:` was True for any
+        # non-empty tensor, whatever its values
+        if self.data.size != 1:
+            raise ValueError(f"the truth value of a Tensor of shape {self.shape} is ambiguous "
+                             "(only one-element Tensors convert to bool); use .numpy().any() or .all()")
+        return bool(self.data.item())
+
+    def __float__(self):
+        if self.data.size != 1:
+            raise TypeError(f"only one-element Tensors convert to float; got shape {self.shape}")
+        return float(self.data.item())
+
     def __repr__(self):
         body = np.array2string(self.data, precision=4, threshold=20, edgeitems=2, prefix="Tensor(")
         extra = ", requires_grad=True" if self.requires_grad else ""
