@@ -88,9 +88,18 @@ def available() -> EncodingTable:
     return rows
 
 
-def bias_matrix(encoding, Tq: int, Tk: int, q_offset: int = 0):
-    """(H, Tq, Tk) ndarray of what ``encoding`` (an Encoding or a name) adds to the logits."""
-    enc = get(encoding) if isinstance(encoding, str) else encoding
+def bias_matrix(encoding, Tq: int, Tk: int, q_offset: int = 0, **options):
+    """(H, Tq, Tk) ndarray of what ``encoding`` adds to the logits.
+
+    ``encoding``: an Encoding, or a name built with ``options`` (e.g.
+    ``bias_matrix("alibi", 8, 8, n_heads=4)``).
+    """
+    if isinstance(encoding, Encoding):
+        if options:
+            raise ValueError("options are given to an already built encoding; got " + str(sorted(options)))
+        enc = encoding
+    else:
+        enc = get(encoding, **options)
     return enc.bias_matrix(Tq, Tk, q_offset)
 
 
