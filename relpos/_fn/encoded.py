@@ -14,9 +14,15 @@ def attention(q, k, v, encoding="none", causal=True, key_padding_mask=None, q_of
     Returns out (B, H, Tq, Dv), or (out, weights (B, H, Tq, Tk) ndarray) when
     return_weights. impl: "auto" | "fused" | "materialized".
     """
+    import numpy as np
+
     from .. import encodings
     from .attention import attention_core
 
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        # checked here too: the encoding is built from q's shape before attention_core checks it
+        if np.ndim(x) != 4:
+            raise ValueError(f"{name} must have shape (B, H, T, D) (4 dimensions); got {tuple(np.shape(x))}")
     if isinstance(encoding, str) or encoding is None:
         opts = dict(encoding_options)
         opts.setdefault("n_heads", q.shape[1])
