@@ -127,6 +127,11 @@ class _Stack(nn.Module):
         head_dim = d_model // n_heads
         # one probe instance tells the channel; absolute encodings live here, others in each layer
         ctx = dict(n_heads=n_heads, head_dim=head_dim, d_model=d_model, max_len=max_len, seed=seed)
+        cls = encodings._REGISTRY.get(encoding.lower()) if isinstance(encoding, str) else None
+        if cls is not None and cls.replaces_token_embedding:
+            # e.g. complex word order: it builds the token embedding itself
+            encoding_options = dict(encoding_options)
+            encoding_options.setdefault("vocab_size", vocab_size)
         probe = encodings.get(encoding, **ctx, **encoding_options)
         probe.check_causal(causal)
         self.encoding_name = probe.name
@@ -142,6 +147,10 @@ class _Stack(nn.Module):
         if self.absolute:
             self.pos = probe
             layer_encoding, layer_opts = None, {}
+        elif probe is encoding:
+            # an Encoding instance given by the caller: one module shared by every layer (as T5 shares its table)
+            self.pos = None
+            layer_encoding, layer_opts = probe, {}
         else:
             self.pos = None
             layer_encoding, layer_opts = probe.name, dict(encoding_options)
@@ -228,7 +237,8 @@ class TransformerLM(_Stack):
         vocab_size: token ids are in [0, vocab_size).
         d_model, n_layers, n_heads: sizes (d_model divisible by n_heads).
         encoding: position encoding name (default "rope"); its options as
-            extra keyword arguments (e.g. ``base=500``).
+            extra keyword arguments (e.g. ``base=500``). Each layer builds its
+            own copy; an Encoding instance instead is shared by all layers.
         max_len: maximum sequence length, needed by learned absolute positions
             (past it they have no row: inputs that long raise ValueError and
             ``evaluate_lengths`` reports them as not applicable).

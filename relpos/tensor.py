@@ -335,14 +335,18 @@ class Tensor:
         from . import functional as F
         return F.div(o, self)
 
+    def __pow__(self, exponent):
+        from . import functional as F
+        if exponent == 2:
+            return F.mul(self, self)
+        if exponent == 1:
+            return self
+        raise TypeError(f"Tensor ** {exponent!r}: only ** 2 and ** 1 are supported; "
+                        "use relpos.functional.exp/log for other powers")
+
     def __neg__(self):
         from . import functional as F
         return F.mul(self, -1.0)
-
-    def __pow__(self, p):
-        if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)):
-            raise TypeError(f"Tensor ** p needs p a real number (int or float); got {type(p).__name__}")
-        return _Pow.apply(self, float(p))
 
     def __matmul__(self, o):
         from . import functional as F
@@ -379,27 +383,6 @@ class Tensor:
     def mean(self, axis=None, keepdims=False):
         from . import functional as F
         return F.mean(self, axis=axis, keepdims=keepdims)
-
-
-class _Pow(Function):
-    """x ** p for a Python number p (NumPy; IEEE results, e.g. nan for negative x ** 0.5)."""
-
-    @staticmethod
-    def forward(ctx, x, p):
-        ctx.p = p
-        ctx.save_for_backward(x)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.power(x, np.float32(p)).astype(np.float32, copy=False)
-
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved
-        p = ctx.p
-        if p == 0.0:
-            return np.zeros_like(x), None
-        with np.errstate(divide="ignore", invalid="ignore"):
-            d = np.float32(p) * np.power(x, np.float32(p - 1.0)) if p != 1.0 else np.ones_like(x)
-        return (g * d).astype(np.float32, copy=False), None
 
 
 def tensor(data, requires_grad: bool = False) -> Tensor:

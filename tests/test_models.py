@@ -239,3 +239,25 @@ def test_matches_torch(encoding):
 def test_reexported_in_nn():
     assert nn.TransformerLM is TransformerLM
     assert nn.TransformerBlock is TransformerBlock and nn.TransformerEncoder is TransformerEncoder
+
+
+def test_encoding_instance_is_shared_by_layers():
+    shared = relpos.encodings.get("t5", n_heads=4)
+    m = TransformerLM(20, d_model=16, n_layers=3, n_heads=4, encoding=shared)
+    assert all(b.attn.encoding is shared for b in m.blocks)
+    by_name = TransformerLM(20, d_model=16, n_layers=3, n_heads=4, encoding="t5")
+    assert by_name.blocks[0].attn.encoding is not by_name.blocks[1].attn.encoding
+    m.loss(ids(2, 5, 20), ids(2, 5, 20)).backward()
+    assert shared.table.grad is not None and np.abs(shared.table.grad).sum() > 0
+
+
+@pytest.mark.parametrize("encoding", [row["name"] for row in relpos.encodings.available()])
+def test_every_registered_encoding_trains_and_generates(encoding):
+    m = TransformerLM(30, d_model=16, n_layers=2, n_heads=2, encoding=encoding, max_len=32, seed=0)
+    x = ids(2, 9, 30)
+    loss = m.loss(x, x)
+    assert np.isfinite(loss.item())
+    loss.backward()
+    assert all(p.grad is not None for p in m.parameters())
+    a = m.generate(x[:, :3], 5, temperature=0)
+    assert np.array_equal(a, m.generate(x[:, :3], 5, temperature=0, use_cache=False))

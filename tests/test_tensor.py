@@ -132,3 +132,13 @@ def test_unbroadcast_sums_expanded_axes():
     assert _unbroadcast(g, (3,)).tolist() == [8.0, 8.0, 8.0]
     assert _unbroadcast(g, (2, 1)).tolist() == [[12.0], [12.0]]
     assert _unbroadcast(g, (4, 2, 3)) is g
+
+
+def test_scalar_on_the_left_of_every_operator():
+    x = Tensor(np.array([1.0, 2.0, 4.0]), requires_grad=True)
+    y = (2 / x) + (1 - x) * 3 + x ** 2
+    np.testing.assert_allclose(y.data, 2 / x.data + (1 - x.data) * 3 + x.data ** 2, rtol=1e-6)
+    y.sum().backward()
+    np.testing.assert_allclose(x.grad, -2 / x.data ** 2 - 3 + 2 * x.data, rtol=1e-5)
+    with pytest.raises(TypeError, match="only \\*\\* 2"):
+        x ** 3

@@ -183,3 +183,23 @@ def test_killed_process_resumes_exactly(tmp_path, text_data):
     assert h_res.losses == h_full.losses
     a, b = _state(full), _state(resumed)
     assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_resume_with_dropout_continues_the_dropout_streams(tmp_path, text_data):
+    opts = dict(steps=6, batch_size=4, seq_len=16, lr=5e-3, seed=0, progress=False)
+    full = tiny_lm(256, "alibi", seed=2, dropout=0.2)
+    h_full = fit(full, text_data, **opts)
+    ck = tmp_path / "d.ckpt"
+    part = tiny_lm(256, "alibi", seed=2, dropout=0.2)
+
+    def kill(step, loss):
+        if step == 4:
+            raise Stop
+
+    with pytest.raises(Stop):
+        fit(part, text_data, checkpoint_every=3, checkpoint_path=ck, callback=kill, **opts)
+    resumed = tiny_lm(256, "alibi", seed=2, dropout=0.2)
+    h_res = fit(resumed, text_data, resume=ck, **opts)
+    assert h_res.losses == h_full.losses
+    a, b = _state(full), _state(resumed)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
