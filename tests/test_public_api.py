@@ -588,6 +588,22 @@ def test_fused_matches_materialized(name, causal):
     assert (w[1, :, :, :2] == 0).all()
 
 
+def test_plain_attention_without_an_encoding_is_bidirectional_too():
+    """F.attention(q, k, v, causal=False) with no encoding is plain softmax attention
+    (it used to raise: the default was the causal-only NoPE entry "none")."""
+    rng = np.random.default_rng(11)
+    q, k, v = (rng.standard_normal((1, 2, 4, 8)).astype(np.float32) for _ in range(3))
+    out = F.attention(relpos.tensor(q), relpos.tensor(k), relpos.tensor(v), causal=False)
+    s = q @ k.transpose(0, 1, 3, 2) / np.sqrt(8)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    np.testing.assert_allclose(out.data, p @ v, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="'none' works with causal attention only"):
+        F.attention(relpos.tensor(q), relpos.tensor(k), relpos.tensor(v), encoding="none", causal=False)
+    with pytest.raises(ValueError, match="encoding=None"):
+        F.attention(relpos.tensor(q), relpos.tensor(k), relpos.tensor(v), base=10.0)
+
+
 def test_attention_bad_inputs():
     q = relpos.tensor(np.zeros((1, 2, 3, 8)))
     with pytest.raises(ValueError, match="unknown encoding"):
