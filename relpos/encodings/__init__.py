@@ -11,6 +11,8 @@ from __future__ import annotations
 import html
 import inspect
 
+import numpy as np
+
 from .base import CONTEXT_KEYS, Encoding
 
 _REGISTRY: dict = {}
@@ -49,6 +51,10 @@ def get(name, **options) -> Encoding:
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for encoding {key!r}; "
                          f"its options are: {', '.join(sorted(allowed)) or '(none)'}")
+    for p in _options_of(cls):
+        # flags: bool("False") is True, so a string or 2 would silently switch the option on
+        if isinstance(p.default, bool) and p.name in options and not isinstance(options[p.name], (bool, np.bool_)):
+            raise TypeError(f"option {p.name!r} of encoding {key!r} must be a bool; got {options[p.name]!r}")
     return cls(**options)
 
 
