@@ -484,6 +484,42 @@ def test_get_unknown_name_or_option_lists_what_exists():
     assert encodings.get("ALiBi", n_heads=2).name == "alibi"
 
 
+BAD_OPTIONS = [
+    ("alibi", dict(learnable="yes"), TypeError, "'learnable' of encoding 'alibi' must be a bool"),
+    ("shaw", dict(values="False"), TypeError, "'values' of encoding 'shaw' must be a bool; got 'False'"),
+    ("learned", dict(clamp=1, max_len=8, d_model=16), TypeError, "'clamp'"),
+    ("learned", dict(init_std=-1.0, max_len=8, d_model=16), ValueError, "init_std"),
+    ("rope", dict(rotary_dim=7), ValueError, "rotary_dim must be a positive even int"),
+    ("rope", dict(rotary_dim=16), ValueError, r"rotary_dim \(16\) must be <= head_dim \(8\)"),
+    ("rope", dict(base=0.5), ValueError, "base"),
+    ("rope", dict(scaling="yarn"), ValueError, "original_max_len"),
+    ("rope", dict(scaling="foo"), ValueError, "scaling must be one of"),
+    ("t5", dict(num_buckets=1), ValueError, "num_buckets"),
+    ("kerple", dict(variant="loggg"), ValueError, "variant"),
+    ("cope", dict(npos=0), ValueError, "npos"),
+    ("deberta", dict(k=0), ValueError, "k must be"),
+    ("fire", dict(width=0), ValueError, "width"),
+    ("sandwich", dict(dim=3), ValueError, "even"),
+    ("xl", dict(r_dim=0), ValueError, "r_dim"),
+    ("xpos", dict(gamma=-1), ValueError, "gamma"),
+]
+
+
+@pytest.mark.parametrize("name, options, exc, match", BAD_OPTIONS,
+                         ids=[f"{n}-{sorted(o)[0]}" for n, o, _, _ in BAD_OPTIONS])
+def test_encoding_bad_option_values(name, options, exc, match):
+    with pytest.raises(exc, match=match):
+        encodings.get(name, n_heads=2, head_dim=8, **options)
+
+
+def test_prebuilt_encoding_must_fit_the_heads():
+    q = relpos.tensor(np.ones((1, 2, 3, 8)))
+    for name, kw in (("alibi", dict(n_heads=4)), ("shaw", dict(n_heads=2, head_dim=4)),
+                     ("xl", dict(n_heads=4, head_dim=8)), ("fire", dict(n_heads=4))):
+        with pytest.raises(ValueError, match=f"'{name}' was built for"):
+            F.attention(q, q, q, encoding=encodings.get(name, **kw))
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_every_encoding_builds_from_heads_and_head_dim(name):
     if name in EXTRA:
