@@ -18,6 +18,7 @@ _state = threading.local()
 
 
 def is_grad_enabled() -> bool:
+    """True unless inside :func:`no_grad` (per thread)."""
     return getattr(_state, "grad_enabled", True)
 
 
@@ -34,6 +35,7 @@ def no_grad():
 
 @contextmanager
 def enable_grad():
+    """Context manager: record on the tape again inside a :func:`no_grad` block."""
     prev = is_grad_enabled()
     _state.grad_enabled = True
     try:
