@@ -767,3 +767,17 @@ def test_pinned_encoder_float_mask_is_refused():
     enc = nn.TransformerEncoder(vocab_size=10, d_model=16, n_heads=2, n_layers=1, encoding="t5")
     with pytest.raises(TypeError, match="key_padding_mask"):
         enc(np.zeros((1, 4), np.int64), key_padding_mask=np.full((1, 4), 0.5))
+
+
+# ---------------------------------------------------------------------------
+# every public name has a docstring (the notebook's shift-tab)
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("module", ["relpos", "relpos.functional", "relpos.nn", "relpos.optim", "relpos.data",
+                                    "relpos.train", "relpos.probe", "relpos.experiments"])
+def test_public_names_have_docstrings(module):
+    import importlib
+    mod = importlib.import_module(module)
+    names = [n for n in mod.__all__ if callable(getattr(mod, n)) and not isinstance(getattr(mod, n), type(re))]
+    undocumented = [n for n in names if not (getattr(mod, n).__doc__ or "").strip()]
+    assert not undocumented, f"{module}: no docstring on {undocumented}"
