@@ -16,15 +16,15 @@ def attention(q, k, v, encoding=None, causal=True, key_padding_mask=None, q_offs
     Returns out (B, H, Tq, Dv), or (out, weights (B, H, Tq, Tk) ndarray) when
     return_weights. impl: "auto" | "fused" | "materialized".
     """
-    import numpy as np
-
     from .. import encodings
+    from ..tensor import Tensor, as_array
     from .attention import attention_core
 
+    q, k, v = (x if isinstance(x, Tensor) else as_array(x, name) for x, name in ((q, "q"), (k, "k"), (v, "v")))
     for name, x in (("q", q), ("k", k), ("v", v)):
         # checked here too: the encoding is built from q's shape before attention_core checks it
-        if np.ndim(x) != 4:
-            raise ValueError(f"{name} must have shape (B, H, T, D) (4 dimensions); got {tuple(np.shape(x))}")
+        if x.ndim != 4:
+            raise ValueError(f"{name} must have shape (B, H, T, D) (4 dimensions); got {tuple(x.shape)}")
     if encoding is None:
         # plain attention: nothing to build, and bidirectional is fine (the way
         # MultiHeadAttention(encoding=None) treats it)
