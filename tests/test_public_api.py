@@ -640,6 +640,18 @@ def test_plain_attention_without_an_encoding_is_bidirectional_too():
         F.attention(relpos.tensor(q), relpos.tensor(k), relpos.tensor(v), base=10.0)
 
 
+@pytest.mark.parametrize("layout", ["F", "float64", "strided view", "list"])
+@pytest.mark.parametrize("impl", ["fused", "materialized"])
+def test_attention_inputs_in_any_layout(layout, impl):
+    rng = np.random.default_rng(12)
+    q = rng.standard_normal((2, 2, 5, 8)).astype(np.float32)
+    want = F.attention(q, q, q, encoding="rope", impl=impl).data
+    a = {"F": np.asfortranarray(q), "float64": q.astype(np.float64),
+         "strided view": np.ascontiguousarray(q.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3),
+         "list": q.tolist()}[layout]
+    np.testing.assert_allclose(F.attention(a, a, a, encoding="rope", impl=impl).data, want, rtol=1e-6, atol=1e-7)
+
+
 def test_attention_bad_inputs():
     q = relpos.tensor(np.zeros((1, 2, 3, 8)))
     with pytest.raises(ValueError, match="unknown encoding"):
@@ -705,6 +717,37 @@ def test_optimizer_trains_a_tiny_regression():
         loss.backward()
         opt.step()
     assert float(loss) < 1e-3 * first
+
+
+def test_checkpoint_of_model_optimizer_scheduler_resumes_exactly(tmp_path):
+    x = np.random.default_rng(13).standard_normal((4, 3)).astype(np.float32)
+
+    def make(seed):
+        lin = nn.Linear(3, 2, seed=seed)
+        opt = optim.AdamW(lin.parameters(), lr=0.01)
+        return lin, opt, optim.WarmupCosine(opt, 2, 10)
+
+    def step(lin, opt, sched):
+        opt.zero_grad()
+        (lin(x) ** 2).mean().backward()
+        opt.step()
+        sched.step()
+
+    a = make(0)
+    for _ in range(3):
+        step(*a)
+    relpos.save({"model": a[0], "opt": a[1].state_dict(), "sched": a[2].state_dict(), "step": 3},
+                tmp_path / "ck.relpos")
+    ck = relpos.load(tmp_path / "ck.relpos")
+    b = make(1)
+    b[0].load_state_dict(ck["model"])
+    b[1].load_state_dict(ck["opt"])
+    b[2].load_state_dict(ck["sched"])
+    assert ck["step"] == 3
+    step(*a)
+    step(*b)
+    np.testing.assert_array_equal(a[0].weight.data, b[0].weight.data)
+    assert a[2].get_last_lr() == b[2].get_last_lr()
 
 
 @pytest.mark.parametrize("path, exc, match", [
