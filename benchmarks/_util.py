@@ -14,35 +14,49 @@ import time
 BLAS_ENV_OVERRIDES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
-def clean_blas_env():
-    """Re-exec the running script with BLAS_ENV_OVERRIDES removed (only if set).
+def clean_blas_env(set_env=None):
+    """Re-exec the running script with BLAS_ENV_OVERRIDES removed (only if set)
+    and the variables of `set_env` set (only if they differ).
 
-    Must run before NumPy is imported: OpenBLAS reads them when it loads.
+    Must run before NumPy or relpos is imported: OpenBLAS and libgomp read
+    their variables when they load.
     """
-    if any(k in os.environ for k in BLAS_ENV_OVERRIDES):
-        if "numpy" in sys.modules:
-            raise RuntimeError("clean_blas_env() must run before numpy is imported")
+    set_env = dict(set_env or {})
+    stale = any(k in os.environ for k in BLAS_ENV_OVERRIDES)
+    differ = any(os.environ.get(k) != v for k, v in set_env.items())
+    if stale or differ:
+        if "numpy" in sys.modules or "relpos" in sys.modules:
+            raise RuntimeError("clean_blas_env() must run before numpy and relpos are imported")
         env = {k: v for k, v in os.environ.items() if k not in BLAS_ENV_OVERRIDES}
+        env.update(set_env)
         os.execve(sys.executable, [sys.executable] + sys.argv, env)
 
 
 def time_pair(fns, min_time=0.3, min_reps=3, max_reps=50):
     """Best-of wall time of each callable in `fns`, run interleaved so that
-    machine noise hits all of them alike. One warm-up call each first."""
+    machine noise hits all of them alike. One warm-up call each first.
+
+    Returns (best wall seconds, best process CPU seconds) lists. The CPU time
+    (all threads of the process, spinning included) is what the call costs when
+    it is not waiting for a CPU: on a shared, overloaded machine it shows the
+    code's own speed where the wall time mostly shows the queue."""
     for f in fns:
         f()
     best = [float("inf")] * len(fns)
+    best_cpu = [float("inf")] * len(fns)
     spent = 0.0
     reps = 0
     while reps < max_reps and (reps < min_reps or spent < min_time * len(fns)):
         for i, f in enumerate(fns):
+            c0 = time.process_time()
             t0 = time.perf_counter()
             f()
             dt = time.perf_counter() - t0
+            best_cpu[i] = min(best_cpu[i], time.process_time() - c0)
             spent += dt
             best[i] = min(best[i], dt)
         reps += 1
-    return best
+    return best, best_cpu
 
 
 def measured_peak(threads, seconds=0.5, tries=3):

@@ -6,16 +6,25 @@
  *
  * Work partition (the thread count never decides how a float sum is split):
  *  - forward: items (b, h, query block), each writes its own rows;
- *  - backward: items (b, h) (or (h) with every b inside when a batch-shared
- *    bias_full gradient is wanted). An item walks key blocks (outer) and query
- *    blocks (inner), so it owns dK/dV of its head, and dQ/dqr rows of its head
- *    (accumulated in key-block order). Gradients of tables shared between items
- *    (dbias_vec, drelk, drelq, drelv, batch-shared dbias_full) go to one partial
- *    buffer per item, summed afterwards in item order; when only one item
- *    feeds a table head it writes the table directly.
+ *  - backward: items (b, h, chunk) (or (h) with every b inside when a
+ *    batch-shared bias_full gradient is wanted). With B*H >= 8 there is one
+ *    chunk per head; with fewer heads each head's key blocks are dealt to
+ *    NC = ceil(8 / (B*H)) interleaved chunks (kb = c mod NC), a function of the
+ *    shape, never of the thread count. An item walks its key blocks (outer) and
+ *    the query blocks that see them (inner): it owns dK/dV of those blocks;
+ *    dQ/dqr rows accumulate in key-block order, directly when NC = 1, else in a
+ *    per-chunk partial. Gradients of tables shared between items (dbias_vec,
+ *    drelk, drelq, drelv) go to one partial buffer per item; all partials are
+ *    summed afterwards in item order. A destination fed by exactly one item is
+ *    written directly.
  *
- * Extra memory: per thread O((BQ + BK) * (D + Dv) + Tq) scratch; per item O(R*D)
- * for shared relative tables (R = table length), never O(Tq*Tk).
+ * Kernels: tile products by a strided-A micro-kernel (portable C, AVX2/FMA, or
+ * AVX-512F following the GEMM area's kernel choice), a polynomial exp (~1.3 ulp).
+ *
+ * Extra memory: per thread O((BQ + BK) * (D + Dv) + Tq) scratch; forward: the
+ * packed keys (like k); backward: per item O(R*D) for shared relative tables
+ * (R = table length) and, when NC > 1, NC dq partials of (Tq, D) per head;
+ * never O(Tq*Tk).
  *
  * Position channels inside a tile (rows ia0.., keys j0..): a relative table
  * touches at most BQ+BK-1 consecutive rows r0..r0+nr-1. c2p: QR = qr_tile *
@@ -24,6 +33,7 @@
  * multiplied by rel[r0..]. Backward uses the same buckets for dS.
  */
 #include "attention.h"
+#include "gemm.h"
 
 #include <math.h>
 #include <string.h>
@@ -31,6 +41,8 @@
 #define FZ_BQ 64
 #define FZ_BK 64
 #define FZ_LDR (FZ_BQ + FZ_BK) /* row stride of relative-bucket buffers (nr <= BQ+BK-1) */
+/* Backward: with fewer than this many (b, h) heads, key blocks are split into chunks. */
+#define FZ_MIN_ITEMS 8
 
 /* ------------------------------------------------------------------ kernels */
 
@@ -44,6 +56,10 @@ typedef float (*fz_expsub_fn)(float *x, int64_t n, float m);
 typedef float (*fz_rowmax_fn)(const float *x, int64_t n);
 
 #if RP_HAVE_AVX2_TU
+int rp_fused_have_avx512(void);
+float rp_fused_expsub_avx512(float *x, int64_t n, float m);
+void rp_fused_gemm_avx512(int64_t M, int64_t N, int64_t K, const float *A, int64_t rsa, int64_t csa,
+                          const float *B, int64_t ldb, float *C, int64_t ldc, int acc);
 void rp_fused_gemm_avx2(int64_t M, int64_t N, int64_t K, const float *A, int64_t rsa, int64_t csa,
                         const float *B, int64_t ldb, float *C, int64_t ldc, int acc);
 float rp_fused_expsub_avx2(float *x, int64_t n, float m);
@@ -114,9 +130,17 @@ static fz_kernels fz_pick(void) {
     fz_kernels k = {gemm_portable, expsub_portable, rowmax_portable};
 #if RP_HAVE_AVX2_TU
     if (rp_simd_enabled()) {
+        /* the tile products follow the GEMM area's kernel choice (AVX-512 on
+         * CPUs that have it, unless a test or benchmark picked another) */
+        const char *gk = rp_gemm_kernel_name();
         k.gemm = rp_fused_gemm_avx2;
         k.expsub = rp_fused_expsub_avx2;
         k.rowmax = rp_fused_rowmax_avx2;
+        if (strcmp(gk, "avx512") == 0 && rp_fused_have_avx512()) {
+            k.gemm = rp_fused_gemm_avx512;
+            k.expsub = rp_fused_expsub_avx512;
+        }
+        if (strcmp(gk, "portable") == 0) k.gemm = gemm_portable;
     }
 #endif
     return k;
@@ -529,14 +553,17 @@ int rp_attn_fused_fwd(const rp_attn *a, float *out, float *lse) {
 
 /* ------------------------------------------------------------------- backward */
 
-/* Destinations of one backward item's shared-table gradients. */
+/* Destinations of one backward item's gradients that are not its own rows. */
 typedef struct {
     float *dbias_vec; /* (R) of head hb */
     float *drelk, *drelq, *drelv;
     float *dbias_full; /* (Tq, Tk) of (bb, h) */
+    float *dq, *dqr;   /* (Tq, D): the rows of (b, h), or this chunk's partial */
+    int64_t chunk, nchunk; /* this item takes key blocks kb = chunk (mod nchunk) */
 } fz_dst;
 
-/* One (b, h): dq/dk/dv/dqr rows of the head (written), table gradients added into t. */
+/* One (b, h) and one chunk of its key blocks: dk/dv rows of those blocks
+ * (written), dq/dqr and table gradients added into t's destinations. */
 static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const float *out, const float *lse,
                      const float *dout, const rp_attn_grads *g, const fz_dst *t, int need_ds) {
     const rp_attn *a = c->a;
@@ -545,12 +572,12 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
     const float *Q = a->q + bh * Tq * D, *K = a->k + bh * Tk * D, *V = a->v + bh * Tk * Dv;
     const float *QQ = (a->qr ? a->qr : a->q) + bh * Tq * D;
     const float *dO = dout + bh * Tq * Dv, *L = lse + bh * Tq;
-    float *dq = g->dq ? g->dq + bh * Tq * D : NULL;
+    float *dq = t->dq;
     float *dk = g->dk ? g->dk + bh * Tk * D : NULL;
     float *dv = g->dv ? g->dv + bh * Tk * Dv : NULL;
     /* where the c2p gradient of the query side goes: dqr, or dq when qr is q */
-    float *dqq = a->qr ? (g->dqr ? g->dqr + bh * Tq * D : NULL) : dq;
-    /* dq, dk, dv, dqr were zeroed by the caller; this item owns these rows */
+    float *dqq = a->qr ? t->dqr : dq;
+    /* every destination was zeroed by the caller */
 
     /* D_i = dO_i . O_i */
     const float *O = out + bh * Tq * Dv;
@@ -563,7 +590,7 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
     if (!need_ds && !need_p) return;
     const int64_t R_b = a->bias_vec ? a->bias_ix.R : 0;
 
-    for (int64_t kb = 0; kb < c->nkb; kb++) {
+    for (int64_t kb = t->chunk; kb < c->nkb; kb += t->nchunk) {
         const int64_t j0 = kb * FZ_BK, nk = (Tk - j0) < FZ_BK ? (Tk - j0) : FZ_BK;
         if (fz_all_padded(a, b, j0, nk)) continue;
         pack_t(K + j0 * D, nk, D, D, w->Kt, FZ_BK);
@@ -695,12 +722,14 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
     }
 }
 
-/* Sum nsrc partial buffers (each n floats, src[s*stride ..]) into dst, in order. */
-static void fz_reduce(float *dst, const float *src, int64_t nsrc, int64_t stride, int64_t n) {
+/* dst[e] = sum over groups g < ng and members m < nm, in that order, of
+ * src[g*gstride + m*n + e] (partial buffers of n floats). */
+static void fz_reduce(float *dst, const float *src, int64_t ng, int64_t nm, int64_t gstride, int64_t n) {
     RP_OMP_PARALLEL_FOR
     for (int64_t e = 0; e < n; e++) {
         float s = 0.0f;
-        for (int64_t p = 0; p < nsrc; p++) s += src[p * stride + e];
+        for (int64_t gi = 0; gi < ng; gi++)
+            for (int64_t m = 0; m < nm; m++) s += src[gi * gstride + m * n + e];
         dst[e] = s;
     }
 }
@@ -711,14 +740,19 @@ typedef struct {
     int64_t Ht, per; /* heads of the table, floats per table head */
     int direct;      /* each table head fed by exactly one item */
     float *part;     /* nitems x per partials when !direct */
+    int64_t nb, nh, nc; /* items it = (bi*nh + h)*nc + c feed table head (Ht == 1 ? 0 : h) */
 } fz_shared;
 
-static void fz_shared_init(fz_shared *s, float *dst, int64_t Ht, int64_t per, int64_t nitem_b, int64_t H) {
+static void fz_shared_init(fz_shared *s, float *dst, int64_t Ht, int64_t per, int64_t nitem_b, int64_t H,
+                           int64_t NC) {
     s->dst = dst;
     s->Ht = Ht;
     s->per = per;
     s->part = NULL;
-    s->direct = dst ? (nitem_b * (Ht == 1 ? H : 1) == 1) : 1;
+    s->direct = dst ? (nitem_b * (Ht == 1 ? H : 1) * NC == 1) : 1;
+    s->nb = nitem_b;
+    s->nh = H;
+    s->nc = NC;
 }
 
 static float *fz_shared_at(const fz_shared *s, int64_t item, int64_t h) {
@@ -727,13 +761,16 @@ static float *fz_shared_at(const fz_shared *s, int64_t item, int64_t h) {
     return s->part + item * s->per;
 }
 
-/* Reduce the partials of table s (items it = bi*H + h) into s->dst. */
-static void fz_shared_finish(const fz_shared *s, int64_t nitem_b, int64_t H) {
+/* Reduce the partials of table s (items it = (bi*H + h)*NC + c) into s->dst,
+ * in item order. */
+static void fz_shared_finish(const fz_shared *s) {
     if (!s->dst || s->direct) return;
+    const int64_t per = s->per, nitem_b = s->nb, H = s->nh, NC = s->nc;
     if (s->Ht == 1) {
-        fz_reduce(s->dst, s->part, nitem_b * H, s->per, s->per);
+        fz_reduce(s->dst, s->part, nitem_b * H * NC, 1, per, per);
     } else {
-        for (int64_t h = 0; h < H; h++) fz_reduce(s->dst + h * s->per, s->part + h * s->per, nitem_b, H * s->per, s->per);
+        for (int64_t h = 0; h < H; h++)
+            fz_reduce(s->dst + h * per, s->part + h * NC * per, nitem_b, NC, H * NC * per, per);
     }
 }
 
@@ -764,15 +801,28 @@ int rp_attn_fused_bwd(const rp_attn *a, const float *out, const float *lse, cons
     /* items (bi, h); with a batch-shared bias_full gradient, one item per head
      * walks every b so that the (Tq, Tk) gradient needs no partials */
     const int hmode = dbf && a->Bf == 1 && B > 1;
-    const int64_t nitem_b = hmode ? 1 : B, nitems = nitem_b * H;
-    fz_shared sb, sk, sq, sv;
-    fz_shared_init(&sb, dbv, a->Hb, a->bias_vec ? a->bias_ix.R : 0, nitem_b, H);
-    fz_shared_init(&sk, drelk, a->Hrk, a->relk ? a->relk_ix.R * D : 0, nitem_b, H);
-    fz_shared_init(&sq, drelq, a->Hrq, a->relq ? a->relq_ix.R * D : 0, nitem_b, H);
-    fz_shared_init(&sv, drelv, a->Hrv, a->relv ? a->relv_ix.R * Dv : 0, nitem_b, H);
-    fz_shared *sh[4] = {&sb, &sk, &sq, &sv};
+    const int64_t nitem_b = hmode ? 1 : B;
+    /* Few heads: each head's key blocks are dealt to NC interleaved chunks
+     * (a function of the shape only, never of the thread count), each with its
+     * own dq/dqr partial. */
+    int64_t NC = 1;
+    if (!hmode && B * H < FZ_MIN_ITEMS) {
+        NC = (FZ_MIN_ITEMS + B * H - 1) / (B * H);
+        if (NC > c.nkb) NC = c.nkb;
+        if (NC < 1) NC = 1;
+    }
+    const int64_t nitems = nitem_b * H * NC;
+    fz_shared sb, sk, sq, sv, sdq, sdqr;
+    fz_shared_init(&sb, dbv, a->Hb, a->bias_vec ? a->bias_ix.R : 0, nitem_b, H, NC);
+    fz_shared_init(&sk, drelk, a->Hrk, a->relk ? a->relk_ix.R * D : 0, nitem_b, H, NC);
+    fz_shared_init(&sq, drelq, a->Hrq, a->relq ? a->relq_ix.R * D : 0, nitem_b, H, NC);
+    fz_shared_init(&sv, drelv, a->Hrv, a->relv ? a->relv_ix.R * Dv : 0, nitem_b, H, NC);
+    /* dq and dqr of (b, h) as tables with B*H heads fed by the NC chunks */
+    fz_shared_init(&sdq, g->dq, B * H, Tq * D, 1, B * H, NC);
+    fz_shared_init(&sdqr, a->qr ? dqr : NULL, B * H, Tq * D, 1, B * H, NC);
+    fz_shared *sh[6] = {&sb, &sk, &sq, &sv, &sdq, &sdqr};
     int fail = 0;
-    for (int s = 0; s < 4; s++) {
+    for (int s = 0; s < 6; s++) {
         if (sh[s]->dst && !sh[s]->direct) {
             sh[s]->part = rp_calloc((size_t)(nitems * sh[s]->per), sizeof(float));
             if (!sh[s]->part) fail = 1;
@@ -784,7 +834,7 @@ int rp_attn_fused_bwd(const rp_attn *a, const float *out, const float *lse, cons
     const size_t per = fz_scr_floats(D, Dv, Tq);
     float *scr = fail ? NULL : rp_malloc(sizeof(float) * per * (size_t)nt);
     if (!scr) {
-        for (int s = 0; s < 4; s++) rp_free(sh[s]->part);
+        for (int s = 0; s < 6; s++) rp_free(sh[s]->part);
         return RP_ENOMEM;
     }
     const int need_ds = g->dq || g->dk || dqr || drelk || drelq || dbv || dbf;
@@ -804,21 +854,26 @@ int rp_attn_fused_bwd(const rp_attn *a, const float *out, const float *lse, cons
 #pragma omp for schedule(dynamic, 1)
 #endif
         for (int64_t it = 0; it < nitems; it++) {
-            const int64_t bi = it / H, h = it % H;
+            const int64_t bi = it / (H * NC), h = (it / NC) % H;
             fz_dst t;
+            t.chunk = it % NC;
+            t.nchunk = NC;
             t.dbias_vec = fz_shared_at(&sb, it, h);
             t.drelk = fz_shared_at(&sk, it, h);
             t.drelq = fz_shared_at(&sq, it, h);
             t.drelv = fz_shared_at(&sv, it, h);
             for (int64_t b = hmode ? 0 : bi; b < (hmode ? B : bi + 1); b++) {
                 t.dbias_full = dbf ? dbf + ((a->Bf == 1 ? 0 : b) * H + h) * Tq * Tk : NULL;
+                /* NC > 1 only without hmode, so b == bi here and the item index is that of (b, h) */
+                t.dq = fz_shared_at(&sdq, it, b * H + h);
+                t.dqr = fz_shared_at(&sdqr, it, b * H + h);
                 bwd_head(&c, &w, b, h, out, lse, dout, &gg, &t, need_ds);
             }
         }
     }
     rp_free(scr);
-    for (int s = 0; s < 4; s++) {
-        fz_shared_finish(sh[s], nitem_b, H);
+    for (int s = 0; s < 6; s++) {
+        fz_shared_finish(sh[s]);
         rp_free(sh[s]->part);
     }
     return RP_OK;

@@ -1,11 +1,17 @@
-/* AVX2/FMA kernels of the fused attention (attention_fused.c chooses them at
- * run time when rp_simd_enabled()). Compiled with -mavx2 -mfma; empty elsewhere.
+/* SIMD kernels of the fused attention (attention_fused.c chooses them at run
+ * time when rp_simd_enabled()). Compiled with -mavx2 -mfma; empty elsewhere.
  *
- *  rp_fused_gemm_avx2   C (M x N) [+]= A * B, A with any row/column stride
- *                       (so A^T costs nothing), B row-major: a 6 x 16 register
- *                       tile, broadcast A, two B vectors, 12 FMA accumulators.
- *  rp_fused_expsub_avx2 x = exp(x - m) and its sum, 8 lanes at a time.
- *  rp_fused_rowmax_avx2 max of a row.
+ *  rp_fused_gemm_avx2     C (M x N) [+]= A * B, A with any row/column stride
+ *                         (so A^T costs nothing), B row-major: a 6 x 16 register
+ *                         tile, broadcast A, two B vectors, 12 FMA accumulators.
+ *  rp_fused_expsub_avx2   x = exp(x - m) and its sum, 8 lanes at a time.
+ *  rp_fused_rowmax_avx2   max of a row.
+ *  rp_fused_gemm_avx512,  the same on 16 lanes (8 x 32 register tile), in
+ *  rp_fused_expsub_avx512 functions compiled for AVX-512F by target attribute;
+ *                         used when the GEMM area's kernel in use is AVX-512
+ *                         (rp_gemm_kernel_name(): CPUs that have it, unless a
+ *                         test or benchmark chose another). Every C element is
+ *                         the same k-ordered FMA chain in both widths.
  */
 #include "relpos.h"
 
@@ -109,6 +115,123 @@ void rp_fused_gemm_avx2(int64_t M, int64_t N, int64_t K, const float *A, int64_t
         FZ_ROWS(1, 1)
     }
 }
+
+float rp_fused_expsub_avx2(float *x, int64_t n, float m);
+
+/* ---- AVX-512F variant of the same product (chosen when the GEMM area's
+ * kernel in use is AVX-512: rp_gemm_kernel_name()). 8 rows x 32 columns, 16
+ * zmm accumulators; each C element is the same k-ordered FMA chain as above. */
+#if defined(__GNUC__) && !defined(RP_NO_AVX512)
+#define FZ_T512 __attribute__((target("avx512f")))
+
+static inline __attribute__((always_inline)) FZ_T512 void fz_ukr512(const int MR, const int NV, __mmask16 m0,
+                                                                    __mmask16 m1, int64_t K, const float *A,
+                                                                    int64_t rsa, int64_t csa, const float *B,
+                                                                    int64_t ldb, float *C, int64_t ldc, int acc) {
+    __m512 c0[8], c1[8];
+    for (int r = 0; r < MR; r++) {
+        c0[r] = _mm512_setzero_ps();
+        c1[r] = _mm512_setzero_ps();
+    }
+    for (int64_t k = 0; k < K; k++) {
+        const float *b = B + k * ldb;
+        const float *ap = A + k * csa;
+        __m512 b0 = _mm512_maskz_loadu_ps(m0, b);
+        __m512 b1 = NV == 2 ? _mm512_maskz_loadu_ps(m1, b + 16) : _mm512_setzero_ps();
+        for (int r = 0; r < MR; r++) {
+            __m512 ar = _mm512_set1_ps(ap[r * rsa]);
+            c0[r] = _mm512_fmadd_ps(ar, b0, c0[r]);
+            if (NV == 2) c1[r] = _mm512_fmadd_ps(ar, b1, c1[r]);
+        }
+    }
+    for (int r = 0; r < MR; r++) {
+        float *cr = C + r * ldc;
+        __m512 x = c0[r];
+        if (acc) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(m0, cr));
+        _mm512_mask_storeu_ps(cr, m0, x);
+        if (NV == 2) {
+            __m512 y = c1[r];
+            if (acc) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m1, cr + 16));
+            _mm512_mask_storeu_ps(cr + 16, m1, y);
+        }
+    }
+}
+
+#define FZ_ROWS512(NV)                                                                     \
+    for (int64_t i = 0; i < M; i += 8) {                                                   \
+        const float *Ai = A + i * rsa;                                                     \
+        float *Ci = C + i * ldc + j;                                                       \
+        switch (M - i >= 8 ? 8 : M - i) {                                                  \
+        case 8: fz_ukr512(8, NV, m0, m1, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break;    \
+        case 7: fz_ukr512(7, NV, m0, m1, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break;    \
+        case 6: fz_ukr512(6, NV, m0, m1, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break;    \
+        case 5: fz_ukr512(5, NV, m0, m1, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break;    \
+        case 4: fz_ukr512(4, NV, m0, m1, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break;    \
+        case 3: fz_ukr512(3, NV, m0, m1, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break;    \
+        case 2: fz_ukr512(2, NV, m0, m1, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break;    \
+        default: fz_ukr512(1, NV, m0, m1, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break;   \
+        }                                                                                  \
+    }
+
+FZ_T512 void rp_fused_gemm_avx512(int64_t M, int64_t N, int64_t K, const float *A, int64_t rsa, int64_t csa,
+                                  const float *B, int64_t ldb, float *C, int64_t ldc, int acc) {
+    if (M <= 0 || N <= 0) return;
+    for (int64_t j = 0; j < N; j += 32) {
+        const int64_t rem = N - j;
+        const float *Bj = B + j;
+        const __mmask16 m0 = rem >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << rem) - 1u);
+        if (rem > 16) {
+            const __mmask16 m1 = rem >= 32 ? (__mmask16)0xFFFF : (__mmask16)((1u << (rem - 16)) - 1u);
+            FZ_ROWS512(2)
+        } else {
+            const __mmask16 m1 = 0;
+            FZ_ROWS512(1)
+        }
+    }
+}
+
+/* fz_exp8 on 16 lanes (same reduction, polynomial and flush to 0). */
+static inline __attribute__((always_inline)) FZ_T512 __m512 fz_exp16(__m512 x) {
+    x = _mm512_min_ps(x, _mm512_set1_ps(88.0f));
+    x = _mm512_max_ps(x, _mm512_set1_ps(-88.3762626647949f));
+    __m512 fn = _mm512_roundscale_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f)),
+                                     _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(fn, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(fn, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 z = _mm512_mul_ps(r, r);
+    __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+    y = _mm512_fmadd_ps(y, z, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(fn), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(y, _mm512_castsi512_ps(e));
+}
+
+FZ_T512 float rp_fused_expsub_avx512(float *x, int64_t n, float m) {
+    const __m512 mv = _mm512_set1_ps(m);
+    __m512 s0 = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n; j += 16) {
+        const __mmask16 mk = n - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - j)) - 1u);
+        __m512 e = fz_exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, x + j), mv));
+        e = _mm512_maskz_mov_ps(mk, e);
+        _mm512_mask_storeu_ps(x + j, mk, e);
+        s0 = _mm512_add_ps(s0, e);
+    }
+    return _mm512_reduce_add_ps(s0);
+}
+
+int rp_fused_have_avx512(void) { return 1; }
+#else
+float rp_fused_expsub_avx512(float *x, int64_t n, float m) { return rp_fused_expsub_avx2(x, n, m); }
+int rp_fused_have_avx512(void) { return 0; }
+void rp_fused_gemm_avx512(int64_t M, int64_t N, int64_t K, const float *A, int64_t rsa, int64_t csa,
+                          const float *B, int64_t ldb, float *C, int64_t ldc, int acc) {
+    rp_fused_gemm_avx2(M, N, K, A, rsa, csa, B, ldb, C, ldc, acc);
+}
+#endif
 
 /* exp(x) for x <= 0, as fz_expf in attention_fused.c: x = n ln2 + r, a degree-6
  * polynomial on |r| <= ln2/2, 2^n through the exponent bits; exp(-inf) = 0. */

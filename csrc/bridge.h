@@ -33,6 +33,7 @@ int rp_check_shape(PyArrayObject *a, const char *name, int ndim, const npy_intp 
  * exactly `dims`; a new reference to it is returned. */
 PyArrayObject *rp_out_f32(PyObject *obj, const char *name, int ndim, const npy_intp *dims);
 PyArrayObject *rp_new_f32(int ndim, const npy_intp *dims); /* zero-filled */
+PyArrayObject *rp_empty_f32(int ndim, const npy_intp *dims); /* uninitialised (the kernel writes it all) */
 
 /* Format "(2, 8, 128)" into buf. */
 void rp_shape_str(PyArrayObject *a, char *buf, size_t n);

@@ -17,6 +17,8 @@
 #include <math.h>
 #include <string.h>
 
+#define RP_MAX_POSITION (1LL << 60)
+
 /* Raw Python objects of one call, before validation. */
 typedef struct {
     PyObject *q, *k, *v, *out, *lse, *dout;
@@ -67,6 +69,10 @@ static int parse_ix(PyObject *obj, const char *name, const char *table, rp_relid
     Py_XDECREF(si);
     Py_XDECREF(oi);
     if (PyErr_Occurred()) goto done;
+    if (off < -RP_MAX_POSITION || off > RP_MAX_POSITION) {
+        PyErr_Format(PyExc_ValueError, "%s offset must be in [-2**60, 2**60]; got %lld", name, off);
+        goto done;
+    }
     if (sign != 1 && sign != -1) {
         PyErr_Format(PyExc_ValueError, "%s sign must be +1 or -1; got %lld", name, sign);
         goto done;
@@ -141,8 +147,10 @@ static int build_call(const raw_args *r, rp_attn_call *C) {
     a->q = RP_F32(C->q); a->k = RP_F32(C->k); a->v = RP_F32(C->v);
     a->causal = r->causal;
 
-    if (r->q_offset < 0) {
-        PyErr_Format(PyExc_ValueError, "q_offset must be >= 0; got %lld", r->q_offset);
+    /* absolute positions q_offset + i and relative indices sign * (ia - j) + off are int64:
+     * bound both far from overflow (a wrapped position crashed the materialised path) */
+    if (r->q_offset < 0 || r->q_offset > RP_MAX_POSITION) {
+        PyErr_Format(PyExc_ValueError, "q_offset must be in [0, 2**60]; got %lld", r->q_offset);
         return -1;
     }
     a->q_offset = (int64_t)r->q_offset;

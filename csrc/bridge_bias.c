@@ -387,8 +387,17 @@ static int fire_load(PyObject *oW1, PyObject *ob1, PyObject *oW2, PyObject *ob2,
     return 0;
 }
 
+/* Query positions q_offset + i are int64: keep them far from overflow. */
+static int need_qoffset(long long q_offset) {
+    if (q_offset < 0 || q_offset > (1LL << 60)) {
+        PyErr_Format(PyExc_ValueError, "q_offset must be in [0, 2**60]; got %lld", q_offset);
+        return -1;
+    }
+    return 0;
+}
+
 static int window_args(long long Tq, long long Tk, long long q_offset) {
-    if (rp_check_nonneg(Tq, "Tq") < 0 || rp_check_nonneg(Tk, "Tk") < 0 || rp_check_nonneg(q_offset, "q_offset") < 0)
+    if (rp_check_nonneg(Tq, "Tq") < 0 || rp_check_nonneg(Tk, "Tk") < 0 || need_qoffset(q_offset) < 0)
         return -1;
     return 0;
 }
@@ -431,7 +440,7 @@ static PyObject *py_fire_bwd(PyObject *self, PyObject *args, PyObject *kw) {
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOO|Ld:fire_bwd", kwlist, &oW1, &ob1, &oW2, &ob2, &oc, &oL, &og,
                                      &qo, &eps))
         return NULL;
-    if (rp_check_nonneg(qo, "q_offset") < 0) return NULL;
+    if (need_qoffset(qo) < 0) return NULL;
     fire_arrays a = {0};
     rp_fire f;
     PyArrayObject *g = NULL, *dW1 = NULL, *db1 = NULL, *dW2 = NULL, *db2 = NULL, *dc = NULL, *dL = NULL;
@@ -493,7 +502,7 @@ static PyObject *py_cope_fwd(PyObject *self, PyObject *args, PyObject *kw) {
     long long qo = 0;
     double scale = 1.0;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|Ld:cope_fwd", kwlist, &oq, &ok, &oe, &qo, &scale)) return NULL;
-    if (rp_check_nonneg(qo, "q_offset") < 0) return NULL;
+    if (need_qoffset(qo) < 0) return NULL;
     PyArrayObject *q = NULL, *k = NULL, *e = NULL, *out = NULL;
     if (cope_load(oq, ok, oe, &q, &k, &e) < 0) goto fail;
     int64_t B = RP_DIM(q, 0), H = RP_DIM(q, 1), Tq = RP_DIM(q, 2), D = RP_DIM(q, 3), Tk = RP_DIM(k, 2),
@@ -525,7 +534,7 @@ static PyObject *py_cope_bwd(PyObject *self, PyObject *args, PyObject *kw) {
     double scale = 1.0;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|Ld:cope_bwd", kwlist, &oq, &ok, &oe, &og, &qo, &scale))
         return NULL;
-    if (rp_check_nonneg(qo, "q_offset") < 0) return NULL;
+    if (need_qoffset(qo) < 0) return NULL;
     PyArrayObject *q = NULL, *k = NULL, *e = NULL, *g = NULL, *dq = NULL, *dk = NULL, *de = NULL;
     if (cope_load(oq, ok, oe, &q, &k, &e) < 0) goto fail;
     int64_t B = RP_DIM(q, 0), H = RP_DIM(q, 1), Tq = RP_DIM(q, 2), D = RP_DIM(q, 3), Tk = RP_DIM(k, 2),

@@ -6,7 +6,7 @@
 
 /* New uninitialised float32 array (the core writes every element). */
 static PyArrayObject *new_empty(int ndim, const npy_intp *dims) {
-    return (PyArrayObject *)PyArray_EMPTY(ndim, (npy_intp *)dims, NPY_FLOAT32, 0);
+    return rp_empty_f32(ndim, dims);
 }
 
 /* out= if given (checked), else a new uninitialised array. */

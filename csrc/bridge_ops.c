@@ -105,7 +105,7 @@ static int check_overlap(PyArrayObject *out, PyArrayObject *in, const char *in_n
  * kernel writes in full (saves a zero-filling pass). */
 static PyArrayObject *out_f32(PyObject *obj, const char *name, int ndim, const npy_intp *dims) {
     if (obj == NULL || obj == Py_None)
-        return (PyArrayObject *)PyArray_EMPTY(ndim, (npy_intp *)dims, NPY_FLOAT32, 0);
+        return rp_empty_f32(ndim, dims);
     return rp_out_f32(obj, name, ndim, dims);
 }
 

@@ -96,6 +96,8 @@ static inline int64_t fire_seg(const fire_pl *pl, double x) {
 
 /* a[dd] = log(|c| dd + 1) and its derivative in c, for dd = 0 .. dmax */
 static double *fire_psi_table(double cabs, double sc, int64_t dmax) {
+    /* dmax grows with q_offset: 2 (dmax + 1) doubles must not wrap around size_t */
+    if (dmax < 0 || (uint64_t)dmax >= SIZE_MAX / (2 * sizeof(double))) return NULL;
     double *t = (double *)rp_malloc((size_t)(2 * (dmax + 1)) * sizeof(double));
     if (!t) return NULL;
     for (int64_t dd = 0; dd <= dmax; dd++) {

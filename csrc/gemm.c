@@ -3,15 +3,20 @@
  * gradient, and the FMA peak probe.
  *
  * One product, outer to inner:
- *   jc  NC columns of C:     pack op(B)[:, jc] for ALL of K (KC-deep blocks of
- *                            NR-wide panels), shared by the team; one barrier
- *   task (ic, j-chunk)       MC rows x a run of NR panels, handed out dynamically
+ *   jc  NC columns of C:     op(B)[:, jc] for ALL of K is packed into KC-deep
+ *                            blocks of NR-wide panels shared by the team; each
+ *                            panel is packed on first use by whichever thread
+ *                            needs it first (atomic flags, no barrier)
+ *   task (ic, j-chunk)       MC rows x a run of NR panels, handed out through
+ *                            an atomic counter (dynamic balance)
  *     pc  KC of K:           pack op(A)[ic, pc] (MR-wide panels, L2-resident)
  *       jr / ir              micro-kernel on an MR x NR tile (B panel in L1)
  * A task owns its C tiles for every pc, and applies the pc blocks in order, so
  * each C element is summed in the same order whichever thread runs the task
  * and however many threads there are: results are bit-identical for any
  * thread count. Only the K split (KC) and the kernel fix the rounding.
+ * Waits between threads yield the CPU (team_wait, ensure_panels): spinning
+ * waiters starve their partner on a loaded machine.
  *
  * Other paths: tiny products (<= SMALL_MNK multiply-adds), few-row ones
  * (M <= DIRECT_M_MAX) and few-column ones (N <= DIRECT_N_MAX) skip packing
@@ -308,12 +313,15 @@ typedef struct {
     int64_t mc, n_ic, jchunks;
 } split_t;
 
-static split_t make_split(int64_t M, int64_t n_jr, int nt, int MR) {
+static split_t make_split(int64_t M, int64_t n_jr, int nt, int MR, int NR) {
     split_t s;
     const int64_t mc_max = round_up(MC, MR);
     int64_t want = nt > 1 ? 4 * (int64_t)nt : 1; /* tasks wanted, for dynamic balance */
     int64_t n_ic = ceil_div(M, mc_max);
-    if (n_ic < want) n_ic = min64(want, ceil_div(M, MR)); /* smaller row blocks, down to MR rows */
+    /* Too few row blocks: cut the rows finer when C is tall, else cut the
+     * columns (every task streams the packed B of its columns, for all K:
+     * with wide C that is the larger operand). */
+    if (n_ic < want && M >= n_jr * NR) n_ic = min64(want, ceil_div(M, MR));
     s.mc = round_up(ceil_div(M, n_ic), MR);
     s.n_ic = ceil_div(M, s.mc);
     s.jchunks = s.n_ic >= want ? 1 : min64(n_jr, ceil_div(want, s.n_ic));
@@ -334,13 +342,19 @@ static void pack_b_items(const gemm_prob *g, const kernel_t *kn, int64_t j0, int
     }
 }
 
-/* One task: rows [i0, i0+mc) x panels [q0, q1) of the column block at j0, all of K. */
+static void ensure_panels(const gemm_prob *g, const kernel_t *kn, int64_t j0, int64_t nc, int64_t kb, int64_t q0,
+                          int64_t q1, float *Bp, int *flags);
+
+/* One task: rows [i0, i0+mc) x panels [q0, q1) of the column block at j0, all
+ * of K. flags == NULL: Bp is already packed; else the panels are packed on
+ * first use by whichever thread gets there first (see ensure_panels). */
 static void run_task(const gemm_prob *g, const kernel_t *kn, int64_t j0, int64_t nc, int64_t i0, int64_t mc,
-                     int64_t q0, int64_t q1, const float *Bp, float *Ap) {
+                     int64_t q0, int64_t q1, float *Bp, float *Ap, int *flags) {
     const int MR = kn->mr, NR = kn->nr;
     const int64_t nc_pad = ceil_div(nc, NR) * NR;
     for (int64_t p0 = 0; p0 < g->K; p0 += KC) {
         const int64_t kc = min64(KC, g->K - p0);
+        if (flags) ensure_panels(g, kn, j0, nc, p0 / KC, q0, q1, Bp, flags);
         pack_a(g->ta, g->A, g->lda, i0, p0, mc, kc, kn, Ap);
         const float beta = p0 == 0 ? g->beta : 1.0f;
         const float *bias = (p0 == 0 && g->bias) ? g->bias + j0 : NULL;
@@ -362,12 +376,32 @@ static void gemm_alone(const gemm_prob *g, const kernel_t *kn, float *Ap, float 
         const int64_t nc = min64(NC, g->N - j0);
         const int64_t n_jr = ceil_div(nc, kn->nr);
         pack_b_items(g, kn, j0, nc, 0, ceil_div(g->K, KC) * n_jr, Bp);
-        split_t s = make_split(g->M, n_jr, 1, kn->mr);
+        split_t s = make_split(g->M, n_jr, 1, kn->mr, kn->nr);
         for (int64_t ic = 0; ic < s.n_ic; ic++) {
             int64_t i0 = ic * s.mc;
-            run_task(g, kn, j0, nc, i0, min64(s.mc, g->M - i0), 0, n_jr, Bp, Ap);
+            run_task(g, kn, j0, nc, i0, min64(s.mc, g->M - i0), 0, n_jr, Bp, Ap, NULL);
         }
     }
+}
+
+/* B panels of KC-block kb, [q0, q1), packed before use: claim each unpacked
+ * panel (0 -> 1) and pack it, then wait (yielding) for panels another thread
+ * is packing (1 -> 2). No barrier: a thread that starts late, or is held up,
+ * never stalls the others, who pack what they need themselves. */
+static void ensure_panels(const gemm_prob *g, const kernel_t *kn, int64_t j0, int64_t nc, int64_t kb, int64_t q0,
+                          int64_t q1, float *Bp, int *flags) {
+    const int64_t n_jr = ceil_div(nc, kn->nr);
+    int *f = flags + kb * n_jr;
+    for (int64_t q = q0; q < q1; q++) {
+        int expect = 0;
+        if (__atomic_load_n(&f[q], __ATOMIC_ACQUIRE) == 0 &&
+            __atomic_compare_exchange_n(&f[q], &expect, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
+            pack_b_items(g, kn, j0, nc, kb * n_jr + q, kb * n_jr + q + 1, Bp);
+            __atomic_store_n(&f[q], 2, __ATOMIC_RELEASE);
+        }
+    }
+    for (int64_t q = q0; q < q1; q++)
+        while (__atomic_load_n(&f[q], __ATOMIC_ACQUIRE) != 2) sched_yield();
 }
 
 #if RP_HAVE_OPENMP
@@ -394,29 +428,27 @@ static void team_wait(team_sync *ts, int nt) {
 }
 
 /* Whole product by the calling team (call from inside a parallel region,
- * every thread with its own Ap, the team sharing Bp and ts). */
-static void gemm_team(const gemm_prob *g, const kernel_t *kn, float *Ap, float *Bp, int nt, team_sync *ts) {
-    for (int64_t j0 = 0; j0 < g->N; j0 += NC) {
+ * every thread with its own Ap, the team sharing Bp and ts). `flags` holds
+ * n_kb * n_jr zeroed ints and `next` one zeroed counter per column block of
+ * this product. Between column blocks (Bp reused) the team waits. */
+static void gemm_team(const gemm_prob *g, const kernel_t *kn, float *Ap, float *Bp, int nt, team_sync *ts, int *flags,
+                      int64_t *next, int64_t flags_per_block) {
+    int64_t u = 0;
+    for (int64_t j0 = 0; j0 < g->N; j0 += NC, u++) {
         const int64_t nc = min64(NC, g->N - j0);
         const int64_t n_jr = ceil_div(nc, kn->nr);
-        const int64_t n_items = ceil_div(g->K, KC) * n_jr;
-        for (;;) {
-            const int64_t it = __atomic_fetch_add(&ts->next_pack, 4, __ATOMIC_RELAXED);
-            if (it >= n_items) break;
-            pack_b_items(g, kn, j0, nc, it, min64(it + 4, n_items), Bp);
-        }
-        team_wait(ts, nt); /* Bp complete */
-        split_t s = make_split(g->M, n_jr, nt, kn->mr);
+        int *fl = flags + u * flags_per_block;
+        if (j0 > 0) team_wait(ts, nt); /* everyone is done with Bp of the previous block */
+        split_t s = make_split(g->M, n_jr, nt, kn->mr, kn->nr);
         const int64_t ntask = s.n_ic * s.jchunks;
         for (;;) {
-            const int64_t t = __atomic_fetch_add(&ts->next_task, 1, __ATOMIC_RELAXED);
+            const int64_t t = __atomic_fetch_add(&next[u], 1, __ATOMIC_RELAXED);
             if (t >= ntask) break;
             int64_t ic = t / s.jchunks, jc = t % s.jchunks;
             int64_t i0 = ic * s.mc, q0, q1;
             rp_chunk(n_jr, s.jchunks, jc, &q0, &q1);
-            if (i0 < g->M && q0 < q1) run_task(g, kn, j0, nc, i0, min64(s.mc, g->M - i0), q0, q1, Bp, Ap);
+            if (i0 < g->M && q0 < q1) run_task(g, kn, j0, nc, i0, min64(s.mc, g->M - i0), q0, q1, Bp, Ap, fl);
         }
-        team_wait(ts, nt); /* C done, Bp free; everyone leaves together */
     }
 }
 #endif
@@ -545,8 +577,14 @@ static int gemm_run(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha
 
 #if RP_HAVE_OPENMP
     /* one product at a time, the whole team on it */
-    float *buf = scratch_take((size_t)(a_elems * nt + b_elems) * sizeof(float));
+    const int64_t n_jc = ceil_div(N, NC), units = batch * n_jc;
+    const int64_t per_block = ceil_div(K, KC) * ceil_div(min64(N, NC), kn->nr); /* panel flags per column block */
+    const size_t sync_bytes = (size_t)round_up(units * (int64_t)sizeof(int64_t) + units * per_block * (int64_t)sizeof(int), 64);
+    float *buf = scratch_take((size_t)(a_elems * nt + b_elems) * sizeof(float) + sync_bytes);
     if (!buf) return RP_ENOMEM;
+    int64_t *next = (int64_t *)(buf + a_elems * nt + b_elems);
+    int *flags = (int *)(next + units);
+    memset(next, 0, sync_bytes);
     team_sync ts = {0, 0, 0, 0};
 #pragma omp parallel num_threads(nt) shared(ts)
     {
@@ -557,8 +595,10 @@ static int gemm_run(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha
             g.A = A + b * sA;
             g.B = B + b * sB;
             g.C = C + b * sC;
-            gemm_team(&g, kn, ap, buf, team, &ts);
+            if (b > 0) team_wait(&ts, team); /* Bp is reused by the next product */
+            gemm_team(&g, kn, ap, buf, team, &ts, flags + b * n_jc * per_block, next + b * n_jc, per_block);
         }
+        team_wait(&ts, team); /* leave together: no thread spins in the join */
     }
     scratch_give(buf);
 #endif

@@ -110,8 +110,9 @@ int rp_check_shape(PyArrayObject *a, const char *name, int ndim, const npy_intp 
     return -1;
 }
 
-PyArrayObject *rp_new_f32(int ndim, const npy_intp *dims) {
-    PyArrayObject *r = (PyArrayObject *)PyArray_ZEROS(ndim, (npy_intp *)dims, NPY_FLOAT32, 0);
+static PyArrayObject *new_f32_named(int ndim, const npy_intp *dims, int zero) {
+    PyArrayObject *r = zero ? (PyArrayObject *)PyArray_ZEROS(ndim, (npy_intp *)dims, NPY_FLOAT32, 0)
+                            : (PyArrayObject *)PyArray_EMPTY(ndim, (npy_intp *)dims, NPY_FLOAT32, 0);
     if (r == NULL && (PyErr_ExceptionMatches(PyExc_MemoryError) || PyErr_ExceptionMatches(PyExc_ValueError))) {
         /* NumPy says "array is too big" without the shape: the shape shows which size argument was absurd */
         char got[256];
@@ -124,6 +125,10 @@ PyArrayObject *rp_new_f32(int ndim, const npy_intp *dims) {
     }
     return r;
 }
+
+PyArrayObject *rp_new_f32(int ndim, const npy_intp *dims) { return new_f32_named(ndim, dims, 1); }
+
+PyArrayObject *rp_empty_f32(int ndim, const npy_intp *dims) { return new_f32_named(ndim, dims, 0); }
 
 PyArrayObject *rp_out_f32(PyObject *obj, const char *name, int ndim, const npy_intp *dims) {
     if (obj == NULL || obj == Py_None) return rp_new_f32(ndim, dims);

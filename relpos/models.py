@@ -98,7 +98,17 @@ class TransformerBlock(nn.Module):
         self.drop = nn.Dropout(dropout, seed=seed + 3)
 
     def _mlp(self, x):
-        return self.drop(self.fc2(F.gelu(self.fc1(x))))
+        return self.drop(self.fc2(F.linear_gelu(x, self.fc1.weight, self.fc1.bias)))
+
+    def _fusable(self):
+        return self.pre_ln and isinstance(self.norm1, nn.LayerNorm) and isinstance(self.norm2, nn.LayerNorm)
+
+    def forward_fused(self, x, h, next_norm, key_padding_mask=None):
+        """Pre-LN block with the residual adds fused into the following LayerNorm:
+        x (B, T, d) the residual stream, h = norm1(x) -> (x', next_norm(x'))."""
+        a = self.attn(h, key_padding_mask=key_padding_mask)
+        x, h = F.add_layer_norm(x, a, self.norm2.weight, self.norm2.bias, self.norm2.eps)
+        return F.add_layer_norm(x, self._mlp(h), next_norm.weight, next_norm.bias, next_norm.eps)
 
     def forward(self, x, cache=None, key_padding_mask=None):
         if self.pre_ln:
@@ -223,6 +233,15 @@ class _Stack(nn.Module):
         if caches is not None:
             offset = caches[0].length if caches[0] is not None else 0
         x = self._embed(ids, offset)
+        if caches is None and self.norm_f is not None and isinstance(self.norm_f, nn.LayerNorm) \
+                and all(blk._fusable() for blk in self.blocks):
+            # same values, fewer passes: each residual add fused into the next LayerNorm
+            blocks = list(self.blocks)
+            h = blocks[0].norm1(x)
+            for i, blk in enumerate(blocks):
+                nxt = blocks[i + 1].norm1 if i + 1 < len(blocks) else self.norm_f
+                x, h = blk.forward_fused(x, h, nxt, key_padding_mask=key_padding_mask)
+            return h
         for i, blk in enumerate(self.blocks):
             x = blk(x, cache=None if caches is None else caches[i], key_padding_mask=key_padding_mask)
         if self.norm_f is not None:

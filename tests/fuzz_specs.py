@@ -254,7 +254,8 @@ def _softmax(fwd, log):
             args = [Arg("x", f32(r, *shape, lo=-4, hi=4), "f")]
         else:
             x = r.uniform(-2, 2, size=shape)
-            y = x - np.log(np.exp(x).sum(-1, keepdims=True)) if log else np.exp(x) / np.exp(x).sum(-1, keepdims=True)
+            with np.errstate(divide="ignore", invalid="ignore"):   # D = 0 rows
+                y = x - np.log(np.exp(x).sum(-1, keepdims=True)) if log else np.exp(x) / np.exp(x).sum(-1, keepdims=True)
             args = [Arg("y", y.astype(np.float32), "f"), Arg("grad", f32(r, *shape), "f")]
         return Call(args + maybe_out(draw, shape), [shape])
     return build
@@ -609,6 +610,84 @@ SPECS["attention_bwd"] = _attn_bwd(False)
 SPECS["attention_mat_bwd"] = _attn_bwd(True)
 
 
+# ---------------------------------------------------------------- perf area (fused training kernels)
+
+@spec("add_layer_norm_fwd")
+def _(draw):
+    r = rng(draw)
+    L, D = lead(draw), dim(draw)
+    args = [Arg("x", f32(r, *L, D), "f"), Arg("y", f32(r, *L, D), "f"), Arg("weight", f32(r, D), "f"),
+            Arg("bias", f32(r, D), "f")]
+    return Call(args, [L + (D,), L + (D,), (int(np.prod(L)),), (int(np.prod(L)),)])
+
+
+@spec("add_layer_norm_bwd")
+def _(draw):
+    r = rng(draw)
+    L, D = lead(draw), dim(draw, 1, 3)
+    N = int(np.prod(L))
+    args = [Arg("s", f32(r, *L, D), "f"), Arg("weight", f32(r, D), "f"), Arg("mean", f32(r, N), "f"),
+            Arg("rstd", pos_f32(r, N), "f"), Arg("dh", f32(r, *L, D), "f")]
+    if draw(st.booleans()):
+        args.append(Arg("ds", f32(r, *L, D), "f", opt=True))
+    args += [Arg("need_x", draw(st.booleans()), "s", pos=False),
+             Arg("need_weight", draw(st.booleans()), "s", pos=False),
+             Arg("need_bias", draw(st.booleans()), "s", pos=False)]
+    return Call(args, None)
+
+
+@spec("linear_gelu_fwd")
+def _(draw):
+    r = rng(draw)
+    M, K, N = dim(draw), dim(draw), dim(draw)
+    args = [Arg("x", f32(r, M, K), "f"), Arg("weight", f32(r, N, K), "f")]
+    if draw(st.booleans()):
+        args.append(Arg("bias", f32(r, N), "f", opt=True))
+    args.append(Arg("approximate", draw(st.sampled_from(["tanh", "none"])), "s", pos=False))
+    return Call(args, [(M, N), (M, N)])
+
+
+@spec("linear_gelu_bwd")
+def _(draw):
+    r = rng(draw)
+    M, K, N = dim(draw), dim(draw), dim(draw)
+    args = [Arg("x", f32(r, M, K), "f"), Arg("weight", f32(r, N, K), "f"), Arg("h", f32(r, M, N), "f"),
+            Arg("da", f32(r, M, N), "f"),
+            Arg("approximate", draw(st.sampled_from(["tanh", "none"])), "s", pos=False),
+            Arg("need_x", draw(st.booleans()), "s", pos=False),
+            Arg("need_weight", draw(st.booleans()), "s", pos=False),
+            Arg("need_bias", draw(st.booleans()), "s", pos=False)]
+    return Call(args, None)
+
+
+def _heads(draw, r):
+    B, T, H, P, G = dim(draw, 0, 2), dim(draw, 0, 3), dim(draw, 1, 2), dim(draw, 1, 2), dim(draw, 1, 3)
+    Dh = 2 * P
+    kw = []
+    if draw(st.booleans()):
+        rd = 2 * dim(draw, 1, P)
+        kw = [Arg("rotate", dim(draw, 0, G), "s", pos=False), Arg("cos", f32(r, T, rd // 2), "f", pos=False),
+              Arg("sin", f32(r, T, rd // 2), "f", pos=False), Arg("rotary_dim", rd, "n", pos=False),
+              Arg("layout", draw(st.sampled_from(["interleaved", "half"])), "s", pos=False)]
+    return (B, T, H, Dh, G), kw
+
+
+@spec("heads_split")
+def _(draw):
+    r = rng(draw)
+    (B, T, H, Dh, G), kw = _heads(draw, r)
+    args = [Arg("y", f32(r, B, T, G * H * Dh), "f"), Arg("n_heads", H, "n"), Arg("groups", G, "s", pos=False)]
+    return Call(args + kw, [(B, H, T, Dh)] * G)
+
+
+@spec("heads_merge")
+def _(draw):
+    r = rng(draw)
+    (B, T, H, Dh, G), kw = _heads(draw, r)
+    xs = [f32(r, B, H, T, Dh) for _ in range(G)]
+    return Call([Arg("xs", xs, "list")] + kw, [(B, T, G * H * Dh)])
+
+
 # ---------------------------------------------------------------- the rest
 
 @spec("grad_norm")
@@ -622,3 +701,31 @@ def _(draw):
 # arguments and with wrong types by a separate test.
 CONFIG_ENTRY_POINTS = {"config", "get_num_threads", "set_num_threads", "force_portable", "gemm_kernel",
                        "fma_peak_gflops"}
+
+
+class RandomDraw:
+    """A stand-in for hypothesis' `draw` outside @given (leak checks, valgrind smoke):
+    integers / booleans / sampled_from drawn from a seeded random.Random, biased to
+    the largest sizes when `big=True` so the kernels have work to do."""
+
+    def __init__(self, seed=0, big=True):
+        import random
+        self.r, self.big = random.Random(seed), big
+
+    def __call__(self, strategy, label=None):
+        w = getattr(strategy, "wrapped_strategy", strategy)
+        if hasattr(w, "start") and hasattr(w, "end"):
+            lo, hi = w.start, w.end
+            if self.big and hi - lo <= 8:
+                return hi
+            return self.r.randint(lo, min(hi, lo + 2**31))
+        if hasattr(w, "elements"):
+            return self.r.choice(list(w.elements))
+        if type(w).__name__ == "BooleansStrategy":
+            return self.r.random() < 0.5
+        raise TypeError(f"RandomDraw cannot draw from {strategy!r}")
+
+
+def valid_call(name, seed=0, big=True):
+    """One valid Call of entry point `name` outside hypothesis."""
+    return SPECS[name](RandomDraw(seed, big))

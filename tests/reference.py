@@ -627,3 +627,86 @@ def attention(q, k, v, *, causal=True, key_padding_mask=None, q_offset=0, scale=
         idx = attention_relidx(relv_ix, tab.shape[1], Tq, Tk, q_offset)
         out = out + np.einsum("bhij,hijd->bhid", probs, tab[:, idx, :])
     return out, lse, probs
+
+
+# ============================================================== perf
+# (area: fused training kernels — relpos/_fn/fused.py, csrc/fused_ops.c)
+
+
+def add_layer_norm(x, y, weight, bias, eps=1e-5):
+    """s = x + y, h = layer_norm(s) * weight + bias; float64 (s, h)."""
+    s = np.asarray(x, np.float64) + np.asarray(y, np.float64)
+    return s, layer_norm(s, weight, bias, eps)
+
+
+def linear_gelu(x, weight, bias=None, approximate="tanh"):
+    """gelu(x @ weight.T + bias), float64; x (..., K), weight (N, K)."""
+    h = np.asarray(x, np.float64) @ np.asarray(weight, np.float64).T
+    if bias is not None:
+        h = h + np.asarray(bias, np.float64)
+    return gelu_tanh(h) if approximate == "tanh" else gelu_erf(h)
+
+
+def rope_rotate_tables(x, cos, sin, rotary_dim, layout, inverse=False):
+    """x (..., T, D) with pair k of row t turned by the angle whose cos/sin are
+    cos[t, k], sin[t, k] (by minus that angle when inverse), float64."""
+    x = np.asarray(x, np.float64)
+    y = x.copy()
+    c = np.asarray(cos, np.float64)
+    s = np.asarray(sin, np.float64) * (-1.0 if inverse else 1.0)
+    for k, (a, b) in enumerate(rope_pairs(rotary_dim, layout)):
+        xa, xb = x[..., a], x[..., b]
+        y[..., a] = c[:, k] * xa - s[:, k] * xb
+        y[..., b] = s[:, k] * xa + c[:, k] * xb
+    return y
+
+
+def heads_split(y, n_heads, groups=1, rotate=0, cos=None, sin=None, rotary_dim=None, layout="interleaved"):
+    """y (B, T, groups*H*Dh) -> list of groups arrays (B, H, T, Dh), the first
+    `rotate` turned by the RoPE tables; float64."""
+    y = np.asarray(y, np.float64)
+    B, T, C = y.shape
+    Dh = C // (groups * n_heads)
+    parts = y.reshape(B, T, groups, n_heads, Dh).transpose(2, 0, 3, 1, 4)
+    rd = Dh if rotary_dim is None else rotary_dim
+    return [rope_rotate_tables(parts[g], cos, sin, rd, layout) if g < rotate else parts[g].copy()
+            for g in range(groups)]
+
+
+def heads_merge(xs, rotate=0, cos=None, sin=None, rotary_dim=None, layout="interleaved"):
+    """Adjoint of heads_split: list of (B, H, T, Dh) arrays (None = zeros) ->
+    (B, T, groups*H*Dh), the first `rotate` turned back; float64."""
+    first = next(np.asarray(x) for x in xs if x is not None)
+    B, H, T, Dh = first.shape
+    rd = Dh if rotary_dim is None else rotary_dim
+    out = []
+    for g, x in enumerate(xs):
+        x = np.zeros((B, H, T, Dh)) if x is None else np.asarray(x, np.float64)
+        if g < rotate:
+            x = rope_rotate_tables(x, cos, sin, rd, layout, inverse=True)
+        out.append(x.transpose(0, 2, 1, 3).reshape(B, T, H * Dh))
+    return np.concatenate(out, axis=-1)
+
+
+def qkv_heads(x, wq, wk, wv, bq, bk, bv, n_heads, rope=None):
+    """q, k, v (B, H, T, Dh) of x (B, T, d): projections, head split, RoPE on q
+    and k with rope = (cos, sin, rotary_dim, layout) or None; float64."""
+    x = np.asarray(x, np.float64)
+    outs = []
+    for i, (w, b) in enumerate(((wq, bq), (wk, bk), (wv, bv))):
+        y = x @ np.asarray(w, np.float64).T + (0.0 if b is None else np.asarray(b, np.float64))
+        B, T, d = y.shape
+        h = y.reshape(B, T, n_heads, d // n_heads).transpose(0, 2, 1, 3)
+        if rope is not None and i < 2:
+            cos, sin, rd, layout = rope
+            h = rope_rotate_tables(h, cos, sin, rd, layout)
+        outs.append(h)
+    return outs
+
+
+def heads_linear(o, weight, bias=None):
+    """o (B, H, T, Dh) -> merged (B, T, H*Dh) @ weight.T + bias; float64."""
+    o = np.asarray(o, np.float64)
+    B, H, T, Dh = o.shape
+    y = o.transpose(0, 2, 1, 3).reshape(B, T, H * Dh) @ np.asarray(weight, np.float64).T
+    return y if bias is None else y + np.asarray(bias, np.float64)

@@ -15,7 +15,6 @@ TOL = 5e-5 (float32 eps is 1.2e-7; sums run over up to ~150 keys and D <= 128).
 import numpy as np
 import pytest
 
-import relpos
 from relpos import _C
 from tests import reference as R
 
@@ -234,32 +233,63 @@ def test_head_dims(D, rng):
     check_against_reference(q, k, v, kw, rng)
 
 
+@pytest.mark.parametrize("qr", [True, False])
+def test_single_head_key_chunks(qr, rng):
+    """B*H = 1: the backward deals key blocks to chunks with dq/dqr partials."""
+    q, k, v, kw = make_case(rng, B=1, H=1, Tq=150, Tk=330, q_offset=180,
+                            channels=("c2p" if qr else "c2p_q", "p2c", "relv", "bias_vec"), padding=True)
+    check_against_reference(q, k, v, kw, rng)
+
+
 def test_dv_differs_from_d(rng):
     q, k, v, kw = make_case(rng, B=1, H=2, Tq=40, Tk=75, D=24, Dv=40, q_offset=35, channels=("relv", "c2p"))
     check_against_reference(q, k, v, kw, rng)
 
 
-@pytest.mark.parametrize("portable", [True, False])
-def test_portable_and_simd_paths(portable, rng):
+def _kernels():
+    """Tile-product kernels this machine can run (they follow _C.gemm_kernel)."""
+    names = ["portable"]
+    if _C.config()["simd"] != "portable":
+        names.append("avx2")
+        try:
+            _C.gemm_kernel("avx512")
+            names.append("avx512")
+        except Exception:  # CPU or build without AVX-512: not available here
+            pass
+        finally:
+            _C.gemm_kernel("auto")
+    return names
+
+
+@pytest.mark.parametrize("kernel", _kernels())
+def test_every_kernel_path(kernel, rng):
+    """Portable, AVX2 and (where the CPU has it) AVX-512 tile products, D not a
+    multiple of the vector width."""
     q, k, v, kw = make_case(rng, B=1, H=2, Tq=77, Tk=77, D=20, channels=("c2p", "p2c", "relv", "bias_vec"),
                             padding=True)
-    _C.force_portable(portable)
+    if kernel == "portable":
+        _C.force_portable(True)
+    else:
+        _C.gemm_kernel(kernel)
     try:
         check_against_reference(q, k, v, kw, rng)
     finally:
         _C.force_portable(False)
+        _C.gemm_kernel("auto")
 
 
 @pytest.mark.parametrize("portable", [False, True])
-@pytest.mark.parametrize("case", ["per_head", "shared_tables", "batch_shared_bias_full"])
+@pytest.mark.parametrize("case", ["per_head", "shared_tables", "batch_shared_bias_full", "single_head"])
 def test_bit_identical_threads(case, portable, threads, rng):
-    """1 and 2 threads give the same bits, including the table reductions."""
+    """1 and 2 threads give the same bits, including the table reductions and,
+    with few heads, the per-chunk dq partials of the backward."""
     chans = ("c2p", "p2c", "relv", "bias_vec", "bias_full_b")
     if case == "batch_shared_bias_full":
         chans = ("c2p", "p2c", "relv", "bias_vec", "bias_full")
-    q, k, v, kw = make_case(rng, B=2, H=3, Tq=100, Tk=140, q_offset=40, channels=chans, padding=True,
-                            shared=case != "per_head")
-    dout = rng.standard_normal((2, 3, 100, 16)).astype(np.float32)
+    B, H = (1, 1) if case == "single_head" else (2, 3)
+    q, k, v, kw = make_case(rng, B=B, H=H, Tq=100, Tk=300, q_offset=200, channels=chans, padding=True,
+                            shared=case not in ("per_head", "single_head"))
+    dout = rng.standard_normal((B, H, 100, 16)).astype(np.float32)
     _C.force_portable(portable)
     try:
         r1 = threads(1, run_fused, q, k, v, dout, kw)

@@ -13,7 +13,7 @@ include 0 and 1). Each example:
      mismatched shapes and wrong types (list, None, scalar, string) must give a
      result or a TypeError/ValueError/IndexError/MemoryError/OverflowError whose
      message names an argument; inputs stay unmodified either way.
-A hang fails the run through faulthandler (a traceback after 60 s).
+A hang fails the run through faulthandler (a traceback after 300 s per entry point).
 
     python -m pytest tests/test_fuzz_entrypoints.py -q
 RELPOS_FUZZ_EXAMPLES overrides the 200 examples per entry point.
@@ -252,7 +252,7 @@ def apply(draw, a, how):
     if how == "none":
         return None
     if how == "absurd":
-        return draw(st.sampled_from([2**62, 2**40 + 1, 2**40, 2**63 - 1]))
+        return draw(st.sampled_from([2**62, 2**61 + 3, 2**60, 2**59, 2**40 + 1, 2**40, 2**63 - 1]))
     if how == "negative":
         return draw(st.sampled_from([-1, -(2**62)]))
     if how == "absurd_off":
@@ -298,7 +298,11 @@ def fuzz_one(name, data):
     candidates = [(i, how) for i, a in enumerate(callspec.args) for how in mutations_for(a)]
     if not candidates:
         return
-    i, how = data.draw(st.sampled_from(candidates), label="mutation")
+    # the kind of mutation first, then the argument: rare kinds (absurd sizes of the one size
+    # argument) are drawn as often as the layouts of the many array arguments
+    kinds = sorted({how for _, how in candidates})
+    how = data.draw(st.sampled_from(kinds), label="mutation")
+    i = data.draw(st.sampled_from([j for j, h in candidates if h == how]), label="argument")
     a = callspec.args[i]
     mutated = apply(data.draw, a, how)
     if mutated is None and how != "none":
@@ -311,11 +315,9 @@ def fuzz_one(name, data):
     snap = snapshot(args, written_too=False)
     snap_w = snapshot([x for x in args if x.kind in ("out", "io")], written_too=True)
     COUNTS[name] = COUNTS.get(name, 0) + 1
-    faulthandler.dump_traceback_later(60, exit=True)
     try:
         res = call(fn, args)
     except ALLOWED as exc:
-        faulthandler.cancel_dump_traceback_later()
         check_unmodified(snap, f"by {name} raising after mutation {how} of {a.name}")
         check_unmodified(snap_w, f"(a written array) by {name} raising after mutation {how} of {a.name}")
         if how in LAYOUT and a.kind in INPUT_KINDS and not (a.strict and how != "readonly"):
@@ -327,7 +329,6 @@ def fuzz_one(name, data):
             must = None
         check_error(exc, names | {"arrays"}, must, name)
         return
-    faulthandler.cancel_dump_traceback_later()
     check_unmodified(snap, f"by {name} after mutation {how} of {a.name}")
     if how in LAYOUT:
         if a.kind in INPUT_KINDS:
@@ -355,7 +356,12 @@ def test_fuzz(name):
     @given(data=st.data())
     def run(data):
         fuzz_one(name, data)
-    run()
+    # a hang (e.g. a loop over an absurd size) fails the run with a traceback instead of blocking CI
+    faulthandler.dump_traceback_later(300, exit=True)
+    try:
+        run()
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 def test_config_entry_points_reject_bad_types():
@@ -439,3 +445,158 @@ def test_absurd_view_memory_error_names_the_argument():
         C.rope_tables(huge(np.zeros(2)), 3)
     with pytest.raises(MemoryError, match="result of shape"):
         C.sinusoidal_table(2**62, 2)
+
+
+# ---------------------------------------------------------------- public ops (relpos.functional + autograd)
+
+import relpos.functional as F  # noqa: E402
+from relpos import Tensor  # noqa: E402
+
+PUBLIC_EXAMPLES = max(N_EXAMPLES // 2, 10)
+
+
+def _pub_attention(enc):
+    def build(draw, r):
+        B, H, Tq, D = draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.integers(1, 4)), 2 * draw(
+            st.integers(1, 2))
+        Tk = Tq
+        arrs = {n: r.standard_normal((B, H, T, D)).astype(np.float32) for n, T in (("q", Tq), ("k", Tk), ("v", Tk))}
+        impl = draw(st.sampled_from(["fused", "materialized"]))
+        return arrs, lambda q, k, v: F.attention(q, k, v, encoding=enc, causal=True, impl=impl,
+                                                 **({} if enc in ("none", "rope") else {"seed": 0}))
+    return build
+
+
+def _pub_rows(fn, with_wb=0):
+    def build(draw, r):
+        shape = tuple(draw(st.integers(1, 3)) for _ in range(draw(st.integers(1, 3))))
+        arrs = {"x": r.standard_normal(shape).astype(np.float32)}
+        if with_wb >= 1:
+            arrs["weight"] = r.standard_normal(shape[-1:]).astype(np.float32)
+        if with_wb >= 2:
+            arrs["bias"] = r.standard_normal(shape[-1:]).astype(np.float32)
+        return arrs, fn
+    return build
+
+
+def _pub_linear(draw, r):
+    M, K, N = (draw(st.integers(1, 4)) for _ in range(3))
+    return {"x": r.standard_normal((M, K)).astype(np.float32), "weight": r.standard_normal((N, K)).astype(np.float32),
+            "bias": r.standard_normal(N).astype(np.float32)}, F.linear
+
+
+def _pub_matmul(draw, r):
+    Bt, M, K, N = (draw(st.integers(1, 3)) for _ in range(4))
+    return {"a": r.standard_normal((Bt, M, K)).astype(np.float32),
+            "b": r.standard_normal((Bt, K, N)).astype(np.float32)}, F.matmul
+
+
+def _pub_xent(draw, r):
+    N, V = draw(st.integers(1, 4)), draw(st.integers(1, 5))
+    t = r.integers(0, V, size=N)
+    return {"logits": r.standard_normal((N, V)).astype(np.float32)}, lambda x: F.cross_entropy(x, t)
+
+
+PUBLIC = {
+    "softmax": _pub_rows(F.softmax), "log_softmax": _pub_rows(F.log_softmax), "gelu": _pub_rows(F.gelu),
+    "silu": _pub_rows(F.silu), "layer_norm": _pub_rows(F.layer_norm, 2), "rms_norm": _pub_rows(F.rms_norm, 1),
+    "linear": _pub_linear, "matmul": _pub_matmul, "cross_entropy": _pub_xent,
+    "attention_none": _pub_attention("none"), "attention_rope": _pub_attention("rope"),
+    "attention_alibi": _pub_attention("alibi"), "attention_t5": _pub_attention("t5"),
+    "attention_shaw": _pub_attention("shaw"),
+}
+
+
+def run_public(fn, arrs, wrap):
+    """Forward, then backward of sum(out**2); returns (out, grads) as ndarrays."""
+    ts = {n: Tensor(a, requires_grad=True) if wrap else a for n, a in arrs.items()}
+    out = fn(*ts.values())
+    if not wrap:
+        return out.numpy().copy(), {}
+    (out * out).sum().backward()
+    return out.numpy().copy(), {n: t.grad.copy() for n, t in ts.items()}
+
+
+@pytest.mark.parametrize("op", sorted(PUBLIC))
+def test_fuzz_public_ops(op):
+    @settings(max_examples=PUBLIC_EXAMPLES, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(data=st.data())
+    def run(data):
+        r = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+        arrs, fn = PUBLIC[op](data.draw, r)
+        copies = {n: a.copy() for n, a in arrs.items()}
+        base_out, base_grads = run_public(fn, arrs, True)
+        name = data.draw(st.sampled_from(sorted(arrs)))
+        how = data.draw(st.sampled_from(list(LAYOUT) + ["float64", "nonfinite", "string", "object", "array"]))
+        x = arrs[name]
+        if how in LAYOUT:
+            m = apply(data.draw, Arg(name, x, "f"), how)
+            if m is None:
+                return
+        elif how == "float64":
+            m = x.astype(np.float64)
+        elif how == "nonfinite":
+            m = x.copy()
+            m.flat[0] = data.draw(st.sampled_from([np.nan, np.inf, -np.inf]))
+        elif how == "string":
+            m = "x"
+        elif how == "object":
+            m = x.astype(object)
+        else:
+            m = x   # a plain ndarray instead of a Tensor: forward only
+        mut = dict(arrs, **{name: m})
+        snap = [(n, a, a.tobytes()) for n, a in mut.items() if isinstance(a, np.ndarray) and a.dtype != object]
+        try:
+            out, grads = run_public(fn, mut, how != "array")
+        except (TypeError, ValueError) as exc:
+            assert how in ("string", "object"), f"{op}: {how} {name} raised {exc!r}"
+            return
+        finally:
+            for n, a, b in snap:
+                assert a.tobytes() == b, f"{op}: input {n} modified ({how})"
+        assert how not in ("string",), f"{op}: a string for {name} was accepted"
+        if how in LAYOUT or how in ("float64", "array"):
+            assert out.tobytes() == base_out.tobytes(), f"{op}: {how} {name} changed the output"
+            for n in grads:
+                assert grads[n].tobytes() == base_grads[n].tobytes(), f"{op}: {how} {name} changed grad of {n}"
+        for n, a in copies.items():
+            assert a.tobytes() == arrs[n].tobytes()
+    run()
+
+
+@pytest.mark.parametrize("fn", ["attention_fwd", "attention_mat_fwd", "attention_bwd", "attention_mat_bwd"])
+def test_attention_position_overflow_rejected(fn):
+    """q_offset = 2**63 - 1 wrapped the query positions: the materialised path segfaulted, the fused one
+    returned fully masked rows; relative-index offsets of 2**63 - 1 could overflow the same way."""
+    q = np.ones((1, 1, 3, 2), np.float32)
+    b = np.ones((1, 5), np.float32)
+    args = (q, q, q) if fn.endswith("fwd") else (q, q, q, q, np.zeros((1, 1, 3), np.float32), q)
+    f = getattr(C, fn)
+    for kw in (dict(q_offset=2**63 - 1), dict(q_offset=2**60 + 1), dict(bias_vec=b, bias_ix=(1, 2**63 - 1)),
+               dict(bias_vec=b, bias_ix=(-1, -(2**63)))):
+        with pytest.raises(ValueError, match="q_offset|bias_ix"):
+            f(*args, **kw)
+    out = f(*args, q_offset=2**60, bias_vec=b, bias_ix=(1, -(2**60)))
+    assert all(np.isfinite(a).all() for a in flat(out))
+
+
+def test_cope_fire_position_overflow_rejected():
+    """cope / fire with q_offset near 2**63 wrapped positions and returned masked garbage; fire with
+    q_offset = 2**60 sized its psi table as 2 (q_offset + Tq) doubles, which wrapped: segfault."""
+    q = np.ones((1, 1, 3, 2), np.float32)
+    one = np.ones(1, np.float32)
+    with pytest.raises(ValueError, match="q_offset"):
+        C.cope_fwd(q, q, np.ones((2, 2), np.float32), q_offset=2**63 - 1)
+    with pytest.raises(ValueError, match="q_offset"):
+        C.cope_bwd(q, q, np.ones((2, 2), np.float32), np.ones((1, 1, 3, 3), np.float32), q_offset=2**63 - 1)
+    w = [np.ones(2, np.float32)] * 2 + [np.ones((1, 2), np.float32), one, one, one]
+    with pytest.raises(ValueError, match="q_offset"):
+        C.fire_fwd(*w, 2, 2, q_offset=2**63 - 1)
+    with pytest.raises(ValueError, match="q_offset"):
+        C.fire_bwd(*w, np.ones((1, 1, 2, 2), np.float32), q_offset=2**63 - 1)
+    # the psi table spans 0 .. q_offset + Tq - 1: a huge offset is a MemoryError (its size wrapped: segfault)
+    for qo in (2**60, 2**61 + 5):
+        with pytest.raises((MemoryError, ValueError), match="fire_fwd|q_offset"):
+            C.fire_fwd(*w, 2, 2, q_offset=qo)
+    assert np.isfinite(C.fire_fwd(*w, 2, 2, q_offset=10**6)).all()

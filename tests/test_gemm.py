@@ -94,7 +94,8 @@ def test_k_zero_gives_zeros_or_scaled_c(rng):
     np.testing.assert_array_equal(out, 2.0 * c)
 
 
-@pytest.mark.parametrize("Bt,M,N,K", [(3, 7, 5, 9), (4, 65, 33, 70), (1, 1, 1, 1), (0, 3, 3, 3), (2, 0, 3, 4)])
+@pytest.mark.parametrize("Bt,M,N,K", [(3, 7, 5, 9), (4, 65, 33, 70), (1, 1, 1, 1), (0, 3, 3, 3), (2, 0, 3, 4),
+                                     (2, 200, 230, 180)])  # the last: large products, one after another by the team
 @pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
 def test_gemm_batched(path, rng, Bt, M, N, K, ta, tb):
     a = rand(rng, *((Bt, K, M) if ta else (Bt, M, K)))
@@ -139,6 +140,7 @@ def test_bit_identical_one_and_two_threads(path, threads, rng):
     g1, w1 = rand(rng, 2, 300), rand(rng, 700, 300)  # few-row direct path
     wide_x, wide_w, wide_b = rand(rng, 30, 40), rand(rng, 4300, 40), rand(rng, 4300)  # N > NC
     tall_x, tall_w = rand(rng, 700, 90), rand(rng, 1, 90)  # few-column direct path
+    team_a, team_b = rand(rng, 2, 200, 180), rand(rng, 2, 180, 230)  # batched products shared by the team
 
     def run():
         out = c.copy()
@@ -146,7 +148,8 @@ def test_bit_identical_one_and_two_threads(path, threads, rng):
         return [_C.gemm(a, b), _C.gemm(b, a, trans_a=True, trans_b=True), out,
                 _C.linear_fwd(x, w, bias), _C.gemm_batched(a3, b3), _C.gemm_batched(big3a, big3b),
                 _C.colsum(cs), _C.linear_fwd(g1, w1), _C.gemm(g1, w1.T.copy()),
-                _C.linear_fwd(wide_x, wide_w, wide_b), _C.linear_fwd(tall_x, tall_w), _C.gemm(tall_x, tall_w.T.copy())]
+                _C.linear_fwd(wide_x, wide_w, wide_b), _C.linear_fwd(tall_x, tall_w), _C.gemm(tall_x, tall_w.T.copy()),
+                _C.gemm_batched(team_a, team_b)]
 
     one = threads(1, run)
     two = threads(2, run)

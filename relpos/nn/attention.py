@@ -48,6 +48,21 @@ class KVCache:
         return f"KVCache(length={self.length}, k_shape={shape})"
 
 
+def _fused_rope(enc, T, q_offset):
+    """(rope,) for the fused q/k/v path: rope None when the encoding does not
+    rotate, the (cos, sin, rotary_dim, layout) of plain RoPE; None when the
+    encoding rotates some other way (xPos...) and the general path must run."""
+    from ..encodings.base import Encoding
+    from ..encodings.rotary import RoPE
+    if enc is None or (type(enc).rotate_q is Encoding.rotate_q and type(enc).rotate_k is Encoding.rotate_k):
+        return (None,)
+    if type(enc) is RoPE and enc.head_dim is not None:
+        rd = enc._rotary_dim_for(enc.head_dim)
+        cos, sin = enc.tables(T, q_offset, rd)
+        return ((cos, sin, rd, enc.layout),)
+    return None
+
+
 def _is_int(x):
     return not isinstance(x, bool) and isinstance(x, (int, np.integer))
 
@@ -156,11 +171,19 @@ class MultiHeadAttention(Module):
         q_offset = cache.length if cache is not None else 0
         if cache is not None and cache.k is not None and cache.k.shape[0] != B:
             raise ValueError(f"x has batch {B} but the cache holds batch {cache.k.shape[0]}")
-        q = self._heads(self.q_proj(x), B, T)
-        k = self._heads(self.k_proj(x), B, T)
-        v = self._heads(self.v_proj(x), B, T)
         enc = self.encoding
-        if enc is not None:
+        # training/full-sequence fast path: one GEMM into the head layout, RoPE on the way
+        fused = None if cache is not None or return_weights else _fused_rope(enc, T, q_offset)
+        if fused is not None:
+            from ..functional import qkv_heads
+            p = (self.q_proj, self.k_proj, self.v_proj)
+            q, k, v = qkv_heads(x, *(m.weight for m in p), *(m.bias for m in p), n_heads=self.n_heads,
+                                rope=fused[0])
+        else:
+            q = self._heads(self.q_proj(x), B, T)
+            k = self._heads(self.k_proj(x), B, T)
+            v = self._heads(self.v_proj(x), B, T)
+        if enc is not None and fused is None:
             q = enc.rotate_q(q, q_offset)
             k = enc.rotate_k(k, q_offset)  # new keys sit right after the cached ones
         if cache is not None:
@@ -187,8 +210,12 @@ class MultiHeadAttention(Module):
                              q_offset=q_offset, scale=scale, impl=impl,
                              return_weights=return_weights, **inputs)
         out, w = (res if return_weights else (res, None))
-        out = out.transpose(0, 2, 1, 3).reshape(B, T, self.d_model)
-        out = self.out_proj(out)
+        if fused is not None:
+            from ..functional import heads_linear
+            out = heads_linear(out, self.out_proj.weight, self.out_proj.bias)
+        else:
+            out = out.transpose(0, 2, 1, 3).reshape(B, T, self.d_model)
+            out = self.out_proj(out)
         if self.dropout > 0.0 and self.training:
             from ..functional import dropout
             seed = int(self._dropout_rng.integers(0, 2 ** 63))

@@ -1,0 +1,324 @@
+"""One training step of a relpos TransformerLM against the same model in PyTorch eager.
+
+    OMP_NUM_THREADS=2 python benchmarks/bench_train.py [--threads 1,2] [--enc rope,alibi]
+        [--repeat 7] [--quick] [--json PATH]
+
+Model: L=4 layers, d=256, 8 heads, T=256, batch 16, vocabulary 256, pre-LN,
+GELU (tanh) MLP x4, tied embedding / output head, no dropout; position
+encoding RoPE (interleaved pairs) or ALiBi. One step = forward, mean
+cross-entropy of the next token, backward, AdamW (lr 1e-3, weight decay 0.01).
+
+The PyTorch model is written here from torch primitives (F.linear,
+F.layer_norm, F.scaled_dot_product_attention, F.gelu, F.cross_entropy,
+torch.optim.AdamW), with the relpos model's initial weights copied in, so
+the first losses must agree (to ~1e-4 relative; printed). Both libraries get
+the same thread count (relpos.set_num_threads, torch.set_num_threads) and
+their steps are timed interleaved, so machine noise hits both alike; after a
+warm-up the median step time is reported.
+
+Figures per (encoding, threads):
+  tokens/s of relpos and torch and their ratio;
+  model FLOP utilisation: (6 * N_params * tokens + attention FLOPs) / step time,
+    as a fraction of the measured FMA peak (relpos._C.fma_peak_gflops, same
+    threads). N_params counts every parameter (the tied embedding is the
+    output head's matrix); attention FLOPs are the causal half of
+    QK^T and PV: forward 2 products, backward 4 (6 * L * d * T^2 * B in all);
+  Python overhead: the part of relpos' step spent outside relpos._C calls,
+    timed by wrapping every _C function during extra steps: python_share =
+    1 - (wall time inside _C) / (step wall time); python_cpu_ms = the main
+    thread's CPU time outside _C per step; at 1 thread also python_cpu_share =
+    python_cpu_ms / the step's process CPU time (both CPU-time figures are
+    not inflated by other processes on a shared machine).
+
+--quick: batch 4 and fewer repetitions (for benchmarks/run.py --quick).
+"""
+import argparse
+import contextlib
+import functools
+import json
+import math
+import os
+import sys
+import time
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # NumPy's BLAS pool would spin beside OpenMP
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
+
+import numpy as np  # noqa: E402
+
+import relpos  # noqa: E402
+from relpos import _C  # noqa: E402
+
+CONFIG = dict(n_layers=4, d_model=256, n_heads=8, T=256, batch=16, vocab=256, lr=1e-3, weight_decay=0.01)
+
+
+# ------------------------------------------------------------------ relpos side
+
+def relpos_model(enc, cfg):
+    from relpos.models import TransformerLM
+    from relpos.optim import AdamW
+
+    model = TransformerLM(cfg["vocab"], d_model=cfg["d_model"], n_layers=cfg["n_layers"],
+                          n_heads=cfg["n_heads"], encoding=enc, seed=0)
+    opt = AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+
+    def step(x, y):
+        opt.zero_grad()
+        loss = model.loss(x, y)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return model, step
+
+
+@contextlib.contextmanager
+def timed_core():
+    """Wrap every function of relpos._C so the time spent inside them adds up
+    in the yielded list: [wall seconds, calling thread's CPU seconds]."""
+    spent = [0.0, 0.0]
+    saved = {}
+    clock, cpu = time.perf_counter, time.thread_time
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def inner(*a, **k):
+            t0, c0 = clock(), cpu()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[0] += clock() - t0
+                spent[1] += cpu() - c0
+        return inner
+
+    for name in dir(_C):
+        fn = getattr(_C, name)
+        if callable(fn) and not name.startswith("_") and type(fn).__name__ == "builtin_function_or_method":
+            saved[name] = fn
+            setattr(_C, name, wrap(fn))
+    try:
+        yield spent
+    finally:
+        for name, fn in saved.items():
+            setattr(_C, name, fn)
+
+
+# ------------------------------------------------------------------- torch side
+
+def torch_model(model, enc, cfg):
+    """The same network in PyTorch eager, weights copied from the relpos `model`."""
+    import torch
+    import torch.nn.functional as TF
+
+    H, d, L = cfg["n_heads"], cfg["d_model"], cfg["n_layers"]
+    Dh = d // H
+    T = cfg["T"]
+    params = {n: torch.nn.Parameter(torch.from_numpy(np.array(p.data, copy=True)))
+              for n, p in model.named_parameters()}
+    # RoPE, interleaved pairs (x_2k, x_2k+1), theta_k = 10000^(-2k/Dh)
+    inv = 10000.0 ** (-np.arange(0, Dh, 2, dtype=np.float64) / Dh)
+    ang = np.arange(T, dtype=np.float64)[:, None] * inv[None, :]
+    cos = torch.from_numpy(np.cos(ang).astype(np.float32))
+    sin = torch.from_numpy(np.sin(ang).astype(np.float32))
+    # ALiBi: -m_h (i - j) on and below the diagonal, -inf above; built once
+    slopes = 2.0 ** (-8.0 * np.arange(1, H + 1) / H)
+    dist = np.arange(T)[:, None] - np.arange(T)[None, :]
+    bias = np.where(dist >= 0, -slopes[:, None, None] * dist[None], -np.inf).astype(np.float32)
+    alibi = torch.from_numpy(bias)[None]  # (1, H, T, T)
+
+    def rope(x):  # (B, H, T, Dh)
+        x0, x1 = x[..., 0::2], x[..., 1::2]
+        return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2)
+
+    def ln(x, pre):
+        return TF.layer_norm(x, (d,), params[pre + ".weight"], params[pre + ".bias"], 1e-5)
+
+    def lin(x, pre):
+        return TF.linear(x, params[pre + ".weight"], params[pre + ".bias"])
+
+    def forward(ids, targets):
+        B, Tn = ids.shape
+        x = TF.embedding(ids, params["tok_emb.weight"])
+        for i in range(L):
+            p = f"blocks.{i}."
+            h = ln(x, p + "norm1")
+            q, k, v = (lin(h, p + "attn." + n).view(B, Tn, H, Dh).transpose(1, 2)
+                       for n in ("q_proj", "k_proj", "v_proj"))
+            if enc == "rope":
+                q, k = rope(q), rope(k)
+                a = TF.scaled_dot_product_attention(q, k, v, is_causal=True)
+            else:
+                a = TF.scaled_dot_product_attention(q, k, v, attn_mask=alibi)
+            x = x + lin(a.transpose(1, 2).reshape(B, Tn, d), p + "attn.out_proj")
+            h = ln(x, p + "norm2")
+            x = x + lin(TF.gelu(lin(h, p + "fc1"), approximate="tanh"), p + "fc2")
+        x = ln(x, "norm_f")
+        logits = TF.linear(x, params["tok_emb.weight"])
+        return TF.cross_entropy(logits.reshape(B * Tn, -1), targets.reshape(-1))
+
+    opt = torch.optim.AdamW(list(params.values()), lr=cfg["lr"], weight_decay=cfg["weight_decay"],
+                            betas=(0.9, 0.999), eps=1e-8)
+
+    def step(x, y):
+        opt.zero_grad(set_to_none=True)
+        loss = forward(x, y)
+        loss.backward()
+        opt.step()
+        return float(loss.item())
+
+    return step
+
+
+# ------------------------------------------------------------------- figures
+
+def step_flops(model, cfg, batch):
+    n_params = sum(p.data.size for p in model.parameters())
+    tokens = batch * cfg["T"]
+    attn = 6 * cfg["n_layers"] * cfg["d_model"] * cfg["T"] ** 2 * batch
+    return 6 * n_params * tokens + attn, n_params
+
+
+def set_threads(n):
+    relpos.set_num_threads(n)
+    try:
+        import torch
+        torch.set_num_threads(n)
+    except ImportError:
+        pass
+
+
+def measure(enc, threads, cfg, repeat, warmup, peak, with_torch=True):
+    """One row: relpos (and torch) step times at `threads` for encoding `enc`."""
+    set_threads(threads)
+    batch = cfg["batch"]
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, cfg["vocab"], size=(batch, cfg["T"] + 1))
+    x, y = ids[:, :-1], ids[:, 1:]
+    model, r_step = relpos_model(enc, cfg)
+    t_step = None
+    row = dict(benchmark="train_step", encoding=enc, threads=threads, batch=batch, T=cfg["T"])
+    if with_torch:
+        try:
+            import torch  # noqa: F401
+            t_step = torch_model(model, enc, cfg)
+            tx, ty = torch.from_numpy(x.copy()), torch.from_numpy(y.copy())
+        except ImportError as e:
+            row["torch_error"] = f"torch not available: {e}"
+    # first step of each from the same weights: the losses must agree
+    row["loss_relpos"] = r_step(x, y)
+    if t_step is not None:
+        row["loss_torch"] = t_step(tx, ty)
+        row["loss_rel_diff"] = abs(row["loss_relpos"] - row["loss_torch"]) / abs(row["loss_torch"])
+    for _ in range(warmup):
+        r_step(x, y)
+        if t_step is not None:
+            t_step(tx, ty)
+    rt, tt = [], []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        r_step(x, y)
+        rt.append(time.perf_counter() - t0)
+        if t_step is not None:
+            t0 = time.perf_counter()
+            t_step(tx, ty)
+            tt.append(time.perf_counter() - t0)
+    # Python share: extra steps with every _C function timed
+    # (the main thread's CPU time outside _C is the Python layer's own work,
+    # unaffected by other processes; at 1 thread the process CPU time of a step
+    # is its compute time, so their ratio is a load-independent share)
+    shares, py_ms, cpu_shares = [], [], []
+    with timed_core() as spent:
+        for _ in range(max(3, repeat // 2)):
+            spent[0] = spent[1] = 0.0
+            t0, c0, p0 = time.perf_counter(), time.thread_time(), time.process_time()
+            r_step(x, y)
+            wall, main_cpu, proc_cpu = time.perf_counter() - t0, time.thread_time() - c0, time.process_time() - p0
+            shares.append(1.0 - spent[0] / wall)
+            py_ms.append(1e3 * (main_cpu - spent[1]))
+            cpu_shares.append((main_cpu - spent[1]) / proc_cpu)
+    flops, n_params = step_flops(model, cfg, batch)
+    tokens = batch * cfg["T"]
+    r_med = float(np.median(rt))
+    row.update(n_params=n_params, step_gflop=flops / 1e9, relpos_s=r_med, relpos_tok_s=tokens / r_med,
+               relpos_gflops=flops / r_med / 1e9, python_share=float(np.median(shares)),
+               python_cpu_ms=float(np.median(py_ms)),
+               python_cpu_share=float(np.median(cpu_shares)) if threads == 1 else None,
+               peak_gflops=peak, mfu=flops / r_med / 1e9 / peak if peak else None)
+    if tt:
+        t_med = float(np.median(tt))
+        row.update(torch_s=t_med, torch_tok_s=tokens / t_med, torch_gflops=flops / t_med / 1e9,
+                   torch_mfu=flops / t_med / 1e9 / peak if peak else None, ratio=t_med / r_med)
+    return row
+
+
+def run(threads=(1, 2), encodings=("rope", "alibi"), quick=False, repeat=None, with_torch=True, log=print):
+    """All rows (dicts) of the benchmark; one per (encoding, thread count),
+    plus one 'scaling' row per encoding (speed at max threads / at 1 thread)."""
+    cfg = dict(CONFIG)
+    if quick:
+        cfg["batch"] = 4
+    repeat = repeat or (3 if quick else 7)
+    warmup = 1 if quick else 2
+    rows = []
+    peaks = {}
+    for n in threads:
+        peaks[n] = max(_C.fma_peak_gflops(threads=n, seconds=0.3) for _ in range(2))
+    for enc in encodings:
+        per = {}
+        for n in threads:
+            row = measure(enc, n, cfg, repeat, warmup, peaks[n], with_torch)
+            rows.append(row)
+            per[n] = row
+            if log:
+                log(format_row(row))
+        if 1 in per and len(per) > 1:
+            top = max(per)
+            sc = dict(benchmark="train_scaling", encoding=enc, threads=top,
+                      relpos_speedup=per[1]["relpos_s"] / per[top]["relpos_s"])
+            if "torch_s" in per[1] and "torch_s" in per[top]:
+                sc["torch_speedup"] = per[1]["torch_s"] / per[top]["torch_s"]
+            rows.append(sc)
+            if log:
+                log(json.dumps(sc))
+    return rows
+
+
+def format_row(r):
+    s = (f"{r['encoding']:6s} threads={r['threads']} relpos {r['relpos_tok_s']:8.0f} tok/s "
+         f"({r['relpos_gflops']:6.1f} GFLOP/s, MFU {100 * (r['mfu'] or 0):4.1f}%, "
+         f"python {100 * r['python_share']:4.1f}%, {r['python_cpu_ms']:.1f} ms CPU"
+         + (f" = {100 * r['python_cpu_share']:.1f}% of step CPU" if r.get("python_cpu_share") is not None else "")
+         + ")")
+    if "torch_tok_s" in r:
+        s += (f" | torch {r['torch_tok_s']:8.0f} tok/s  ratio {r['ratio']:.2f}x"
+              f" | first loss relpos {r['loss_relpos']:.6f} torch {r['loss_torch']:.6f}"
+              f" (rel diff {r['loss_rel_diff']:.1e})")
+    elif "torch_error" in r:
+        s += f" | {r['torch_error']}"
+    return s
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--enc", default="rope,alibi")
+    ap.add_argument("--repeat", type=int, default=None)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--json", default=None, help="write the rows here")
+    args = ap.parse_args(argv)
+    threads = tuple(int(t) for t in args.threads.split(","))
+    rows = run(threads, tuple(args.enc.split(",")), args.quick, args.repeat, not args.no_torch)
+    out = dict(benchmark="train", config=CONFIG, quick=args.quick, rows=rows)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+    else:
+        print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
