@@ -94,11 +94,13 @@ def available() -> EncodingTable:
     return rows
 
 
-def bias_matrix(encoding, Tq: int, Tk: int, q_offset: int = 0, **options):
+def bias_matrix(encoding, Tq: int, Tk: int, q_offset: int = 0, causal: bool = True, **options):
     """(H, Tq, Tk) ndarray of what ``encoding`` adds to the logits.
 
     ``encoding``: an Encoding, or a name built with ``options`` (e.g.
-    ``bias_matrix("alibi", 8, 8, n_heads=4)``).
+    ``bias_matrix("alibi", 8, 8, n_heads=4)``). ``causal``: the form used with
+    that mask (ALiBi and T5 with their defaults differ for bidirectional
+    attention; masked entries are not set to -inf).
     """
     if isinstance(encoding, Encoding):
         if options:
@@ -106,6 +108,9 @@ def bias_matrix(encoding, Tq: int, Tk: int, q_offset: int = 0, **options):
         enc = encoding
     else:
         enc = get(encoding, **options)
+    enc.check_causal(causal)
+    if "causal" in inspect.signature(enc.bias_matrix).parameters:
+        return enc.bias_matrix(Tq, Tk, q_offset, causal=bool(causal))
     return enc.bias_matrix(Tq, Tk, q_offset)
 
 
