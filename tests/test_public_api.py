@@ -569,6 +569,64 @@ def test_bias_matrix_for_every_bias_encoding(name):
         encodings.bias_matrix(enc, 3, 5, n_heads=2)
 
 
+POSITION_ONLY_BIAS = ["alibi", "t5", "kerple", "learned_bias", "sandwich", "fire"]
+
+
+@pytest.mark.parametrize("name", POSITION_ONLY_BIAS)
+@pytest.mark.parametrize("causal", [True, False])
+def test_bias_matrix_is_what_attention_adds(name, causal):
+    """softmax(q·k/sqrt(D) + bias_matrix + mask) v in float64 NumPy == F.attention:
+    bias_matrix shows exactly the term the kernels add."""
+    if ROW[name]["causal only"] == "yes" and not causal:
+        return
+    rng = np.random.default_rng(14)
+    B, H, Tq, off, D = 1, 2, 4, 3, 8
+    Tk = Tq + off
+    q = rng.standard_normal((B, H, Tq, D))
+    k = rng.standard_normal((B, H, Tk, D))
+    v = rng.standard_normal((B, H, Tk, D))
+    enc = encodings.get(name, n_heads=H, seed=0)
+    s = q @ k.transpose(0, 1, 3, 2) / np.sqrt(D) + encodings.bias_matrix(enc, Tq, Tk, q_offset=off, causal=causal)[None]
+    if causal:
+        s = np.where(np.arange(Tk)[None, :] > (off + np.arange(Tq))[:, None], -np.inf, s)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    want = (p / p.sum(-1, keepdims=True)) @ v
+    for impl in ("fused", "materialized"):
+        got = F.attention(q, k, v, encoding=enc, causal=causal, q_offset=off, impl=impl).data
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_bias_matrix_causal_argument():
+    with pytest.raises(ValueError, match="causal"):
+        encodings.bias_matrix("fire", 3, 3, causal=False, n_heads=2)
+    sym = encodings.bias_matrix("alibi", 3, 3, causal=False, n_heads=2)
+    np.testing.assert_allclose(sym, sym.transpose(0, 2, 1))          # -m|i - j| for bidirectional
+
+
+@pytest.mark.parametrize("encoding", ["t5", "alibi"])
+def test_probe_bias_of_a_bidirectional_model_is_the_one_it_uses(encoding):
+    from relpos import probe
+    model = nn.TransformerEncoder(vocab_size=10, d_model=16, n_heads=2, n_layers=1, encoding=encoding, seed=0)
+    enc = model.blocks[0].attn.encoding
+    dist, bias = probe.bias_vs_distance(model, 60)
+    want = encodings.bias_matrix(enc, 1, 61, q_offset=60, causal=False)[:, 0, ::-1]
+    np.testing.assert_allclose(bias[:, 0], want, rtol=1e-6)
+
+
+def test_padding_mask_hides_keys_through_mha():
+    m = nn.MultiHeadAttention(16, 2, encoding="t5", causal=False, seed=0)
+    rng = np.random.default_rng(15)
+    x = rng.standard_normal((2, 6, 16)).astype(np.float32)
+    mask = np.zeros((2, 6), bool)
+    mask[0, 4:] = True
+    y = x.copy()
+    y[0, 4:] = rng.standard_normal((2, 16))          # change only the padded tokens
+    a = m(x, key_padding_mask=mask).data
+    b = m(y, key_padding_mask=mask).data
+    np.testing.assert_allclose(a[0, :4], b[0, :4], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(a[1], b[1])
+
+
 @pytest.mark.parametrize("name", ["alibi", "t5", "kerple", "learned_bias", "sandwich"])
 def test_toeplitz_bias_depends_on_distance_only(name):
     m = encodings.bias_matrix(name, 6, 6, n_heads=2, seed=0)
