@@ -52,3 +52,11 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch):
     assert ns["maps"].shape == (1, 2, 16, 16)
     assert [r for r in ns["result"].encodings] == ["rope", "alibi"]
     assert "alibi" in out.getvalue() and "32" in out.getvalue()
+
+
+def test_readme_names_the_cli_output_folder():
+    """The Quickstart says where `python -m relpos compare` writes: the CLI's --out default."""
+    from relpos import cli
+    sub = [a for a in cli.build_parser()._actions if a.__class__.__name__ == "_SubParsersAction"][0]
+    default = sub.choices["compare"].get_default("out")
+    assert f"./{default}/" in README.read_text()
