@@ -60,3 +60,12 @@ def test_readme_names_the_cli_output_folder():
     sub = [a for a in cli.build_parser()._actions if a.__class__.__name__ == "_SubParsersAction"][0]
     default = sub.choices["compare"].get_default("out")
     assert f"./{default}/" in README.read_text()
+
+
+def test_readme_files_exist():
+    """Every benchmarks/… script and folder the README names is there."""
+    text = README.read_text()
+    scripts = re.findall(r"python (benchmarks/\S+\.py)", text)
+    assert scripts
+    for rel in scripts + ["examples", "docs/INTERNALS.md", "tests/reference.py"]:
+        assert (ROOT / rel).exists(), rel
