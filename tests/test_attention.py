@@ -332,7 +332,7 @@ def _bad_cases(rng):
         (dict(v=f32(rng, 2, 4, 6, 8)), ValueError, r"v must have shape"),
         (dict(q=f32(rng, 2, 4, 3)), ValueError, r"q must have shape"),
         (dict(q=q.astype(np.float64)), TypeError, r"q must have dtype float32"),
-        (dict(q_offset=-1), ValueError, r"q_offset must be >= 0; got -1"),
+        (dict(q_offset=-1), ValueError, r"q_offset must be in \[0, 2\*\*60\]; got -1"),
         (dict(scale=float("nan")), ValueError, r"scale must be finite"),
         (dict(scale="x"), TypeError, r"scale must be a float"),
         (dict(key_padding_mask=np.zeros((2, 5), np.int64)), TypeError, r"key_padding_mask must have dtype bool"),
