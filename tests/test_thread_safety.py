@@ -169,7 +169,7 @@ def test_gil_released_during_kernels(kernel, threads):
     # machine), so that being descheduled cannot pass for a held GIL.
     r = np.random.default_rng(0)
     n = 2048 if kernel == "gemm" else 0
-    T = {"gemm": 0, "attention_fwd": 4096, "attention_bwd": 2048, "attention_mat_fwd": 2048}[kernel]
+    T = {"gemm": 0, "attention_fwd": 4096, "attention_bwd": 4096, "attention_mat_fwd": 2048}[kernel]
     a = r.standard_normal((n, n)).astype(np.float32)
     q, k, v = (r.standard_normal((1, 4, T, 64)).astype(np.float32) for _ in range(3))
     if kernel == "attention_bwd":
