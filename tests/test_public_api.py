@@ -160,6 +160,39 @@ def test_in_place_looking_mistakes_are_refused():
         lin.weight = np.zeros((2, 2))
 
 
+def test_custom_function_outputs_are_float32_tensors():
+    """A user's Function whose forward returns float64 or a NumPy scalar still gives a
+    float32 ndarray-backed Tensor (the Tensor contract), and its backward is used."""
+    class Square(relpos.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x.astype(np.float64) ** 2
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved
+            return 2 * x * g
+
+    class Total(relpos.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.shape = x.shape
+            return x.sum()                           # a NumPy scalar, not an ndarray
+
+        @staticmethod
+        def backward(ctx, g):
+            return np.broadcast_to(g, ctx.shape)
+
+    x = t([1.0, 2.0, 3.0], grad=True)
+    y = Square.apply(x)
+    assert y.dtype == np.float32 and type(y.data) is np.ndarray
+    z = Total.apply(y)
+    assert z.shape == () and z.dtype == np.float32
+    z.backward()
+    np.testing.assert_allclose(x.grad, [2, 4, 6])
+
+
 @pytest.mark.parametrize("bad, exc, match", [
     (None, TypeError, "dtype object"),
     ("abc", TypeError, "dtype <U3"),
