@@ -3,8 +3,7 @@ exceptions naming the argument, Tensors mix with NumPy, modules print and round-
 every encoding in the catalogue works (or says why not), and the fused and
 materialised attention paths agree through ``relpos.functional.attention``.
 
-Pinned, not yet fixed (``xfail(strict=True)``: they fail loudly once fixed):
-see the ``PINNED`` section at the end.
+The ``test_fixed_*`` cases at the end were found by this file and then fixed.
 """
 import re
 
@@ -870,34 +869,28 @@ def test_load_bad_paths(tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# PINNED: wrong today, owned by an area under active work (see the report)
+# found by this file, then fixed (regressions)
 # ---------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="gemm (relpos/_fn/linalg.py): a.reshape(-1, K) fails when K == 0")
-def test_pinned_matmul_with_zero_inner_dimension():
+def test_fixed_matmul_with_zero_inner_dimension():
     np.testing.assert_array_equal(F.matmul(np.ones((3, 0)), np.ones((0, 5))).data, np.zeros((3, 5)))
 
 
-@pytest.mark.xfail(strict=True, reason="ops (relpos/_fn/ops.py): a 0-d id gives shape (1, D), not ids.shape + (D,)")
-def test_pinned_embedding_of_a_scalar_id():
+def test_fixed_embedding_of_a_scalar_id():
     assert F.embedding(3, W).shape == (4,)
 
 
-@pytest.mark.xfail(strict=True, reason="ops: eps='a' gives float()'s message, not one naming eps")
-def test_pinned_layer_norm_eps_type():
+def test_fixed_layer_norm_eps_type():
     with pytest.raises(TypeError, match="eps"):
         F.layer_norm(X, eps="a")
 
 
-@pytest.mark.xfail(strict=True, reason="models.py: seed=None fails with 'NoneType + int' instead of naming seed")
-def test_pinned_lm_seed_none():
+def test_fixed_lm_seed_none():
     with pytest.raises((TypeError, ValueError), match="seed"):
         nn.TransformerLM(vocab_size=10, d_model=16, n_heads=2, seed=None)
 
 
-@pytest.mark.xfail(strict=True, reason="models.py: TransformerEncoder casts any key_padding_mask to bool "
-                                       "(0.5 -> all padding) where MultiHeadAttention demands dtype bool")
-def test_pinned_encoder_float_mask_is_refused():
+def test_fixed_encoder_float_mask_is_refused():
     enc = nn.TransformerEncoder(vocab_size=10, d_model=16, n_heads=2, n_layers=1, encoding="t5")
     with pytest.raises(TypeError, match="key_padding_mask"):
         enc(np.zeros((1, 4), np.int64), key_padding_mask=np.full((1, 4), 0.5))
@@ -917,9 +910,7 @@ def test_public_names_have_docstrings(module):
     assert not undocumented, f"{module}: no docstring on {undocumented}"
 
 
-@pytest.mark.xfail(strict=True, reason="train.py: fit(nn.Linear(...), data) fails with AttributeError "
-                                       "\"'Linear' object has no attribute 'loss'\" instead of a TypeError naming model")
-def test_pinned_fit_with_a_non_lm_model():
+def test_fixed_fit_with_a_non_lm_model():
     from relpos import data, train
     with pytest.raises(TypeError, match="model"):
         train.fit(nn.Linear(2, 2), data.LMData("hello world " * 20), steps=1, seq_len=8, progress=False)
