@@ -115,6 +115,9 @@ class Function:
         out = cls.forward(ctx, *raw, **kwargs)
         multi = isinstance(out, tuple)
         outs = out if multi else (out,)
+        # a custom forward returning float64, a NumPy scalar or a list still gives a float32 Tensor
+        outs = tuple(o if type(o) is np.ndarray and o.dtype == np.float32
+                     else as_array(o, f"{cls.__name__}.forward output") for o in outs)
         track = is_grad_enabled() and any(needs)
         tensors = tuple(Tensor._wrap(o, track) for o in outs)
         if track:
