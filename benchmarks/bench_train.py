@@ -199,7 +199,8 @@ def measure(enc, threads, cfg, repeat, warmup, peak, with_torch=True):
     x, y = ids[:, :-1], ids[:, 1:]
     model, r_step = relpos_model(enc, cfg)
     t_step = None
-    row = dict(benchmark="train_step", encoding=enc, threads=threads, batch=batch, T=cfg["T"])
+    row = dict(benchmark="train_step", encoding=enc, threads=threads, batch=batch, T=cfg["T"],
+               load_avg=os.getloadavg()[0], cpus=os.cpu_count())
     if with_torch:
         try:
             import torch  # noqa: F401

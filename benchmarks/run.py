@@ -167,6 +167,8 @@ def bench_train(threads, quick, timeout):
                 f"python {100 * r['python_share']:.1f}%")
         if r.get("python_cpu_share") is not None:
             note += f" ({r['python_cpu_ms']:.1f} ms CPU = {100 * r['python_cpu_share']:.1f}% of step CPU)"
+        if r.get("load_avg") is not None:
+            note += f"; load {r['load_avg']:.1f}"
         if "loss_rel_diff" in r:
             note += f"; first-loss rel diff {r['loss_rel_diff']:.1e}"
         if "torch_error" in r:
