@@ -112,7 +112,7 @@ def bench_matmul(threads, quick, timeout):
 def bench_attention(threads, quick, timeout):
     rows = []
     for n in threads:
-        args = ["--threads", str(n), "--no-memory", "--long"]
+        args = ["--threads", str(n), "--long"]
         args += ["--T", "512", "--repeat", "2", "--cases", "plain", "alibi"] if quick else ["--T", "1024", "2048"]
         data, err, dt = run_script("bench_attention.py", args, timeout)
         if err:
