@@ -112,7 +112,7 @@ def bench_matmul(threads, quick, timeout):
 def bench_attention(threads, quick, timeout):
     rows = []
     for n in threads:
-        args = ["--threads", str(n), "--no-memory", "--long"]
+        args = ["--threads", str(n), "--long"]
         args += ["--T", "512", "--repeat", "2", "--cases", "plain", "alibi"] if quick else ["--T", "1024", "2048"]
         data, err, dt = run_script("bench_attention.py", args, timeout)
         if err:
@@ -167,6 +167,11 @@ def bench_train(threads, quick, timeout):
                 f"python {100 * r['python_share']:.1f}%")
         if r.get("python_cpu_share") is not None:
             note += f" ({r['python_cpu_ms']:.1f} ms CPU = {100 * r['python_cpu_share']:.1f}% of step CPU)"
+        if r.get("ratio_best") is not None:
+            note += (f"; best step {r['relpos_best_tok_s']:.0f} vs {r['torch_best_tok_s']:.0f} tok/s "
+                     f"= {r['ratio_best']:.2f}x, MFU {100 * r['mfu_best']:.1f}%")
+        if r.get("load_avg") is not None:
+            note += f"; load {r['load_avg']:.1f}"
         if "loss_rel_diff" in r:
             note += f"; first-loss rel diff {r['loss_rel_diff']:.1e}"
         if "torch_error" in r:
