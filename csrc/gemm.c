@@ -528,6 +528,11 @@ static int gemm_run(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha
     const int64_t mnk = M * N * K;
     int nt = rp_get_num_threads();
     if (nt < 1) nt = 1;
+    /* Below ~384^3 multiply-adds in all, one thread finishes in ~0.2 ms: a team
+     * gains little there and loses whole time slices when another process
+     * competes for a core (256^3 ran 25x slower on 2 threads under load).
+     * Results do not depend on the thread count, so this changes only speed. */
+    if (batch > 0 && mnk <= INT64_MAX / batch && mnk * batch < (int64_t)384 * 384 * 384) nt = 1;
     items_ctx c = {0};
     c.g0 = (gemm_prob){ta, tb, M, N, K, alpha, beta, A, B, bias, lda, ldb, ldc, C};
     c.sA = sA, c.sB = sB, c.sC = sC;
