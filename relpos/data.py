@@ -199,10 +199,13 @@ class LMData:
             vocab_size = self.tokenizer.vocab_size
         else:
             arr = np.asarray(text_or_ids)
-            if arr.ndim != 1:
-                raise ValueError(f"ids must be 1-D; got shape {arr.shape}")
             if arr.dtype.kind not in "iu":
-                raise TypeError(f"text_or_ids must be a str or an integer array; got dtype {arr.dtype}")
+                # e.g. a pathlib.Path or None: say what to pass, not "ids must be 1-D; got shape ()"
+                what = f"dtype {arr.dtype}" if arr.ndim else type(text_or_ids).__name__
+                raise TypeError(f"text_or_ids must be a str (the text itself; read a file with "
+                                f"relpos.data.load_text(path)) or a 1-D integer array; got {what}")
+            if arr.ndim != 1:
+                raise ValueError(f"text_or_ids as ids must be 1-D; got shape {arr.shape}")
             self.tokenizer = tokenizer
             if tokenizer is not None:
                 vocab_size = tokenizer.vocab_size

@@ -129,6 +129,8 @@ class _Stack(nn.Module):
                dropout, causal, impl, seed, encoding_options, embed_scale="auto"):
         from . import encodings
         _check_int(vocab_size, "vocab_size")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise TypeError(f"seed must be an int >= 0 (models are initialised reproducibly); got {seed!r}")
         _check_sizes(d_model, n_heads, n_layers, d_ff, dropout, norm)
         if max_len is not None:
             _check_int(max_len, "max_len")
@@ -409,7 +411,9 @@ class TransformerEncoder(_Stack):
             raise IndexError(f"token id {bad} is outside the vocabulary [0, {self.vocab_size})")
         mask = None
         if key_padding_mask is not None:
-            mask = np.asarray(key_padding_mask, dtype=bool)
+            mask = np.asarray(key_padding_mask)
+            if mask.dtype != np.bool_:  # a float 0.5 must not silently become "padding"
+                raise TypeError(f"key_padding_mask must have dtype bool (True = padding); got {mask.dtype}")
             if mask.shape != ids.shape:
                 raise ValueError(f"key_padding_mask must have the shape of ids {ids.shape}; got {mask.shape}")
         h = self._trunk(ids, None, key_padding_mask=mask)

@@ -59,6 +59,9 @@ class Optimizer:
                             "got a single Tensor — wrap it in a list")
         if isinstance(params, dict):
             raise TypeError("params must be an iterable of Parameters or of group dicts; got a dict — wrap it in a list")
+        if not hasattr(params, "__iter__"):
+            raise TypeError(f"params must be an iterable of Parameters (e.g. model.parameters()); "
+                            f"got {type(params).__name__}")
         items = list(params)
         if not items:
             raise ValueError("optimizer got an empty parameter list")

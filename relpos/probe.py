@@ -153,23 +153,30 @@ def _encoding_of(obj, **options):
     raise ValueError(f"{type(obj).__name__} holds no position encoding")
 
 
-def bias_vs_distance(encoding_or_model, max_distance, query_positions=None, **options):
+def bias_vs_distance(encoding_or_model, max_distance, query_positions=None, causal=None, **options):
     """What an encoding adds to the logits as a function of i − j.
 
     Returns (distances (n,), bias (H, len(query_positions), n)): for each query
     position i (default: the last one, ``max_distance``), the bias of key
     j = i − d for d = 0..max_distance (keys before position 0 are NaN).
+    ``causal``: the mask the encoding is used with (ALiBi and T5 by default
+    change form with it); None = the model's own, or True for an encoding.
     """
+    from . import encodings
     if int(max_distance) != max_distance or max_distance < 0:
         raise ValueError(f"max_distance must be an int >= 0; got {max_distance!r}")
     max_distance = int(max_distance)
     enc = _encoding_of(encoding_or_model, **options)
+    if causal is None:
+        # a model: the mask its layers use; an encoding alone: causal
+        causal = True if isinstance(encoding_or_model, (str, encodings.Encoding)) \
+            else bool(getattr(encoding_or_model, "causal", True))
     qs = [max_distance] if query_positions is None else [int(q) for q in np.atleast_1d(query_positions)]
     Tk = max(max(qs), max_distance) + 1
     dist = np.arange(max_distance + 1)
     out = []
     for qpos in qs:
-        m = np.asarray(enc.bias_matrix(1, Tk, q_offset=qpos))[:, 0, :]  # (H, Tk): keys 0..Tk-1
+        m = np.asarray(encodings.bias_matrix(enc, 1, Tk, q_offset=qpos, causal=causal))[:, 0, :]  # (H, Tk)
         j = qpos - dist
         row = np.where(j >= 0, m[:, np.clip(j, 0, Tk - 1)], np.nan)
         out.append(row)

@@ -127,7 +127,14 @@ def save(obj, path) -> None:
     Raises:
         TypeError: something in ``obj`` cannot be saved (the message names where).
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike; got {type(path).__name__}")
     path = os.fspath(path)
+    if not path:
+        raise ValueError("path must name a file; got an empty path")
+    if os.path.isdir(path):
+        # os.replace over a directory fails with a message naming only the temporary file
+        raise IsADirectoryError(f"path must name a file; got {path!r}, which is a directory")
     arrays: list = []
     tree = _flatten(obj, "", arrays)
     target = os.path.abspath(path)
@@ -186,6 +193,8 @@ def load(path):
             version, or an array whose dtype, shape or checksum differs from the
             header — the message names the problem and the array's key.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike; got {type(path).__name__}")
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such checkpoint file: {path!r}")

@@ -18,6 +18,7 @@ _state = threading.local()
 
 
 def is_grad_enabled() -> bool:
+    """True unless inside :func:`no_grad` (per thread)."""
     return getattr(_state, "grad_enabled", True)
 
 
@@ -34,6 +35,7 @@ def no_grad():
 
 @contextmanager
 def enable_grad():
+    """Context manager: record on the tape again inside a :func:`no_grad` block."""
     prev = is_grad_enabled()
     _state.grad_enabled = True
     try:
@@ -113,6 +115,9 @@ class Function:
         out = cls.forward(ctx, *raw, **kwargs)
         multi = isinstance(out, tuple)
         outs = out if multi else (out,)
+        # a custom forward returning float64, a NumPy scalar or a list still gives a float32 Tensor
+        outs = tuple(o if type(o) is np.ndarray and o.dtype == np.float32
+                     else as_array(o, f"{cls.__name__}.forward output") for o in outs)
         track = is_grad_enabled() and any(needs)
         tensors = tuple(Tensor._wrap(o, track) for o in outs)
         if track:
@@ -190,6 +195,13 @@ class Tensor:
         """The underlying ndarray (no copy)."""
         return self.data
 
+    def __array__(self, dtype=None, copy=None):
+        # np.asarray(t), plt.plot(t): the float32 data, not an object array of 0-d Tensors
+        if copy is False and dtype is not None and np.dtype(dtype) != self.data.dtype:
+            raise ValueError(f"cannot view a float32 Tensor as {np.dtype(dtype)} without a copy")
+        arr = self.data if dtype is None else self.data.astype(dtype, copy=False)
+        return arr.copy() if copy else arr
+
     def item(self) -> float:
         return float(self.data.item())
 
@@ -205,6 +217,19 @@ class Tensor:
 
     def __len__(self):
         return len(self.data)
+
+    def __bool__(self):
+        # as NumPy: without this, bool() fell back to __len__ and `if t:` was True for any
+        # non-empty tensor, whatever its values
+        if self.data.size != 1:
+            raise ValueError(f"the truth value of a Tensor of shape {self.shape} is ambiguous "
+                             "(only one-element Tensors convert to bool); use .numpy().any() or .all()")
+        return bool(self.data.item())
+
+    def __float__(self):
+        if self.data.size != 1:
+            raise TypeError(f"only one-element Tensors convert to float; got shape {self.shape}")
+        return float(self.data.item())
 
     def __repr__(self):
         body = np.array2string(self.data, precision=4, threshold=20, edgeitems=2, prefix="Tensor(")

@@ -306,6 +306,9 @@ def fit(model, data, steps: int, batch_size: int = 16, seq_len: int = 64, lr: fl
     from tqdm.auto import tqdm
 
     kind = _data_kind(data)
+    if not callable(getattr(model, "loss", None)) or not callable(getattr(model, "parameters", None)):
+        raise TypeError(f"model must be a relpos Module with a loss(x, y) method (e.g. TransformerLM); "
+                        f"got {type(model).__name__}")
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
         raise ValueError(f"steps must be an int >= 0; got {steps!r}")
     steps = int(steps)

@@ -153,7 +153,7 @@ def attention_core(q, k, v, *, causal=True, key_padding_mask=None, q_offset=0, s
                          f"and k {_shape(k)}; got {_shape(v)}")
     if isinstance(q_offset, bool) or not isinstance(q_offset, (int, np.integer)):
         raise TypeError(f"q_offset must be an int; got {type(q_offset).__name__}")
-    if q_offset < 0 or q_offset > 2**60:   # the bridge's bound: positions q_offset + i stay far from int64 overflow
+    if not 0 <= q_offset <= 2 ** 60:  # the bridge's bound: positions stay far from int64 overflow
         raise ValueError(f"q_offset must be in [0, 2**60]; got {q_offset}")
     if key_padding_mask is not None:
         m = key_padding_mask.data if isinstance(key_padding_mask, Tensor) else key_padding_mask

@@ -34,14 +34,15 @@ class MatMul(Function):
         if b.ndim == 2:
             # (..., M, K) @ (K, N): one GEMM on the flattened rows of a
             ctx.mode = "rows"
-            a2 = a.reshape(-1, K)
+            a2 = a.reshape(int(np.prod(a.shape[:-1])), K)  # -1 is ambiguous when K == 0
             ctx.save_for_backward(a2, b)
             return _C.gemm(a2, b).reshape(a.shape[:-1] + (N,))
         if a.shape[:-2] != b.shape[:-2]:
             raise ValueError(f"matmul: batch dimensions must be equal (or b 2-D); got a {a.shape} and b {b.shape}")
         ctx.mode = "batched"
-        a3 = a.reshape(-1, M, K)
-        b3 = b.reshape(-1, K, N)
+        nb = int(np.prod(a.shape[:-2]))
+        a3 = a.reshape(nb, M, K)
+        b3 = b.reshape(nb, K, N)
         ctx.save_for_backward(a3, b3)
         return _C.gemm_batched(a3, b3).reshape(a.shape[:-2] + (M, N))
 

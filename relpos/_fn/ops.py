@@ -320,11 +320,20 @@ class _LayerNorm(Function):
         return dx, dw, db, None
 
 
+def _eps(eps):
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating, np.integer)):
+        raise TypeError(f"eps must be a float; got {type(eps).__name__}")
+    eps = float(eps)
+    if not (eps >= 0 and np.isfinite(eps)):
+        raise ValueError(f"eps must be a finite float >= 0; got {eps}")
+    return eps
+
+
 def layer_norm(x, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
     """LayerNorm over the last axis. x: (..., D); weight, bias: (D,) or None
     (no scale / no shift). (x - mean) / sqrt(var + eps) * weight + bias, with
     the biased variance."""
-    return _LayerNorm.apply(x, weight, bias, float(eps))
+    return _LayerNorm.apply(x, weight, bias, _eps(eps))
 
 
 class _RMSNorm(Function):
@@ -348,7 +357,7 @@ class _RMSNorm(Function):
 def rms_norm(x, weight=None, eps: float = 1e-6) -> Tensor:
     """RMSNorm over the last axis. x: (..., D); weight: (D,) or None.
     x / sqrt(mean(x^2) + eps) * weight."""
-    return _RMSNorm.apply(x, weight, float(eps))
+    return _RMSNorm.apply(x, weight, _eps(eps))
 
 
 # ---- softmax ---------------------------------------------------------------
@@ -464,6 +473,9 @@ def embedding(ids, weight) -> Tensor:
     ids = np.asarray(ids)
     if ids.dtype.kind not in "iu":
         raise TypeError(f"ids must have an integer dtype; got {ids.dtype}")
+    if ids.ndim == 0:  # one id -> one row (D,)
+        from .views import getitem
+        return getitem(_Embedding.apply(weight, np.ascontiguousarray(ids.reshape(1), dtype=np.int64)), 0)
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     return _Embedding.apply(weight, ids)
 

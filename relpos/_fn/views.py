@@ -93,6 +93,8 @@ def _norm_axis(axis):
 
 
 def sum(x: Tensor, axis=None, keepdims=False) -> Tensor:  # noqa: A001 - mirrors numpy
+    """Sum over ``axis`` (None: all; an int, tuple or list), as ``numpy.sum``: x of any
+    shape -> those axes removed (kept as size 1 with keepdims). Float32 accumulation."""
     return Sum.apply(x, _norm_axis(axis), keepdims)
 
 
@@ -112,8 +114,11 @@ class Mean(Function):
 
 
 def mean(x: Tensor, axis=None, keepdims=False) -> Tensor:
+    """Mean over ``axis`` (None: all; an int, tuple or list), as ``numpy.mean``; shapes as :func:`sum`."""
     return Mean.apply(x, _norm_axis(axis), keepdims)
 
 
 def concat(tensors, axis=0) -> Tensor:
+    """Join a sequence of Tensors (or arrays) along ``axis``, as ``numpy.concatenate``:
+    shapes equal except on ``axis``; the gradient is split back to each input."""
     return Concat.apply(axis, *tensors)

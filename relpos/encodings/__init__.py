@@ -11,6 +11,8 @@ from __future__ import annotations
 import html
 import inspect
 
+import numpy as np
+
 from .base import CONTEXT_KEYS, Encoding
 
 _REGISTRY: dict = {}
@@ -49,6 +51,10 @@ def get(name, **options) -> Encoding:
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for encoding {key!r}; "
                          f"its options are: {', '.join(sorted(allowed)) or '(none)'}")
+    for p in _options_of(cls):
+        # flags: bool("False") is True, so a string or 2 would silently switch the option on
+        if isinstance(p.default, bool) and p.name in options and not isinstance(options[p.name], (bool, np.bool_)):
+            raise TypeError(f"option {p.name!r} of encoding {key!r} must be a bool; got {options[p.name]!r}")
     return cls(**options)
 
 
@@ -88,9 +94,23 @@ def available() -> EncodingTable:
     return rows
 
 
-def bias_matrix(encoding, Tq: int, Tk: int, q_offset: int = 0):
-    """(H, Tq, Tk) ndarray of what ``encoding`` (an Encoding or a name) adds to the logits."""
-    enc = get(encoding) if isinstance(encoding, str) else encoding
+def bias_matrix(encoding, Tq: int, Tk: int, q_offset: int = 0, causal: bool = True, **options):
+    """(H, Tq, Tk) ndarray of what ``encoding`` adds to the logits.
+
+    ``encoding``: an Encoding, or a name built with ``options`` (e.g.
+    ``bias_matrix("alibi", 8, 8, n_heads=4)``). ``causal``: the form used with
+    that mask (ALiBi and T5 with their defaults differ for bidirectional
+    attention; masked entries are not set to -inf).
+    """
+    if isinstance(encoding, Encoding):
+        if options:
+            raise ValueError("options are given to an already built encoding; got " + str(sorted(options)))
+        enc = encoding
+    else:
+        enc = get(encoding, **options)
+    enc.check_causal(causal)
+    if "causal" in inspect.signature(enc.bias_matrix).parameters:
+        return enc.bias_matrix(Tq, Tk, q_offset, causal=bool(causal))
     return enc.bias_matrix(Tq, Tk, q_offset)
 
 

@@ -227,6 +227,8 @@ class LearnedAbsolute(Encoding):
         self._need(d_model=d_model, max_len=max_len)
         self.clamp = bool(clamp)
         self.init_std = float(init_std)
+        if not (np.isfinite(self.init_std) and self.init_std >= 0):
+            raise ValueError(f"init_std must be a finite number >= 0; got {init_std!r}")
         rng = np.random.default_rng(seed)
         self.weight = Parameter(rng.normal(0.0, self.init_std, size=(max_len, d_model)).astype(np.float32))
 
