@@ -28,6 +28,15 @@ static PyArrayObject *in_f64(PyObject *obj, const char *name) {
     return r;
 }
 
+/* Positions offset + t are int64: keep them far from overflow. */
+static int check_offset(long long offset) {
+    if (offset < -(1LL << 60) || offset > (1LL << 60)) {
+        PyErr_Format(PyExc_ValueError, "offset must be in [-2**60, 2**60]; got %lld", offset);
+        return -1;
+    }
+    return 0;
+}
+
 static int parse_rope_layout(const char *s, int *layout) {
     if (strcmp(s, "interleaved") == 0) *layout = RP_ROPE_INTERLEAVED;
     else if (strcmp(s, "half") == 0) *layout = RP_ROPE_HALF;
@@ -59,6 +68,7 @@ static PyObject *py_rope_tables(PyObject *self, PyObject *args, PyObject *kw) {
     PyArrayObject *inv = NULL, *c = NULL, *s = NULL;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OL|$Ld:rope_tables", kwlist, &inv_obj, &T, &offset, &pos_scale))
         return NULL;
+    if (check_offset(offset) < 0) return NULL;
     if (rp_check_nonneg(T, "T") < 0) return NULL;
     if (!isfinite(pos_scale) || pos_scale <= 0.0) {
         PyErr_Format(PyExc_ValueError, "pos_scale must be a finite number > 0; got %g", pos_scale);
@@ -92,6 +102,7 @@ static PyObject *py_xpos_scale(PyObject *self, PyObject *args, PyObject *kw) {
     if (!PyArg_ParseTupleAndKeywords(args, kw, "LL|$Ldddp:xpos_scale", kwlist, &P, &T, &offset, &center,
                                      &scale_base, &gamma, &inverse))
         return NULL;
+    if (check_offset(offset) < 0) return NULL;
     if (rp_check_nonneg(P, "n_pairs") < 0 || rp_check_nonneg(T, "T") < 0) return NULL;
     if (!isfinite(scale_base) || scale_base <= 0.0) {
         PyErr_Format(PyExc_ValueError, "scale_base must be a finite number > 0; got %g", scale_base);
@@ -228,6 +239,7 @@ static PyObject *py_sinusoidal_table(PyObject *self, PyObject *args, PyObject *k
     if (!PyArg_ParseTupleAndKeywords(args, kw, "LL|$LsdO:sinusoidal_table", kwlist, &T, &d_model, &offset,
                                      &layout_s, &base, &pos_obj))
         return NULL;
+    if (check_offset(offset) < 0) return NULL;
     if (rp_check_nonneg(T, "T") < 0 || rp_check_nonneg(d_model, "d_model") < 0) return NULL;
     if (d_model % 2) {
         PyErr_Format(PyExc_ValueError, "d_model must be even (sin/cos pairs); got %lld", d_model);

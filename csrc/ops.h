@@ -143,6 +143,8 @@ static inline float rp_expf(float x) {
     const float hi = 88.3762626647949f, lo = -87.33654475f;
     float xc = x > hi ? hi : x;
     xc = xc < lo ? lo : xc;
+    /* NaN would reach (int32_t)n below (a NaN cast, then a shift of a negative int: UB); NaN is put back at the end */
+    xc = xc == xc ? xc : 0.0f;
     /* round(xc * log2 e) with the 1.5 * 2^23 shifter (round to nearest even) */
     float t = xc * 1.44269504088896341f + 12582912.0f;
     float n = t - 12582912.0f;
@@ -161,6 +163,7 @@ static inline float rp_expf(float x) {
     float y = p * scale;
     y = x < -87.5f ? 0.0f : y;
     y = x > 88.72283905f ? INFINITY : y;
+    y = x == x ? y : x;
     return y;
 }
 

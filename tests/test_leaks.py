@@ -96,6 +96,10 @@ def test_no_growth_over_1000_calls(name):
     args = valid_call(name, seed=1).args
     before = refcounts(args)
     traced, resident = growth(fn, args)
+    if traced >= TRACED_SLACK or (resident >= RSS_SLACK and CHECK_RSS):
+        # a one-off growth (a malloc arena or NumPy cache filling up once, another process's
+        # page reclaim) does not repeat; a leak grows again with every batch of calls
+        traced, resident = growth(fn, args)
     assert refcounts(args) == before, f"{name}: input reference counts changed after {CALLS} calls"
     assert traced < TRACED_SLACK, f"{name}: {traced} bytes of Python/NumPy memory kept after {CALLS} calls"
     assert resident < RSS_SLACK or not CHECK_RSS, f"{name}: resident memory grew by {resident} bytes over {CALLS} calls"

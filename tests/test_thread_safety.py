@@ -163,21 +163,29 @@ def test_largest_stall_sees_a_held_gil():
     assert dur > 0.02 and stall > 0.8 * dur
 
 
-@pytest.mark.parametrize("kernel", ["gemm", "attention_fwd", "attention_bwd", "attention_mat_fwd"])
-def test_gil_released_during_kernels(kernel, threads):
-    # Each call must last well beyond an OS time slice (~10-20 ms on a loaded
-    # machine), so that being descheduled cannot pass for a held GIL.
+def _kernel_call(kernel, scale):
     r = np.random.default_rng(0)
-    n = 2048 if kernel == "gemm" else 0
-    T = {"gemm": 0, "attention_fwd": 4096, "attention_bwd": 4096, "attention_mat_fwd": 2048}[kernel]
-    a = r.standard_normal((n, n)).astype(np.float32)
-    q, k, v = (r.standard_normal((1, 4, T, 64)).astype(np.float32) for _ in range(3))
-    if kernel == "attention_bwd":
-        o, lse = C.attention_fwd(q, k, v)
-    call = {"gemm": lambda: C.gemm(a, a),
+    n = 512 * scale
+    a = r.standard_normal((n, 1024)).astype(np.float32)
+    q, k, v = (r.standard_normal((scale, 4, 1024, 64)).astype(np.float32) for _ in range(3))
+    o, lse = C.attention_fwd(q, k, v) if kernel == "attention_bwd" else (None, None)
+    return {"gemm": lambda: C.gemm(a, a, trans_b=True),
             "attention_fwd": lambda: C.attention_fwd(q, k, v),
             "attention_bwd": lambda: C.attention_bwd(q, k, v, o, lse, o),
             "attention_mat_fwd": lambda: C.attention_mat_fwd(q, k, v)}[kernel]
+
+
+@pytest.mark.parametrize("kernel", ["gemm", "attention_fwd", "attention_bwd", "attention_mat_fwd"])
+def test_gil_released_during_kernels(kernel, threads):
+    # grow the work until one call is long enough (>= 0.15 s) for thread start-up not to matter
+    scale = 1
+    while True:
+        call = _kernel_call(kernel, scale)
+        t0 = time.perf_counter()
+        threads(1, call)
+        if time.perf_counter() - t0 >= 0.15 or scale >= 16:
+            break
+        scale *= 2
     stall, dur = threads(1, largest_stall, call)
-    assert dur > 0.1, f"call too short to tell ({dur:.3f} s)"
+    assert dur > 0.05, f"call too short to tell ({dur:.3f} s)"
     assert stall < 0.5 * dur, f"{kernel}: this thread stalled {stall:.3f} s of a {dur:.3f} s call (GIL held?)"
