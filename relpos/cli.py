@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluation lengths, or multiples of the training length such as "
                         "1x,2x,4x,8x (the default)")
     c.add_argument("--steps", type=_positive, default=None, metavar="N",
-                   help="training steps per model (default: 300 for lm, 1000 for tasks)")
+                   help="training steps per model (default: 1500 for lm, 1000 for tasks)")
     c.add_argument("--seeds", type=lambda t: _int_list(t, "--seeds"), default=[0], metavar="S,S,...",
                    help="seeds; one model per encoding and seed, the table shows mean ± std "
                         "(default: 0)")

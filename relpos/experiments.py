@@ -44,7 +44,7 @@ def ALL_ENCODINGS():
 
 
 #: per-kind defaults for what DEFAULTS leaves as None (tasks: short sequences, so more steps)
-KIND_DEFAULTS = {"lm": dict(train_len=64, steps=300, batch_size=16),
+KIND_DEFAULTS = {"lm": dict(train_len=64, steps=1500, batch_size=16),
                  "task": dict(train_len=8, steps=1000, batch_size=32)}
 
 
@@ -293,7 +293,7 @@ def compare(encodings=DEFAULT_ENCODINGS, task: str = "lm", train_len: int | None
             largest problem size trained on, sizes 1..train_len).
         train_len: training length (default 64 for lm, 8 for tasks).
         eval_lens: evaluation lengths (default 1x, 2x, 4x, 8x train_len).
-        steps, seeds: optimisation steps per run (default 300 for lm, 1000 for
+        steps, seeds: optimisation steps per run (default 1500 for lm, 1000 for
             tasks); one run per (encoding, seed).
         d_model, n_layers, n_heads, d_ff, norm, pre_ln, dropout: the model.
         batch_size, lr, warmup, weight_decay, clip: the optimiser (batch_size
