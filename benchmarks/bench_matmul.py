@@ -119,6 +119,9 @@ def main():
     ap.add_argument("--omp-wait-policy", default="inherit", choices=["inherit", "passive", "active"],
                     help="OMP_WAIT_POLICY for relpos' libgomp (default: as inherited). On a loaded machine "
                          "libgomp's spinning idle threads starve the working ones; passive avoids that")
+    ap.add_argument("--interleave", action="store_true",
+                    help="alternate relpos and NumPy call by call (default: one block per library and case, "
+                         "so neither library's spinning idle threads land on the other's timings)")
     args = ap.parse_args()
     if args.kernel == "portable":
         _C.force_portable(True)
@@ -154,7 +157,13 @@ def main():
                         rel_fn, np_fn, ops = make(case, rng)
                         case = dict(case, operands=ops)
                         err = check(case, rel_fn, rng)
-                        (t_rel, t_np), (c_rel, c_np) = _util.time_pair([rel_fn, np_fn], min_time=args.min_time)
+                        if args.interleave:
+                            (t_rel, t_np), (c_rel, c_np) = _util.time_pair([rel_fn, np_fn], min_time=args.min_time)
+                        else:
+                            # each library in a block of its own: both OpenBLAS's and libgomp's idle
+                            # threads spin after a call and would steal the cores the other is timed on
+                            (t_rel,), (c_rel,) = _util.time_pair([rel_fn], min_time=args.min_time)
+                            (t_np,), (c_np,) = _util.time_pair([np_fn], min_time=args.min_time)
                         key = (nt, case["name"])
                         row = best.setdefault(key, dict(
                             case=case["name"], threads=nt, kernel=kernel, M=case["M"], N=case["N"], K=case["K"],
