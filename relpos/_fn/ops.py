@@ -206,35 +206,31 @@ def gelu(x, approximate: str = "tanh") -> Tensor:
     return _Gelu.apply(x, approximate)
 
 
-class _Relu(Function):
-    @staticmethod
-    def forward(ctx, x):
-        x = _f32(x, "x")
-        ctx.save_for_backward(x)
-        return _C.relu_fwd(x)
+def _activation(name, fwd, bwd):
+    """A Function for an elementwise activation whose backward needs its input x."""
+    class Activation(Function):
+        @staticmethod
+        def forward(ctx, x):
+            x = _f32(x, "x")
+            ctx.save_for_backward(x)
+            return fwd(x)
 
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved
-        return _C.relu_bwd(x, _c(g))
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved
+            return bwd(x, _c(g))
+
+    Activation.__name__ = Activation.__qualname__ = name
+    return Activation
+
+
+_Relu = _activation("_Relu", _C.relu_fwd, _C.relu_bwd)
+_Silu = _activation("_Silu", _C.silu_fwd, _C.silu_bwd)
 
 
 def relu(x) -> Tensor:
     """max(x, 0), any shape (gradient 0 at x == 0)."""
     return _Relu.apply(x)
-
-
-class _Silu(Function):
-    @staticmethod
-    def forward(ctx, x):
-        x = _f32(x, "x")
-        ctx.save_for_backward(x)
-        return _C.silu_fwd(x)
-
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved
-        return _C.silu_bwd(x, _c(g))
 
 
 def silu(x) -> Tensor:
