@@ -454,6 +454,15 @@ def test_mha_refuses_absolute_encodings(name):
         nn.MultiHeadAttention(16, 2, encoding=name, **opts)
 
 
+@pytest.mark.parametrize("name", [n for n in ABSOLUTE if n != "none"])
+def test_functional_attention_refuses_absolute_encodings(name):
+    """Same as MultiHeadAttention: F.attention must not silently add no positions."""
+    q = relpos.tensor(np.zeros((1, 2, 3, 8)))
+    opts = {k: v for k, v in EXTRA.get(name, {}).items() if k not in ("d_model", "n_heads", "head_dim")}
+    with pytest.raises(ValueError, match=f"'{name}' is absolute.*embed"):
+        F.attention(q, q, q, encoding=name, d_model=16, **opts)
+
+
 def test_transformer_lm_bad_ids():
     lm = nn.TransformerLM(vocab_size=20, d_model=16, n_layers=1, n_heads=2, encoding="rope", seed=0)
     ids = np.random.default_rng(7).integers(0, 20, (2, 6))
@@ -673,7 +682,7 @@ def test_toeplitz_bias_depends_on_distance_only(name):
 # fused == materialised through relpos.functional.attention
 # ---------------------------------------------------------------------------
 
-CASES = [(n, c) for n in ALL for c in (True, False) if c or ROW[n]["causal only"] == "no"]
+CASES = [(n, c) for n in IN_ATTENTION for c in (True, False) if c or ROW[n]["causal only"] == "no"]
 
 
 @pytest.mark.parametrize("name, causal", CASES, ids=[f"{n}-{'causal' if c else 'bidir'}" for n, c in CASES])

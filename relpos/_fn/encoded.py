@@ -9,7 +9,7 @@ def attention(q, k, v, encoding=None, causal=True, key_padding_mask=None, q_offs
     q (B, H, Tq, D), k (B, H, Tk, D), v (B, H, Tk, Dv) Tensors; keys sit at
     absolute positions 0..Tk-1 and queries at q_offset..q_offset+Tq-1.
     ``encoding`` is a name (with ``encoding_options``) or an Encoding module;
-    channel-A encodings act on token embeddings, not here, so they add nothing.
+    channel-A (absolute) encodings act on token embeddings, not here: they raise ValueError.
     None (default): plain attention, causal or not (the name "none", NoPE as a
     model's encoding, is causal-only).
     key_padding_mask (B, Tk) bool, True = padding (ignored).
@@ -42,9 +42,10 @@ def attention(q, k, v, encoding=None, causal=True, key_padding_mask=None, q_offs
             raise ValueError("encoding options are given to an already built encoding; "
                              f"got {sorted(encoding_options)}")
         enc = encoding
-    enc.check_causal(causal)
-    if isinstance(q_offset, bool) or int(q_offset) != q_offset or q_offset < 0:
-        raise ValueError(f"q_offset must be an int >= 0; got {q_offset!r}")
+    enc.check_attention(causal, where="attention")
+    # checked before attention_core does: the rotations use it first
+    if isinstance(q_offset, bool) or int(q_offset) != q_offset or not 0 <= q_offset <= 2 ** 60:
+        raise ValueError(f"q_offset must be in [0, 2**60]; got {q_offset!r}")
     q = enc.rotate_q(q, q_offset)
     k = enc.rotate_k(k, 0)
     inputs = dict(enc.attention_inputs(q, k, q_offset=q_offset, causal=causal))

@@ -64,6 +64,17 @@ class Encoding(Module):
             raise ValueError(f"encoding {self.name!r} works with causal attention only "
                              f"(causal=True); got causal=False")
 
+    def check_attention(self, causal: bool, where: str = "attention") -> None:
+        """Raise ValueError if this encoding cannot act inside attention as asked:
+        a causal-only encoding with causal=False, or an absolute (channel A)
+        encoding, which acts on token embeddings and would be ignored there."""
+        self.check_causal(causal)
+        if "A" in self.channel and self.name != "none":
+            raise ValueError(f"encoding {self.name!r} is absolute (channel A): it acts on the token "
+                             f"embeddings, not inside attention, so {where} would ignore it; add it to "
+                             "the input with enc.embed(x, positions) (as TransformerLM does) and use "
+                             "encoding=None here")
+
     # ---- channel A -------------------------------------------------------------
     def embed(self, x, positions, ids=None):
         """x (B, T, d_model) Tensor, positions (T,) int64 absolute positions -> (B, T, d_model)."""

@@ -137,14 +137,7 @@ class MultiHeadAttention(Module):
                 opts.setdefault("d_model", self.d_model)
                 opts.setdefault("seed", seeds[5])
                 enc = encodings.get(encoding, **opts)
-            enc.check_causal(self.causal)
-            if "A" in enc.channel and enc.name != "none":
-                # an absolute encoding acts on token embeddings; here it would hold dead parameters
-                # and give no position information at all
-                raise ValueError(f"encoding {enc.name!r} is absolute (channel A): it acts on the token "
-                                 "embeddings, not inside attention, so MultiHeadAttention would ignore it; "
-                                 "add it to the input with enc.embed(x, positions) (as TransformerLM does) "
-                                 "and use encoding=None here")
+            enc.check_attention(self.causal, where="MultiHeadAttention")
             self.encoding = enc
 
     def _heads(self, x, B, T):
