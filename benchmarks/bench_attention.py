@@ -272,7 +272,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eager-max-T", type=int, default=4096)
-    ap.add_argument("--json", default=os.path.join(HERE, "bench_attention.json"))
+    ap.add_argument("--json", default=os.path.join(os.path.dirname(HERE), "bench_results", "bench_attention.json"))
     ap.add_argument("--child", nargs=5, metavar=("IMPL", "T", "CASE", "THREADS", "REPEAT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -324,6 +324,7 @@ def main():
               f"{'' if r['impl'] == 'relpos' else '%.2fx' % r['relpos_speedup']} | "
               f"{'' if mem is None else '%.1f' % mem} | "
               f"{'' if r['impl'] == 'relpos' or 'relpos_mem_frac' not in r else '%.3f' % r['relpos_mem_frac']} |")
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump({"config": {"B": B, "H": H, "D": D, "causal": True, "threads": args.threads,
                               "torch": torch_version, "fma_peak_gflops": peak, "fma_peak_source": peak_src,

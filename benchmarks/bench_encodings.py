@@ -208,7 +208,7 @@ def main(argv=None):
     ap.add_argument("--D", type=int, default=64)
     ap.add_argument("--only", default="", help="comma-separated labels of CASES")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2") or 2))
-    ap.add_argument("--json", default=os.path.join(HERE, "results", "bench_encodings.json"))
+    ap.add_argument("--json", default=os.path.join(os.path.dirname(HERE), "bench_results", "bench_encodings.json"))
     ap.add_argument("--quick", action="store_true", help="T = 256, 1024 only")
     args = ap.parse_args(argv)
 
