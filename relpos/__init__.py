@@ -3,51 +3,26 @@ position encodings (absolute, rotary, bias, relative-content, complex).
 
     >>> import relpos
     >>> relpos.show_config()
-"""
-__version__ = "0.1.0"
 
+The package is layered, each layer importing only those below it (checked by
+import-linter, see pyproject.toml): ``tensor`` (autograd) -> ``functional`` ->
+``nn`` -> ``encodings`` -> ``models`` -> ``data`` / ``train`` ->
+``experiments`` / ``probe`` -> ``cli``.
+"""
 from . import _C
-from .tensor import Tensor, Function, tensor, no_grad, enable_grad, is_grad_enabled
-from . import functional
-from . import nn
-from . import optim
-from .serialization import save, load
-from . import encodings, data, models, train, experiments, probe  # noqa: E402
+from ._config import __version__, config, get_num_threads, set_num_threads, show_config
+from .tensor import Function, Tensor, enable_grad, is_grad_enabled, no_grad, tensor
+from . import functional, nn, optim  # noqa: I001
+from .serialization import load, save
+from . import encodings, models, data, train, experiments, probe  # noqa: I001
+
+# the model classes also live in relpos.nn, where torch users look for them; nn itself never
+# imports models (a layer above it), so the names are put there from here
+nn.TransformerBlock = models.TransformerBlock
+nn.TransformerLM = models.TransformerLM
+nn.TransformerEncoder = models.TransformerEncoder
+nn.__all__ += ["TransformerBlock", "TransformerLM", "TransformerEncoder"]
 
 __all__ = ["Tensor", "Function", "tensor", "no_grad", "enable_grad", "is_grad_enabled",
-           "functional", "nn", "optim", "save", "load", "show_config", "set_num_threads", "get_num_threads", "config"]
-
-
-def set_num_threads(n: int) -> None:
-    """Threads every relpos kernel uses (``n >= 1``; 0 restores the default,
-    which follows ``OMP_NUM_THREADS`` or the number of cores)."""
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"n must be an int; got {type(n).__name__}")
-    if n < 0:
-        raise ValueError(f"n must be >= 1 (or 0 for the default); got {n}")
-    _C.set_num_threads(n)
-
-
-def get_num_threads() -> int:
-    """Threads relpos kernels use now."""
-    return _C.get_num_threads()
-
-
-def config() -> dict:
-    """Build and run-time facts as a dict (version, OpenMP, threads, SIMD path, compiler, flags)."""
-    c = dict(_C.config())
-    c["version"] = __version__
-    return c
-
-
-def show_config() -> None:
-    """Print the version, OpenMP and threads, the SIMD path chosen, compiler and flags."""
-    c = config()
-    print(f"relpos {c['version']}")
-    print(f"  OpenMP        : {'on' if c['openmp'] else 'off (serial build)'}")
-    print(f"  threads       : {c['num_threads']}"
-          + ("  (a forked child: serial, since OpenMP's pool does not survive fork)" if c["forked_child"] else ""))
-    print(f"  SIMD path     : {c['simd']} (CPU has AVX2+FMA: {c['cpu_avx2_fma']})")
-    print(f"  compiler      : {c['compiler']}")
-    print(f"  CFLAGS        : {c['cflags']}")
-    print(f"  SIMD CFLAGS   : {c['simd_cflags']} (AVX2 translation unit only)")
+           "functional", "nn", "optim", "encodings", "models", "data", "train", "experiments", "probe",
+           "save", "load", "show_config", "set_num_threads", "get_num_threads", "config", "__version__"]

@@ -11,6 +11,13 @@ import os
 import sys
 import time
 
+from tqdm.auto import tqdm
+
+from . import encodings
+from ._config import set_num_threads, show_config
+from .data import load_text
+from .experiments import DEFAULT_ENCODINGS, DEFAULTS, compare
+
 __all__ = ["main", "build_parser"]
 
 PROG = "relpos"
@@ -53,7 +60,6 @@ def _positive(text):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .experiments import DEFAULT_ENCODINGS, DEFAULTS
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="relpos: small transformers on NumPy arrays with a C core, made to compare "
@@ -135,23 +141,16 @@ class UsageError(Exception):
 
 
 def _cmd_info(args):
-    import relpos
-    relpos.show_config()
+    show_config()
     return 0
 
 
 def _cmd_encodings(args):
-    from . import encodings
     print(encodings.available())
     return 0
 
 
 def _cmd_compare(args):
-    from tqdm.auto import tqdm
-
-    from .data import load_text
-    from .experiments import compare
-    from . import set_num_threads
 
     progress = not args.no_progress
     train_len = args.train_len

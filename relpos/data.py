@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import functools
 import os
+from pydoc_data.topics import topics
 
 import numpy as np
+
+from .functional import IGNORE_INDEX
 
 __all__ = ["IGNORE_INDEX", "ByteTokenizer", "CharTokenizer", "default_corpus", "load_text",
            "LMData", "Task", "CopyTask", "ReverseTask", "SortTask", "RecallTask", "ParityTask",
            "AdditionTask", "TASKS", "get_task", "exact_match"]
 
-IGNORE_INDEX = -100
 
 
 def _as_rng(rng):
@@ -146,7 +148,6 @@ def default_corpus() -> str:
     behind ``help('topic')``): topics joined in sorted key order, ~465 KB.
     Ships with every CPython, so it needs no download; always the same string
     for one Python version."""
-    from pydoc_data.topics import topics
     return "\n\n".join(topics[k] for k in sorted(topics))
 
 

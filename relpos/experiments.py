@@ -14,12 +14,24 @@ because relpos results do not depend on the thread count.
 """
 from __future__ import annotations
 
+import copy
 import html
 import json
+import multiprocessing
 import os
+import queue as _q
+import threading
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import numpy as np
+from tqdm.auto import tqdm
+
+from . import encodings
+from ._config import get_num_threads, set_num_threads
+from .data import LMData, default_corpus, get_task, load_text
+from .models import TransformerLM
+from .train import evaluate_lengths, fit
 
 __all__ = ["DEFAULT_ENCODINGS", "ALL_ENCODINGS", "DEFAULTS", "run_config", "compare", "sweep",
            "CompareResult"]
@@ -39,7 +51,6 @@ DEFAULTS = dict(
 
 def ALL_ENCODINGS():
     """Every registered encoding name."""
-    from . import encodings
     return [row["name"] for row in encodings.available()]
 
 
@@ -55,7 +66,8 @@ def _default_train_len(task):
 def _resolve(config):
     """Fill defaults; check names and sizes. Returns a new dict."""
     cfg = dict(DEFAULTS)
-    unknown = sorted(set(config) - set(DEFAULTS) - {"encoding", "progress", "_progress_queue", "_progress_tag"})
+    unknown = sorted(set(config) - set(DEFAULTS) - {"encoding", "label", "progress", "_progress_queue",
+                                                    "_progress_tag"})
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} in run config; known: encoding, progress, "
                          f"{', '.join(sorted(DEFAULTS))}")
@@ -79,7 +91,6 @@ def _resolve(config):
 
 
 def _build_data(cfg):
-    from .data import LMData, default_corpus, get_task, load_text
     if cfg["task"] == "lm":
         if cfg["text"] is not None:
             text = cfg["text"]
@@ -96,14 +107,16 @@ def _build_data(cfg):
 
 
 def _build_model(cfg, data):
-    from .models import TransformerLM
     if cfg["task"] == "lm":
         max_len = cfg["train_len"]
     else:
         max_len = data.seq_len(cfg["train_len"])
     opts = dict(cfg["encoding_options"] or {})
+    enc = cfg["encoding"]
+    if encodings.is_encoding(enc):
+        enc = copy.deepcopy(enc)  # every run starts from the instance as it was given
     return TransformerLM(data.vocab_size, d_model=cfg["d_model"], n_layers=cfg["n_layers"],
-                         n_heads=cfg["n_heads"], encoding=cfg["encoding"], max_len=max_len,
+                         n_heads=cfg["n_heads"], encoding=enc, max_len=max_len,
                          d_ff=cfg["d_ff"], norm=cfg["norm"], pre_ln=cfg["pre_ln"], dropout=cfg["dropout"],
                          impl=cfg["impl"], seed=cfg["seed"], **opts)
 
@@ -116,8 +129,6 @@ def run_config(config: dict) -> dict:
     Returns a JSON-ready dict: encoding, seed, metrics {str(length): value or
     None}, final training loss, losses (every step), timings, n_params, config.
     """
-    from . import get_num_threads, set_num_threads
-    from .train import evaluate_lengths, fit
     cfg = _resolve(config)
     progress = bool(config.get("progress", False))
     queue, tag = config.get("_progress_queue"), config.get("_progress_tag")
@@ -136,8 +147,8 @@ def run_config(config: dict) -> dict:
         t0 = time.perf_counter()
         hist = fit(model, data, cfg["steps"], batch_size=cfg["batch_size"], seq_len=cfg["train_len"],
                    lr=cfg["lr"], warmup=cfg["warmup"], weight_decay=cfg["weight_decay"], clip=cfg["clip"],
-                   seed=cfg["seed"], progress=progress, desc=f"{cfg['encoding']} seed {cfg['seed']}",
-                   callback=callback)
+                   seed=cfg["seed"], progress=progress, callback=callback,
+                   desc=f"{config.get('label') or _label(cfg['encoding'])} seed {cfg['seed']}")
         t1 = time.perf_counter()
         metrics = evaluate_lengths(model, data, cfg["eval_lens"], max_tokens=cfg["eval_tokens"],
                                    n_samples=cfg["n_eval"], seed=cfg["seed"])
@@ -146,8 +157,9 @@ def run_config(config: dict) -> dict:
         if prev_threads is not None:
             set_num_threads(prev_threads)
     public = {k: v for k, v in cfg.items() if k not in ("text", "progress") and not k.startswith("_")}
+    public["encoding"] = _spec_json(cfg["encoding"])
     return {
-        "encoding": cfg["encoding"] if isinstance(cfg["encoding"], str) else type(cfg["encoding"]).__name__,
+        "encoding": config.get("label") or _label(cfg["encoding"]),
         "seed": int(cfg["seed"]),
         "metric": "perplexity" if cfg["task"] == "lm" else "accuracy",
         "metrics": {str(k): v for k, v in metrics.items()},
@@ -162,14 +174,11 @@ def run_config(config: dict) -> dict:
 
 # --------------------------------------------------------------------- sweep
 def _worker_init(threads):
-    from . import set_num_threads
     if threads:
         set_num_threads(int(threads))
 
 
 def _default_executor(n_jobs, max_workers=None):
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
     cores = os.cpu_count() or 1
     workers = max(1, min(n_jobs, max_workers or cores))
     threads = max(1, cores // workers)
@@ -190,8 +199,6 @@ def sweep(configs, executor=None, max_workers: int | None = None, progress: bool
     default executor the progress bar counts training steps of all runs;
     with another executor it counts finished runs.
     """
-    from concurrent.futures import as_completed
-    from tqdm.auto import tqdm
     configs = [dict(c) for c in configs]
     for c in configs:
         _resolve(c)  # fail early, in the caller, on a bad config
@@ -202,7 +209,6 @@ def sweep(configs, executor=None, max_workers: int | None = None, progress: bool
     if own:
         executor = _default_executor(len(configs), max_workers)
         if progress:
-            import multiprocessing
             manager = multiprocessing.get_context("spawn").Manager()
             queue = manager.Queue()
             for i, c in enumerate(configs):
@@ -215,11 +221,9 @@ def sweep(configs, executor=None, max_workers: int | None = None, progress: bool
     stop = None
     try:
         if manager is not None:
-            import threading
             stop = threading.Event()
 
             def pump():
-                import queue as _q
                 while not stop.is_set():
                     try:
                         tag, step = queue.get(timeout=0.2)
@@ -256,23 +260,63 @@ def sweep(configs, executor=None, max_workers: int | None = None, progress: bool
 
 
 # ------------------------------------------------------------------- compare
-def _check_encodings(encodings):
-    if isinstance(encodings, str):
-        encodings = [e for e in encodings.split(",") if e.strip()]
-    names = [e.strip().lower() if isinstance(e, str) else e for e in encodings]
-    if not names:
+def _label(spec):
+    """The row name of an encoding spec: its registered name, else its class name."""
+    if isinstance(spec, str):
+        return spec.lower() if ":" not in spec else (getattr(encodings.lookup(spec), "name", "") or spec)
+    cls = spec if isinstance(spec, type) else type(spec)
+    return getattr(cls, "name", "") or cls.__name__
+
+
+def _spec_json(spec):
+    """What results.json says of an encoding spec (a name, 'module:Class', or the class path)."""
+    if isinstance(spec, str):
+        return spec
+    cls = spec if isinstance(spec, type) else type(spec)
+    return f"{cls.__module__}:{cls.__qualname__}" + ("" if isinstance(spec, type) else " (instance)")
+
+
+def _encoding_specs(specs):
+    """[(label, spec)] from names, 'module:Class' strings, Encoding classes or instances
+    (or one comma-separated string, or "all"). Every spec is checked here, before any
+    training; a repeated name counts once, other repeated labels get '#2', '#3'."""
+    if isinstance(specs, str) or encodings.is_encoding(specs) or isinstance(specs, type):
+        specs = [e for e in specs.split(",") if e.strip()] if isinstance(specs, str) else [specs]
+    specs = list(specs)
+    if not specs:
         raise ValueError("encodings must name at least one encoding")
-    if any(n == "all" for n in names):
-        names = ALL_ENCODINGS()
-    known = set(ALL_ENCODINGS())
-    for n in names:
-        if not isinstance(n, str):
-            raise TypeError(f"encodings must be names (str); got {type(n).__name__}")
-    bad = [n for n in names if n not in known]
-    if bad:
-        raise ValueError(f"unknown encoding(s) {', '.join(map(repr, bad))}; available: "
-                         f"{', '.join(sorted(known))}")
-    return list(dict.fromkeys(names))
+    expanded = []
+    for e in specs:
+        if isinstance(e, str):
+            e = e.strip()
+            if e.lower() == "all":
+                expanded += ALL_ENCODINGS()
+                continue
+            if ":" not in e:
+                e = e.lower()
+        expanded.append(e)
+    out, labels = [], set()
+    for e in expanded:
+        if encodings.is_encoding(e):
+            spec = e
+        else:
+            try:
+                encodings.lookup(e)  # unknown names and bad 'module:Class' strings fail here
+            except TypeError:
+                raise TypeError(f"encodings must be names, 'module:Class' strings, Encoding classes or "
+                                f"instances; got {e!r}") from None
+            spec = e
+            if isinstance(e, str) and any(s == e for _, s in out):
+                continue
+        label = _label(spec)
+        n = 2
+        base = label
+        while label in labels:
+            label = f"{base}#{n}"
+            n += 1
+        labels.add(label)
+        out.append((label, spec))
+    return out
 
 
 def compare(encodings=DEFAULT_ENCODINGS, task: str = "lm", train_len: int | None = None, eval_lens=None,
@@ -287,7 +331,11 @@ def compare(encodings=DEFAULT_ENCODINGS, task: str = "lm", train_len: int | None
     """Train the same model with each encoding at ``train_len``; evaluate at ``eval_lens``.
 
     Args:
-        encodings: names (or a comma-separated string, or "all").
+        encodings: registered names, 'module:Class' strings (the module is imported from
+            the working directory), Encoding subclasses or instances (an instance is
+            copied for each run and shared by the model's layers); or a
+            comma-separated string of names, or "all". Rows are named after each
+            encoding's ``name`` (repeats get '#2', '#3').
         task: "lm" (perplexity on ``text`` / ``text_file`` / the default corpus)
             or a synthetic task name (exact-match accuracy; train_len is then the
             largest problem size trained on, sizes 1..train_len).
@@ -312,7 +360,8 @@ def compare(encodings=DEFAULT_ENCODINGS, task: str = "lm", train_len: int | None
     Returns a :class:`CompareResult`. Learned absolute positions past their
     max_len (= train_len) are reported as None ("n/a"), not an error.
     """
-    names = _check_encodings(encodings)
+    specs = _encoding_specs(encodings)
+    names = [label for label, _ in specs]
     if isinstance(seeds, (int, np.integer)):
         seeds = (int(seeds),)
     seeds = [int(s) for s in seeds]
@@ -322,26 +371,26 @@ def compare(encodings=DEFAULT_ENCODINGS, task: str = "lm", train_len: int | None
         text, text_file = None, text
     if text_file is not None:
         text_file = os.fspath(text_file)
-    from .data import get_task
     if task != "lm":
         task = get_task(task).name  # unknown names fail here, listing the known ones
     common = dict(task=task, train_len=train_len, eval_lens=eval_lens, steps=steps, d_model=d_model,
                   n_layers=n_layers, n_heads=n_heads, d_ff=d_ff, norm=norm, pre_ln=pre_ln, dropout=dropout,
                   batch_size=batch_size, lr=lr, warmup=warmup, weight_decay=weight_decay, clip=clip,
                   text_file=text_file, eval_tokens=eval_tokens, n_eval=n_eval, threads=threads)
-    resolved = _resolve(dict(common, encoding=names[0]))
+    resolved = _resolve(dict(common, encoding=specs[0][1]))
     # check the data once, here, so a bad file or a too-long train_len fails before any training
     data = _build_data(dict(resolved, text=text))
     if d_model % n_heads:
         raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
 
     configs = []
-    for name in names:
+    for name, spec in specs:
         opts = encoding_options or {}
         if opts and all(isinstance(v, dict) for v in opts.values()):
             opts = opts.get(name, {})
         for s in seeds:
-            configs.append(dict(common, encoding=name, seed=s, text=text, encoding_options=opts or None))
+            configs.append(dict(common, encoding=spec, label=name, seed=s, text=text,
+                                encoding_options=opts or None))
 
     public = {k: v for k, v in resolved.items() if k not in ("encoding", "seed", "text", "encoding_options")}
     public["seeds"] = seeds
@@ -353,7 +402,6 @@ def compare(encodings=DEFAULT_ENCODINGS, task: str = "lm", train_len: int | None
 
     def finished(i, run):
         if progress:
-            from tqdm.auto import tqdm
             cells = ", ".join(f"{L}: {_fmt(v, result.metric)}" for L, v in run["metrics"].items())
             tqdm.write(f"  {run['encoding']:<12s} seed {run['seed']}: train loss {run['final_loss']:.3f}, "
                        f"{result.metric} {cells}  ({run['train_time'] + run['eval_time']:.0f} s)")

@@ -1,6 +1,6 @@
 """Transformer models built from relpos layers: a block, a decoder LM, an encoder.
 
-    >>> from relpos.nn import TransformerLM
+    >>> from relpos.models import TransformerLM     # also relpos.nn.TransformerLM
     >>> model = TransformerLM(vocab_size=256, d_model=64, n_layers=2, n_heads=4, encoding="alibi")
     >>> logits = model(ids)                      # ids (B, T) int64 -> (B, T, 256)
     >>> loss = model.loss(ids[:, :-1], ids[:, 1:])
@@ -17,9 +17,11 @@ import math
 
 import numpy as np
 
+from . import encodings
 from . import functional as F
 from . import nn
-from .data import IGNORE_INDEX
+from .encodings import Encoding
+from .functional import IGNORE_INDEX
 from .tensor import Tensor, no_grad
 
 __all__ = ["TransformerBlock", "TransformerLM", "TransformerEncoder"]
@@ -127,7 +129,6 @@ class _Stack(nn.Module):
 
     def _build(self, vocab_size, d_model, n_layers, n_heads, encoding, max_len, d_ff, norm, pre_ln,
                dropout, causal, impl, seed, encoding_options, embed_scale="auto"):
-        from . import encodings
         _check_int(vocab_size, "vocab_size")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise TypeError(f"seed must be an int >= 0 (models are initialised reproducibly); got {seed!r}")
@@ -139,12 +140,18 @@ class _Stack(nn.Module):
         head_dim = d_model // n_heads
         # one probe instance tells the channel; absolute encodings live here, others in each layer
         ctx = dict(n_heads=n_heads, head_dim=head_dim, d_model=d_model, max_len=max_len, seed=seed)
-        cls = encodings._REGISTRY.get(encoding.lower()) if isinstance(encoding, str) else None
-        if cls is not None and cls.replaces_token_embedding:
+        cls = type(encoding) if encodings.is_encoding(encoding) else encodings.lookup(encoding or "none")
+        if cls.replaces_token_embedding and not encodings.is_encoding(encoding):
             # e.g. complex word order: it builds the token embedding itself
             encoding_options = dict(encoding_options)
             encoding_options.setdefault("vocab_size", vocab_size)
-        probe = encodings.get(encoding, **ctx, **encoding_options)
+        if encodings.is_encoding(encoding):
+            if encoding_options:
+                raise ValueError(f"encoding options {sorted(encoding_options)} are given with an already built "
+                                 "encoding")
+            probe = encoding
+        else:
+            probe = encodings.build(encoding, ctx, **encoding_options)
         probe.check_causal(causal)
         self.encoding_name = probe.name
         self.absolute = "A" in probe.channel
@@ -165,7 +172,7 @@ class _Stack(nn.Module):
             layer_encoding, layer_opts = probe, {}
         else:
             self.pos = None
-            layer_encoding, layer_opts = probe.name, dict(encoding_options)
+            layer_encoding, layer_opts = type(probe), dict(encoding_options)
             if max_len is not None:
                 layer_opts.setdefault("max_len", max_len)
         self.drop = nn.Dropout(dropout, seed=seed + 7919)
@@ -195,7 +202,6 @@ class _Stack(nn.Module):
         for blk in self.blocks:
             residual.add(id(blk.fc2.weight))
             residual.add(id(blk.attn.out_proj.weight))
-        from .encodings.base import Encoding
         skip = set()
         for m in self.modules():
             if isinstance(m, Encoding):

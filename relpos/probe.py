@@ -7,9 +7,16 @@ install it, and everything else works.
 """
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 
 import numpy as np
+
+from . import encodings
+from .encodings import Encoding
+from .encodings.rotary import rope_angles
+from .nn import MultiHeadAttention
+from .tensor import no_grad
 
 __all__ = [
     "attention_maps", "plot_attention", "bias_vs_distance", "plot_bias", "rope_decay",
@@ -31,7 +38,6 @@ def _plt():
 
 
 def _has_display():
-    import os
     return bool(os.environ.get("DISPLAY") or os.environ.get("MPLBACKEND"))
 
 
@@ -46,7 +52,6 @@ def _axes(ax, figsize=(6, 4)):
 # ---------------------------------------------------------------- attention maps
 
 def _attention_modules(model):
-    from .nn.attention import MultiHeadAttention
     mods = [m for m in model.modules() if isinstance(m, MultiHeadAttention)]
     if not mods:
         raise ValueError(f"model {type(model).__name__} has no MultiHeadAttention layers to probe")
@@ -86,7 +91,6 @@ def attention_maps(model, ids) -> np.ndarray:
     (n_layers, n_heads, T, T): ``maps[l, h, i, j]`` is how much query i of head h
     in layer l attends to key j.
     """
-    from .tensor import no_grad
     ids = np.asarray(ids)
     if ids.ndim == 1:
         ids = ids[None]
@@ -143,10 +147,10 @@ def plot_attention(maps, layer=0, heads=None, tokens=None, ax=None, cmap="viridi
 # ---------------------------------------------------------------- bias vs distance
 
 def _encoding_of(obj, **options):
-    from . import encodings
-    from .encodings.base import Encoding
-    if isinstance(obj, (str, Encoding)):
-        return encodings.get(obj, **options) if isinstance(obj, str) else obj
+    """An encoding from a name, 'module:Class', a class or an instance (built with options),
+    or a model's first encoding."""
+    if isinstance(obj, (str, type)) or encodings.is_encoding(obj):
+        return encodings.get(obj, **options)
     for m in obj.modules():  # a model: its first encoding
         if isinstance(m, Encoding):
             return m
@@ -162,14 +166,13 @@ def bias_vs_distance(encoding_or_model, max_distance, query_positions=None, caus
     ``causal``: the mask the encoding is used with (ALiBi and T5 by default
     change form with it); None = the model's own, or True for an encoding.
     """
-    from . import encodings
     if int(max_distance) != max_distance or max_distance < 0:
         raise ValueError(f"max_distance must be an int >= 0; got {max_distance!r}")
     max_distance = int(max_distance)
     enc = _encoding_of(encoding_or_model, **options)
     if causal is None:
         # a model: the mask its layers use; an encoding alone: causal
-        causal = True if isinstance(encoding_or_model, (str, encodings.Encoding)) \
+        causal = True if isinstance(encoding_or_model, (str, type)) or encodings.is_encoding(encoding_or_model) \
             else bool(getattr(encoding_or_model, "causal", True))
     qs = [max_distance] if query_positions is None else [int(q) for q in np.atleast_1d(query_positions)]
     Tk = max(max(qs), max_distance) + 1
@@ -218,7 +221,6 @@ def rope_decay(rotary_dim=64, base=10000.0, max_distance=1024, scaling=None, sca
     Scalings (``"linear"``, ``"ntk"``, ``"yarn"``) use the same frequencies as
     the ``rope`` encoding.
     """
-    from .encodings.rotary import rope_angles
     if int(max_distance) != max_distance or max_distance < 0:
         raise ValueError(f"max_distance must be an int >= 0; got {max_distance!r}")
     ang = np.asarray(rope_angles(int(max_distance) + 1, rotary_dim, base=base, scaling=scaling,

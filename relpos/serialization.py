@@ -32,6 +32,7 @@ from numbers import Integral, Real
 
 import numpy as np
 
+from .nn.module import Module
 from .tensor import Tensor
 
 __all__ = ["save", "load", "FORMAT_NAME", "FORMAT_VERSION"]
@@ -49,7 +50,6 @@ def _crc32(arr: np.ndarray) -> int:
 
 def _flatten(obj, path, arrays):
     """JSON-able tree for obj; arrays are appended to `arrays` as (key, ndarray)."""
-    from .nn.module import Module  # late: nn imports nothing from here
 
     where = path or "<root>"
     if isinstance(obj, Module):

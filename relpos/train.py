@@ -20,8 +20,11 @@ import os
 import time
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from .data import IGNORE_INDEX, LMData, Task
+from .optim import AdamW, WarmupCosine, clip_grad_norm
+from .serialization import load, save
 from .tensor import no_grad
 
 __all__ = ["History", "fit", "evaluate", "evaluate_lengths", "CheckpointError", "save_checkpoint",
@@ -218,7 +221,6 @@ def save_checkpoint(path, model, optimizer, scheduler, step, rng, history, run_i
     """Write a checkpoint (model, optimizer and schedule state, step, the batch
     sampler's RNG, the modules' dropout RNGs, history) with :func:`relpos.save`,
     which writes atomically (temp file, fsync, rename)."""
-    from . import save
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     meta = {"step": int(step), "rng": _rng_to_json(rng), "history": history.to_dict(), "run": run_info,
@@ -232,7 +234,6 @@ def load_checkpoint(path, model):
     """Read a checkpoint and check it belongs to ``model`` (same keys and shapes).
 
     Returns (state, meta). Raises FileNotFoundError or CheckpointError."""
-    from . import load
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
@@ -260,7 +261,6 @@ def load_checkpoint(path, model):
 
 # ----------------------------------------------------------------------- fit
 def _make_optimizer(model, lr, weight_decay, betas):
-    from .optim import AdamW
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -302,8 +302,6 @@ def fit(model, data, steps: int, batch_size: int = 16, seq_len: int = 64, lr: fl
     Raises FloatingPointError naming the step when the loss or the gradient
     norm is not finite; CheckpointError for a checkpoint of another model.
     """
-    from .optim import WarmupCosine, clip_grad_norm
-    from tqdm.auto import tqdm
 
     kind = _data_kind(data)
     if not callable(getattr(model, "loss", None)) or not callable(getattr(model, "parameters", None)):

@@ -26,12 +26,39 @@ def has_fused() -> bool:
     return hasattr(_C, "attention_fwd") and hasattr(_C, "attention_bwd")
 
 
-def _resolve_impl(impl, return_weights):
+#: the largest q_offset: positions stay far from int64 overflow (the bridge's bound too)
+MAX_POSITION = 2 ** 60
+
+
+def check_q_offset(q_offset, name="q_offset") -> int:
+    """``q_offset`` as an int in [0, 2**60], or TypeError/ValueError naming it."""
+    if isinstance(q_offset, bool) or not isinstance(q_offset, (int, np.integer)):
+        raise TypeError(f"{name} must be an int; got {type(q_offset).__name__}")
+    if not 0 <= q_offset <= MAX_POSITION:
+        raise ValueError(f"{name} must be in [0, 2**60]; got {q_offset}")
+    return int(q_offset)
+
+
+def check_impl(impl) -> str:
+    """``impl`` is one of "auto", "materialized", "fused", or ValueError."""
     if impl not in _IMPLS:
         raise ValueError(f"impl must be one of {_IMPLS}; got {impl!r}")
+    return impl
+
+
+def choose_impl(impl, return_weights=False, encoding=None) -> str:
+    """The kernel that runs: "fused" or "materialized".
+
+    "auto" is fused unless the attention weights are asked for or the encoding
+    needs the whole logit row (``encoding.materialized_only``, CoPE)."""
+    check_impl(impl)
+    whole_row = encoding is not None and getattr(encoding, "materialized_only", False)
     if impl == "auto":
-        return "fused" if (has_fused() and not return_weights) else "materialized"
+        return "fused" if (has_fused() and not return_weights and not whole_row) else "materialized"
     if impl == "fused":
+        if whole_row:
+            raise ValueError(f"encoding {encoding.name!r} needs the whole logit row: impl='fused' "
+                             "is not possible; use impl='materialized' or 'auto'")
         if not has_fused():
             raise RuntimeError("impl='fused' was asked for but this build of relpos._C has no fused "
                                "attention kernel (_C.attention_fwd/_C.attention_bwd); use impl='materialized'")
@@ -101,6 +128,69 @@ def _check_ix(ix, name, table):
     return (int(sign), int(off))
 
 
+def check_attention_args(q, k, v, *, q_offset=0, total_k=None, key_padding_mask=None, scale=None):
+    """Check the shapes of q (B, H, Tq, D), k (B, H, Tk, D), v (B, H, Tk, Dv),
+    the mask and the scale; the one place these are checked.
+
+    ``total_k``: the number of keys attended to when k holds only the new keys
+    of a cache (the mask covers them all). Returns (B, H, Tq, total_k, D, Dv).
+    """
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if x.ndim != 4:
+            raise ValueError(f"{name} must have shape (B, H, T, D) (4 dimensions); got {_shape(x)}")
+    B, H, Tq, D = _shape(q)
+    if _shape(k)[:2] != (B, H) or _shape(k)[3] != D:
+        raise ValueError(f"k must have shape (B, H, Tk, D) = ({B}, {H}, *, {D}) to match q {_shape(q)}; "
+                         f"got {_shape(k)}")
+    Tk = _shape(k)[2]
+    if _shape(v)[:3] != (B, H, Tk):
+        raise ValueError(f"v must have shape (B, H, Tk, Dv) = ({B}, {H}, {Tk}, *) to match q {_shape(q)} "
+                         f"and k {_shape(k)}; got {_shape(v)}")
+    total_k = Tk if total_k is None else int(total_k)
+    if key_padding_mask is not None:
+        m = np.asarray(key_padding_mask.data if isinstance(key_padding_mask, Tensor) else key_padding_mask)
+        if m.dtype != np.bool_:
+            raise TypeError(f"key_padding_mask must have dtype bool (True = padding); got {m.dtype}")
+        if m.shape != (B, total_k):
+            raise ValueError(f"key_padding_mask must have shape (B, Tk) = ({B}, {total_k}); got {m.shape}")
+    if scale is not None:
+        if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating, np.integer)):
+            raise TypeError(f"scale must be a float or None; got {type(scale).__name__}")
+        if not np.isfinite(scale):
+            raise ValueError(f"scale must be finite; got {scale}")
+    return B, H, Tq, total_k, D, _shape(v)[3]
+
+
+def run_attention_core(q, k, v, dims, *, causal, key_padding_mask, q_offset, scale, impl, return_weights,
+                       qr=None, relk=None, relk_ix=None, relq=None, relq_ix=None, relv=None, relv_ix=None,
+                       bias_vec=None, bias_ix=None, bias_full=None):
+    """attention_core after :func:`check_attention_args` and :func:`choose_impl`
+    (the channel inputs come from an encoding and are checked here)."""
+    tabs = {}
+    for name, x, ixname, ix in (("relk", relk, "relk_ix", relk_ix), ("relq", relq, "relq_ix", relq_ix),
+                                ("relv", relv, "relv_ix", relv_ix), ("bias_vec", bias_vec, "bias_ix", bias_ix)):
+        if x is None:
+            if ix is not None:
+                raise ValueError(f"{ixname} was given but {name} is None")
+            continue
+        if ix is None:
+            raise ValueError(f"{ixname} is required when {name} is given: a (sign, off) tuple")
+        tabs[ixname] = _check_ix(ix, ixname, name)
+    if qr is not None and relk is None:
+        raise ValueError("qr was given but relk is None (qr is the query of the relk term)")
+    if key_padding_mask is not None:
+        m = key_padding_mask.data if isinstance(key_padding_mask, Tensor) else key_padding_mask
+        key_padding_mask = np.ascontiguousarray(m)
+    opts = dict(causal=bool(causal), key_padding_mask=key_padding_mask, q_offset=int(q_offset),
+                scale=None if scale is None else float(scale), **tabs)
+    args = [_as_input(x, n) for n, x in zip(_TENSOR_ARGS, (q, k, v, qr, relk, relq, relv, bias_vec, bias_full))]
+    res = _AttentionCore.apply(*args, opts=opts, impl=impl, return_weights=bool(return_weights))
+    if return_weights:
+        out, w = res
+        return out, w.data
+    return res
+
+
 def attention_core(q, k, v, *, causal=True, key_padding_mask=None, q_offset=0, scale=None,
                    qr=None, relk=None, relk_ix=None, relq=None, relq_ix=None,
                    relv=None, relv_ix=None, bias_vec=None, bias_ix=None, bias_full=None,
@@ -122,7 +212,7 @@ def attention_core(q, k, v, *, causal=True, key_padding_mask=None, q_offset=0, s
         q: (B, H, Tq, D) Tensor or array. k: (B, H, Tk, D). v: (B, H, Tk, Dv).
         causal: mask keys after the query's absolute position.
         key_padding_mask: (B, Tk) bool ndarray, True = padding (ignored key).
-        q_offset: int >= 0, the absolute position of query 0 (a cache of past keys).
+        q_offset: int in [0, 2**60], the absolute position of query 0 (a cache of past keys).
         scale: float multiplying the content terms; None = 1/sqrt(D).
         qr: (B, H, Tq, D) query for the relk term (default q), e.g. Transformer-XL's q + u.
         relk, relq: (1|H, R, D) relative key / query tables with relk_ix, relq_ix (sign, off).
@@ -136,56 +226,11 @@ def attention_core(q, k, v, *, causal=True, key_padding_mask=None, q_offset=0, s
         out (B, H, Tq, Dv) Tensor, or (out, weights (B, H, Tq, Tk) ndarray) when
         return_weights. Gradients flow to q, k, v and every channel Tensor.
     """
-    impl = _resolve_impl(impl, bool(return_weights))
-    q = _as_input(q, "q")
-    k = _as_input(k, "k")
-    v = _as_input(v, "v")
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        if x.ndim != 4:
-            raise ValueError(f"{name} must have shape (B, H, T, D) (4 dimensions); got {_shape(x)}")
-    B, H, Tq, D = _shape(q)
-    if _shape(k)[:2] != (B, H) or _shape(k)[3] != D:
-        raise ValueError(f"k must have shape (B, H, Tk, D) = ({B}, {H}, *, {D}) to match q {_shape(q)}; "
-                         f"got {_shape(k)}")
-    Tk = _shape(k)[2]
-    if _shape(v)[:3] != (B, H, Tk):
-        raise ValueError(f"v must have shape (B, H, Tk, Dv) = ({B}, {H}, {Tk}, *) to match q {_shape(q)} "
-                         f"and k {_shape(k)}; got {_shape(v)}")
-    if isinstance(q_offset, bool) or not isinstance(q_offset, (int, np.integer)):
-        raise TypeError(f"q_offset must be an int; got {type(q_offset).__name__}")
-    if not 0 <= q_offset <= 2 ** 60:  # the bridge's bound: positions stay far from int64 overflow
-        raise ValueError(f"q_offset must be in [0, 2**60]; got {q_offset}")
-    if key_padding_mask is not None:
-        m = key_padding_mask.data if isinstance(key_padding_mask, Tensor) else key_padding_mask
-        m = np.asarray(m)
-        if m.dtype != np.bool_:
-            raise TypeError(f"key_padding_mask must have dtype bool (True = padding); got {m.dtype}")
-        if m.shape != (B, Tk):
-            raise ValueError(f"key_padding_mask must have shape (B, Tk) = ({B}, {Tk}); got {m.shape}")
-        key_padding_mask = np.ascontiguousarray(m)
-    if scale is not None:
-        if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating, np.integer)):
-            raise TypeError(f"scale must be a float or None; got {type(scale).__name__}")
-        if not np.isfinite(scale):
-            raise ValueError(f"scale must be finite; got {scale}")
-        scale = float(scale)
-    tabs = {}
-    for name, x, ixname, ix in (("relk", relk, "relk_ix", relk_ix), ("relq", relq, "relq_ix", relq_ix),
-                                ("relv", relv, "relv_ix", relv_ix), ("bias_vec", bias_vec, "bias_ix", bias_ix)):
-        if x is None:
-            if ix is not None:
-                raise ValueError(f"{ixname} was given but {name} is None")
-            continue
-        if ix is None:
-            raise ValueError(f"{ixname} is required when {name} is given: a (sign, off) tuple")
-        tabs[ixname] = _check_ix(ix, ixname, name)
-    if qr is not None and relk is None:
-        raise ValueError("qr was given but relk is None (qr is the query of the relk term)")
-    opts = dict(causal=bool(causal), key_padding_mask=key_padding_mask, q_offset=int(q_offset), scale=scale,
-                **tabs)
-    args = [_as_input(x, n) for n, x in zip(_TENSOR_ARGS, (q, k, v, qr, relk, relq, relv, bias_vec, bias_full))]
-    res = _AttentionCore.apply(*args, opts=opts, impl=impl, return_weights=bool(return_weights))
-    if return_weights:
-        out, w = res
-        return out, w.data
-    return res
+    impl = choose_impl(impl, bool(return_weights))
+    q, k, v = _as_input(q, "q"), _as_input(k, "k"), _as_input(v, "v")
+    q_offset = check_q_offset(q_offset)
+    dims = check_attention_args(q, k, v, q_offset=q_offset, key_padding_mask=key_padding_mask, scale=scale)
+    return run_attention_core(q, k, v, dims, causal=causal, key_padding_mask=key_padding_mask, q_offset=q_offset,
+                              scale=scale, impl=impl, return_weights=return_weights, qr=qr, relk=relk,
+                              relk_ix=relk_ix, relq=relq, relq_ix=relq_ix, relv=relv, relv_ix=relv_ix,
+                              bias_vec=bias_vec, bias_ix=bias_ix, bias_full=bias_full)

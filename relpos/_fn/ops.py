@@ -10,11 +10,15 @@ import numpy as np
 
 from .. import _C
 from ..tensor import Function, Tensor, _unbroadcast, as_array
+from .views import getitem
 
 __all__ = ["add", "sub", "mul", "div", "scale", "bias_add", "neg",
            "gelu", "relu", "silu", "exp", "log", "tanh",
            "layer_norm", "rms_norm", "softmax", "log_softmax", "cross_entropy",
-           "embedding", "dropout"]
+           "embedding", "dropout", "IGNORE_INDEX"]
+
+#: the target id that cross_entropy skips (as torch's default ignore_index)
+IGNORE_INDEX = -100
 
 
 def _f32(x, name):
@@ -433,7 +437,7 @@ def _targets(targets):
     return np.ascontiguousarray(t, dtype=np.int64)
 
 
-def cross_entropy(logits, targets, ignore_index: int = -100) -> Tensor:
+def cross_entropy(logits, targets, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """Mean softmax cross-entropy. logits: (N, V) or (..., V); targets: integer
     array of logits.shape[:-1] with values in [0, V) or ignore_index. The mean
     runs over rows whose target is not ignore_index (loss 0 when there are
@@ -470,7 +474,6 @@ def embedding(ids, weight) -> Tensor:
     if ids.dtype.kind not in "iu":
         raise TypeError(f"ids must have an integer dtype; got {ids.dtype}")
     if ids.ndim == 0:  # one id -> one row (D,)
-        from .views import getitem
         return getitem(_Embedding.apply(weight, np.ascontiguousarray(ids.reshape(1), dtype=np.int64)), 0)
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     return _Embedding.apply(weight, ids)

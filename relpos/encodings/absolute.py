@@ -15,7 +15,7 @@ import numpy as np
 from .. import _C
 from ..nn import Parameter
 from ..tensor import Function, Tensor, as_array
-from . import register
+from .registry import register
 from .base import Encoding
 
 __all__ = ["sinusoidal_table"]
@@ -152,6 +152,10 @@ class NoPE(Encoding):
     def embed(self, x, positions=None, ids=None):
         """x (B, T, d_model) -> x unchanged."""
         return x
+
+    def check_attention(self, causal: bool, where: str = "attention") -> None:
+        """NoPE adds nothing anywhere, so it may stand inside attention too (causal only)."""
+        self.check_causal(causal)
 
 
 @register

@@ -1,13 +1,11 @@
 """Channel B: encodings that add a bias ``b_h(i, j)`` to the attention logits.
 
-Toeplitz biases (ALiBi, T5 buckets, KERPLE, Sandwich, learned per-distance
-bias) depend on ``i - j`` only. For a window of Tq queries at absolute
-positions ``q_offset .. q_offset+Tq-1`` and Tk keys at ``0 .. Tk-1`` each of
-them builds one per-head vector over the ``Tq + Tk - 1`` distances
-``d = q_offset-(Tk-1) .. q_offset+Tq-1`` (a C kernel, with its backward into
-the encoding's parameters) and hands it to attention as ``bias_vec`` with
-``bias_ix = (+1, Tk-1-q_offset)``. FIRE depends on ``i`` as well and gives a
-``bias_full`` (1, H, Tq, Tk).
+The Toeplitz biases (ALiBi, T5 buckets, KERPLE, Sandwich, learned per-distance
+bias) depend on ``d = i - j`` only. Each is a :class:`DistanceBias`: it
+implements ``bias(d)`` over an array of distances with relpos ops (or a C
+kernel), and relpos tabulates it over the ``Tq + Tk - 1`` distances of the
+attention window and feeds the table to the fused kernel as ``bias_vec``.
+FIRE depends on ``i`` as well and gives a ``bias_full`` (1, H, Tq, Tk).
 
 The bias is added to ``scale * q.k`` and is not multiplied by the scale.
 
@@ -20,10 +18,11 @@ import math
 import numpy as np
 
 from .. import _C
+from .. import functional as F
 from ..nn import Parameter
 from ..tensor import Function, Tensor, no_grad
-from . import register
-from .base import Encoding
+from .base import DistanceBias, Encoding
+from .registry import register
 
 __all__ = ["alibi_slopes", "t5_bucket", "relative_positions"]
 
@@ -89,63 +88,14 @@ def _window(Tq, Tk, q_offset):
     return q_offset - (Tk - 1), max(Tq + Tk - 1, 1)
 
 
-def _spread(vec, Tq, Tk, q_offset, d0):
-    """(H, n) vector over d = d0 .. -> (H, Tq, Tk) float64."""
-    return np.asarray(vec, dtype=np.float64)[:, relative_positions(Tq, Tk, q_offset) - d0]
+def _contiguous(d):
+    """d0 when d is the ascending run d0, d0+1, ... (what attention asks for); else None."""
+    if len(d) and d[-1] - d[0] == len(d) - 1 and (len(d) < 3 or np.all(np.diff(d) == 1)):
+        return int(d[0])
+    return None
 
 
 # ---- autograd Functions over the C kernels --------------------------------------------
-
-class AlibiVector(Function):
-    """slopes (H,) -> (H, n): ``-m_h * max(d, 0)`` (causal) or ``-m_h * |d|`` (symmetric)."""
-
-    @staticmethod
-    def forward(ctx, slopes, d0=0, n=0, symmetric=False):
-        ctx.args = (d0, symmetric)
-        return _C.bias_alibi_fwd(slopes, d0, n, symmetric)
-
-    @staticmethod
-    def backward(ctx, g):
-        if not ctx.needs_input_grad[0]:
-            return None
-        d0, symmetric = ctx.args
-        return _C.bias_alibi_bwd(np.ascontiguousarray(g, dtype=np.float32), d0, symmetric)
-
-
-class T5Vector(Function):
-    """table (H, num_buckets) -> (H, n): ``table[h, bucket(-d)]``."""
-
-    @staticmethod
-    def forward(ctx, table, d0=0, n=0, max_distance=128, bidirectional=True):
-        ctx.args = (d0, table.shape[1], max_distance, bidirectional)
-        return _C.bias_t5_fwd(table, d0, n, max_distance, bidirectional)
-
-    @staticmethod
-    def backward(ctx, g):
-        if not ctx.needs_input_grad[0]:
-            return None
-        d0, nb, md, bidir = ctx.args
-        return _C.bias_t5_bwd(np.ascontiguousarray(g, dtype=np.float32), d0, nb, md, bidir)
-
-
-class KerpleVector(Function):
-    """r1, r2 (H,) -> (H, n): ``-r1 log(1 + r2|d|)`` (log) or ``-r1 |d|^r2`` (power)."""
-
-    @staticmethod
-    def forward(ctx, r1, r2, d0=0, n=0, variant="log"):
-        ctx.save_for_backward(r1, r2)
-        ctx.args = (d0, variant)
-        return _C.bias_kerple_fwd(r1, r2, d0, n, variant)
-
-    @staticmethod
-    def backward(ctx, g):
-        if not any(ctx.needs_input_grad[:2]):
-            return None, None
-        r1, r2 = ctx.saved
-        d0, variant = ctx.args
-        d1, d2 = _C.bias_kerple_bwd(r1, r2, np.ascontiguousarray(g, dtype=np.float32), d0, variant)
-        return (d1 if ctx.needs_input_grad[0] else None), (d2 if ctx.needs_input_grad[1] else None)
-
 
 class FireBias(Function):
     """W1, b1 (W,), W2 (H, W), b2 (H,), c, L (1,) -> (1, H, Tq, Tk), causal (0 where j > i)."""
@@ -167,40 +117,17 @@ class FireBias(Function):
 
 # ---- encodings -------------------------------------------------------------------
 
-class ToeplitzBias(Encoding):
-    """Base of the biases that depend on ``i - j`` only: subclasses give
-    :meth:`vector` (H, n) over distances ``d0 .. d0+n-1``."""
-
-    channel = "B"
-
-    def vector(self, d0: int, n: int, causal: bool = True):
-        """(H, n) Tensor of ``b_h(d)`` for ``d = d0 .. d0+n-1`` (d = query - key position)."""
-        raise NotImplementedError
-
-    def _heads(self, q):
-        H = q.shape[1]
-        if self.n_heads is not None and H != self.n_heads:
-            raise ValueError(f"encoding {self.name!r} was built for n_heads={self.n_heads}; "
-                             f"got q with {H} heads (q.shape={tuple(q.shape)})")
-
-    def attention_inputs(self, q, k, q_offset: int = 0, causal: bool = True) -> dict:
-        """bias_vec (H, Tq+Tk-1) Tensor and bias_ix = (+1, Tk-1-q_offset)."""
-        self.check_causal(causal)
-        self._heads(q)
-        Tq, Tk = q.shape[2], k.shape[2]
-        d0, n = _window(Tq, Tk, q_offset)
-        return {"bias_vec": self.vector(d0, n, causal), "bias_ix": (1, Tk - 1 - q_offset)}
-
-    def bias_matrix(self, Tq: int, Tk: int, q_offset: int = 0, causal: bool = True) -> np.ndarray:
-        """(H, Tq, Tk) float64: the bias added to logit (i, j)."""
-        d0, n = _window(Tq, Tk, q_offset)
-        with no_grad():
-            vec = self.vector(d0, n, causal)
-        return _spread(vec.data if isinstance(vec, Tensor) else vec, Tq, Tk, q_offset, d0)
+def _check_flag(value, name, allow_none=True):
+    """A bool option (or None where it means "follow the mask"): "no" or 2 must not pass as True."""
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool{' or None' if allow_none else ''}; got {value!r}")
+    return bool(value)
 
 
 @register
-class ALiBi(ToeplitzBias):
+class ALiBi(DistanceBias):
     """ALiBi (Press, Smith, Lewis, ICLR 2022): ``b = -m_h (i - j)`` (causal) or
     ``-m_h |i - j|`` (symmetric, for bidirectional attention).
 
@@ -211,7 +138,7 @@ class ALiBi(ToeplitzBias):
             None follows the mask: causal form when causal=True, symmetric
             when causal=False (``bias_matrix`` then takes causal=True unless told).
         learnable (bool, False): make the slopes a Parameter (initialised to
-            the paper's slopes; gradient from the C kernel).
+            the paper's slopes).
     Context: n_heads (required). Slopes: :func:`alibi_slopes`.
     """
 
@@ -222,9 +149,8 @@ class ALiBi(ToeplitzBias):
     def __init__(self, symmetric=None, learnable=False, n_heads=None, head_dim=None, d_model=None,
                  max_len=None, seed=None):
         super().__init__(n_heads=n_heads, head_dim=head_dim, d_model=d_model, max_len=max_len, seed=seed)
-        self._need(n_heads=n_heads)
-        self.symmetric = None if symmetric is None else bool(symmetric)
-        self.learn_slopes = bool(learnable)
+        self.symmetric = _check_flag(symmetric, "symmetric")
+        self.learn_slopes = _check_flag(learnable, "learnable", allow_none=False)
         self.causal_only = self.symmetric is False
         slopes = alibi_slopes(n_heads).astype(np.float32)
         if self.learn_slopes:
@@ -237,11 +163,12 @@ class ALiBi(ToeplitzBias):
             raise ValueError("encoding 'alibi' with symmetric=False is causal only (-m(i-j) grows without "
                              "bound for future keys); use causal=True, or symmetric=True / None")
 
-    def _symmetric(self, causal):
-        return (not causal) if self.symmetric is None else self.symmetric
-
-    def vector(self, d0, n, causal=True):
-        return AlibiVector.apply(self.slopes, d0=d0, n=n, symmetric=self._symmetric(causal))
+    def bias(self, d, causal=True):
+        """-m_h max(d, 0) (causal form: future keys are masked anyway) or -m_h |d| -> (H, len(d))."""
+        symmetric = (not causal) if self.symmetric is None else self.symmetric
+        dist = (np.abs(d) if symmetric else np.maximum(d, 0)).astype(np.float32)
+        slopes = self.slopes if self.learn_slopes else Tensor(self.slopes)
+        return slopes.reshape(-1, 1) * (-dist)
 
     def extra_repr(self):
         return f"n_heads={self.n_heads}, symmetric={self.symmetric}, learnable={self.learn_slopes}"
@@ -261,7 +188,7 @@ def _check_t5(num_buckets, max_distance, bidirectional):
 
 
 @register
-class T5Bias(ToeplitzBias):
+class T5Bias(DistanceBias):
     """T5 bucketed relative bias (Raffel et al. 2020): a learned table
     ``b[H, num_buckets]`` indexed by :func:`t5_bucket` of ``j - i``.
 
@@ -280,18 +207,18 @@ class T5Bias(ToeplitzBias):
     def __init__(self, num_buckets=32, max_distance=128, bidirectional=None, n_heads=None, head_dim=None,
                  d_model=None, max_len=None, seed=None):
         super().__init__(n_heads=n_heads, head_dim=head_dim, d_model=d_model, max_len=max_len, seed=seed)
-        self._need(n_heads=n_heads)
-        self.num_buckets, self.max_distance = _check_t5(num_buckets, max_distance, bidirectional)
-        self.bidirectional = None if bidirectional is None else bool(bidirectional)
+        self.bidirectional = _check_flag(bidirectional, "bidirectional")
+        self.num_buckets, self.max_distance = _check_t5(num_buckets, max_distance, self.bidirectional)
         rng = np.random.default_rng(seed)
         self.table = Parameter(rng.normal(0.0, 0.02, (n_heads, self.num_buckets)).astype(np.float32))
 
     def _bidir(self, causal):
         return (not causal) if self.bidirectional is None else self.bidirectional
 
-    def vector(self, d0, n, causal=True):
-        return T5Vector.apply(self.table, d0=d0, n=n, max_distance=self.max_distance,
-                              bidirectional=self._bidir(causal))
+    def bias(self, d, causal=True):
+        """table[h, bucket(-d)] -> (H, len(d)); the gradient scatters into the buckets."""
+        buckets = t5_bucket(-d, self.num_buckets, self.max_distance, self._bidir(causal))
+        return self.table[:, buckets]
 
     def extra_repr(self):
         return (f"n_heads={self.n_heads}, num_buckets={self.num_buckets}, max_distance={self.max_distance}, "
@@ -299,7 +226,7 @@ class T5Bias(ToeplitzBias):
 
 
 @register
-class Kerple(ToeplitzBias):
+class Kerple(DistanceBias):
     """KERPLE (Chi, Fan, Ramadge, Rudnicky, NeurIPS 2022): conditionally
     positive definite kernels as a bias, per head learnable r1, r2 > 0.
 
@@ -319,7 +246,6 @@ class Kerple(ToeplitzBias):
 
     def __init__(self, variant="log", n_heads=None, head_dim=None, d_model=None, max_len=None, seed=None):
         super().__init__(n_heads=n_heads, head_dim=head_dim, d_model=d_model, max_len=max_len, seed=seed)
-        self._need(n_heads=n_heads)
         if variant not in ("log", "power"):
             raise ValueError(f"kerple variant must be 'log' or 'power'; got {variant!r}")
         self.variant = variant
@@ -334,20 +260,28 @@ class Kerple(ToeplitzBias):
         hi = 2.0 if self.variant == "power" else np.inf
         np.clip(self.r2.data, self.EPS, hi, out=self.r2.data)
 
-    def vector(self, d0, n, causal=True):
+    def bias(self, d):
+        """-r1 log(1 + r2 |d|) or -r1 |d|^r2 -> (H, len(d))."""
         self.clamp_()
-        return KerpleVector.apply(self.r1, self.r2, d0=d0, n=n, variant=self.variant)
+        a = np.abs(d).astype(np.float32)
+        r1, r2 = self.r1.reshape(-1, 1), self.r2.reshape(-1, 1)
+        if self.variant == "log":
+            return -r1 * F.log(r2 * a + 1.0)
+        # |d|^r2 = exp(r2 log|d|) for d != 0, and 0 at d = 0 (r2 > 0), with a zero d/dr2 there
+        logd = np.log(np.maximum(a, 1.0))
+        return -r1 * (F.exp(r2 * logd) * (a > 0).astype(np.float32))
 
     def extra_repr(self):
         return f"n_heads={self.n_heads}, variant={self.variant!r}"
 
 
 @register
-class Sandwich(ToeplitzBias):
+class Sandwich(DistanceBias):
     """Sandwich (Chi et al. 2023, "Dissecting Transformer Length Extrapolation via
     the Lens of Receptive Field Analysis"): ``b = s_h sum_{k<dim/2} cos((i-j) w_k)``,
     ``w_k = 10000^(-2k/dim)``, with per-head scale ``s_h = H / (8 (h+1))`` (the
-    scaling of one public implementation). No parameters.
+    scaling of one public implementation). No parameters: a C kernel
+    (``_C.bias_sandwich_fwd``) tabulates it.
 
     Options: dim (int, 128): the d-bar of the paper (even).
     Context: n_heads (required).
@@ -359,7 +293,6 @@ class Sandwich(ToeplitzBias):
 
     def __init__(self, dim=128, n_heads=None, head_dim=None, d_model=None, max_len=None, seed=None):
         super().__init__(n_heads=n_heads, head_dim=head_dim, d_model=d_model, max_len=max_len, seed=seed)
-        self._need(n_heads=n_heads)
         dim = _pos_int(dim, "dim", 2)
         if dim % 2:
             raise ValueError(f"sandwich dim must be even; got {dim}")
@@ -367,19 +300,23 @@ class Sandwich(ToeplitzBias):
         self.register_buffer("scales", (n_heads / (8.0 * np.arange(1, n_heads + 1))).astype(np.float32),
                              persistent=False)
 
-    def vector(self, d0, n, causal=True):
-        return Tensor(_C.bias_sandwich_fwd(self.scales, d0, n, self.dim))
+    def bias(self, d):
+        """s_h sum_k cos(d w_k) -> (H, len(d)) (a constant: no parameters)."""
+        d0 = _contiguous(d)
+        if d0 is not None:
+            return Tensor(_C.bias_sandwich_fwd(self.scales, d0, len(d), self.dim))
+        return Tensor(np.concatenate([_C.bias_sandwich_fwd(self.scales, int(x), 1, self.dim) for x in d], axis=1)
+                      if len(d) else np.zeros((self.n_heads, 0), np.float32))
 
     def extra_repr(self):
         return f"n_heads={self.n_heads}, dim={self.dim}"
 
 
 @register
-class LearnedBias(ToeplitzBias):
+class LearnedBias(DistanceBias):
     """A learned per-distance bias ``b[H, 2 max_distance + 1]`` over
     ``clip(i - j, -max_distance, max_distance)``; the simplest learnable
-    Toeplitz bias. It goes to attention as the table itself with
-    ``bias_ix = (+1, max_distance)`` (no kernel).
+    Toeplitz bias.
 
     Options: max_distance (int, 128).
     Context: n_heads (required), seed (init N(0, 0.02^2)).
@@ -391,21 +328,14 @@ class LearnedBias(ToeplitzBias):
 
     def __init__(self, max_distance=128, n_heads=None, head_dim=None, d_model=None, max_len=None, seed=None):
         super().__init__(n_heads=n_heads, head_dim=head_dim, d_model=d_model, max_len=max_len, seed=seed)
-        self._need(n_heads=n_heads)
         self.max_distance = _pos_int(max_distance, "max_distance", 0)
         rng = np.random.default_rng(seed)
         self.table = Parameter(rng.normal(0.0, 0.02, (n_heads, 2 * self.max_distance + 1)).astype(np.float32))
 
-    def attention_inputs(self, q, k, q_offset: int = 0, causal: bool = True) -> dict:
-        """bias_vec = the table (H, 2M+1) itself, bias_ix = (+1, M)."""
-        self.check_causal(causal)
-        self._heads(q)
-        return {"bias_vec": self.table, "bias_ix": (1, self.max_distance)}
-
-    def bias_matrix(self, Tq: int, Tk: int, q_offset: int = 0, causal: bool = True) -> np.ndarray:
+    def bias(self, d):
+        """table[h, clip(d, -M, M) + M] -> (H, len(d))."""
         M = self.max_distance
-        idx = np.clip(relative_positions(Tq, Tk, q_offset) + M, 0, 2 * M)
-        return self.table.data.astype(np.float64)[:, idx]
+        return self.table[:, np.clip(d, -M, M) + M]
 
     def extra_repr(self):
         return f"n_heads={self.n_heads}, max_distance={self.max_distance}"

@@ -15,7 +15,7 @@ import numpy as np
 from .. import _C
 from ..nn import Parameter
 from ..tensor import Function, no_grad
-from . import register
+from .registry import register
 from .base import Encoding
 from .bias import _pos_int, _window, relative_positions
 

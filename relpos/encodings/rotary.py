@@ -17,8 +17,9 @@ from collections import OrderedDict
 import numpy as np
 
 from .. import _C
+from .._fn.attention import check_q_offset
 from ..tensor import Function, Tensor, as_array
-from . import register
+from .registry import register
 from .base import Encoding
 
 __all__ = ["rope_inv_freq", "rope_angles", "yarn_ramp", "xpos_scale", "apply_rotary"]
@@ -93,6 +94,31 @@ def _yarn_gamma(rotary_dim, base, original_max_len, beta_fast, beta_slow, ramp):
     if low == high:
         high += 0.001
     return 1.0 - np.clip((k - low) / (high - low), 0.0, 1.0)
+
+
+def _check_user_freqs(theta, rotary_dim):
+    """User frequencies as a float64 (rotary_dim/2,) array of positive finite numbers."""
+    try:
+        theta = np.array(theta, dtype=np.float64).reshape(-1) if np.ndim(theta) <= 1 else None
+    except (TypeError, ValueError):
+        theta = None
+    if theta is None:
+        raise TypeError("inv_freq must be a 1-d array of numbers or a callable f(rotary_dim) -> array")
+    if rotary_dim is not None and theta.shape != (rotary_dim // 2,):
+        raise ValueError(f"inv_freq must have rotary_dim/2 = {rotary_dim // 2} entries; got {theta.shape[0]}")
+    if theta.size == 0 or not np.all(np.isfinite(theta)) or np.any(theta <= 0):
+        raise ValueError("inv_freq must be positive finite numbers (one per rotated pair)")
+    return theta
+
+
+def _yarn_gamma_of(theta, original_max_len, beta_fast, beta_slow, ramp, rotary_dim, base):
+    """YaRN's blend for arbitrary frequencies: the paper's ramp is defined on each θ_k's
+    rotations over the training length, so it applies as it is; HF's ramp is defined on
+    pair indices of the default frequencies and is used as it is."""
+    if ramp == "paper":
+        r = original_max_len * theta / (2 * math.pi)
+        return np.clip((r - beta_slow) / (beta_fast - beta_slow), 0.0, 1.0)
+    return _yarn_gamma(rotary_dim, base, original_max_len, beta_fast, beta_slow, ramp)
 
 
 def rope_inv_freq(rotary_dim, base=10000.0, scaling=None, scaling_factor=1.0, original_max_len=None,
@@ -197,6 +223,12 @@ class RoPE(Encoding):
         beta_fast, beta_slow: YaRN's β and α (rotations per L at the ramp ends).
         yarn_ramp: "paper" (linear in rotations r, Peng et al.) or "hf" (linear in
             pair index between floor/ceil endpoints, as HF transformers).
+        inv_freq: your own frequencies θ_k instead of base^(−2k/rotary_dim): an
+            array of rotary_dim/2 positive finite numbers, or a callable
+            ``f(rotary_dim) -> array`` (called once per rotary_dim, in float64).
+            The scalings then apply to these θ_k as they would to the default ones
+            (NTK-aware changes the base, so it cannot be combined with inv_freq).
+            Example: ``get("rope", inv_freq=lambda d: 1 / 500000 ** (np.arange(0, d, 2) / d))``.
 
     YaRN's attention temperature: relpos multiplies the logit scale by
     (0.1 ln s + 1)² through ``attention_inputs`` (scale = (0.1 ln s + 1)²/√head_dim).
@@ -211,9 +243,17 @@ class RoPE(Encoding):
     learnable = ()
 
     def __init__(self, rotary_dim=None, base=10000.0, layout="interleaved", scaling=None, scaling_factor=1.0,
-                 original_max_len=None, beta_fast=32.0, beta_slow=1.0, yarn_ramp="paper",
+                 original_max_len=None, beta_fast=32.0, beta_slow=1.0, yarn_ramp="paper", inv_freq=None,
                  n_heads=None, head_dim=None, d_model=None, max_len=None, seed=None):
         super().__init__(n_heads=n_heads, head_dim=head_dim, d_model=d_model, max_len=max_len, seed=seed)
+        if inv_freq is not None and not callable(inv_freq):
+            inv_freq = _check_user_freqs(inv_freq, None)
+            if rotary_dim is None and head_dim is not None and 2 * len(inv_freq) != head_dim \
+                    and 2 * len(inv_freq) <= head_dim:
+                rotary_dim = 2 * len(inv_freq)  # fewer frequencies than pairs: partial rotary
+        if inv_freq is not None and scaling == "ntk":
+            raise ValueError("scaling='ntk' changes the base of the default frequencies; it cannot be "
+                             "combined with your own inv_freq")
         if rotary_dim is not None:
             rotary_dim = _check_rotary_dim(rotary_dim)
             if head_dim is not None and rotary_dim > head_dim:
@@ -233,6 +273,7 @@ class RoPE(Encoding):
         self.beta_fast = float(beta_fast)
         self.beta_slow = float(beta_slow)
         self.yarn_ramp = yarn_ramp
+        self.user_inv_freq = inv_freq
         self._cache = OrderedDict()
 
     # ---- tables ------------------------------------------------------------
@@ -246,18 +287,26 @@ class RoPE(Encoding):
             raise ValueError(f"rotary_dim ({rd}) must be <= the head dim of q/k ({D})")
         return rd
 
-    def inv_freq(self, rotary_dim=None):
-        """θ_k (rotary_dim/2,) float64 after scaling."""
+    def frequencies(self, rotary_dim=None):
+        """θ_k (rotary_dim/2,) float64 after scaling (your inv_freq, if given)."""
         rd = rotary_dim or self.rotary_dim or self.head_dim
-        return rope_inv_freq(rd, self.base, self.scaling, self.scaling_factor, self.original_max_len,
-                             self.beta_fast, self.beta_slow, self.yarn_ramp)
+        if self.user_inv_freq is None:
+            return rope_inv_freq(rd, self.base, self.scaling, self.scaling_factor, self.original_max_len,
+                                 self.beta_fast, self.beta_slow, self.yarn_ramp)
+        theta = self.user_inv_freq(rd) if callable(self.user_inv_freq) else self.user_inv_freq
+        theta = _check_user_freqs(theta, rd)
+        if self.scaling == "yarn":
+            g = _yarn_gamma_of(theta, self.original_max_len, self.beta_fast, self.beta_slow, self.yarn_ramp,
+                               rd, self.base)
+            theta = theta * g + (theta / self.scaling_factor) * (1.0 - g)
+        return theta
 
     def tables(self, T, offset, rotary_dim):
         """(cos, sin) float32 (T, rotary_dim/2) for positions offset..offset+T−1 (cached)."""
         key = ("rope", int(T), int(offset), int(rotary_dim))
         hit = self._cache.get(key)
         if hit is None:
-            hit = _C.rope_tables(self.inv_freq(rotary_dim), int(T), offset=int(offset),
+            hit = _C.rope_tables(self.frequencies(rotary_dim), int(T), offset=int(offset),
                                  pos_scale=_pos_scale(self.scaling, self.scaling_factor))
             for a in hit:
                 a.flags.writeable = False  # shared by later calls
@@ -270,8 +319,7 @@ class RoPE(Encoding):
         return None
 
     def _rotate(self, x, offset, is_key):
-        if isinstance(offset, bool) or int(offset) != offset or offset < 0:
-            raise ValueError(f"offset must be an int >= 0; got {offset!r}")
+        offset = check_q_offset(offset, "offset")
         shape = x.shape
         if len(shape) != 4:
             raise ValueError(f"{'k' if is_key else 'q'} must have shape (B, H, T, D); got {tuple(shape)}")
@@ -280,6 +328,13 @@ class RoPE(Encoding):
         cos, sin = self.tables(T, offset, rd)
         return apply_rotary(x, cos, sin, rotary_dim=rd, layout=self.layout,
                             scale=self._scale(T, offset, rd, is_key))
+
+    def rotation(self, T, offset, head_dim):
+        """(cos, sin, rotary_dim, layout) for rows at positions offset .. offset+T-1: plain RoPE is a
+        table rotation, which MultiHeadAttention fuses into its q/k projection."""
+        rd = self._rotary_dim_for(head_dim)
+        cos, sin = self.tables(T, offset, rd)
+        return cos, sin, rd, self.layout
 
     def rotate_q(self, q, offset: int = 0):
         """q (B, H, Tq, D) Tensor, row t at absolute position offset + t -> rotated (B, H, Tq, D)."""
@@ -347,6 +402,10 @@ class XPos(RoPE):
         if not math.isfinite(center):
             raise ValueError(f"center must be finite; got {center!r}")
         self.gamma, self.scale_base, self.center = gamma, scale_base, center
+
+    def rotation(self, T, offset, head_dim):
+        """None: xPos also scales q and k, so it is not a plain table rotation."""
+        return None
 
     def _scale(self, T, offset, rotary_dim, is_key):
         key = ("xpos", int(T), int(offset), int(rotary_dim), bool(is_key))

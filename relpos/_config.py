@@ -1,0 +1,45 @@
+"""Threads and build facts: set_num_threads, get_num_threads, config, show_config.
+
+The bottom of the package (it only talks to the extension), so every layer may
+use it; ``relpos`` re-exports these names.
+"""
+from . import _C
+
+__version__ = "0.1.0"
+
+__all__ = ["set_num_threads", "get_num_threads", "config", "show_config", "__version__"]
+
+
+def set_num_threads(n: int) -> None:
+    """Threads every relpos kernel uses (``n >= 1``; 0 restores the default,
+    which follows ``OMP_NUM_THREADS`` or the number of cores)."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n must be an int; got {type(n).__name__}")
+    if n < 0:
+        raise ValueError(f"n must be >= 1 (or 0 for the default); got {n}")
+    _C.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """Threads relpos kernels use now."""
+    return _C.get_num_threads()
+
+
+def config() -> dict:
+    """Build and run-time facts as a dict (version, OpenMP, threads, SIMD path, compiler, flags)."""
+    c = dict(_C.config())
+    c["version"] = __version__
+    return c
+
+
+def show_config() -> None:
+    """Print the version, OpenMP and threads, the SIMD path chosen, compiler and flags."""
+    c = config()
+    print(f"relpos {c['version']}")
+    print(f"  OpenMP        : {'on' if c['openmp'] else 'off (serial build)'}")
+    print(f"  threads       : {c['num_threads']}"
+          + ("  (a forked child: serial, since OpenMP's pool does not survive fork)" if c["forked_child"] else ""))
+    print(f"  SIMD path     : {c['simd']} (CPU has AVX2+FMA: {c['cpu_avx2_fma']})")
+    print(f"  compiler      : {c['compiler']}")
+    print(f"  CFLAGS        : {c['cflags']}")
+    print(f"  SIMD CFLAGS   : {c['simd_cflags']} (AVX2 translation unit only)")
