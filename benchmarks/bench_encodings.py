@@ -3,7 +3,7 @@
     python benchmarks/bench_encodings.py [--T 256,512,1024,2048,4096] [--B 1] [--H 4] [--D 64]
                                          [--only rope,xpos] [--threads 2] [--json PATH] [--quick]
 
-For every row of CASES it times the encoding's own forward and backward — the
+For every row of ``cases()`` it times the encoding's own forward and backward — the
 rotary transform of q and k (channel R), the embedding added to the input
 (channel A), the bias table / relative terms of ``attention_inputs``
 (channels B and C) — at each T, and divides by the time of plain causal
@@ -13,8 +13,8 @@ float32 NumPy materialised attention (said in the output); PyTorch's
 ``scaled_dot_product_attention`` is timed beside it when torch is installed.
 Prints a table (milliseconds and ratio to the baseline) and writes JSON.
 
-Adding an encoding = adding a row to CASES (label, registry name, options);
-a channel needing a special driver adds a function to DRIVERS.
+Every registered encoding gets a row (``cases()``); VARIANTS adds rows for
+options; a channel needing a special driver adds a function to DRIVERS.
 """
 import argparse
 import json
@@ -31,33 +31,24 @@ import numpy as np  # noqa: E402
 import relpos  # noqa: E402
 from relpos import encodings  # noqa: E402
 
-# (label, registry name, options). Context keywords (n_heads, head_dim, d_model,
-# max_len, seed) are filled in by the driver.
-CASES = [
-    ("rope", "rope", {}),
+# One row per registered encoding with its default options (the registry is the
+# list: a new encoding is measured without touching this file), then VARIANTS,
+# rows for options worth their own figure: (label, registry name, options).
+# Context keywords (n_heads, head_dim, d_model, max_len, seed) are filled in by
+# the driver; an encoding that builds the token embedding gets vocab_size=256.
+VARIANTS = [
     ("rope-half", "rope", {"layout": "half"}),
     ("rope-partial", "rope", {"rotary_dim": 32}),
     ("rope-yarn", "rope", {"scaling": "yarn", "scaling_factor": 4.0, "original_max_len": 512}),
-    ("xpos", "xpos", {}),
-    ("sinusoidal", "sinusoidal", {}),
-    ("learned", "learned", {}),
-    ("complex", "complex", {"vocab_size": 256}),
-    # channel B: the bias vector / matrix and its backward into the encoding's parameters
-    ("alibi", "alibi", {}),
     ("alibi-learn", "alibi", {"learnable": True}),
-    ("t5", "t5", {}),
-    ("kerple-log", "kerple", {"variant": "log"}),
     ("kerple-power", "kerple", {"variant": "power"}),
-    ("sandwich", "sandwich", {}),
-    ("learned-bias", "learned_bias", {}),
-    ("fire", "fire", {}),
-    # channel C: relative tables (and for XL the q + u, q + v terms)
-    ("shaw", "shaw", {"values": True}),
-    ("xl", "xl", {}),
-    ("deberta", "deberta", {}),
-    # materialised only: CoPE's (B, H, T, T) logits from q, k
-    ("cope", "cope", {}),
+    ("shaw-values", "shaw", {"values": True}),
 ]
+
+
+def cases():
+    rows = [(r["name"], r["name"], {}) for r in encodings.available() if r["name"] != "none"]
+    return rows + VARIANTS
 
 
 def best_time(fn, min_time=0.2, min_reps=3, max_reps=30):
@@ -206,7 +197,7 @@ def main(argv=None):
     ap.add_argument("--B", type=int, default=1)
     ap.add_argument("--H", type=int, default=4)
     ap.add_argument("--D", type=int, default=64)
-    ap.add_argument("--only", default="", help="comma-separated labels of CASES")
+    ap.add_argument("--only", default="", help="comma-separated row labels (registry names or VARIANTS labels)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2") or 2))
     ap.add_argument("--json", default=os.path.join(os.path.dirname(HERE), "bench_results", "bench_encodings.json"))
     ap.add_argument("--quick", action="store_true", help="T = 256, 1024 only")
@@ -215,7 +206,7 @@ def main(argv=None):
     relpos.set_num_threads(args.threads)
     Ts = [256, 1024] if args.quick else [int(t) for t in args.T.split(",")]
     only = set(filter(None, args.only.split(",")))
-    cases = [c for c in CASES if not only or c[0] in only]
+    rows_to_run = [c for c in cases() if not only or c[0] in only]
     B, H, D = args.B, args.H, args.D
     rng = np.random.default_rng(0)
     rows = []
@@ -230,12 +221,10 @@ def main(argv=None):
         print(f"\nT={T}: plain causal attention fwd+bwd: {base_name} {t_base * 1e3:.2f} ms"
               + (f", torch sdpa {t_torch * 1e3:.2f} ms" if t_torch else ""))
         print(f"  {'encoding':<14} {'channel':<7} {'fwd ms':>9} {'bwd ms':>9} {'(fwd+bwd)/attn':>15}")
-        for label, name, opts in cases:
-            cls = encodings._REGISTRY.get(name)
-            if cls is None:
-                print(f"  {label:<14} (not registered)")
-                continue
+        for label, name, opts in rows_to_run:
             ctx = dict(n_heads=H, head_dim=D, d_model=H * D, max_len=max(Ts), seed=0)
+            if encodings.lookup(name).replaces_token_embedding:
+                ctx["vocab_size"] = 256
             enc = encodings.get(name, **ctx, **opts)
             driver = DRIVERS[enc.channel[0]]
             fwd, bwd = driver(enc, B, H, T, D, rng)
