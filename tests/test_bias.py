@@ -145,8 +145,10 @@ def test_fire_bias_depends_on_i():
 
 # ---------------------------------------------------------------- shift invariance
 
-TOEPLITZ = [("alibi", {}), ("alibi", {"symmetric": True}), ("t5", {}), ("t5", {"bidirectional": True}),
-            ("kerple", {}), ("kerple", {"variant": "power"}), ("sandwich", {}), ("learned_bias", {"max_distance": 3})]
+# every registered DistanceBias with its defaults, and the options that change its form
+TOEPLITZ = [(r["name"], {}) for r in E.available() if issubclass(E.lookup(r["name"]), E.DistanceBias)] + [
+    ("alibi", {"symmetric": True}), ("t5", {"bidirectional": True}), ("kerple", {"variant": "power"}),
+    ("learned_bias", {"max_distance": 3})]
 
 
 @settings(max_examples=20, deadline=None)

@@ -668,7 +668,14 @@ def test_padding_mask_hides_keys_through_mha():
     np.testing.assert_array_equal(a[1], b[1])
 
 
-@pytest.mark.parametrize("name", ["alibi", "t5", "kerple", "learned_bias", "sandwich"])
+DISTANCE = [n for n in ALL if issubclass(encodings.lookup(n), encodings.DistanceBias)]
+
+
+def test_the_builtin_toeplitz_biases_are_distance_biases():
+    assert {"alibi", "t5", "kerple", "learned_bias", "sandwich"} <= set(DISTANCE)
+
+
+@pytest.mark.parametrize("name", DISTANCE)
 def test_toeplitz_bias_depends_on_distance_only(name):
     m = encodings.bias_matrix(name, 6, 6, n_heads=2, seed=0)
     shifted = encodings.bias_matrix(name, 6, 9, q_offset=3, n_heads=2, seed=0)
