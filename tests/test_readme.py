@@ -52,6 +52,9 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch):
     assert ns["maps"].shape == (1, 2, 16, 16)
     assert [r for r in ns["result"].encodings] == ["rope", "alibi"]
     assert "alibi" in out.getvalue() and "32" in out.getvalue()
+    # your own encoding: registered, gradient-checked, compared
+    assert "gradcheck of 'log_decay'" in out.getvalue() and ": ok" in out.getvalue()
+    assert ns["mine"].encodings == ["log_decay", "alibi"]
 
 
 def test_readme_names_the_cli_output_folder():
