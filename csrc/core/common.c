@@ -74,7 +74,7 @@ int rp_get_num_threads(void) {
 int rp_have_openmp(void) { return RP_HAVE_OPENMP; }
 
 int rp_cpu_has_avx2_fma(void) {
-#if RP_HAVE_AVX2_TU && (defined(__x86_64__) || defined(_M_X64))
+#if RP_HAVE_X86_TU && (defined(__x86_64__) || defined(_M_X64))
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #else

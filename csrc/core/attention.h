@@ -1,5 +1,5 @@
-/* The attention call shared by the materialised kernel (attention_ref.c) and
- * the fused kernel (attention_fused.c). The kernels know the four channels,
+/* The attention call shared by the materialised kernel (attention_materialized.c) and
+ * the fused kernel (attention_flash.c). The kernels know the four channels,
  * not the encodings (DESIGN.md §4); an encoding fills channels.
  *
  * Positions: query i (0..Tq-1) sits at absolute position ia = q_offset + i;
@@ -73,12 +73,12 @@ typedef struct {
     float *dbias_vec, *dbias_full;
 } rp_attn_grads;
 
-/* Materialised path (attention_ref.c): probs (B, H, Tq, Tk) may be NULL. */
+/* Materialised path (attention_materialized.c): probs (B, H, Tq, Tk) may be NULL. */
 int rp_attn_mat_fwd(const rp_attn *a, float *out, float *lse, float *probs);
 int rp_attn_mat_bwd(const rp_attn *a, const float *out, const float *lse, const float *dout,
                     rp_attn_grads *g);
 
-/* Fused path (attention_fused.c): O(T·D) extra memory. */
+/* Fused path (attention_flash.c): O(T·D) extra memory. */
 int rp_attn_fused_fwd(const rp_attn *a, float *out, float *lse);
 int rp_attn_fused_bwd(const rp_attn *a, const float *out, const float *lse, const float *dout,
                       rp_attn_grads *g);

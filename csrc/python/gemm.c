@@ -1,6 +1,6 @@
 /* Bridge for the gemm area: parse, validate, release the GIL, call the core. */
 #include "bridge.h"
-#include "gemm.h"
+#include "core/gemm.h"
 
 #include <stdio.h>
 

@@ -1,23 +1,49 @@
-/* Bridge for the attn area: the shared attention argument parser (declared in
- * bridge_attn.h, also used by bridge_fused.c) and the materialised kernel
- * entry points
+/* Bridge for attention: the materialised kernel (attention_mat_fwd/bwd) and the
+ * fused one (attention_fwd/bwd). One parser turns the Python arguments into an
+ * rp_attn, validating every shape against the others, so both paths accept
+ * exactly the same calls and raise the same errors.
  *
- *   _C.attention_mat_fwd(q, k, v, *, causal=True, key_padding_mask=None,
- *       q_offset=0, scale=None, qr=None, relk=None, relk_ix=None, relq=None,
- *       relq_ix=None, relv=None, relv_ix=None, bias_vec=None, bias_ix=None,
- *       bias_full=None, return_weights=False) -> (out, lse) | (out, lse, probs)
- *   _C.attention_mat_bwd(q, k, v, out, lse, dout, *, <same keywords but
- *       return_weights>, needs=None) -> {name: gradient}
+ * Python signatures (both paths; the fused one has no return_weights):
  *
- * The keyword list, the shapes and the gradient names are documented in
- * bridge_attn.h; the fused bridge mirrors them exactly.
+ *   fwd(q, k, v, *, causal=True, key_padding_mask=None, q_offset=0, scale=None,
+ *       qr=None, relk=None, relk_ix=None, relq=None, relq_ix=None,
+ *       relv=None, relv_ix=None, bias_vec=None, bias_ix=None, bias_full=None,
+ *       return_weights=False)
+ *     -> (out (B, H, Tq, Dv), lse (B, H, Tq)) or (out, lse, probs (B, H, Tq, Tk))
+ *
+ *   bwd(q, k, v, out, lse, dout, *, <the same keywords but return_weights>,
+ *       needs=None)
+ *     -> dict {name: gradient} for name in needs (default: every tensor given),
+ *        names from "q", "k", "v", "qr", "relk", "relq", "relv", "bias_vec",
+ *        "bias_full"; each gradient shaped like its input.
+ *
+ * Arguments: q (B, H, Tq, D), k (B, H, Tk, D), v (B, H, Tk, Dv) float32;
+ * key_padding_mask (B, Tk) bool, True = padding; q_offset >= 0; scale a finite
+ * float (None: 1/sqrt(D)); qr (B, H, Tq, D); relk (1|H, R, D), relq (1|H, R, D),
+ * relv (1|H, R, Dv), bias_vec (1|H, R), each with its index (sign, off),
+ * sign +1 or -1 (see core/attention.h); bias_full (1|B, H, Tq, Tk).
  */
-#include "bridge_attn.h"
+#include "bridge.h"
 
 #include <math.h>
 #include <string.h>
 
+#include "core/attention.h"
+
 #define RP_MAX_POSITION (1LL << 60)
+
+/* One call: the validated rp_attn, the references it holds, and the results. */
+typedef struct {
+    rp_attn a;
+    /* owned references to the inputs (NULL when absent) */
+    PyArrayObject *q, *k, *v, *qr, *relk, *relq, *relv, *bias_vec, *bias_full, *mask;
+    /* forward: results (allocated by the parser); backward: inputs out, lse, dout */
+    PyArrayObject *out, *lse, *probs, *dout;
+    /* backward: gradients asked for (allocated by the parser, NULL = not wanted) */
+    PyArrayObject *dq, *dk, *dv, *dqr, *drelk, *drelq, *drelv, *dbias_vec, *dbias_full;
+    rp_attn_grads g; /* pointers into the arrays above */
+    int return_weights;
+} rp_attn_call;
 
 /* Raw Python objects of one call, before validation. */
 typedef struct {
@@ -31,7 +57,7 @@ typedef struct {
     PyObject *needs;
 } raw_args;
 
-void rp_attn_call_free(rp_attn_call *C) {
+static void rp_attn_call_free(rp_attn_call *C) {
     PyArrayObject **refs[] = {&C->q, &C->k, &C->v, &C->qr, &C->relk, &C->relq, &C->relv,
                               &C->bias_vec, &C->bias_full, &C->mask, &C->out, &C->lse,
                               &C->probs, &C->dout, &C->dq, &C->dk, &C->dv, &C->dqr,
@@ -248,7 +274,7 @@ static void raw_defaults(raw_args *r) {
     r->causal = 1;
 }
 
-int rp_attn_parse_fwd(PyObject *args, PyObject *kw, const char *fname, int allow_weights, rp_attn_call *C) {
+static int rp_attn_parse_fwd(PyObject *args, PyObject *kw, const char *fname, int allow_weights, rp_attn_call *C) {
     raw_args r;
     raw_defaults(&r);
     memset(C, 0, sizeof *C);
@@ -294,7 +320,7 @@ static PyArrayObject *grad_input(rp_attn_call *C, int i) {
     return s[i];
 }
 
-int rp_attn_parse_bwd(PyObject *args, PyObject *kw, const char *fname, rp_attn_call *C) {
+static int rp_attn_parse_bwd(PyObject *args, PyObject *kw, const char *fname, rp_attn_call *C) {
     raw_args r;
     raw_defaults(&r);
     memset(C, 0, sizeof *C);
@@ -375,7 +401,7 @@ fail:
     return -1;
 }
 
-PyObject *rp_attn_finish_fwd(rp_attn_call *C, int rc, const char *fname) {
+static PyObject *rp_attn_finish_fwd(rp_attn_call *C, int rc, const char *fname) {
     PyObject *res = NULL;
     if (rc < 0) {
         rp_raise_code(rc, fname);
@@ -388,7 +414,7 @@ PyObject *rp_attn_finish_fwd(rp_attn_call *C, int rc, const char *fname) {
     return res;
 }
 
-PyObject *rp_attn_finish_bwd(rp_attn_call *C, int rc, const char *fname) {
+static PyObject *rp_attn_finish_bwd(rp_attn_call *C, int rc, const char *fname) {
     PyObject *res = NULL;
     if (rc < 0) {
         rp_raise_code(rc, fname);
@@ -433,12 +459,36 @@ static PyObject *py_attention_mat_bwd(PyObject *self, PyObject *args, PyObject *
     return rp_attn_finish_bwd(&C, rc, "attention_mat_bwd");
 }
 
+/* ---- fused kernel -------------------------------------------------------- */
+
+static PyObject *py_attention_fwd(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    rp_attn_call C;
+    if (rp_attn_parse_fwd(args, kw, "attention_fwd", 0, &C) < 0) return NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = rp_attn_fused_fwd(&C.a, RP_F32(C.out), RP_F32(C.lse));
+    Py_END_ALLOW_THREADS
+    return rp_attn_finish_fwd(&C, rc, "attention_fwd");
+}
+
+static PyObject *py_attention_bwd(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    rp_attn_call C;
+    if (rp_attn_parse_bwd(args, kw, "attention_bwd", &C) < 0) return NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = rp_attn_fused_bwd(&C.a, RP_F32(C.out), RP_F32(C.lse), RP_F32(C.dout), &C.g);
+    Py_END_ALLOW_THREADS
+    return rp_attn_finish_bwd(&C, rc, "attention_bwd");
+}
+
 PyMethodDef rp_methods_attn[] = {
     {"attention_mat_fwd", (PyCFunction)(void (*)(void))py_attention_mat_fwd, METH_VARARGS | METH_KEYWORDS,
      "attention_mat_fwd(q, k, v, *, causal=True, key_padding_mask=None, q_offset=0, scale=None, qr=None,\n"
      "    relk=None, relk_ix=None, relq=None, relq_ix=None, relv=None, relv_ix=None, bias_vec=None,\n"
      "    bias_ix=None, bias_full=None, return_weights=False) -> (out, lse) or (out, lse, probs)\n\n"
-     "Materialised attention with all four channels (see csrc/attention.h).\n"
+     "Materialised attention with all four channels (see csrc/core/attention.h).\n"
      "q (B, H, Tq, D), k (B, H, Tk, D), v (B, H, Tk, Dv) float32; out (B, H, Tq, Dv), lse (B, H, Tq),\n"
      "probs (B, H, Tq, Tk)."},
     {"attention_mat_bwd", (PyCFunction)(void (*)(void))py_attention_mat_bwd, METH_VARARGS | METH_KEYWORDS,
@@ -446,5 +496,17 @@ PyMethodDef rp_methods_attn[] = {
      "    needs=None) -> dict\n\n"
      "Gradients of the materialised attention, keyed by input name (q, k, v, qr, relk, relq, relv,\n"
      "bias_vec, bias_full); needs lists the names wanted (None: every tensor given)."},
+    {"attention_fwd", (PyCFunction)(void (*)(void))py_attention_fwd, METH_VARARGS | METH_KEYWORDS,
+     "attention_fwd(q, k, v, *, causal=True, key_padding_mask=None, q_offset=0, scale=None, qr=None,\n"
+     "    relk=None, relk_ix=None, relq=None, relq_ix=None, relv=None, relv_ix=None, bias_vec=None,\n"
+     "    bias_ix=None, bias_full=None) -> (out, lse)\n\n"
+     "Fused (FlashAttention-2 style) attention with all four channels (see csrc/core/attention.h);\n"
+     "extra memory O(T*D), never O(Tq*Tk). q (B, H, Tq, D), k (B, H, Tk, D), v (B, H, Tk, Dv)\n"
+     "float32; out (B, H, Tq, Dv), lse (B, H, Tq) (-inf on fully masked rows, whose out is 0)."},
+    {"attention_bwd", (PyCFunction)(void (*)(void))py_attention_bwd, METH_VARARGS | METH_KEYWORDS,
+     "attention_bwd(q, k, v, out, lse, dout, *, <keywords of attention_fwd>, needs=None) -> dict\n\n"
+     "Gradients of the fused attention from out and lse of attention_fwd, keyed by input name\n"
+     "(q, k, v, qr, relk, relq, relv, bias_vec, bias_full); needs lists the names wanted\n"
+     "(None: every tensor given). Bit-identical for any thread count."},
     {NULL, NULL, 0, NULL},
 };

@@ -49,7 +49,7 @@ int rp_gemm_set_kernel(int which);
 /* Name of the micro-kernel rp_gemm uses now: "avx512", "avx2" or "portable". */
 const char *rp_gemm_kernel_name(void);
 
-/* ---- internal: micro-kernels shared by gemm.c and gemm_avx2.c ---------- */
+/* ---- internal: micro-kernels shared by gemm.c and gemm_x86.c ---------- */
 
 /* One mr_max x nr_max tile: acc = Ap (kc x MR panel) · Bp (kc x NR panel), then
  *   C[i, j] = alpha*acc + beta*C[i, j] (beta == 0: C not read) + bias[j] (bias may be NULL)

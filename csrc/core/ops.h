@@ -128,7 +128,7 @@ int rp_ops_dropout_mask(uint8_t *mask, int64_t n, float p, uint64_t seed);
  * Span kernels: branch-free loops over contiguous floats, written so the
  * compiler vectorises them. They are static inline so each translation unit
  * instantiates them with its own flags: the portable files (SSE2 on x86-64)
- * and ops_avx2.c (-mavx2 -mfma, 8 lanes). Both paths use the same formulas;
+ * and ops_x86.c (-mavx2 -mfma, 8 lanes). Both paths use the same formulas;
  * they may differ in the last bits (vector width changes a sum's order),
  * never with the thread count.
  * ====================================================================== */
@@ -352,7 +352,7 @@ static inline void rp_span_rms_bwd(const float *x, const float *w, float rs, con
     for (int64_t j = 0; j < D; j++) dx[j] = rs * (g[j] * w[j] - (x[j] * rs) * a);
 }
 
-/* ---- AVX2 entry points (ops_avx2.c), used when rp_simd_enabled() ------- */
+/* ---- AVX2 entry points (ops_x86.c), used when rp_simd_enabled() ------- */
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -373,7 +373,7 @@ void rp_ops_avx2_rms_bwd(const float *x, const float *w, float rs, const float *
 /* Dispatch: the AVX2 instantiation when compiled in and `simd` (evaluate
  * rp_simd_enabled() once per call, outside the loops). */
 static inline void rp_ops_act_fwd_span(int simd, int kind, const float *x, float *y, int64_t n) {
-#if RP_HAVE_AVX2_TU
+#if RP_HAVE_X86_TU
     if (simd) { rp_ops_avx2_act_fwd(kind, x, y, n); return; }
 #endif
     (void)simd;
@@ -381,7 +381,7 @@ static inline void rp_ops_act_fwd_span(int simd, int kind, const float *x, float
 }
 
 static inline void rp_ops_act_bwd_span(int simd, int kind, const float *x, const float *g, float *dx, int64_t n) {
-#if RP_HAVE_AVX2_TU
+#if RP_HAVE_X86_TU
     if (simd) { rp_ops_avx2_act_bwd(kind, x, g, dx, n); return; }
 #endif
     (void)simd;
@@ -389,7 +389,7 @@ static inline void rp_ops_act_bwd_span(int simd, int kind, const float *x, const
 }
 
 static inline float rp_ops_exp_sum(int simd, const float *x, float m, float *y, int64_t n) {
-#if RP_HAVE_AVX2_TU
+#if RP_HAVE_X86_TU
     if (simd) return rp_ops_avx2_exp_sum(x, m, y, n);
 #endif
     (void)simd;
@@ -398,7 +398,7 @@ static inline float rp_ops_exp_sum(int simd, const float *x, float m, float *y, 
 
 static inline void rp_ops_exp_scale(int simd, const float *x, float c, float scale, const float *z, float add,
                                     float *y, int64_t n) {
-#if RP_HAVE_AVX2_TU
+#if RP_HAVE_X86_TU
     if (simd) { rp_ops_avx2_exp_scale(x, c, scale, z, add, y, n); return; }
 #endif
     (void)simd;
@@ -407,7 +407,7 @@ static inline void rp_ops_exp_scale(int simd, const float *x, float c, float sca
 
 static inline void rp_ops_ln_fwd(int simd, const float *x, const float *w, const float *b, float *y, int64_t D,
                                  float eps, float *mean, float *rstd) {
-#if RP_HAVE_AVX2_TU
+#if RP_HAVE_X86_TU
     if (simd) { rp_ops_avx2_ln_fwd(x, w, b, y, D, eps, mean, rstd); return; }
 #endif
     (void)simd;
@@ -416,7 +416,7 @@ static inline void rp_ops_ln_fwd(int simd, const float *x, const float *w, const
 
 static inline void rp_ops_ln_bwd(int simd, const float *x, const float *w, float m, float rs, const float *g,
                                  float *dx, float *pw, float *pb, int64_t D) {
-#if RP_HAVE_AVX2_TU
+#if RP_HAVE_X86_TU
     if (simd) { rp_ops_avx2_ln_bwd(x, w, m, rs, g, dx, pw, pb, D); return; }
 #endif
     (void)simd;
@@ -425,7 +425,7 @@ static inline void rp_ops_ln_bwd(int simd, const float *x, const float *w, float
 
 static inline void rp_ops_rms_fwd(int simd, const float *x, const float *w, float *y, int64_t D, float eps,
                                   float *rstd) {
-#if RP_HAVE_AVX2_TU
+#if RP_HAVE_X86_TU
     if (simd) { rp_ops_avx2_rms_fwd(x, w, y, D, eps, rstd); return; }
 #endif
     (void)simd;
@@ -434,7 +434,7 @@ static inline void rp_ops_rms_fwd(int simd, const float *x, const float *w, floa
 
 static inline void rp_ops_rms_bwd(int simd, const float *x, const float *w, float rs, const float *g, float *dx,
                                   float *pw, int64_t D) {
-#if RP_HAVE_AVX2_TU
+#if RP_HAVE_X86_TU
     if (simd) { rp_ops_avx2_rms_bwd(x, w, rs, g, dx, pw, D); return; }
 #endif
     (void)simd;

@@ -1,4 +1,4 @@
-/* SIMD kernels of the fused attention (attention_fused.c chooses them at run
+/* SIMD kernels of the fused attention (attention_flash.c chooses them at run
  * time when rp_simd_enabled()). Compiled with -mavx2 -mfma; empty elsewhere.
  *
  *  rp_fused_gemm_avx2     C (M x N) [+]= A * B, A with any row/column stride
@@ -233,7 +233,7 @@ void rp_fused_gemm_avx512(int64_t M, int64_t N, int64_t K, const float *A, int64
 }
 #endif
 
-/* exp(x) for x <= 0, as fz_expf in attention_fused.c: x = n ln2 + r, a degree-6
+/* exp(x) for x <= 0, as fz_expf in attention_flash.c: x = n ln2 + r, a degree-6
  * polynomial on |r| <= ln2/2, 2^n through the exponent bits; exp(-inf) = 0. */
 FZ_INLINE __m256 fz_exp8(__m256 x) {
     x = _mm256_min_ps(x, _mm256_set1_ps(88.0f));

@@ -2,7 +2,7 @@
  * Tensors are float32 with any leading axes; "rows" are the leading axes
  * flattened, the last axis is the row length. */
 #include "bridge.h"
-#include "ops.h"
+#include "core/ops.h"
 
 #include <math.h>
 #include <string.h>

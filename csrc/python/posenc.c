@@ -1,7 +1,7 @@
 /* Bridge for the posenc area (channels A and R): parse, validate, release the
  * GIL, call the core in rotary.c / absolute.c. */
 #include "bridge.h"
-#include "posenc.h"
+#include "core/posenc.h"
 
 #include <math.h>
 #include <string.h>

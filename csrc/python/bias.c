@@ -5,7 +5,7 @@
  * d0 = q_offset - (Tk - 1), n = Tq + Tk - 1. */
 #include "bridge.h"
 
-#include "bias.h"
+#include "core/bias.h"
 
 #include <stdio.h>
 #include <string.h>

@@ -22,7 +22,7 @@
  * (M <= DIRECT_M_MAX) and few-column ones (N <= DIRECT_N_MAX) skip packing
  * (gemm_direct_block); batches of moderate
  * products give each thread whole products (gemm_alone, private buffers).
- * Micro-kernels: AVX-512 12x32 and AVX2 6x16 (gemm_avx2.c), portable 6x16 here.
+ * Micro-kernels: AVX-512 12x32 and AVX2 6x16 (gemm_x86.c), portable 6x16 here.
  */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime(CLOCK_THREAD_CPUTIME_ID) */
 #include "gemm.h"
@@ -94,7 +94,7 @@ typedef struct {
 } kernel_t;
 
 static const kernel_t k_portable = {PMR, PNR, ukr_portable, NULL, "portable"};
-#if RP_HAVE_AVX2_TU
+#if RP_HAVE_X86_TU
 static const kernel_t k_avx2 = {RP_GEMM_AVX2_MR, RP_GEMM_AVX2_NR, rp_gemm_ukr_avx2, rp_gemm_pack_rows_avx2, "avx2"};
 static const kernel_t k_avx512 = {RP_GEMM_AVX512_MR, RP_GEMM_AVX512_NR, rp_gemm_ukr_avx512,
                                   rp_gemm_pack_rows_avx2, "avx512"};
@@ -104,7 +104,7 @@ static int kernel_pref = 0; /* 0 auto, 1 avx512, 2 avx2, 3 portable */
 
 static const kernel_t *pick_kernel(void) {
     int pref = __atomic_load_n(&kernel_pref, __ATOMIC_RELAXED);
-#if RP_HAVE_AVX2_TU
+#if RP_HAVE_X86_TU
     if (rp_simd_enabled() && pref != 3) {
         if ((pref == 0 || pref == 1) && rp_gemm_cpu_avx512()) return &k_avx512;
         return &k_avx2;
@@ -711,7 +711,7 @@ double rp_fma_peak_gflops(int threads, double seconds) {
 #if !RP_HAVE_OPENMP
     threads = 1;
 #endif
-#if RP_HAVE_AVX2_TU
+#if RP_HAVE_X86_TU
     const kernel_t *kn = pick_kernel();
     if (kn == &k_avx512) return rp_fma_peak_gflops_avx512(threads, seconds);
     if (kn == &k_avx2) return rp_fma_peak_gflops_avx2(threads, seconds);

@@ -1,10 +1,10 @@
-/* Bridge for the perf area (fused training kernels): parse, validate, release the GIL, call the core. */
+/* Bridge for the blocks area (fused layers of the training step): parse, validate, release the GIL, call the core. */
 #include "bridge.h"
 
 #include <string.h>
 
-#include "ops.h"
-#include "perf.h"
+#include "core/ops.h"
+#include "core/blocks.h"
 
 /* Uninitialised float32 array (every element is written by the core). */
 static PyArrayObject *empty_f32(int ndim, const npy_intp *dims) {
@@ -97,7 +97,7 @@ static PyObject *py_add_layer_norm_fwd(PyObject *self, PyObject *args, PyObject 
         !(mean = empty_f32(1, nd)) || !(rstd = empty_f32(1, nd)))
         goto fail;
     Py_BEGIN_ALLOW_THREADS
-    rc = rp_perf_add_layernorm_fwd(RP_F32(x), RP_F32(y), RP_F32(w), RP_F32(b), RP_F32(s), RP_F32(h), RP_F32(mean),
+    rc = rp_blocks_add_layernorm_fwd(RP_F32(x), RP_F32(y), RP_F32(w), RP_F32(b), RP_F32(s), RP_F32(h), RP_F32(mean),
                                    RP_F32(rstd), N, D, (float)eps);
     Py_END_ALLOW_THREADS
     if (rc < 0) { rp_raise_code(rc, "add_layer_norm_fwd"); goto fail; }
@@ -137,7 +137,7 @@ static PyObject *py_add_layer_norm_bwd(PyObject *self, PyObject *args, PyObject 
     if (need_w && !(dw = empty_f32(1, dd))) goto fail;
     if (need_b && !(db = empty_f32(1, dd))) goto fail;
     Py_BEGIN_ALLOW_THREADS
-    rc = rp_perf_add_layernorm_bwd(RP_F32(s), RP_F32(w), RP_F32(mean), RP_F32(rstd), RP_F32(dh),
+    rc = rp_blocks_add_layernorm_bwd(RP_F32(s), RP_F32(w), RP_F32(mean), RP_F32(rstd), RP_F32(dh),
                                    ds ? RP_F32(ds) : NULL, RP_F32(dx), dw ? RP_F32(dw) : NULL,
                                    db ? RP_F32(db) : NULL, N, D);
     Py_END_ALLOW_THREADS
@@ -184,7 +184,7 @@ static PyObject *py_linear_gelu_fwd(PyObject *self, PyObject *args, PyObject *kw
     npy_intp od[2] = {(npy_intp)M, (npy_intp)N};
     if (!(h = empty_f32(2, od)) || !(a = empty_f32(2, od))) goto fail;
     Py_BEGIN_ALLOW_THREADS
-    rc = rp_perf_linear_gelu_fwd(kind, RP_F32(x), RP_F32(w), b ? RP_F32(b) : NULL, RP_F32(h), RP_F32(a), M, N, K);
+    rc = rp_blocks_linear_gelu_fwd(kind, RP_F32(x), RP_F32(w), b ? RP_F32(b) : NULL, RP_F32(h), RP_F32(a), M, N, K);
     Py_END_ALLOW_THREADS
     if (rc < 0) { rp_raise_code(rc, "linear_gelu_fwd"); goto fail; }
     Py_DECREF(x); Py_DECREF(w); Py_XDECREF(b);
@@ -216,7 +216,7 @@ static PyObject *py_linear_gelu_bwd(PyObject *self, PyObject *args, PyObject *kw
     if (need_w && !(dw = empty_f32(2, wd))) goto fail;
     if (need_b && !(db = empty_f32(1, bd))) goto fail;
     Py_BEGIN_ALLOW_THREADS
-    rc = rp_perf_linear_gelu_bwd(kind, RP_F32(x), RP_F32(w), RP_F32(h), RP_F32(da), RP_F32(dh), dx ? RP_F32(dx) : NULL,
+    rc = rp_blocks_linear_gelu_bwd(kind, RP_F32(x), RP_F32(w), RP_F32(h), RP_F32(da), RP_F32(dh), dx ? RP_F32(dx) : NULL,
                                  dw ? RP_F32(dw) : NULL, db ? RP_F32(db) : NULL, M, N, K);
     Py_END_ALLOW_THREADS
     if (rc < 0) { rp_raise_code(rc, "linear_gelu_bwd"); goto fail; }
@@ -305,7 +305,7 @@ static PyObject *py_heads_split(PyObject *self, PyObject *args, PyObject *kw) {
     float *optr[16];
     for (int g = 0; g < groups; g++) optr[g] = RP_F32(outs[g]);
     Py_BEGIN_ALLOW_THREADS
-    rc = rp_perf_heads_split(RP_F32(y), groups, rotate, cos ? RP_F32(cos) : NULL, sin ? RP_F32(sin) : NULL, rd,
+    rc = rp_blocks_heads_split(RP_F32(y), groups, rotate, cos ? RP_F32(cos) : NULL, sin ? RP_F32(sin) : NULL, rd,
                              layout, optr, B, T, H, Dh);
     Py_END_ALLOW_THREADS
     if (rc < 0) { rp_raise_code(rc, "heads_split"); goto fail; }
@@ -362,7 +362,7 @@ static PyObject *py_heads_merge(PyObject *self, PyObject *args, PyObject *kw) {
     const float *sptr[16];
     for (int g = 0; g < groups; g++) sptr[g] = xs[g] ? RP_F32(xs[g]) : NULL;
     Py_BEGIN_ALLOW_THREADS
-    rc = rp_perf_heads_merge(sptr, groups, rotate, cos ? RP_F32(cos) : NULL, sin ? RP_F32(sin) : NULL, rd, layout,
+    rc = rp_blocks_heads_merge(sptr, groups, rotate, cos ? RP_F32(cos) : NULL, sin ? RP_F32(sin) : NULL, rd, layout,
                              RP_F32(y), B, T, H, Dh);
     Py_END_ALLOW_THREADS
     if (rc < 0) { rp_raise_code(rc, "heads_merge"); goto fail; }
@@ -375,7 +375,7 @@ fail:
     return NULL;
 }
 
-PyMethodDef rp_methods_perf[] = {
+PyMethodDef rp_methods_blocks[] = {
     {"add_layer_norm_fwd", (PyCFunction)(void (*)(void))py_add_layer_norm_fwd, METH_VARARGS | METH_KEYWORDS,
      "add_layer_norm_fwd(x, y, weight, bias, eps=1e-5) -> (s, h, mean, rstd)\n"
      "s = x + y (..., D); h = layer_norm(s) * weight + bias; mean, rstd (N,) per row."},

@@ -1,7 +1,8 @@
 /* relpos core: common definitions shared by every C file of the core.
  *
  * Rules (see docs/INTERNALS.md):
- *  - no Python in the core: only module.c and the bridge_ files include Python.h;
+ *  - no Python in the core (csrc/core/): only the bridge (csrc/python/) includes
+ *    Python.h, and the core never includes the bridge (tests/test_layout.py);
  *  - every core function is rp_<area>_<op>[_fwd|_bwd], takes raw pointers and
  *    int64_t sizes, returns 0 or a negative RP_E* code, never prints;
  *  - the same inputs give bit-identical outputs for any thread count.

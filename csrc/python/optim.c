@@ -1,6 +1,6 @@
 /* Bridge for the optim area: parse, validate, release the GIL, call the core. */
 #include "bridge.h"
-#include "optim.h"
+#include "core/optim.h"
 
 #include <limits.h>
 #include <math.h>

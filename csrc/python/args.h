@@ -1,18 +1,6 @@
-/* Shared helpers of the CPython/NumPy bridge (module.c and bridge_*.c).
- * Only bridge files include this; the core never does. */
-#ifndef RELPOS_BRIDGE_H
-#define RELPOS_BRIDGE_H
-
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
-#define PY_ARRAY_UNIQUE_SYMBOL relpos_ARRAY_API
-#ifndef RP_BRIDGE_MAIN
-#define NO_IMPORT_ARRAY
-#endif
-#include <numpy/arrayobject.h>
-
-#include "relpos.h"
+/* Argument helpers of the bridge (args.c). Included through bridge.h. */
+#ifndef RELPOS_ARGS_H
+#define RELPOS_ARGS_H
 
 /* Inputs. Each returns a NEW reference to a C-contiguous, aligned array, or
  * NULL with TypeError/ValueError set naming `name`. */
@@ -44,19 +32,4 @@ PyObject *rp_raise_code(int code, const char *where);
 /* Non-negative int64 sizes and flags from Python ints with a named error. */
 int rp_check_nonneg(int64_t v, const char *name);
 
-/* Method tables, one per area (bridge_<area>.c); module.c adds them all. */
-extern PyMethodDef rp_methods_gemm[];
-extern PyMethodDef rp_methods_ops[];
-extern PyMethodDef rp_methods_optim[];
-extern PyMethodDef rp_methods_posenc[];
-extern PyMethodDef rp_methods_bias[];
-extern PyMethodDef rp_methods_perf[];
-extern PyMethodDef rp_methods_attn[];
-extern PyMethodDef rp_methods_fused[];
-
-#define RP_F32(a) ((float *)PyArray_DATA(a))
-#define RP_I64(a) ((int64_t *)PyArray_DATA(a))
-#define RP_U8(a) ((uint8_t *)PyArray_DATA(a))
-#define RP_DIM(a, i) ((int64_t)PyArray_DIM((a), (i)))
-
-#endif
+#endif /* RELPOS_ARGS_H */

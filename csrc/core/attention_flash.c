@@ -55,7 +55,7 @@ typedef float (*fz_expsub_fn)(float *x, int64_t n, float m);
 /* max of x[0..n) (-INFINITY for n = 0). */
 typedef float (*fz_rowmax_fn)(const float *x, int64_t n);
 
-#if RP_HAVE_AVX2_TU
+#if RP_HAVE_X86_TU
 int rp_fused_have_avx512(void);
 float rp_fused_expsub_avx512(float *x, int64_t n, float m);
 void rp_fused_gemm_avx512(int64_t M, int64_t N, int64_t K, const float *A, int64_t rsa, int64_t csa,
@@ -128,7 +128,7 @@ typedef struct {
 
 static fz_kernels fz_pick(void) {
     fz_kernels k = {gemm_portable, expsub_portable, rowmax_portable};
-#if RP_HAVE_AVX2_TU
+#if RP_HAVE_X86_TU
     if (rp_simd_enabled()) {
         /* the tile products follow the GEMM area's kernel choice (AVX-512 on
          * CPUs that have it, unless a test or benchmark picked another) */

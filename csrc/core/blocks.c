@@ -7,12 +7,12 @@
 #include <string.h>
 
 #include "gemm.h"
-#include "perf.h"
+#include "blocks.h"
 
 /* ---- residual add + LayerNorm -------------------------------------------- */
 
 /* s (N, D) = x + y, h = LayerNorm(s) * w + b; mean, rstd (N) */
-int rp_perf_add_layernorm_fwd(const float *x, const float *y, const float *w, const float *b, float *s,
+int rp_blocks_add_layernorm_fwd(const float *x, const float *y, const float *w, const float *b, float *s,
                               float *h, float *mean, float *rstd, int64_t N, int64_t D, float eps) {
     if (N < 0 || D < 0 || !(eps >= 0.0f)) return RP_EINVAL;
     if (N == 0) return RP_OK;
@@ -28,7 +28,7 @@ int rp_perf_add_layernorm_fwd(const float *x, const float *y, const float *w, co
 }
 
 /* dx (N, D) = ds + LayerNorm_bwd(dh); dw, db (D) over fixed row chunks */
-int rp_perf_add_layernorm_bwd(const float *s, const float *w, const float *mean, const float *rstd,
+int rp_blocks_add_layernorm_bwd(const float *s, const float *w, const float *mean, const float *rstd,
                               const float *dh, const float *ds, float *dx, float *dw, float *db, int64_t N,
                               int64_t D) {
     if (N < 0 || D < 0) return RP_EINVAL;
@@ -67,7 +67,7 @@ int rp_perf_add_layernorm_bwd(const float *s, const float *w, const float *mean,
 static int gelu_kind_ok(int kind) { return kind == RP_ACT_GELU_TANH || kind == RP_ACT_GELU_ERF; }
 
 /* h (M, N) = x (M, K) · w (N, K)ᵀ + b; a = gelu(h) */
-int rp_perf_linear_gelu_fwd(int kind, const float *x, const float *w, const float *b, float *h, float *a,
+int rp_blocks_linear_gelu_fwd(int kind, const float *x, const float *w, const float *b, float *h, float *a,
                             int64_t M, int64_t N, int64_t K) {
     if (M < 0 || N < 0 || K < 0 || !gelu_kind_ok(kind)) return RP_EINVAL;
     if (M == 0 || N == 0) return RP_OK;
@@ -86,7 +86,7 @@ int rp_perf_linear_gelu_fwd(int kind, const float *x, const float *w, const floa
 }
 
 /* dh = gelu'(h) * da, db = Σ_rows dh (fixed chunks), dx = dh · w, dw = dhᵀ · x */
-int rp_perf_linear_gelu_bwd(int kind, const float *x, const float *w, const float *h, const float *da, float *dh,
+int rp_blocks_linear_gelu_bwd(int kind, const float *x, const float *w, const float *h, const float *da, float *dh,
                             float *dx, float *dw, float *db, int64_t M, int64_t N, int64_t K) {
     if (M < 0 || N < 0 || K < 0 || !gelu_kind_ok(kind)) return RP_EINVAL;
     if (db) memset(db, 0, (size_t)N * sizeof(float));
@@ -150,7 +150,7 @@ static int heads_args_ok(int64_t G, int64_t rotate, const float *cos, const floa
 }
 
 /* outs[g] (B, H, T, Dh) <- rot(y (B, T, G*H*Dh) group g) */
-int rp_perf_heads_split(const float *y, int64_t G, int64_t rotate, const float *cos, const float *sin, int64_t rd,
+int rp_blocks_heads_split(const float *y, int64_t G, int64_t rotate, const float *cos, const float *sin, int64_t rd,
                         int layout, float *const *outs, int64_t B, int64_t T, int64_t H, int64_t Dh) {
     if (!heads_args_ok(G, rotate, cos, sin, rd, layout, B, T, H, Dh)) return RP_EINVAL;
     const int64_t rows = B * T, HD = H * Dh;
@@ -172,7 +172,7 @@ int rp_perf_heads_split(const float *y, int64_t G, int64_t rotate, const float *
 }
 
 /* y (B, T, G*H*Dh) <- rotᵀ(srcs[g] (B, H, T, Dh)), zeros where srcs[g] is NULL */
-int rp_perf_heads_merge(const float *const *srcs, int64_t G, int64_t rotate, const float *cos, const float *sin,
+int rp_blocks_heads_merge(const float *const *srcs, int64_t G, int64_t rotate, const float *cos, const float *sin,
                         int64_t rd, int layout, float *y, int64_t B, int64_t T, int64_t H, int64_t Dh) {
     if (!heads_args_ok(G, rotate, cos, sin, rd, layout, B, T, H, Dh)) return RP_EINVAL;
     const int64_t rows = B * T, HD = H * Dh;
