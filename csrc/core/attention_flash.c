@@ -19,7 +19,8 @@
  *    written directly.
  *
  * Kernels: tile products by a strided-A micro-kernel (portable C, AVX2/FMA, or
- * AVX-512F following the GEMM area's kernel choice), a polynomial exp (~1.3 ulp).
+ * AVX-512F following the GEMM area's kernel choice); exp is simd_math.h's, the
+ * same bits in every form and the same as the materialised path's.
  *
  * Extra memory: per thread O((BQ + BK) * (D + Dv) + Tq) scratch; forward: the
  * packed keys (like k); backward: per item O(R*D) for shared relative tables
@@ -34,6 +35,7 @@
  */
 #include "attention.h"
 #include "gemm.h"
+#include "simd_math.h"
 
 #include <math.h>
 #include <string.h>
@@ -80,34 +82,10 @@ static void gemm_portable(int64_t M, int64_t N, int64_t K, const float *A, int64
     }
 }
 
-/* exp(x) for x <= 0 (larger x saturates near 2^127): x = n ln2 + r, |r| <= ln2/2,
- * exp(r) by a degree-6 polynomial (Cephes-style coefficients), 2^n by the
- * exponent bits. Below ~ -87.3 the result is flushed to 0 (exp(-inf) = 0). */
-static inline float fz_expf(float x) {
-    const float hi = 88.0f, lo = -88.3762626647949f;
-    x = x > hi ? hi : x;
-    x = x < lo ? lo : x; /* also maps -inf */
-    float fn = floorf(x * 1.44269504088896341f + 0.5f);
-    float r = x - fn * 0.693359375f;
-    r = r - fn * -2.12194440e-4f;
-    float z = r * r;
-    float y = 1.9875691500e-4f;
-    y = y * r + 1.3981999507e-3f;
-    y = y * r + 8.3334519073e-3f;
-    y = y * r + 4.1665795894e-2f;
-    y = y * r + 1.6666665459e-1f;
-    y = y * r + 5.0000001201e-1f;
-    y = y * z + r + 1.0f;
-    int32_t e = ((int32_t)fn + 127) << 23;
-    float p;
-    memcpy(&p, &e, sizeof p);
-    return y * p;
-}
-
 static float expsub_portable(float *x, int64_t n, float m) {
     float s = 0.0f;
     for (int64_t j = 0; j < n; j++) {
-        float e = fz_expf(x[j] - m);
+        float e = rp_exp(x[j] - m);
         x[j] = e;
         s += e;
     }
@@ -429,7 +407,7 @@ static void fwd_item(const fz_ctx *c, fz_scr *w, const float *Kp, int64_t b, int
             }
             float rs = c->kr.expsub(s, nk, mnew);
             if (mnew != m[i]) {
-                float alpha = expf(m[i] - mnew); /* 0 when m[i] = -inf */
+                float alpha = rp_exp(m[i] - mnew); /* 0 when m[i] = -inf */
                 float *o = O + i * Dv;
                 for (int64_t d = 0; d < Dv; d++) o[d] *= alpha;
                 l[i] *= alpha;

@@ -13,19 +13,12 @@
  *                         test or benchmark chose another). Every C element is
  *                         the same k-ordered FMA chain in both widths.
  */
-#include "relpos.h"
+#include "simd_math.h"
 
 #if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
 #include <math.h>
 
 #define FZ_INLINE static inline __attribute__((always_inline))
-
-/* lane mask with the first n (0..8) lanes set */
-FZ_INLINE __m256i fz_mask(int64_t n) {
-    const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), idx);
-}
 
 /* MR rows (1..6) x NV vectors (1 or 2); the last vector masked when MASKED. */
 FZ_INLINE void fz_ukr(const int MR, const int NV, const int MASKED, __m256i mk, int64_t K, const float *A,
@@ -96,21 +89,21 @@ void rp_fused_gemm_avx2(int64_t M, int64_t N, int64_t K, const float *A, int64_t
                         const float *B, int64_t ldb, float *C, int64_t ldc, int acc) {
     if (M <= 0 || N <= 0) return;
     int64_t j = 0;
-    __m256i mk = fz_mask(8);
+    __m256i mk = rp_mask8(8);
     for (; j + 16 <= N; j += 16) {
         const float *Bj = B + j;
         FZ_ROWS(2, 0)
     }
     int64_t rem = N - j;
     if (rem > 8) {
-        mk = fz_mask(rem - 8);
+        mk = rp_mask8(rem - 8);
         const float *Bj = B + j;
         FZ_ROWS(2, 1)
     } else if (rem == 8) {
         const float *Bj = B + j;
         FZ_ROWS(1, 0)
     } else if (rem > 0) {
-        mk = fz_mask(rem);
+        mk = rp_mask8(rem);
         const float *Bj = B + j;
         FZ_ROWS(1, 1)
     }
@@ -121,8 +114,8 @@ float rp_fused_expsub_avx2(float *x, int64_t n, float m);
 /* ---- AVX-512F variant of the same product (chosen when the GEMM area's
  * kernel in use is AVX-512: rp_gemm_kernel_name()). 8 rows x 32 columns, 16
  * zmm accumulators; each C element is the same k-ordered FMA chain as above. */
-#if defined(__GNUC__) && !defined(RP_NO_AVX512)
-#define FZ_T512 __attribute__((target("avx512f")))
+#if RP_HAVE_AVX512_FORM
+#define FZ_T512 RP_TARGET_AVX512
 
 static inline __attribute__((always_inline)) FZ_T512 void fz_ukr512(const int MR, const int NV, __mmask16 m0,
                                                                     __mmask16 m1, int64_t K, const float *A,
@@ -190,32 +183,12 @@ FZ_T512 void rp_fused_gemm_avx512(int64_t M, int64_t N, int64_t K, const float *
     }
 }
 
-/* fz_exp8 on 16 lanes (same reduction, polynomial and flush to 0). */
-static inline __attribute__((always_inline)) FZ_T512 __m512 fz_exp16(__m512 x) {
-    x = _mm512_min_ps(x, _mm512_set1_ps(88.0f));
-    x = _mm512_max_ps(x, _mm512_set1_ps(-88.3762626647949f));
-    __m512 fn = _mm512_roundscale_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f)),
-                                     _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(fn, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(fn, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 z = _mm512_mul_ps(r, r);
-    __m512 y = _mm512_set1_ps(1.9875691500e-4f);
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
-    y = _mm512_fmadd_ps(y, z, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(fn), _mm512_set1_epi32(127)), 23);
-    return _mm512_mul_ps(y, _mm512_castsi512_ps(e));
-}
-
 FZ_T512 float rp_fused_expsub_avx512(float *x, int64_t n, float m) {
     const __m512 mv = _mm512_set1_ps(m);
     __m512 s0 = _mm512_setzero_ps();
     for (int64_t j = 0; j < n; j += 16) {
         const __mmask16 mk = n - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - j)) - 1u);
-        __m512 e = fz_exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, x + j), mv));
+        __m512 e = rp_exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, x + j), mv));
         e = _mm512_maskz_mov_ps(mk, e);
         _mm512_mask_storeu_ps(x + j, mk, e);
         s0 = _mm512_add_ps(s0, e);
@@ -233,41 +206,21 @@ void rp_fused_gemm_avx512(int64_t M, int64_t N, int64_t K, const float *A, int64
 }
 #endif
 
-/* exp(x) for x <= 0, as fz_expf in attention_flash.c: x = n ln2 + r, a degree-6
- * polynomial on |r| <= ln2/2, 2^n through the exponent bits; exp(-inf) = 0. */
-FZ_INLINE __m256 fz_exp8(__m256 x) {
-    x = _mm256_min_ps(x, _mm256_set1_ps(88.0f));
-    x = _mm256_max_ps(x, _mm256_set1_ps(-88.3762626647949f));
-    __m256 fn = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
-    __m256 r = _mm256_fnmadd_ps(fn, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(fn, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 z = _mm256_mul_ps(r, r);
-    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
-    y = _mm256_fmadd_ps(y, z, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fn), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-}
-
 float rp_fused_expsub_avx2(float *x, int64_t n, float m) {
     const __m256 mv = _mm256_set1_ps(m);
     __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
     int64_t j = 0;
     for (; j + 16 <= n; j += 16) {
-        __m256 e0 = fz_exp8(_mm256_sub_ps(_mm256_loadu_ps(x + j), mv));
-        __m256 e1 = fz_exp8(_mm256_sub_ps(_mm256_loadu_ps(x + j + 8), mv));
+        __m256 e0 = rp_exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + j), mv));
+        __m256 e1 = rp_exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + j + 8), mv));
         _mm256_storeu_ps(x + j, e0);
         _mm256_storeu_ps(x + j + 8, e1);
         s0 = _mm256_add_ps(s0, e0);
         s1 = _mm256_add_ps(s1, e1);
     }
     for (; j < n; j += 8) {
-        __m256i mk = fz_mask(n - j < 8 ? n - j : 8);
-        __m256 e = fz_exp8(_mm256_sub_ps(_mm256_maskload_ps(x + j, mk), mv));
+        __m256i mk = rp_mask8(n - j < 8 ? n - j : 8);
+        __m256 e = rp_exp_avx2(_mm256_sub_ps(_mm256_maskload_ps(x + j, mk), mv));
         e = _mm256_and_ps(e, _mm256_castsi256_ps(mk));
         _mm256_maskstore_ps(x + j, mk, e);
         s0 = _mm256_add_ps(s0, e);

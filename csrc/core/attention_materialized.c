@@ -21,6 +21,7 @@
  */
 #include "attention.h"
 #include "gemm.h"
+#include "simd_math.h"
 
 #include <math.h>
 #include <string.h>
@@ -59,42 +60,6 @@ static inline float dotf(const float *x, const float *y, int64_t n) {
 
 static inline void axpyf(float *y, float alpha, const float *x, int64_t n) {
     for (int64_t d = 0; d < n; d++) y[d] += alpha * x[d];
-}
-
-/* s[j] = exp(s[j] - m) for j < n, exactly 0 where s[j] = -inf (masked) or the
- * result underflows (x < -87). exp(x) = 2^k · e^r with k = round(x / ln 2),
- * |r| <= ln2 / 2, e^r by a degree-6 Taylor polynomial (relative error < 2e-7),
- * 2^k through the exponent bits. Branch-free, so the loop vectorises; libm's
- * expf called per element cost more than the GEMMs here. */
-#if defined(__GNUC__) && !defined(__clang__)
-/* the selects below only pick between computed values; letting GCC assume no
- * FP traps turns them into blends so the loop vectorises (values unchanged) */
-__attribute__((optimize("no-trapping-math")))
-#endif
-static void exp_shifted(float *s, int64_t n, float m) {
-    RP_PRAGMA(omp simd)
-    for (int64_t j = 0; j < n; j++) {
-        const float x0 = s[j] - m;
-        const int dead = x0 < -87.0f; /* masked (-inf) or underflow; NaN stays NaN below */
-        const float safe = x0 == x0 ? x0 : 0.0f; /* no NaN into the int conversion */
-        const float lo = safe < -87.0f ? -87.0f : safe;
-        const float x = lo > 88.0f ? 88.0f : lo;
-        const float half = x >= 0.0f ? 0.5f : -0.5f;
-        const float kf = (float)(int32_t)(x * 1.44269504f + half);
-        const float r = (x - kf * 0.693359375f) + kf * 2.12194440e-4f;
-        float e = 1.0f / 720.0f;
-        e = e * r + 1.0f / 120.0f;
-        e = e * r + 1.0f / 24.0f;
-        e = e * r + 1.0f / 6.0f;
-        e = e * r + 0.5f;
-        e = e * r + 1.0f;
-        e = e * r + 1.0f;
-        const int32_t bits = ((int32_t)kf + 127) << 23;
-        float two_k;
-        memcpy(&two_k, &bits, sizeof two_k);
-        const float val = x0 == x0 ? e * two_k : x0;
-        s[j] = dead ? 0.0f : val;
-    }
 }
 
 /* Σ s[j] in eight fixed lanes (order set by n only). */
@@ -178,6 +143,7 @@ int rp_attn_mat_fwd(const rp_attn *a, float *out, float *lse, float *probs) {
     }
     int rc = content_logits(a, S);
     if (rc < 0) goto done;
+    const int ef = rp_exp_form(); /* every form gives the same bits */
     RP_PRAGMA(omp parallel for schedule(static) num_threads(nt))
     for (int64_t r = 0; r < nrows; r++) {
         const int64_t i = r % Tq, bh = r / Tq, h = bh % H, b = bh / H;
@@ -190,7 +156,7 @@ int rp_attn_mat_fwd(const rp_attn *a, float *out, float *lse, float *probs) {
             continue;
         }
         for (int64_t j = n; j < Tk; j++) s[j] = 0.0f;
-        exp_shifted(s, n, m);
+        rp_exp_span(ef, s, m, s, n); /* masked keys (-inf) give 0 */
         const float z = sumf(s, n); /* >= 1: the maximum contributes exp(0) */
         const float inv = 1.0f / z;
         for (int64_t j = 0; j < n; j++) s[j] *= inv;
@@ -291,6 +257,7 @@ int rp_attn_mat_bwd(const rp_attn *a, const float *out, const float *lse, const 
     if ((rc = content_logits(a, P)) < 0) goto done;
     rc = rp_gemm_batched(0, 1, Tq, Tk, Dv, 1.0f, dout, Dv, a->v, Dv, 0.0f, dS, Tk, BH, Tq * Dv, Tk * Dv, Tq * Tk);
     if (rc < 0) goto done;
+    const int ef = rp_exp_form();
     RP_PRAGMA(omp parallel for schedule(static) num_threads(nt))
     for (int64_t r = 0; r < BH * Tq; r++) {
         const int64_t i = r % Tq, bh = r / Tq, h = bh % H, b = bh / H;
@@ -306,7 +273,7 @@ int rp_attn_mat_bwd(const rp_attn *a, const float *out, const float *lse, const 
         for (int64_t j = n; j < Tk; j++) p[j] = ds[j] = 0.0f;
         const float *doi = dout + r * Dv;
         const float Di = dotf(doi, out + r * Dv, Dv);
-        exp_shifted(p, n, l);
+        rp_exp_span(ef, p, l, p, n);
         for (int64_t j = 0; j < n; j++) {
             const float pj = p[j];
             if (pj == 0.0f) {

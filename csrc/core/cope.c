@@ -12,6 +12,8 @@
 #include <math.h>
 #include <string.h>
 
+#include "simd_math.h"
+
 #define COPE_MAX_PARTS 64
 
 
@@ -29,8 +31,8 @@ static inline double dot_d(const float *a, const float *b, int64_t D) {
     return s;
 }
 
-/* float exp is enough for a gate; 1/(1+inf) = 0 and 1/(1+0) = 1 at the extremes. */
-static inline double sigmoid(double x) { return 1.0f / (1.0f + expf(-(float)x)); }
+/* float exp (simd_math.h's) is enough for a gate; 1/(1+inf) = 0 and 1/(1+0) = 1 at the extremes. */
+static inline double sigmoid(double x) { return 1.0f / (1.0f + rp_exp(-(float)x)); }
 
 static int cope_ok(int64_t B, int64_t H, int64_t Tq, int64_t Tk, int64_t D, int64_t P, int64_t q_offset) {
     return B >= 0 && H >= 0 && Tq >= 0 && Tk >= 0 && D >= 0 && P >= 1 && q_offset >= 0;

@@ -71,7 +71,7 @@ int rp_ops_xent_bwd(const float *logits, const int64_t *targets, const float *ls
              * the row's max m and log-sum ls and use exp(x - m) * exp(-ls) */
             const float m = rp_span_max(xr, V);
             const float ls = logf(rp_ops_exp_sum(simd, xr, m, NULL, V));
-            rp_ops_exp_scale(simd, xr, m, scale * expf(-ls), NULL, 0.0f, dr, V);
+            rp_ops_exp_scale(simd, xr, m, scale * rp_exp(-ls), NULL, 0.0f, dr, V);
         }
         if (t >= 0 && t < V) dr[t] -= scale;
     }

@@ -136,36 +136,7 @@ int rp_ops_dropout_mask(uint8_t *mask, int64_t n, float p, uint64_t seed);
 #include <math.h>
 #include <string.h>
 
-/* exp(x) for float: Cody-Waite reduction x = n ln2 + r, degree-6 polynomial
- * (Cephes expf coefficients), 2^n assembled in the exponent bits. About 1 ulp;
- * 0 below -87.5 (exp(-inf) = 0), inf above 88.72, NaN propagates. */
-static inline float rp_expf(float x) {
-    const float hi = 88.3762626647949f, lo = -87.33654475f;
-    float xc = x > hi ? hi : x;
-    xc = xc < lo ? lo : xc;
-    /* NaN would reach (int32_t)n below (a NaN cast, then a shift of a negative int: UB); NaN is put back at the end */
-    xc = xc == xc ? xc : 0.0f;
-    /* round(xc * log2 e) with the 1.5 * 2^23 shifter (round to nearest even) */
-    float t = xc * 1.44269504088896341f + 12582912.0f;
-    float n = t - 12582912.0f;
-    float r = xc - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    float y = p * scale;
-    y = x < -87.5f ? 0.0f : y;
-    y = x > 88.72283905f ? INFINITY : y;
-    y = x == x ? y : x;
-    return y;
-}
+#include "simd_math.h" /* rp_exp: the one exp of every path */
 
 /* erfc(a) for a >= 0 (Numerical Recipes' Chebyshev fit, fractional error
  * below 1.2e-7 in exact arithmetic). */
@@ -181,7 +152,7 @@ static inline float rp_erfcf_pos(float a) {
     q = q * t + 0.37409196f;
     q = q * t + 1.00002368f;
     q = q * t - 1.26551223f;
-    return t * rp_expf(q - a * a);
+    return t * rp_exp(q - a * a);
 }
 
 /* Phi(x) = 0.5 (1 + erf(x / sqrt 2)), accurate in relative terms in both tails. */
@@ -191,7 +162,7 @@ static inline float rp_normcdf(float x) {
     return x < 0.0f ? h : 1.0f - h;
 }
 
-static inline float rp_sigmoidf(float x) { return 1.0f / (1.0f + rp_expf(-x)); }
+static inline float rp_sigmoidf(float x) { return 1.0f / (1.0f + rp_exp(-x)); }
 
 #define RP_GELU_K 0.7978845608028654f /* sqrt(2 / pi) */
 #define RP_GELU_C 0.044715f
@@ -204,7 +175,7 @@ static inline void rp_span_act_fwd(int kind, const float *x, float *y, int64_t n
         /* 0.5 (1 + tanh(u)) = sigmoid(2u): no cancellation in the negative tail */
         for (int64_t i = 0; i < n; i++) {
             float v = x[i];
-            y[i] = v / (1.0f + rp_expf(-2.0f * RP_GELU_K * (v + RP_GELU_C * v * v * v)));
+            y[i] = v / (1.0f + rp_exp(-2.0f * RP_GELU_K * (v + RP_GELU_C * v * v * v)));
         }
         break;
     case RP_ACT_GELU_ERF:
@@ -228,7 +199,7 @@ static inline void rp_span_act_bwd(int kind, const float *x, const float *g, flo
          * d/dx = s + 2 x s (1 - s) du/dx */
         for (int64_t i = 0; i < n; i++) {
             float v = x[i];
-            float e = rp_expf(-2.0f * RP_GELU_K * (v + RP_GELU_C * v * v * v));
+            float e = rp_exp(-2.0f * RP_GELU_K * (v + RP_GELU_C * v * v * v));
             float s = 1.0f / (1.0f + e);
             float ss = s == 0.0f ? 0.0f : (e * s) * s;
             float du = RP_GELU_K * (1.0f + 3.0f * RP_GELU_C * v * v);
@@ -238,7 +209,7 @@ static inline void rp_span_act_bwd(int kind, const float *x, const float *g, flo
     case RP_ACT_GELU_ERF:
         for (int64_t i = 0; i < n; i++) {
             float v = x[i];
-            float pdf = RP_INV_SQRT_2PI * rp_expf(-0.5f * v * v);
+            float pdf = RP_INV_SQRT_2PI * rp_exp(-0.5f * v * v);
             dx[i] = g[i] * (rp_normcdf(v) + v * pdf);
         }
         break;
@@ -248,7 +219,7 @@ static inline void rp_span_act_bwd(int kind, const float *x, const float *g, flo
     default:
         /* 1 - s = e s with e = exp(-x): exact near s = 1 (1 when e = inf) */
         for (int64_t i = 0; i < n; i++) {
-            float e = rp_expf(-x[i]);
+            float e = rp_exp(-x[i]);
             float s = 1.0f / (1.0f + e);
             float one_minus = s == 0.0f ? 1.0f : e * s;
             dx[i] = g[i] * s * (1.0f + x[i] * one_minus);
@@ -268,12 +239,12 @@ static inline float rp_span_max(const float *x, int64_t n) {
 static inline float rp_span_exp_sum(const float *x, float m, float *y, int64_t n) {
     float s = 0.0f;
     if (y) {
-        for (int64_t j = 0; j < n; j++) y[j] = rp_expf(x[j] - m);
+        for (int64_t j = 0; j < n; j++) y[j] = rp_exp(x[j] - m);
         RP_OPS_SIMD_SUM(s)
         for (int64_t j = 0; j < n; j++) s += y[j];
     } else {
         RP_OPS_SIMD_SUM(s)
-        for (int64_t j = 0; j < n; j++) s += rp_expf(x[j] - m);
+        for (int64_t j = 0; j < n; j++) s += rp_exp(x[j] - m);
     }
     return s;
 }
@@ -284,9 +255,9 @@ static inline float rp_span_exp_sum(const float *x, float m, float *y, int64_t n
 static inline void rp_span_exp_scale(const float *x, float c, float scale, const float *z, float add, float *y,
                                      int64_t n) {
     if (z) {
-        for (int64_t j = 0; j < n; j++) y[j] = rp_expf(x[j] - c) * scale + add * z[j];
+        for (int64_t j = 0; j < n; j++) y[j] = rp_exp(x[j] - c) * scale + add * z[j];
     } else {
-        for (int64_t j = 0; j < n; j++) y[j] = rp_expf(x[j] - c) * scale;
+        for (int64_t j = 0; j < n; j++) y[j] = rp_exp(x[j] - c) * scale;
     }
 }
 

@@ -3,6 +3,7 @@
  * flattened, the last axis is the row length. */
 #include "bridge.h"
 #include "core/ops.h"
+#include "core/simd_math.h"
 
 #include <math.h>
 #include <string.h>
@@ -776,6 +777,33 @@ static PyObject *py_dropout_mask(PyObject *self, PyObject *args, PyObject *kw) {
 #define KW (METH_VARARGS | METH_KEYWORDS)
 #define M(name, doc) {#name, (PyCFunction)(void (*)(void))py_##name, KW, doc}
 
+/* ---- test hook: the exp forms of simd_math.h ----------------------------- */
+
+static PyObject *py__exp_check(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"x", "form", NULL};
+    PyObject *xo;
+    const char *fs = "scalar";
+    PyArrayObject *x = NULL, *y = NULL;
+    int form, rc;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|s:_exp_check", kwlist, &xo, &fs)) return NULL;
+    if (strcmp(fs, "scalar") == 0) form = RP_EXP_SCALAR;
+    else if (strcmp(fs, "avx2") == 0) form = RP_EXP_AVX2;
+    else if (strcmp(fs, "avx512") == 0) form = RP_EXP_AVX512;
+    else return PyErr_Format(PyExc_ValueError, "form must be 'scalar', 'avx2' or 'avx512'; got '%s'", fs);
+    if (!(x = rp_in_f32(xo, "x"))) return NULL;
+    if (!(y = new_f32(PyArray_NDIM(x), PyArray_DIMS(x)))) goto fail;
+    Py_BEGIN_ALLOW_THREADS
+    rc = rp_exp_span(form, RP_F32(x), 0.0f, RP_F32(y), (int64_t)PyArray_SIZE(x));
+    Py_END_ALLOW_THREADS
+    if (rc < 0) { rp_raise_code(rc, "_exp_check"); goto fail; }
+    Py_DECREF(x);
+    return (PyObject *)y;
+fail:
+    Py_XDECREF(x); Py_XDECREF(y);
+    return NULL;
+}
+
 PyMethodDef rp_methods_ops[] = {
     M(binary_fwd, "binary_fwd(a, b, op='add', *, out=None): op(a, b), b of a's shape, one element, or the shape of a's trailing axes (repeated over the leading ones); op in add, sub, mul, div, rsub (b - a), rdiv (b / a)."),
     M(binary_bwd, "binary_bwd(a, b, grad, op='add', *, need_a=True, need_b=True) -> (da, db); db summed over the broadcast rows."),
@@ -803,5 +831,7 @@ PyMethodDef rp_methods_ops[] = {
     M(dropout_fwd, "dropout_fwd(x, p, seed, *, out=None): keep element i when u(seed, i) >= p, scale 1/(1-p)"),
     M(dropout_bwd, "dropout_bwd(grad, p, seed, *, out=None): the forward's mask regenerated from seed"),
     M(dropout_mask, "dropout_mask(n, p, seed) -> bool (n,): the keep mask of flat elements 0..n-1"),
+    M(_exp_check, "_exp_check(x, form='scalar') -> exp(x) by one form of the core's exp ('scalar', 'avx2' or\n"
+                  "'avx512'; RuntimeError where the CPU or build lacks it). A test hook: every form gives the same bits."),
     {NULL, NULL, 0, NULL},
 };
