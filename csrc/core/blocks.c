@@ -8,6 +8,7 @@
 
 #include "gemm.h"
 #include "blocks.h"
+#include "posenc.h"
 
 /* ---- residual add + LayerNorm -------------------------------------------- */
 
@@ -125,26 +126,10 @@ int rp_blocks_linear_gelu_bwd(int kind, const float *x, const float *w, const fl
 
 /* ---- head split / merge ----------------------------------------------------- */
 
-/* dst = R(dir * angle) src on the first 2P channels (pairs by layout), copy
- * of the rest; the same float operations as posenc's rotary kernel. */
-static inline void rot_row(const float *src, float *dst, const float *c, const float *s, int64_t D, int64_t P,
-                           int layout, float dir) {
-    const int64_t stride = layout == RP_PERF_ROPE_INTERLEAVED ? 2 : 1;
-    const int64_t second = layout == RP_PERF_ROPE_INTERLEAVED ? 1 : P;
-    for (int64_t k = 0; k < P; k++) {
-        int64_t a = k * stride, b = a + second;
-        float xa = src[a], xb = src[b];
-        float ck = c[k], sk = dir * s[k];
-        dst[a] = ck * xa - sk * xb;
-        dst[b] = sk * xa + ck * xb;
-    }
-    if (D > 2 * P) memcpy(dst + 2 * P, src + 2 * P, (size_t)(D - 2 * P) * sizeof(float));
-}
-
 static int heads_args_ok(int64_t G, int64_t rotate, const float *cos, const float *sin, int64_t rd, int layout,
                          int64_t B, int64_t T, int64_t H, int64_t Dh) {
     if (B < 0 || T < 0 || H < 0 || Dh < 0 || G < 1 || rotate < 0 || rotate > G) return 0;
-    if (layout != RP_PERF_ROPE_INTERLEAVED && layout != RP_PERF_ROPE_HALF) return 0;
+    if (layout != RP_ROPE_INTERLEAVED && layout != RP_ROPE_HALF) return 0;
     if (rotate > 0 && (!cos || !sin || rd <= 0 || rd % 2 || rd > Dh)) return 0;
     return 1;
 }
@@ -163,7 +148,7 @@ int rp_blocks_heads_split(const float *y, int64_t G, int64_t rotate, const float
             const float *yr = y + (row * G + g) * HD;
             for (int64_t h = 0; h < H; h++) {
                 float *o = outs[g] + ((bi * H + h) * T + t) * Dh;
-                if (g < rotate) rot_row(yr + h * Dh, o, cos + t * P, sin + t * P, Dh, P, layout, 1.0f);
+                if (g < rotate) rp_rotary_row(yr + h * Dh, o, cos + t * P, sin + t * P, NULL, Dh, P, layout, 1.0f);
                 else memcpy(o, yr + h * Dh, (size_t)Dh * sizeof(float));
             }
         }
@@ -189,7 +174,7 @@ int rp_blocks_heads_merge(const float *const *srcs, int64_t G, int64_t rotate, c
             }
             for (int64_t h = 0; h < H; h++) {
                 const float *s = srcs[g] + ((bi * H + h) * T + t) * Dh;
-                if (g < rotate) rot_row(s, yr + h * Dh, cos + t * P, sin + t * P, Dh, P, layout, -1.0f);
+                if (g < rotate) rp_rotary_row(s, yr + h * Dh, cos + t * P, sin + t * P, NULL, Dh, P, layout, -1.0f);
                 else memcpy(yr + h * Dh, s, (size_t)Dh * sizeof(float));
             }
         }

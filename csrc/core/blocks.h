@@ -42,11 +42,10 @@ int rp_blocks_linear_gelu_bwd(int kind, const float *x, const float *w, const fl
  * Split: y (B, T, G*H*Dh) holds G groups of H heads per row (e.g. q, k, v);
  * outs[g][b, h, t, :] = rot_t(y[b, t, (g*H + h)*Dh .. + Dh]) for g < G, where
  * groups g < rotate are turned by rot_t: channel pairs of the first rd
- * channels by the angles of row t (cos, sin: (T, rd/2)), layout
- * RP_PERF_ROPE_INTERLEAVED (pairs 2k, 2k+1) or RP_PERF_ROPE_HALF (pairs k,
- * k + rd/2); the other groups are copied. outs[g]: (B, H, T, Dh). One pass
- * (one parallel region) over the rows of y. */
-enum { RP_PERF_ROPE_INTERLEAVED = 0, RP_PERF_ROPE_HALF = 1 };
+ * channels by the angles of row t (cos, sin: (T, rd/2)) with the rotation
+ * of posenc.h (rp_rotary_row), layout RP_ROPE_INTERLEAVED (pairs 2k, 2k+1) or
+ * RP_ROPE_HALF (pairs k, k + rd/2); the other groups are copied.
+ * outs[g]: (B, H, T, Dh). One pass (one parallel region) over the rows of y. */
 int rp_blocks_heads_split(const float *y, int64_t G, int64_t rotate, const float *cos, const float *sin, int64_t rd,
                         int layout, float *const *outs, int64_t B, int64_t T, int64_t H, int64_t Dh);
 /* Merge, the adjoint of split: y[b, t, (g*H + h)*Dh ..] = rot_tᵀ(srcs[g][b, h, t, :])

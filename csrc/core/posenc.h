@@ -8,10 +8,16 @@
 #ifndef RELPOS_POSENC_H
 #define RELPOS_POSENC_H
 
+#include <string.h>
+
 #include "relpos.h"
 
-#define RP_ROPE_INTERLEAVED 0 /* pairs (x_2k, x_2k+1): GPT-J, Meta LLaMA, ggml mode 0 */
-#define RP_ROPE_HALF 1        /* pairs (x_k, x_k+P):   GPT-NeoX, HF LLaMA, ggml NEOX */
+/* Which channels a rotary transform turns together (the one layout enum of the
+ * core: the rotary kernels here and the fused head split/merge of blocks.c). */
+typedef enum {
+    RP_ROPE_INTERLEAVED = 0, /* pairs (x_2k, x_2k+1): GPT-J, Meta LLaMA, ggml mode 0 */
+    RP_ROPE_HALF = 1         /* pairs (x_k, x_k+P):   GPT-NeoX, HF LLaMA, ggml NEOX */
+} rp_rope_layout;
 
 #define RP_SIN_INTERLEAVED 0  /* PE(i,2k)=sin, PE(i,2k+1)=cos (Vaswani et al.) */
 #define RP_SIN_CONCAT 1       /* [sin_0..sin_{P-1}, cos_0..cos_{P-1}] */
@@ -25,6 +31,31 @@
 
 static inline int rp_posenc_threads(int64_t work, int64_t min_work) {
     return work < min_work ? 1 : rp_get_num_threads();
+}
+
+/* The rotation of one row, the only one in the core (rotary.c, blocks.c):
+ * dst = sc * R(dir * angle) src on the first 2P of D channels, pairs (a, b) by
+ * layout, angle k given by c[k] = cos, s[k] = sin, dir = +1 (forward) or -1
+ * (the transpose: backward, head merge); sc (P) may be NULL (1). The other
+ * channels are copied. dst may be src (each pair is read before it is written). */
+static inline void rp_rotary_row(const float *src, float *dst, const float *c, const float *s, const float *sc,
+                                 int64_t D, int64_t P, int layout, float dir) {
+    const int64_t stride = layout == RP_ROPE_INTERLEAVED ? 2 : 1;
+    const int64_t second = layout == RP_ROPE_INTERLEAVED ? 1 : P;
+    for (int64_t k = 0; k < P; k++) {
+        const int64_t a = k * stride, b = a + second;
+        const float xa = src[a], xb = src[b];
+        const float ck = c[k], sk = dir * s[k];
+        float ya = ck * xa - sk * xb;
+        float yb = sk * xa + ck * xb;
+        if (sc) {
+            ya *= sc[k];
+            yb *= sc[k];
+        }
+        dst[a] = ya;
+        dst[b] = yb;
+    }
+    if (dst != src && D > 2 * P) memcpy(dst + 2 * P, src + 2 * P, (size_t)(D - 2 * P) * sizeof(float));
 }
 
 /* Largest |log scale| an xPos factor may take: e^80 is finite in float32 and

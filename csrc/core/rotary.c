@@ -48,28 +48,6 @@ int rp_posenc_xpos_scale(int64_t P, int64_t T, int64_t offset, double center, do
     return RP_OK;
 }
 
-/* One row of D channels: rotate pairs by +angle (dir = 1) or -angle (dir = -1),
- * times the scale; copy the tail. src and dst may alias. */
-static inline void rotate_row(const float *src, float *dst, const float *c, const float *s,
-                              const float *sc, int64_t D, int64_t P, int layout, float dir) {
-    const int64_t stride = layout == RP_ROPE_INTERLEAVED ? 2 : 1;
-    const int64_t second = layout == RP_ROPE_INTERLEAVED ? 1 : P;
-    for (int64_t k = 0; k < P; k++) {
-        int64_t a = k * stride, b = a + second;
-        float xa = src[a], xb = src[b];
-        float ck = c[k], sk = dir * s[k];
-        float ya = ck * xa - sk * xb;
-        float yb = sk * xa + ck * xb;
-        if (sc) {
-            ya *= sc[k];
-            yb *= sc[k];
-        }
-        dst[a] = ya;
-        dst[b] = yb;
-    }
-    if (dst != src && D > 2 * P) memcpy(dst + 2 * P, src + 2 * P, (size_t)(D - 2 * P) * sizeof(float));
-}
-
 static int rotary_apply(const float *x, const float *cos_t, const float *sin_t, const float *scale,
                         float *y, int64_t N, int64_t T, int64_t D, int64_t rotary_dim, int layout,
                         float dir) {
@@ -84,7 +62,7 @@ static int rotary_apply(const float *x, const float *cos_t, const float *sin_t, 
     RP_PRAGMA(omp parallel for schedule(static) num_threads(nt))
     for (int64_t row = 0; row < rows; row++) {
         int64_t t = row % T;
-        rotate_row(x + row * D, y + row * D, cos_t + t * P, sin_t + t * P, scale ? scale + t * P : NULL,
+        rp_rotary_row(x + row * D, y + row * D, cos_t + t * P, sin_t + t * P, scale ? scale + t * P : NULL,
                    D, P, layout, dir);
     }
     return RP_OK;

@@ -5,6 +5,7 @@
 
 #include "core/ops.h"
 #include "core/blocks.h"
+#include "core/posenc.h"
 
 /* Uninitialised float32 array (every element is written by the core). */
 static PyArrayObject *empty_f32(int ndim, const npy_intp *dims) {
@@ -70,8 +71,8 @@ static int gelu_kind(const char *approximate) {
 }
 
 static int rope_layout(const char *layout) {
-    if (strcmp(layout, "interleaved") == 0) return RP_PERF_ROPE_INTERLEAVED;
-    if (strcmp(layout, "half") == 0) return RP_PERF_ROPE_HALF;
+    if (strcmp(layout, "interleaved") == 0) return RP_ROPE_INTERLEAVED;
+    if (strcmp(layout, "half") == 0) return RP_ROPE_HALF;
     PyErr_Format(PyExc_ValueError, "layout must be 'interleaved' or 'half'; got '%s'", layout);
     return -1;
 }
