@@ -168,3 +168,65 @@ PyObject *rp_raise_code(int code, const char *where) {
     }
     return NULL;
 }
+
+/* ---- argument specs ------------------------------------------------------ */
+
+void rp_args_release(rp_arg *spec) {
+    for (rp_arg *a = spec; a->unit; a++)
+        if (a->unit == 'O' && a->conv) Py_CLEAR(*(PyArrayObject **)a->dst);
+}
+
+static PyArrayObject *convert_arg(const rp_arg *a) {
+    switch (a->conv) {
+    case 'i': return rp_in_i64(a->raw, a->name);
+    case 'b': return rp_in_mask(a->raw, a->name);
+    default: return rp_in_f32(a->raw, a->name);
+    }
+}
+
+int rp_args_parse(PyObject *args, PyObject *kw, const char *fname, rp_arg *spec) {
+    char fmt[RP_ARGS_MAX + 8 + 128];
+    char *kwlist[RP_ARGS_MAX + 1];
+    void *p[RP_ARGS_MAX];
+    size_t f = 0;
+    int n = 0;
+    for (rp_arg *a = spec; a->unit; a++) {
+        if (a->unit == '|' || a->unit == '$') {
+            fmt[f++] = a->unit;
+            continue;
+        }
+        if (n == RP_ARGS_MAX) {
+            PyErr_Format(PyExc_SystemError, "%s: more than %d arguments in its spec", fname, RP_ARGS_MAX);
+            return -1;
+        }
+        if (a->unit == 'O' && a->conv) {
+            *(PyArrayObject **)a->dst = NULL;
+            a->raw = NULL;
+        }
+        kwlist[n] = (char *)a->name;
+        /* arrays land in raw first; everything else directly in its variable */
+        p[n++] = (a->unit == 'O' && a->conv) ? (void *)&a->raw : a->dst;
+        fmt[f++] = a->unit;
+    }
+    snprintf(fmt + f, sizeof fmt - f, ":%s", fname);
+    kwlist[n] = NULL;
+    for (int i = n; i < RP_ARGS_MAX; i++) p[i] = NULL;
+    /* Unused trailing pointers are never read: PyArg reads one per format unit.
+     * Each is passed as void *, which has the representation of every object
+     * pointer the units expect. */
+    if (!PyArg_ParseTupleAndKeywords(args, kw, fmt, kwlist, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8],
+                                     p[9], p[10], p[11], p[12], p[13], p[14], p[15], p[16], p[17], p[18], p[19],
+                                     p[20], p[21], p[22], p[23]))
+        return -1;
+    for (rp_arg *a = spec; a->unit; a++) {
+        if (a->unit != 'O' || !a->conv) continue;
+        if (a->raw == NULL || (a->opt && a->raw == Py_None)) continue; /* omitted, or None where allowed */
+        PyArrayObject *arr = convert_arg(a);
+        *(PyArrayObject **)a->dst = arr;
+        if (!arr || (a->ndim >= 0 && rp_check_ndim(arr, a->name, a->ndim, a->shape ? a->shape : "") < 0)) {
+            rp_args_release(spec);
+            return -1;
+        }
+    }
+    return 0;
+}

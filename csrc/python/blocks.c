@@ -12,11 +12,6 @@ static PyArrayObject *empty_f32(int ndim, const npy_intp *dims) {
     return (PyArrayObject *)PyArray_EMPTY(ndim, (npy_intp *)dims, NPY_FLOAT32, 0);
 }
 
-static PyObject *none_or(PyArrayObject *a) {
-    if (a) return (PyObject *)a;
-    Py_RETURN_NONE;
-}
-
 /* x (..., D) as (N, D) rows */
 static int as_rows(PyArrayObject *a, const char *name, int64_t *N, int64_t *D) {
     int nd = PyArray_NDIM(a);
@@ -44,17 +39,6 @@ static int same_shape(PyArrayObject *a, const char *an, PyArrayObject *b, const 
     return -1;
 }
 
-static PyArrayObject *in_vec(PyObject *obj, const char *name, int64_t D) {
-    PyArrayObject *v = rp_in_f32(obj, name);
-    if (!v) return NULL;
-    npy_intp d[1] = {(npy_intp)D};
-    if (rp_check_shape(v, name, 1, d, "(D,)") < 0) {
-        Py_DECREF(v);
-        return NULL;
-    }
-    return v;
-}
-
 static int check_eps(double eps) {
     if (!(eps >= 0.0) || eps > 1e30) {
         PyErr_Format(PyExc_ValueError, "eps must be a finite number >= 0; got %g", eps);
@@ -79,33 +63,36 @@ static int rope_layout(const char *layout) {
 
 /* ---- residual add + LayerNorm --------------------------------------------- */
 
+static int check_vec(PyArrayObject *v, const char *name, int64_t D) {
+    npy_intp d[1] = {(npy_intp)D};
+    return rp_check_shape(v, name, 1, d, "(D,)");
+}
+
 static PyObject *py_add_layer_norm_fwd(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"x", "y", "weight", "bias", "eps", NULL};
-    PyObject *xo, *yo, *wo, *bo;
-    double eps = 1e-5;
     PyArrayObject *x = NULL, *y = NULL, *w = NULL, *b = NULL, *s = NULL, *h = NULL, *mean = NULL, *rstd = NULL;
+    double eps = 1e-5;
     int64_t N, D;
     int rc;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|d:add_layer_norm_fwd", kwlist, &xo, &yo, &wo, &bo, &eps))
-        return NULL;
-    if (check_eps(eps) < 0) return NULL;
-    if (!(x = rp_in_f32(xo, "x")) || as_rows(x, "x", &N, &D) < 0) goto fail;
-    if (!(y = rp_in_f32(yo, "y")) || same_shape(x, "x", y, "y") < 0) goto fail;
-    if (!(w = in_vec(wo, "weight", D)) || !(b = in_vec(bo, "bias", D))) goto fail;
+    rp_arg spec[] = {RP_ARG_F32("x", &x, -1, NULL), RP_ARG_F32("y", &y, -1, NULL), RP_ARG_F32("weight", &w, -1, NULL),
+                     RP_ARG_F32("bias", &b, -1, NULL), RP_ARG_OPTIONAL, RP_ARG_DOUBLE("eps", &eps), RP_ARG_END};
+    if (rp_args_parse(args, kw, "add_layer_norm_fwd", spec) < 0) return NULL;
+    if (check_eps(eps) < 0 || as_rows(x, "x", &N, &D) < 0 || same_shape(x, "x", y, "y") < 0 ||
+        check_vec(w, "weight", D) < 0 || check_vec(b, "bias", D) < 0)
+        goto fail;
     npy_intp nd[1] = {(npy_intp)N};
     if (!(s = empty_f32(PyArray_NDIM(x), PyArray_DIMS(x))) || !(h = empty_f32(PyArray_NDIM(x), PyArray_DIMS(x))) ||
         !(mean = empty_f32(1, nd)) || !(rstd = empty_f32(1, nd)))
         goto fail;
     Py_BEGIN_ALLOW_THREADS
     rc = rp_blocks_add_layernorm_fwd(RP_F32(x), RP_F32(y), RP_F32(w), RP_F32(b), RP_F32(s), RP_F32(h), RP_F32(mean),
-                                   RP_F32(rstd), N, D, (float)eps);
+                                     RP_F32(rstd), N, D, (float)eps);
     Py_END_ALLOW_THREADS
     if (rc < 0) { rp_raise_code(rc, "add_layer_norm_fwd"); goto fail; }
-    Py_DECREF(x); Py_DECREF(y); Py_DECREF(w); Py_DECREF(b);
+    rp_args_release(spec);
     return Py_BuildValue("NNNN", s, h, mean, rstd);
 fail:
-    Py_XDECREF(x); Py_XDECREF(y); Py_XDECREF(w); Py_XDECREF(b);
+    rp_args_release(spec);
     Py_XDECREF(s); Py_XDECREF(h); Py_XDECREF(mean); Py_XDECREF(rstd);
     return NULL;
 }
@@ -117,21 +104,19 @@ static int check_stats(PyArrayObject *a, const char *name, int64_t N) {
 
 static PyObject *py_add_layer_norm_bwd(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"s", "weight", "mean", "rstd", "dh", "ds", "need_x", "need_weight", "need_bias", NULL};
-    PyObject *so, *wo, *mo, *ro, *gho, *gso = Py_None;
-    int need_x = 1, need_w = 1, need_b = 1, rc;
     PyArrayObject *s = NULL, *w = NULL, *mean = NULL, *rstd = NULL, *dh = NULL, *ds = NULL;
     PyArrayObject *dx = NULL, *dw = NULL, *db = NULL;
+    int need_x = 1, need_w = 1, need_b = 1, rc;
     int64_t N, D;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOO|O$ppp:add_layer_norm_bwd", kwlist, &so, &wo, &mo, &ro, &gho,
-                                     &gso, &need_x, &need_w, &need_b))
-        return NULL;
-    if (!(s = rp_in_f32(so, "s")) || as_rows(s, "s", &N, &D) < 0) goto fail;
-    if (!(w = in_vec(wo, "weight", D))) goto fail;
-    if (!(mean = rp_in_f32(mo, "mean")) || check_stats(mean, "mean", N) < 0) goto fail;
-    if (!(rstd = rp_in_f32(ro, "rstd")) || check_stats(rstd, "rstd", N) < 0) goto fail;
-    if (!(dh = rp_in_f32(gho, "dh")) || same_shape(s, "s", dh, "dh") < 0) goto fail;
-    if (gso != Py_None && (!(ds = rp_in_f32(gso, "ds")) || same_shape(s, "s", ds, "ds") < 0)) goto fail;
+    rp_arg spec[] = {RP_ARG_F32("s", &s, -1, NULL), RP_ARG_F32("weight", &w, -1, NULL),
+                     RP_ARG_F32("mean", &mean, -1, NULL), RP_ARG_F32("rstd", &rstd, -1, NULL),
+                     RP_ARG_F32("dh", &dh, -1, NULL), RP_ARG_OPTIONAL, RP_ARG_F32_OPT("ds", &ds, -1, NULL),
+                     RP_ARG_KWONLY, RP_ARG_BOOL("need_x", &need_x), RP_ARG_BOOL("need_weight", &need_w),
+                     RP_ARG_BOOL("need_bias", &need_b), RP_ARG_END};
+    if (rp_args_parse(args, kw, "add_layer_norm_bwd", spec) < 0) return NULL;
+    if (as_rows(s, "s", &N, &D) < 0 || check_vec(w, "weight", D) < 0 || check_stats(mean, "mean", N) < 0 ||
+        check_stats(rstd, "rstd", N) < 0 || same_shape(s, "s", dh, "dh") < 0 || (ds && same_shape(s, "s", ds, "ds") < 0))
+        goto fail;
     npy_intp dd[1] = {(npy_intp)D};
     /* dx is needed as scratch even when only dw/db are asked for */
     if (!(dx = empty_f32(PyArray_NDIM(s), PyArray_DIMS(s)))) goto fail;
@@ -139,15 +124,15 @@ static PyObject *py_add_layer_norm_bwd(PyObject *self, PyObject *args, PyObject 
     if (need_b && !(db = empty_f32(1, dd))) goto fail;
     Py_BEGIN_ALLOW_THREADS
     rc = rp_blocks_add_layernorm_bwd(RP_F32(s), RP_F32(w), RP_F32(mean), RP_F32(rstd), RP_F32(dh),
-                                   ds ? RP_F32(ds) : NULL, RP_F32(dx), dw ? RP_F32(dw) : NULL,
-                                   db ? RP_F32(db) : NULL, N, D);
+                                     ds ? RP_F32(ds) : NULL, RP_F32(dx), dw ? RP_F32(dw) : NULL,
+                                     db ? RP_F32(db) : NULL, N, D);
     Py_END_ALLOW_THREADS
     if (rc < 0) { rp_raise_code(rc, "add_layer_norm_bwd"); goto fail; }
-    Py_DECREF(s); Py_DECREF(w); Py_DECREF(mean); Py_DECREF(rstd); Py_DECREF(dh); Py_XDECREF(ds);
-    if (!need_x) { Py_DECREF(dx); dx = NULL; }
-    return Py_BuildValue("NNN", none_or(dx), none_or(dw), none_or(db));
+    rp_args_release(spec);
+    if (!need_x) Py_CLEAR(dx);
+    return Py_BuildValue("NNN", rp_none_or(dx), rp_none_or(dw), rp_none_or(db));
 fail:
-    Py_XDECREF(s); Py_XDECREF(w); Py_XDECREF(mean); Py_XDECREF(rstd); Py_XDECREF(dh); Py_XDECREF(ds);
+    rp_args_release(spec);
     Py_XDECREF(dx); Py_XDECREF(dw); Py_XDECREF(db);
     return NULL;
 }
@@ -172,60 +157,60 @@ static int linear_shapes(PyArrayObject *x, PyArrayObject *w, int64_t *M, int64_t
 
 static PyObject *py_linear_gelu_fwd(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"x", "weight", "bias", "approximate", NULL};
-    PyObject *xo, *wo, *bo = Py_None;
-    const char *approx = "tanh";
     PyArrayObject *x = NULL, *w = NULL, *b = NULL, *h = NULL, *a = NULL;
+    const char *approx = "tanh";
     int64_t M, N, K;
     int rc, kind;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|Os:linear_gelu_fwd", kwlist, &xo, &wo, &bo, &approx)) return NULL;
-    if ((kind = gelu_kind(approx)) < 0) return NULL;
-    if (!(x = rp_in_f32(xo, "x")) || !(w = rp_in_f32(wo, "weight")) || linear_shapes(x, w, &M, &N, &K) < 0) goto fail;
-    if (bo != Py_None && !(b = in_vec(bo, "bias", N))) goto fail;
+    rp_arg spec[] = {RP_ARG_F32("x", &x, -1, NULL), RP_ARG_F32("weight", &w, -1, NULL), RP_ARG_OPTIONAL,
+                     RP_ARG_F32_OPT("bias", &b, -1, NULL), RP_ARG_STR("approximate", &approx), RP_ARG_END};
+    if (rp_args_parse(args, kw, "linear_gelu_fwd", spec) < 0) return NULL;
+    if ((kind = gelu_kind(approx)) < 0 || linear_shapes(x, w, &M, &N, &K) < 0 || (b && check_vec(b, "bias", N) < 0))
+        goto fail;
     npy_intp od[2] = {(npy_intp)M, (npy_intp)N};
     if (!(h = empty_f32(2, od)) || !(a = empty_f32(2, od))) goto fail;
     Py_BEGIN_ALLOW_THREADS
     rc = rp_blocks_linear_gelu_fwd(kind, RP_F32(x), RP_F32(w), b ? RP_F32(b) : NULL, RP_F32(h), RP_F32(a), M, N, K);
     Py_END_ALLOW_THREADS
     if (rc < 0) { rp_raise_code(rc, "linear_gelu_fwd"); goto fail; }
-    Py_DECREF(x); Py_DECREF(w); Py_XDECREF(b);
+    rp_args_release(spec);
     return Py_BuildValue("NN", h, a);
 fail:
-    Py_XDECREF(x); Py_XDECREF(w); Py_XDECREF(b); Py_XDECREF(h); Py_XDECREF(a);
+    rp_args_release(spec);
+    Py_XDECREF(h); Py_XDECREF(a);
     return NULL;
 }
 
 static PyObject *py_linear_gelu_bwd(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"x", "weight", "h", "da", "approximate", "need_x", "need_weight", "need_bias", NULL};
-    PyObject *xo, *wo, *ho, *dao;
+    PyArrayObject *x = NULL, *w = NULL, *h = NULL, *da = NULL, *dh = NULL, *dx = NULL, *dw = NULL, *db = NULL;
     const char *approx = "tanh";
     int need_x = 1, need_w = 1, need_b = 1, rc, kind;
-    PyArrayObject *x = NULL, *w = NULL, *h = NULL, *da = NULL, *dh = NULL, *dx = NULL, *dw = NULL, *db = NULL;
     int64_t M, N, K;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|s$ppp:linear_gelu_bwd", kwlist, &xo, &wo, &ho, &dao, &approx,
-                                     &need_x, &need_w, &need_b))
-        return NULL;
-    if ((kind = gelu_kind(approx)) < 0) return NULL;
-    if (!(x = rp_in_f32(xo, "x")) || !(w = rp_in_f32(wo, "weight")) || linear_shapes(x, w, &M, &N, &K) < 0) goto fail;
+    rp_arg spec[] = {RP_ARG_F32("x", &x, -1, NULL), RP_ARG_F32("weight", &w, -1, NULL), RP_ARG_F32("h", &h, -1, NULL),
+                     RP_ARG_F32("da", &da, -1, NULL), RP_ARG_OPTIONAL, RP_ARG_STR("approximate", &approx),
+                     RP_ARG_KWONLY, RP_ARG_BOOL("need_x", &need_x), RP_ARG_BOOL("need_weight", &need_w),
+                     RP_ARG_BOOL("need_bias", &need_b), RP_ARG_END};
+    if (rp_args_parse(args, kw, "linear_gelu_bwd", spec) < 0) return NULL;
+    if ((kind = gelu_kind(approx)) < 0 || linear_shapes(x, w, &M, &N, &K) < 0) goto fail;
     npy_intp od[2] = {(npy_intp)M, (npy_intp)N};
-    if (!(h = rp_in_f32(ho, "h")) || rp_check_shape(h, "h", 2, od, "(M, out_features)") < 0) goto fail;
-    if (!(da = rp_in_f32(dao, "da")) || rp_check_shape(da, "da", 2, od, "(M, out_features)") < 0) goto fail;
+    if (rp_check_shape(h, "h", 2, od, "(M, out_features)") < 0 || rp_check_shape(da, "da", 2, od, "(M, out_features)") < 0)
+        goto fail;
     npy_intp xd[2] = {(npy_intp)M, (npy_intp)K}, wd[2] = {(npy_intp)N, (npy_intp)K}, bd[1] = {(npy_intp)N};
     if (!(dh = empty_f32(2, od))) goto fail;
     if (need_x && !(dx = empty_f32(2, xd))) goto fail;
     if (need_w && !(dw = empty_f32(2, wd))) goto fail;
     if (need_b && !(db = empty_f32(1, bd))) goto fail;
     Py_BEGIN_ALLOW_THREADS
-    rc = rp_blocks_linear_gelu_bwd(kind, RP_F32(x), RP_F32(w), RP_F32(h), RP_F32(da), RP_F32(dh), dx ? RP_F32(dx) : NULL,
-                                 dw ? RP_F32(dw) : NULL, db ? RP_F32(db) : NULL, M, N, K);
+    rc = rp_blocks_linear_gelu_bwd(kind, RP_F32(x), RP_F32(w), RP_F32(h), RP_F32(da), RP_F32(dh),
+                                   dx ? RP_F32(dx) : NULL, dw ? RP_F32(dw) : NULL, db ? RP_F32(db) : NULL, M, N, K);
     Py_END_ALLOW_THREADS
     if (rc < 0) { rp_raise_code(rc, "linear_gelu_bwd"); goto fail; }
-    Py_DECREF(x); Py_DECREF(w); Py_DECREF(h); Py_DECREF(da); Py_DECREF(dh);
-    return Py_BuildValue("NNN", none_or(dx), none_or(dw), none_or(db));
+    rp_args_release(spec);
+    Py_DECREF(dh);
+    return Py_BuildValue("NNN", rp_none_or(dx), rp_none_or(dw), rp_none_or(db));
 fail:
-    Py_XDECREF(x); Py_XDECREF(w); Py_XDECREF(h); Py_XDECREF(da); Py_XDECREF(dh);
-    Py_XDECREF(dx); Py_XDECREF(dw); Py_XDECREF(db);
+    rp_args_release(spec);
+    Py_XDECREF(dh); Py_XDECREF(dx); Py_XDECREF(dw); Py_XDECREF(db);
     return NULL;
 }
 
@@ -272,22 +257,22 @@ static int check_groups(int groups, int rotate) {
 
 static PyObject *py_heads_split(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"y", "n_heads", "groups", "rotate", "cos", "sin", "rotary_dim", "layout", NULL};
-    PyObject *yo, *co = Py_None, *so = Py_None;
+    PyObject *co = Py_None, *so = Py_None;
     Py_ssize_t n_heads, rd_in = -1;
     int groups = 1, rotate = 0, rc = 0, layout;
     const char *lay = "interleaved";
     PyArrayObject *y = NULL, *cos = NULL, *sin = NULL, *outs[16] = {NULL};
     int64_t rd = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "On|$iiOOns:heads_split", kwlist, &yo, &n_heads, &groups, &rotate, &co,
-                                     &so, &rd_in, &lay))
-        return NULL;
-    if (check_groups(groups, rotate) < 0 || (layout = rope_layout(lay)) < 0) return NULL;
+    rp_arg spec[] = {RP_ARG_F32("y", &y, 3, "(B, T, groups*n_heads*head_dim)"), RP_ARG_SSIZE("n_heads", &n_heads),
+                     RP_ARG_OPTIONAL, RP_ARG_KWONLY, RP_ARG_INT("groups", &groups), RP_ARG_INT("rotate", &rotate),
+                     RP_ARG_OBJ("cos", &co), RP_ARG_OBJ("sin", &so), RP_ARG_SSIZE("rotary_dim", &rd_in),
+                     RP_ARG_STR("layout", &lay), RP_ARG_END};
+    if (rp_args_parse(args, kw, "heads_split", spec) < 0) return NULL;
+    if (check_groups(groups, rotate) < 0 || (layout = rope_layout(lay)) < 0) goto fail;
     if (n_heads < 1) {
         PyErr_Format(PyExc_ValueError, "n_heads must be >= 1; got %zd", n_heads);
-        return NULL;
+        goto fail;
     }
-    if (!(y = rp_in_f32(yo, "y")) || rp_check_ndim(y, "y", 3, "(B, T, groups*n_heads*head_dim)") < 0) goto fail;
     const int64_t B = RP_DIM(y, 0), T = RP_DIM(y, 1), C = RP_DIM(y, 2), H = (int64_t)n_heads;
     if (C == 0 ? H > 1 : (H > C || C % (groups * H))) {
         PyErr_Format(PyExc_ValueError, "y must have shape (B, T, groups*n_heads*head_dim) with groups=%d, n_heads=%lld; "
@@ -313,17 +298,18 @@ static PyObject *py_heads_split(PyObject *self, PyObject *args, PyObject *kw) {
     PyObject *res = PyTuple_New(groups);
     if (!res) goto fail;
     for (int g = 0; g < groups; g++) PyTuple_SET_ITEM(res, g, (PyObject *)outs[g]);
-    Py_DECREF(y); Py_XDECREF(cos); Py_XDECREF(sin);
+    rp_args_release(spec);
+    Py_XDECREF(cos); Py_XDECREF(sin);
     return res;
 fail:
-    Py_XDECREF(y); Py_XDECREF(cos); Py_XDECREF(sin);
+    rp_args_release(spec);
+    Py_XDECREF(cos); Py_XDECREF(sin);
     for (int g = 0; g < 16; g++) Py_XDECREF(outs[g]);
     return NULL;
 }
 
 static PyObject *py_heads_merge(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"xs", "rotate", "cos", "sin", "rotary_dim", "layout", NULL};
     PyObject *xso, *co = Py_None, *so = Py_None, *seq = NULL;
     Py_ssize_t rd_in = -1;
     int rotate = 0, rc = 0, layout, groups;
@@ -331,8 +317,10 @@ static PyObject *py_heads_merge(PyObject *self, PyObject *args, PyObject *kw) {
     PyArrayObject *cos = NULL, *sin = NULL, *xs[16] = {NULL}, *y = NULL;
     int64_t rd = 0, B = -1, H = 0, T = 0, Dh = 0;
     char name[32];
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$iOOns:heads_merge", kwlist, &xso, &rotate, &co, &so, &rd_in, &lay))
-        return NULL;
+    rp_arg spec[] = {RP_ARG_OBJ("xs", &xso), RP_ARG_OPTIONAL, RP_ARG_KWONLY, RP_ARG_INT("rotate", &rotate),
+                     RP_ARG_OBJ("cos", &co), RP_ARG_OBJ("sin", &so), RP_ARG_SSIZE("rotary_dim", &rd_in),
+                     RP_ARG_STR("layout", &lay), RP_ARG_END};
+    if (rp_args_parse(args, kw, "heads_merge", spec) < 0) return NULL;
     if ((layout = rope_layout(lay)) < 0) return NULL;
     if (!(seq = PySequence_Fast(xso, "xs must be a sequence of (B, H, T, head_dim) float32 arrays or None"))) return NULL;
     groups = (int)(PySequence_Fast_GET_SIZE(seq) > 16 ? 17 : PySequence_Fast_GET_SIZE(seq));
