@@ -208,7 +208,8 @@ int rp_args_parse(PyObject *args, PyObject *kw, const char *fname, rp_arg *spec)
         p[n++] = (a->unit == 'O' && a->conv) ? (void *)&a->raw : a->dst;
         fmt[f++] = a->unit;
     }
-    snprintf(fmt + f, sizeof fmt - f, ":%s", fname);
+    /* fname NULL: no ":name" (the messages then say "function", as some wrappers always did) */
+    snprintf(fmt + f, sizeof fmt - f, fname ? ":%s" : "", fname ? fname : "");
     kwlist[n] = NULL;
     for (int i = n; i < RP_ARGS_MAX; i++) p[i] = NULL;
     /* Unused trailing pointers are never read: PyArg reads one per format unit.

@@ -106,8 +106,9 @@ static inline void *rp_argp_str(const char **p) { return p; }
 #define RP_ARG_KWONLY { .unit = '$' }
 #define RP_ARG_END { .unit = 0 }
 
-/* Parse, convert and check as the table says. 0, or -1 with the exception set
- * and every array of the table released (NULL). */
+/* Parse, convert and check as the table says; fname names the function in
+ * CPython's messages. 0, or -1 with the exception set and every array of the
+ * table released (NULL). */
 int rp_args_parse(PyObject *args, PyObject *kw, const char *fname, rp_arg *spec);
 /* Drop the arrays of the table (their variables become NULL); safe to repeat. */
 void rp_args_release(rp_arg *spec);

@@ -38,19 +38,10 @@ static int check_same_shape(PyArrayObject *a, const char *an, PyArrayObject *b, 
     return -1;
 }
 
-/* weight-like vector: None or a float32 array of shape (D,). */
-static int in_vec_opt(PyObject *obj, const char *name, int64_t D, PyArrayObject **out) {
-    *out = NULL;
-    if (obj == NULL || obj == Py_None) return 0;
-    PyArrayObject *a = rp_in_f32(obj, name);
-    if (!a) return -1;
+/* a weight-like vector of shape (D,) */
+static int check_vec(PyArrayObject *v, const char *name, int64_t D) {
     npy_intp dims[1] = {(npy_intp)D};
-    if (rp_check_shape(a, name, 1, dims, "(D,)") < 0) {
-        Py_DECREF(a);
-        return -1;
-    }
-    *out = a;
-    return 0;
+    return rp_check_shape(v, name, 1, dims, "(D,)");
 }
 
 /* seed: any integer (int, numpy integer) in [0, 2**64); bools rejected. */
@@ -112,11 +103,6 @@ static PyArrayObject *out_f32(PyObject *obj, const char *name, int ndim, const n
 
 static PyArrayObject *new_f32(int ndim, const npy_intp *dims) { return out_f32(NULL, NULL, ndim, dims); }
 
-static PyObject *none_or(PyArrayObject *a) {
-    if (a) return (PyObject *)a;
-    Py_RETURN_NONE;
-}
-
 /* ---- elementwise binary ------------------------------------------------- */
 
 static int parse_op(const char *s, int *op) {
@@ -158,16 +144,15 @@ static int broadcast_nb(PyArrayObject *a, PyArrayObject *b, int64_t *nb) {
 
 static PyObject *py_binary_fwd(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"a", "b", "op", "out", NULL};
-    PyObject *ao, *bo, *out_o = NULL;
+    PyObject *out_o = NULL;
     const char *ops = "add";
     PyArrayObject *a = NULL, *b = NULL, *out = NULL;
     int op, rc;
     int64_t nb;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|s$O:binary_fwd", kwlist, &ao, &bo, &ops, &out_o)) return NULL;
-    if (parse_op(ops, &op) < 0) return NULL;
-    if (!(a = rp_in_f32(ao, "a")) || !(b = rp_in_f32(bo, "b"))) goto fail;
-    if (broadcast_nb(a, b, &nb) < 0) goto fail;
+    rp_arg spec[] = {RP_ARG_F32("a", &a, -1, NULL), RP_ARG_F32("b", &b, -1, NULL), RP_ARG_OPTIONAL,
+                     RP_ARG_STR("op", &ops), RP_ARG_KWONLY, RP_ARG_OBJ("out", &out_o), RP_ARG_END};
+    if (rp_args_parse(args, kw, "binary_fwd", spec) < 0) return NULL;
+    if (parse_op(ops, &op) < 0 || broadcast_nb(a, b, &nb) < 0) goto fail;
     if (!(out = out_f32(out_o, "out", PyArray_NDIM(a), PyArray_DIMS(a)))) goto fail;
     if (check_overlap(out, a, "a", 1) < 0 || check_overlap(out, b, "b", 1) < 0) goto fail;
     int64_t n = (int64_t)PyArray_SIZE(a);
@@ -176,148 +161,144 @@ static PyObject *py_binary_fwd(PyObject *self, PyObject *args, PyObject *kw) {
     rc = rp_ops_binary_fwd(op, RP_F32(a), RP_F32(b), RP_F32(out), n, nb);
     Py_END_ALLOW_THREADS
     if (rc < 0) { rp_raise_code(rc, "binary_fwd"); goto fail; }
-    Py_DECREF(a); Py_DECREF(b);
+    rp_args_release(spec);
     return (PyObject *)out;
 fail:
-    Py_XDECREF(a); Py_XDECREF(b); Py_XDECREF(out);
+    rp_args_release(spec);
+    Py_XDECREF(out);
     return NULL;
 }
 
 static PyObject *py_binary_bwd(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"a", "b", "grad", "op", "need_a", "need_b", NULL};
-    PyObject *ao, *bo, *go;
     const char *ops = "add";
-    int need_a = 1, need_b = 1, op, rc;
+    int need_a = 1, need_b = 1, op, rc = RP_OK;
     PyArrayObject *a = NULL, *b = NULL, *g = NULL, *da = NULL, *db = NULL;
     int64_t nb;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|s$pp:binary_bwd", kwlist, &ao, &bo, &go, &ops, &need_a,
-                                     &need_b))
-        return NULL;
-    if (parse_op(ops, &op) < 0) return NULL;
-    if (!(a = rp_in_f32(ao, "a")) || !(b = rp_in_f32(bo, "b")) || !(g = rp_in_f32(go, "grad"))) goto fail;
-    if (broadcast_nb(a, b, &nb) < 0 || check_same_shape(a, "a", g, "grad") < 0) goto fail;
+    rp_arg spec[] = {RP_ARG_F32("a", &a, -1, NULL), RP_ARG_F32("b", &b, -1, NULL), RP_ARG_F32("grad", &g, -1, NULL),
+                     RP_ARG_OPTIONAL, RP_ARG_STR("op", &ops), RP_ARG_KWONLY, RP_ARG_BOOL("need_a", &need_a),
+                     RP_ARG_BOOL("need_b", &need_b), RP_ARG_END};
+    if (rp_args_parse(args, kw, "binary_bwd", spec) < 0) return NULL;
+    if (parse_op(ops, &op) < 0 || broadcast_nb(a, b, &nb) < 0 || check_same_shape(a, "a", g, "grad") < 0) goto fail;
     if (need_a && !(da = new_f32(PyArray_NDIM(a), PyArray_DIMS(a)))) goto fail;
     if (need_b && !(db = rp_new_f32(PyArray_NDIM(b), PyArray_DIMS(b)))) goto fail; /* zeros: n == 0 */
     int64_t n = (int64_t)PyArray_SIZE(a);
-    if (n == 0) {
-        Py_DECREF(a); Py_DECREF(b); Py_DECREF(g);
-        return Py_BuildValue("NN", none_or(da), none_or(db));
+    if (n > 0) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = rp_ops_binary_bwd(op, RP_F32(a), RP_F32(b), RP_F32(g), da ? RP_F32(da) : NULL, db ? RP_F32(db) : NULL,
+                               n, nb);
+        Py_END_ALLOW_THREADS
     }
-    Py_BEGIN_ALLOW_THREADS
-    rc = rp_ops_binary_bwd(op, RP_F32(a), RP_F32(b), RP_F32(g), da ? RP_F32(da) : NULL, db ? RP_F32(db) : NULL,
-                           n, nb);
-    Py_END_ALLOW_THREADS
     if (rc < 0) { rp_raise_code(rc, "binary_bwd"); goto fail; }
-    Py_DECREF(a); Py_DECREF(b); Py_DECREF(g);
-    return Py_BuildValue("NN", none_or(da), none_or(db));
+    rp_args_release(spec);
+    return Py_BuildValue("NN", rp_none_or(da), rp_none_or(db));
 fail:
-    Py_XDECREF(a); Py_XDECREF(b); Py_XDECREF(g); Py_XDECREF(da); Py_XDECREF(db);
+    rp_args_release(spec);
+    Py_XDECREF(da); Py_XDECREF(db);
     return NULL;
 }
 
 static PyObject *py_scale(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"x", "alpha", "out", NULL};
-    PyObject *xo, *out_o = NULL;
+    PyObject *out_o = NULL;
     float alpha;
     int rc;
     PyArrayObject *x = NULL, *out = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "Of|$O:scale", kwlist, &xo, &alpha, &out_o)) return NULL;
-    if (!(x = rp_in_f32(xo, "x"))) goto fail;
-    if (!(out = out_f32(out_o, "out", PyArray_NDIM(x), PyArray_DIMS(x)))) goto fail;
-    if (check_overlap(out, x, "x", 1) < 0) goto fail;
+    rp_arg spec[] = {RP_ARG_F32("x", &x, -1, NULL), RP_ARG_FLOAT("alpha", &alpha), RP_ARG_OPTIONAL, RP_ARG_KWONLY,
+                     RP_ARG_OBJ("out", &out_o), RP_ARG_END};
+    if (rp_args_parse(args, kw, "scale", spec) < 0) return NULL;
+    if (!(out = out_f32(out_o, "out", PyArray_NDIM(x), PyArray_DIMS(x))) || check_overlap(out, x, "x", 1) < 0) goto fail;
     Py_BEGIN_ALLOW_THREADS
     rc = rp_ops_scale(RP_F32(x), alpha, RP_F32(out), (int64_t)PyArray_SIZE(x));
     Py_END_ALLOW_THREADS
     if (rc < 0) { rp_raise_code(rc, "scale"); goto fail; }
-    Py_DECREF(x);
+    rp_args_release(spec);
     return (PyObject *)out;
 fail:
-    Py_XDECREF(x); Py_XDECREF(out);
+    rp_args_release(spec);
+    Py_XDECREF(out);
     return NULL;
 }
 
 static PyObject *py_bias_add(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"x", "bias", "out", NULL};
-    PyObject *xo, *bo, *out_o = NULL;
+    PyObject *out_o = NULL;
     PyArrayObject *x = NULL, *bias = NULL, *out = NULL;
     int64_t N, D;
     int rc;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|$O:bias_add", kwlist, &xo, &bo, &out_o)) return NULL;
-    if (!(x = rp_in_f32(xo, "x")) || as_rows(x, "x", &N, &D) < 0) goto fail;
-    if (in_vec_opt(bo, "bias", D, &bias) < 0) goto fail;
+    rp_arg spec[] = {RP_ARG_F32("x", &x, -1, NULL), RP_ARG_F32_OPT("bias", &bias, -1, NULL), RP_ARG_OPTIONAL,
+                     RP_ARG_KWONLY, RP_ARG_OBJ("out", &out_o), RP_ARG_END};
+    if (rp_args_parse(args, kw, "bias_add", spec) < 0) return NULL;
+    if (as_rows(x, "x", &N, &D) < 0) goto fail;
     if (!bias) { PyErr_SetString(PyExc_TypeError, "bias must be a float32 ndarray of shape (D,); got None"); goto fail; }
+    if (check_vec(bias, "bias", D) < 0) goto fail;
     if (!(out = out_f32(out_o, "out", PyArray_NDIM(x), PyArray_DIMS(x)))) goto fail;
     if (check_overlap(out, x, "x", 1) < 0 || check_overlap(out, bias, "bias", 0) < 0) goto fail;
     Py_BEGIN_ALLOW_THREADS
     rc = (N * D == 0) ? RP_OK : rp_ops_binary_fwd(RP_OP_ADD, RP_F32(x), RP_F32(bias), RP_F32(out), N * D, D);
     Py_END_ALLOW_THREADS
     if (rc < 0) { rp_raise_code(rc, "bias_add"); goto fail; }
-    Py_DECREF(x); Py_DECREF(bias);
+    rp_args_release(spec);
     return (PyObject *)out;
 fail:
-    Py_XDECREF(x); Py_XDECREF(bias); Py_XDECREF(out);
+    rp_args_release(spec);
+    Py_XDECREF(out);
     return NULL;
 }
 
 static PyObject *py_sum_rows(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"x", NULL};
-    PyObject *xo;
     PyArrayObject *x = NULL, *out = NULL;
     int64_t N, D;
     int rc;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O:sum_rows", kwlist, &xo)) return NULL;
-    if (!(x = rp_in_f32(xo, "x")) || as_rows(x, "x", &N, &D) < 0) goto fail;
+    rp_arg spec[] = {RP_ARG_F32("x", &x, -1, NULL), RP_ARG_END};
+    if (rp_args_parse(args, kw, "sum_rows", spec) < 0) return NULL;
+    if (as_rows(x, "x", &N, &D) < 0) goto fail;
     npy_intp dims[1] = {(npy_intp)D};
     if (!(out = new_f32(1, dims))) goto fail;
     Py_BEGIN_ALLOW_THREADS
     rc = rp_ops_sum_rows(RP_F32(x), RP_F32(out), N, D);
     Py_END_ALLOW_THREADS
     if (rc < 0) { rp_raise_code(rc, "sum_rows"); goto fail; }
-    Py_DECREF(x);
+    rp_args_release(spec);
     return (PyObject *)out;
 fail:
-    Py_XDECREF(x); Py_XDECREF(out);
+    rp_args_release(spec);
+    Py_XDECREF(out);
     return NULL;
 }
 
 /* ---- activations -------------------------------------------------------- */
 
-static PyObject *act_fwd(int kind, const char *fname, PyObject *xo, PyObject *out_o) {
-    PyArrayObject *x = NULL, *out = NULL;
+/* out = act(x); x is the caller's (converted) array */
+static PyObject *act_fwd(int kind, const char *fname, PyArrayObject *x, PyObject *out_o) {
+    PyArrayObject *out = NULL;
     int rc;
-    if (!(x = rp_in_f32(xo, "x"))) goto fail;
-    if (!(out = out_f32(out_o, "out", PyArray_NDIM(x), PyArray_DIMS(x)))) goto fail;
-    if (check_overlap(out, x, "x", 1) < 0) goto fail;
+    if (!(out = out_f32(out_o, "out", PyArray_NDIM(x), PyArray_DIMS(x))) || check_overlap(out, x, "x", 1) < 0) goto fail;
     Py_BEGIN_ALLOW_THREADS
     rc = rp_ops_act_fwd(kind, RP_F32(x), RP_F32(out), (int64_t)PyArray_SIZE(x));
     Py_END_ALLOW_THREADS
     if (rc < 0) { rp_raise_code(rc, fname); goto fail; }
-    Py_DECREF(x);
     return (PyObject *)out;
 fail:
-    Py_XDECREF(x); Py_XDECREF(out);
+    Py_XDECREF(out);
     return NULL;
 }
 
-static PyObject *act_bwd(int kind, const char *fname, PyObject *xo, PyObject *go, PyObject *out_o) {
-    PyArrayObject *x = NULL, *g = NULL, *out = NULL;
+/* out = act'(x) * g */
+static PyObject *act_bwd(int kind, const char *fname, PyArrayObject *x, PyArrayObject *g, PyObject *out_o) {
+    PyArrayObject *out = NULL;
     int rc;
-    if (!(x = rp_in_f32(xo, "x")) || !(g = rp_in_f32(go, "grad"))) goto fail;
-    if (check_same_shape(x, "x", g, "grad") < 0) goto fail;
+    if (check_same_shape(x, "x", g, "grad") < 0) return NULL;
     if (!(out = out_f32(out_o, "out", PyArray_NDIM(x), PyArray_DIMS(x)))) goto fail;
     if (check_overlap(out, x, "x", 1) < 0 || check_overlap(out, g, "grad", 1) < 0) goto fail;
     Py_BEGIN_ALLOW_THREADS
     rc = rp_ops_act_bwd(kind, RP_F32(x), RP_F32(g), RP_F32(out), (int64_t)PyArray_SIZE(x));
     Py_END_ALLOW_THREADS
     if (rc < 0) { rp_raise_code(rc, fname); goto fail; }
-    Py_DECREF(x); Py_DECREF(g);
     return (PyObject *)out;
 fail:
-    Py_XDECREF(x); Py_XDECREF(g); Py_XDECREF(out);
+    Py_XDECREF(out);
     return NULL;
 }
 
@@ -333,40 +314,54 @@ static int gelu_kind(const char *approx, int *kind) {
 
 static PyObject *py_gelu_fwd(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"x", "approximate", "out", NULL};
-    PyObject *xo, *out_o = NULL;
+    PyObject *out_o = NULL, *res = NULL;
+    PyArrayObject *x = NULL;
     const char *approx = "tanh";
     int kind;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|s$O:gelu_fwd", kwlist, &xo, &approx, &out_o)) return NULL;
-    if (gelu_kind(approx, &kind) < 0) return NULL;
-    return act_fwd(kind, "gelu_fwd", xo, out_o);
+    rp_arg spec[] = {RP_ARG_F32("x", &x, -1, NULL), RP_ARG_OPTIONAL, RP_ARG_STR("approximate", &approx),
+                     RP_ARG_KWONLY, RP_ARG_OBJ("out", &out_o), RP_ARG_END};
+    if (rp_args_parse(args, kw, "gelu_fwd", spec) < 0) return NULL;
+    if (gelu_kind(approx, &kind) == 0) res = act_fwd(kind, "gelu_fwd", x, out_o);
+    rp_args_release(spec);
+    return res;
 }
 
 static PyObject *py_gelu_bwd(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"x", "grad", "approximate", "out", NULL};
-    PyObject *xo, *go, *out_o = NULL;
+    PyObject *out_o = NULL, *res = NULL;
+    PyArrayObject *x = NULL, *g = NULL;
     const char *approx = "tanh";
     int kind;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|s$O:gelu_bwd", kwlist, &xo, &go, &approx, &out_o)) return NULL;
-    if (gelu_kind(approx, &kind) < 0) return NULL;
-    return act_bwd(kind, "gelu_bwd", xo, go, out_o);
+    rp_arg spec[] = {RP_ARG_F32("x", &x, -1, NULL), RP_ARG_F32("grad", &g, -1, NULL), RP_ARG_OPTIONAL,
+                     RP_ARG_STR("approximate", &approx), RP_ARG_KWONLY, RP_ARG_OBJ("out", &out_o), RP_ARG_END};
+    if (rp_args_parse(args, kw, "gelu_bwd", spec) < 0) return NULL;
+    if (gelu_kind(approx, &kind) == 0) res = act_bwd(kind, "gelu_bwd", x, g, out_o);
+    rp_args_release(spec);
+    return res;
 }
 
-#define ACT_PAIR(name, KIND)                                                                                     \
-    static PyObject *py_##name##_fwd(PyObject *self, PyObject *args, PyObject *kw) {                            \
-        (void)self;                                                                                              \
-        static char *kwlist[] = {"x", "out", NULL};                                                              \
-        PyObject *xo, *out_o = NULL;                                                                             \
-        if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$O:" #name "_fwd", kwlist, &xo, &out_o)) return NULL;     \
-        return act_fwd(KIND, #name "_fwd", xo, out_o);                                                           \
-    }                                                                                                            \
-    static PyObject *py_##name##_bwd(PyObject *self, PyObject *args, PyObject *kw) {                            \
-        (void)self;                                                                                              \
-        static char *kwlist[] = {"x", "grad", "out", NULL};                                                      \
-        PyObject *xo, *go, *out_o = NULL;                                                                        \
-        if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|$O:" #name "_bwd", kwlist, &xo, &go, &out_o)) return NULL; \
-        return act_bwd(KIND, #name "_bwd", xo, go, out_o);                                                       \
+#define ACT_PAIR(name, KIND)                                                                                  \
+    static PyObject *py_##name##_fwd(PyObject *self, PyObject *args, PyObject *kw) {                         \
+        (void)self;                                                                                           \
+        PyObject *out_o = NULL, *res;                                                                         \
+        PyArrayObject *x = NULL;                                                                              \
+        rp_arg spec[] = {RP_ARG_F32("x", &x, -1, NULL), RP_ARG_OPTIONAL, RP_ARG_KWONLY,                       \
+                         RP_ARG_OBJ("out", &out_o), RP_ARG_END};                                              \
+        if (rp_args_parse(args, kw, #name "_fwd", spec) < 0) return NULL;                                    \
+        res = act_fwd(KIND, #name "_fwd", x, out_o);                                                          \
+        rp_args_release(spec);                                                                                \
+        return res;                                                                                           \
+    }                                                                                                         \
+    static PyObject *py_##name##_bwd(PyObject *self, PyObject *args, PyObject *kw) {                         \
+        (void)self;                                                                                           \
+        PyObject *out_o = NULL, *res;                                                                         \
+        PyArrayObject *x = NULL, *g = NULL;                                                                   \
+        rp_arg spec[] = {RP_ARG_F32("x", &x, -1, NULL), RP_ARG_F32("grad", &g, -1, NULL), RP_ARG_OPTIONAL,    \
+                         RP_ARG_KWONLY, RP_ARG_OBJ("out", &out_o), RP_ARG_END};                               \
+        if (rp_args_parse(args, kw, #name "_bwd", spec) < 0) return NULL;                                    \
+        res = act_bwd(KIND, #name "_bwd", x, g, out_o);                                                       \
+        rp_args_release(spec);                                                                                \
+        return res;                                                                                           \
     }
 
 ACT_PAIR(relu, RP_ACT_RELU)
@@ -400,17 +395,18 @@ static int check_stats(PyArrayObject *s, const char *name, PyArrayObject *x) {
 
 static PyObject *py_layer_norm_fwd(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"x", "weight", "bias", "eps", "out", NULL};
-    PyObject *xo, *wo = Py_None, *bo = Py_None, *out_o = NULL;
+    PyObject *out_o = NULL;
     double eps = 1e-5;
     PyArrayObject *x = NULL, *w = NULL, *b = NULL, *y = NULL, *mean = NULL, *rstd = NULL;
     int64_t N, D;
     int rc;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOd$O:layer_norm_fwd", kwlist, &xo, &wo, &bo, &eps, &out_o))
-        return NULL;
-    if (check_eps(eps) < 0) return NULL;
-    if (!(x = rp_in_f32(xo, "x")) || as_rows(x, "x", &N, &D) < 0) goto fail;
-    if (in_vec_opt(wo, "weight", D, &w) < 0 || in_vec_opt(bo, "bias", D, &b) < 0) goto fail;
+    rp_arg spec[] = {RP_ARG_F32("x", &x, -1, NULL), RP_ARG_OPTIONAL, RP_ARG_F32_OPT("weight", &w, -1, NULL),
+                     RP_ARG_F32_OPT("bias", &b, -1, NULL), RP_ARG_DOUBLE("eps", &eps), RP_ARG_KWONLY,
+                     RP_ARG_OBJ("out", &out_o), RP_ARG_END};
+    if (rp_args_parse(args, kw, "layer_norm_fwd", spec) < 0) return NULL;
+    if (check_eps(eps) < 0 || as_rows(x, "x", &N, &D) < 0 || (w && check_vec(w, "weight", D) < 0) ||
+        (b && check_vec(b, "bias", D) < 0))
+        goto fail;
     if (!(y = out_f32(out_o, "out", PyArray_NDIM(x), PyArray_DIMS(x)))) goto fail;
     if (check_overlap(y, x, "x", 1) < 0 || check_overlap(y, w, "weight", 0) < 0 || check_overlap(y, b, "bias", 0) < 0) goto fail;
     if (!(mean = new_stats(x)) || !(rstd = new_stats(x))) goto fail;
@@ -419,28 +415,26 @@ static PyObject *py_layer_norm_fwd(PyObject *self, PyObject *args, PyObject *kw)
                               RP_F32(rstd), N, D, (float)eps);
     Py_END_ALLOW_THREADS
     if (rc < 0) { rp_raise_code(rc, "layer_norm_fwd"); goto fail; }
-    Py_DECREF(x); Py_XDECREF(w); Py_XDECREF(b);
+    rp_args_release(spec);
     return Py_BuildValue("NNN", y, mean, rstd);
 fail:
-    Py_XDECREF(x); Py_XDECREF(w); Py_XDECREF(b); Py_XDECREF(y); Py_XDECREF(mean); Py_XDECREF(rstd);
+    rp_args_release(spec);
+    Py_XDECREF(y); Py_XDECREF(mean); Py_XDECREF(rstd);
     return NULL;
 }
 
 static PyObject *py_layer_norm_bwd(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"x", "weight", "mean", "rstd", "grad", "need_x", "need_weight", "need_bias", NULL};
-    PyObject *xo, *wo, *mo, *ro, *go;
     int need_x = 1, need_w = 1, need_b = 1, rc;
     PyArrayObject *x = NULL, *w = NULL, *mean = NULL, *rstd = NULL, *g = NULL, *dx = NULL, *dw = NULL, *db = NULL;
     int64_t N, D;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOO|$ppp:layer_norm_bwd", kwlist, &xo, &wo, &mo, &ro, &go,
-                                     &need_x, &need_w, &need_b))
-        return NULL;
-    if (!(x = rp_in_f32(xo, "x")) || as_rows(x, "x", &N, &D) < 0) goto fail;
-    if (in_vec_opt(wo, "weight", D, &w) < 0) goto fail;
-    if (!(mean = rp_in_f32(mo, "mean")) || !(rstd = rp_in_f32(ro, "rstd")) || !(g = rp_in_f32(go, "grad"))) goto fail;
-    if (check_stats(mean, "mean", x) < 0 || check_stats(rstd, "rstd", x) < 0 ||
-        check_same_shape(x, "x", g, "grad") < 0)
+    rp_arg spec[] = {RP_ARG_F32("x", &x, -1, NULL), RP_ARG_F32_OPT("weight", &w, -1, NULL),
+                     RP_ARG_F32("mean", &mean, -1, NULL), RP_ARG_F32("rstd", &rstd, -1, NULL),
+                     RP_ARG_F32("grad", &g, -1, NULL), RP_ARG_OPTIONAL, RP_ARG_KWONLY, RP_ARG_BOOL("need_x", &need_x),
+                     RP_ARG_BOOL("need_weight", &need_w), RP_ARG_BOOL("need_bias", &need_b), RP_ARG_END};
+    if (rp_args_parse(args, kw, "layer_norm_bwd", spec) < 0) return NULL;
+    if (as_rows(x, "x", &N, &D) < 0 || (w && check_vec(w, "weight", D) < 0) || check_stats(mean, "mean", x) < 0 ||
+        check_stats(rstd, "rstd", x) < 0 || check_same_shape(x, "x", g, "grad") < 0)
         goto fail;
     npy_intp dd[1] = {(npy_intp)D};
     if (need_x && !(dx = new_f32(PyArray_NDIM(x), PyArray_DIMS(x)))) goto fail;
@@ -451,26 +445,25 @@ static PyObject *py_layer_norm_bwd(PyObject *self, PyObject *args, PyObject *kw)
                               dx ? RP_F32(dx) : NULL, dw ? RP_F32(dw) : NULL, db ? RP_F32(db) : NULL, N, D);
     Py_END_ALLOW_THREADS
     if (rc < 0) { rp_raise_code(rc, "layer_norm_bwd"); goto fail; }
-    Py_DECREF(x); Py_XDECREF(w); Py_DECREF(mean); Py_DECREF(rstd); Py_DECREF(g);
-    return Py_BuildValue("NNN", none_or(dx), none_or(dw), none_or(db));
+    rp_args_release(spec);
+    return Py_BuildValue("NNN", rp_none_or(dx), rp_none_or(dw), rp_none_or(db));
 fail:
-    Py_XDECREF(x); Py_XDECREF(w); Py_XDECREF(mean); Py_XDECREF(rstd); Py_XDECREF(g);
+    rp_args_release(spec);
     Py_XDECREF(dx); Py_XDECREF(dw); Py_XDECREF(db);
     return NULL;
 }
 
 static PyObject *py_rms_norm_fwd(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"x", "weight", "eps", "out", NULL};
-    PyObject *xo, *wo = Py_None, *out_o = NULL;
+    PyObject *out_o = NULL;
     double eps = 1e-6;
     PyArrayObject *x = NULL, *w = NULL, *y = NULL, *rstd = NULL;
     int64_t N, D;
     int rc;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|Od$O:rms_norm_fwd", kwlist, &xo, &wo, &eps, &out_o)) return NULL;
-    if (check_eps(eps) < 0) return NULL;
-    if (!(x = rp_in_f32(xo, "x")) || as_rows(x, "x", &N, &D) < 0) goto fail;
-    if (in_vec_opt(wo, "weight", D, &w) < 0) goto fail;
+    rp_arg spec[] = {RP_ARG_F32("x", &x, -1, NULL), RP_ARG_OPTIONAL, RP_ARG_F32_OPT("weight", &w, -1, NULL),
+                     RP_ARG_DOUBLE("eps", &eps), RP_ARG_KWONLY, RP_ARG_OBJ("out", &out_o), RP_ARG_END};
+    if (rp_args_parse(args, kw, "rms_norm_fwd", spec) < 0) return NULL;
+    if (check_eps(eps) < 0 || as_rows(x, "x", &N, &D) < 0 || (w && check_vec(w, "weight", D) < 0)) goto fail;
     if (!(y = out_f32(out_o, "out", PyArray_NDIM(x), PyArray_DIMS(x)))) goto fail;
     if (check_overlap(y, x, "x", 1) < 0 || check_overlap(y, w, "weight", 0) < 0) goto fail;
     if (!(rstd = new_stats(x))) goto fail;
@@ -478,27 +471,26 @@ static PyObject *py_rms_norm_fwd(PyObject *self, PyObject *args, PyObject *kw) {
     rc = rp_ops_rmsnorm_fwd(RP_F32(x), w ? RP_F32(w) : NULL, RP_F32(y), RP_F32(rstd), N, D, (float)eps);
     Py_END_ALLOW_THREADS
     if (rc < 0) { rp_raise_code(rc, "rms_norm_fwd"); goto fail; }
-    Py_DECREF(x); Py_XDECREF(w);
+    rp_args_release(spec);
     return Py_BuildValue("NN", y, rstd);
 fail:
-    Py_XDECREF(x); Py_XDECREF(w); Py_XDECREF(y); Py_XDECREF(rstd);
+    rp_args_release(spec);
+    Py_XDECREF(y); Py_XDECREF(rstd);
     return NULL;
 }
 
 static PyObject *py_rms_norm_bwd(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"x", "weight", "rstd", "grad", "need_x", "need_weight", NULL};
-    PyObject *xo, *wo, *ro, *go;
     int need_x = 1, need_w = 1, rc;
     PyArrayObject *x = NULL, *w = NULL, *rstd = NULL, *g = NULL, *dx = NULL, *dw = NULL;
     int64_t N, D;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|$pp:rms_norm_bwd", kwlist, &xo, &wo, &ro, &go, &need_x,
-                                     &need_w))
-        return NULL;
-    if (!(x = rp_in_f32(xo, "x")) || as_rows(x, "x", &N, &D) < 0) goto fail;
-    if (in_vec_opt(wo, "weight", D, &w) < 0) goto fail;
-    if (!(rstd = rp_in_f32(ro, "rstd")) || !(g = rp_in_f32(go, "grad"))) goto fail;
-    if (check_stats(rstd, "rstd", x) < 0 || check_same_shape(x, "x", g, "grad") < 0) goto fail;
+    rp_arg spec[] = {RP_ARG_F32("x", &x, -1, NULL), RP_ARG_F32_OPT("weight", &w, -1, NULL),
+                     RP_ARG_F32("rstd", &rstd, -1, NULL), RP_ARG_F32("grad", &g, -1, NULL), RP_ARG_OPTIONAL,
+                     RP_ARG_KWONLY, RP_ARG_BOOL("need_x", &need_x), RP_ARG_BOOL("need_weight", &need_w), RP_ARG_END};
+    if (rp_args_parse(args, kw, "rms_norm_bwd", spec) < 0) return NULL;
+    if (as_rows(x, "x", &N, &D) < 0 || (w && check_vec(w, "weight", D) < 0) || check_stats(rstd, "rstd", x) < 0 ||
+        check_same_shape(x, "x", g, "grad") < 0)
+        goto fail;
     npy_intp dd[1] = {(npy_intp)D};
     if (need_x && !(dx = new_f32(PyArray_NDIM(x), PyArray_DIMS(x)))) goto fail;
     if (need_w && !(dw = new_f32(1, dd))) goto fail;
@@ -507,10 +499,11 @@ static PyObject *py_rms_norm_bwd(PyObject *self, PyObject *args, PyObject *kw) {
                             dw ? RP_F32(dw) : NULL, N, D);
     Py_END_ALLOW_THREADS
     if (rc < 0) { rp_raise_code(rc, "rms_norm_bwd"); goto fail; }
-    Py_DECREF(x); Py_XDECREF(w); Py_DECREF(rstd); Py_DECREF(g);
-    return Py_BuildValue("NN", none_or(dx), none_or(dw));
+    rp_args_release(spec);
+    return Py_BuildValue("NN", rp_none_or(dx), rp_none_or(dw));
 fail:
-    Py_XDECREF(x); Py_XDECREF(w); Py_XDECREF(rstd); Py_XDECREF(g); Py_XDECREF(dx); Py_XDECREF(dw);
+    rp_args_release(spec);
+    Py_XDECREF(dx); Py_XDECREF(dw);
     return NULL;
 }
 
@@ -519,46 +512,50 @@ fail:
 typedef int (*row_fwd_fn)(const float *, float *, int64_t, int64_t);
 typedef int (*row_bwd_fn)(const float *, const float *, float *, int64_t, int64_t);
 
+/* The softmax wrappers always parsed without a function name in CPython's
+ * messages ("function missing required argument ..."); kept as they were. */
 static PyObject *rows_fwd(row_fwd_fn fn, const char *fname, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"x", "out", NULL};
-    PyObject *xo, *out_o = NULL;
+    PyObject *out_o = NULL;
     PyArrayObject *x = NULL, *y = NULL;
     int64_t N, D;
     int rc;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|$O", kwlist, &xo, &out_o)) return NULL;
-    if (!(x = rp_in_f32(xo, "x")) || as_rows(x, "x", &N, &D) < 0) goto fail;
-    if (!(y = out_f32(out_o, "out", PyArray_NDIM(x), PyArray_DIMS(x)))) goto fail;
-    if (check_overlap(y, x, "x", 1) < 0) goto fail;
+    rp_arg spec[] = {RP_ARG_F32("x", &x, -1, NULL), RP_ARG_OPTIONAL, RP_ARG_KWONLY, RP_ARG_OBJ("out", &out_o),
+                     RP_ARG_END};
+    if (rp_args_parse(args, kw, NULL, spec) < 0) return NULL;
+    if (as_rows(x, "x", &N, &D) < 0) goto fail;
+    if (!(y = out_f32(out_o, "out", PyArray_NDIM(x), PyArray_DIMS(x))) || check_overlap(y, x, "x", 1) < 0) goto fail;
     Py_BEGIN_ALLOW_THREADS
     rc = fn(RP_F32(x), RP_F32(y), N, D);
     Py_END_ALLOW_THREADS
     if (rc < 0) { rp_raise_code(rc, fname); goto fail; }
-    Py_DECREF(x);
+    rp_args_release(spec);
     return (PyObject *)y;
 fail:
-    Py_XDECREF(x); Py_XDECREF(y);
+    rp_args_release(spec);
+    Py_XDECREF(y);
     return NULL;
 }
 
 static PyObject *rows_bwd(row_bwd_fn fn, const char *fname, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"y", "grad", "out", NULL};
-    PyObject *yo, *go, *out_o = NULL;
+    PyObject *out_o = NULL;
     PyArrayObject *y = NULL, *g = NULL, *dx = NULL;
     int64_t N, D;
     int rc;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|$O", kwlist, &yo, &go, &out_o)) return NULL;
-    if (!(y = rp_in_f32(yo, "y")) || as_rows(y, "y", &N, &D) < 0) goto fail;
-    if (!(g = rp_in_f32(go, "grad")) || check_same_shape(y, "y", g, "grad") < 0) goto fail;
+    rp_arg spec[] = {RP_ARG_F32("y", &y, -1, NULL), RP_ARG_F32("grad", &g, -1, NULL), RP_ARG_OPTIONAL, RP_ARG_KWONLY,
+                     RP_ARG_OBJ("out", &out_o), RP_ARG_END};
+    if (rp_args_parse(args, kw, NULL, spec) < 0) return NULL;
+    if (as_rows(y, "y", &N, &D) < 0 || check_same_shape(y, "y", g, "grad") < 0) goto fail;
     if (!(dx = out_f32(out_o, "out", PyArray_NDIM(y), PyArray_DIMS(y)))) goto fail;
     if (check_overlap(dx, y, "y", 1) < 0 || check_overlap(dx, g, "grad", 1) < 0) goto fail;
     Py_BEGIN_ALLOW_THREADS
     rc = fn(RP_F32(y), RP_F32(g), RP_F32(dx), N, D);
     Py_END_ALLOW_THREADS
     if (rc < 0) { rp_raise_code(rc, fname); goto fail; }
-    Py_DECREF(y); Py_DECREF(g);
+    rp_args_release(spec);
     return (PyObject *)dx;
 fail:
-    Py_XDECREF(y); Py_XDECREF(g); Py_XDECREF(dx);
+    rp_args_release(spec);
+    Py_XDECREF(dx);
     return NULL;
 }
 
@@ -587,50 +584,49 @@ static int check_targets(PyArrayObject *t, int64_t N, int64_t V, int64_t ignore_
 
 static PyObject *py_cross_entropy_fwd(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"logits", "targets", "ignore_index", NULL};
-    PyObject *lo, *to;
     long long ignore = -100;
     PyArrayObject *x = NULL, *t = NULL, *lse = NULL;
     int64_t N, V, count = 0, bad = -1;
     float loss = 0.0f;
     int rc;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|L:cross_entropy_fwd", kwlist, &lo, &to, &ignore)) return NULL;
-    if (!(x = rp_in_f32(lo, "logits")) || rp_check_ndim(x, "logits", 2, "(N, V)") < 0) goto fail;
+    rp_arg spec[] = {RP_ARG_F32("logits", &x, 2, "(N, V)"), RP_ARG_I64("targets", &t, -1, NULL), RP_ARG_OPTIONAL,
+                     RP_ARG_LLONG("ignore_index", &ignore), RP_ARG_END};
+    if (rp_args_parse(args, kw, "cross_entropy_fwd", spec) < 0) return NULL;
     N = RP_DIM(x, 0);
     V = RP_DIM(x, 1);
-    if (!(t = rp_in_i64(to, "targets")) || check_targets(t, N, V, (int64_t)ignore) < 0) goto fail;
+    if (check_targets(t, N, V, (int64_t)ignore) < 0) goto fail;
     npy_intp dn[1] = {(npy_intp)N};
     if (!(lse = new_f32(1, dn))) goto fail;
     Py_BEGIN_ALLOW_THREADS
     rc = rp_ops_xent_fwd(RP_F32(x), RP_I64(t), RP_F32(lse), &loss, &count, N, V, (int64_t)ignore, &bad);
     Py_END_ALLOW_THREADS
     if (rc < 0) { rp_raise_code(rc, "cross_entropy_fwd"); goto fail; }
-    Py_DECREF(x); Py_DECREF(t);
+    rp_args_release(spec);
     return Py_BuildValue("dNL", (double)loss, lse, (long long)count);
 fail:
-    Py_XDECREF(x); Py_XDECREF(t); Py_XDECREF(lse);
+    rp_args_release(spec);
+    Py_XDECREF(lse);
     return NULL;
 }
 
 static PyObject *py_cross_entropy_bwd(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"logits", "targets", "lse", "dloss", "count", "ignore_index", "out", NULL};
-    PyObject *lo, *to, *so, *out_o = NULL;
+    PyObject *out_o = NULL;
     double dloss;
     long long count, ignore = -100;
     PyArrayObject *x = NULL, *t = NULL, *lse = NULL, *dx = NULL;
     int64_t N, V;
     int rc;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOdL|L$O:cross_entropy_bwd", kwlist, &lo, &to, &so, &dloss, &count,
-                                     &ignore, &out_o))
-        return NULL;
-    if (count < 0) return PyErr_Format(PyExc_ValueError, "count must be >= 0; got %lld", count);
-    if (!(x = rp_in_f32(lo, "logits")) || rp_check_ndim(x, "logits", 2, "(N, V)") < 0) goto fail;
+    rp_arg spec[] = {RP_ARG_F32("logits", &x, 2, "(N, V)"), RP_ARG_I64("targets", &t, -1, NULL),
+                     RP_ARG_F32("lse", &lse, -1, NULL), RP_ARG_DOUBLE("dloss", &dloss), RP_ARG_LLONG("count", &count),
+                     RP_ARG_OPTIONAL, RP_ARG_LLONG("ignore_index", &ignore), RP_ARG_KWONLY, RP_ARG_OBJ("out", &out_o),
+                     RP_ARG_END};
+    if (rp_args_parse(args, kw, "cross_entropy_bwd", spec) < 0) return NULL;
+    if (count < 0) { PyErr_Format(PyExc_ValueError, "count must be >= 0; got %lld", count); goto fail; }
     N = RP_DIM(x, 0);
     V = RP_DIM(x, 1);
-    if (!(t = rp_in_i64(to, "targets")) || check_targets(t, N, V, (int64_t)ignore) < 0) goto fail;
     npy_intp dn[1] = {(npy_intp)N};
-    if (!(lse = rp_in_f32(so, "lse")) || rp_check_shape(lse, "lse", 1, dn, "(N,)") < 0) goto fail;
+    if (check_targets(t, N, V, (int64_t)ignore) < 0 || rp_check_shape(lse, "lse", 1, dn, "(N,)") < 0) goto fail;
     if (!(dx = out_f32(out_o, "out", 2, PyArray_DIMS(x)))) goto fail;
     if (check_overlap(dx, x, "logits", 1) < 0 || check_overlap(dx, lse, "lse", 0) < 0 || check_overlap(dx, t, "targets", 0) < 0) goto fail;
     Py_BEGIN_ALLOW_THREADS
@@ -638,10 +634,11 @@ static PyObject *py_cross_entropy_bwd(PyObject *self, PyObject *args, PyObject *
                          (int64_t)ignore);
     Py_END_ALLOW_THREADS
     if (rc < 0) { rp_raise_code(rc, "cross_entropy_bwd"); goto fail; }
-    Py_DECREF(x); Py_DECREF(t); Py_DECREF(lse);
+    rp_args_release(spec);
     return (PyObject *)dx;
 fail:
-    Py_XDECREF(x); Py_XDECREF(t); Py_XDECREF(lse); Py_XDECREF(dx);
+    rp_args_release(spec);
+    Py_XDECREF(dx);
     return NULL;
 }
 
@@ -658,13 +655,12 @@ static int check_ids(PyArrayObject *ids, int64_t V) {
 
 static PyObject *py_embedding_fwd(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"ids", "weight", "out", NULL};
-    PyObject *io, *wo, *out_o = NULL;
+    PyObject *out_o = NULL;
     PyArrayObject *ids = NULL, *w = NULL, *out = NULL;
     int rc;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|$O:embedding_fwd", kwlist, &io, &wo, &out_o)) return NULL;
-    if (!(ids = rp_in_i64(io, "ids"))) goto fail;
-    if (!(w = rp_in_f32(wo, "weight")) || rp_check_ndim(w, "weight", 2, "(V, D)") < 0) goto fail;
+    rp_arg spec[] = {RP_ARG_I64("ids", &ids, -1, NULL), RP_ARG_F32("weight", &w, 2, "(V, D)"), RP_ARG_OPTIONAL,
+                     RP_ARG_KWONLY, RP_ARG_OBJ("out", &out_o), RP_ARG_END};
+    if (rp_args_parse(args, kw, "embedding_fwd", spec) < 0) return NULL;
     int64_t V = RP_DIM(w, 0), D = RP_DIM(w, 1);
     if (PyArray_NDIM(ids) >= NPY_MAXDIMS) {
         PyErr_Format(PyExc_ValueError, "ids must have fewer than %d dimensions", NPY_MAXDIMS);
@@ -681,23 +677,23 @@ static PyObject *py_embedding_fwd(PyObject *self, PyObject *args, PyObject *kw) 
     rc = rp_ops_embedding_fwd(RP_I64(ids), RP_F32(w), RP_F32(out), (int64_t)PyArray_SIZE(ids), V, D);
     Py_END_ALLOW_THREADS
     if (rc < 0) { rp_raise_code(rc, "embedding_fwd"); goto fail; }
-    Py_DECREF(ids); Py_DECREF(w);
+    rp_args_release(spec);
     return (PyObject *)out;
 fail:
-    Py_XDECREF(ids); Py_XDECREF(w); Py_XDECREF(out);
+    rp_args_release(spec);
+    Py_XDECREF(out);
     return NULL;
 }
 
 static PyObject *py_embedding_bwd(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"ids", "grad", "num_embeddings", NULL};
-    PyObject *io, *go;
     long long V;
     PyArrayObject *ids = NULL, *g = NULL, *dw = NULL;
     int rc;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOL:embedding_bwd", kwlist, &io, &go, &V)) return NULL;
-    if (V < 0) return PyErr_Format(PyExc_ValueError, "num_embeddings must be >= 0; got %lld", V);
-    if (!(ids = rp_in_i64(io, "ids")) || !(g = rp_in_f32(go, "grad"))) goto fail;
+    rp_arg spec[] = {RP_ARG_I64("ids", &ids, -1, NULL), RP_ARG_F32("grad", &g, -1, NULL),
+                     RP_ARG_LLONG("num_embeddings", &V), RP_ARG_END};
+    if (rp_args_parse(args, kw, "embedding_bwd", spec) < 0) return NULL;
+    if (V < 0) { PyErr_Format(PyExc_ValueError, "num_embeddings must be >= 0; got %lld", V); goto fail; }
     int nd = PyArray_NDIM(ids);
     if (PyArray_NDIM(g) != nd + 1 || !PyArray_CompareLists(PyArray_DIMS(g), PyArray_DIMS(ids), nd)) {
         char si[256], sg[256];
@@ -714,39 +710,38 @@ static PyObject *py_embedding_bwd(PyObject *self, PyObject *args, PyObject *kw) 
     rc = rp_ops_embedding_bwd(RP_I64(ids), RP_F32(g), RP_F32(dw), (int64_t)PyArray_SIZE(ids), (int64_t)V, D);
     Py_END_ALLOW_THREADS
     if (rc < 0) { rp_raise_code(rc, "embedding_bwd"); goto fail; }
-    Py_DECREF(ids); Py_DECREF(g);
+    rp_args_release(spec);
     return (PyObject *)dw;
 fail:
-    Py_XDECREF(ids); Py_XDECREF(g); Py_XDECREF(dw);
+    rp_args_release(spec);
+    Py_XDECREF(dw);
     return NULL;
 }
 
 /* ---- dropout ------------------------------------------------------------ */
 
 static PyObject *dropout_common(int bwd, PyObject *args, PyObject *kw) {
-    static char *kwlist_f[] = {"x", "p", "seed", "out", NULL};
-    static char *kwlist_b[] = {"grad", "p", "seed", "out", NULL};
-    PyObject *xo, *so, *out_o = NULL;
+    const char *xname = bwd ? "grad" : "x", *fname = bwd ? "dropout_bwd" : "dropout_fwd";
+    PyObject *so, *out_o = NULL;
     double p;
     uint64_t seed;
     PyArrayObject *x = NULL, *y = NULL;
     int rc;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, bwd ? "OdO|$O:dropout_bwd" : "OdO|$O:dropout_fwd",
-                                     bwd ? kwlist_b : kwlist_f, &xo, &p, &so, &out_o))
-        return NULL;
-    if (check_p(p) < 0 || parse_seed(so, &seed) < 0) return NULL;
-    if (!(x = rp_in_f32(xo, bwd ? "grad" : "x"))) goto fail;
-    if (!(y = out_f32(out_o, "out", PyArray_NDIM(x), PyArray_DIMS(x)))) goto fail;
-    if (check_overlap(y, x, bwd ? "grad" : "x", 1) < 0) goto fail;
+    rp_arg spec[] = {RP_ARG_F32(xname, &x, -1, NULL), RP_ARG_DOUBLE("p", &p), RP_ARG_OBJ("seed", &so),
+                     RP_ARG_OPTIONAL, RP_ARG_KWONLY, RP_ARG_OBJ("out", &out_o), RP_ARG_END};
+    if (rp_args_parse(args, kw, fname, spec) < 0) return NULL;
+    if (check_p(p) < 0 || parse_seed(so, &seed) < 0) goto fail;
+    if (!(y = out_f32(out_o, "out", PyArray_NDIM(x), PyArray_DIMS(x))) || check_overlap(y, x, xname, 1) < 0) goto fail;
     Py_BEGIN_ALLOW_THREADS
     rc = bwd ? rp_ops_dropout_bwd(RP_F32(x), RP_F32(y), (int64_t)PyArray_SIZE(x), (float)p, seed)
              : rp_ops_dropout_fwd(RP_F32(x), RP_F32(y), (int64_t)PyArray_SIZE(x), (float)p, seed);
     Py_END_ALLOW_THREADS
-    if (rc < 0) { rp_raise_code(rc, bwd ? "dropout_bwd" : "dropout_fwd"); goto fail; }
-    Py_DECREF(x);
+    if (rc < 0) { rp_raise_code(rc, fname); goto fail; }
+    rp_args_release(spec);
     return (PyObject *)y;
 fail:
-    Py_XDECREF(x); Py_XDECREF(y);
+    rp_args_release(spec);
+    Py_XDECREF(y);
     return NULL;
 }
 
@@ -781,26 +776,28 @@ static PyObject *py_dropout_mask(PyObject *self, PyObject *args, PyObject *kw) {
 
 static PyObject *py__exp_check(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"x", "form", NULL};
-    PyObject *xo;
     const char *fs = "scalar";
     PyArrayObject *x = NULL, *y = NULL;
-    int form, rc;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|s:_exp_check", kwlist, &xo, &fs)) return NULL;
-    if (strcmp(fs, "scalar") == 0) form = RP_EXP_SCALAR;
-    else if (strcmp(fs, "avx2") == 0) form = RP_EXP_AVX2;
-    else if (strcmp(fs, "avx512") == 0) form = RP_EXP_AVX512;
-    else return PyErr_Format(PyExc_ValueError, "form must be 'scalar', 'avx2' or 'avx512'; got '%s'", fs);
-    if (!(x = rp_in_f32(xo, "x"))) return NULL;
+    int form = -1, rc;
+    rp_arg spec[] = {RP_ARG_F32("x", &x, -1, NULL), RP_ARG_OPTIONAL, RP_ARG_STR("form", &fs), RP_ARG_END};
+    if (rp_args_parse(args, kw, "_exp_check", spec) < 0) return NULL;
+    const char *names[] = {"scalar", "avx2", "avx512"}; /* RP_EXP_SCALAR, RP_EXP_AVX2, RP_EXP_AVX512 */
+    for (int i = 0; i < 3; i++)
+        if (strcmp(fs, names[i]) == 0) form = i;
+    if (form < 0) {
+        PyErr_Format(PyExc_ValueError, "form must be 'scalar', 'avx2' or 'avx512'; got '%s'", fs);
+        goto fail;
+    }
     if (!(y = new_f32(PyArray_NDIM(x), PyArray_DIMS(x)))) goto fail;
     Py_BEGIN_ALLOW_THREADS
     rc = rp_exp_span(form, RP_F32(x), 0.0f, RP_F32(y), (int64_t)PyArray_SIZE(x));
     Py_END_ALLOW_THREADS
     if (rc < 0) { rp_raise_code(rc, "_exp_check"); goto fail; }
-    Py_DECREF(x);
+    rp_args_release(spec);
     return (PyObject *)y;
 fail:
-    Py_XDECREF(x); Py_XDECREF(y);
+    rp_args_release(spec);
+    Py_XDECREF(y);
     return NULL;
 }
 
