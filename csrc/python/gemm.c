@@ -39,20 +39,17 @@ static int check_bool_kw(PyObject *v, const char *name, int *dst) {
 
 /* Shared by gemm and gemm_batched: batched = 1 means 3-D operands (Bt, ., .). */
 static PyObject *gemm_common(PyObject *args, PyObject *kwargs, int batched) {
-    static char *kwlist[] = {"a", "b", "out", "trans_a", "trans_b", "alpha", "beta", NULL};
     const char *fname = batched ? "gemm_batched" : "gemm";
-    PyObject *a_obj, *b_obj, *out_obj = Py_None, *ta_obj = NULL, *tb_obj = NULL;
+    PyObject *out_obj = Py_None, *ta_obj = NULL, *tb_obj = NULL;
     double alpha = 1.0, beta = 0.0;
     PyArrayObject *a = NULL, *b = NULL, *out = NULL;
     int ta = 0, tb = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, batched ? "OO|O$OOdd:gemm_batched" : "OO|O$OOdd:gemm",
-                                     kwlist, &a_obj, &b_obj, &out_obj, &ta_obj, &tb_obj, &alpha, &beta))
-        return NULL;
-    if (check_bool_kw(ta_obj, "trans_a", &ta) < 0 || check_bool_kw(tb_obj, "trans_b", &tb) < 0) return NULL;
-    a = rp_in_f32(a_obj, "a");
-    if (!a) goto fail;
-    b = rp_in_f32(b_obj, "b");
-    if (!b) goto fail;
+    rp_arg spec[] = {RP_ARG_F32("a", &a, -1, NULL), RP_ARG_F32("b", &b, -1, NULL), RP_ARG_OPTIONAL,
+                     RP_ARG_OBJ("out", &out_obj), RP_ARG_KWONLY, RP_ARG_OBJ("trans_a", &ta_obj),
+                     RP_ARG_OBJ("trans_b", &tb_obj), RP_ARG_DOUBLE("alpha", &alpha), RP_ARG_DOUBLE("beta", &beta),
+                     RP_ARG_END};
+    if (rp_args_parse(args, kwargs, fname, spec) < 0) return NULL;
+    if (check_bool_kw(ta_obj, "trans_a", &ta) < 0 || check_bool_kw(tb_obj, "trans_b", &tb) < 0) goto fail;
     const int nd = batched ? 3 : 2;
     if (rp_check_ndim(a, "a", nd, batched ? (ta ? "(Bt, K, M)" : "(Bt, M, K)") : (ta ? "(K, M)" : "(M, K)")) < 0)
         goto fail;
@@ -106,12 +103,10 @@ static PyObject *gemm_common(PyObject *args, PyObject *kwargs, int batched) {
         rp_raise_code(rc, fname);
         goto fail;
     }
-    Py_DECREF(a);
-    Py_DECREF(b);
+    rp_args_release(spec);
     return (PyObject *)out;
 fail:
-    Py_XDECREF(a);
-    Py_XDECREF(b);
+    rp_args_release(spec);
     Py_XDECREF(out);
     return NULL;
 }
@@ -128,19 +123,11 @@ static PyObject *py_gemm_batched(PyObject *self, PyObject *args, PyObject *kwarg
 
 static PyObject *py_linear_fwd(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
-    static char *kwlist[] = {"x", "w", "b", "out", NULL};
-    PyObject *x_obj, *w_obj, *b_obj = Py_None, *out_obj = Py_None;
+    PyObject *out_obj = Py_None;
     PyArrayObject *x = NULL, *w = NULL, *bias = NULL, *out = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|OO:linear_fwd", kwlist, &x_obj, &w_obj, &b_obj, &out_obj))
-        return NULL;
-    x = rp_in_f32(x_obj, "x");
-    if (!x) goto fail;
-    w = rp_in_f32(w_obj, "w");
-    if (!w) goto fail;
-    bias = rp_in_f32_opt(b_obj, "b");
-    if (!bias && PyErr_Occurred()) goto fail;
-    if (rp_check_ndim(x, "x", 2, "(M, K)") < 0) goto fail;
-    if (rp_check_ndim(w, "w", 2, "(N, K)") < 0) goto fail;
+    rp_arg spec[] = {RP_ARG_F32("x", &x, 2, "(M, K)"), RP_ARG_F32("w", &w, 2, "(N, K)"), RP_ARG_OPTIONAL,
+                     RP_ARG_F32_OPT("b", &bias, -1, NULL), RP_ARG_OBJ("out", &out_obj), RP_ARG_END};
+    if (rp_args_parse(args, kwargs, "linear_fwd", spec) < 0) return NULL;
     int64_t M = RP_DIM(x, 0), K = RP_DIM(x, 1), N = RP_DIM(w, 0);
     if (RP_DIM(w, 1) != K) {
         char sx[128], sw[128];
@@ -169,27 +156,20 @@ static PyObject *py_linear_fwd(PyObject *self, PyObject *args, PyObject *kwargs)
         rp_raise_code(rc, "linear_fwd");
         goto fail;
     }
-    Py_DECREF(x);
-    Py_DECREF(w);
-    Py_XDECREF(bias);
+    rp_args_release(spec);
     return (PyObject *)out;
 fail:
-    Py_XDECREF(x);
-    Py_XDECREF(w);
-    Py_XDECREF(bias);
+    rp_args_release(spec);
     Py_XDECREF(out);
     return NULL;
 }
 
 static PyObject *py_colsum(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
-    static char *kwlist[] = {"x", "out", NULL};
-    PyObject *x_obj, *out_obj = Py_None;
+    PyObject *out_obj = Py_None;
     PyArrayObject *x = NULL, *out = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|O:colsum", kwlist, &x_obj, &out_obj)) return NULL;
-    x = rp_in_f32(x_obj, "x");
-    if (!x) goto fail;
-    if (rp_check_ndim(x, "x", 2, "(M, N)") < 0) goto fail;
+    rp_arg spec[] = {RP_ARG_F32("x", &x, 2, "(M, N)"), RP_ARG_OPTIONAL, RP_ARG_OBJ("out", &out_obj), RP_ARG_END};
+    if (rp_args_parse(args, kwargs, "colsum", spec) < 0) return NULL;
     int64_t M = RP_DIM(x, 0), N = RP_DIM(x, 1);
     npy_intp dims[1] = {(npy_intp)N};
     out = out_or_new(out_obj, "out", 1, dims);
@@ -205,10 +185,10 @@ static PyObject *py_colsum(PyObject *self, PyObject *args, PyObject *kwargs) {
         rp_raise_code(rc, "colsum");
         goto fail;
     }
-    Py_DECREF(x);
+    rp_args_release(spec);
     return (PyObject *)out;
 fail:
-    Py_XDECREF(x);
+    rp_args_release(spec);
     Py_XDECREF(out);
     return NULL;
 }
