@@ -133,21 +133,18 @@ static PyObject *py_xpos_scale(PyObject *self, PyObject *args, PyObject *kw) {
 /* ---------------------------------------------------------- rotary transform */
 
 static PyObject *rotary_common(PyObject *args, PyObject *kw, int backward) {
-    static char *kwlist[] = {"x", "cos", "sin", "rotary_dim", "layout", "scale", "out", NULL};
     const char *fname = backward ? "rotary_bwd" : "rotary_fwd";
     const char *xname = backward ? "grad" : "x";
-    PyObject *x_obj, *c_obj, *s_obj, *rd_obj = Py_None, *sc_obj = Py_None, *out_obj = Py_None;
+    PyObject *rd_obj = Py_None, *out_obj = Py_None;
     const char *layout_s = "interleaved";
     PyArrayObject *x = NULL, *c = NULL, *s = NULL, *sc = NULL, *out = NULL;
     int layout;
     char got[256];
-    if (!PyArg_ParseTupleAndKeywords(args, kw, backward ? "OOO|$OsOO:rotary_bwd" : "OOO|$OsOO:rotary_fwd",
-                                     kwlist, &x_obj, &c_obj, &s_obj, &rd_obj, &layout_s, &sc_obj, &out_obj))
-        return NULL;
-    if (parse_rope_layout(layout_s, &layout) < 0) return NULL;
-    if (!(x = rp_in_f32(x_obj, xname))) goto fail;
-    if (!(c = rp_in_f32(c_obj, "cos"))) goto fail;
-    if (!(s = rp_in_f32(s_obj, "sin"))) goto fail;
+    rp_arg spec[] = {RP_ARG_F32(xname, &x, -1, NULL), RP_ARG_F32("cos", &c, -1, NULL), RP_ARG_F32("sin", &s, -1, NULL),
+                     RP_ARG_OPTIONAL, RP_ARG_KWONLY, RP_ARG_OBJ("rotary_dim", &rd_obj), RP_ARG_STR("layout", &layout_s),
+                     RP_ARG_F32_OPT("scale", &sc, -1, NULL), RP_ARG_OBJ("out", &out_obj), RP_ARG_END};
+    if (rp_args_parse(args, kw, fname, spec) < 0) return NULL;
+    if (parse_rope_layout(layout_s, &layout) < 0) goto fail;
     if (PyArray_NDIM(x) < 2) {
         rp_shape_str(x, got, sizeof got);
         PyErr_Format(PyExc_ValueError, "%s must have shape (..., T, D), e.g. (B, H, T, D); got %s", xname, got);
@@ -186,10 +183,7 @@ static PyObject *rotary_common(PyObject *args, PyObject *kw, int backward) {
     npy_intp tdims[2] = {(npy_intp)T, (npy_intp)P};
     if (rp_check_shape(c, "cos", 2, tdims, "(T, rotary_dim/2) with T the rows of x") < 0) goto fail;
     if (rp_check_shape(s, "sin", 2, tdims, "(T, rotary_dim/2), the shape of cos") < 0) goto fail;
-    if (sc_obj != Py_None) {
-        if (!(sc = rp_in_f32(sc_obj, "scale"))) goto fail;
-        if (rp_check_shape(sc, "scale", 2, tdims, "(T, rotary_dim/2), the shape of cos") < 0) goto fail;
-    }
+    if (sc && rp_check_shape(sc, "scale", 2, tdims, "(T, rotary_dim/2), the shape of cos") < 0) goto fail;
     if (!(out = rp_out_f32(out_obj, "out", nd, PyArray_DIMS(x)))) goto fail;
     int rc;
     Py_BEGIN_ALLOW_THREADS
@@ -201,16 +195,10 @@ static PyObject *rotary_common(PyObject *args, PyObject *kw, int backward) {
                                   rotary_dim, layout);
     Py_END_ALLOW_THREADS
     if (rc) { rp_raise_code(rc, fname); goto fail; }
-    Py_DECREF(x);
-    Py_DECREF(c);
-    Py_DECREF(s);
-    Py_XDECREF(sc);
+    rp_args_release(spec);
     return (PyObject *)out;
 fail:
-    Py_XDECREF(x);
-    Py_XDECREF(c);
-    Py_XDECREF(s);
-    Py_XDECREF(sc);
+    rp_args_release(spec);
     Py_XDECREF(out);
     return NULL;
 }
@@ -272,37 +260,30 @@ fail:
 
 /* ------------------------------------------------------ complex word order */
 
-/* Shared checks: ids (..., T) int, positions (T,) int, r/omega/theta (V, d) float32
- * of one shape; every id in [0, V). On success fills the arrays and sizes. */
-static int complex_inputs(PyObject *ids_obj, PyObject *r_obj, PyObject *o_obj, PyObject *t_obj, PyObject *p_obj,
-                          PyArrayObject **ids, PyArrayObject **r, PyArrayObject **om, PyArrayObject **th,
-                          PyArrayObject **pos, int64_t *N, int64_t *T, int64_t *V, int64_t *d) {
+/* Shared checks of the converted inputs: ids (..., T), positions (T,), r, omega,
+ * theta (V, d) of one shape; every id in [0, V). Fills the sizes. */
+static int complex_inputs(PyArrayObject *ids, PyArrayObject *r, PyArrayObject *om, PyArrayObject *th,
+                          PyArrayObject *pos, int64_t *N, int64_t *T, int64_t *V, int64_t *d) {
     char got[256];
-    if (!(*ids = rp_in_i64(ids_obj, "ids"))) return -1;
-    if (!(*r = rp_in_f32(r_obj, "r"))) return -1;
-    if (!(*om = rp_in_f32(o_obj, "omega"))) return -1;
-    if (!(*th = rp_in_f32(t_obj, "theta"))) return -1;
-    if (!(*pos = rp_in_i64(p_obj, "positions"))) return -1;
-    if (PyArray_NDIM(*ids) < 1) {
+    if (PyArray_NDIM(ids) < 1) {
         PyErr_SetString(PyExc_ValueError, "ids must have shape (B, T) or (T,); got a 0-d array");
         return -1;
     }
-    if (rp_check_ndim(*r, "r", 2, "(vocab_size, d)") < 0) return -1;
-    npy_intp vd[2] = {PyArray_DIM(*r, 0), PyArray_DIM(*r, 1)};
-    if (rp_check_shape(*om, "omega", 2, vd, "(vocab_size, d), the shape of r") < 0) return -1;
-    if (rp_check_shape(*th, "theta", 2, vd, "(vocab_size, d), the shape of r") < 0) return -1;
-    int nd = PyArray_NDIM(*ids);
-    *T = RP_DIM(*ids, nd - 1);
-    *N = (int64_t)PyArray_SIZE(*ids);
+    npy_intp vd[2] = {PyArray_DIM(r, 0), PyArray_DIM(r, 1)};
+    if (rp_check_shape(om, "omega", 2, vd, "(vocab_size, d), the shape of r") < 0) return -1;
+    if (rp_check_shape(th, "theta", 2, vd, "(vocab_size, d), the shape of r") < 0) return -1;
+    int nd = PyArray_NDIM(ids);
+    *T = RP_DIM(ids, nd - 1);
+    *N = (int64_t)PyArray_SIZE(ids);
     *V = vd[0];
     *d = vd[1];
-    if (PyArray_NDIM(*pos) != 1 || RP_DIM(*pos, 0) != *T) {
-        rp_shape_str(*pos, got, sizeof got);
+    if (PyArray_NDIM(pos) != 1 || RP_DIM(pos, 0) != *T) {
+        rp_shape_str(pos, got, sizeof got);
         PyErr_Format(PyExc_ValueError, "positions must have shape (T,) = (%lld,) with T the last dim of ids; got %s",
                      (long long)*T, got);
         return -1;
     }
-    const int64_t *id = RP_I64(*ids);
+    const int64_t *id = RP_I64(ids);
     for (int64_t n = 0; n < *N; n++) {
         if (id[n] < 0 || id[n] >= *V) {
             PyErr_Format(PyExc_IndexError, "ids contains %lld at flat index %lld; token ids must be in [0, vocab_size) "
@@ -313,16 +294,18 @@ static int complex_inputs(PyObject *ids_obj, PyObject *r_obj, PyObject *o_obj, P
     return 0;
 }
 
+#define COMPLEX_SPEC                                                                                              \
+    RP_ARG_I64("ids", &ids, -1, NULL), RP_ARG_F32("r", &r, 2, "(vocab_size, d)"), RP_ARG_F32("omega", &om, -1, NULL), \
+        RP_ARG_F32("theta", &th, -1, NULL), RP_ARG_I64("positions", &pos, -1, NULL)
+
 static PyObject *py_complex_embed_fwd(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"ids", "r", "omega", "theta", "positions", "out", NULL};
-    PyObject *ids_obj, *r_obj, *o_obj, *t_obj, *p_obj, *out_obj = Py_None;
+    PyObject *out_obj = Py_None;
     PyArrayObject *ids = NULL, *r = NULL, *om = NULL, *th = NULL, *pos = NULL, *out = NULL;
     int64_t N, T, V, d;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOO|$O:complex_embed_fwd", kwlist, &ids_obj, &r_obj, &o_obj,
-                                     &t_obj, &p_obj, &out_obj))
-        return NULL;
-    if (complex_inputs(ids_obj, r_obj, o_obj, t_obj, p_obj, &ids, &r, &om, &th, &pos, &N, &T, &V, &d) < 0) goto fail;
+    rp_arg spec[] = {COMPLEX_SPEC, RP_ARG_OPTIONAL, RP_ARG_KWONLY, RP_ARG_OBJ("out", &out_obj), RP_ARG_END};
+    if (rp_args_parse(args, kw, "complex_embed_fwd", spec) < 0) return NULL;
+    if (complex_inputs(ids, r, om, th, pos, &N, &T, &V, &d) < 0) goto fail;
     int nd = PyArray_NDIM(ids);
     npy_intp dims[NPY_MAXDIMS];
     for (int i = 0; i < nd; i++) dims[i] = PyArray_DIM(ids, i);
@@ -333,25 +316,22 @@ static PyObject *py_complex_embed_fwd(PyObject *self, PyObject *args, PyObject *
     rc = rp_posenc_complex_fwd(RP_I64(ids), RP_I64(pos), N, T, RP_F32(r), RP_F32(om), RP_F32(th), V, d, RP_F32(out));
     Py_END_ALLOW_THREADS
     if (rc) { rp_raise_code(rc, "complex_embed_fwd"); goto fail; }
-    Py_DECREF(ids); Py_DECREF(r); Py_DECREF(om); Py_DECREF(th); Py_DECREF(pos);
+    rp_args_release(spec);
     return (PyObject *)out;
 fail:
-    Py_XDECREF(ids); Py_XDECREF(r); Py_XDECREF(om); Py_XDECREF(th); Py_XDECREF(pos); Py_XDECREF(out);
+    rp_args_release(spec);
+    Py_XDECREF(out);
     return NULL;
 }
 
 static PyObject *py_complex_embed_bwd(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"ids", "r", "omega", "theta", "positions", "grad", NULL};
-    PyObject *ids_obj, *r_obj, *o_obj, *t_obj, *p_obj, *g_obj;
     PyArrayObject *ids = NULL, *r = NULL, *om = NULL, *th = NULL, *pos = NULL, *g = NULL;
     PyArrayObject *dr = NULL, *dom = NULL, *dth = NULL;
     int64_t N, T, V, d;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOO:complex_embed_bwd", kwlist, &ids_obj, &r_obj, &o_obj, &t_obj,
-                                     &p_obj, &g_obj))
-        return NULL;
-    if (complex_inputs(ids_obj, r_obj, o_obj, t_obj, p_obj, &ids, &r, &om, &th, &pos, &N, &T, &V, &d) < 0) goto fail;
-    if (!(g = rp_in_f32(g_obj, "grad"))) goto fail;
+    rp_arg spec[] = {COMPLEX_SPEC, RP_ARG_F32("grad", &g, -1, NULL), RP_ARG_END};
+    if (rp_args_parse(args, kw, "complex_embed_bwd", spec) < 0) return NULL;
+    if (complex_inputs(ids, r, om, th, pos, &N, &T, &V, &d) < 0) goto fail;
     int nd = PyArray_NDIM(ids);
     npy_intp dims[NPY_MAXDIMS];
     for (int i = 0; i < nd; i++) dims[i] = PyArray_DIM(ids, i);
@@ -365,10 +345,10 @@ static PyObject *py_complex_embed_bwd(PyObject *self, PyObject *args, PyObject *
                                RP_F32(dr), RP_F32(dom), RP_F32(dth));
     Py_END_ALLOW_THREADS
     if (rc) { rp_raise_code(rc, "complex_embed_bwd"); goto fail; }
-    Py_DECREF(ids); Py_DECREF(r); Py_DECREF(om); Py_DECREF(th); Py_DECREF(pos); Py_DECREF(g);
+    rp_args_release(spec);
     return Py_BuildValue("NNN", dr, dom, dth);
 fail:
-    Py_XDECREF(ids); Py_XDECREF(r); Py_XDECREF(om); Py_XDECREF(th); Py_XDECREF(pos); Py_XDECREF(g);
+    rp_args_release(spec);
     Py_XDECREF(dr); Py_XDECREF(dom); Py_XDECREF(dth);
     return NULL;
 }
