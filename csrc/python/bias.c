@@ -46,54 +46,48 @@ static int need_grad_hn(PyArrayObject *g, int64_t H, int64_t n) {
 
 static PyObject *py_alibi_fwd(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"slopes", "d0", "n", "symmetric", NULL};
-    PyObject *o_s;
     long long d0, n;
-    int sym = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OLL|p:bias_alibi_fwd", kwlist, &o_s, &d0, &n, &sym)) return NULL;
+    int sym = 0, rc;
     PyArrayObject *s = NULL, *out = NULL;
+    rp_arg spec[] = {RP_ARG_F32("slopes", &s, 1, "(H,)"), RP_ARG_LLONG("d0", &d0), RP_ARG_LLONG("n", &n),
+                     RP_ARG_OPTIONAL, RP_ARG_BOOL("symmetric", &sym), RP_ARG_END};
+    if (rp_args_parse(args, kw, "bias_alibi_fwd", spec) < 0) return NULL;
     if (need_window(d0, n) < 0) goto fail;
-    if (!(s = rp_in_f32(o_s, "slopes"))) goto fail;
-    if (rp_check_ndim(s, "slopes", 1, "(H,)") < 0) goto fail;
     int64_t H = RP_DIM(s, 0);
     npy_intp od[2] = {(npy_intp)H, (npy_intp)n};
     if (!(out = rp_new_f32(2, od))) goto fail;
-    int rc;
     Py_BEGIN_ALLOW_THREADS
     rc = rp_bias_alibi_fwd(RP_F32(s), H, d0, n, sym, RP_F32(out));
     Py_END_ALLOW_THREADS
     if (rc) { rp_raise_code(rc, "bias_alibi_fwd"); goto fail; }
-    Py_DECREF(s);
+    rp_args_release(spec);
     return (PyObject *)out;
 fail:
-    Py_XDECREF(s);
+    rp_args_release(spec);
     Py_XDECREF(out);
     return NULL;
 }
 
 static PyObject *py_alibi_bwd(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"grad", "d0", "symmetric", NULL};
-    PyObject *o_g;
     long long d0;
-    int sym = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OL|p:bias_alibi_bwd", kwlist, &o_g, &d0, &sym)) return NULL;
-    if (need_window(d0, 0) < 0) return NULL;
+    int sym = 0, rc;
     PyArrayObject *g = NULL, *out = NULL;
-    if (!(g = rp_in_f32(o_g, "grad"))) goto fail;
-    if (rp_check_ndim(g, "grad", 2, "(H, n)") < 0) goto fail;
+    rp_arg spec[] = {RP_ARG_F32("grad", &g, 2, "(H, n)"), RP_ARG_LLONG("d0", &d0), RP_ARG_OPTIONAL,
+                     RP_ARG_BOOL("symmetric", &sym), RP_ARG_END};
+    if (rp_args_parse(args, kw, "bias_alibi_bwd", spec) < 0) return NULL;
+    if (need_window(d0, 0) < 0) goto fail;
     int64_t H = RP_DIM(g, 0), n = RP_DIM(g, 1);
     npy_intp od[1] = {(npy_intp)H};
     if (!(out = rp_new_f32(1, od))) goto fail;
-    int rc;
     Py_BEGIN_ALLOW_THREADS
     rc = rp_bias_alibi_bwd(RP_F32(g), H, d0, n, sym, RP_F32(out));
     Py_END_ALLOW_THREADS
     if (rc) { rp_raise_code(rc, "bias_alibi_bwd"); goto fail; }
-    Py_DECREF(g);
+    rp_args_release(spec);
     return (PyObject *)out;
 fail:
-    Py_XDECREF(g);
+    rp_args_release(spec);
     Py_XDECREF(out);
     return NULL;
 }
@@ -118,16 +112,14 @@ static int t5_check(long long nb, long long max_distance, int bidirectional) {
 
 static PyObject *py_t5_bucket(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"relative_position", "num_buckets", "max_distance", "bidirectional", NULL};
-    PyObject *o_r;
     long long nb = 32, md = 128;
     int bidir = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|LLp:t5_bucket", kwlist, &o_r, &nb, &md, &bidir)) return NULL;
-    if (t5_check(nb, md, bidir) < 0) return NULL;
     PyArrayObject *r = NULL, *out = NULL;
-    if (!(r = rp_in_i64(o_r, "relative_position"))) goto fail;
-    out = (PyArrayObject *)PyArray_SimpleNew(PyArray_NDIM(r), PyArray_DIMS(r), NPY_INT64);
-    if (!out) goto fail;
+    rp_arg spec[] = {RP_ARG_I64("relative_position", &r, -1, NULL), RP_ARG_OPTIONAL, RP_ARG_LLONG("num_buckets", &nb),
+                     RP_ARG_LLONG("max_distance", &md), RP_ARG_BOOL("bidirectional", &bidir), RP_ARG_END};
+    if (rp_args_parse(args, kw, "t5_bucket", spec) < 0) return NULL;
+    if (t5_check(nb, md, bidir) < 0) goto fail;
+    if (!(out = (PyArrayObject *)PyArray_SimpleNew(PyArray_NDIM(r), PyArray_DIMS(r), NPY_INT64))) goto fail;
     {
         const int64_t *src = RP_I64(r);
         int64_t *dst = RP_I64(out);
@@ -136,66 +128,59 @@ static PyObject *py_t5_bucket(PyObject *self, PyObject *args, PyObject *kw) {
         for (npy_intp t = 0; t < total; t++) dst[t] = rp_t5_bucket(src[t], bidir, nb, md);
         Py_END_ALLOW_THREADS
     }
-    Py_DECREF(r);
+    rp_args_release(spec);
     return (PyObject *)out;
 fail:
-    Py_XDECREF(r);
+    rp_args_release(spec);
     Py_XDECREF(out);
     return NULL;
 }
 
 static PyObject *py_t5_fwd(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"table", "d0", "n", "max_distance", "bidirectional", NULL};
-    PyObject *o_t;
     long long d0, n, md;
-    int bidir;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OLLLp:bias_t5_fwd", kwlist, &o_t, &d0, &n, &md, &bidir)) return NULL;
+    int bidir, rc;
     PyArrayObject *t = NULL, *out = NULL;
+    rp_arg spec[] = {RP_ARG_F32("table", &t, 2, "(H, num_buckets)"), RP_ARG_LLONG("d0", &d0), RP_ARG_LLONG("n", &n),
+                     RP_ARG_LLONG("max_distance", &md), RP_ARG_BOOL("bidirectional", &bidir), RP_ARG_END};
+    if (rp_args_parse(args, kw, "bias_t5_fwd", spec) < 0) return NULL;
     if (need_window(d0, n) < 0) goto fail;
-    if (!(t = rp_in_f32(o_t, "table"))) goto fail;
-    if (rp_check_ndim(t, "table", 2, "(H, num_buckets)") < 0) goto fail;
     int64_t H = RP_DIM(t, 0), nb = RP_DIM(t, 1);
     if (t5_check(nb, md, bidir) < 0) goto fail;
     npy_intp od[2] = {(npy_intp)H, (npy_intp)n};
     if (!(out = rp_new_f32(2, od))) goto fail;
-    int rc;
     Py_BEGIN_ALLOW_THREADS
     rc = rp_bias_t5_fwd(RP_F32(t), H, nb, md, bidir, d0, n, RP_F32(out));
     Py_END_ALLOW_THREADS
     if (rc) { rp_raise_code(rc, "bias_t5_fwd"); goto fail; }
-    Py_DECREF(t);
+    rp_args_release(spec);
     return (PyObject *)out;
 fail:
-    Py_XDECREF(t);
+    rp_args_release(spec);
     Py_XDECREF(out);
     return NULL;
 }
 
 static PyObject *py_t5_bwd(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"grad", "d0", "num_buckets", "max_distance", "bidirectional", NULL};
-    PyObject *o_g;
     long long d0, nb, md;
-    int bidir;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OLLLp:bias_t5_bwd", kwlist, &o_g, &d0, &nb, &md, &bidir)) return NULL;
-    if (need_window(d0, 0) < 0) return NULL;
-    if (t5_check(nb, md, bidir) < 0) return NULL;
+    int bidir, rc;
     PyArrayObject *g = NULL, *out = NULL;
-    if (!(g = rp_in_f32(o_g, "grad"))) goto fail;
-    if (rp_check_ndim(g, "grad", 2, "(H, n)") < 0) goto fail;
+    rp_arg spec[] = {RP_ARG_F32("grad", &g, 2, "(H, n)"), RP_ARG_LLONG("d0", &d0), RP_ARG_LLONG("num_buckets", &nb),
+                     RP_ARG_LLONG("max_distance", &md), RP_ARG_BOOL("bidirectional", &bidir), RP_ARG_END};
+    if (rp_args_parse(args, kw, "bias_t5_bwd", spec) < 0) return NULL;
+    if (need_window(d0, 0) < 0 || t5_check(nb, md, bidir) < 0) goto fail;
     int64_t H = RP_DIM(g, 0), n = RP_DIM(g, 1);
     npy_intp od[2] = {(npy_intp)H, (npy_intp)nb};
     if (!(out = rp_new_f32(2, od))) goto fail;
-    int rc;
     Py_BEGIN_ALLOW_THREADS
     rc = rp_bias_t5_bwd(RP_F32(g), H, nb, md, bidir, d0, n, RP_F32(out));
     Py_END_ALLOW_THREADS
     if (rc) { rp_raise_code(rc, "bias_t5_bwd"); goto fail; }
-    Py_DECREF(g);
+    rp_args_release(spec);
     return (PyObject *)out;
 fail:
-    Py_XDECREF(g);
+    rp_args_release(spec);
     Py_XDECREF(out);
     return NULL;
 }
@@ -209,13 +194,11 @@ static int kerple_variant(const char *v) {
     return -1;
 }
 
-static int kerple_params(PyObject *o1, PyObject *o2, PyArrayObject **r1, PyArrayObject **r2) {
-    if (!(*r1 = rp_in_f32(o1, "r1"))) return -1;
-    if (rp_check_ndim(*r1, "r1", 1, "(H,)") < 0) return -1;
-    if (!(*r2 = rp_in_f32(o2, "r2"))) return -1;
-    if (need_1d(*r2, "r2", PyArray_DIM(*r1, 0), "(H,) like r1") < 0) return -1;
-    const float *v = RP_F32(*r2);
-    for (npy_intp h = 0; h < PyArray_DIM(*r2, 0); h++)
+/* r1, r2 (H,), r2 > 0 (converted already; r1 checked 1-D by the spec) */
+static int kerple_params(PyArrayObject *r1, PyArrayObject *r2) {
+    if (need_1d(r2, "r2", PyArray_DIM(r1, 0), "(H,) like r1") < 0) return -1;
+    const float *v = RP_F32(r2);
+    for (npy_intp h = 0; h < PyArray_DIM(r2, 0); h++)
         if (!(v[h] > 0.0f)) { /* also catches NaN */
             char buf[64];
             snprintf(buf, sizeof buf, "%g", (double)v[h]);
@@ -228,69 +211,53 @@ static int kerple_params(PyObject *o1, PyObject *o2, PyArrayObject **r1, PyArray
 
 static PyObject *py_kerple_fwd(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"r1", "r2", "d0", "n", "variant", NULL};
-    PyObject *o1, *o2;
     long long d0, n;
     const char *vs = "log";
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOLL|s:bias_kerple_fwd", kwlist, &o1, &o2, &d0, &n, &vs)) return NULL;
-    int variant = kerple_variant(vs);
-    if (variant < 0) return NULL;
+    int variant, rc;
     PyArrayObject *r1 = NULL, *r2 = NULL, *out = NULL;
-    if (need_window(d0, n) < 0) goto fail;
-    if (kerple_params(o1, o2, &r1, &r2) < 0) goto fail;
+    rp_arg spec[] = {RP_ARG_F32("r1", &r1, 1, "(H,)"), RP_ARG_F32("r2", &r2, -1, NULL), RP_ARG_LLONG("d0", &d0),
+                     RP_ARG_LLONG("n", &n), RP_ARG_OPTIONAL, RP_ARG_STR("variant", &vs), RP_ARG_END};
+    if (rp_args_parse(args, kw, "bias_kerple_fwd", spec) < 0) return NULL;
+    if ((variant = kerple_variant(vs)) < 0 || need_window(d0, n) < 0 || kerple_params(r1, r2) < 0) goto fail;
     int64_t H = RP_DIM(r1, 0);
     npy_intp od[2] = {(npy_intp)H, (npy_intp)n};
     if (!(out = rp_new_f32(2, od))) goto fail;
-    int rc;
     Py_BEGIN_ALLOW_THREADS
     rc = rp_bias_kerple_fwd(RP_F32(r1), RP_F32(r2), H, variant, d0, n, RP_F32(out));
     Py_END_ALLOW_THREADS
     if (rc) { rp_raise_code(rc, "bias_kerple_fwd"); goto fail; }
-    Py_DECREF(r1);
-    Py_DECREF(r2);
+    rp_args_release(spec);
     return (PyObject *)out;
 fail:
-    Py_XDECREF(r1);
-    Py_XDECREF(r2);
+    rp_args_release(spec);
     Py_XDECREF(out);
     return NULL;
 }
 
 static PyObject *py_kerple_bwd(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"r1", "r2", "grad", "d0", "variant", NULL};
-    PyObject *o1, *o2, *o_g;
     long long d0;
     const char *vs = "log";
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOL|s:bias_kerple_bwd", kwlist, &o1, &o2, &o_g, &d0, &vs))
-        return NULL;
-    if (need_window(d0, 0) < 0) return NULL;
-    int variant = kerple_variant(vs);
-    if (variant < 0) return NULL;
+    int variant, rc;
     PyArrayObject *r1 = NULL, *r2 = NULL, *g = NULL, *d1 = NULL, *d2 = NULL;
-    if (kerple_params(o1, o2, &r1, &r2) < 0) goto fail;
-    int64_t H = RP_DIM(r1, 0);
-    if (!(g = rp_in_f32(o_g, "grad"))) goto fail;
-    if (rp_check_ndim(g, "grad", 2, "(H, n)") < 0) goto fail;
-    int64_t n = RP_DIM(g, 1);
+    rp_arg spec[] = {RP_ARG_F32("r1", &r1, 1, "(H,)"), RP_ARG_F32("r2", &r2, -1, NULL),
+                     RP_ARG_F32("grad", &g, 2, "(H, n)"), RP_ARG_LLONG("d0", &d0), RP_ARG_OPTIONAL,
+                     RP_ARG_STR("variant", &vs), RP_ARG_END};
+    if (rp_args_parse(args, kw, "bias_kerple_bwd", spec) < 0) return NULL;
+    if (need_window(d0, 0) < 0 || (variant = kerple_variant(vs)) < 0 || kerple_params(r1, r2) < 0) goto fail;
+    int64_t H = RP_DIM(r1, 0), n = RP_DIM(g, 1);
     if (need_grad_hn(g, H, n) < 0) goto fail;
     npy_intp od[1] = {(npy_intp)H};
     if (!(d1 = rp_new_f32(1, od)) || !(d2 = rp_new_f32(1, od))) goto fail;
-    int rc;
     Py_BEGIN_ALLOW_THREADS
     rc = rp_bias_kerple_bwd(RP_F32(r1), RP_F32(r2), RP_F32(g), H, variant, d0, n, RP_F32(d1), RP_F32(d2));
     Py_END_ALLOW_THREADS
     if (rc) { rp_raise_code(rc, "bias_kerple_bwd"); goto fail; }
-    Py_DECREF(r1);
-    Py_DECREF(r2);
-    Py_DECREF(g);
+    rp_args_release(spec);
     return Py_BuildValue("(NN)", d1, d2);
 fail:
-    Py_XDECREF(r1);
-    Py_XDECREF(r2);
-    Py_XDECREF(g);
-    Py_XDECREF(d1);
-    Py_XDECREF(d2);
+    rp_args_release(spec);
+    Py_XDECREF(d1); Py_XDECREF(d2);
     return NULL;
 }
 
@@ -298,67 +265,50 @@ fail:
 
 static PyObject *py_sandwich_fwd(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"scales", "d0", "n", "dim", NULL};
-    PyObject *o_s;
     long long d0, n, dim = 128;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OLL|L:bias_sandwich_fwd", kwlist, &o_s, &d0, &n, &dim)) return NULL;
-    if (dim < 2 || dim % 2) return PyErr_Format(PyExc_ValueError, "dim must be an even int >= 2; got %lld", dim);
+    int rc;
     PyArrayObject *s = NULL, *out = NULL;
+    rp_arg spec[] = {RP_ARG_F32("scales", &s, 1, "(H,)"), RP_ARG_LLONG("d0", &d0), RP_ARG_LLONG("n", &n),
+                     RP_ARG_OPTIONAL, RP_ARG_LLONG("dim", &dim), RP_ARG_END};
+    if (rp_args_parse(args, kw, "bias_sandwich_fwd", spec) < 0) return NULL;
+    if (dim < 2 || dim % 2) {
+        PyErr_Format(PyExc_ValueError, "dim must be an even int >= 2; got %lld", dim);
+        goto fail;
+    }
     if (need_window(d0, n) < 0) goto fail;
-    if (!(s = rp_in_f32(o_s, "scales"))) goto fail;
-    if (rp_check_ndim(s, "scales", 1, "(H,)") < 0) goto fail;
     int64_t H = RP_DIM(s, 0);
     npy_intp od[2] = {(npy_intp)H, (npy_intp)n};
     if (!(out = rp_new_f32(2, od))) goto fail;
-    int rc;
     Py_BEGIN_ALLOW_THREADS
     rc = rp_bias_sandwich_fwd(RP_F32(s), H, dim, d0, n, RP_F32(out));
     Py_END_ALLOW_THREADS
     if (rc) { rp_raise_code(rc, "bias_sandwich_fwd"); goto fail; }
-    Py_DECREF(s);
+    rp_args_release(spec);
     return (PyObject *)out;
 fail:
-    Py_XDECREF(s);
+    rp_args_release(spec);
     Py_XDECREF(out);
     return NULL;
 }
 
 /* ---- FIRE ------------------------------------------------------------------- */
 
-typedef struct {
-    PyArrayObject *W1, *b1, *W2, *b2, *c, *L;
-} fire_arrays;
-
-static void fire_release(fire_arrays *a) {
-    Py_XDECREF(a->W1);
-    Py_XDECREF(a->b1);
-    Py_XDECREF(a->W2);
-    Py_XDECREF(a->b2);
-    Py_XDECREF(a->c);
-    Py_XDECREF(a->L);
-}
-
-static int fire_load(PyObject *oW1, PyObject *ob1, PyObject *oW2, PyObject *ob2, PyObject *oc, PyObject *oL,
-                     double eps, fire_arrays *a, rp_fire *f) {
-    if (!(a->W1 = rp_in_f32(oW1, "W1"))) return -1;
-    if (rp_check_ndim(a->W1, "W1", 1, "(W,)") < 0) return -1;
-    npy_intp W = PyArray_DIM(a->W1, 0);
-    if (!(a->b1 = rp_in_f32(ob1, "b1"))) return -1;
-    if (need_1d(a->b1, "b1", W, "(W,) like W1") < 0) return -1;
-    if (!(a->W2 = rp_in_f32(oW2, "W2"))) return -1;
+/* FIRE's parameters as the spec converted them: W1 (W,) (1-D checked by the
+ * spec), b1 (W,), W2 (H, W), b2 (H,), c and L one value each. */
+static int fire_load(PyArrayObject *W1, PyArrayObject *b1, PyArrayObject *W2, PyArrayObject *b2, PyArrayObject *c,
+                     PyArrayObject *L, double eps, rp_fire *f) {
+    npy_intp W = PyArray_DIM(W1, 0);
+    if (need_1d(b1, "b1", W, "(W,) like W1") < 0) return -1;
     npy_intp d2[2] = {-1, W};
-    if (rp_check_shape(a->W2, "W2", 2, d2, "(H, W) with W = len(W1)") < 0) return -1;
-    npy_intp H = PyArray_DIM(a->W2, 0);
-    if (!(a->b2 = rp_in_f32(ob2, "b2"))) return -1;
-    if (need_1d(a->b2, "b2", H, "(H,) with H = W2.shape[0]") < 0) return -1;
-    if (!(a->c = rp_in_f32(oc, "c"))) return -1;
-    if (PyArray_SIZE(a->c) != 1) {
-        PyErr_Format(PyExc_ValueError, "c must hold one value; got %lld values", (long long)PyArray_SIZE(a->c));
+    if (rp_check_shape(W2, "W2", 2, d2, "(H, W) with W = len(W1)") < 0) return -1;
+    npy_intp H = PyArray_DIM(W2, 0);
+    if (need_1d(b2, "b2", H, "(H,) with H = W2.shape[0]") < 0) return -1;
+    if (PyArray_SIZE(c) != 1) {
+        PyErr_Format(PyExc_ValueError, "c must hold one value; got %lld values", (long long)PyArray_SIZE(c));
         return -1;
     }
-    if (!(a->L = rp_in_f32(oL, "L"))) return -1;
-    if (PyArray_SIZE(a->L) != 1) {
-        PyErr_Format(PyExc_ValueError, "L must hold one value; got %lld values", (long long)PyArray_SIZE(a->L));
+    if (PyArray_SIZE(L) != 1) {
+        PyErr_Format(PyExc_ValueError, "L must hold one value; got %lld values", (long long)PyArray_SIZE(L));
         return -1;
     }
     if (!(eps >= 0.0)) {
@@ -367,12 +317,12 @@ static int fire_load(PyObject *oW1, PyObject *ob1, PyObject *oW2, PyObject *ob2,
         PyErr_Format(PyExc_ValueError, "eps must be >= 0; got %s", buf);
         return -1;
     }
-    f->W1 = RP_F32(a->W1);
-    f->b1 = RP_F32(a->b1);
-    f->W2 = RP_F32(a->W2);
-    f->b2 = RP_F32(a->b2);
-    f->c = RP_F32(a->c)[0];
-    f->L = RP_F32(a->L)[0];
+    f->W1 = RP_F32(W1);
+    f->b1 = RP_F32(b1);
+    f->W2 = RP_F32(W2);
+    f->b2 = RP_F32(b2);
+    f->c = RP_F32(c)[0];
+    f->L = RP_F32(L)[0];
     f->eps = (float)eps;
     f->W = W;
     f->H = H;
@@ -386,6 +336,10 @@ static int fire_load(PyObject *oW1, PyObject *ob1, PyObject *oW2, PyObject *ob2,
     }
     return 0;
 }
+
+#define FIRE_SPEC                                                                                                   \
+    RP_ARG_F32("W1", &W1, 1, "(W,)"), RP_ARG_F32("b1", &b1, -1, NULL), RP_ARG_F32("W2", &W2, -1, NULL),             \
+        RP_ARG_F32("b2", &b2, -1, NULL), RP_ARG_F32("c", &c, -1, NULL), RP_ARG_F32("L", &L, -1, NULL)
 
 /* Query positions q_offset + i are int64: keep them far from overflow. */
 static int need_qoffset(long long q_offset) {
@@ -404,48 +358,41 @@ static int window_args(long long Tq, long long Tk, long long q_offset) {
 
 static PyObject *py_fire_fwd(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"W1", "b1", "W2", "b2", "c", "L", "Tq", "Tk", "q_offset", "eps", NULL};
-    PyObject *oW1, *ob1, *oW2, *ob2, *oc, *oL;
     long long Tq, Tk, qo = 0;
     double eps = 1e-6;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOLL|Ld:fire_fwd", kwlist, &oW1, &ob1, &oW2, &ob2, &oc, &oL, &Tq,
-                                     &Tk, &qo, &eps))
-        return NULL;
-    if (window_args(Tq, Tk, qo) < 0) return NULL;
-    fire_arrays a = {0};
+    int rc;
     rp_fire f;
-    PyArrayObject *out = NULL;
-    if (fire_load(oW1, ob1, oW2, ob2, oc, oL, eps, &a, &f) < 0) goto fail;
+    PyArrayObject *W1 = NULL, *b1 = NULL, *W2 = NULL, *b2 = NULL, *c = NULL, *L = NULL, *out = NULL;
+    rp_arg spec[] = {FIRE_SPEC, RP_ARG_LLONG("Tq", &Tq), RP_ARG_LLONG("Tk", &Tk), RP_ARG_OPTIONAL,
+                     RP_ARG_LLONG("q_offset", &qo), RP_ARG_DOUBLE("eps", &eps), RP_ARG_END};
+    if (rp_args_parse(args, kw, "fire_fwd", spec) < 0) return NULL;
+    if (window_args(Tq, Tk, qo) < 0 || fire_load(W1, b1, W2, b2, c, L, eps, &f) < 0) goto fail;
     npy_intp od[4] = {1, (npy_intp)f.H, (npy_intp)Tq, (npy_intp)Tk};
     if (!(out = rp_new_f32(4, od))) goto fail;
-    int rc;
     Py_BEGIN_ALLOW_THREADS
     rc = rp_fire_fwd(&f, Tq, Tk, qo, RP_F32(out));
     Py_END_ALLOW_THREADS
     if (rc) { rp_raise_code(rc, "fire_fwd"); goto fail; }
-    fire_release(&a);
+    rp_args_release(spec);
     return (PyObject *)out;
 fail:
-    fire_release(&a);
+    rp_args_release(spec);
     Py_XDECREF(out);
     return NULL;
 }
 
 static PyObject *py_fire_bwd(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"W1", "b1", "W2", "b2", "c", "L", "grad", "q_offset", "eps", NULL};
-    PyObject *oW1, *ob1, *oW2, *ob2, *oc, *oL, *og;
     long long qo = 0;
     double eps = 1e-6;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOO|Ld:fire_bwd", kwlist, &oW1, &ob1, &oW2, &ob2, &oc, &oL, &og,
-                                     &qo, &eps))
-        return NULL;
-    if (need_qoffset(qo) < 0) return NULL;
-    fire_arrays a = {0};
+    int rc;
     rp_fire f;
-    PyArrayObject *g = NULL, *dW1 = NULL, *db1 = NULL, *dW2 = NULL, *db2 = NULL, *dc = NULL, *dL = NULL;
-    if (fire_load(oW1, ob1, oW2, ob2, oc, oL, eps, &a, &f) < 0) goto fail;
-    if (!(g = rp_in_f32(og, "grad"))) goto fail;
+    PyArrayObject *W1 = NULL, *b1 = NULL, *W2 = NULL, *b2 = NULL, *c = NULL, *L = NULL, *g = NULL;
+    PyArrayObject *dW1 = NULL, *db1 = NULL, *dW2 = NULL, *db2 = NULL, *dc = NULL, *dL = NULL;
+    rp_arg spec[] = {FIRE_SPEC, RP_ARG_F32("grad", &g, -1, NULL), RP_ARG_OPTIONAL, RP_ARG_LLONG("q_offset", &qo),
+                     RP_ARG_DOUBLE("eps", &eps), RP_ARG_END};
+    if (rp_args_parse(args, kw, "fire_bwd", spec) < 0) return NULL;
+    if (need_qoffset(qo) < 0 || fire_load(W1, b1, W2, b2, c, L, eps, &f) < 0) goto fail;
     npy_intp gd[4] = {1, (npy_intp)f.H, -1, -1};
     if (rp_check_shape(g, "grad", 4, gd, "(1, H, Tq, Tk)") < 0) goto fail;
     int64_t Tq = RP_DIM(g, 2), Tk = RP_DIM(g, 3);
@@ -453,117 +400,92 @@ static PyObject *py_fire_bwd(PyObject *self, PyObject *args, PyObject *kw) {
     if (!(dW1 = rp_new_f32(1, dw)) || !(db1 = rp_new_f32(1, dw)) || !(dW2 = rp_new_f32(2, dhw)) ||
         !(db2 = rp_new_f32(1, dh)))
         goto fail;
-    if (!(dc = rp_new_f32(PyArray_NDIM(a.c), PyArray_DIMS(a.c))) || !(dL = rp_new_f32(PyArray_NDIM(a.L), PyArray_DIMS(a.L))))
+    if (!(dc = rp_new_f32(PyArray_NDIM(c), PyArray_DIMS(c))) || !(dL = rp_new_f32(PyArray_NDIM(L), PyArray_DIMS(L))))
         goto fail;
-    int rc;
     Py_BEGIN_ALLOW_THREADS
     rc = rp_fire_bwd(&f, Tq, Tk, qo, RP_F32(g), RP_F32(dW1), RP_F32(db1), RP_F32(dW2), RP_F32(db2), RP_F32(dc),
                      RP_F32(dL));
     Py_END_ALLOW_THREADS
     if (rc) { rp_raise_code(rc, "fire_bwd"); goto fail; }
-    fire_release(&a);
-    Py_DECREF(g);
+    rp_args_release(spec);
     return Py_BuildValue("(NNNNNN)", dW1, db1, dW2, db2, dc, dL);
 fail:
-    fire_release(&a);
-    Py_XDECREF(g);
-    Py_XDECREF(dW1);
-    Py_XDECREF(db1);
-    Py_XDECREF(dW2);
-    Py_XDECREF(db2);
-    Py_XDECREF(dc);
-    Py_XDECREF(dL);
+    rp_args_release(spec);
+    Py_XDECREF(dW1); Py_XDECREF(db1); Py_XDECREF(dW2); Py_XDECREF(db2); Py_XDECREF(dc); Py_XDECREF(dL);
     return NULL;
 }
 
 /* ---- CoPE ------------------------------------------------------------------- */
 
-static int cope_load(PyObject *oq, PyObject *ok, PyObject *oe, PyArrayObject **q, PyArrayObject **k,
-                     PyArrayObject **e) {
-    if (!(*q = rp_in_f32(oq, "q"))) return -1;
-    if (rp_check_ndim(*q, "q", 4, "(B, H, Tq, D)") < 0) return -1;
-    if (!(*k = rp_in_f32(ok, "k"))) return -1;
-    npy_intp kd[4] = {PyArray_DIM(*q, 0), PyArray_DIM(*q, 1), -1, PyArray_DIM(*q, 3)};
-    if (rp_check_shape(*k, "k", 4, kd, "(B, H, Tk, D) matching q") < 0) return -1;
-    if (!(*e = rp_in_f32(oe, "e"))) return -1;
-    npy_intp ed[2] = {-1, PyArray_DIM(*q, 3)};
-    if (rp_check_shape(*e, "e", 2, ed, "(npos, D) with D = q.shape[3]") < 0) return -1;
-    if (PyArray_DIM(*e, 0) < 1) {
+/* k (B, H, Tk, D) and e (npos >= 1, D) against q (B, H, Tq, D) (4-D checked by the spec) */
+static int cope_load(PyArrayObject *q, PyArrayObject *k, PyArrayObject *e) {
+    npy_intp kd[4] = {PyArray_DIM(q, 0), PyArray_DIM(q, 1), -1, PyArray_DIM(q, 3)};
+    if (rp_check_shape(k, "k", 4, kd, "(B, H, Tk, D) matching q") < 0) return -1;
+    npy_intp ed[2] = {-1, PyArray_DIM(q, 3)};
+    if (rp_check_shape(e, "e", 2, ed, "(npos, D) with D = q.shape[3]") < 0) return -1;
+    if (PyArray_DIM(e, 0) < 1) {
         PyErr_SetString(PyExc_ValueError, "e must have at least one position row (npos >= 1); got 0");
         return -1;
     }
     return 0;
 }
 
+#define COPE_SPEC \
+    RP_ARG_F32("q", &q, 4, "(B, H, Tq, D)"), RP_ARG_F32("k", &k, -1, NULL), RP_ARG_F32("e", &e, -1, NULL)
+
 static PyObject *py_cope_fwd(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"q", "k", "e", "q_offset", "scale", NULL};
-    PyObject *oq, *ok, *oe;
     long long qo = 0;
     double scale = 1.0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|Ld:cope_fwd", kwlist, &oq, &ok, &oe, &qo, &scale)) return NULL;
-    if (need_qoffset(qo) < 0) return NULL;
+    int rc;
     PyArrayObject *q = NULL, *k = NULL, *e = NULL, *out = NULL;
-    if (cope_load(oq, ok, oe, &q, &k, &e) < 0) goto fail;
+    rp_arg spec[] = {COPE_SPEC, RP_ARG_OPTIONAL, RP_ARG_LLONG("q_offset", &qo), RP_ARG_DOUBLE("scale", &scale),
+                     RP_ARG_END};
+    if (rp_args_parse(args, kw, "cope_fwd", spec) < 0) return NULL;
+    if (need_qoffset(qo) < 0 || cope_load(q, k, e) < 0) goto fail;
     int64_t B = RP_DIM(q, 0), H = RP_DIM(q, 1), Tq = RP_DIM(q, 2), D = RP_DIM(q, 3), Tk = RP_DIM(k, 2),
             P = RP_DIM(e, 0);
     npy_intp od[4] = {(npy_intp)B, (npy_intp)H, (npy_intp)Tq, (npy_intp)Tk};
     if (!(out = rp_new_f32(4, od))) goto fail;
-    int rc;
     Py_BEGIN_ALLOW_THREADS
     rc = rp_cope_fwd(RP_F32(q), RP_F32(k), RP_F32(e), B, H, Tq, Tk, D, P, qo, (float)scale, RP_F32(out));
     Py_END_ALLOW_THREADS
     if (rc) { rp_raise_code(rc, "cope_fwd"); goto fail; }
-    Py_DECREF(q);
-    Py_DECREF(k);
-    Py_DECREF(e);
+    rp_args_release(spec);
     return (PyObject *)out;
 fail:
-    Py_XDECREF(q);
-    Py_XDECREF(k);
-    Py_XDECREF(e);
+    rp_args_release(spec);
     Py_XDECREF(out);
     return NULL;
 }
 
 static PyObject *py_cope_bwd(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"q", "k", "e", "grad", "q_offset", "scale", NULL};
-    PyObject *oq, *ok, *oe, *og;
     long long qo = 0;
     double scale = 1.0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|Ld:cope_bwd", kwlist, &oq, &ok, &oe, &og, &qo, &scale))
-        return NULL;
-    if (need_qoffset(qo) < 0) return NULL;
+    int rc;
     PyArrayObject *q = NULL, *k = NULL, *e = NULL, *g = NULL, *dq = NULL, *dk = NULL, *de = NULL;
-    if (cope_load(oq, ok, oe, &q, &k, &e) < 0) goto fail;
+    rp_arg spec[] = {COPE_SPEC, RP_ARG_F32("grad", &g, -1, NULL), RP_ARG_OPTIONAL, RP_ARG_LLONG("q_offset", &qo),
+                     RP_ARG_DOUBLE("scale", &scale), RP_ARG_END};
+    if (rp_args_parse(args, kw, "cope_bwd", spec) < 0) return NULL;
+    if (need_qoffset(qo) < 0 || cope_load(q, k, e) < 0) goto fail;
     int64_t B = RP_DIM(q, 0), H = RP_DIM(q, 1), Tq = RP_DIM(q, 2), D = RP_DIM(q, 3), Tk = RP_DIM(k, 2),
             P = RP_DIM(e, 0);
-    if (!(g = rp_in_f32(og, "grad"))) goto fail;
     npy_intp gd[4] = {(npy_intp)B, (npy_intp)H, (npy_intp)Tq, (npy_intp)Tk};
     if (rp_check_shape(g, "grad", 4, gd, "(B, H, Tq, Tk)") < 0) goto fail;
     if (!(dq = rp_new_f32(4, PyArray_DIMS(q))) || !(dk = rp_new_f32(4, PyArray_DIMS(k))) ||
         !(de = rp_new_f32(2, PyArray_DIMS(e))))
         goto fail;
-    int rc;
     Py_BEGIN_ALLOW_THREADS
     rc = rp_cope_bwd(RP_F32(q), RP_F32(k), RP_F32(e), RP_F32(g), B, H, Tq, Tk, D, P, qo, (float)scale, RP_F32(dq),
                      RP_F32(dk), RP_F32(de));
     Py_END_ALLOW_THREADS
     if (rc) { rp_raise_code(rc, "cope_bwd"); goto fail; }
-    Py_DECREF(q);
-    Py_DECREF(k);
-    Py_DECREF(e);
-    Py_DECREF(g);
+    rp_args_release(spec);
     return Py_BuildValue("(NNN)", dq, dk, de);
 fail:
-    Py_XDECREF(q);
-    Py_XDECREF(k);
-    Py_XDECREF(e);
-    Py_XDECREF(g);
-    Py_XDECREF(dq);
-    Py_XDECREF(dk);
-    Py_XDECREF(de);
+    rp_args_release(spec);
+    Py_XDECREF(dq); Py_XDECREF(dk); Py_XDECREF(de);
     return NULL;
 }
 
