@@ -4,14 +4,16 @@
  *  rp_fused_gemm_avx2     C (M x N) [+]= A * B, A with any row/column stride
  *                         (so A^T costs nothing), B row-major: a 6 x 16 register
  *                         tile, broadcast A, two B vectors, 12 FMA accumulators.
- *  rp_fused_expsub_avx2   x = exp(x - m) and its sum, 8 lanes at a time.
+ *  rp_fused_expsub_avx2   x = exp(x - m) and its sum, 8 lanes at a time
+ *                         (rp_exp_avx2 of simd_math.h: the scalar bits).
  *  rp_fused_rowmax_avx2   max of a row.
  *  rp_fused_gemm_avx512,  the same on 16 lanes (8 x 32 register tile), in
  *  rp_fused_expsub_avx512 functions compiled for AVX-512F by target attribute;
  *                         used when the GEMM area's kernel in use is AVX-512
  *                         (rp_gemm_kernel_name(): CPUs that have it, unless a
  *                         test or benchmark chose another). Every C element is
- *                         the same k-ordered FMA chain in both widths.
+ *                         the same k-ordered FMA chain in both widths, and
+ *                         rp_exp_avx512 gives rp_exp's bits.
  */
 #include "simd_math.h"
 

@@ -129,8 +129,11 @@ int rp_ops_dropout_mask(uint8_t *mask, int64_t n, float p, uint64_t seed);
  * compiler vectorises them. They are static inline so each translation unit
  * instantiates them with its own flags: the portable files (SSE2 on x86-64)
  * and ops_x86.c (-mavx2 -mfma, 8 lanes). Both paths use the same formulas;
- * they may differ in the last bits (vector width changes a sum's order),
- * never with the thread count.
+ * they may differ in the last bits (vector width changes a sum's order, and
+ * ops_x86.c contracts a * b + c), never with the thread count. Every exp is
+ * rp_exp (simd_math.h), the same bits in both; in the portable files its fused
+ * multiply-adds are libm fmaf calls, so there the exp loops stay scalar: the
+ * portable path is the fallback, the AVX2 one is what runs on x86-64.
  * ====================================================================== */
 
 #include <math.h>

@@ -2,7 +2,8 @@
  * as the portable path, compiled here with -mavx2 -mfma so the loops run 8
  * floats wide. Called only when rp_simd_enabled(). */
 /* Let a * b + c become one FMA here (the portable files keep ISO C's
- * no-contraction): part of what makes this path faster. */
+ * no-contraction): part of what makes this path faster. rp_exp is immune: its
+ * multiply-adds are explicit fmaf and no other product of it feeds a sum. */
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC optimize("fp-contract=fast")
 #endif
