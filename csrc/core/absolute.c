@@ -5,8 +5,8 @@
 #include "posenc.h"
 
 /* out (T, d_model) <- sin/cos of position * base^(-2k/d_model) */
-int rp_posenc_sinusoidal_table(const int64_t *positions, int64_t T, int64_t offset, int64_t d_model,
-                               double base, int layout, float *out) {
+int rp_posenc_sinusoidal_table(const int64_t *positions, int64_t T, int64_t offset, int64_t d_model, double base,
+                               int layout, float *out) {
     if (T < 0 || d_model < 0 || d_model % 2 || !(base > 0.0)) return RP_EINVAL;
     if (layout != RP_SIN_INTERLEAVED && layout != RP_SIN_CONCAT) return RP_EINVAL;
     const int64_t P = d_model / 2;
@@ -34,9 +34,8 @@ int rp_posenc_sinusoidal_table(const int64_t *positions, int64_t T, int64_t offs
 }
 
 /* out (N, 2d) <- [r cos(omega pos + theta) | r sin(omega pos + theta)] for token ids (N,) */
-int rp_posenc_complex_fwd(const int64_t *ids, const int64_t *positions, int64_t N, int64_t T,
-                          const float *r, const float *omega, const float *theta, int64_t V, int64_t d,
-                          float *out) {
+int rp_posenc_complex_fwd(const int64_t *ids, const int64_t *positions, int64_t N, int64_t T, const float *r,
+                          const float *omega, const float *theta, int64_t V, int64_t d, float *out) {
     if (N < 0 || T < 0 || V < 0 || d < 0 || (N > 0 && T == 0) || (T > 0 && N % T)) return RP_EINVAL;
     for (int64_t n = 0; n < N; n++)
         if (ids[n] < 0 || ids[n] >= V) return RP_EINDEX;
@@ -65,9 +64,9 @@ int rp_posenc_complex_fwd(const int64_t *ids, const int64_t *positions, int64_t 
 /* dr, domega, dtheta (V, d) <- scatter of g (N, 2d) over ids (N,):
  *   d phase = -g_re r sin + g_im r cos;  dr = g_re cos + g_im sin;
  *   dtheta = d phase;  domega = d phase * pos */
-int rp_posenc_complex_bwd(const int64_t *ids, const int64_t *positions, int64_t N, int64_t T,
-                          const float *r, const float *omega, const float *theta, int64_t V, int64_t d,
-                          const float *g, float *dr, float *domega, float *dtheta) {
+int rp_posenc_complex_bwd(const int64_t *ids, const int64_t *positions, int64_t N, int64_t T, const float *r,
+                          const float *omega, const float *theta, int64_t V, int64_t d, const float *g, float *dr,
+                          float *domega, float *dtheta) {
     if (N < 0 || T < 0 || V < 0 || d < 0 || (N > 0 && T == 0) || (T > 0 && N % T)) return RP_EINVAL;
     for (int64_t n = 0; n < N; n++)
         if (ids[n] < 0 || ids[n] >= V) return RP_EINDEX;

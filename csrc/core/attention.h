@@ -28,9 +28,9 @@
 #include "relpos.h"
 
 typedef struct {
-    int sign;    /* +1 or -1 */
+    int sign; /* +1 or -1 */
     int64_t off;
-    int64_t R;   /* table length; 0 = channel absent */
+    int64_t R; /* table length; 0 = channel absent */
 } rp_relidx;
 
 static inline int64_t rp_relidx_at(rp_relidx ix, int64_t ia, int64_t j) {
@@ -45,22 +45,26 @@ typedef struct {
     int causal;
     const uint8_t *key_padding_mask; /* (B, Tk), nonzero = padding (ignored); or NULL */
 
-    const float *q;  /* (B, H, Tq, D)  */
-    const float *k;  /* (B, H, Tk, D)  */
-    const float *v;  /* (B, H, Tk, Dv) */
+    const float *q; /* (B, H, Tq, D)  */
+    const float *k; /* (B, H, Tk, D)  */
+    const float *v; /* (B, H, Tk, Dv) */
 
     /* channel C */
     const float *qr;   /* (B, H, Tq, D) query for relk; NULL = use q */
     const float *relk; /* (Hrk, relk_ix.R, D) or NULL */
-    int64_t Hrk; rp_relidx relk_ix;
+    int64_t Hrk;
+    rp_relidx relk_ix;
     const float *relq; /* (Hrq, relq_ix.R, D) or NULL */
-    int64_t Hrq; rp_relidx relq_ix;
+    int64_t Hrq;
+    rp_relidx relq_ix;
     const float *relv; /* (Hrv, relv_ix.R, Dv) or NULL */
-    int64_t Hrv; rp_relidx relv_ix;
+    int64_t Hrv;
+    rp_relidx relv_ix;
 
     /* channel B */
-    const float *bias_vec;  /* (Hb, bias_ix.R) or NULL */
-    int64_t Hb; rp_relidx bias_ix;
+    const float *bias_vec; /* (Hb, bias_ix.R) or NULL */
+    int64_t Hb;
+    rp_relidx bias_ix;
     const float *bias_full; /* (Bf, H, Tq, Tk) or NULL */
     int64_t Bf;
 } rp_attn;
@@ -75,12 +79,10 @@ typedef struct {
 
 /* Materialised path (attention_materialized.c): probs (B, H, Tq, Tk) may be NULL. */
 int rp_attn_mat_fwd(const rp_attn *a, float *out, float *lse, float *probs);
-int rp_attn_mat_bwd(const rp_attn *a, const float *out, const float *lse, const float *dout,
-                    rp_attn_grads *g);
+int rp_attn_mat_bwd(const rp_attn *a, const float *out, const float *lse, const float *dout, rp_attn_grads *g);
 
 /* Fused path (attention_flash.c): O(T·D) extra memory. */
 int rp_attn_fused_fwd(const rp_attn *a, float *out, float *lse);
-int rp_attn_fused_bwd(const rp_attn *a, const float *out, const float *lse, const float *dout,
-                      rp_attn_grads *g);
+int rp_attn_fused_bwd(const rp_attn *a, const float *out, const float *lse, const float *dout, rp_attn_grads *g);
 
 #endif

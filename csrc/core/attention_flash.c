@@ -50,8 +50,8 @@
 
 /* C (M x N, ldc) = [C +] A * B with A(i, k) = A[i*rsa + k*csa] and B (K x N, ldb)
  * row-major. */
-typedef void (*fz_gemm_fn)(int64_t M, int64_t N, int64_t K, const float *A, int64_t rsa, int64_t csa,
-                           const float *B, int64_t ldb, float *C, int64_t ldc, int acc);
+typedef void (*fz_gemm_fn)(int64_t M, int64_t N, int64_t K, const float *A, int64_t rsa, int64_t csa, const float *B,
+                           int64_t ldb, float *C, int64_t ldc, int acc);
 /* x[j] = exp(x[j] - m) for j < n; returns the sum of the new x. */
 typedef float (*fz_expsub_fn)(float *x, int64_t n, float m);
 /* max of x[0..n) (-INFINITY for n = 0). */
@@ -60,16 +60,16 @@ typedef float (*fz_rowmax_fn)(const float *x, int64_t n);
 #if RP_HAVE_X86_TU
 int rp_fused_have_avx512(void);
 float rp_fused_expsub_avx512(float *x, int64_t n, float m);
-void rp_fused_gemm_avx512(int64_t M, int64_t N, int64_t K, const float *A, int64_t rsa, int64_t csa,
-                          const float *B, int64_t ldb, float *C, int64_t ldc, int acc);
-void rp_fused_gemm_avx2(int64_t M, int64_t N, int64_t K, const float *A, int64_t rsa, int64_t csa,
-                        const float *B, int64_t ldb, float *C, int64_t ldc, int acc);
+void rp_fused_gemm_avx512(int64_t M, int64_t N, int64_t K, const float *A, int64_t rsa, int64_t csa, const float *B,
+                          int64_t ldb, float *C, int64_t ldc, int acc);
+void rp_fused_gemm_avx2(int64_t M, int64_t N, int64_t K, const float *A, int64_t rsa, int64_t csa, const float *B,
+                        int64_t ldb, float *C, int64_t ldc, int acc);
 float rp_fused_expsub_avx2(float *x, int64_t n, float m);
 float rp_fused_rowmax_avx2(const float *x, int64_t n);
 #endif
 
-static void gemm_portable(int64_t M, int64_t N, int64_t K, const float *A, int64_t rsa, int64_t csa,
-                          const float *B, int64_t ldb, float *C, int64_t ldc, int acc) {
+static void gemm_portable(int64_t M, int64_t N, int64_t K, const float *A, int64_t rsa, int64_t csa, const float *B,
+                          int64_t ldb, float *C, int64_t ldc, int acc) {
     for (int64_t i = 0; i < M; i++) {
         float *restrict c = C + i * ldc;
         if (!acc)
@@ -141,8 +141,8 @@ static void rel_range(rp_relidx ix, int64_t ia0, int64_t mq, int64_t j0, int64_t
 /* Keys j (0..nk-1 of a tile starting at j0) of query ia: u(j) = u0 - sign*j is
  * inside [0, R) for j in [*jlo, *jhi); below jlo and from jhi on it is clamped
  * to the constant ends *ulo (j < jlo) and *uhi (j >= jhi). */
-static inline void rel_row(rp_relidx ix, int64_t ia, int64_t j0, int64_t nk, int64_t *u0, int64_t *jlo,
-                           int64_t *jhi, int64_t *ulo, int64_t *uhi) {
+static inline void rel_row(rp_relidx ix, int64_t ia, int64_t j0, int64_t nk, int64_t *u0, int64_t *jlo, int64_t *jhi,
+                           int64_t *ulo, int64_t *uhi) {
     const int64_t u = ix.sign * (ia - j0) + ix.off;
     int64_t lo, hi;
     if (ix.sign > 0) {
@@ -230,34 +230,34 @@ typedef struct {
 
 /* Per-thread scratch. */
 typedef struct {
-    float *Kt;   /* D x BK    packed keys (transposed) */
-    float *Vt;   /* Dv x BK   packed values (transposed), backward */
-    float *S;    /* BQ x BK   logits, then P */
-    float *dP;   /* BQ x BK   dP, then dS */
-    float *RT;   /* max(D,Dv) x LDR  packed relative rows (transposed) */
-    float *QR;   /* BQ x LDR  qr . relk, later dO . relv */
-    float *KR;   /* BK x LDR  k . relq */
-    float *PR;   /* BQ x LDR  P bucketed per relv index */
-    float *DQR;  /* BQ x LDR  dS bucketed per relk index */
-    float *DKR;  /* BK x LDR  dS bucketed per relq index */
-    float *O;    /* BQ x Dv   output accumulator */
+    float *Kt;    /* D x BK    packed keys (transposed) */
+    float *Vt;    /* Dv x BK   packed values (transposed), backward */
+    float *S;     /* BQ x BK   logits, then P */
+    float *dP;    /* BQ x BK   dP, then dS */
+    float *RT;    /* max(D,Dv) x LDR  packed relative rows (transposed) */
+    float *QR;    /* BQ x LDR  qr . relk, later dO . relv */
+    float *KR;    /* BK x LDR  k . relq */
+    float *PR;    /* BQ x LDR  P bucketed per relv index */
+    float *DQR;   /* BQ x LDR  dS bucketed per relk index */
+    float *DKR;   /* BK x LDR  dS bucketed per relq index */
+    float *O;     /* BQ x Dv   output accumulator */
     float *m, *l; /* BQ */
-    float *Dvec; /* Tq */
+    float *Dvec;  /* Tq */
 } fz_scr;
 
 static size_t fz_scr_floats(int64_t D, int64_t Dv, int64_t Tq) {
     int64_t DD = D > Dv ? D : Dv;
-    return (size_t)(D * FZ_BK + Dv * FZ_BK + 2 * FZ_BQ * FZ_BK + DD * FZ_LDR + 4 * FZ_BQ * FZ_LDR +
-                    FZ_BK * FZ_LDR * 2 + FZ_BQ * Dv + 2 * FZ_BQ + Tq + 16 * 16);
+    return (size_t)(D * FZ_BK + Dv * FZ_BK + 2 * FZ_BQ * FZ_BK + DD * FZ_LDR + 4 * FZ_BQ * FZ_LDR + FZ_BK * FZ_LDR * 2 +
+                    FZ_BQ * Dv + 2 * FZ_BQ + Tq + 16 * 16);
 }
 
 static fz_scr fz_scr_at(float *base, int64_t D, int64_t Dv) {
     int64_t DD = D > Dv ? D : Dv;
     fz_scr w;
     float *p = base;
-#define FZ_TAKE(name, n)                                  \
-    do {                                                  \
-        w.name = p;                                       \
+#define FZ_TAKE(name, n)                                 \
+    do {                                                 \
+        w.name = p;                                      \
         p += (((int64_t)(n)) + 15) / 16 * 16; /* 64 B */ \
     } while (0)
     FZ_TAKE(Kt, D * FZ_BK);
@@ -311,8 +311,7 @@ static void tile_logits(const fz_ctx *c, fz_scr *w, const float *Kt, int64_t b, 
 
     const float scale = a->scale;
     const float *bv = a->bias_vec ? a->bias_vec + (a->Hb == 1 ? 0 : h) * a->bias_ix.R : NULL;
-    const float *bf = a->bias_full ? a->bias_full + (((a->Bf == 1 ? 0 : b) * H + h) * a->Tq + i0) * a->Tk + j0
-                                   : NULL;
+    const float *bf = a->bias_full ? a->bias_full + (((a->Bf == 1 ? 0 : b) * H + h) * a->Tq + i0) * a->Tk + j0 : NULL;
     const uint8_t *kpm = a->key_padding_mask ? a->key_padding_mask + b * a->Tk + j0 : NULL;
     for (int64_t i = 0; i < mq; i++) {
         float *restrict s = S + i * FZ_BK;
@@ -535,8 +534,8 @@ int rp_attn_fused_fwd(const rp_attn *a, float *out, float *lse) {
 typedef struct {
     float *dbias_vec; /* (R) of head hb */
     float *drelk, *drelq, *drelv;
-    float *dbias_full; /* (Tq, Tk) of (bb, h) */
-    float *dq, *dqr;   /* (Tq, D): the rows of (b, h), or this chunk's partial */
+    float *dbias_full;     /* (Tq, Tk) of (bb, h) */
+    float *dq, *dqr;       /* (Tq, D): the rows of (b, h), or this chunk's partial */
     int64_t chunk, nchunk; /* this item takes key blocks kb = chunk (mod nchunk) */
 } fz_dst;
 
@@ -596,9 +595,7 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
             const float *dOt = dO + i0 * Dv;
             if (dv) c->kr.gemm(nk, Dv, mq, S, 1, FZ_BK, dOt, Dv, dv + j0 * Dv, Dv, 1);
             int64_t rv0 = 0, nrv = 0;
-            if (c->has_relv && (t->drelv || need_ds)) {
-                rel_range(a->relv_ix, ia0, mq, j0, nk, &rv0, &nrv);
-            }
+            if (c->has_relv && (t->drelv || need_ds)) { rel_range(a->relv_ix, ia0, mq, j0, nk, &rv0, &nrv); }
             if (c->has_relv && t->drelv) {
                 /* drelv[r] += sum_{idx(i,j)=r} p_ij dO_i: buckets PR (mq x nr) */
                 float *PR = w->PR;
@@ -714,15 +711,14 @@ static void fz_reduce(float *dst, const float *src, int64_t ng, int64_t nm, int6
 
 /* A shared table gradient: (Ht, R, W) floats fed by items (bi, h). */
 typedef struct {
-    float *dst;      /* the gradient in g, or NULL */
-    int64_t Ht, per; /* heads of the table, floats per table head */
-    int direct;      /* each table head fed by exactly one item */
-    float *part;     /* nitems x per partials when !direct */
+    float *dst;         /* the gradient in g, or NULL */
+    int64_t Ht, per;    /* heads of the table, floats per table head */
+    int direct;         /* each table head fed by exactly one item */
+    float *part;        /* nitems x per partials when !direct */
     int64_t nb, nh, nc; /* items it = (bi*nh + h)*nc + c feed table head (Ht == 1 ? 0 : h) */
 } fz_shared;
 
-static void fz_shared_init(fz_shared *s, float *dst, int64_t Ht, int64_t per, int64_t nitem_b, int64_t H,
-                           int64_t NC) {
+static void fz_shared_init(fz_shared *s, float *dst, int64_t Ht, int64_t per, int64_t nitem_b, int64_t H, int64_t NC) {
     s->dst = dst;
     s->Ht = Ht;
     s->per = per;

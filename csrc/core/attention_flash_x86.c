@@ -23,8 +23,8 @@
 #define FZ_INLINE static inline __attribute__((always_inline))
 
 /* MR rows (1..6) x NV vectors (1 or 2); the last vector masked when MASKED. */
-FZ_INLINE void fz_ukr(const int MR, const int NV, const int MASKED, __m256i mk, int64_t K, const float *A,
-                      int64_t rsa, int64_t csa, const float *B, int64_t ldb, float *C, int64_t ldc, int acc) {
+FZ_INLINE void fz_ukr(const int MR, const int NV, const int MASKED, __m256i mk, int64_t K, const float *A, int64_t rsa,
+                      int64_t csa, const float *B, int64_t ldb, float *C, int64_t ldc, int acc) {
     __m256 c0[6], c1[6];
     for (int r = 0; r < MR; r++) {
         c0[r] = _mm256_setzero_ps();
@@ -73,22 +73,22 @@ FZ_INLINE void fz_ukr(const int MR, const int NV, const int MASKED, __m256i mk, 
     }
 }
 
-#define FZ_ROWS(NV, MASKED)                                                            \
-    for (int64_t i = 0; i < M; i += 6) {                                               \
-        const float *Ai = A + i * rsa;                                                 \
-        float *Ci = C + i * ldc + j;                                                   \
-        switch (M - i >= 6 ? 6 : M - i) {                                              \
-        case 6: fz_ukr(6, NV, MASKED, mk, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break; \
-        case 5: fz_ukr(5, NV, MASKED, mk, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break; \
-        case 4: fz_ukr(4, NV, MASKED, mk, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break; \
-        case 3: fz_ukr(3, NV, MASKED, mk, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break; \
-        case 2: fz_ukr(2, NV, MASKED, mk, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break; \
+#define FZ_ROWS(NV, MASKED)                                                                \
+    for (int64_t i = 0; i < M; i += 6) {                                                   \
+        const float *Ai = A + i * rsa;                                                     \
+        float *Ci = C + i * ldc + j;                                                       \
+        switch (M - i >= 6 ? 6 : M - i) {                                                  \
+        case 6: fz_ukr(6, NV, MASKED, mk, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break;  \
+        case 5: fz_ukr(5, NV, MASKED, mk, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break;  \
+        case 4: fz_ukr(4, NV, MASKED, mk, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break;  \
+        case 3: fz_ukr(3, NV, MASKED, mk, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break;  \
+        case 2: fz_ukr(2, NV, MASKED, mk, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break;  \
         default: fz_ukr(1, NV, MASKED, mk, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break; \
-        }                                                                              \
+        }                                                                                  \
     }
 
-void rp_fused_gemm_avx2(int64_t M, int64_t N, int64_t K, const float *A, int64_t rsa, int64_t csa,
-                        const float *B, int64_t ldb, float *C, int64_t ldc, int acc) {
+void rp_fused_gemm_avx2(int64_t M, int64_t N, int64_t K, const float *A, int64_t rsa, int64_t csa, const float *B,
+                        int64_t ldb, float *C, int64_t ldc, int acc) {
     if (M <= 0 || N <= 0) return;
     int64_t j = 0;
     __m256i mk = rp_mask8(8);
@@ -152,20 +152,20 @@ static inline __attribute__((always_inline)) FZ_T512 void fz_ukr512(const int MR
     }
 }
 
-#define FZ_ROWS512(NV)                                                                     \
-    for (int64_t i = 0; i < M; i += 8) {                                                   \
-        const float *Ai = A + i * rsa;                                                     \
-        float *Ci = C + i * ldc + j;                                                       \
-        switch (M - i >= 8 ? 8 : M - i) {                                                  \
-        case 8: fz_ukr512(8, NV, m0, m1, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break;    \
-        case 7: fz_ukr512(7, NV, m0, m1, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break;    \
-        case 6: fz_ukr512(6, NV, m0, m1, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break;    \
-        case 5: fz_ukr512(5, NV, m0, m1, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break;    \
-        case 4: fz_ukr512(4, NV, m0, m1, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break;    \
-        case 3: fz_ukr512(3, NV, m0, m1, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break;    \
-        case 2: fz_ukr512(2, NV, m0, m1, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break;    \
-        default: fz_ukr512(1, NV, m0, m1, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break;   \
-        }                                                                                  \
+#define FZ_ROWS512(NV)                                                                    \
+    for (int64_t i = 0; i < M; i += 8) {                                                  \
+        const float *Ai = A + i * rsa;                                                    \
+        float *Ci = C + i * ldc + j;                                                      \
+        switch (M - i >= 8 ? 8 : M - i) {                                                 \
+        case 8: fz_ukr512(8, NV, m0, m1, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break;  \
+        case 7: fz_ukr512(7, NV, m0, m1, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break;  \
+        case 6: fz_ukr512(6, NV, m0, m1, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break;  \
+        case 5: fz_ukr512(5, NV, m0, m1, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break;  \
+        case 4: fz_ukr512(4, NV, m0, m1, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break;  \
+        case 3: fz_ukr512(3, NV, m0, m1, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break;  \
+        case 2: fz_ukr512(2, NV, m0, m1, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break;  \
+        default: fz_ukr512(1, NV, m0, m1, K, Ai, rsa, csa, Bj, ldb, Ci, ldc, acc); break; \
+        }                                                                                 \
     }
 
 FZ_T512 void rp_fused_gemm_avx512(int64_t M, int64_t N, int64_t K, const float *A, int64_t rsa, int64_t csa,
@@ -202,8 +202,8 @@ int rp_fused_have_avx512(void) { return 1; }
 #else
 float rp_fused_expsub_avx512(float *x, int64_t n, float m) { return rp_fused_expsub_avx2(x, n, m); }
 int rp_fused_have_avx512(void) { return 0; }
-void rp_fused_gemm_avx512(int64_t M, int64_t N, int64_t K, const float *A, int64_t rsa, int64_t csa,
-                          const float *B, int64_t ldb, float *C, int64_t ldc, int acc) {
+void rp_fused_gemm_avx512(int64_t M, int64_t N, int64_t K, const float *A, int64_t rsa, int64_t csa, const float *B,
+                          int64_t ldb, float *C, int64_t ldc, int acc) {
     rp_fused_gemm_avx2(M, N, K, A, rsa, csa, B, ldb, C, ldc, acc);
 }
 #endif

@@ -74,8 +74,8 @@ static inline float sumf(const float *s, int64_t n) {
 }
 
 /* Table row of a per-head table (Ht, R, width). */
-static inline const float *tab_row(const float *t, int64_t Ht, rp_relidx ix, int64_t width, int64_t h,
-                                   int64_t ia, int64_t j) {
+static inline const float *tab_row(const float *t, int64_t Ht, rp_relidx ix, int64_t width, int64_t h, int64_t ia,
+                                   int64_t j) {
     int64_t hr = Ht == 1 ? 0 : h;
     return t + (hr * ix.R + rp_relidx_at(ix, ia, j)) * width;
 }
@@ -121,8 +121,8 @@ static float row_logits(const rp_attn *a, int64_t b, int64_t h, int64_t i, float
 /* S (BH, Tq, Tk) = scale · Q · Kᵀ per (b, h). */
 static int content_logits(const rp_attn *a, float *S) {
     const int64_t Tq = a->Tq, Tk = a->Tk, D = a->D;
-    return rp_gemm_batched(0, 1, Tq, Tk, D, a->scale, a->q, D, a->k, D, 0.0f, S, Tk, a->B * a->H, Tq * D,
-                           Tk * D, Tq * Tk);
+    return rp_gemm_batched(0, 1, Tq, Tk, D, a->scale, a->q, D, a->k, D, 0.0f, S, Tk, a->B * a->H, Tq * D, Tk * D,
+                           Tq * Tk);
 }
 
 /* ---- forward ------------------------------------------------------------ */
@@ -157,7 +157,7 @@ int rp_attn_mat_fwd(const rp_attn *a, float *out, float *lse, float *probs) {
         }
         for (int64_t j = n; j < Tk; j++) s[j] = 0.0f;
         rp_exp_span(ef, s, m, s, n); /* masked keys (-inf) give 0 */
-        const float z = sumf(s, n); /* >= 1: the maximum contributes exp(0) */
+        const float z = sumf(s, n);  /* >= 1: the maximum contributes exp(0) */
         const float inv = 1.0f / z;
         for (int64_t j = 0; j < n; j++) s[j] *= inv;
         lse[r] = m + logf(z);
@@ -191,8 +191,8 @@ static int64_t table_chunks(int64_t BH, int64_t Tq) {
 
 /* Sum partial tables (task t = (b * H + h) * nc + c at part + t * stride,
  * each (R, width)) into g (Ht, R, width): g[hr] = Σ_b Σ_{h -> hr} Σ_c, in that order. */
-static void reduce_table(float *g, const float *part, int64_t stride, int64_t Ht, int64_t R, int64_t width,
-                         int64_t B, int64_t H, int64_t nc, int nt) {
+static void reduce_table(float *g, const float *part, int64_t stride, int64_t Ht, int64_t R, int64_t width, int64_t B,
+                         int64_t H, int64_t nc, int nt) {
     const int64_t rows = Ht * R, per = stride;
     RP_PRAGMA(omp parallel for schedule(static) num_threads(nt))
     for (int64_t t = 0; t < rows; t++) {
@@ -213,8 +213,7 @@ static void zero_f(float *p, int64_t n) {
     if (p && n > 0) memset(p, 0, (size_t)n * sizeof(float));
 }
 
-int rp_attn_mat_bwd(const rp_attn *a, const float *out, const float *lse, const float *dout,
-                    rp_attn_grads *g) {
+int rp_attn_mat_bwd(const rp_attn *a, const float *out, const float *lse, const float *dout, rp_attn_grads *g) {
     if (!attn_ok(a) || !out || !lse || !dout || !g) return RP_EINVAL;
     const int64_t B = a->B, H = a->H, Tq = a->Tq, Tk = a->Tk, D = a->D, Dv = a->Dv;
     const int64_t BH = B * H;
@@ -297,7 +296,8 @@ int rp_attn_mat_bwd(const rp_attn *a, const float *out, const float *lse, const 
         for (int64_t r = 0; r < BH * Tq; r++) {
             const int64_t i = r % Tq, h = (r / Tq) % H, ia = a->q_offset + i;
             float *t = dqrel + r * D;
-            if (a->qr) for (int64_t d = 0; d < D; d++) t[d] = 0.0f;
+            if (a->qr)
+                for (int64_t d = 0; d < D; d++) t[d] = 0.0f;
             const float *p = P + r * Tk, *ds = dS + r * Tk;
             for (int64_t j = 0; j < Tk; j++)
                 if (p[j] != 0.0f) axpyf(t, scale * ds[j], tab_row(a->relk, a->Hrk, a->relk_ix, D, h, ia, j), D);

@@ -57,8 +57,8 @@ int64_t rp_t5_bucket(int64_t rel, int bidirectional, int64_t num_buckets, int64_
     int64_t max_exact = nb / 2;
     if (n < max_exact) return ret + n;
     /* log-spaced buckets up to max_distance, then the last bucket */
-    double v = log((double)n / (double)max_exact) / log((double)max_distance / (double)max_exact) *
-               (double)(nb - max_exact);
+    double v =
+        log((double)n / (double)max_exact) / log((double)max_distance / (double)max_exact) * (double)(nb - max_exact);
     double cap = (double)(nb - 1 - max_exact);
     int64_t extra = v >= cap ? nb - 1 - max_exact : (int64_t)v;
     return ret + max_exact + extra;
@@ -67,14 +67,14 @@ int64_t rp_t5_bucket(int64_t rel, int bidirectional, int64_t num_buckets, int64_
 static int t5_args_ok(int64_t H, int64_t nb, int64_t max_distance, int bidirectional, int64_t N) {
     if (H < 0 || N < 0) return 0;
     int64_t half = bidirectional ? nb / 2 : nb;
-    if (half < 2) return 0;                  /* max_exact would be 0 */
-    if (max_distance <= half / 2) return 0;  /* log(max_distance / max_exact) <= 0 */
+    if (half < 2) return 0;                 /* max_exact would be 0 */
+    if (max_distance <= half / 2) return 0; /* log(max_distance / max_exact) <= 0 */
     return 1;
 }
 
 /* table (H, nb) -> out (H, N) */
-int rp_bias_t5_fwd(const float *table, int64_t H, int64_t nb, int64_t max_distance, int bidirectional,
-                   int64_t d0, int64_t N, float *out) {
+int rp_bias_t5_fwd(const float *table, int64_t H, int64_t nb, int64_t max_distance, int bidirectional, int64_t d0,
+                   int64_t N, float *out) {
     if (!t5_args_ok(H, nb, max_distance, bidirectional, N)) return RP_EINVAL;
     int64_t *bucket = (int64_t *)rp_malloc((size_t)(N > 0 ? N : 1) * sizeof(int64_t));
     if (!bucket) return RP_ENOMEM;
@@ -91,8 +91,8 @@ int rp_bias_t5_fwd(const float *table, int64_t H, int64_t nb, int64_t max_distan
 }
 
 /* g (H, N) -> dtable (H, nb) */
-int rp_bias_t5_bwd(const float *g, int64_t H, int64_t nb, int64_t max_distance, int bidirectional,
-                   int64_t d0, int64_t N, float *dtable) {
+int rp_bias_t5_bwd(const float *g, int64_t H, int64_t nb, int64_t max_distance, int bidirectional, int64_t d0,
+                   int64_t N, float *dtable) {
     if (!t5_args_ok(H, nb, max_distance, bidirectional, N)) return RP_EINVAL;
     int64_t *bucket = (int64_t *)rp_malloc((size_t)(N > 0 ? N : 1) * sizeof(int64_t));
     double *acc = (double *)rp_calloc((size_t)(H > 0 ? H : 1) * (size_t)nb, sizeof(double));
@@ -118,8 +118,7 @@ int rp_bias_t5_bwd(const float *g, int64_t H, int64_t nb, int64_t max_distance, 
 /* ---- KERPLE -------------------------------------------------------------- */
 
 /* r1, r2 (H,) -> out (H, N) */
-int rp_bias_kerple_fwd(const float *r1, const float *r2, int64_t H, int variant, int64_t d0, int64_t N,
-                       float *out) {
+int rp_bias_kerple_fwd(const float *r1, const float *r2, int64_t H, int variant, int64_t d0, int64_t N, float *out) {
     if (H < 0 || N < 0 || (variant != 0 && variant != 1)) return RP_EINVAL;
     int64_t total = H * N;
     RP_BIAS_PARALLEL_FOR(total)
@@ -133,8 +132,8 @@ int rp_bias_kerple_fwd(const float *r1, const float *r2, int64_t H, int variant,
 }
 
 /* g (H, N) -> dr1, dr2 (H,) */
-int rp_bias_kerple_bwd(const float *r1, const float *r2, const float *g, int64_t H, int variant, int64_t d0,
-                       int64_t N, float *dr1, float *dr2) {
+int rp_bias_kerple_bwd(const float *r1, const float *r2, const float *g, int64_t H, int variant, int64_t d0, int64_t N,
+                       float *dr1, float *dr2) {
     if (H < 0 || N < 0 || (variant != 0 && variant != 1)) return RP_EINVAL;
     RP_BIAS_PARALLEL_FOR(H * N)
     for (int64_t h = 0; h < H; h++) {

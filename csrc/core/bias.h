@@ -45,10 +45,10 @@ int64_t rp_t5_bucket(int64_t rel, int bidirectional, int64_t num_buckets, int64_
 
 /* T5 bias: table (H, nb), out (H, N) = table[h, bucket(-(d0 + n))].
  * bwd: dtable (H, nb) = scatter-add of g (H, N) over buckets. */
-int rp_bias_t5_fwd(const float *table, int64_t H, int64_t nb, int64_t max_distance, int bidirectional,
-                   int64_t d0, int64_t N, float *out);
-int rp_bias_t5_bwd(const float *g, int64_t H, int64_t nb, int64_t max_distance, int bidirectional,
-                   int64_t d0, int64_t N, float *dtable);
+int rp_bias_t5_fwd(const float *table, int64_t H, int64_t nb, int64_t max_distance, int bidirectional, int64_t d0,
+                   int64_t N, float *out);
+int rp_bias_t5_bwd(const float *g, int64_t H, int64_t nb, int64_t max_distance, int bidirectional, int64_t d0,
+                   int64_t N, float *dtable);
 
 /* KERPLE (Chi et al. 2022). r1, r2 (H,); out (H, N).
  * variant 0 (log):   out = -r1 * log(1 + r2 |d|)
@@ -56,8 +56,8 @@ int rp_bias_t5_bwd(const float *g, int64_t H, int64_t nb, int64_t max_distance, 
  * r1, r2 are used as given (the caller clamps them, see bias.py).
  * bwd: dr1, dr2 (H,). */
 int rp_bias_kerple_fwd(const float *r1, const float *r2, int64_t H, int variant, int64_t d0, int64_t N, float *out);
-int rp_bias_kerple_bwd(const float *r1, const float *r2, const float *g, int64_t H, int variant, int64_t d0,
-                       int64_t N, float *dr1, float *dr2);
+int rp_bias_kerple_bwd(const float *r1, const float *r2, const float *g, int64_t H, int variant, int64_t d0, int64_t N,
+                       float *dr1, float *dr2);
 
 /* Sandwich (Chi et al. 2023): out[h, n] = scales[h] * sum_{k < dim/2} cos(d * w_k),
  * w_k = 10000^(-2k/dim). scales (H,); no backward (no parameters). */
@@ -75,16 +75,16 @@ typedef struct {
 } rp_fire;
 
 int rp_fire_fwd(const rp_fire *f, int64_t Tq, int64_t Tk, int64_t q_offset, float *out);
-int rp_fire_bwd(const rp_fire *f, int64_t Tq, int64_t Tk, int64_t q_offset, const float *g,
-                float *dW1, float *db1, float *dW2, float *db2, float *dc, float *dL);
+int rp_fire_bwd(const rp_fire *f, int64_t Tq, int64_t Tk, int64_t q_offset, const float *g, float *dW1, float *db1,
+                float *dW2, float *db2, float *dc, float *dL);
 
 /* CoPE (Golovneva et al. 2024), causal. q (B, H, Tq, D), k (B, H, Tk, D),
  * e (P, D) position embeddings shared by the heads. For j <= ia:
  *   g_it = sigmoid(scale * q_i.k_t), p_ij = min(sum_{t=j..ia} g_it, P - 1),
  *   z_i[p] = q_i.e[p], out[b, h, i, j] = (1 - w) z_i[floor p] + w z_i[ceil p], w = p - floor p;
  * out = 0 for j > ia. bwd: g (B, H, Tq, Tk) -> dq, dk (like q, k), de (P, D). */
-int rp_cope_fwd(const float *q, const float *k, const float *e, int64_t B, int64_t H, int64_t Tq, int64_t Tk,
-                int64_t D, int64_t P, int64_t q_offset, float scale, float *out);
+int rp_cope_fwd(const float *q, const float *k, const float *e, int64_t B, int64_t H, int64_t Tq, int64_t Tk, int64_t D,
+                int64_t P, int64_t q_offset, float scale, float *out);
 int rp_cope_bwd(const float *q, const float *k, const float *e, const float *g, int64_t B, int64_t H, int64_t Tq,
                 int64_t Tk, int64_t D, int64_t P, int64_t q_offset, float scale, float *dq, float *dk, float *de);
 

@@ -13,8 +13,8 @@
 /* ---- residual add + LayerNorm -------------------------------------------- */
 
 /* s (N, D) = x + y, h = LayerNorm(s) * w + b; mean, rstd (N) */
-int rp_blocks_add_layernorm_fwd(const float *x, const float *y, const float *w, const float *b, float *s,
-                              float *h, float *mean, float *rstd, int64_t N, int64_t D, float eps) {
+int rp_blocks_add_layernorm_fwd(const float *x, const float *y, const float *w, const float *b, float *s, float *h,
+                                float *mean, float *rstd, int64_t N, int64_t D, float eps) {
     if (N < 0 || D < 0 || !(eps >= 0.0f)) return RP_EINVAL;
     if (N == 0) return RP_OK;
     const int simd = rp_simd_enabled();
@@ -29,9 +29,8 @@ int rp_blocks_add_layernorm_fwd(const float *x, const float *y, const float *w, 
 }
 
 /* dx (N, D) = ds + LayerNorm_bwd(dh); dw, db (D) over fixed row chunks */
-int rp_blocks_add_layernorm_bwd(const float *s, const float *w, const float *mean, const float *rstd,
-                              const float *dh, const float *ds, float *dx, float *dw, float *db, int64_t N,
-                              int64_t D) {
+int rp_blocks_add_layernorm_bwd(const float *s, const float *w, const float *mean, const float *rstd, const float *dh,
+                                const float *ds, float *dx, float *dw, float *db, int64_t N, int64_t D) {
     if (N < 0 || D < 0) return RP_EINVAL;
     if (dw) memset(dw, 0, (size_t)D * sizeof(float));
     if (db) memset(db, 0, (size_t)D * sizeof(float));
@@ -68,8 +67,8 @@ int rp_blocks_add_layernorm_bwd(const float *s, const float *w, const float *mea
 static int gelu_kind_ok(int kind) { return kind == RP_ACT_GELU_TANH || kind == RP_ACT_GELU_ERF; }
 
 /* h (M, N) = x (M, K) · w (N, K)ᵀ + b; a = gelu(h) */
-int rp_blocks_linear_gelu_fwd(int kind, const float *x, const float *w, const float *b, float *h, float *a,
-                            int64_t M, int64_t N, int64_t K) {
+int rp_blocks_linear_gelu_fwd(int kind, const float *x, const float *w, const float *b, float *h, float *a, int64_t M,
+                              int64_t N, int64_t K) {
     if (M < 0 || N < 0 || K < 0 || !gelu_kind_ok(kind)) return RP_EINVAL;
     if (M == 0 || N == 0) return RP_OK;
     int rc = rp_gemm_linear_fwd(M, N, K, x, w, b, h);
@@ -88,7 +87,7 @@ int rp_blocks_linear_gelu_fwd(int kind, const float *x, const float *w, const fl
 
 /* dh = gelu'(h) * da, db = Σ_rows dh (fixed chunks), dx = dh · w, dw = dhᵀ · x */
 int rp_blocks_linear_gelu_bwd(int kind, const float *x, const float *w, const float *h, const float *da, float *dh,
-                            float *dx, float *dw, float *db, int64_t M, int64_t N, int64_t K) {
+                              float *dx, float *dw, float *db, int64_t M, int64_t N, int64_t K) {
     if (M < 0 || N < 0 || K < 0 || !gelu_kind_ok(kind)) return RP_EINVAL;
     if (db) memset(db, 0, (size_t)N * sizeof(float));
     if (M == 0 || N == 0) {
@@ -136,7 +135,7 @@ static int heads_args_ok(int64_t G, int64_t rotate, const float *cos, const floa
 
 /* outs[g] (B, H, T, Dh) <- rot(y (B, T, G*H*Dh) group g) */
 int rp_blocks_heads_split(const float *y, int64_t G, int64_t rotate, const float *cos, const float *sin, int64_t rd,
-                        int layout, float *const *outs, int64_t B, int64_t T, int64_t H, int64_t Dh) {
+                          int layout, float *const *outs, int64_t B, int64_t T, int64_t H, int64_t Dh) {
     if (!heads_args_ok(G, rotate, cos, sin, rd, layout, B, T, H, Dh)) return RP_EINVAL;
     const int64_t rows = B * T, HD = H * Dh;
     if (rows == 0 || HD == 0) return RP_OK;
@@ -148,8 +147,10 @@ int rp_blocks_heads_split(const float *y, int64_t G, int64_t rotate, const float
             const float *yr = y + (row * G + g) * HD;
             for (int64_t h = 0; h < H; h++) {
                 float *o = outs[g] + ((bi * H + h) * T + t) * Dh;
-                if (g < rotate) rp_rotary_row(yr + h * Dh, o, cos + t * P, sin + t * P, NULL, Dh, P, layout, 1.0f);
-                else memcpy(o, yr + h * Dh, (size_t)Dh * sizeof(float));
+                if (g < rotate)
+                    rp_rotary_row(yr + h * Dh, o, cos + t * P, sin + t * P, NULL, Dh, P, layout, 1.0f);
+                else
+                    memcpy(o, yr + h * Dh, (size_t)Dh * sizeof(float));
             }
         }
     }
@@ -158,7 +159,7 @@ int rp_blocks_heads_split(const float *y, int64_t G, int64_t rotate, const float
 
 /* y (B, T, G*H*Dh) <- rotᵀ(srcs[g] (B, H, T, Dh)), zeros where srcs[g] is NULL */
 int rp_blocks_heads_merge(const float *const *srcs, int64_t G, int64_t rotate, const float *cos, const float *sin,
-                        int64_t rd, int layout, float *y, int64_t B, int64_t T, int64_t H, int64_t Dh) {
+                          int64_t rd, int layout, float *y, int64_t B, int64_t T, int64_t H, int64_t Dh) {
     if (!heads_args_ok(G, rotate, cos, sin, rd, layout, B, T, H, Dh)) return RP_EINVAL;
     const int64_t rows = B * T, HD = H * Dh;
     if (rows == 0 || HD == 0) return RP_OK;
@@ -174,8 +175,10 @@ int rp_blocks_heads_merge(const float *const *srcs, int64_t G, int64_t rotate, c
             }
             for (int64_t h = 0; h < H; h++) {
                 const float *s = srcs[g] + ((bi * H + h) * T + t) * Dh;
-                if (g < rotate) rp_rotary_row(s, yr + h * Dh, cos + t * P, sin + t * P, NULL, Dh, P, layout, -1.0f);
-                else memcpy(yr + h * Dh, s, (size_t)Dh * sizeof(float));
+                if (g < rotate)
+                    rp_rotary_row(s, yr + h * Dh, cos + t * P, sin + t * P, NULL, Dh, P, layout, -1.0f);
+                else
+                    memcpy(yr + h * Dh, s, (size_t)Dh * sizeof(float));
             }
         }
     }

@@ -16,7 +16,6 @@
 
 #define COPE_MAX_PARTS 64
 
-
 /* Dot product with eight interleaved float partial sums, added up in double in
  * a fixed order: the same for any thread count, and the compiler can keep the
  * partial sums in vector registers. */
@@ -39,8 +38,8 @@ static int cope_ok(int64_t B, int64_t H, int64_t Tq, int64_t Tk, int64_t D, int6
 }
 
 /* One row: gates (jmax+1), suffix positions pos (jmax+1, clamped), z (P). */
-static void cope_row(const float *qi, const float *kb, const float *e, int64_t jmax, int64_t D, int64_t P,
-                     float scale, double *gate, double *pos, double *z) {
+static void cope_row(const float *qi, const float *kb, const float *e, int64_t jmax, int64_t D, int64_t P, float scale,
+                     double *gate, double *pos, double *z) {
     for (int64_t t = 0; t <= jmax; t++) gate[t] = sigmoid((double)scale * dot_d(qi, kb + t * D, D));
     double s = 0.0;
     for (int64_t t = jmax; t >= 0; t--) {
@@ -51,8 +50,8 @@ static void cope_row(const float *qi, const float *kb, const float *e, int64_t j
 }
 
 /* q (B,H,Tq,D), k (B,H,Tk,D), e (P,D) -> out (B,H,Tq,Tk) */
-int rp_cope_fwd(const float *q, const float *k, const float *e, int64_t B, int64_t H, int64_t Tq, int64_t Tk,
-                int64_t D, int64_t P, int64_t q_offset, float scale, float *out) {
+int rp_cope_fwd(const float *q, const float *k, const float *e, int64_t B, int64_t H, int64_t Tq, int64_t Tk, int64_t D,
+                int64_t P, int64_t q_offset, float scale, float *out) {
     if (!cope_ok(B, H, Tq, Tk, D, P, q_offset)) return RP_EINVAL;
     const int64_t rows = B * H * Tq;
     if (rows == 0 || Tk == 0) return RP_OK;
@@ -105,8 +104,8 @@ int rp_cope_bwd(const float *q, const float *k, const float *e, const float *g, 
     for (int64_t part = 0; part < parts; part++) {
         int64_t lo, hi;
         rp_chunk(BH, parts, part, &lo, &hi);
-        double *dep = scratch + part * ns, *dka = dep + P * D, *gate = dka + Tk * D, *pos = gate + Tk,
-               *dp = pos + Tk, *z = dp + Tk, *dz = z + P, *dqr = dz + P;
+        double *dep = scratch + part * ns, *dka = dep + P * D, *gate = dka + Tk * D, *pos = gate + Tk, *dp = pos + Tk,
+               *z = dp + Tk, *dz = z + P, *dqr = dz + P;
         for (int64_t bh = lo; bh < hi; bh++) {
             const float *kb = k + bh * Tk * D;
             memset(dka, 0, (size_t)(Tk * D) * sizeof(double));

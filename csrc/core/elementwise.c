@@ -8,12 +8,24 @@
  * loop so each branch vectorises. */
 static void binary_row(int op, const float *a, const float *b, float *out, int64_t m) {
     switch (op) {
-    case RP_OP_ADD: for (int64_t j = 0; j < m; j++) out[j] = a[j] + b[j]; break;
-    case RP_OP_SUB: for (int64_t j = 0; j < m; j++) out[j] = a[j] - b[j]; break;
-    case RP_OP_MUL: for (int64_t j = 0; j < m; j++) out[j] = a[j] * b[j]; break;
-    case RP_OP_DIV: for (int64_t j = 0; j < m; j++) out[j] = a[j] / b[j]; break;
-    case RP_OP_RSUB: for (int64_t j = 0; j < m; j++) out[j] = b[j] - a[j]; break;
-    default: for (int64_t j = 0; j < m; j++) out[j] = b[j] / a[j]; break;
+    case RP_OP_ADD:
+        for (int64_t j = 0; j < m; j++) out[j] = a[j] + b[j];
+        break;
+    case RP_OP_SUB:
+        for (int64_t j = 0; j < m; j++) out[j] = a[j] - b[j];
+        break;
+    case RP_OP_MUL:
+        for (int64_t j = 0; j < m; j++) out[j] = a[j] * b[j];
+        break;
+    case RP_OP_DIV:
+        for (int64_t j = 0; j < m; j++) out[j] = a[j] / b[j];
+        break;
+    case RP_OP_RSUB:
+        for (int64_t j = 0; j < m; j++) out[j] = b[j] - a[j];
+        break;
+    default:
+        for (int64_t j = 0; j < m; j++) out[j] = b[j] / a[j];
+        break;
     }
 }
 
@@ -32,12 +44,24 @@ int rp_ops_binary_fwd(int op, const float *a, const float *b, float *out, int64_
         for (int64_t k = 0; k < nblk; k++) {
             int64_t lo = k * FLAT_BLOCK, hi = lo + FLAT_BLOCK < n ? lo + FLAT_BLOCK : n;
             switch (op) {
-            case RP_OP_ADD: for (int64_t i = lo; i < hi; i++) out[i] = a[i] + s; break;
-            case RP_OP_SUB: for (int64_t i = lo; i < hi; i++) out[i] = a[i] - s; break;
-            case RP_OP_MUL: for (int64_t i = lo; i < hi; i++) out[i] = a[i] * s; break;
-            case RP_OP_DIV: for (int64_t i = lo; i < hi; i++) out[i] = a[i] / s; break;
-            case RP_OP_RSUB: for (int64_t i = lo; i < hi; i++) out[i] = s - a[i]; break;
-            default: for (int64_t i = lo; i < hi; i++) out[i] = s / a[i]; break;
+            case RP_OP_ADD:
+                for (int64_t i = lo; i < hi; i++) out[i] = a[i] + s;
+                break;
+            case RP_OP_SUB:
+                for (int64_t i = lo; i < hi; i++) out[i] = a[i] - s;
+                break;
+            case RP_OP_MUL:
+                for (int64_t i = lo; i < hi; i++) out[i] = a[i] * s;
+                break;
+            case RP_OP_DIV:
+                for (int64_t i = lo; i < hi; i++) out[i] = a[i] / s;
+                break;
+            case RP_OP_RSUB:
+                for (int64_t i = lo; i < hi; i++) out[i] = s - a[i];
+                break;
+            default:
+                for (int64_t i = lo; i < hi; i++) out[i] = s / a[i];
+                break;
             }
         }
     } else if (nb == n) {
@@ -71,23 +95,24 @@ int rp_ops_binary_fwd(int op, const float *a, const float *b, float *out, int64_
 #define GA_RDIV (-gv * bv / (av * av)) /* out = b / a */
 #define GB_RDIV (gv / av)
 
-#define OP_CASES(BODY)                  \
-    switch (op) {                       \
-    case RP_OP_ADD: BODY(ADD) break;    \
-    case RP_OP_SUB: BODY(SUB) break;    \
-    case RP_OP_MUL: BODY(MUL) break;    \
-    case RP_OP_DIV: BODY(DIV) break;    \
-    case RP_OP_RSUB: BODY(RSUB) break;  \
-    default: BODY(RDIV) break;          \
+#define OP_CASES(BODY)                 \
+    switch (op) {                      \
+    case RP_OP_ADD: BODY(ADD) break;   \
+    case RP_OP_SUB: BODY(SUB) break;   \
+    case RP_OP_MUL: BODY(MUL) break;   \
+    case RP_OP_DIV: BODY(DIV) break;   \
+    case RP_OP_RSUB: BODY(RSUB) break; \
+    default: BODY(RDIV) break;         \
     }
 
 /* da[j] = dOut/da * g over m elements; b is b[j] (bstep 1) or b[0] (bstep 0). */
 static void grad_a_span(int op, const float *a, const float *b, int64_t bstep, const float *g, float *da, int64_t m) {
-#define BODY(OP)                                                                  \
-    for (int64_t j = 0; j < m; j++) {                                             \
-        const float av = a[j], bv = b[j * bstep], gv = g[j];                      \
-        (void)av; (void)bv;                                                       \
-        da[j] = GA_##OP;                                                          \
+#define BODY(OP)                                             \
+    for (int64_t j = 0; j < m; j++) {                        \
+        const float av = a[j], bv = b[j * bstep], gv = g[j]; \
+        (void)av;                                            \
+        (void)bv;                                            \
+        da[j] = GA_##OP;                                     \
     }
     OP_CASES(BODY)
 #undef BODY
@@ -95,11 +120,12 @@ static void grad_a_span(int op, const float *a, const float *b, int64_t bstep, c
 
 /* acc[j] += dOut/db * g (one row of a vector b, in double). */
 static void grad_b_row(int op, const float *a, const float *b, const float *g, double *acc, int64_t m) {
-#define BODY(OP)                                                                  \
-    for (int64_t j = 0; j < m; j++) {                                             \
-        const float av = a[j], bv = b[j], gv = g[j];                              \
-        (void)av; (void)bv;                                                       \
-        acc[j] += (double)(GB_##OP);                                              \
+#define BODY(OP)                                     \
+    for (int64_t j = 0; j < m; j++) {                \
+        const float av = a[j], bv = b[j], gv = g[j]; \
+        (void)av;                                    \
+        (void)bv;                                    \
+        acc[j] += (double)(GB_##OP);                 \
     }
     OP_CASES(BODY)
 #undef BODY
@@ -110,12 +136,12 @@ static double grad_b_scalar(int op, const float *a, float b, const float *g, int
     double acc = 0.0;
     const float bv = b;
     (void)bv;
-#define BODY(OP)                                                                  \
-    RP_OPS_SIMD_SUM(acc)                                                          \
-    for (int64_t j = 0; j < m; j++) {                                             \
-        const float av = a[j], gv = g[j];                                         \
-        (void)av;                                                                 \
-        acc += (double)(GB_##OP);                                                 \
+#define BODY(OP)                          \
+    RP_OPS_SIMD_SUM(acc)                  \
+    for (int64_t j = 0; j < m; j++) {     \
+        const float av = a[j], gv = g[j]; \
+        (void)av;                         \
+        acc += (double)(GB_##OP);         \
     }
     OP_CASES(BODY)
 #undef BODY
@@ -125,8 +151,8 @@ static double grad_b_scalar(int op, const float *a, float b, const float *g, int
 /* da: (n) = dOut/da * grad; db: (nb) = dOut/db * grad summed over the rows
  * b was broadcast over. Sums go through min(rows, RP_OPS_NCHUNK) fixed chunks
  * (never the thread count), each in double, then added in chunk order. */
-int rp_ops_binary_bwd(int op, const float *a, const float *b, const float *grad, float *da, float *db,
-                      int64_t n, int64_t nb) {
+int rp_ops_binary_bwd(int op, const float *a, const float *b, const float *grad, float *da, float *db, int64_t n,
+                      int64_t nb) {
     if (op < RP_OP_ADD || op > RP_OP_RDIV || n < 0 || nb < 0) return RP_EINVAL;
     if (n == 0) {
         if (db) memset(db, 0, (size_t)nb * sizeof(float));

@@ -14,8 +14,7 @@ int rp_ops_embedding_fwd(const int64_t *ids, const float *weight, float *out, in
     if (n < 0 || V < 0 || D < 0) return RP_EINVAL;
     if (rp_ops_first_bad_id(ids, n, V) >= 0) return RP_EINDEX;
     RP_OPS_PFOR(n * D >= RP_OPS_PAR_MIN)
-    for (int64_t i = 0; i < n; i++)
-        memcpy(out + i * D, weight + ids[i] * D, (size_t)D * sizeof(float));
+    for (int64_t i = 0; i < n; i++) memcpy(out + i * D, weight + ids[i] * D, (size_t)D * sizeof(float));
     return RP_OK;
 }
 

@@ -22,7 +22,6 @@
 
 #define FIRE_MAX_PARTS 64
 
-
 static inline double sgn(double x) { return x > 0 ? 1.0 : (x < 0 ? -1.0 : 0.0); }
 
 static int fire_ok(const rp_fire *f, int64_t Tq, int64_t Tk, int64_t q_offset) {
@@ -32,10 +31,10 @@ static int fire_ok(const rp_fire *f, int64_t Tq, int64_t Tk, int64_t q_offset) {
 /* The MLP as a piecewise-linear function of x. */
 typedef struct {
     int64_t nbp, nseg;
-    double *bp;      /* sorted kinks (nbp) */
-    double *slope;   /* (nseg, H) */
-    double *icpt;    /* (nseg, H) */
-    uint8_t *on;     /* (nseg, W): hidden unit k is active on segment s */
+    double *bp;    /* sorted kinks (nbp) */
+    double *slope; /* (nseg, H) */
+    double *icpt;  /* (nseg, H) */
+    uint8_t *on;   /* (nseg, W): hidden unit k is active on segment s */
     void *mem;
 } fire_pl;
 
@@ -62,10 +61,14 @@ static int fire_pl_build(const rp_fire *f, fire_pl *pl) {
     pl->nseg = nbp + 1;
     for (int64_t s = 0; s < pl->nseg; s++) {
         double xr; /* a point inside segment s */
-        if (nbp == 0) xr = 0.0;
-        else if (s == 0) xr = pl->bp[0] - fmax(1.0, fabs(pl->bp[0]));
-        else if (s == nbp) xr = pl->bp[nbp - 1] + fmax(1.0, fabs(pl->bp[nbp - 1]));
-        else xr = 0.5 * (pl->bp[s - 1] + pl->bp[s]);
+        if (nbp == 0)
+            xr = 0.0;
+        else if (s == 0)
+            xr = pl->bp[0] - fmax(1.0, fabs(pl->bp[0]));
+        else if (s == nbp)
+            xr = pl->bp[nbp - 1] + fmax(1.0, fabs(pl->bp[nbp - 1]));
+        else
+            xr = 0.5 * (pl->bp[s - 1] + pl->bp[s]);
         uint8_t *on = pl->on + s * W;
         for (int64_t k = 0; k < W; k++) on[k] = (double)f->W1[k] * xr + (double)f->b1[k] > 0.0;
         for (int64_t h = 0; h < H; h++) {
@@ -88,8 +91,10 @@ static inline int64_t fire_seg(const fire_pl *pl, double x) {
     int64_t lo = 0, hi = pl->nbp;
     while (lo < hi) {
         int64_t mid = (lo + hi) / 2;
-        if (pl->bp[mid] <= x) lo = mid + 1;
-        else hi = mid;
+        if (pl->bp[mid] <= x)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
     return lo;
 }
@@ -149,8 +154,8 @@ int rp_fire_fwd(const rp_fire *f, int64_t Tq, int64_t Tk, int64_t q_offset, floa
 }
 
 /* g (H, Tq, Tk) -> dW1, db1 (W,), dW2 (H, W), db2 (H,), dc, dL (1,). Any output may be NULL. */
-int rp_fire_bwd(const rp_fire *f, int64_t Tq, int64_t Tk, int64_t q_offset, const float *g,
-                float *dW1, float *db1, float *dW2, float *db2, float *dc, float *dL) {
+int rp_fire_bwd(const rp_fire *f, int64_t Tq, int64_t Tk, int64_t q_offset, const float *g, float *dW1, float *db1,
+                float *dW2, float *db2, float *dc, float *dL) {
     if (!fire_ok(f, Tq, Tk, q_offset)) return RP_EINVAL;
     const int64_t W = f->W, H = f->H, TT = Tq * Tk;
     const double cabs = fabs((double)f->c), Labs = fabs((double)f->L);

@@ -58,8 +58,8 @@ static inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b
 #define PMR 6
 #define PNR 16
 
-static void ukr_portable(int64_t kc, const float *restrict Ap, const float *restrict Bp, float *restrict C,
-                         int64_t ldc, int64_t mr, int64_t nr, float alpha, float beta, const float *bias) {
+static void ukr_portable(int64_t kc, const float *restrict Ap, const float *restrict Bp, float *restrict C, int64_t ldc,
+                         int64_t mr, int64_t nr, float alpha, float beta, const float *bias) {
     float acc[PMR][PNR];
     for (int i = 0; i < PMR; i++)
         for (int j = 0; j < PNR; j++) acc[i][j] = 0.0f;
@@ -96,8 +96,8 @@ typedef struct {
 static const kernel_t k_portable = {PMR, PNR, ukr_portable, NULL, "portable"};
 #if RP_HAVE_X86_TU
 static const kernel_t k_avx2 = {RP_GEMM_AVX2_MR, RP_GEMM_AVX2_NR, rp_gemm_ukr_avx2, rp_gemm_pack_rows_avx2, "avx2"};
-static const kernel_t k_avx512 = {RP_GEMM_AVX512_MR, RP_GEMM_AVX512_NR, rp_gemm_ukr_avx512,
-                                  rp_gemm_pack_rows_avx2, "avx512"};
+static const kernel_t k_avx512 = {RP_GEMM_AVX512_MR, RP_GEMM_AVX512_NR, rp_gemm_ukr_avx512, rp_gemm_pack_rows_avx2,
+                                  "avx512"};
 #endif
 
 static int kernel_pref = 0; /* 0 auto, 1 avx512, 2 avx2, 3 portable */
@@ -348,8 +348,8 @@ static void ensure_panels(const gemm_prob *g, const kernel_t *kn, int64_t j0, in
 /* One task: rows [i0, i0+mc) x panels [q0, q1) of the column block at j0, all
  * of K. flags == NULL: Bp is already packed; else the panels are packed on
  * first use by whichever thread gets there first (see ensure_panels). */
-static void run_task(const gemm_prob *g, const kernel_t *kn, int64_t j0, int64_t nc, int64_t i0, int64_t mc,
-                     int64_t q0, int64_t q1, float *Bp, float *Ap, int *flags) {
+static void run_task(const gemm_prob *g, const kernel_t *kn, int64_t j0, int64_t nc, int64_t i0, int64_t mc, int64_t q0,
+                     int64_t q1, float *Bp, float *Ap, int *flags) {
     const int MR = kn->mr, NR = kn->nr;
     const int64_t nc_pad = ceil_div(nc, NR) * NR;
     for (int64_t p0 = 0; p0 < g->K; p0 += KC) {
@@ -467,8 +467,8 @@ typedef struct {
     gemm_prob g0;
     int64_t sA, sB, sC, nchunk;
     const kernel_t *kn;
-    float *buf;          /* ITEM_PRODUCT: per-thread (A, B) buffers */
-    int64_t per_thread;  /* floats per thread in buf */
+    float *buf;         /* ITEM_PRODUCT: per-thread (A, B) buffers */
+    int64_t per_thread; /* floats per thread in buf */
     int64_t a_elems;
 } items_ctx;
 
@@ -482,9 +482,7 @@ static void run_item(const items_ctx *c, int64_t w, int tid) {
     switch (c->mode) {
     case ITEM_SCALE: scale_only(&g); break;
     case ITEM_DIRECT: gemm_direct(&g); break;
-    case ITEM_DIRECT_COLS:
-        gemm_direct_block(&g, 0, g.M, k * DIRECT_NB, min64(DIRECT_NB, g.N - k * DIRECT_NB));
-        break;
+    case ITEM_DIRECT_COLS: gemm_direct_block(&g, 0, g.M, k * DIRECT_NB, min64(DIRECT_NB, g.N - k * DIRECT_NB)); break;
     case ITEM_DIRECT_ROWS: gemm_direct_block(&g, k * DIRECT_ROWS, min64(g.M, (k + 1) * DIRECT_ROWS), 0, g.N); break;
     default: {
         float *ap = c->buf + (size_t)tid * (size_t)c->per_thread;
@@ -519,8 +517,8 @@ static void run_items(const items_ctx *c, int64_t n, int64_t chunk, int nt) {
 
 /* The general entry: batch products with strides, optional bias row vector. */
 static int gemm_run(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t lda,
-                    const float *B, int64_t ldb, float beta, float *C, int64_t ldc, const float *bias,
-                    int64_t batch, int64_t sA, int64_t sB, int64_t sC) {
+                    const float *B, int64_t ldb, float beta, float *C, int64_t ldc, const float *bias, int64_t batch,
+                    int64_t sA, int64_t sB, int64_t sC) {
     int rc = check_args(M, N, K, lda, ldb, ldc, ta, tb);
     if (rc) return rc;
     if (batch < 0) return RP_EINVAL;
@@ -584,7 +582,8 @@ static int gemm_run(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha
     /* one product at a time, the whole team on it */
     const int64_t n_jc = ceil_div(N, NC), units = batch * n_jc;
     const int64_t per_block = ceil_div(K, KC) * ceil_div(min64(N, NC), kn->nr); /* panel flags per column block */
-    const size_t sync_bytes = (size_t)round_up(units * (int64_t)sizeof(int64_t) + units * per_block * (int64_t)sizeof(int), 64);
+    const size_t sync_bytes =
+        (size_t)round_up(units * (int64_t)sizeof(int64_t) + units * per_block * (int64_t)sizeof(int), 64);
     float *buf = scratch_take((size_t)(a_elems * nt + b_elems) * sizeof(float) + sync_bytes);
     if (!buf) return RP_ENOMEM;
     int64_t *next = (int64_t *)(buf + a_elems * nt + b_elems);
@@ -610,21 +609,20 @@ static int gemm_run(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha
     return RP_OK;
 }
 
-int rp_gemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
-            int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
+int rp_gemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t lda,
+            const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
     return gemm_run(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL, 1, 0, 0, 0);
 }
 
-int rp_gemm_batched(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-                    const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
-                    int64_t ldc, int64_t batch, int64_t strideA, int64_t strideB, int64_t strideC) {
-    return gemm_run(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL, batch, strideA,
-                    strideB, strideC);
+int rp_gemm_batched(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t lda,
+                    const float *B, int64_t ldb, float beta, float *C, int64_t ldc, int64_t batch, int64_t strideA,
+                    int64_t strideB, int64_t strideC) {
+    return gemm_run(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL, batch, strideA, strideB,
+                    strideC);
 }
 
 /* Y (M, N) = X (M, K) · W (N, K)ᵀ + bias (N,) */
-int rp_gemm_linear_fwd(int64_t M, int64_t N, int64_t K, const float *X, const float *W, const float *bias,
-                       float *Y) {
+int rp_gemm_linear_fwd(int64_t M, int64_t N, int64_t K, const float *X, const float *W, const float *bias, float *Y) {
     return gemm_run(0, 1, M, N, K, 1.0f, X, K, W, K, 0.0f, Y, N, bias, 1, 0, 0, 0);
 }
 

@@ -18,18 +18,17 @@ extern "C" {
  *   op(A) is (M, K): A is (M, K) with row stride lda, or (K, M) if trans_a
  *   op(B) is (K, N): B is (K, N) with row stride ldb, or (N, K) if trans_b
  * beta == 0 never reads C (NaN/Inf there do not leak). */
-int rp_gemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
-            int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
+int rp_gemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t lda,
+            const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
 
 /* `batch` independent products; matrix b of A starts at A + b*strideA (same for B, C). */
-int rp_gemm_batched(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-                    const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
-                    int64_t ldc, int64_t batch, int64_t strideA, int64_t strideB, int64_t strideC);
+int rp_gemm_batched(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t lda,
+                    const float *B, int64_t ldb, float beta, float *C, int64_t ldc, int64_t batch, int64_t strideA,
+                    int64_t strideB, int64_t strideC);
 
 /* Linear layer forward with a fused bias epilogue (torch layout):
  *   Y (M, N) = X (M, K) · W (N, K)ᵀ + bias (N,)     (bias may be NULL) */
-int rp_gemm_linear_fwd(int64_t M, int64_t N, int64_t K, const float *X, const float *W,
-                       const float *bias, float *Y);
+int rp_gemm_linear_fwd(int64_t M, int64_t N, int64_t K, const float *X, const float *W, const float *bias, float *Y);
 
 /* out (N,) = Σ_m X (M, N)[m, :]  (Linear bias gradient). Rows are summed in
  * fixed blocks, then the block sums in order: same bits for any thread count. */
@@ -54,18 +53,18 @@ const char *rp_gemm_kernel_name(void);
 /* One mr_max x nr_max tile: acc = Ap (kc x MR panel) · Bp (kc x NR panel), then
  *   C[i, j] = alpha*acc + beta*C[i, j] (beta == 0: C not read) + bias[j] (bias may be NULL)
  * for i < mr, j < nr (edge tiles have mr < MR or nr < NR). Bp is 64-byte aligned. */
-typedef void (*rp_gemm_ukr_fn)(int64_t kc, const float *Ap, const float *Bp, float *C, int64_t ldc,
-                               int64_t mr, int64_t nr, float alpha, float beta, const float *bias);
+typedef void (*rp_gemm_ukr_fn)(int64_t kc, const float *Ap, const float *Bp, float *C, int64_t ldc, int64_t mr,
+                               int64_t nr, float alpha, float beta, const float *bias);
 
 #define RP_GEMM_AVX2_MR 6
 #define RP_GEMM_AVX2_NR 16
 #define RP_GEMM_AVX512_MR 12
 #define RP_GEMM_AVX512_NR 32
 
-void rp_gemm_ukr_avx2(int64_t kc, const float *Ap, const float *Bp, float *C, int64_t ldc, int64_t mr,
-                      int64_t nr, float alpha, float beta, const float *bias);
-void rp_gemm_ukr_avx512(int64_t kc, const float *Ap, const float *Bp, float *C, int64_t ldc, int64_t mr,
-                        int64_t nr, float alpha, float beta, const float *bias);
+void rp_gemm_ukr_avx2(int64_t kc, const float *Ap, const float *Bp, float *C, int64_t ldc, int64_t mr, int64_t nr,
+                      float alpha, float beta, const float *bias);
+void rp_gemm_ukr_avx512(int64_t kc, const float *Ap, const float *Bp, float *C, int64_t ldc, int64_t mr, int64_t nr,
+                        float alpha, float beta, const float *bias);
 int rp_gemm_cpu_avx512(void); /* AVX-512F usable (CPU and OS) and compiled in */
 /* Pack R rows of a row-major matrix (rows X, X+ld, ...; kc columns) into dst
  * (kc x R), dst[p*R + i] = X[i*ld + p], with 8x8 / 4x8 / 2x8 register

@@ -16,8 +16,8 @@
  *   C = alpha*acc (+ beta*C, fused) (+ bias). Edge tiles go through a buffer
  * with the same arithmetic (fmaf for beta), so every element of C is computed
  * the same way wherever the tile boundaries fall. */
-void rp_gemm_ukr_avx2(int64_t kc, const float *restrict Ap, const float *restrict Bp, float *restrict C,
-                      int64_t ldc, int64_t mr, int64_t nr, float alpha, float beta, const float *bias) {
+void rp_gemm_ukr_avx2(int64_t kc, const float *restrict Ap, const float *restrict Bp, float *restrict C, int64_t ldc,
+                      int64_t mr, int64_t nr, float alpha, float beta, const float *bias) {
     __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
     __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
     __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
@@ -25,27 +25,27 @@ void rp_gemm_ukr_avx2(int64_t kc, const float *restrict Ap, const float *restric
     __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
     __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
     const float *a = Ap, *b = Bp;
-#define RP_STEP(a, b)                                                                     \
-    do {                                                                                  \
-        __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps((b) + 8);                      \
-        __m256 ai = _mm256_broadcast_ss((a) + 0);                                         \
-        c00 = _mm256_fmadd_ps(ai, b0, c00);                                               \
-        c01 = _mm256_fmadd_ps(ai, b1, c01);                                               \
-        ai = _mm256_broadcast_ss((a) + 1);                                                \
-        c10 = _mm256_fmadd_ps(ai, b0, c10);                                               \
-        c11 = _mm256_fmadd_ps(ai, b1, c11);                                               \
-        ai = _mm256_broadcast_ss((a) + 2);                                                \
-        c20 = _mm256_fmadd_ps(ai, b0, c20);                                               \
-        c21 = _mm256_fmadd_ps(ai, b1, c21);                                               \
-        ai = _mm256_broadcast_ss((a) + 3);                                                \
-        c30 = _mm256_fmadd_ps(ai, b0, c30);                                               \
-        c31 = _mm256_fmadd_ps(ai, b1, c31);                                               \
-        ai = _mm256_broadcast_ss((a) + 4);                                                \
-        c40 = _mm256_fmadd_ps(ai, b0, c40);                                               \
-        c41 = _mm256_fmadd_ps(ai, b1, c41);                                               \
-        ai = _mm256_broadcast_ss((a) + 5);                                                \
-        c50 = _mm256_fmadd_ps(ai, b0, c50);                                               \
-        c51 = _mm256_fmadd_ps(ai, b1, c51);                                               \
+#define RP_STEP(a, b)                                                \
+    do {                                                             \
+        __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps((b) + 8); \
+        __m256 ai = _mm256_broadcast_ss((a) + 0);                    \
+        c00 = _mm256_fmadd_ps(ai, b0, c00);                          \
+        c01 = _mm256_fmadd_ps(ai, b1, c01);                          \
+        ai = _mm256_broadcast_ss((a) + 1);                           \
+        c10 = _mm256_fmadd_ps(ai, b0, c10);                          \
+        c11 = _mm256_fmadd_ps(ai, b1, c11);                          \
+        ai = _mm256_broadcast_ss((a) + 2);                           \
+        c20 = _mm256_fmadd_ps(ai, b0, c20);                          \
+        c21 = _mm256_fmadd_ps(ai, b1, c21);                          \
+        ai = _mm256_broadcast_ss((a) + 3);                           \
+        c30 = _mm256_fmadd_ps(ai, b0, c30);                          \
+        c31 = _mm256_fmadd_ps(ai, b1, c31);                          \
+        ai = _mm256_broadcast_ss((a) + 4);                           \
+        c40 = _mm256_fmadd_ps(ai, b0, c40);                          \
+        c41 = _mm256_fmadd_ps(ai, b1, c41);                          \
+        ai = _mm256_broadcast_ss((a) + 5);                           \
+        c50 = _mm256_fmadd_ps(ai, b0, c50);                          \
+        c51 = _mm256_fmadd_ps(ai, b1, c51);                          \
     } while (0)
     int64_t p = 0;
     for (; p + 4 <= kc; p += 4) {
@@ -70,20 +70,20 @@ void rp_gemm_ukr_avx2(int64_t kc, const float *restrict Ap, const float *restric
             bias0 = _mm256_loadu_ps(bias);
             bias1 = _mm256_loadu_ps(bias + 8);
         }
-#define RP_ROW(i, x0, x1)                                                                 \
-    do {                                                                                  \
-        float *c = C + (i) * ldc;                                                         \
-        __m256 v0 = _mm256_mul_ps(va, x0), v1 = _mm256_mul_ps(va, x1);                    \
-        if (beta != 0.0f) {                                                               \
-            v0 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(c), v0);                             \
-            v1 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(c + 8), v1);                         \
-        }                                                                                 \
-        if (bias) {                                                                       \
-            v0 = _mm256_add_ps(v0, bias0);                                                \
-            v1 = _mm256_add_ps(v1, bias1);                                                \
-        }                                                                                 \
-        _mm256_storeu_ps(c, v0);                                                          \
-        _mm256_storeu_ps(c + 8, v1);                                                      \
+#define RP_ROW(i, x0, x1)                                              \
+    do {                                                               \
+        float *c = C + (i)*ldc;                                        \
+        __m256 v0 = _mm256_mul_ps(va, x0), v1 = _mm256_mul_ps(va, x1); \
+        if (beta != 0.0f) {                                            \
+            v0 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(c), v0);          \
+            v1 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(c + 8), v1);      \
+        }                                                              \
+        if (bias) {                                                    \
+            v0 = _mm256_add_ps(v0, bias0);                             \
+            v1 = _mm256_add_ps(v1, bias1);                             \
+        }                                                              \
+        _mm256_storeu_ps(c, v0);                                       \
+        _mm256_storeu_ps(c + 8, v1);                                   \
     } while (0)
         RP_ROW(0, c00, c01);
         RP_ROW(1, c10, c11);
@@ -95,12 +95,18 @@ void rp_gemm_ukr_avx2(int64_t kc, const float *restrict Ap, const float *restric
         return;
     }
     float tile[RP_GEMM_AVX2_MR][RP_GEMM_AVX2_NR] __attribute__((aligned(32)));
-    _mm256_store_ps(tile[0], c00); _mm256_store_ps(tile[0] + 8, c01);
-    _mm256_store_ps(tile[1], c10); _mm256_store_ps(tile[1] + 8, c11);
-    _mm256_store_ps(tile[2], c20); _mm256_store_ps(tile[2] + 8, c21);
-    _mm256_store_ps(tile[3], c30); _mm256_store_ps(tile[3] + 8, c31);
-    _mm256_store_ps(tile[4], c40); _mm256_store_ps(tile[4] + 8, c41);
-    _mm256_store_ps(tile[5], c50); _mm256_store_ps(tile[5] + 8, c51);
+    _mm256_store_ps(tile[0], c00);
+    _mm256_store_ps(tile[0] + 8, c01);
+    _mm256_store_ps(tile[1], c10);
+    _mm256_store_ps(tile[1] + 8, c11);
+    _mm256_store_ps(tile[2], c20);
+    _mm256_store_ps(tile[2] + 8, c21);
+    _mm256_store_ps(tile[3], c30);
+    _mm256_store_ps(tile[3] + 8, c31);
+    _mm256_store_ps(tile[4], c40);
+    _mm256_store_ps(tile[4] + 8, c41);
+    _mm256_store_ps(tile[5], c50);
+    _mm256_store_ps(tile[5] + 8, c51);
     for (int64_t i = 0; i < mr; i++) {
         float *c = C + i * ldc;
         for (int64_t j = 0; j < nr; j++) {
@@ -238,8 +244,9 @@ double rp_fma_peak_gflops_avx2(int threads, double seconds) {
                 r10 = _mm256_fmadd_ps(r10, x, y);
                 r11 = _mm256_fmadd_ps(r11, x, y);
                 /* opaque to the compiler: every chain must really run */
-                __asm__ volatile("" : "+x"(r0), "+x"(r1), "+x"(r2), "+x"(r3), "+x"(r4), "+x"(r5), "+x"(r6),
-                                 "+x"(r7), "+x"(r8), "+x"(r9), "+x"(r10), "+x"(r11));
+                __asm__ volatile(""
+                                 : "+x"(r0), "+x"(r1), "+x"(r2), "+x"(r3), "+x"(r4), "+x"(r5), "+x"(r6), "+x"(r7),
+                                   "+x"(r8), "+x"(r9), "+x"(r10), "+x"(r11));
             }
             iters += chunk;
             t = now_seconds() - t0;
@@ -253,7 +260,6 @@ double rp_fma_peak_gflops_avx2(int threads, double seconds) {
     }
     return total;
 }
-
 
 /* ---- AVX-512F ---------------------------------------------------------- */
 #if defined(__GNUC__) && !defined(RP_NO_AVX512)
@@ -270,29 +276,47 @@ int rp_gemm_cpu_avx512(void) {
 
 /* acc (12 x 32, 24 zmm registers) = Ap (kc x 12) · Bp (kc x 32), then the same
  * epilogue as the AVX2 kernel. */
-RP_T512 void rp_gemm_ukr_avx512(int64_t kc, const float *restrict Ap, const float *restrict Bp,
-                                float *restrict C, int64_t ldc, int64_t mr, int64_t nr, float alpha, float beta,
-                                const float *bias) {
+RP_T512 void rp_gemm_ukr_avx512(int64_t kc, const float *restrict Ap, const float *restrict Bp, float *restrict C,
+                                int64_t ldc, int64_t mr, int64_t nr, float alpha, float beta, const float *bias) {
 #define RP_DECL(i) __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = _mm512_setzero_ps()
-    RP_DECL(0); RP_DECL(1); RP_DECL(2); RP_DECL(3); RP_DECL(4); RP_DECL(5);
-    RP_DECL(6); RP_DECL(7); RP_DECL(8); RP_DECL(9); RP_DECL(a); RP_DECL(b);
+    RP_DECL(0);
+    RP_DECL(1);
+    RP_DECL(2);
+    RP_DECL(3);
+    RP_DECL(4);
+    RP_DECL(5);
+    RP_DECL(6);
+    RP_DECL(7);
+    RP_DECL(8);
+    RP_DECL(9);
+    RP_DECL(a);
+    RP_DECL(b);
 #undef RP_DECL
     for (int64_t i = 0; i < mr; i++) _mm_prefetch((const char *)(C + i * ldc), _MM_HINT_T0);
     const float *a = Ap, *b = Bp;
-#define RP_FMA(i, k)                                                                      \
-    do {                                                                                  \
-        __m512 ai = _mm512_set1_ps((a)[k]);                                               \
-        c##i##0 = _mm512_fmadd_ps(ai, b0, c##i##0);                                       \
-        c##i##1 = _mm512_fmadd_ps(ai, b1, c##i##1);                                       \
+#define RP_FMA(i, k)                                \
+    do {                                            \
+        __m512 ai = _mm512_set1_ps((a)[k]);         \
+        c##i##0 = _mm512_fmadd_ps(ai, b0, c##i##0); \
+        c##i##1 = _mm512_fmadd_ps(ai, b1, c##i##1); \
     } while (0)
-#define RP_STEP()                                                                         \
-    do {                                                                                  \
-        __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);                       \
-        RP_FMA(0, 0); RP_FMA(1, 1); RP_FMA(2, 2); RP_FMA(3, 3);                            \
-        RP_FMA(4, 4); RP_FMA(5, 5); RP_FMA(6, 6); RP_FMA(7, 7);                            \
-        RP_FMA(8, 8); RP_FMA(9, 9); RP_FMA(a, 10); RP_FMA(b, 11);                          \
-        a += 12;                                                                          \
-        b += 32;                                                                          \
+#define RP_STEP()                                                   \
+    do {                                                            \
+        __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16); \
+        RP_FMA(0, 0);                                               \
+        RP_FMA(1, 1);                                               \
+        RP_FMA(2, 2);                                               \
+        RP_FMA(3, 3);                                               \
+        RP_FMA(4, 4);                                               \
+        RP_FMA(5, 5);                                               \
+        RP_FMA(6, 6);                                               \
+        RP_FMA(7, 7);                                               \
+        RP_FMA(8, 8);                                               \
+        RP_FMA(9, 9);                                               \
+        RP_FMA(a, 10);                                              \
+        RP_FMA(b, 11);                                              \
+        a += 12;                                                    \
+        b += 32;                                                    \
     } while (0)
     int64_t p = 0;
     for (; p + 4 <= kc; p += 4) {
@@ -316,32 +340,54 @@ RP_T512 void rp_gemm_ukr_avx512(int64_t kc, const float *restrict Ap, const floa
             bias0 = _mm512_loadu_ps(bias);
             bias1 = _mm512_loadu_ps(bias + 16);
         }
-#define RP_ROW(i, x0, x1)                                                                 \
-    do {                                                                                  \
-        float *c = C + (i) * ldc;                                                         \
-        __m512 v0 = _mm512_mul_ps(va, x0), v1 = _mm512_mul_ps(va, x1);                    \
-        if (beta != 0.0f) {                                                               \
-            v0 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(c), v0);                             \
-            v1 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(c + 16), v1);                        \
-        }                                                                                 \
-        if (bias) {                                                                       \
-            v0 = _mm512_add_ps(v0, bias0);                                                \
-            v1 = _mm512_add_ps(v1, bias1);                                                \
-        }                                                                                 \
-        _mm512_storeu_ps(c, v0);                                                          \
-        _mm512_storeu_ps(c + 16, v1);                                                     \
+#define RP_ROW(i, x0, x1)                                              \
+    do {                                                               \
+        float *c = C + (i)*ldc;                                        \
+        __m512 v0 = _mm512_mul_ps(va, x0), v1 = _mm512_mul_ps(va, x1); \
+        if (beta != 0.0f) {                                            \
+            v0 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(c), v0);          \
+            v1 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(c + 16), v1);     \
+        }                                                              \
+        if (bias) {                                                    \
+            v0 = _mm512_add_ps(v0, bias0);                             \
+            v1 = _mm512_add_ps(v1, bias1);                             \
+        }                                                              \
+        _mm512_storeu_ps(c, v0);                                       \
+        _mm512_storeu_ps(c + 16, v1);                                  \
     } while (0)
-        RP_ROW(0, c00, c01); RP_ROW(1, c10, c11); RP_ROW(2, c20, c21); RP_ROW(3, c30, c31);
-        RP_ROW(4, c40, c41); RP_ROW(5, c50, c51); RP_ROW(6, c60, c61); RP_ROW(7, c70, c71);
-        RP_ROW(8, c80, c81); RP_ROW(9, c90, c91); RP_ROW(10, ca0, ca1); RP_ROW(11, cb0, cb1);
+        RP_ROW(0, c00, c01);
+        RP_ROW(1, c10, c11);
+        RP_ROW(2, c20, c21);
+        RP_ROW(3, c30, c31);
+        RP_ROW(4, c40, c41);
+        RP_ROW(5, c50, c51);
+        RP_ROW(6, c60, c61);
+        RP_ROW(7, c70, c71);
+        RP_ROW(8, c80, c81);
+        RP_ROW(9, c90, c91);
+        RP_ROW(10, ca0, ca1);
+        RP_ROW(11, cb0, cb1);
 #undef RP_ROW
         return;
     }
     float tile[RP_GEMM_AVX512_MR][RP_GEMM_AVX512_NR] __attribute__((aligned(64)));
-#define RP_PUT(i, x0, x1) do { _mm512_store_ps(tile[i], x0); _mm512_store_ps(tile[i] + 16, x1); } while (0)
-    RP_PUT(0, c00, c01); RP_PUT(1, c10, c11); RP_PUT(2, c20, c21); RP_PUT(3, c30, c31);
-    RP_PUT(4, c40, c41); RP_PUT(5, c50, c51); RP_PUT(6, c60, c61); RP_PUT(7, c70, c71);
-    RP_PUT(8, c80, c81); RP_PUT(9, c90, c91); RP_PUT(10, ca0, ca1); RP_PUT(11, cb0, cb1);
+#define RP_PUT(i, x0, x1)                  \
+    do {                                   \
+        _mm512_store_ps(tile[i], x0);      \
+        _mm512_store_ps(tile[i] + 16, x1); \
+    } while (0)
+    RP_PUT(0, c00, c01);
+    RP_PUT(1, c10, c11);
+    RP_PUT(2, c20, c21);
+    RP_PUT(3, c30, c31);
+    RP_PUT(4, c40, c41);
+    RP_PUT(5, c50, c51);
+    RP_PUT(6, c60, c61);
+    RP_PUT(7, c70, c71);
+    RP_PUT(8, c80, c81);
+    RP_PUT(9, c90, c91);
+    RP_PUT(10, ca0, ca1);
+    RP_PUT(11, cb0, cb1);
 #undef RP_PUT
     for (int64_t i = 0; i < mr; i++) {
         float *c = C + i * ldc;
@@ -384,8 +430,9 @@ RP_T512 double rp_fma_peak_gflops_avx512(int threads, double seconds) {
                 r9 = _mm512_fmadd_ps(r9, x, y);
                 r10 = _mm512_fmadd_ps(r10, x, y);
                 r11 = _mm512_fmadd_ps(r11, x, y);
-                __asm__ volatile("" : "+v"(r0), "+v"(r1), "+v"(r2), "+v"(r3), "+v"(r4), "+v"(r5), "+v"(r6),
-                                 "+v"(r7), "+v"(r8), "+v"(r9), "+v"(r10), "+v"(r11));
+                __asm__ volatile(""
+                                 : "+v"(r0), "+v"(r1), "+v"(r2), "+v"(r3), "+v"(r4), "+v"(r5), "+v"(r6), "+v"(r7),
+                                   "+v"(r8), "+v"(r9), "+v"(r10), "+v"(r11));
             }
             iters += chunk;
             t = now_seconds() - t0;
@@ -401,8 +448,8 @@ RP_T512 double rp_fma_peak_gflops_avx512(int threads, double seconds) {
 }
 #else
 int rp_gemm_cpu_avx512(void) { return 0; }
-void rp_gemm_ukr_avx512(int64_t kc, const float *Ap, const float *Bp, float *C, int64_t ldc, int64_t mr,
-                        int64_t nr, float alpha, float beta, const float *bias) {
+void rp_gemm_ukr_avx512(int64_t kc, const float *Ap, const float *Bp, float *C, int64_t ldc, int64_t mr, int64_t nr,
+                        float alpha, float beta, const float *bias) {
     rp_gemm_ukr_avx2(kc, Ap, Bp, C, ldc, mr, nr, alpha, beta, bias); /* never called */
 }
 double rp_fma_peak_gflops_avx512(int threads, double seconds) { return rp_fma_peak_gflops_avx2(threads, seconds); }
@@ -410,8 +457,8 @@ double rp_fma_peak_gflops_avx512(int threads, double seconds) { return rp_fma_pe
 
 #else
 /* Not compiled for AVX2/FMA: never called (rp_simd_enabled() is 0). */
-void rp_gemm_ukr_avx2(int64_t kc, const float *Ap, const float *Bp, float *C, int64_t ldc, int64_t mr,
-                      int64_t nr, float alpha, float beta, const float *bias) {
+void rp_gemm_ukr_avx2(int64_t kc, const float *Ap, const float *Bp, float *C, int64_t ldc, int64_t mr, int64_t nr,
+                      float alpha, float beta, const float *bias) {
     (void)kc, (void)Ap, (void)Bp, (void)C, (void)ldc, (void)mr, (void)nr, (void)alpha, (void)beta, (void)bias;
 }
 double rp_fma_peak_gflops_avx2(int threads, double seconds) {
@@ -422,8 +469,8 @@ int rp_gemm_cpu_avx512(void) { return 0; }
 void rp_gemm_pack_rows_avx2(const float *X, int64_t ld, int64_t kc, int R, float *dst) {
     (void)X, (void)ld, (void)kc, (void)R, (void)dst;
 }
-void rp_gemm_ukr_avx512(int64_t kc, const float *Ap, const float *Bp, float *C, int64_t ldc, int64_t mr,
-                        int64_t nr, float alpha, float beta, const float *bias) {
+void rp_gemm_ukr_avx512(int64_t kc, const float *Ap, const float *Bp, float *C, int64_t ldc, int64_t mr, int64_t nr,
+                        float alpha, float beta, const float *bias) {
     (void)kc, (void)Ap, (void)Bp, (void)C, (void)ldc, (void)mr, (void)nr, (void)alpha, (void)beta, (void)bias;
 }
 double rp_fma_peak_gflops_avx512(int threads, double seconds) {

@@ -7,8 +7,8 @@
 /* logits: (N, V); targets: (N); lse: (N). The mean is over counted rows; the
  * per-row losses are summed serially in double (row order), so the result
  * does not depend on the thread count. */
-int rp_ops_xent_fwd(const float *logits, const int64_t *targets, float *lse, float *loss, int64_t *count,
-                    int64_t N, int64_t V, int64_t ignore_index, int64_t *bad) {
+int rp_ops_xent_fwd(const float *logits, const int64_t *targets, float *lse, float *loss, int64_t *count, int64_t N,
+                    int64_t V, int64_t ignore_index, int64_t *bad) {
     if (N < 0 || V < 0) return RP_EINVAL;
     for (int64_t r = 0; r < N; r++) {
         int64_t t = targets[r];

@@ -18,8 +18,8 @@ static const float *vec_or_fill(const float *v, float fill, int64_t D, float **t
 
 /* ---- LayerNorm ----------------------------------------------------------
  * x, y: (N, D); weight, bias: (D) or NULL (1 and 0); mean, rstd: (N). */
-int rp_ops_layernorm_fwd(const float *x, const float *weight, const float *bias, float *y, float *mean,
-                         float *rstd, int64_t N, int64_t D, float eps) {
+int rp_ops_layernorm_fwd(const float *x, const float *weight, const float *bias, float *y, float *mean, float *rstd,
+                         int64_t N, int64_t D, float eps) {
     if (N < 0 || D < 0) return RP_EINVAL;
     if (N == 0) return RP_OK;
     float *tw, *tb;
@@ -41,8 +41,8 @@ int rp_ops_layernorm_fwd(const float *x, const float *weight, const float *bias,
  * h = (x - mean) * rstd. dweight = sum_rows grad * h, dbias = sum_rows grad:
  * per-chunk partials over min(N, RP_OPS_NCHUNK) fixed row chunks (never the
  * thread count), added in chunk order. */
-int rp_ops_layernorm_bwd(const float *x, const float *weight, const float *mean, const float *rstd,
-                         const float *grad, float *dx, float *dweight, float *dbias, int64_t N, int64_t D) {
+int rp_ops_layernorm_bwd(const float *x, const float *weight, const float *mean, const float *rstd, const float *grad,
+                         float *dx, float *dweight, float *dbias, int64_t N, int64_t D) {
     if (N < 0 || D < 0) return RP_EINVAL;
     if (dweight) memset(dweight, 0, (size_t)D * sizeof(float));
     if (dbias) memset(dbias, 0, (size_t)D * sizeof(float));
@@ -77,8 +77,7 @@ int rp_ops_layernorm_bwd(const float *x, const float *weight, const float *mean,
 
 /* ---- RMSNorm: y = x * rstd * weight, rstd = 1 / sqrt(mean(x^2) + eps) ----
  * x, y: (N, D); weight: (D) or NULL; rstd: (N). */
-int rp_ops_rmsnorm_fwd(const float *x, const float *weight, float *y, float *rstd, int64_t N, int64_t D,
-                       float eps) {
+int rp_ops_rmsnorm_fwd(const float *x, const float *weight, float *y, float *rstd, int64_t N, int64_t D, float eps) {
     if (N < 0 || D < 0) return RP_EINVAL;
     if (N == 0) return RP_OK;
     float *tw;

@@ -34,8 +34,8 @@ extern "C" {
 enum { RP_OP_ADD = 0, RP_OP_SUB = 1, RP_OP_MUL = 2, RP_OP_DIV = 3, RP_OP_RSUB = 4, RP_OP_RDIV = 5 };
 int rp_ops_binary_fwd(int op, const float *a, const float *b, float *out, int64_t n, int64_t nb);
 /* da: n floats (may be NULL); db: nb floats, the gradient reduced over rows (may be NULL). */
-int rp_ops_binary_bwd(int op, const float *a, const float *b, const float *grad, float *da, float *db,
-                      int64_t n, int64_t nb);
+int rp_ops_binary_bwd(int op, const float *a, const float *b, const float *grad, float *da, float *db, int64_t n,
+                      int64_t nb);
 /* out = alpha * x (n floats). */
 int rp_ops_scale(const float *x, float alpha, float *out, int64_t n);
 /* out (D) = sum over the N rows of g (N, D), in a fixed order. */
@@ -49,16 +49,15 @@ int rp_ops_act_bwd(int kind, const float *x, const float *grad, float *dx, int64
 /* ---- LayerNorm over the last axis ---------------------------------------
  * x, y: (N, D); weight, bias: (D) (either may be NULL: 1 and 0);
  * mean, rstd: (N) saved for the backward. */
-int rp_ops_layernorm_fwd(const float *x, const float *weight, const float *bias, float *y, float *mean,
-                         float *rstd, int64_t N, int64_t D, float eps);
+int rp_ops_layernorm_fwd(const float *x, const float *weight, const float *bias, float *y, float *mean, float *rstd,
+                         int64_t N, int64_t D, float eps);
 /* dx: (N, D), dweight, dbias: (D); each may be NULL. */
-int rp_ops_layernorm_bwd(const float *x, const float *weight, const float *mean, const float *rstd,
-                         const float *grad, float *dx, float *dweight, float *dbias, int64_t N, int64_t D);
+int rp_ops_layernorm_bwd(const float *x, const float *weight, const float *mean, const float *rstd, const float *grad,
+                         float *dx, float *dweight, float *dbias, int64_t N, int64_t D);
 
 /* ---- RMSNorm over the last axis: y = x * rstd * weight ------------------
  * x, y: (N, D); weight: (D) or NULL; rstd: (N). */
-int rp_ops_rmsnorm_fwd(const float *x, const float *weight, float *y, float *rstd, int64_t N, int64_t D,
-                       float eps);
+int rp_ops_rmsnorm_fwd(const float *x, const float *weight, float *y, float *rstd, int64_t N, int64_t D, float eps);
 int rp_ops_rmsnorm_bwd(const float *x, const float *weight, const float *rstd, const float *grad, float *dx,
                        float *dweight, int64_t N, int64_t D);
 
@@ -75,8 +74,8 @@ int rp_ops_log_softmax_bwd(const float *y, const float *grad, float *dx, int64_t
  * for nothing. lse: (N) saved (0 for ignored rows). *loss = mean over the
  * *count counted rows (0 when none). Targets must be in [0, V) or ignored:
  * RP_EINDEX otherwise (*bad gets the first bad row; may be NULL). */
-int rp_ops_xent_fwd(const float *logits, const int64_t *targets, float *lse, float *loss, int64_t *count,
-                    int64_t N, int64_t V, int64_t ignore_index, int64_t *bad);
+int rp_ops_xent_fwd(const float *logits, const int64_t *targets, float *lse, float *loss, int64_t *count, int64_t N,
+                    int64_t V, int64_t ignore_index, int64_t *bad);
 /* dlogits: (N, V) = (softmax - onehot) * dloss / count; zero rows for ignored targets. */
 int rp_ops_xent_bwd(const float *logits, const int64_t *targets, const float *lse, float dloss, int64_t count,
                     float *dlogits, int64_t N, int64_t V, int64_t ignore_index);
@@ -348,7 +347,10 @@ void rp_ops_avx2_rms_bwd(const float *x, const float *w, float rs, const float *
  * rp_simd_enabled() once per call, outside the loops). */
 static inline void rp_ops_act_fwd_span(int simd, int kind, const float *x, float *y, int64_t n) {
 #if RP_HAVE_X86_TU
-    if (simd) { rp_ops_avx2_act_fwd(kind, x, y, n); return; }
+    if (simd) {
+        rp_ops_avx2_act_fwd(kind, x, y, n);
+        return;
+    }
 #endif
     (void)simd;
     rp_span_act_fwd(kind, x, y, n);
@@ -356,7 +358,10 @@ static inline void rp_ops_act_fwd_span(int simd, int kind, const float *x, float
 
 static inline void rp_ops_act_bwd_span(int simd, int kind, const float *x, const float *g, float *dx, int64_t n) {
 #if RP_HAVE_X86_TU
-    if (simd) { rp_ops_avx2_act_bwd(kind, x, g, dx, n); return; }
+    if (simd) {
+        rp_ops_avx2_act_bwd(kind, x, g, dx, n);
+        return;
+    }
 #endif
     (void)simd;
     rp_span_act_bwd(kind, x, g, dx, n);
@@ -370,10 +375,13 @@ static inline float rp_ops_exp_sum(int simd, const float *x, float m, float *y, 
     return rp_span_exp_sum(x, m, y, n);
 }
 
-static inline void rp_ops_exp_scale(int simd, const float *x, float c, float scale, const float *z, float add,
-                                    float *y, int64_t n) {
+static inline void rp_ops_exp_scale(int simd, const float *x, float c, float scale, const float *z, float add, float *y,
+                                    int64_t n) {
 #if RP_HAVE_X86_TU
-    if (simd) { rp_ops_avx2_exp_scale(x, c, scale, z, add, y, n); return; }
+    if (simd) {
+        rp_ops_avx2_exp_scale(x, c, scale, z, add, y, n);
+        return;
+    }
 #endif
     (void)simd;
     rp_span_exp_scale(x, c, scale, z, add, y, n);
@@ -382,16 +390,22 @@ static inline void rp_ops_exp_scale(int simd, const float *x, float c, float sca
 static inline void rp_ops_ln_fwd(int simd, const float *x, const float *w, const float *b, float *y, int64_t D,
                                  float eps, float *mean, float *rstd) {
 #if RP_HAVE_X86_TU
-    if (simd) { rp_ops_avx2_ln_fwd(x, w, b, y, D, eps, mean, rstd); return; }
+    if (simd) {
+        rp_ops_avx2_ln_fwd(x, w, b, y, D, eps, mean, rstd);
+        return;
+    }
 #endif
     (void)simd;
     rp_span_ln_fwd(x, w, b, y, D, eps, mean, rstd);
 }
 
-static inline void rp_ops_ln_bwd(int simd, const float *x, const float *w, float m, float rs, const float *g,
-                                 float *dx, float *pw, float *pb, int64_t D) {
+static inline void rp_ops_ln_bwd(int simd, const float *x, const float *w, float m, float rs, const float *g, float *dx,
+                                 float *pw, float *pb, int64_t D) {
 #if RP_HAVE_X86_TU
-    if (simd) { rp_ops_avx2_ln_bwd(x, w, m, rs, g, dx, pw, pb, D); return; }
+    if (simd) {
+        rp_ops_avx2_ln_bwd(x, w, m, rs, g, dx, pw, pb, D);
+        return;
+    }
 #endif
     (void)simd;
     rp_span_ln_bwd(x, w, m, rs, g, dx, pw, pb, D);
@@ -400,7 +414,10 @@ static inline void rp_ops_ln_bwd(int simd, const float *x, const float *w, float
 static inline void rp_ops_rms_fwd(int simd, const float *x, const float *w, float *y, int64_t D, float eps,
                                   float *rstd) {
 #if RP_HAVE_X86_TU
-    if (simd) { rp_ops_avx2_rms_fwd(x, w, y, D, eps, rstd); return; }
+    if (simd) {
+        rp_ops_avx2_rms_fwd(x, w, y, D, eps, rstd);
+        return;
+    }
 #endif
     (void)simd;
     rp_span_rms_fwd(x, w, y, D, eps, rstd);
@@ -409,7 +426,10 @@ static inline void rp_ops_rms_fwd(int simd, const float *x, const float *w, floa
 static inline void rp_ops_rms_bwd(int simd, const float *x, const float *w, float rs, const float *g, float *dx,
                                   float *pw, int64_t D) {
 #if RP_HAVE_X86_TU
-    if (simd) { rp_ops_avx2_rms_bwd(x, w, rs, g, dx, pw, D); return; }
+    if (simd) {
+        rp_ops_avx2_rms_bwd(x, w, rs, g, dx, pw, D);
+        return;
+    }
 #endif
     (void)simd;
     rp_span_rms_bwd(x, w, rs, g, dx, pw, D);

@@ -125,8 +125,10 @@ int rp_optim_sumsq(const float *const *arrays, const int64_t *sizes, int64_t n_a
         int64_t lo = 0, hi = n_arrays - 1;
         while (lo < hi) {
             int64_t mid = lo + (hi - lo + 1) / 2;
-            if (first[mid] <= c) lo = mid;
-            else hi = mid - 1;
+            if (first[mid] <= c)
+                lo = mid;
+            else
+                hi = mid - 1;
         }
         int64_t start = (c - first[lo]) * RP_OPTIM_CHUNK;
         int64_t len = sizes[lo] - start;

@@ -19,8 +19,8 @@ typedef enum {
     RP_ROPE_HALF = 1         /* pairs (x_k, x_k+P):   GPT-NeoX, HF LLaMA, ggml NEOX */
 } rp_rope_layout;
 
-#define RP_SIN_INTERLEAVED 0  /* PE(i,2k)=sin, PE(i,2k+1)=cos (Vaswani et al.) */
-#define RP_SIN_CONCAT 1       /* [sin_0..sin_{P-1}, cos_0..cos_{P-1}] */
+#define RP_SIN_INTERLEAVED 0 /* PE(i,2k)=sin, PE(i,2k+1)=cos (Vaswani et al.) */
+#define RP_SIN_CONCAT 1      /* [sin_0..sin_{P-1}, cos_0..cos_{P-1}] */
 
 /* Kernels below this much work run on one thread: a parallel region costs
  * more than rotating 16k numbers or evaluating 2k sines (and far more when
@@ -66,8 +66,8 @@ static inline void rp_rotary_row(const float *src, float *dst, const float *c, c
  * inv_freq (P,) float64; cos, sin (T, P) float32 out.
  * angle[t, k] = (offset + t) * pos_scale * inv_freq[k], computed in float64
  * (float32 loses whole radians at positions ~1e6), then cos/sin in float64. */
-int rp_posenc_rope_tables(const double *inv_freq, int64_t P, int64_t T, int64_t offset,
-                          double pos_scale, float *cos_out, float *sin_out);
+int rp_posenc_rope_tables(const double *inv_freq, int64_t P, int64_t T, int64_t offset, double pos_scale,
+                          float *cos_out, float *sin_out);
 
 /* xPos scales (Sun et al. 2022). scale (T, P) float32 out.
  * zeta_k = (2k/(2P) + gamma) / (1 + gamma); for row t at position p = offset + t:
@@ -75,8 +75,8 @@ int rp_posenc_rope_tables(const double *inv_freq, int64_t P, int64_t T, int64_t 
  * evaluated as exp(sign * (p - center) / scale_base * log zeta_k) in float64, with
  * the exponent clamped to [-RP_XPOS_MAX_LOG, RP_XPOS_MAX_LOG] so it never
  * overflows. Exact while |p - center| * |log zeta_k| / scale_base <= 80. */
-int rp_posenc_xpos_scale(int64_t P, int64_t T, int64_t offset, double center, double scale_base,
-                         double gamma, int sign, float *scale);
+int rp_posenc_xpos_scale(int64_t P, int64_t T, int64_t offset, double center, double scale_base, double gamma, int sign,
+                         float *scale);
 
 /* Rotary transform, forward.
  * x, y (N, T, D) with N = B*H; cos, sin, scale (T, P) with P = rotary_dim/2;
@@ -84,36 +84,35 @@ int rp_posenc_xpos_scale(int64_t P, int64_t T, int64_t offset, double center, do
  *   (y_a, y_b) = s * (c x_a - s' x_b, s' x_a + c x_b)
  * with (a, b) = (2k, 2k+1) (interleaved) or (k, k+P) (half); the other channels
  * are copied. y may equal x (in place). */
-int rp_posenc_rotary_fwd(const float *x, const float *cos_t, const float *sin_t, const float *scale,
-                         float *y, int64_t N, int64_t T, int64_t D, int64_t rotary_dim, int layout);
+int rp_posenc_rotary_fwd(const float *x, const float *cos_t, const float *sin_t, const float *scale, float *y,
+                         int64_t N, int64_t T, int64_t D, int64_t rotary_dim, int layout);
 
 /* Rotary transform, backward: dx = s * R(-angle) dy on the rotated channels,
  * dx = dy on the rest. Shapes as in the forward; dx may equal dy. */
-int rp_posenc_rotary_bwd(const float *dy, const float *cos_t, const float *sin_t, const float *scale,
-                         float *dx, int64_t N, int64_t T, int64_t D, int64_t rotary_dim, int layout);
+int rp_posenc_rotary_bwd(const float *dy, const float *cos_t, const float *sin_t, const float *scale, float *dx,
+                         int64_t N, int64_t T, int64_t D, int64_t rotary_dim, int layout);
 
 /* Sinusoidal table (Vaswani et al. 2017).
  * out (T, d_model) float32, d_model even; positions (T,) int64 or NULL
  * (then position of row t is offset + t). freq_k = base^(-2k/d_model),
  * angle = position * freq_k in float64. layout RP_SIN_INTERLEAVED or RP_SIN_CONCAT. */
-int rp_posenc_sinusoidal_table(const int64_t *positions, int64_t T, int64_t offset, int64_t d_model,
-                               double base, int layout, float *out);
+int rp_posenc_sinusoidal_table(const int64_t *positions, int64_t T, int64_t offset, int64_t d_model, double base,
+                               int layout, float *out);
 
 /* Complex word-order embedding (Wang et al., ICLR 2020), forward.
  * ids (N,) int64 for N = B*T tokens, token n at position positions[n % T];
  * r, omega, theta (V, d) float32; out (N, 2d) = [real | imag] with
  *   phase = omega[w]*pos + theta[w] (float64), real = r[w] cos(phase), imag = r[w] sin(phase).
  * Returns RP_EINDEX if an id is outside [0, V) (check before calling to name it). */
-int rp_posenc_complex_fwd(const int64_t *ids, const int64_t *positions, int64_t N, int64_t T,
-                          const float *r, const float *omega, const float *theta, int64_t V, int64_t d,
-                          float *out);
+int rp_posenc_complex_fwd(const int64_t *ids, const int64_t *positions, int64_t N, int64_t T, const float *r,
+                          const float *omega, const float *theta, int64_t V, int64_t d, float *out);
 
 /* Complex word-order embedding, backward. g (N, 2d) = [d real | d imag];
  * writes dr, domega, dtheta (V, d) (zeroed first; rows of unused tokens stay 0).
  * Parallel over column blocks, each summing tokens in order n = 0..N-1:
  * bit-identical for any thread count. */
-int rp_posenc_complex_bwd(const int64_t *ids, const int64_t *positions, int64_t N, int64_t T,
-                          const float *r, const float *omega, const float *theta, int64_t V, int64_t d,
-                          const float *g, float *dr, float *domega, float *dtheta);
+int rp_posenc_complex_bwd(const int64_t *ids, const int64_t *positions, int64_t N, int64_t T, const float *r,
+                          const float *omega, const float *theta, int64_t V, int64_t d, const float *g, float *dr,
+                          float *domega, float *dtheta);
 
 #endif /* RELPOS_POSENC_H */

@@ -52,9 +52,9 @@ int rp_exp_have_avx512(void); /* AVX-512F form compiled in and usable on this CP
 #define RP_EXP_HI 89.0f   /* exp(89) > FLT_MAX: +inf; keeps n <= 129 */
 #define RP_EXP_LO -104.0f /* exp(-104) < 2^-150 rounds to 0; keeps n >= -151 */
 #define RP_EXP_LOG2E 1.44269504088896341f
-#define RP_EXP_SHIFT 12582912.0f        /* 1.5 * 2^23: t = x log2e + shift has n in its low bits */
-#define RP_EXP_SHIFT_BITS 0x4B400000    /* the bits of RP_EXP_SHIFT */
-#define RP_EXP_C1 0.693359375f          /* ln 2 = C1 + C2; n * C1 is exact */
+#define RP_EXP_SHIFT 12582912.0f     /* 1.5 * 2^23: t = x log2e + shift has n in its low bits */
+#define RP_EXP_SHIFT_BITS 0x4B400000 /* the bits of RP_EXP_SHIFT */
+#define RP_EXP_C1 0.693359375f       /* ln 2 = C1 + C2; n * C1 is exact */
 #define RP_EXP_C2 -2.12194440e-4f
 #define RP_EXP_P0 1.9875691500e-4f
 #define RP_EXP_P1 1.3981999507e-3f
@@ -69,26 +69,26 @@ int rp_exp_have_avx512(void); /* AVX-512F form compiled in and usable on this CP
  * when unordered), V##set1, V##bits / V##from_bits (reinterpret), V##isub and
  * V##isubc / V##iaddc (a constant operand; wrapping), V##isra1 (arithmetic
  * shift right by 1), V##isll23. */
-#define RP_EXP_STEPS(V, x, result)                                                                  \
-    do {                                                                                            \
-        const V##f xc_ = V##max(V##set1(RP_EXP_LO), V##min(V##set1(RP_EXP_HI), (x)));              \
-        const V##f t_ = V##fma(xc_, V##set1(RP_EXP_LOG2E), V##set1(RP_EXP_SHIFT));                  \
-        const V##f n_ = V##sub(t_, V##set1(RP_EXP_SHIFT));                                          \
-        V##f r_ = V##fnma(n_, V##set1(RP_EXP_C1), xc_);                                             \
-        r_ = V##fnma(n_, V##set1(RP_EXP_C2), r_);                                                   \
-        const V##f z_ = V##mul(r_, r_);                                                             \
-        V##f p_ = V##fma(V##set1(RP_EXP_P0), r_, V##set1(RP_EXP_P1));                              \
-        p_ = V##fma(p_, r_, V##set1(RP_EXP_P2));                                                    \
-        p_ = V##fma(p_, r_, V##set1(RP_EXP_P3));                                                    \
-        p_ = V##fma(p_, r_, V##set1(RP_EXP_P4));                                                    \
-        p_ = V##fma(p_, r_, V##set1(RP_EXP_P5));                                                    \
-        p_ = V##add(V##fma(p_, z_, r_), V##set1(1.0f));                                             \
-        const V##i ni_ = V##isubc(V##bits(t_), RP_EXP_SHIFT_BITS);                                   \
-        const V##i n1_ = V##isra1(ni_);                                                             \
-        const V##i n2_ = V##isub(ni_, n1_);                                                         \
-        const V##f s1_ = V##from_bits(V##isll23(V##iaddc(n1_, 127)));                                \
-        const V##f s2_ = V##from_bits(V##isll23(V##iaddc(n2_, 127)));                                \
-        (result) = V##mul(V##mul(p_, s1_), s2_);                                                    \
+#define RP_EXP_STEPS(V, x, result)                                                    \
+    do {                                                                              \
+        const V##f xc_ = V##max(V##set1(RP_EXP_LO), V##min(V##set1(RP_EXP_HI), (x))); \
+        const V##f t_ = V##fma(xc_, V##set1(RP_EXP_LOG2E), V##set1(RP_EXP_SHIFT));    \
+        const V##f n_ = V##sub(t_, V##set1(RP_EXP_SHIFT));                            \
+        V##f r_ = V##fnma(n_, V##set1(RP_EXP_C1), xc_);                               \
+        r_ = V##fnma(n_, V##set1(RP_EXP_C2), r_);                                     \
+        const V##f z_ = V##mul(r_, r_);                                               \
+        V##f p_ = V##fma(V##set1(RP_EXP_P0), r_, V##set1(RP_EXP_P1));                 \
+        p_ = V##fma(p_, r_, V##set1(RP_EXP_P2));                                      \
+        p_ = V##fma(p_, r_, V##set1(RP_EXP_P3));                                      \
+        p_ = V##fma(p_, r_, V##set1(RP_EXP_P4));                                      \
+        p_ = V##fma(p_, r_, V##set1(RP_EXP_P5));                                      \
+        p_ = V##add(V##fma(p_, z_, r_), V##set1(1.0f));                               \
+        const V##i ni_ = V##isubc(V##bits(t_), RP_EXP_SHIFT_BITS);                    \
+        const V##i n1_ = V##isra1(ni_);                                               \
+        const V##i n2_ = V##isub(ni_, n1_);                                           \
+        const V##f s1_ = V##from_bits(V##isll23(V##iaddc(n1_, 127)));                 \
+        const V##f s2_ = V##from_bits(V##isll23(V##iaddc(n2_, 127)));                 \
+        (result) = V##mul(V##mul(p_, s1_), s2_);                                      \
     } while (0)
 
 /* ---- scalar form ------------------------------------------------------- */

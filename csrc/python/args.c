@@ -215,9 +215,9 @@ int rp_args_parse(PyObject *args, PyObject *kw, const char *fname, rp_arg *spec)
     /* Unused trailing pointers are never read: PyArg reads one per format unit.
      * Each is passed as void *, which has the representation of every object
      * pointer the units expect. */
-    if (!PyArg_ParseTupleAndKeywords(args, kw, fmt, kwlist, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8],
-                                     p[9], p[10], p[11], p[12], p[13], p[14], p[15], p[16], p[17], p[18], p[19],
-                                     p[20], p[21], p[22], p[23]))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, fmt, kwlist, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9],
+                                     p[10], p[11], p[12], p[13], p[14], p[15], p[16], p[17], p[18], p[19], p[20], p[21],
+                                     p[22], p[23]))
         return -1;
     for (rp_arg *a = spec; a->unit; a++) {
         if (a->unit != 'O' || !a->conv) continue;

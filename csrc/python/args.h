@@ -4,9 +4,9 @@
 
 /* Inputs. Each returns a NEW reference to a C-contiguous, aligned array, or
  * NULL with TypeError/ValueError set naming `name`. */
-PyArrayObject *rp_in_f32(PyObject *obj, const char *name);   /* float32 ndarray only */
-PyArrayObject *rp_in_i64(PyObject *obj, const char *name);   /* any integer ndarray -> int64 */
-PyArrayObject *rp_in_mask(PyObject *obj, const char *name);  /* bool ndarray -> uint8 (npy_bool) */
+PyArrayObject *rp_in_f32(PyObject *obj, const char *name);  /* float32 ndarray only */
+PyArrayObject *rp_in_i64(PyObject *obj, const char *name);  /* any integer ndarray -> int64 */
+PyArrayObject *rp_in_mask(PyObject *obj, const char *name); /* bool ndarray -> uint8 (npy_bool) */
 /* Same, but None gives NULL with no error set (optional arguments). Check PyErr_Occurred(). */
 PyArrayObject *rp_in_f32_opt(PyObject *obj, const char *name);
 
@@ -20,7 +20,7 @@ int rp_check_shape(PyArrayObject *a, const char *name, int ndim, const npy_intp 
  * Otherwise obj must be a float32, C-contiguous, aligned, writeable ndarray of
  * exactly `dims`; a new reference to it is returned. */
 PyArrayObject *rp_out_f32(PyObject *obj, const char *name, int ndim, const npy_intp *dims);
-PyArrayObject *rp_new_f32(int ndim, const npy_intp *dims); /* zero-filled */
+PyArrayObject *rp_new_f32(int ndim, const npy_intp *dims);   /* zero-filled */
 PyArrayObject *rp_empty_f32(int ndim, const npy_intp *dims); /* uninitialised (the kernel writes it all) */
 
 /* An optional result: a (the reference is stolen) or None. */
@@ -66,15 +66,15 @@ int rp_check_nonneg(int64_t v, const char *name);
 #define RP_ARGS_MAX 24 /* format units per wrapper */
 
 typedef struct {
-    const char *name; /* keyword, and the argument's name in error messages */
-    char unit;        /* PyArg format unit: 'O' array or object, 'd', 'f', 'p', 'i', 'n', 'L', 's';
-                         '|' and '$' markers; 0 ends the table */
-    char conv;        /* arrays: 'f' float32, 'i' int64, 'b' bool mask; 0: a raw object */
-    char opt;         /* arrays: None gives NULL */
-    int ndim;         /* arrays: expected ndim, or -1 */
+    const char *name;  /* keyword, and the argument's name in error messages */
+    char unit;         /* PyArg format unit: 'O' array or object, 'd', 'f', 'p', 'i', 'n', 'L', 's';
+                          '|' and '$' markers; 0 ends the table */
+    char conv;         /* arrays: 'f' float32, 'i' int64, 'b' bool mask; 0: a raw object */
+    char opt;          /* arrays: None gives NULL */
+    int ndim;          /* arrays: expected ndim, or -1 */
     const char *shape; /* arrays: the expected shape in words, e.g. "(B, H, T, D)" */
     void *dst;
-    PyObject *raw;    /* arrays: the object before conversion (borrowed) */
+    PyObject *raw; /* arrays: the object before conversion (borrowed) */
 } rp_arg;
 
 static inline void *rp_argp_array(PyArrayObject **p) { return p; }
@@ -94,17 +94,28 @@ static inline void *rp_argp_str(const char **p) { return p; }
 #define RP_ARG_I64_OPT(nm, d, nd, shp) RP_ARG_ARRAY_(nm, 'i', 1, d, nd, shp)
 #define RP_ARG_MASK(nm, d, nd, shp) RP_ARG_ARRAY_(nm, 'b', 0, d, nd, shp)
 #define RP_ARG_MASK_OPT(nm, d, nd, shp) RP_ARG_ARRAY_(nm, 'b', 1, d, nd, shp)
-#define RP_ARG_OBJ(nm, d) { .name = (nm), .unit = 'O', .dst = rp_argp_object(d) }
-#define RP_ARG_DOUBLE(nm, d) { .name = (nm), .unit = 'd', .dst = rp_argp_double(d) }
-#define RP_ARG_FLOAT(nm, d) { .name = (nm), .unit = 'f', .dst = rp_argp_float(d) }
-#define RP_ARG_BOOL(nm, d) { .name = (nm), .unit = 'p', .dst = rp_argp_int(d) }
-#define RP_ARG_INT(nm, d) { .name = (nm), .unit = 'i', .dst = rp_argp_int(d) }
-#define RP_ARG_SSIZE(nm, d) { .name = (nm), .unit = 'n', .dst = rp_argp_ssize(d) }
-#define RP_ARG_LLONG(nm, d) { .name = (nm), .unit = 'L', .dst = rp_argp_llong(d) }
-#define RP_ARG_STR(nm, d) { .name = (nm), .unit = 's', .dst = rp_argp_str(d) }
-#define RP_ARG_OPTIONAL { .unit = '|' }
-#define RP_ARG_KWONLY { .unit = '$' }
-#define RP_ARG_END { .unit = 0 }
+#define RP_ARG_OBJ(nm, d) \
+    { .name = (nm), .unit = 'O', .dst = rp_argp_object(d) }
+#define RP_ARG_DOUBLE(nm, d) \
+    { .name = (nm), .unit = 'd', .dst = rp_argp_double(d) }
+#define RP_ARG_FLOAT(nm, d) \
+    { .name = (nm), .unit = 'f', .dst = rp_argp_float(d) }
+#define RP_ARG_BOOL(nm, d) \
+    { .name = (nm), .unit = 'p', .dst = rp_argp_int(d) }
+#define RP_ARG_INT(nm, d) \
+    { .name = (nm), .unit = 'i', .dst = rp_argp_int(d) }
+#define RP_ARG_SSIZE(nm, d) \
+    { .name = (nm), .unit = 'n', .dst = rp_argp_ssize(d) }
+#define RP_ARG_LLONG(nm, d) \
+    { .name = (nm), .unit = 'L', .dst = rp_argp_llong(d) }
+#define RP_ARG_STR(nm, d) \
+    { .name = (nm), .unit = 's', .dst = rp_argp_str(d) }
+#define RP_ARG_OPTIONAL \
+    { .unit = '|' }
+#define RP_ARG_KWONLY \
+    { .unit = '$' }
+#define RP_ARG_END \
+    { .unit = 0 }
 
 /* Parse, convert and check as the table says; fname names the function in
  * CPython's messages. 0, or -1 with the exception set and every array of the

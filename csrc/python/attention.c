@@ -58,10 +58,10 @@ typedef struct {
 } raw_args;
 
 static void rp_attn_call_free(rp_attn_call *C) {
-    PyArrayObject **refs[] = {&C->q, &C->k, &C->v, &C->qr, &C->relk, &C->relq, &C->relv,
-                              &C->bias_vec, &C->bias_full, &C->mask, &C->out, &C->lse,
-                              &C->probs, &C->dout, &C->dq, &C->dk, &C->dv, &C->dqr,
-                              &C->drelk, &C->drelq, &C->drelv, &C->dbias_vec, &C->dbias_full};
+    PyArrayObject **refs[] = {&C->q,     &C->k,        &C->v,         &C->qr,        &C->relk,      &C->relq,
+                              &C->relv,  &C->bias_vec, &C->bias_full, &C->mask,      &C->out,       &C->lse,
+                              &C->probs, &C->dout,     &C->dq,        &C->dk,        &C->dv,        &C->dqr,
+                              &C->drelk, &C->drelq,    &C->drelv,     &C->dbias_vec, &C->dbias_full};
     for (size_t i = 0; i < sizeof refs / sizeof refs[0]; i++) Py_CLEAR(*refs[i]);
 }
 
@@ -86,8 +86,8 @@ static int parse_ix(PyObject *obj, const char *name, const char *table, rp_relid
     PyObject *s = PySequence_Fast_GET_ITEM(seq, 0), *o = PySequence_Fast_GET_ITEM(seq, 1);
     if (!PyIndex_Check(s) || !PyIndex_Check(o) || PyBool_Check(s) || PyBool_Check(o) || PyFloat_Check(s) ||
         PyFloat_Check(o)) {
-        PyErr_Format(PyExc_TypeError, "%s must be a (sign, off) tuple of ints; got (%s, %s)", name,
-                     Py_TYPE(s)->tp_name, Py_TYPE(o)->tp_name);
+        PyErr_Format(PyExc_TypeError, "%s must be a (sign, off) tuple of ints; got (%s, %s)", name, Py_TYPE(s)->tp_name,
+                     Py_TYPE(o)->tp_name);
         goto done;
     }
     PyObject *si = PyNumber_Index(s), *oi = PyNumber_Index(o); /* ints and NumPy integers */
@@ -122,13 +122,12 @@ static PyArrayObject *parse_table(PyObject *obj, const char *name, const char *d
     if (rp_check_shape(t, name, nd, dims, desc) < 0) goto fail;
     rp_shape_str(t, got, sizeof got);
     if (RP_DIM(t, 0) != 1 && RP_DIM(t, 0) != H) {
-        PyErr_Format(PyExc_ValueError, "%s must have a head dim of 1 or H = %lld; got shape %s", name,
-                     (long long)H, got);
+        PyErr_Format(PyExc_ValueError, "%s must have a head dim of 1 or H = %lld; got shape %s", name, (long long)H,
+                     got);
         goto fail;
     }
     if (RP_DIM(t, 1) < 1) {
-        PyErr_Format(PyExc_ValueError, "%s must have at least one relative position (R >= 1); got shape %s",
-                     name, got);
+        PyErr_Format(PyExc_ValueError, "%s must have at least one relative position (R >= 1); got shape %s", name, got);
         goto fail;
     }
     (void)wname;
@@ -169,8 +168,15 @@ static int build_call(const raw_args *r, rp_attn_call *C) {
         if (rp_check_shape(C->v, "v", 4, dv, "(B, H, Tk, Dv)") < 0) return -1;
     }
     const int64_t Dv = RP_DIM(C->v, 3);
-    a->B = B; a->H = H; a->Tq = Tq; a->Tk = Tk; a->D = D; a->Dv = Dv;
-    a->q = RP_F32(C->q); a->k = RP_F32(C->k); a->v = RP_F32(C->v);
+    a->B = B;
+    a->H = H;
+    a->Tq = Tq;
+    a->Tk = Tk;
+    a->D = D;
+    a->Dv = Dv;
+    a->q = RP_F32(C->q);
+    a->k = RP_F32(C->k);
+    a->v = RP_F32(C->v);
     a->causal = r->causal;
 
     /* absolute positions q_offset + i and relative indices sign * (ia - j) + off are int64:
@@ -263,11 +269,13 @@ static int build_call(const raw_args *r, rp_attn_call *C) {
     return 0;
 }
 
-#define KW_COMMON "causal", "key_padding_mask", "q_offset", "scale", "qr", "relk", "relk_ix", "relq", \
-                  "relq_ix", "relv", "relv_ix", "bias_vec", "bias_ix", "bias_full"
+#define KW_COMMON                                                                                                     \
+    "causal", "key_padding_mask", "q_offset", "scale", "qr", "relk", "relk_ix", "relq", "relq_ix", "relv", "relv_ix", \
+        "bias_vec", "bias_ix", "bias_full"
 #define FMT_COMMON "pOLOOOOOOOOOOO"
-#define PTR_COMMON(r) &(r).causal, &(r).mask, &(r).q_offset, &(r).scale, &(r).qr, &(r).relk, &(r).relk_ix, \
-                      &(r).relq, &(r).relq_ix, &(r).relv, &(r).relv_ix, &(r).bias_vec, &(r).bias_ix, &(r).bias_full
+#define PTR_COMMON(r)                                                                                             \
+    &(r).causal, &(r).mask, &(r).q_offset, &(r).scale, &(r).qr, &(r).relk, &(r).relk_ix, &(r).relq, &(r).relq_ix, \
+        &(r).relv, &(r).relv_ix, &(r).bias_vec, &(r).bias_ix, &(r).bias_full
 
 static void raw_defaults(raw_args *r) {
     memset(r, 0, sizeof *r);
@@ -310,7 +318,7 @@ static const char *GRAD_NAMES[] = {"q", "k", "v", "qr", "relk", "relq", "relv", 
 #define N_GRADS 9
 
 static PyArrayObject **grad_slot(rp_attn_call *C, int i) {
-    PyArrayObject **s[N_GRADS] = {&C->dq, &C->dk, &C->dv, &C->dqr, &C->drelk,
+    PyArrayObject **s[N_GRADS] = {&C->dq,    &C->dk,    &C->dv,        &C->dqr,       &C->drelk,
                                   &C->drelq, &C->drelv, &C->dbias_vec, &C->dbias_full};
     return s[i];
 }
@@ -327,8 +335,8 @@ static int rp_attn_parse_bwd(PyObject *args, PyObject *kw, const char *fname, rp
     static char *kwl[] = {"q", "k", "v", "out", "lse", "dout", KW_COMMON, "needs", NULL};
     char fmt[64];
     snprintf(fmt, sizeof fmt, "OOOOOO|$" FMT_COMMON "O:%s", fname);
-    if (!PyArg_ParseTupleAndKeywords(args, kw, fmt, kwl, &r.q, &r.k, &r.v, &r.out, &r.lse, &r.dout,
-                                     PTR_COMMON(r), &r.needs))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, fmt, kwl, &r.q, &r.k, &r.v, &r.out, &r.lse, &r.dout, PTR_COMMON(r),
+                                     &r.needs))
         return -1;
     if (build_call(&r, C) < 0) goto fail;
     const rp_attn *a = &C->a;
@@ -365,8 +373,10 @@ static int rp_attn_parse_bwd(PyObject *args, PyObject *kw, const char *fname, rp
             for (int i = 0; i < N_GRADS; i++)
                 if (strcmp(s, GRAD_NAMES[i]) == 0) found = i;
             if (found < 0) {
-                PyErr_Format(PyExc_ValueError, "needs: unknown name %R; expected some of q, k, v, qr, relk, relq, "
-                                               "relv, bias_vec, bias_full", item);
+                PyErr_Format(PyExc_ValueError,
+                             "needs: unknown name %R; expected some of q, k, v, qr, relk, relq, "
+                             "relv, bias_vec, bias_full",
+                             item);
                 Py_DECREF(seq);
                 goto fail;
             }
@@ -443,7 +453,7 @@ static PyObject *py_attention_mat_fwd(PyObject *self, PyObject *args, PyObject *
     int rc;
     float *probs = C.probs ? RP_F32(C.probs) : NULL;
     Py_BEGIN_ALLOW_THREADS
-    rc = rp_attn_mat_fwd(&C.a, RP_F32(C.out), RP_F32(C.lse), probs);
+        rc = rp_attn_mat_fwd(&C.a, RP_F32(C.out), RP_F32(C.lse), probs);
     Py_END_ALLOW_THREADS
     return rp_attn_finish_fwd(&C, rc, "attention_mat_fwd");
 }
@@ -454,7 +464,7 @@ static PyObject *py_attention_mat_bwd(PyObject *self, PyObject *args, PyObject *
     if (rp_attn_parse_bwd(args, kw, "attention_mat_bwd", &C) < 0) return NULL;
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = rp_attn_mat_bwd(&C.a, RP_F32(C.out), RP_F32(C.lse), RP_F32(C.dout), &C.g);
+        rc = rp_attn_mat_bwd(&C.a, RP_F32(C.out), RP_F32(C.lse), RP_F32(C.dout), &C.g);
     Py_END_ALLOW_THREADS
     return rp_attn_finish_bwd(&C, rc, "attention_mat_bwd");
 }
@@ -467,7 +477,7 @@ static PyObject *py_attention_fwd(PyObject *self, PyObject *args, PyObject *kw) 
     if (rp_attn_parse_fwd(args, kw, "attention_fwd", 0, &C) < 0) return NULL;
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = rp_attn_fused_fwd(&C.a, RP_F32(C.out), RP_F32(C.lse));
+        rc = rp_attn_fused_fwd(&C.a, RP_F32(C.out), RP_F32(C.lse));
     Py_END_ALLOW_THREADS
     return rp_attn_finish_fwd(&C, rc, "attention_fwd");
 }
@@ -478,7 +488,7 @@ static PyObject *py_attention_bwd(PyObject *self, PyObject *args, PyObject *kw) 
     if (rp_attn_parse_bwd(args, kw, "attention_bwd", &C) < 0) return NULL;
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = rp_attn_fused_bwd(&C.a, RP_F32(C.out), RP_F32(C.lse), RP_F32(C.dout), &C.g);
+        rc = rp_attn_fused_bwd(&C.a, RP_F32(C.out), RP_F32(C.lse), RP_F32(C.dout), &C.g);
     Py_END_ALLOW_THREADS
     return rp_attn_finish_bwd(&C, rc, "attention_bwd");
 }

@@ -74,8 +74,13 @@ static PyObject *py_add_layer_norm_fwd(PyObject *self, PyObject *args, PyObject 
     double eps = 1e-5;
     int64_t N, D;
     int rc;
-    rp_arg spec[] = {RP_ARG_F32("x", &x, -1, NULL), RP_ARG_F32("y", &y, -1, NULL), RP_ARG_F32("weight", &w, -1, NULL),
-                     RP_ARG_F32("bias", &b, -1, NULL), RP_ARG_OPTIONAL, RP_ARG_DOUBLE("eps", &eps), RP_ARG_END};
+    rp_arg spec[] = {RP_ARG_F32("x", &x, -1, NULL),
+                     RP_ARG_F32("y", &y, -1, NULL),
+                     RP_ARG_F32("weight", &w, -1, NULL),
+                     RP_ARG_F32("bias", &b, -1, NULL),
+                     RP_ARG_OPTIONAL,
+                     RP_ARG_DOUBLE("eps", &eps),
+                     RP_ARG_END};
     if (rp_args_parse(args, kw, "add_layer_norm_fwd", spec) < 0) return NULL;
     if (check_eps(eps) < 0 || as_rows(x, "x", &N, &D) < 0 || same_shape(x, "x", y, "y") < 0 ||
         check_vec(w, "weight", D) < 0 || check_vec(b, "bias", D) < 0)
@@ -85,15 +90,21 @@ static PyObject *py_add_layer_norm_fwd(PyObject *self, PyObject *args, PyObject 
         !(mean = empty_f32(1, nd)) || !(rstd = empty_f32(1, nd)))
         goto fail;
     Py_BEGIN_ALLOW_THREADS
-    rc = rp_blocks_add_layernorm_fwd(RP_F32(x), RP_F32(y), RP_F32(w), RP_F32(b), RP_F32(s), RP_F32(h), RP_F32(mean),
-                                     RP_F32(rstd), N, D, (float)eps);
+        rc = rp_blocks_add_layernorm_fwd(RP_F32(x), RP_F32(y), RP_F32(w), RP_F32(b), RP_F32(s), RP_F32(h), RP_F32(mean),
+                                         RP_F32(rstd), N, D, (float)eps);
     Py_END_ALLOW_THREADS
-    if (rc < 0) { rp_raise_code(rc, "add_layer_norm_fwd"); goto fail; }
+    if (rc < 0) {
+        rp_raise_code(rc, "add_layer_norm_fwd");
+        goto fail;
+    }
     rp_args_release(spec);
     return Py_BuildValue("NNNN", s, h, mean, rstd);
 fail:
     rp_args_release(spec);
-    Py_XDECREF(s); Py_XDECREF(h); Py_XDECREF(mean); Py_XDECREF(rstd);
+    Py_XDECREF(s);
+    Py_XDECREF(h);
+    Py_XDECREF(mean);
+    Py_XDECREF(rstd);
     return NULL;
 }
 
@@ -108,14 +119,16 @@ static PyObject *py_add_layer_norm_bwd(PyObject *self, PyObject *args, PyObject 
     PyArrayObject *dx = NULL, *dw = NULL, *db = NULL;
     int need_x = 1, need_w = 1, need_b = 1, rc;
     int64_t N, D;
-    rp_arg spec[] = {RP_ARG_F32("s", &s, -1, NULL), RP_ARG_F32("weight", &w, -1, NULL),
+    rp_arg spec[] = {RP_ARG_F32("s", &s, -1, NULL),       RP_ARG_F32("weight", &w, -1, NULL),
                      RP_ARG_F32("mean", &mean, -1, NULL), RP_ARG_F32("rstd", &rstd, -1, NULL),
-                     RP_ARG_F32("dh", &dh, -1, NULL), RP_ARG_OPTIONAL, RP_ARG_F32_OPT("ds", &ds, -1, NULL),
-                     RP_ARG_KWONLY, RP_ARG_BOOL("need_x", &need_x), RP_ARG_BOOL("need_weight", &need_w),
-                     RP_ARG_BOOL("need_bias", &need_b), RP_ARG_END};
+                     RP_ARG_F32("dh", &dh, -1, NULL),     RP_ARG_OPTIONAL,
+                     RP_ARG_F32_OPT("ds", &ds, -1, NULL), RP_ARG_KWONLY,
+                     RP_ARG_BOOL("need_x", &need_x),      RP_ARG_BOOL("need_weight", &need_w),
+                     RP_ARG_BOOL("need_bias", &need_b),   RP_ARG_END};
     if (rp_args_parse(args, kw, "add_layer_norm_bwd", spec) < 0) return NULL;
     if (as_rows(s, "s", &N, &D) < 0 || check_vec(w, "weight", D) < 0 || check_stats(mean, "mean", N) < 0 ||
-        check_stats(rstd, "rstd", N) < 0 || same_shape(s, "s", dh, "dh") < 0 || (ds && same_shape(s, "s", ds, "ds") < 0))
+        check_stats(rstd, "rstd", N) < 0 || same_shape(s, "s", dh, "dh") < 0 ||
+        (ds && same_shape(s, "s", ds, "ds") < 0))
         goto fail;
     npy_intp dd[1] = {(npy_intp)D};
     /* dx is needed as scratch even when only dw/db are asked for */
@@ -123,17 +136,22 @@ static PyObject *py_add_layer_norm_bwd(PyObject *self, PyObject *args, PyObject 
     if (need_w && !(dw = empty_f32(1, dd))) goto fail;
     if (need_b && !(db = empty_f32(1, dd))) goto fail;
     Py_BEGIN_ALLOW_THREADS
-    rc = rp_blocks_add_layernorm_bwd(RP_F32(s), RP_F32(w), RP_F32(mean), RP_F32(rstd), RP_F32(dh),
-                                     ds ? RP_F32(ds) : NULL, RP_F32(dx), dw ? RP_F32(dw) : NULL,
-                                     db ? RP_F32(db) : NULL, N, D);
+        rc = rp_blocks_add_layernorm_bwd(RP_F32(s), RP_F32(w), RP_F32(mean), RP_F32(rstd), RP_F32(dh),
+                                         ds ? RP_F32(ds) : NULL, RP_F32(dx), dw ? RP_F32(dw) : NULL,
+                                         db ? RP_F32(db) : NULL, N, D);
     Py_END_ALLOW_THREADS
-    if (rc < 0) { rp_raise_code(rc, "add_layer_norm_bwd"); goto fail; }
+    if (rc < 0) {
+        rp_raise_code(rc, "add_layer_norm_bwd");
+        goto fail;
+    }
     rp_args_release(spec);
     if (!need_x) Py_CLEAR(dx);
     return Py_BuildValue("NNN", rp_none_or(dx), rp_none_or(dw), rp_none_or(db));
 fail:
     rp_args_release(spec);
-    Py_XDECREF(dx); Py_XDECREF(dw); Py_XDECREF(db);
+    Py_XDECREF(dx);
+    Py_XDECREF(dw);
+    Py_XDECREF(db);
     return NULL;
 }
 
@@ -141,15 +159,17 @@ fail:
 
 /* x (M, K), weight (N, K) */
 static int linear_shapes(PyArrayObject *x, PyArrayObject *w, int64_t *M, int64_t *N, int64_t *K) {
-    if (rp_check_ndim(x, "x", 2, "(M, in_features)") < 0 || rp_check_ndim(w, "weight", 2, "(out_features, in_features)") < 0)
+    if (rp_check_ndim(x, "x", 2, "(M, in_features)") < 0 ||
+        rp_check_ndim(w, "weight", 2, "(out_features, in_features)") < 0)
         return -1;
     *M = RP_DIM(x, 0);
     *K = RP_DIM(x, 1);
     *N = RP_DIM(w, 0);
     if (RP_DIM(w, 1) != *K) {
-        PyErr_Format(PyExc_ValueError, "weight must have shape (out_features, in_features=%lld) to match x (%lld, %lld); "
-                     "got (%lld, %lld)", (long long)*K, (long long)*M, (long long)*K, (long long)RP_DIM(w, 0),
-                     (long long)RP_DIM(w, 1));
+        PyErr_Format(PyExc_ValueError,
+                     "weight must have shape (out_features, in_features=%lld) to match x (%lld, %lld); "
+                     "got (%lld, %lld)",
+                     (long long)*K, (long long)*M, (long long)*K, (long long)RP_DIM(w, 0), (long long)RP_DIM(w, 1));
         return -1;
     }
     return 0;
@@ -161,7 +181,7 @@ static PyObject *py_linear_gelu_fwd(PyObject *self, PyObject *args, PyObject *kw
     const char *approx = "tanh";
     int64_t M, N, K;
     int rc, kind;
-    rp_arg spec[] = {RP_ARG_F32("x", &x, -1, NULL), RP_ARG_F32("weight", &w, -1, NULL), RP_ARG_OPTIONAL,
+    rp_arg spec[] = {RP_ARG_F32("x", &x, -1, NULL),        RP_ARG_F32("weight", &w, -1, NULL), RP_ARG_OPTIONAL,
                      RP_ARG_F32_OPT("bias", &b, -1, NULL), RP_ARG_STR("approximate", &approx), RP_ARG_END};
     if (rp_args_parse(args, kw, "linear_gelu_fwd", spec) < 0) return NULL;
     if ((kind = gelu_kind(approx)) < 0 || linear_shapes(x, w, &M, &N, &K) < 0 || (b && check_vec(b, "bias", N) < 0))
@@ -169,14 +189,18 @@ static PyObject *py_linear_gelu_fwd(PyObject *self, PyObject *args, PyObject *kw
     npy_intp od[2] = {(npy_intp)M, (npy_intp)N};
     if (!(h = empty_f32(2, od)) || !(a = empty_f32(2, od))) goto fail;
     Py_BEGIN_ALLOW_THREADS
-    rc = rp_blocks_linear_gelu_fwd(kind, RP_F32(x), RP_F32(w), b ? RP_F32(b) : NULL, RP_F32(h), RP_F32(a), M, N, K);
+        rc = rp_blocks_linear_gelu_fwd(kind, RP_F32(x), RP_F32(w), b ? RP_F32(b) : NULL, RP_F32(h), RP_F32(a), M, N, K);
     Py_END_ALLOW_THREADS
-    if (rc < 0) { rp_raise_code(rc, "linear_gelu_fwd"); goto fail; }
+    if (rc < 0) {
+        rp_raise_code(rc, "linear_gelu_fwd");
+        goto fail;
+    }
     rp_args_release(spec);
     return Py_BuildValue("NN", h, a);
 fail:
     rp_args_release(spec);
-    Py_XDECREF(h); Py_XDECREF(a);
+    Py_XDECREF(h);
+    Py_XDECREF(a);
     return NULL;
 }
 
@@ -186,14 +210,22 @@ static PyObject *py_linear_gelu_bwd(PyObject *self, PyObject *args, PyObject *kw
     const char *approx = "tanh";
     int need_x = 1, need_w = 1, need_b = 1, rc, kind;
     int64_t M, N, K;
-    rp_arg spec[] = {RP_ARG_F32("x", &x, -1, NULL), RP_ARG_F32("weight", &w, -1, NULL), RP_ARG_F32("h", &h, -1, NULL),
-                     RP_ARG_F32("da", &da, -1, NULL), RP_ARG_OPTIONAL, RP_ARG_STR("approximate", &approx),
-                     RP_ARG_KWONLY, RP_ARG_BOOL("need_x", &need_x), RP_ARG_BOOL("need_weight", &need_w),
-                     RP_ARG_BOOL("need_bias", &need_b), RP_ARG_END};
+    rp_arg spec[] = {RP_ARG_F32("x", &x, -1, NULL),
+                     RP_ARG_F32("weight", &w, -1, NULL),
+                     RP_ARG_F32("h", &h, -1, NULL),
+                     RP_ARG_F32("da", &da, -1, NULL),
+                     RP_ARG_OPTIONAL,
+                     RP_ARG_STR("approximate", &approx),
+                     RP_ARG_KWONLY,
+                     RP_ARG_BOOL("need_x", &need_x),
+                     RP_ARG_BOOL("need_weight", &need_w),
+                     RP_ARG_BOOL("need_bias", &need_b),
+                     RP_ARG_END};
     if (rp_args_parse(args, kw, "linear_gelu_bwd", spec) < 0) return NULL;
     if ((kind = gelu_kind(approx)) < 0 || linear_shapes(x, w, &M, &N, &K) < 0) goto fail;
     npy_intp od[2] = {(npy_intp)M, (npy_intp)N};
-    if (rp_check_shape(h, "h", 2, od, "(M, out_features)") < 0 || rp_check_shape(da, "da", 2, od, "(M, out_features)") < 0)
+    if (rp_check_shape(h, "h", 2, od, "(M, out_features)") < 0 ||
+        rp_check_shape(da, "da", 2, od, "(M, out_features)") < 0)
         goto fail;
     npy_intp xd[2] = {(npy_intp)M, (npy_intp)K}, wd[2] = {(npy_intp)N, (npy_intp)K}, bd[1] = {(npy_intp)N};
     if (!(dh = empty_f32(2, od))) goto fail;
@@ -201,16 +233,22 @@ static PyObject *py_linear_gelu_bwd(PyObject *self, PyObject *args, PyObject *kw
     if (need_w && !(dw = empty_f32(2, wd))) goto fail;
     if (need_b && !(db = empty_f32(1, bd))) goto fail;
     Py_BEGIN_ALLOW_THREADS
-    rc = rp_blocks_linear_gelu_bwd(kind, RP_F32(x), RP_F32(w), RP_F32(h), RP_F32(da), RP_F32(dh),
-                                   dx ? RP_F32(dx) : NULL, dw ? RP_F32(dw) : NULL, db ? RP_F32(db) : NULL, M, N, K);
+        rc = rp_blocks_linear_gelu_bwd(kind, RP_F32(x), RP_F32(w), RP_F32(h), RP_F32(da), RP_F32(dh),
+                                       dx ? RP_F32(dx) : NULL, dw ? RP_F32(dw) : NULL, db ? RP_F32(db) : NULL, M, N, K);
     Py_END_ALLOW_THREADS
-    if (rc < 0) { rp_raise_code(rc, "linear_gelu_bwd"); goto fail; }
+    if (rc < 0) {
+        rp_raise_code(rc, "linear_gelu_bwd");
+        goto fail;
+    }
     rp_args_release(spec);
     Py_DECREF(dh);
     return Py_BuildValue("NNN", rp_none_or(dx), rp_none_or(dw), rp_none_or(db));
 fail:
     rp_args_release(spec);
-    Py_XDECREF(dh); Py_XDECREF(dx); Py_XDECREF(dw); Py_XDECREF(db);
+    Py_XDECREF(dh);
+    Py_XDECREF(dx);
+    Py_XDECREF(dw);
+    Py_XDECREF(db);
     return NULL;
 }
 
@@ -263,10 +301,17 @@ static PyObject *py_heads_split(PyObject *self, PyObject *args, PyObject *kw) {
     const char *lay = "interleaved";
     PyArrayObject *y = NULL, *cos = NULL, *sin = NULL, *outs[16] = {NULL};
     int64_t rd = 0;
-    rp_arg spec[] = {RP_ARG_F32("y", &y, 3, "(B, T, groups*n_heads*head_dim)"), RP_ARG_SSIZE("n_heads", &n_heads),
-                     RP_ARG_OPTIONAL, RP_ARG_KWONLY, RP_ARG_INT("groups", &groups), RP_ARG_INT("rotate", &rotate),
-                     RP_ARG_OBJ("cos", &co), RP_ARG_OBJ("sin", &so), RP_ARG_SSIZE("rotary_dim", &rd_in),
-                     RP_ARG_STR("layout", &lay), RP_ARG_END};
+    rp_arg spec[] = {RP_ARG_F32("y", &y, 3, "(B, T, groups*n_heads*head_dim)"),
+                     RP_ARG_SSIZE("n_heads", &n_heads),
+                     RP_ARG_OPTIONAL,
+                     RP_ARG_KWONLY,
+                     RP_ARG_INT("groups", &groups),
+                     RP_ARG_INT("rotate", &rotate),
+                     RP_ARG_OBJ("cos", &co),
+                     RP_ARG_OBJ("sin", &so),
+                     RP_ARG_SSIZE("rotary_dim", &rd_in),
+                     RP_ARG_STR("layout", &lay),
+                     RP_ARG_END};
     if (rp_args_parse(args, kw, "heads_split", spec) < 0) return NULL;
     if (check_groups(groups, rotate) < 0 || (layout = rope_layout(lay)) < 0) goto fail;
     if (n_heads < 1) {
@@ -275,8 +320,10 @@ static PyObject *py_heads_split(PyObject *self, PyObject *args, PyObject *kw) {
     }
     const int64_t B = RP_DIM(y, 0), T = RP_DIM(y, 1), C = RP_DIM(y, 2), H = (int64_t)n_heads;
     if (C == 0 ? H > 1 : (H > C || C % (groups * H))) {
-        PyErr_Format(PyExc_ValueError, "y must have shape (B, T, groups*n_heads*head_dim) with groups=%d, n_heads=%lld; "
-                     "got last dim %lld", groups, (long long)H, (long long)C);
+        PyErr_Format(PyExc_ValueError,
+                     "y must have shape (B, T, groups*n_heads*head_dim) with groups=%d, n_heads=%lld; "
+                     "got last dim %lld",
+                     groups, (long long)H, (long long)C);
         goto fail;
     }
     const int64_t Dh = C / (groups * H);
@@ -291,19 +338,24 @@ static PyObject *py_heads_split(PyObject *self, PyObject *args, PyObject *kw) {
     float *optr[16];
     for (int g = 0; g < groups; g++) optr[g] = RP_F32(outs[g]);
     Py_BEGIN_ALLOW_THREADS
-    rc = rp_blocks_heads_split(RP_F32(y), groups, rotate, cos ? RP_F32(cos) : NULL, sin ? RP_F32(sin) : NULL, rd,
-                             layout, optr, B, T, H, Dh);
+        rc = rp_blocks_heads_split(RP_F32(y), groups, rotate, cos ? RP_F32(cos) : NULL, sin ? RP_F32(sin) : NULL, rd,
+                                   layout, optr, B, T, H, Dh);
     Py_END_ALLOW_THREADS
-    if (rc < 0) { rp_raise_code(rc, "heads_split"); goto fail; }
+    if (rc < 0) {
+        rp_raise_code(rc, "heads_split");
+        goto fail;
+    }
     PyObject *res = PyTuple_New(groups);
     if (!res) goto fail;
     for (int g = 0; g < groups; g++) PyTuple_SET_ITEM(res, g, (PyObject *)outs[g]);
     rp_args_release(spec);
-    Py_XDECREF(cos); Py_XDECREF(sin);
+    Py_XDECREF(cos);
+    Py_XDECREF(sin);
     return res;
 fail:
     rp_args_release(spec);
-    Py_XDECREF(cos); Py_XDECREF(sin);
+    Py_XDECREF(cos);
+    Py_XDECREF(sin);
     for (int g = 0; g < 16; g++) Py_XDECREF(outs[g]);
     return NULL;
 }
@@ -317,12 +369,19 @@ static PyObject *py_heads_merge(PyObject *self, PyObject *args, PyObject *kw) {
     PyArrayObject *cos = NULL, *sin = NULL, *xs[16] = {NULL}, *y = NULL;
     int64_t rd = 0, B = -1, H = 0, T = 0, Dh = 0;
     char name[32];
-    rp_arg spec[] = {RP_ARG_OBJ("xs", &xso), RP_ARG_OPTIONAL, RP_ARG_KWONLY, RP_ARG_INT("rotate", &rotate),
-                     RP_ARG_OBJ("cos", &co), RP_ARG_OBJ("sin", &so), RP_ARG_SSIZE("rotary_dim", &rd_in),
-                     RP_ARG_STR("layout", &lay), RP_ARG_END};
+    rp_arg spec[] = {RP_ARG_OBJ("xs", &xso),
+                     RP_ARG_OPTIONAL,
+                     RP_ARG_KWONLY,
+                     RP_ARG_INT("rotate", &rotate),
+                     RP_ARG_OBJ("cos", &co),
+                     RP_ARG_OBJ("sin", &so),
+                     RP_ARG_SSIZE("rotary_dim", &rd_in),
+                     RP_ARG_STR("layout", &lay),
+                     RP_ARG_END};
     if (rp_args_parse(args, kw, "heads_merge", spec) < 0) return NULL;
     if ((layout = rope_layout(lay)) < 0) return NULL;
-    if (!(seq = PySequence_Fast(xso, "xs must be a sequence of (B, H, T, head_dim) float32 arrays or None"))) return NULL;
+    if (!(seq = PySequence_Fast(xso, "xs must be a sequence of (B, H, T, head_dim) float32 arrays or None")))
+        return NULL;
     groups = (int)(PySequence_Fast_GET_SIZE(seq) > 16 ? 17 : PySequence_Fast_GET_SIZE(seq));
     if (check_groups(groups, rotate) < 0) goto fail;
     for (int g = 0; g < groups; g++) {
@@ -331,7 +390,10 @@ static PyObject *py_heads_merge(PyObject *self, PyObject *args, PyObject *kw) {
         snprintf(name, sizeof name, "xs[%d]", g);
         if (!(xs[g] = rp_in_f32(o, name)) || rp_check_ndim(xs[g], name, 4, "(B, H, T, head_dim)") < 0) goto fail;
         if (B < 0) {
-            B = RP_DIM(xs[g], 0); H = RP_DIM(xs[g], 1); T = RP_DIM(xs[g], 2); Dh = RP_DIM(xs[g], 3);
+            B = RP_DIM(xs[g], 0);
+            H = RP_DIM(xs[g], 1);
+            T = RP_DIM(xs[g], 2);
+            Dh = RP_DIM(xs[g], 3);
         } else {
             npy_intp d[4] = {(npy_intp)B, (npy_intp)H, (npy_intp)T, (npy_intp)Dh};
             if (rp_check_shape(xs[g], name, 4, d, "(B, H, T, head_dim) like the first array of xs") < 0) goto fail;
@@ -351,15 +413,23 @@ static PyObject *py_heads_merge(PyObject *self, PyObject *args, PyObject *kw) {
     const float *sptr[16];
     for (int g = 0; g < groups; g++) sptr[g] = xs[g] ? RP_F32(xs[g]) : NULL;
     Py_BEGIN_ALLOW_THREADS
-    rc = rp_blocks_heads_merge(sptr, groups, rotate, cos ? RP_F32(cos) : NULL, sin ? RP_F32(sin) : NULL, rd, layout,
-                             RP_F32(y), B, T, H, Dh);
+        rc = rp_blocks_heads_merge(sptr, groups, rotate, cos ? RP_F32(cos) : NULL, sin ? RP_F32(sin) : NULL, rd, layout,
+                                   RP_F32(y), B, T, H, Dh);
     Py_END_ALLOW_THREADS
-    if (rc < 0) { rp_raise_code(rc, "heads_merge"); goto fail; }
-    Py_DECREF(seq); Py_XDECREF(cos); Py_XDECREF(sin);
+    if (rc < 0) {
+        rp_raise_code(rc, "heads_merge");
+        goto fail;
+    }
+    Py_DECREF(seq);
+    Py_XDECREF(cos);
+    Py_XDECREF(sin);
     for (int g = 0; g < 16; g++) Py_XDECREF(xs[g]);
     return (PyObject *)y;
 fail:
-    Py_XDECREF(seq); Py_XDECREF(cos); Py_XDECREF(sin); Py_XDECREF(y);
+    Py_XDECREF(seq);
+    Py_XDECREF(cos);
+    Py_XDECREF(sin);
+    Py_XDECREF(y);
     for (int g = 0; g < 16; g++) Py_XDECREF(xs[g]);
     return NULL;
 }

@@ -5,9 +5,7 @@
 #include <stdio.h>
 
 /* New uninitialised float32 array (the core writes every element). */
-static PyArrayObject *new_empty(int ndim, const npy_intp *dims) {
-    return rp_empty_f32(ndim, dims);
-}
+static PyArrayObject *new_empty(int ndim, const npy_intp *dims) { return rp_empty_f32(ndim, dims); }
 
 /* out= if given (checked), else a new uninitialised array. */
 static PyArrayObject *out_or_new(PyObject *out, const char *name, int ndim, const npy_intp *dims) {
@@ -44,9 +42,15 @@ static PyObject *gemm_common(PyObject *args, PyObject *kwargs, int batched) {
     double alpha = 1.0, beta = 0.0;
     PyArrayObject *a = NULL, *b = NULL, *out = NULL;
     int ta = 0, tb = 0;
-    rp_arg spec[] = {RP_ARG_F32("a", &a, -1, NULL), RP_ARG_F32("b", &b, -1, NULL), RP_ARG_OPTIONAL,
-                     RP_ARG_OBJ("out", &out_obj), RP_ARG_KWONLY, RP_ARG_OBJ("trans_a", &ta_obj),
-                     RP_ARG_OBJ("trans_b", &tb_obj), RP_ARG_DOUBLE("alpha", &alpha), RP_ARG_DOUBLE("beta", &beta),
+    rp_arg spec[] = {RP_ARG_F32("a", &a, -1, NULL),
+                     RP_ARG_F32("b", &b, -1, NULL),
+                     RP_ARG_OPTIONAL,
+                     RP_ARG_OBJ("out", &out_obj),
+                     RP_ARG_KWONLY,
+                     RP_ARG_OBJ("trans_a", &ta_obj),
+                     RP_ARG_OBJ("trans_b", &tb_obj),
+                     RP_ARG_DOUBLE("alpha", &alpha),
+                     RP_ARG_DOUBLE("beta", &beta),
                      RP_ARG_END};
     if (rp_args_parse(args, kwargs, fname, spec) < 0) return NULL;
     if (check_bool_kw(ta_obj, "trans_a", &ta) < 0 || check_bool_kw(tb_obj, "trans_b", &tb) < 0) goto fail;
@@ -96,8 +100,8 @@ static PyObject *gemm_common(PyObject *args, PyObject *kwargs, int batched) {
     const float *pa = RP_F32(a), *pb = RP_F32(b);
     float *pc = RP_F32(out);
     Py_BEGIN_ALLOW_THREADS
-    rc = rp_gemm_batched(ta, tb, M, N, Ka, (float)alpha, pa, lda, pb, ldb, (float)beta, pc, N, bt, M * Ka, Ka * N,
-                         M * N);
+        rc = rp_gemm_batched(ta, tb, M, N, Ka, (float)alpha, pa, lda, pb, ldb, (float)beta, pc, N, bt, M * Ka, Ka * N,
+                             M * N);
     Py_END_ALLOW_THREADS
     if (rc) {
         rp_raise_code(rc, fname);
@@ -125,16 +129,17 @@ static PyObject *py_linear_fwd(PyObject *self, PyObject *args, PyObject *kwargs)
     (void)self;
     PyObject *out_obj = Py_None;
     PyArrayObject *x = NULL, *w = NULL, *bias = NULL, *out = NULL;
-    rp_arg spec[] = {RP_ARG_F32("x", &x, 2, "(M, K)"), RP_ARG_F32("w", &w, 2, "(N, K)"), RP_ARG_OPTIONAL,
-                     RP_ARG_F32_OPT("b", &bias, -1, NULL), RP_ARG_OBJ("out", &out_obj), RP_ARG_END};
+    rp_arg spec[] = {RP_ARG_F32("x", &x, 2, "(M, K)"),     RP_ARG_F32("w", &w, 2, "(N, K)"), RP_ARG_OPTIONAL,
+                     RP_ARG_F32_OPT("b", &bias, -1, NULL), RP_ARG_OBJ("out", &out_obj),      RP_ARG_END};
     if (rp_args_parse(args, kwargs, "linear_fwd", spec) < 0) return NULL;
     int64_t M = RP_DIM(x, 0), K = RP_DIM(x, 1), N = RP_DIM(w, 0);
     if (RP_DIM(w, 1) != K) {
         char sx[128], sw[128];
         rp_shape_str(x, sx, sizeof sx);
         rp_shape_str(w, sw, sizeof sw);
-        PyErr_Format(PyExc_ValueError, "linear_fwd: w must have shape (N, K) with K = x.shape[1] = %lld; got x %s, w %s",
-                     (long long)K, sx, sw);
+        PyErr_Format(PyExc_ValueError,
+                     "linear_fwd: w must have shape (N, K) with K = x.shape[1] = %lld; got x %s, w %s", (long long)K,
+                     sx, sw);
         goto fail;
     }
     if (bias) {
@@ -150,7 +155,7 @@ static PyObject *py_linear_fwd(PyObject *self, PyObject *args, PyObject *kwargs)
     const float *px = RP_F32(x), *pw = RP_F32(w), *pb = bias ? RP_F32(bias) : NULL;
     float *py = RP_F32(out);
     Py_BEGIN_ALLOW_THREADS
-    rc = rp_gemm_linear_fwd(M, N, K, px, pw, pb, py);
+        rc = rp_gemm_linear_fwd(M, N, K, px, pw, pb, py);
     Py_END_ALLOW_THREADS
     if (rc) {
         rp_raise_code(rc, "linear_fwd");
@@ -179,7 +184,7 @@ static PyObject *py_colsum(PyObject *self, PyObject *args, PyObject *kwargs) {
     const float *px = RP_F32(x);
     float *po = RP_F32(out);
     Py_BEGIN_ALLOW_THREADS
-    rc = rp_colsum(px, M, N, po);
+        rc = rp_colsum(px, M, N, po);
     Py_END_ALLOW_THREADS
     if (rc) {
         rp_raise_code(rc, "colsum");
@@ -199,12 +204,13 @@ static PyObject *py_fma_peak_gflops(PyObject *self, PyObject *args, PyObject *kw
     int threads = 0;
     double seconds = 0.2;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|id:fma_peak_gflops", kwlist, &threads, &seconds)) return NULL;
-    if (threads < 0) return PyErr_Format(PyExc_ValueError, "threads must be >= 1 (or 0 for relpos' count); got %d", threads);
+    if (threads < 0)
+        return PyErr_Format(PyExc_ValueError, "threads must be >= 1 (or 0 for relpos' count); got %d", threads);
     if (!(seconds > 0.0) || seconds > 60.0)
         return PyErr_Format(PyExc_ValueError, "seconds must be in (0, 60]; got %g", seconds);
     double g;
     Py_BEGIN_ALLOW_THREADS
-    g = rp_fma_peak_gflops(threads, seconds);
+        g = rp_fma_peak_gflops(threads, seconds);
     Py_END_ALLOW_THREADS
     return PyFloat_FromDouble(g);
 }

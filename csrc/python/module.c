@@ -20,7 +20,8 @@ static PyObject *py_set_num_threads(PyObject *self, PyObject *args) {
 }
 
 static PyObject *py_get_num_threads(PyObject *self, PyObject *noargs) {
-    (void)self; (void)noargs;
+    (void)self;
+    (void)noargs;
     return PyLong_FromLong(rp_get_num_threads());
 }
 
@@ -33,20 +34,17 @@ static PyObject *py_force_portable(PyObject *self, PyObject *args) {
 }
 
 static PyObject *py_config(PyObject *self, PyObject *noargs) {
-    (void)self; (void)noargs;
-    return Py_BuildValue("{s:O,s:i,s:O,s:s,s:O,s:s,s:s,s:s}",
-                         "openmp", rp_have_openmp() ? Py_True : Py_False,
-                         "num_threads", rp_get_num_threads(),
-                         "forked_child", rp_in_forked_child() ? Py_True : Py_False,
-                         "simd", rp_simd_name(),
-                         "cpu_avx2_fma", rp_cpu_has_avx2_fma() ? Py_True : Py_False,
-                         "compiler", rp_compiler(),
-                         "cflags", rp_cflags(),
-                         "simd_cflags", rp_simd_cflags());
+    (void)self;
+    (void)noargs;
+    return Py_BuildValue("{s:O,s:i,s:O,s:s,s:O,s:s,s:s,s:s}", "openmp", rp_have_openmp() ? Py_True : Py_False,
+                         "num_threads", rp_get_num_threads(), "forked_child", rp_in_forked_child() ? Py_True : Py_False,
+                         "simd", rp_simd_name(), "cpu_avx2_fma", rp_cpu_has_avx2_fma() ? Py_True : Py_False, "compiler",
+                         rp_compiler(), "cflags", rp_cflags(), "simd_cflags", rp_simd_cflags());
 }
 
 static PyMethodDef rp_methods_config[] = {
-    {"set_num_threads", py_set_num_threads, METH_VARARGS, "set_num_threads(n): threads for every kernel (0 = default)."},
+    {"set_num_threads", py_set_num_threads, METH_VARARGS,
+     "set_num_threads(n): threads for every kernel (0 = default)."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "get_num_threads() -> int"},
     {"force_portable", py_force_portable, METH_VARARGS, "force_portable(on): use the portable C kernels only (tests)."},
     {"config", py_config, METH_NOARGS, "config() -> dict of build and run-time facts."},
@@ -54,8 +52,7 @@ static PyMethodDef rp_methods_config[] = {
 };
 
 static struct PyModuleDef rp_module = {
-    PyModuleDef_HEAD_INIT, "relpos._C", "relpos C core bridge.", -1, rp_methods_config,
-    NULL, NULL, NULL, NULL,
+    PyModuleDef_HEAD_INIT, "relpos._C", "relpos C core bridge.", -1, rp_methods_config, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__C(void) {
@@ -63,8 +60,8 @@ PyMODINIT_FUNC PyInit__C(void) {
     rp_init();
     PyObject *m = PyModule_Create(&rp_module);
     if (!m) return NULL;
-    PyMethodDef *tables[] = {rp_methods_gemm, rp_methods_ops, rp_methods_optim,
-                             rp_methods_posenc, rp_methods_bias, rp_methods_attn, rp_methods_blocks};
+    PyMethodDef *tables[] = {rp_methods_gemm, rp_methods_ops,  rp_methods_optim, rp_methods_posenc,
+                             rp_methods_bias, rp_methods_attn, rp_methods_blocks};
     for (size_t i = 0; i < sizeof tables / sizeof tables[0]; i++) {
         if (PyModule_AddFunctions(m, tables[i]) < 0) {
             Py_DECREF(m);

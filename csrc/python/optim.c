@@ -20,8 +20,10 @@ static PyArrayObject *inplace_f32(PyObject *obj, const char *name, int writeable
         return NULL;
     }
     if (!PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a)) {
-        PyErr_Format(PyExc_ValueError, "%s must be C-contiguous and aligned (it is updated in place); "
-                     "got a strided or unaligned array", name);
+        PyErr_Format(PyExc_ValueError,
+                     "%s must be C-contiguous and aligned (it is updated in place); "
+                     "got a strided or unaligned array",
+                     name);
         return NULL;
     }
     if (writeable && !PyArray_ISWRITEABLE(a)) {
@@ -66,25 +68,27 @@ static int check_range(double x, const char *name, double lo, double hi, int hi_
     return -1;
 }
 
-PyDoc_STRVAR(sgd_doc,
-"sgd_step(param, grad, buf, *, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, init_buf=False)\n"
-"--\n\n"
-"SGD update in place (torch.optim.SGD semantics). param, grad, buf: float32\n"
-"C-contiguous arrays of one shape; param and buf are written. buf may be None\n"
-"when momentum == 0. init_buf=True on the first step sets buf = g instead of\n"
-"momentum * buf + (1 - dampening) * g.");
+PyDoc_STRVAR(
+    sgd_doc,
+    "sgd_step(param, grad, buf, *, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, init_buf=False)\n"
+    "--\n\n"
+    "SGD update in place (torch.optim.SGD semantics). param, grad, buf: float32\n"
+    "C-contiguous arrays of one shape; param and buf are written. buf may be None\n"
+    "when momentum == 0. init_buf=True on the first step sets buf = g instead of\n"
+    "momentum * buf + (1 - dampening) * g.");
 
 static PyObject *py_sgd_step(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"param", "grad", "buf", "lr", "momentum", "dampening", "weight_decay", "nesterov",
-                             "init_buf", NULL};
+    static char *kwlist[] = {"param",     "grad",         "buf",      "lr",       "momentum",
+                             "dampening", "weight_decay", "nesterov", "init_buf", NULL};
     PyObject *po, *go, *bo;
     double lr = NAN, momentum = 0.0, dampening = 0.0, wd = 0.0;
     int nesterov = 0, init_buf = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|$ddddpp:sgd_step", kwlist, &po, &go, &bo, &lr, &momentum,
                                      &dampening, &wd, &nesterov, &init_buf))
         return NULL;
-    if (isnan(lr)) return PyErr_Format(PyExc_TypeError, "sgd_step: the keyword argument lr is required (a number >= 0)");
+    if (isnan(lr))
+        return PyErr_Format(PyExc_TypeError, "sgd_step: the keyword argument lr is required (a number >= 0)");
     if (check_range(lr, "lr", 0.0, INFINITY, 1, "a finite number >= 0") < 0 ||
         check_range(momentum, "momentum", 0.0, INFINITY, 1, "a finite number >= 0") < 0 ||
         check_range(dampening, "dampening", 0.0, 1.0, 0, "in [0, 1]") < 0 ||
@@ -94,8 +98,10 @@ static PyObject *py_sgd_step(PyObject *self, PyObject *args, PyObject *kw) {
         char m1[64], d1[64];
         fmt_double(momentum, m1, sizeof m1);
         fmt_double(dampening, d1, sizeof d1);
-        return PyErr_Format(PyExc_ValueError, "nesterov=True needs momentum > 0 and dampening == 0; "
-                            "got momentum=%s, dampening=%s", m1, d1);
+        return PyErr_Format(PyExc_ValueError,
+                            "nesterov=True needs momentum > 0 and dampening == 0; "
+                            "got momentum=%s, dampening=%s",
+                            m1, d1);
     }
     PyArrayObject *p = inplace_f32(po, "param", 1);
     if (!p) return NULL;
@@ -110,24 +116,25 @@ static PyObject *py_sgd_step(PyObject *self, PyObject *args, PyObject *kw) {
             disjoint(g, "grad", b, "buf") < 0)
             return NULL;
     } else if (momentum != 0.0) {
-        return PyErr_Format(PyExc_ValueError, "buf must be a float32 array of param's shape when momentum > 0; got None");
+        return PyErr_Format(PyExc_ValueError,
+                            "buf must be a float32 array of param's shape when momentum > 0; got None");
     }
     int rc;
     int64_t n = (int64_t)PyArray_SIZE(p);
     float *bp = b ? RP_F32(b) : NULL;
     Py_BEGIN_ALLOW_THREADS
-    rc = rp_optim_sgd_step(RP_F32(p), RP_F32(g), bp, n, lr, momentum, dampening, wd, nesterov, init_buf);
+        rc = rp_optim_sgd_step(RP_F32(p), RP_F32(g), bp, n, lr, momentum, dampening, wd, nesterov, init_buf);
     Py_END_ALLOW_THREADS
     if (rc < 0) return rp_raise_code(rc, "sgd_step");
     Py_RETURN_NONE;
 }
 
 PyDoc_STRVAR(adamw_doc,
-"adamw_step(param, grad, m, v, *, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, step)\n"
-"--\n\n"
-"AdamW update in place (torch.optim.AdamW semantics, decoupled weight decay).\n"
-"param, grad, m, v: float32 C-contiguous arrays of one shape; param, m, v are\n"
-"written. step >= 1 is the 1-based step count for the bias corrections.");
+             "adamw_step(param, grad, m, v, *, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, step)\n"
+             "--\n\n"
+             "AdamW update in place (torch.optim.AdamW semantics, decoupled weight decay).\n"
+             "param, grad, m, v: float32 C-contiguous arrays of one shape; param, m, v are\n"
+             "written. step >= 1 is the 1-based step count for the bias corrections.");
 
 static PyObject *py_adamw_step(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
@@ -138,9 +145,12 @@ static PyObject *py_adamw_step(PyObject *self, PyObject *args, PyObject *kw) {
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|$dddddL:adamw_step", kwlist, &po, &go, &mo, &vo, &lr, &b1, &b2,
                                      &eps, &wd, &step))
         return NULL;
-    if (isnan(lr)) return PyErr_Format(PyExc_TypeError, "adamw_step: the keyword argument lr is required (a number >= 0)");
-    if (step == LLONG_MIN) return PyErr_Format(PyExc_TypeError, "adamw_step: the keyword argument step is required (an int >= 1)");
-    if (step < 1) return PyErr_Format(PyExc_ValueError, "step must be an int >= 1 (the 1-based step count); got %lld", step);
+    if (isnan(lr))
+        return PyErr_Format(PyExc_TypeError, "adamw_step: the keyword argument lr is required (a number >= 0)");
+    if (step == LLONG_MIN)
+        return PyErr_Format(PyExc_TypeError, "adamw_step: the keyword argument step is required (an int >= 1)");
+    if (step < 1)
+        return PyErr_Format(PyExc_ValueError, "step must be an int >= 1 (the 1-based step count); got %lld", step);
     if (check_range(lr, "lr", 0.0, INFINITY, 1, "a finite number >= 0") < 0 ||
         check_range(b1, "beta1", 0.0, 1.0, 1, "in [0, 1)") < 0 ||
         check_range(b2, "beta2", 0.0, 1.0, 1, "in [0, 1)") < 0 ||
@@ -164,18 +174,17 @@ static PyObject *py_adamw_step(PyObject *self, PyObject *args, PyObject *kw) {
     int rc;
     int64_t n = (int64_t)PyArray_SIZE(p);
     Py_BEGIN_ALLOW_THREADS
-    rc = rp_optim_adamw_step(RP_F32(p), RP_F32(g), RP_F32(m), RP_F32(v), n, lr, b1, b2, eps, wd, (int64_t)step);
+        rc = rp_optim_adamw_step(RP_F32(p), RP_F32(g), RP_F32(m), RP_F32(v), n, lr, b1, b2, eps, wd, (int64_t)step);
     Py_END_ALLOW_THREADS
     if (rc < 0) return rp_raise_code(rc, "adamw_step");
     Py_RETURN_NONE;
 }
 
-PyDoc_STRVAR(grad_norm_doc,
-"grad_norm(arrays) -> float\n"
-"--\n\n"
-"Euclidean norm of all elements of a list/tuple of float32 arrays taken as one\n"
-"vector; float64 accumulation in fixed chunks summed in a fixed order, so the\n"
-"result is bit-identical for any thread count. An empty list gives 0.0.");
+PyDoc_STRVAR(grad_norm_doc, "grad_norm(arrays) -> float\n"
+                            "--\n\n"
+                            "Euclidean norm of all elements of a list/tuple of float32 arrays taken as one\n"
+                            "vector; float64 accumulation in fixed chunks summed in a fixed order, so the\n"
+                            "result is bit-identical for any thread count. An empty list gives 0.0.");
 
 static PyObject *py_grad_norm(PyObject *self, PyObject *arg) {
     (void)self;
@@ -204,7 +213,7 @@ static PyObject *py_grad_norm(PyObject *self, PyObject *arg) {
     double s = 0.0;
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = rp_optim_sumsq(ptrs, sizes, (int64_t)k, &s);
+        rc = rp_optim_sumsq(ptrs, sizes, (int64_t)k, &s);
     Py_END_ALLOW_THREADS
     if (rc < 0) {
         rp_raise_code(rc, "grad_norm");
@@ -221,10 +230,9 @@ fail:
     return result;
 }
 
-PyDoc_STRVAR(scale_doc,
-"scale_(array, factor)\n"
-"--\n\n"
-"array *= factor in place; array: float32, C-contiguous, writeable.");
+PyDoc_STRVAR(scale_doc, "scale_(array, factor)\n"
+                        "--\n\n"
+                        "array *= factor in place; array: float32, C-contiguous, writeable.");
 
 static PyObject *py_scale_(PyObject *self, PyObject *args) {
     (void)self;
@@ -237,7 +245,7 @@ static PyObject *py_scale_(PyObject *self, PyObject *args) {
     int rc;
     int64_t n = (int64_t)PyArray_SIZE(a);
     Py_BEGIN_ALLOW_THREADS
-    rc = rp_optim_scale(RP_F32(a), n, (float)factor);
+        rc = rp_optim_scale(RP_F32(a), n, (float)factor);
     Py_END_ALLOW_THREADS
     if (rc < 0) return rp_raise_code(rc, "scale_");
     Py_RETURN_NONE;

@@ -38,8 +38,10 @@ static int check_offset(long long offset) {
 }
 
 static int parse_rope_layout(const char *s, int *layout) {
-    if (strcmp(s, "interleaved") == 0) *layout = RP_ROPE_INTERLEAVED;
-    else if (strcmp(s, "half") == 0) *layout = RP_ROPE_HALF;
+    if (strcmp(s, "interleaved") == 0)
+        *layout = RP_ROPE_INTERLEAVED;
+    else if (strcmp(s, "half") == 0)
+        *layout = RP_ROPE_HALF;
     else {
         PyErr_Format(PyExc_ValueError, "layout must be 'interleaved' or 'half'; got '%s'", s);
         return -1;
@@ -48,8 +50,10 @@ static int parse_rope_layout(const char *s, int *layout) {
 }
 
 static int parse_sin_layout(const char *s, int *layout) {
-    if (strcmp(s, "interleaved") == 0) *layout = RP_SIN_INTERLEAVED;
-    else if (strcmp(s, "concat") == 0) *layout = RP_SIN_CONCAT;
+    if (strcmp(s, "interleaved") == 0)
+        *layout = RP_SIN_INTERLEAVED;
+    else if (strcmp(s, "concat") == 0)
+        *layout = RP_SIN_CONCAT;
     else {
         PyErr_Format(PyExc_ValueError, "layout must be 'interleaved' or 'concat'; got '%s'", s);
         return -1;
@@ -81,9 +85,12 @@ static PyObject *py_rope_tables(PyObject *self, PyObject *args, PyObject *kw) {
     if (!(c = rp_new_f32(2, dims)) || !(s = rp_new_f32(2, dims))) goto fail;
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = rp_posenc_rope_tables((const double *)PyArray_DATA(inv), P, T, offset, pos_scale, RP_F32(c), RP_F32(s));
+        rc = rp_posenc_rope_tables((const double *)PyArray_DATA(inv), P, T, offset, pos_scale, RP_F32(c), RP_F32(s));
     Py_END_ALLOW_THREADS
-    if (rc) { rp_raise_code(rc, "rope_tables"); goto fail; }
+    if (rc) {
+        rp_raise_code(rc, "rope_tables");
+        goto fail;
+    }
     Py_DECREF(inv);
     return Py_BuildValue("NN", c, s);
 fail:
@@ -99,8 +106,8 @@ static PyObject *py_xpos_scale(PyObject *self, PyObject *args, PyObject *kw) {
     long long P, T, offset = 0;
     double center = 0.0, scale_base = 512.0, gamma = 0.4;
     int inverse = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "LL|$Ldddp:xpos_scale", kwlist, &P, &T, &offset, &center,
-                                     &scale_base, &gamma, &inverse))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "LL|$Ldddp:xpos_scale", kwlist, &P, &T, &offset, &center, &scale_base,
+                                     &gamma, &inverse))
         return NULL;
     if (check_offset(offset) < 0) return NULL;
     if (rp_check_nonneg(P, "n_pairs") < 0 || rp_check_nonneg(T, "T") < 0) return NULL;
@@ -121,7 +128,7 @@ static PyObject *py_xpos_scale(PyObject *self, PyObject *args, PyObject *kw) {
     if (!out) return NULL;
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = rp_posenc_xpos_scale(P, T, offset, center, scale_base, gamma, inverse ? -1 : 1, RP_F32(out));
+        rc = rp_posenc_xpos_scale(P, T, offset, center, scale_base, gamma, inverse ? -1 : 1, RP_F32(out));
     Py_END_ALLOW_THREADS
     if (rc) {
         Py_DECREF(out);
@@ -140,9 +147,16 @@ static PyObject *rotary_common(PyObject *args, PyObject *kw, int backward) {
     PyArrayObject *x = NULL, *c = NULL, *s = NULL, *sc = NULL, *out = NULL;
     int layout;
     char got[256];
-    rp_arg spec[] = {RP_ARG_F32(xname, &x, -1, NULL), RP_ARG_F32("cos", &c, -1, NULL), RP_ARG_F32("sin", &s, -1, NULL),
-                     RP_ARG_OPTIONAL, RP_ARG_KWONLY, RP_ARG_OBJ("rotary_dim", &rd_obj), RP_ARG_STR("layout", &layout_s),
-                     RP_ARG_F32_OPT("scale", &sc, -1, NULL), RP_ARG_OBJ("out", &out_obj), RP_ARG_END};
+    rp_arg spec[] = {RP_ARG_F32(xname, &x, -1, NULL),
+                     RP_ARG_F32("cos", &c, -1, NULL),
+                     RP_ARG_F32("sin", &s, -1, NULL),
+                     RP_ARG_OPTIONAL,
+                     RP_ARG_KWONLY,
+                     RP_ARG_OBJ("rotary_dim", &rd_obj),
+                     RP_ARG_STR("layout", &layout_s),
+                     RP_ARG_F32_OPT("scale", &sc, -1, NULL),
+                     RP_ARG_OBJ("out", &out_obj),
+                     RP_ARG_END};
     if (rp_args_parse(args, kw, fname, spec) < 0) return NULL;
     if (parse_rope_layout(layout_s, &layout) < 0) goto fail;
     if (PyArray_NDIM(x) < 2) {
@@ -170,8 +184,8 @@ static PyObject *rotary_common(PyObject *args, PyObject *kw, int backward) {
         }
         if (rd != rotary_dim) {
             rp_shape_str(c, got, sizeof got);
-            PyErr_Format(PyExc_ValueError, "cos must have shape (T, rotary_dim/2) = (%lld, %lld); got %s",
-                         (long long)T, rd / 2, got);
+            PyErr_Format(PyExc_ValueError, "cos must have shape (T, rotary_dim/2) = (%lld, %lld); got %s", (long long)T,
+                         rd / 2, got);
             goto fail;
         }
     }
@@ -187,14 +201,17 @@ static PyObject *rotary_common(PyObject *args, PyObject *kw, int backward) {
     if (!(out = rp_out_f32(out_obj, "out", nd, PyArray_DIMS(x)))) goto fail;
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    if (backward)
-        rc = rp_posenc_rotary_bwd(RP_F32(x), RP_F32(c), RP_F32(s), sc ? RP_F32(sc) : NULL, RP_F32(out), N, T, D,
-                                  rotary_dim, layout);
-    else
-        rc = rp_posenc_rotary_fwd(RP_F32(x), RP_F32(c), RP_F32(s), sc ? RP_F32(sc) : NULL, RP_F32(out), N, T, D,
-                                  rotary_dim, layout);
+        if (backward)
+            rc = rp_posenc_rotary_bwd(RP_F32(x), RP_F32(c), RP_F32(s), sc ? RP_F32(sc) : NULL, RP_F32(out), N, T, D,
+                                      rotary_dim, layout);
+        else
+            rc = rp_posenc_rotary_fwd(RP_F32(x), RP_F32(c), RP_F32(s), sc ? RP_F32(sc) : NULL, RP_F32(out), N, T, D,
+                                      rotary_dim, layout);
     Py_END_ALLOW_THREADS
-    if (rc) { rp_raise_code(rc, fname); goto fail; }
+    if (rc) {
+        rp_raise_code(rc, fname);
+        goto fail;
+    }
     rp_args_release(spec);
     return (PyObject *)out;
 fail:
@@ -224,8 +241,8 @@ static PyObject *py_sinusoidal_table(PyObject *self, PyObject *args, PyObject *k
     PyObject *pos_obj = Py_None;
     PyArrayObject *pos = NULL, *out = NULL;
     int layout;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "LL|$LsdO:sinusoidal_table", kwlist, &T, &d_model, &offset,
-                                     &layout_s, &base, &pos_obj))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "LL|$LsdO:sinusoidal_table", kwlist, &T, &d_model, &offset, &layout_s,
+                                     &base, &pos_obj))
         return NULL;
     if (check_offset(offset) < 0) return NULL;
     if (rp_check_nonneg(T, "T") < 0 || rp_check_nonneg(d_model, "d_model") < 0) return NULL;
@@ -247,9 +264,12 @@ static PyObject *py_sinusoidal_table(PyObject *self, PyObject *args, PyObject *k
     if (!(out = rp_new_f32(2, dims))) goto fail;
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = rp_posenc_sinusoidal_table(pos ? RP_I64(pos) : NULL, T, offset, d_model, base, layout, RP_F32(out));
+        rc = rp_posenc_sinusoidal_table(pos ? RP_I64(pos) : NULL, T, offset, d_model, base, layout, RP_F32(out));
     Py_END_ALLOW_THREADS
-    if (rc) { rp_raise_code(rc, "sinusoidal_table"); goto fail; }
+    if (rc) {
+        rp_raise_code(rc, "sinusoidal_table");
+        goto fail;
+    }
     Py_XDECREF(pos);
     return (PyObject *)out;
 fail:
@@ -286,15 +306,17 @@ static int complex_inputs(PyArrayObject *ids, PyArrayObject *r, PyArrayObject *o
     const int64_t *id = RP_I64(ids);
     for (int64_t n = 0; n < *N; n++) {
         if (id[n] < 0 || id[n] >= *V) {
-            PyErr_Format(PyExc_IndexError, "ids contains %lld at flat index %lld; token ids must be in [0, vocab_size) "
-                         "with vocab_size = %lld (the rows of r)", (long long)id[n], (long long)n, (long long)*V);
+            PyErr_Format(PyExc_IndexError,
+                         "ids contains %lld at flat index %lld; token ids must be in [0, vocab_size) "
+                         "with vocab_size = %lld (the rows of r)",
+                         (long long)id[n], (long long)n, (long long)*V);
             return -1;
         }
     }
     return 0;
 }
 
-#define COMPLEX_SPEC                                                                                              \
+#define COMPLEX_SPEC                                                                                                  \
     RP_ARG_I64("ids", &ids, -1, NULL), RP_ARG_F32("r", &r, 2, "(vocab_size, d)"), RP_ARG_F32("omega", &om, -1, NULL), \
         RP_ARG_F32("theta", &th, -1, NULL), RP_ARG_I64("positions", &pos, -1, NULL)
 
@@ -313,9 +335,13 @@ static PyObject *py_complex_embed_fwd(PyObject *self, PyObject *args, PyObject *
     if (!(out = rp_out_f32(out_obj, "out", nd + 1, dims))) goto fail;
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = rp_posenc_complex_fwd(RP_I64(ids), RP_I64(pos), N, T, RP_F32(r), RP_F32(om), RP_F32(th), V, d, RP_F32(out));
+        rc =
+            rp_posenc_complex_fwd(RP_I64(ids), RP_I64(pos), N, T, RP_F32(r), RP_F32(om), RP_F32(th), V, d, RP_F32(out));
     Py_END_ALLOW_THREADS
-    if (rc) { rp_raise_code(rc, "complex_embed_fwd"); goto fail; }
+    if (rc) {
+        rp_raise_code(rc, "complex_embed_fwd");
+        goto fail;
+    }
     rp_args_release(spec);
     return (PyObject *)out;
 fail:
@@ -341,15 +367,20 @@ static PyObject *py_complex_embed_bwd(PyObject *self, PyObject *args, PyObject *
     if (!(dr = rp_new_f32(2, vd)) || !(dom = rp_new_f32(2, vd)) || !(dth = rp_new_f32(2, vd))) goto fail;
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = rp_posenc_complex_bwd(RP_I64(ids), RP_I64(pos), N, T, RP_F32(r), RP_F32(om), RP_F32(th), V, d, RP_F32(g),
-                               RP_F32(dr), RP_F32(dom), RP_F32(dth));
+        rc = rp_posenc_complex_bwd(RP_I64(ids), RP_I64(pos), N, T, RP_F32(r), RP_F32(om), RP_F32(th), V, d, RP_F32(g),
+                                   RP_F32(dr), RP_F32(dom), RP_F32(dth));
     Py_END_ALLOW_THREADS
-    if (rc) { rp_raise_code(rc, "complex_embed_bwd"); goto fail; }
+    if (rc) {
+        rp_raise_code(rc, "complex_embed_bwd");
+        goto fail;
+    }
     rp_args_release(spec);
     return Py_BuildValue("NNN", dr, dom, dth);
 fail:
     rp_args_release(spec);
-    Py_XDECREF(dr); Py_XDECREF(dom); Py_XDECREF(dth);
+    Py_XDECREF(dr);
+    Py_XDECREF(dom);
+    Py_XDECREF(dth);
     return NULL;
 }
 
@@ -360,7 +391,8 @@ PyMethodDef rp_methods_posenc[] = {
      "computed in float64."},
     {"xpos_scale", (PyCFunction)(void (*)(void))py_xpos_scale, METH_VARARGS | METH_KEYWORDS,
      "xpos_scale(n_pairs, T, *, offset=0, center=0.0, scale_base=512.0, gamma=0.4, inverse=False) -> (T, n_pairs)\n\n"
-     "zeta_k^((offset + t - center) / scale_base) (inverse: the reciprocal), zeta_k = (2k/(2 n_pairs) + gamma)/(1 + gamma);\n"
+     "zeta_k^((offset + t - center) / scale_base) (inverse: the reciprocal), zeta_k = (2k/(2 n_pairs) + gamma)/(1 + "
+     "gamma);\n"
      "the log is clamped to [-80, 80] so the result is always finite."},
     {"rotary_fwd", (PyCFunction)(void (*)(void))py_rotary_fwd, METH_VARARGS | METH_KEYWORDS,
      "rotary_fwd(x, cos, sin, *, rotary_dim=None, layout='interleaved', scale=None, out=None) -> y\n\n"
