@@ -1,4 +1,4 @@
-"""Build the relpos._C extension from csrc/.
+"""Build the relpos._C extension from csrc/core/ (plain C) and csrc/python/ (the bridge).
 
 Environment switches:
   RELPOS_REQUIRE_OPENMP=1   fail the build if OpenMP cannot be compiled, linked and run
@@ -88,9 +88,10 @@ class BuildExt(build_ext):
         else:
             print("relpos: WARNING: OpenMP not available; building a serial extension", file=sys.stderr)
 
-        # AVX2/FMA kernels live in *_avx2.c and are compiled with extra flags;
-        # they are selected at run time, so the same build runs on any x86-64.
-        avx_sources = [s for s in ext.sources if s.endswith("_avx2.c")]
+        # x86 SIMD kernels (AVX2/FMA, and AVX-512F through target attributes)
+        # live in *_x86.c and only there get -mavx2 -mfma; they are selected at
+        # run time, so the same build runs on any x86-64.
+        avx_sources = [s for s in ext.sources if s.endswith(SIMD_SUFFIX)]
         ext.sources = [s for s in ext.sources if s not in avx_sources]
         simd_flags = ["-mavx2", "-mfma"] if _is_x86_64() else []
         ext.define_macros = list(ext.define_macros) + [
@@ -98,7 +99,7 @@ class BuildExt(build_ext):
             ("RP_COMPILER", '"%s"' % cc_version.replace('"', "'")),
             ("RP_CFLAGS", '"%s"' % " ".join(cflags)),
             ("RP_SIMD_CFLAGS", '"%s"' % " ".join(simd_flags)),
-            ("RP_HAVE_AVX2_TU", "1" if (_is_x86_64() and avx_sources) else "0"),
+            ("RP_HAVE_X86_TU", "1" if (_is_x86_64() and avx_sources) else "0"),
         ]
         if avx_sources:
             objs = self.compiler.compile(
@@ -115,8 +116,11 @@ class BuildExt(build_ext):
         super().build_extension(ext)
 
 
-sources = sorted(glob.glob("csrc/*.c"))
-headers = sorted(glob.glob("csrc/*.h"))
+SIMD_SUFFIX = "_x86.c"
+# csrc/core/: pure C; csrc/python/: the bridge, which includes core headers as
+# "core/<name>.h" (the only include directory besides NumPy's is csrc/).
+sources = sorted(glob.glob("csrc/core/*.c")) + sorted(glob.glob("csrc/python/*.c"))
+headers = sorted(glob.glob("csrc/core/*.h")) + sorted(glob.glob("csrc/python/*.h"))
 
 setup(
     ext_modules=[

@@ -500,7 +500,7 @@ def deberta_logits(q, k, P, W_kr, W_qr, clip, q_offset=0):
 
 def channel_logits(q, k, inputs, q_offset=0, scale=None):
     """Materialise the logits an attention_core call would form from an
-    encoding's channel inputs (float64, no mask), following csrc/attention.h:
+    encoding's channel inputs (float64, no mask), following csrc/core/attention.h:
     scale*(q'.k' + qr.relk[idx] + k'.relq[idx]) + bias_vec[idx] + bias_full.
     inputs: dict of ndarrays / (sign, off) tuples; "q", "k" replace the content q, k."""
     f = lambda a: None if a is None else np.asarray(getattr(a, "data", a), dtype=np.float64)
@@ -536,7 +536,7 @@ def channel_logits(q, k, inputs, q_offset=0, scale=None):
 
 
 def attention_relidx(ix, R, Tq, Tk, q_offset=0):
-    """Relative index table (Tq, Tk) of csrc/attention.h:
+    """Relative index table (Tq, Tk) of csrc/core/attention.h:
     idx[i, j] = clip(sign * ((q_offset + i) - j) + off, 0, R - 1) for ix = (sign, off)."""
     sign, off = ix
     ia = q_offset + np.arange(Tq)[:, None]
@@ -554,7 +554,7 @@ def attention_logits(q, k, *, causal=True, key_padding_mask=None, q_offset=0, sc
                      qr=None, relk=None, relk_ix=None, relq=None, relq_ix=None,
                      bias_vec=None, bias_ix=None, bias_full=None):
     """Logits s (B, H, Tq, Tk) in float64 and the boolean mask (B, 1|H, Tq, Tk)
-    of allowed (True) entries, exactly as the comment of csrc/attention.h says:
+    of allowed (True) entries, exactly as the comment of csrc/core/attention.h says:
 
         s_ij = scale * (q_i·k_j + qr_i·relk[h, idx(relk_ix)] + k_j·relq[h, idx(relq_ix)])
                + bias_vec[h, idx(bias_ix)] + bias_full[b, h, i, j]
@@ -630,7 +630,7 @@ def attention(q, k, v, *, causal=True, key_padding_mask=None, q_offset=0, scale=
 
 
 # ============================================================== perf
-# (area: fused training kernels — relpos/_fn/fused.py, csrc/fused_ops.c)
+# (area: fused training kernels — relpos/_fn/fused.py, csrc/core/blocks.c)
 
 
 def add_layer_norm(x, y, weight, bias, eps=1e-5):

@@ -190,14 +190,21 @@ def test_heads_split_merge_match_twin(rng, portable, layout, rd):
     np.testing.assert_allclose(_C.heads_merge(xs, **kw), ref.heads_merge(xs, **kw), rtol=1e-5, atol=1e-6)
 
 
-def test_heads_split_rotation_matches_posenc_kernel(rng):
-    """The fused rotation gives the same bits as the rotary encoding's own kernel."""
+@pytest.mark.parametrize("layout", ["interleaved", "half"])
+@pytest.mark.parametrize("rd", [16, 10])
+def test_heads_split_rotation_matches_posenc_kernel(rng, layout, rd):
+    """The fused rotation gives the same bits as the rotary encoding's own kernel
+    (both layouts, full and partial rotary_dim), and the merge those of its backward."""
     B, T, H, Dh = 2, 6, 2, 16
     y = f32(rng, B, T, H * Dh)
-    cos, sin = rope_tables(T, Dh)
-    (q,) = _C.heads_split(y, H, rotate=1, cos=cos, sin=sin)
+    cos, sin = rope_tables(T, rd)
+    kw = dict(cos=cos, sin=sin, rotary_dim=rd, layout=layout)
+    (q,) = _C.heads_split(y, H, rotate=1, **kw)
     plain = np.ascontiguousarray(y.reshape(B, T, H, Dh).transpose(0, 2, 1, 3))
-    assert np.array_equal(q, _C.rotary_fwd(plain, cos, sin, rotary_dim=Dh, layout="interleaved"))
+    assert np.array_equal(q, _C.rotary_fwd(plain, **kw))
+    merged = _C.heads_merge([q], rotate=1, **kw)
+    back = _C.rotary_bwd(q, **kw)
+    assert np.array_equal(merged, back.transpose(0, 2, 1, 3).reshape(B, T, H * Dh))
 
 
 @settings(max_examples=25, deadline=None)

@@ -1,7 +1,7 @@
 """Channel C encodings (Shaw, Transformer-XL, DeBERTa) and CoPE.
 
 The channel inputs an encoding returns are materialised with the rule of
-csrc/attention.h (reference.channel_logits) and compared with each paper's
+csrc/core/attention.h (reference.channel_logits) and compared with each paper's
 formula written plainly (reference.shaw_logits, xl_logits, deberta_logits);
 CoPE's C kernel against its float64 twin, backward against finite differences."""
 import math

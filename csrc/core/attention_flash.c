@@ -1,0 +1,854 @@
+/* Fused (FlashAttention-2 style) attention with every position channel.
+ *
+ * Forward: query tiles x key tiles with an online softmax; saves out and
+ * lse (one float per row). Backward: recomputes each tile's probabilities
+ * from lse, D_i = rowsum(dO_i * O_i), dS = P * (dP - D).
+ *
+ * Work partition (the thread count never decides how a float sum is split):
+ *  - forward: items (b, h, query block), each writes its own rows;
+ *  - backward: items (b, h, chunk) (or (h) with every b inside when a
+ *    batch-shared bias_full gradient is wanted). With B*H >= 8 there is one
+ *    chunk per head; with fewer heads each head's key blocks are dealt to
+ *    NC = ceil(8 / (B*H)) interleaved chunks (kb = c mod NC), a function of the
+ *    shape, never of the thread count. An item walks its key blocks (outer) and
+ *    the query blocks that see them (inner): it owns dK/dV of those blocks;
+ *    dQ/dqr rows accumulate in key-block order, directly when NC = 1, else in a
+ *    per-chunk partial. Gradients of tables shared between items (dbias_vec,
+ *    drelk, drelq, drelv) go to one partial buffer per item; all partials are
+ *    summed afterwards in item order. A destination fed by exactly one item is
+ *    written directly.
+ *
+ * Kernels: tile products by a strided-A micro-kernel (portable C, AVX2/FMA, or
+ * AVX-512F following the GEMM area's kernel choice); exp is simd_math.h's, the
+ * same bits in every form and the same as the materialised path's.
+ *
+ * Extra memory: per thread O((BQ + BK) * (D + Dv) + Tq) scratch; forward: the
+ * packed keys (like k); backward: per item O(R*D) for shared relative tables
+ * (R = table length) and, when NC > 1, NC dq partials of (Tq, D) per head;
+ * never O(Tq*Tk).
+ *
+ * Position channels inside a tile (rows ia0.., keys j0..): a relative table
+ * touches at most BQ+BK-1 consecutive rows r0..r0+nr-1. c2p: QR = qr_tile *
+ * rel[r0..]^T (BQ x nr) then gathered along the relative index; p2c the same
+ * with the keys; relv: P is bucketed per relative index (BQ x nr) and
+ * multiplied by rel[r0..]. Backward uses the same buckets for dS.
+ */
+#include "attention.h"
+#include "gemm.h"
+#include "simd_math.h"
+
+#include <math.h>
+#include <string.h>
+
+#define FZ_BQ 64
+#define FZ_BK 64
+#define FZ_LDR (FZ_BQ + FZ_BK) /* row stride of relative-bucket buffers (nr <= BQ+BK-1) */
+/* Backward: with fewer than this many (b, h) heads, key blocks are split into chunks. */
+#define FZ_MIN_ITEMS 8
+
+/* ------------------------------------------------------------------ kernels */
+
+/* C (M x N, ldc) = [C +] A * B with A(i, k) = A[i*rsa + k*csa] and B (K x N, ldb)
+ * row-major. */
+typedef void (*fz_gemm_fn)(int64_t M, int64_t N, int64_t K, const float *A, int64_t rsa, int64_t csa, const float *B,
+                           int64_t ldb, float *C, int64_t ldc, int acc);
+/* x[j] = exp(x[j] - m) for j < n; returns the sum of the new x. */
+typedef float (*fz_expsub_fn)(float *x, int64_t n, float m);
+/* max of x[0..n) (-INFINITY for n = 0). */
+typedef float (*fz_rowmax_fn)(const float *x, int64_t n);
+
+#if RP_HAVE_X86_TU
+int rp_fused_have_avx512(void);
+float rp_fused_expsub_avx512(float *x, int64_t n, float m);
+void rp_fused_gemm_avx512(int64_t M, int64_t N, int64_t K, const float *A, int64_t rsa, int64_t csa, const float *B,
+                          int64_t ldb, float *C, int64_t ldc, int acc);
+void rp_fused_gemm_avx2(int64_t M, int64_t N, int64_t K, const float *A, int64_t rsa, int64_t csa, const float *B,
+                        int64_t ldb, float *C, int64_t ldc, int acc);
+float rp_fused_expsub_avx2(float *x, int64_t n, float m);
+float rp_fused_rowmax_avx2(const float *x, int64_t n);
+#endif
+
+static void gemm_portable(int64_t M, int64_t N, int64_t K, const float *A, int64_t rsa, int64_t csa, const float *B,
+                          int64_t ldb, float *C, int64_t ldc, int acc) {
+    for (int64_t i = 0; i < M; i++) {
+        float *restrict c = C + i * ldc;
+        if (!acc)
+            for (int64_t j = 0; j < N; j++) c[j] = 0.0f;
+        for (int64_t kk = 0; kk < K; kk++) {
+            const float aik = A[i * rsa + kk * csa];
+            const float *restrict b = B + kk * ldb;
+            for (int64_t j = 0; j < N; j++) c[j] += aik * b[j];
+        }
+    }
+}
+
+static float expsub_portable(float *x, int64_t n, float m) {
+    float s = 0.0f;
+    for (int64_t j = 0; j < n; j++) {
+        float e = rp_exp(x[j] - m);
+        x[j] = e;
+        s += e;
+    }
+    return s;
+}
+
+static float rowmax_portable(const float *x, int64_t n) {
+    float mx = -INFINITY;
+    for (int64_t j = 0; j < n; j++) mx = x[j] > mx ? x[j] : mx;
+    return mx;
+}
+
+typedef struct {
+    fz_gemm_fn gemm;
+    fz_expsub_fn expsub;
+    fz_rowmax_fn rowmax;
+} fz_kernels;
+
+static fz_kernels fz_pick(void) {
+    fz_kernels k = {gemm_portable, expsub_portable, rowmax_portable};
+#if RP_HAVE_X86_TU
+    if (rp_simd_enabled()) {
+        /* the tile products follow the GEMM area's kernel choice (AVX-512 on
+         * CPUs that have it, unless a test or benchmark picked another) */
+        const char *gk = rp_gemm_kernel_name();
+        k.gemm = rp_fused_gemm_avx2;
+        k.expsub = rp_fused_expsub_avx2;
+        k.rowmax = rp_fused_rowmax_avx2;
+        if (strcmp(gk, "avx512") == 0 && rp_fused_have_avx512()) {
+            k.gemm = rp_fused_gemm_avx512;
+            k.expsub = rp_fused_expsub_avx512;
+        }
+        if (strcmp(gk, "portable") == 0) k.gemm = gemm_portable;
+    }
+#endif
+    return k;
+}
+
+/* ------------------------------------------------------------ tile helpers */
+
+/* Rows r0..r0+*nr-1 of a relative table touched by queries ia0..ia0+mq-1 and
+ * keys j0..j0+nk-1. */
+static void rel_range(rp_relidx ix, int64_t ia0, int64_t mq, int64_t j0, int64_t nk, int64_t *r0, int64_t *nr) {
+    int64_t dmin = ia0 - (j0 + nk - 1), dmax = ia0 + mq - 1 - j0;
+    int64_t u0 = ix.sign > 0 ? dmin + ix.off : -dmax + ix.off;
+    int64_t u1 = ix.sign > 0 ? dmax + ix.off : -dmin + ix.off;
+    u0 = u0 < 0 ? 0 : (u0 >= ix.R ? ix.R - 1 : u0);
+    u1 = u1 < 0 ? 0 : (u1 >= ix.R ? ix.R - 1 : u1);
+    *r0 = u0;
+    *nr = u1 - u0 + 1;
+}
+
+/* Keys j (0..nk-1 of a tile starting at j0) of query ia: u(j) = u0 - sign*j is
+ * inside [0, R) for j in [*jlo, *jhi); below jlo and from jhi on it is clamped
+ * to the constant ends *ulo (j < jlo) and *uhi (j >= jhi). */
+static inline void rel_row(rp_relidx ix, int64_t ia, int64_t j0, int64_t nk, int64_t *u0, int64_t *jlo, int64_t *jhi,
+                           int64_t *ulo, int64_t *uhi) {
+    const int64_t u = ix.sign * (ia - j0) + ix.off;
+    int64_t lo, hi;
+    if (ix.sign > 0) {
+        lo = u - (ix.R - 1);
+        hi = u + 1;
+        *ulo = ix.R - 1;
+        *uhi = 0;
+    } else {
+        lo = -u;
+        hi = ix.R - u;
+        *ulo = 0;
+        *uhi = ix.R - 1;
+    }
+    lo = lo < 0 ? 0 : (lo > nk ? nk : lo);
+    hi = hi < lo ? lo : (hi > nk ? nk : hi);
+    *u0 = u;
+    *jlo = lo;
+    *jhi = hi;
+}
+
+/* s[j] += t[(u(j) - r0) + j*tsj] for j < nk (tsj = 0: one row of t). */
+static void rel_gather_add(rp_relidx ix, int64_t ia, int64_t j0, int64_t nk, int64_t r0, const float *t, int64_t tsj,
+                           float *restrict s) {
+    int64_t u0, jlo, jhi, ulo, uhi;
+    rel_row(ix, ia, j0, nk, &u0, &jlo, &jhi, &ulo, &uhi);
+    for (int64_t j = 0; j < jlo; j++) s[j] += t[ulo - r0 + j * tsj];
+    if (jhi > jlo) {
+        if (tsj == 0 && ix.sign > 0) {
+            const float *restrict tr = t + (u0 - jlo - r0); /* u(j) - r0 = (u0 - jlo - r0) - (j - jlo) */
+            for (int64_t j = jlo; j < jhi; j++) s[j] += tr[jlo - j];
+        } else if (tsj == 0) {
+            const float *restrict tr = t + (u0 + jlo - r0);
+            for (int64_t j = jlo; j < jhi; j++) s[j] += tr[j - jlo];
+        } else {
+            const int64_t step = tsj - ix.sign;
+            const float *tr = t + (u0 - r0 - ix.sign * jlo + jlo * tsj);
+            for (int64_t j = jlo; j < jhi; j++, tr += step) s[j] += *tr;
+        }
+    }
+    for (int64_t j = jhi; j < nk; j++) s[j] += t[uhi - r0 + j * tsj];
+}
+
+/* t[(u(j) - r0) + j*tsj] += s[j] for j < nk (tsj = 0: one row of t). */
+static void rel_scatter_add(rp_relidx ix, int64_t ia, int64_t j0, int64_t nk, int64_t r0, float *t, int64_t tsj,
+                            const float *restrict s) {
+    int64_t u0, jlo, jhi, ulo, uhi;
+    rel_row(ix, ia, j0, nk, &u0, &jlo, &jhi, &ulo, &uhi);
+    if (tsj == 0) {
+        float elo = 0.0f, ehi = 0.0f;
+        for (int64_t j = 0; j < jlo; j++) elo += s[j];
+        for (int64_t j = jhi; j < nk; j++) ehi += s[j];
+        if (jlo > 0) t[ulo - r0] += elo;
+        if (jhi < nk) t[uhi - r0] += ehi;
+        if (jhi > jlo && ix.sign > 0) {
+            float *restrict tr = t + (u0 - jlo - r0);
+            for (int64_t j = jlo; j < jhi; j++) tr[jlo - j] += s[j];
+        } else if (jhi > jlo) {
+            float *restrict tr = t + (u0 + jlo - r0);
+            for (int64_t j = jlo; j < jhi; j++) tr[j - jlo] += s[j];
+        }
+        return;
+    }
+    for (int64_t j = 0; j < jlo; j++) t[ulo - r0 + j * tsj] += s[j];
+    if (jhi > jlo) {
+        const int64_t step = tsj - ix.sign;
+        float *tr = t + (u0 - r0 - ix.sign * jlo + jlo * tsj);
+        for (int64_t j = jlo; j < jhi; j++, tr += step) *tr += s[j];
+    }
+    for (int64_t j = jhi; j < nk; j++) t[uhi - r0 + j * tsj] += s[j];
+}
+
+/* dst (cols x n, ld ldd) = src (n x cols, ld lds) transposed. */
+static void pack_t(const float *restrict src, int64_t n, int64_t cols, int64_t lds, float *restrict dst, int64_t ldd) {
+    for (int64_t r = 0; r < n; r++)
+        for (int64_t c = 0; c < cols; c++) dst[c * ldd + r] = src[r * lds + c];
+}
+
+/* Per-call constants. */
+typedef struct {
+    const rp_attn *a;
+    fz_kernels kr;
+    int64_t D, Dv, nkb, nqb;
+    int has_c2p, has_p2c, has_relv, has_bias;
+} fz_ctx;
+
+/* Per-thread scratch. */
+typedef struct {
+    float *Kt;    /* D x BK    packed keys (transposed) */
+    float *Vt;    /* Dv x BK   packed values (transposed), backward */
+    float *S;     /* BQ x BK   logits, then P */
+    float *dP;    /* BQ x BK   dP, then dS */
+    float *RT;    /* max(D,Dv) x LDR  packed relative rows (transposed) */
+    float *QR;    /* BQ x LDR  qr . relk, later dO . relv */
+    float *KR;    /* BK x LDR  k . relq */
+    float *PR;    /* BQ x LDR  P bucketed per relv index */
+    float *DQR;   /* BQ x LDR  dS bucketed per relk index */
+    float *DKR;   /* BK x LDR  dS bucketed per relq index */
+    float *O;     /* BQ x Dv   output accumulator */
+    float *m, *l; /* BQ */
+    float *Dvec;  /* Tq */
+} fz_scr;
+
+static size_t fz_scr_floats(int64_t D, int64_t Dv, int64_t Tq) {
+    int64_t DD = D > Dv ? D : Dv;
+    return (size_t)(D * FZ_BK + Dv * FZ_BK + 2 * FZ_BQ * FZ_BK + DD * FZ_LDR + 4 * FZ_BQ * FZ_LDR + FZ_BK * FZ_LDR * 2 +
+                    FZ_BQ * Dv + 2 * FZ_BQ + Tq + 16 * 16);
+}
+
+static fz_scr fz_scr_at(float *base, int64_t D, int64_t Dv) {
+    int64_t DD = D > Dv ? D : Dv;
+    fz_scr w;
+    float *p = base;
+#define FZ_TAKE(name, n)                                 \
+    do {                                                 \
+        w.name = p;                                      \
+        p += (((int64_t)(n)) + 15) / 16 * 16; /* 64 B */ \
+    } while (0)
+    FZ_TAKE(Kt, D * FZ_BK);
+    FZ_TAKE(Vt, Dv * FZ_BK);
+    FZ_TAKE(S, FZ_BQ * FZ_BK);
+    FZ_TAKE(dP, FZ_BQ * FZ_BK);
+    FZ_TAKE(RT, DD * FZ_LDR);
+    FZ_TAKE(QR, FZ_BQ * FZ_LDR);
+    FZ_TAKE(KR, FZ_BK * FZ_LDR);
+    FZ_TAKE(PR, FZ_BQ * FZ_LDR);
+    FZ_TAKE(DQR, FZ_BQ * FZ_LDR);
+    FZ_TAKE(DKR, FZ_BK * FZ_LDR);
+    FZ_TAKE(O, FZ_BQ * Dv);
+    FZ_TAKE(m, FZ_BQ);
+    FZ_TAKE(l, FZ_BQ);
+    w.Dvec = p;
+#undef FZ_TAKE
+    return w;
+}
+
+/* S (mq x nk, ld BK) = logits of queries i0.. (absolute ia0..) and keys j0..
+ * of head (b, h), masked entries -INFINITY. Kt: the keys packed (D x BK). */
+static void tile_logits(const fz_ctx *c, fz_scr *w, const float *Kt, int64_t b, int64_t h, int64_t i0, int64_t mq,
+                        int64_t j0, int64_t nk) {
+    const rp_attn *a = c->a;
+    const int64_t D = c->D, H = a->H, bh = b * H + h;
+    const int64_t ia0 = a->q_offset + i0;
+    const float *qt = a->q + (bh * a->Tq + i0) * D;
+    float *S = w->S;
+    c->kr.gemm(mq, nk, D, qt, D, 1, Kt, FZ_BK, S, FZ_BK, 0);
+
+    if (c->has_c2p) { /* + qr_i . relk[idx(ia, j)] */
+        rp_relidx ix = a->relk_ix;
+        int64_t r0, nr;
+        rel_range(ix, ia0, mq, j0, nk, &r0, &nr);
+        const float *tab = a->relk + ((a->Hrk == 1 ? 0 : h) * ix.R + r0) * D;
+        const float *qq = (a->qr ? a->qr : a->q) + (bh * a->Tq + i0) * D;
+        pack_t(tab, nr, D, D, w->RT, FZ_LDR);
+        c->kr.gemm(mq, nr, D, qq, D, 1, w->RT, FZ_LDR, w->QR, FZ_LDR, 0);
+        for (int64_t i = 0; i < mq; i++) rel_gather_add(ix, ia0 + i, j0, nk, r0, w->QR + i * FZ_LDR, 0, S + i * FZ_BK);
+    }
+    if (c->has_p2c) { /* + k_j . relq[idx(ia, j)] */
+        rp_relidx ix = a->relq_ix;
+        int64_t r0, nr;
+        rel_range(ix, ia0, mq, j0, nk, &r0, &nr);
+        const float *tab = a->relq + ((a->Hrq == 1 ? 0 : h) * ix.R + r0) * D;
+        pack_t(tab, nr, D, D, w->RT, FZ_LDR);
+        c->kr.gemm(nk, nr, D, a->k + (bh * a->Tk + j0) * D, D, 1, w->RT, FZ_LDR, w->KR, FZ_LDR, 0);
+        for (int64_t i = 0; i < mq; i++) rel_gather_add(ix, ia0 + i, j0, nk, r0, w->KR, FZ_LDR, S + i * FZ_BK);
+    }
+
+    const float scale = a->scale;
+    const float *bv = a->bias_vec ? a->bias_vec + (a->Hb == 1 ? 0 : h) * a->bias_ix.R : NULL;
+    const float *bf = a->bias_full ? a->bias_full + (((a->Bf == 1 ? 0 : b) * H + h) * a->Tq + i0) * a->Tk + j0 : NULL;
+    const uint8_t *kpm = a->key_padding_mask ? a->key_padding_mask + b * a->Tk + j0 : NULL;
+    for (int64_t i = 0; i < mq; i++) {
+        float *restrict s = S + i * FZ_BK;
+        const int64_t ia = ia0 + i;
+        if (bv) {
+            rp_relidx ix = a->bias_ix;
+            /* u(j) = u0 - sign*j is unclamped for j in [jlo, jhi); constant outside */
+            const int64_t u0 = ix.sign * (ia - j0) + ix.off;
+            int64_t jlo, jhi;
+            if (ix.sign > 0) {
+                jlo = u0 - (ix.R - 1);
+                jhi = u0 + 1;
+            } else {
+                jlo = -u0;
+                jhi = ix.R - u0;
+            }
+            jlo = jlo < 0 ? 0 : (jlo > nk ? nk : jlo);
+            jhi = jhi < jlo ? jlo : (jhi > nk ? nk : jhi);
+            const float blo = bv[ix.sign > 0 ? ix.R - 1 : 0], bhi = bv[ix.sign > 0 ? 0 : ix.R - 1];
+            for (int64_t j = 0; j < jlo; j++) s[j] = s[j] * scale + blo;
+            if (jhi > jlo && ix.sign > 0) {
+                const float *restrict br = bv + (u0 - jlo); /* bias at j is br[jlo - j] */
+                for (int64_t j = jlo; j < jhi; j++) s[j] = s[j] * scale + br[jlo - j];
+            } else if (jhi > jlo) {
+                const float *restrict br = bv + (u0 + jlo);
+                for (int64_t j = jlo; j < jhi; j++) s[j] = s[j] * scale + br[j - jlo];
+            }
+            for (int64_t j = jhi; j < nk; j++) s[j] = s[j] * scale + bhi;
+        } else {
+            for (int64_t j = 0; j < nk; j++) s[j] *= scale;
+        }
+        if (bf) {
+            const float *restrict f = bf + i * a->Tk;
+            for (int64_t j = 0; j < nk; j++) s[j] += f[j];
+        }
+        if (a->causal && j0 + nk - 1 > ia) {
+            int64_t jstart = ia - j0 + 1;
+            if (jstart < 0) jstart = 0;
+            for (int64_t j = jstart; j < nk; j++) s[j] = -INFINITY;
+        }
+        if (kpm)
+            for (int64_t j = 0; j < nk; j++)
+                if (kpm[j]) s[j] = -INFINITY;
+    }
+}
+
+/* Number of key blocks a query block with last absolute position ia_last can see. */
+static int64_t fz_kb_end(const fz_ctx *c, int64_t ia_last) {
+    if (!c->a->causal) return c->nkb;
+    if (ia_last < 0) return 0;
+    int64_t e = ia_last / FZ_BK + 1;
+    return e < c->nkb ? e : c->nkb;
+}
+
+/* 1 if every key j0..j0+nk-1 of batch b is padding. */
+static int fz_all_padded(const rp_attn *a, int64_t b, int64_t j0, int64_t nk) {
+    if (!a->key_padding_mask) return 0;
+    const uint8_t *m = a->key_padding_mask + b * a->Tk + j0;
+    for (int64_t j = 0; j < nk; j++)
+        if (!m[j]) return 0;
+    return 1;
+}
+
+/* -------------------------------------------------------------------- forward */
+
+/* Kp: every key block packed, (B*H, nkb, D, BK). */
+static void fwd_item(const fz_ctx *c, fz_scr *w, const float *Kp, int64_t b, int64_t h, int64_t qb, float *out,
+                     float *lse) {
+    const rp_attn *a = c->a;
+    const int64_t D = c->D, Dv = c->Dv, bh = b * a->H + h;
+    const int64_t i0 = qb * FZ_BQ, mq = (a->Tq - i0) < FZ_BQ ? (a->Tq - i0) : FZ_BQ;
+    const int64_t ia0 = a->q_offset + i0;
+    float *O = w->O, *m = w->m, *l = w->l;
+    memset(O, 0, sizeof(float) * (size_t)(mq * Dv));
+    for (int64_t i = 0; i < mq; i++) {
+        m[i] = -INFINITY;
+        l[i] = 0.0f;
+    }
+    const int64_t kb_end = fz_kb_end(c, ia0 + mq - 1);
+    for (int64_t kb = 0; kb < kb_end; kb++) {
+        const int64_t j0 = kb * FZ_BK, nk = (a->Tk - j0) < FZ_BK ? (a->Tk - j0) : FZ_BK;
+        if (fz_all_padded(a, b, j0, nk)) continue;
+        tile_logits(c, w, Kp + (bh * c->nkb + kb) * D * FZ_BK, b, h, i0, mq, j0, nk);
+        float *S = w->S;
+        for (int64_t i = 0; i < mq; i++) {
+            float *s = S + i * FZ_BK;
+            float mx = c->kr.rowmax(s, nk);
+            float mnew = mx > m[i] ? mx : m[i];
+            if (mnew == -INFINITY) { /* nothing visible yet in this row */
+                memset(s, 0, sizeof(float) * (size_t)nk);
+                continue;
+            }
+            float rs = c->kr.expsub(s, nk, mnew);
+            if (mnew != m[i]) {
+                float alpha = rp_exp(m[i] - mnew); /* 0 when m[i] = -inf */
+                float *o = O + i * Dv;
+                for (int64_t d = 0; d < Dv; d++) o[d] *= alpha;
+                l[i] *= alpha;
+                m[i] = mnew;
+            }
+            l[i] += rs;
+        }
+        c->kr.gemm(mq, Dv, nk, S, FZ_BK, 1, a->v + (bh * a->Tk + j0) * Dv, Dv, O, Dv, 1);
+        if (c->has_relv) {
+            rp_relidx ix = a->relv_ix;
+            int64_t r0, nr;
+            rel_range(ix, ia0, mq, j0, nk, &r0, &nr);
+            float *PR = w->PR;
+            for (int64_t i = 0; i < mq; i++) {
+                memset(PR + i * FZ_LDR, 0, sizeof(float) * (size_t)nr);
+                rel_scatter_add(ix, ia0 + i, j0, nk, r0, PR + i * FZ_LDR, 0, S + i * FZ_BK);
+            }
+            const float *tab = a->relv + ((a->Hrv == 1 ? 0 : h) * ix.R + r0) * Dv;
+            c->kr.gemm(mq, Dv, nr, PR, FZ_LDR, 1, tab, Dv, O, Dv, 1);
+        }
+    }
+    float *o_out = out + (bh * a->Tq + i0) * Dv;
+    float *lse_out = lse + bh * a->Tq + i0;
+    for (int64_t i = 0; i < mq; i++) {
+        float *o = o_out + i * Dv;
+        if (l[i] > 0.0f) {
+            const float inv = 1.0f / l[i];
+            for (int64_t d = 0; d < Dv; d++) o[d] = O[i * Dv + d] * inv;
+            lse_out[i] = m[i] + logf(l[i]);
+        } else {
+            memset(o, 0, sizeof(float) * (size_t)Dv);
+            lse_out[i] = -INFINITY;
+        }
+    }
+}
+
+static int fz_check(const rp_attn *a) {
+    if (!a) return RP_EINVAL;
+    if (a->B < 0 || a->H < 0 || a->Tq < 0 || a->Tk < 0 || a->D < 0 || a->Dv < 0) return RP_EINVAL;
+    if (a->relk && (a->relk_ix.R <= 0 || a->Hrk < 1)) return RP_EINVAL;
+    if (a->relq && (a->relq_ix.R <= 0 || a->Hrq < 1)) return RP_EINVAL;
+    if (a->relv && (a->relv_ix.R <= 0 || a->Hrv < 1)) return RP_EINVAL;
+    if (a->bias_vec && (a->bias_ix.R <= 0 || a->Hb < 1)) return RP_EINVAL;
+    if (a->bias_full && a->Bf != 1 && a->Bf != a->B) return RP_EINVAL; /* Bf = B = 0: empty batch */
+    return RP_OK;
+}
+
+static fz_ctx fz_make_ctx(const rp_attn *a) {
+    fz_ctx c;
+    c.a = a;
+    c.kr = fz_pick();
+    c.D = a->D;
+    c.Dv = a->Dv;
+    c.nkb = (a->Tk + FZ_BK - 1) / FZ_BK;
+    c.nqb = (a->Tq + FZ_BQ - 1) / FZ_BQ;
+    c.has_c2p = a->relk != NULL;
+    c.has_p2c = a->relq != NULL;
+    c.has_relv = a->relv != NULL;
+    c.has_bias = a->bias_vec != NULL || a->bias_full != NULL;
+    return c;
+}
+
+/* q (B,H,Tq,D), k (B,H,Tk,D), v (B,H,Tk,Dv) + channels -> out (B,H,Tq,Dv), lse (B,H,Tq). */
+int rp_attn_fused_fwd(const rp_attn *a, float *out, float *lse) {
+    int rc = fz_check(a);
+    if (rc) return rc;
+    const int64_t BH = a->B * a->H;
+    if (BH == 0 || a->Tq == 0) return RP_OK;
+    if (a->Tk == 0 || a->D == 0) {
+        /* no keys: every row fully masked; D = 0 still gives uniform weights */
+        if (a->Tk == 0) {
+            memset(out, 0, sizeof(float) * (size_t)(BH * a->Tq * a->Dv));
+            for (int64_t i = 0; i < BH * a->Tq; i++) lse[i] = -INFINITY;
+            return RP_OK;
+        }
+    }
+    fz_ctx c = fz_make_ctx(a);
+    const int64_t nitems = BH * c.nqb;
+    int nt = rp_get_num_threads();
+    if (nt < 1) nt = 1;
+    if (nitems < nt) nt = (int)nitems;
+    const size_t per = fz_scr_floats(c.D, c.Dv, 0);
+    float *scr = rp_malloc(sizeof(float) * per * (size_t)nt);
+    float *Kp = rp_malloc(sizeof(float) * (size_t)(BH * c.nkb * c.D * FZ_BK));
+    if (!scr || !Kp) {
+        rp_free(scr);
+        rp_free(Kp);
+        return RP_ENOMEM;
+    }
+#if RP_HAVE_OPENMP
+#pragma omp parallel num_threads(nt)
+#endif
+    {
+#if RP_HAVE_OPENMP
+        const int tid = omp_get_thread_num();
+#else
+        const int tid = 0;
+#endif
+        fz_scr w = fz_scr_at(scr + per * (size_t)tid, c.D, c.Dv);
+#if RP_HAVE_OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t it = 0; it < BH * c.nkb; it++) {
+            const int64_t bh = it / c.nkb, j0 = (it % c.nkb) * FZ_BK;
+            const int64_t nk = (a->Tk - j0) < FZ_BK ? (a->Tk - j0) : FZ_BK;
+            pack_t(a->k + (bh * a->Tk + j0) * c.D, nk, c.D, c.D, Kp + it * c.D * FZ_BK, FZ_BK);
+        }
+#if RP_HAVE_OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+        for (int64_t it = 0; it < nitems; it++) {
+            /* longest (last) query blocks first: causal work grows with qb */
+            int64_t qb = c.nqb - 1 - it % c.nqb, bh = it / c.nqb;
+            fwd_item(&c, &w, Kp, bh / a->H, bh % a->H, qb, out, lse);
+        }
+    }
+    rp_free(scr);
+    rp_free(Kp);
+    return RP_OK;
+}
+
+/* ------------------------------------------------------------------- backward */
+
+/* Destinations of one backward item's gradients that are not its own rows. */
+typedef struct {
+    float *dbias_vec; /* (R) of head hb */
+    float *drelk, *drelq, *drelv;
+    float *dbias_full;     /* (Tq, Tk) of (bb, h) */
+    float *dq, *dqr;       /* (Tq, D): the rows of (b, h), or this chunk's partial */
+    int64_t chunk, nchunk; /* this item takes key blocks kb = chunk (mod nchunk) */
+} fz_dst;
+
+/* One (b, h) and one chunk of its key blocks: dk/dv rows of those blocks
+ * (written), dq/dqr and table gradients added into t's destinations. */
+static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const float *out, const float *lse,
+                     const float *dout, const rp_attn_grads *g, const fz_dst *t, int need_ds) {
+    const rp_attn *a = c->a;
+    const int64_t D = c->D, Dv = c->Dv, Tq = a->Tq, Tk = a->Tk, bh = b * a->H + h;
+    const float scale = a->scale;
+    const float *Q = a->q + bh * Tq * D, *K = a->k + bh * Tk * D, *V = a->v + bh * Tk * Dv;
+    const float *QQ = (a->qr ? a->qr : a->q) + bh * Tq * D;
+    const float *dO = dout + bh * Tq * Dv, *L = lse + bh * Tq;
+    float *dq = t->dq;
+    float *dk = g->dk ? g->dk + bh * Tk * D : NULL;
+    float *dv = g->dv ? g->dv + bh * Tk * Dv : NULL;
+    /* where the c2p gradient of the query side goes: dqr, or dq when qr is q */
+    float *dqq = a->qr ? t->dqr : dq;
+    /* every destination was zeroed by the caller */
+
+    /* D_i = dO_i . O_i */
+    const float *O = out + bh * Tq * Dv;
+    for (int64_t i = 0; i < Tq; i++) {
+        float s = 0.0f;
+        for (int64_t d = 0; d < Dv; d++) s += dO[i * Dv + d] * O[i * Dv + d];
+        w->Dvec[i] = s;
+    }
+    const int need_p = dv != NULL || (c->has_relv && t->drelv != NULL);
+    if (!need_ds && !need_p) return;
+    const int64_t R_b = a->bias_vec ? a->bias_ix.R : 0;
+
+    for (int64_t kb = t->chunk; kb < c->nkb; kb += t->nchunk) {
+        const int64_t j0 = kb * FZ_BK, nk = (Tk - j0) < FZ_BK ? (Tk - j0) : FZ_BK;
+        if (fz_all_padded(a, b, j0, nk)) continue;
+        pack_t(K + j0 * D, nk, D, D, w->Kt, FZ_BK);
+        if (need_ds) pack_t(V + j0 * Dv, nk, Dv, Dv, w->Vt, FZ_BK);
+        /* first query block that sees key j0 */
+        int64_t qb0 = 0;
+        if (a->causal) {
+            int64_t i_first = j0 - a->q_offset; /* ia >= j0 */
+            qb0 = i_first <= 0 ? 0 : i_first / FZ_BQ;
+        }
+        for (int64_t qb = qb0; qb < c->nqb; qb++) {
+            const int64_t i0 = qb * FZ_BQ, mq = (Tq - i0) < FZ_BQ ? (Tq - i0) : FZ_BQ;
+            const int64_t ia0 = a->q_offset + i0;
+            if (a->causal && ia0 + mq - 1 < j0) continue;
+            tile_logits(c, w, w->Kt, b, h, i0, mq, j0, nk);
+            float *S = w->S, *dP = w->dP;
+            for (int64_t i = 0; i < mq; i++) {
+                float *s = S + i * FZ_BK;
+                if (L[i0 + i] == -INFINITY)
+                    memset(s, 0, sizeof(float) * (size_t)nk);
+                else
+                    c->kr.expsub(s, nk, L[i0 + i]);
+            }
+            /* P now in S. dV += P^T dO */
+            const float *dOt = dO + i0 * Dv;
+            if (dv) c->kr.gemm(nk, Dv, mq, S, 1, FZ_BK, dOt, Dv, dv + j0 * Dv, Dv, 1);
+            int64_t rv0 = 0, nrv = 0;
+            if (c->has_relv && (t->drelv || need_ds)) { rel_range(a->relv_ix, ia0, mq, j0, nk, &rv0, &nrv); }
+            if (c->has_relv && t->drelv) {
+                /* drelv[r] += sum_{idx(i,j)=r} p_ij dO_i: buckets PR (mq x nr) */
+                float *PR = w->PR;
+                for (int64_t i = 0; i < mq; i++) {
+                    memset(PR + i * FZ_LDR, 0, sizeof(float) * (size_t)nrv);
+                    rel_scatter_add(a->relv_ix, ia0 + i, j0, nk, rv0, PR + i * FZ_LDR, 0, S + i * FZ_BK);
+                }
+                c->kr.gemm(nrv, Dv, mq, PR, 1, FZ_LDR, dOt, Dv, t->drelv + rv0 * Dv, Dv, 1);
+            }
+            if (!need_ds) continue;
+            /* dP = dO V^T (+ dO . relv[idx]) */
+            c->kr.gemm(mq, nk, Dv, dOt, Dv, 1, w->Vt, FZ_BK, dP, FZ_BK, 0);
+            if (c->has_relv) {
+                const float *tab = a->relv + ((a->Hrv == 1 ? 0 : h) * a->relv_ix.R + rv0) * Dv;
+                pack_t(tab, nrv, Dv, Dv, w->RT, FZ_LDR);
+                c->kr.gemm(mq, nrv, Dv, dOt, Dv, 1, w->RT, FZ_LDR, w->QR, FZ_LDR, 0);
+                for (int64_t i = 0; i < mq; i++)
+                    rel_gather_add(a->relv_ix, ia0 + i, j0, nk, rv0, w->QR + i * FZ_LDR, 0, dP + i * FZ_BK);
+            }
+            /* dS = P (dP - D); the content terms below take scale * dS */
+            const int bias_grad = t->dbias_vec || t->dbias_full;
+            const float sc = bias_grad ? 1.0f : scale;
+            for (int64_t i = 0; i < mq; i++) {
+                float *restrict p = dP + i * FZ_BK;
+                const float *restrict s = S + i * FZ_BK;
+                const float di = w->Dvec[i0 + i];
+                for (int64_t j = 0; j < nk; j++) p[j] = sc * s[j] * (p[j] - di);
+            }
+            if (t->dbias_vec) {
+                rp_relidx ix = a->bias_ix;
+                float *restrict db = t->dbias_vec;
+                for (int64_t i = 0; i < mq; i++) {
+                    const float *restrict p = dP + i * FZ_BK;
+                    const int64_t u0 = ix.sign * (ia0 + i - j0) + ix.off;
+                    int64_t jlo, jhi;
+                    if (ix.sign > 0) {
+                        jlo = u0 - (R_b - 1);
+                        jhi = u0 + 1;
+                    } else {
+                        jlo = -u0;
+                        jhi = R_b - u0;
+                    }
+                    jlo = jlo < 0 ? 0 : (jlo > nk ? nk : jlo);
+                    jhi = jhi < jlo ? jlo : (jhi > nk ? nk : jhi);
+                    float elo = 0.0f, ehi = 0.0f;
+                    for (int64_t j = 0; j < jlo; j++) elo += p[j];
+                    for (int64_t j = jhi; j < nk; j++) ehi += p[j];
+                    if (jlo > 0) db[ix.sign > 0 ? R_b - 1 : 0] += elo;
+                    if (jhi < nk) db[ix.sign > 0 ? 0 : R_b - 1] += ehi;
+                    if (jhi > jlo && ix.sign > 0) {
+                        float *restrict dr = db + (u0 - jlo);
+                        for (int64_t j = jlo; j < jhi; j++) dr[jlo - j] += p[j];
+                    } else if (jhi > jlo) {
+                        float *restrict dr = db + (u0 + jlo);
+                        for (int64_t j = jlo; j < jhi; j++) dr[j - jlo] += p[j];
+                    }
+                }
+            }
+            if (t->dbias_full) {
+                for (int64_t i = 0; i < mq; i++) {
+                    float *restrict f = t->dbias_full + (i0 + i) * Tk + j0;
+                    const float *restrict p = dP + i * FZ_BK;
+                    for (int64_t j = 0; j < nk; j++) f[j] += p[j];
+                }
+            }
+            if (bias_grad) {
+                for (int64_t i = 0; i < mq; i++) {
+                    float *restrict p = dP + i * FZ_BK;
+                    for (int64_t j = 0; j < nk; j++) p[j] *= scale;
+                }
+            }
+            if (dk) c->kr.gemm(nk, D, mq, dP, 1, FZ_BK, Q + i0 * D, D, dk + j0 * D, D, 1);
+            if (dq) c->kr.gemm(mq, D, nk, dP, FZ_BK, 1, K + j0 * D, D, dq + i0 * D, D, 1);
+            if (c->has_c2p && (dqq || t->drelk)) {
+                rp_relidx ix = a->relk_ix;
+                int64_t r0, nr;
+                rel_range(ix, ia0, mq, j0, nk, &r0, &nr);
+                float *B = w->DQR;
+                for (int64_t i = 0; i < mq; i++) {
+                    memset(B + i * FZ_LDR, 0, sizeof(float) * (size_t)nr);
+                    rel_scatter_add(ix, ia0 + i, j0, nk, r0, B + i * FZ_LDR, 0, dP + i * FZ_BK);
+                }
+                const float *tab = a->relk + ((a->Hrk == 1 ? 0 : h) * ix.R + r0) * D;
+                if (dqq) c->kr.gemm(mq, D, nr, B, FZ_LDR, 1, tab, D, dqq + i0 * D, D, 1);
+                if (t->drelk) c->kr.gemm(nr, D, mq, B, 1, FZ_LDR, QQ + i0 * D, D, t->drelk + r0 * D, D, 1);
+            }
+            if (c->has_p2c && (dk || t->drelq)) {
+                rp_relidx ix = a->relq_ix;
+                int64_t r0, nr;
+                rel_range(ix, ia0, mq, j0, nk, &r0, &nr);
+                float *B = w->DKR;
+                for (int64_t j = 0; j < nk; j++) memset(B + j * FZ_LDR, 0, sizeof(float) * (size_t)nr);
+                for (int64_t i = 0; i < mq; i++) rel_scatter_add(ix, ia0 + i, j0, nk, r0, B, FZ_LDR, dP + i * FZ_BK);
+                const float *tab = a->relq + ((a->Hrq == 1 ? 0 : h) * ix.R + r0) * D;
+                if (dk) c->kr.gemm(nk, D, nr, B, FZ_LDR, 1, tab, D, dk + j0 * D, D, 1);
+                if (t->drelq) c->kr.gemm(nr, D, nk, B, 1, FZ_LDR, K + j0 * D, D, t->drelq + r0 * D, D, 1);
+            }
+        }
+    }
+}
+
+/* dst[e] = sum over groups g < ng and members m < nm, in that order, of
+ * src[g*gstride + m*n + e] (partial buffers of n floats). */
+static void fz_reduce(float *dst, const float *src, int64_t ng, int64_t nm, int64_t gstride, int64_t n) {
+    RP_OMP_PARALLEL_FOR
+    for (int64_t e = 0; e < n; e++) {
+        float s = 0.0f;
+        for (int64_t gi = 0; gi < ng; gi++)
+            for (int64_t m = 0; m < nm; m++) s += src[gi * gstride + m * n + e];
+        dst[e] = s;
+    }
+}
+
+/* A shared table gradient: (Ht, R, W) floats fed by items (bi, h). */
+typedef struct {
+    float *dst;         /* the gradient in g, or NULL */
+    int64_t Ht, per;    /* heads of the table, floats per table head */
+    int direct;         /* each table head fed by exactly one item */
+    float *part;        /* nitems x per partials when !direct */
+    int64_t nb, nh, nc; /* items it = (bi*nh + h)*nc + c feed table head (Ht == 1 ? 0 : h) */
+} fz_shared;
+
+static void fz_shared_init(fz_shared *s, float *dst, int64_t Ht, int64_t per, int64_t nitem_b, int64_t H, int64_t NC) {
+    s->dst = dst;
+    s->Ht = Ht;
+    s->per = per;
+    s->part = NULL;
+    s->direct = dst ? (nitem_b * (Ht == 1 ? H : 1) * NC == 1) : 1;
+    s->nb = nitem_b;
+    s->nh = H;
+    s->nc = NC;
+}
+
+static float *fz_shared_at(const fz_shared *s, int64_t item, int64_t h) {
+    if (!s->dst) return NULL;
+    if (s->direct) return s->dst + (s->Ht == 1 ? 0 : h) * s->per;
+    return s->part + item * s->per;
+}
+
+/* Reduce the partials of table s (items it = (bi*H + h)*NC + c) into s->dst,
+ * in item order. */
+static void fz_shared_finish(const fz_shared *s) {
+    if (!s->dst || s->direct) return;
+    const int64_t per = s->per, nitem_b = s->nb, H = s->nh, NC = s->nc;
+    if (s->Ht == 1) {
+        fz_reduce(s->dst, s->part, nitem_b * H * NC, 1, per, per);
+    } else {
+        for (int64_t h = 0; h < H; h++)
+            fz_reduce(s->dst + h * per, s->part + h * NC * per, nitem_b, NC, H * NC * per, per);
+    }
+}
+
+/* Gradients of rp_attn_fused_fwd given out, lse and dout (B,H,Tq,Dv); see
+ * rp_attn_grads (written, not accumulated; NULL = not wanted). */
+int rp_attn_fused_bwd(const rp_attn *a, const float *out, const float *lse, const float *dout, rp_attn_grads *g) {
+    int rc = fz_check(a);
+    if (rc) return rc;
+    fz_ctx c = fz_make_ctx(a);
+    const int64_t B = a->B, H = a->H, Tq = a->Tq, Tk = a->Tk, D = c.D, Dv = c.Dv;
+    /* gradients of absent channels are not computed */
+    float *dqr = a->qr ? g->dqr : NULL;
+    float *drelk = a->relk ? g->drelk : NULL, *drelq = a->relq ? g->drelq : NULL;
+    float *drelv = a->relv ? g->drelv : NULL, *dbv = a->bias_vec ? g->dbias_vec : NULL;
+    float *dbf = a->bias_full ? g->dbias_full : NULL;
+    /* zero everything first: skipped tiles and empty shapes leave zeros */
+    if (g->dq) memset(g->dq, 0, sizeof(float) * (size_t)(B * H * Tq * D));
+    if (g->dk) memset(g->dk, 0, sizeof(float) * (size_t)(B * H * Tk * D));
+    if (g->dv) memset(g->dv, 0, sizeof(float) * (size_t)(B * H * Tk * Dv));
+    if (dqr) memset(dqr, 0, sizeof(float) * (size_t)(B * H * Tq * D));
+    if (drelk) memset(drelk, 0, sizeof(float) * (size_t)(a->Hrk * a->relk_ix.R * D));
+    if (drelq) memset(drelq, 0, sizeof(float) * (size_t)(a->Hrq * a->relq_ix.R * D));
+    if (drelv) memset(drelv, 0, sizeof(float) * (size_t)(a->Hrv * a->relv_ix.R * Dv));
+    if (dbv) memset(dbv, 0, sizeof(float) * (size_t)(a->Hb * a->bias_ix.R));
+    if (dbf) memset(dbf, 0, sizeof(float) * (size_t)(a->Bf * H * Tq * Tk));
+    if (B * H == 0 || Tq == 0 || Tk == 0) return RP_OK;
+
+    /* items (bi, h); with a batch-shared bias_full gradient, one item per head
+     * walks every b so that the (Tq, Tk) gradient needs no partials */
+    const int hmode = dbf && a->Bf == 1 && B > 1;
+    const int64_t nitem_b = hmode ? 1 : B;
+    /* Few heads: each head's key blocks are dealt to NC interleaved chunks
+     * (a function of the shape only, never of the thread count), each with its
+     * own dq/dqr partial. */
+    int64_t NC = 1;
+    if (!hmode && B * H < FZ_MIN_ITEMS) {
+        NC = (FZ_MIN_ITEMS + B * H - 1) / (B * H);
+        if (NC > c.nkb) NC = c.nkb;
+        if (NC < 1) NC = 1;
+    }
+    const int64_t nitems = nitem_b * H * NC;
+    fz_shared sb, sk, sq, sv, sdq, sdqr;
+    fz_shared_init(&sb, dbv, a->Hb, a->bias_vec ? a->bias_ix.R : 0, nitem_b, H, NC);
+    fz_shared_init(&sk, drelk, a->Hrk, a->relk ? a->relk_ix.R * D : 0, nitem_b, H, NC);
+    fz_shared_init(&sq, drelq, a->Hrq, a->relq ? a->relq_ix.R * D : 0, nitem_b, H, NC);
+    fz_shared_init(&sv, drelv, a->Hrv, a->relv ? a->relv_ix.R * Dv : 0, nitem_b, H, NC);
+    /* dq and dqr of (b, h) as tables with B*H heads fed by the NC chunks */
+    fz_shared_init(&sdq, g->dq, B * H, Tq * D, 1, B * H, NC);
+    fz_shared_init(&sdqr, a->qr ? dqr : NULL, B * H, Tq * D, 1, B * H, NC);
+    fz_shared *sh[6] = {&sb, &sk, &sq, &sv, &sdq, &sdqr};
+    int fail = 0;
+    for (int s = 0; s < 6; s++) {
+        if (sh[s]->dst && !sh[s]->direct) {
+            sh[s]->part = rp_calloc((size_t)(nitems * sh[s]->per), sizeof(float));
+            if (!sh[s]->part) fail = 1;
+        }
+    }
+    int nt = rp_get_num_threads();
+    if (nt < 1) nt = 1;
+    if (nitems < nt) nt = (int)nitems;
+    const size_t per = fz_scr_floats(D, Dv, Tq);
+    float *scr = fail ? NULL : rp_malloc(sizeof(float) * per * (size_t)nt);
+    if (!scr) {
+        for (int s = 0; s < 6; s++) rp_free(sh[s]->part);
+        return RP_ENOMEM;
+    }
+    const int need_ds = g->dq || g->dk || dqr || drelk || drelq || dbv || dbf;
+    rp_attn_grads gg = *g;
+    gg.dqr = dqr;
+#if RP_HAVE_OPENMP
+#pragma omp parallel num_threads(nt)
+#endif
+    {
+#if RP_HAVE_OPENMP
+        const int tid = omp_get_thread_num();
+#else
+        const int tid = 0;
+#endif
+        fz_scr w = fz_scr_at(scr + per * (size_t)tid, D, Dv);
+#if RP_HAVE_OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+        for (int64_t it = 0; it < nitems; it++) {
+            const int64_t bi = it / (H * NC), h = (it / NC) % H;
+            fz_dst t;
+            t.chunk = it % NC;
+            t.nchunk = NC;
+            t.dbias_vec = fz_shared_at(&sb, it, h);
+            t.drelk = fz_shared_at(&sk, it, h);
+            t.drelq = fz_shared_at(&sq, it, h);
+            t.drelv = fz_shared_at(&sv, it, h);
+            for (int64_t b = hmode ? 0 : bi; b < (hmode ? B : bi + 1); b++) {
+                t.dbias_full = dbf ? dbf + ((a->Bf == 1 ? 0 : b) * H + h) * Tq * Tk : NULL;
+                /* NC > 1 only without hmode, so b == bi here and the item index is that of (b, h) */
+                t.dq = fz_shared_at(&sdq, it, b * H + h);
+                t.dqr = fz_shared_at(&sdqr, it, b * H + h);
+                bwd_head(&c, &w, b, h, out, lse, dout, &gg, &t, need_ds);
+            }
+        }
+    }
+    rp_free(scr);
+    for (int s = 0; s < 6; s++) {
+        fz_shared_finish(sh[s]);
+        rp_free(sh[s]->part);
+    }
+    return RP_OK;
+}

@@ -1,0 +1,522 @@
+/* Bridge for attention: the materialised kernel (attention_mat_fwd/bwd) and the
+ * fused one (attention_fwd/bwd). One parser turns the Python arguments into an
+ * rp_attn, validating every shape against the others, so both paths accept
+ * exactly the same calls and raise the same errors.
+ *
+ * Python signatures (both paths; the fused one has no return_weights):
+ *
+ *   fwd(q, k, v, *, causal=True, key_padding_mask=None, q_offset=0, scale=None,
+ *       qr=None, relk=None, relk_ix=None, relq=None, relq_ix=None,
+ *       relv=None, relv_ix=None, bias_vec=None, bias_ix=None, bias_full=None,
+ *       return_weights=False)
+ *     -> (out (B, H, Tq, Dv), lse (B, H, Tq)) or (out, lse, probs (B, H, Tq, Tk))
+ *
+ *   bwd(q, k, v, out, lse, dout, *, <the same keywords but return_weights>,
+ *       needs=None)
+ *     -> dict {name: gradient} for name in needs (default: every tensor given),
+ *        names from "q", "k", "v", "qr", "relk", "relq", "relv", "bias_vec",
+ *        "bias_full"; each gradient shaped like its input.
+ *
+ * Arguments: q (B, H, Tq, D), k (B, H, Tk, D), v (B, H, Tk, Dv) float32;
+ * key_padding_mask (B, Tk) bool, True = padding; q_offset >= 0; scale a finite
+ * float (None: 1/sqrt(D)); qr (B, H, Tq, D); relk (1|H, R, D), relq (1|H, R, D),
+ * relv (1|H, R, Dv), bias_vec (1|H, R), each with its index (sign, off),
+ * sign +1 or -1 (see core/attention.h); bias_full (1|B, H, Tq, Tk).
+ */
+#include "bridge.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "core/attention.h"
+
+#define RP_MAX_POSITION (1LL << 60)
+
+/* One call: the validated rp_attn, the references it holds, and the results. */
+typedef struct {
+    rp_attn a;
+    /* owned references to the inputs (NULL when absent) */
+    PyArrayObject *q, *k, *v, *qr, *relk, *relq, *relv, *bias_vec, *bias_full, *mask;
+    /* forward: results (allocated by the parser); backward: inputs out, lse, dout */
+    PyArrayObject *out, *lse, *probs, *dout;
+    /* backward: gradients asked for (allocated by the parser, NULL = not wanted) */
+    PyArrayObject *dq, *dk, *dv, *dqr, *drelk, *drelq, *drelv, *dbias_vec, *dbias_full;
+    rp_attn_grads g; /* pointers into the arrays above */
+    int return_weights;
+} rp_attn_call;
+
+/* Raw Python objects of one call, before validation. */
+typedef struct {
+    PyObject *q, *k, *v, *out, *lse, *dout;
+    int causal;
+    PyObject *mask;
+    long long q_offset;
+    PyObject *scale;
+    PyObject *qr, *relk, *relk_ix, *relq, *relq_ix, *relv, *relv_ix, *bias_vec, *bias_ix, *bias_full;
+    int return_weights;
+    PyObject *needs;
+} raw_args;
+
+static void rp_attn_call_free(rp_attn_call *C) {
+    PyArrayObject **refs[] = {&C->q,     &C->k,        &C->v,         &C->qr,        &C->relk,      &C->relq,
+                              &C->relv,  &C->bias_vec, &C->bias_full, &C->mask,      &C->out,       &C->lse,
+                              &C->probs, &C->dout,     &C->dq,        &C->dk,        &C->dv,        &C->dqr,
+                              &C->drelk, &C->drelq,    &C->drelv,     &C->dbias_vec, &C->dbias_full};
+    for (size_t i = 0; i < sizeof refs / sizeof refs[0]; i++) Py_CLEAR(*refs[i]);
+}
+
+/* (sign, off) with sign +1 or -1 and off an int. */
+static int parse_ix(PyObject *obj, const char *name, const char *table, rp_relidx *ix) {
+    if (obj == NULL || obj == Py_None) {
+        PyErr_Format(PyExc_ValueError, "%s is required when %s is given: a (sign, off) tuple", name, table);
+        return -1;
+    }
+    if (!PyTuple_Check(obj) && !PyList_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a (sign, off) tuple of ints; got %s", name, Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    PyObject *seq = PySequence_Fast(obj, name);
+    if (!seq) return -1;
+    int rc = -1;
+    if (PySequence_Fast_GET_SIZE(seq) != 2) {
+        PyErr_Format(PyExc_ValueError, "%s must be a (sign, off) tuple of 2 ints; got %zd items", name,
+                     PySequence_Fast_GET_SIZE(seq));
+        goto done;
+    }
+    PyObject *s = PySequence_Fast_GET_ITEM(seq, 0), *o = PySequence_Fast_GET_ITEM(seq, 1);
+    if (!PyIndex_Check(s) || !PyIndex_Check(o) || PyBool_Check(s) || PyBool_Check(o) || PyFloat_Check(s) ||
+        PyFloat_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a (sign, off) tuple of ints; got (%s, %s)", name, Py_TYPE(s)->tp_name,
+                     Py_TYPE(o)->tp_name);
+        goto done;
+    }
+    PyObject *si = PyNumber_Index(s), *oi = PyNumber_Index(o); /* ints and NumPy integers */
+    long long sign = si ? PyLong_AsLongLong(si) : -1, off = oi ? PyLong_AsLongLong(oi) : -1;
+    Py_XDECREF(si);
+    Py_XDECREF(oi);
+    if (PyErr_Occurred()) goto done;
+    if (off < -RP_MAX_POSITION || off > RP_MAX_POSITION) {
+        PyErr_Format(PyExc_ValueError, "%s offset must be in [-2**60, 2**60]; got %lld", name, off);
+        goto done;
+    }
+    if (sign != 1 && sign != -1) {
+        PyErr_Format(PyExc_ValueError, "%s sign must be +1 or -1; got %lld", name, sign);
+        goto done;
+    }
+    ix->sign = (int)sign;
+    ix->off = (int64_t)off;
+    rc = 0;
+done:
+    Py_DECREF(seq);
+    return rc;
+}
+
+/* A per-head table (1|H, R, width) (width < 0: 2-D (1|H, R)). */
+static PyArrayObject *parse_table(PyObject *obj, const char *name, const char *desc, int64_t H, int64_t width,
+                                  const char *wname, int64_t *Ht, int64_t *R) {
+    PyArrayObject *t = rp_in_f32(obj, name);
+    if (!t) return NULL;
+    int nd = width < 0 ? 2 : 3;
+    npy_intp dims[3] = {-1, -1, width};
+    char got[128];
+    if (rp_check_shape(t, name, nd, dims, desc) < 0) goto fail;
+    rp_shape_str(t, got, sizeof got);
+    if (RP_DIM(t, 0) != 1 && RP_DIM(t, 0) != H) {
+        PyErr_Format(PyExc_ValueError, "%s must have a head dim of 1 or H = %lld; got shape %s", name, (long long)H,
+                     got);
+        goto fail;
+    }
+    if (RP_DIM(t, 1) < 1) {
+        PyErr_Format(PyExc_ValueError, "%s must have at least one relative position (R >= 1); got shape %s", name, got);
+        goto fail;
+    }
+    (void)wname;
+    *Ht = RP_DIM(t, 0);
+    *R = RP_DIM(t, 1);
+    return t;
+fail:
+    Py_DECREF(t);
+    return NULL;
+}
+
+static int check_absent_ix(PyObject *ix, const char *name, const char *table) {
+    if (ix != NULL && ix != Py_None) {
+        PyErr_Format(PyExc_ValueError, "%s was given but %s is None", name, table);
+        return -1;
+    }
+    return 0;
+}
+
+/* Validate everything and fill C->a. */
+static int build_call(const raw_args *r, rp_attn_call *C) {
+    rp_attn *a = &C->a;
+    memset(C, 0, sizeof *C);
+    C->q = rp_in_f32(r->q, "q");
+    if (!C->q || rp_check_ndim(C->q, "q", 4, "(B, H, Tq, D)") < 0) return -1;
+    const int64_t B = RP_DIM(C->q, 0), H = RP_DIM(C->q, 1), Tq = RP_DIM(C->q, 2), D = RP_DIM(C->q, 3);
+    C->k = rp_in_f32(r->k, "k");
+    if (!C->k) return -1;
+    {
+        npy_intp dk[4] = {B, H, -1, D};
+        if (rp_check_shape(C->k, "k", 4, dk, "(B, H, Tk, D)") < 0) return -1;
+    }
+    const int64_t Tk = RP_DIM(C->k, 2);
+    C->v = rp_in_f32(r->v, "v");
+    if (!C->v) return -1;
+    {
+        npy_intp dv[4] = {B, H, Tk, -1};
+        if (rp_check_shape(C->v, "v", 4, dv, "(B, H, Tk, Dv)") < 0) return -1;
+    }
+    const int64_t Dv = RP_DIM(C->v, 3);
+    a->B = B;
+    a->H = H;
+    a->Tq = Tq;
+    a->Tk = Tk;
+    a->D = D;
+    a->Dv = Dv;
+    a->q = RP_F32(C->q);
+    a->k = RP_F32(C->k);
+    a->v = RP_F32(C->v);
+    a->causal = r->causal;
+
+    /* absolute positions q_offset + i and relative indices sign * (ia - j) + off are int64:
+     * bound both far from overflow (a wrapped position crashed the materialised path) */
+    if (r->q_offset < 0 || r->q_offset > RP_MAX_POSITION) {
+        PyErr_Format(PyExc_ValueError, "q_offset must be in [0, 2**60]; got %lld", r->q_offset);
+        return -1;
+    }
+    a->q_offset = (int64_t)r->q_offset;
+
+    if (r->scale == NULL || r->scale == Py_None) {
+        a->scale = D > 0 ? (float)(1.0 / sqrt((double)D)) : 1.0f;
+    } else {
+        if (!PyFloat_Check(r->scale) && !PyLong_Check(r->scale)) {
+            PyErr_Format(PyExc_TypeError, "scale must be a float or None; got %s", Py_TYPE(r->scale)->tp_name);
+            return -1;
+        }
+        double s = PyFloat_AsDouble(r->scale);
+        if (s == -1.0 && PyErr_Occurred()) return -1;
+        if (!isfinite(s) || !isfinite((float)s)) {
+            PyErr_Format(PyExc_ValueError, "scale must be finite; got %R", r->scale);
+            return -1;
+        }
+        a->scale = (float)s;
+    }
+
+    if (r->mask && r->mask != Py_None) {
+        C->mask = rp_in_mask(r->mask, "key_padding_mask");
+        if (!C->mask) return -1;
+        npy_intp dm[2] = {B, Tk};
+        if (rp_check_shape(C->mask, "key_padding_mask", 2, dm, "(B, Tk)") < 0) return -1;
+        a->key_padding_mask = RP_U8(C->mask);
+    }
+
+    if (r->qr && r->qr != Py_None) {
+        C->qr = rp_in_f32(r->qr, "qr");
+        if (!C->qr) return -1;
+        npy_intp d4[4] = {B, H, Tq, D};
+        if (rp_check_shape(C->qr, "qr", 4, d4, "(B, H, Tq, D) like q") < 0) return -1;
+        if (!r->relk || r->relk == Py_None) {
+            PyErr_SetString(PyExc_ValueError, "qr was given but relk is None (qr is the query of the relk term)");
+            return -1;
+        }
+        a->qr = RP_F32(C->qr);
+    }
+
+    if (r->relk && r->relk != Py_None) {
+        C->relk = parse_table(r->relk, "relk", "(1|H, R, D)", H, D, "D", &a->Hrk, &a->relk_ix.R);
+        if (!C->relk || parse_ix(r->relk_ix, "relk_ix", "relk", &a->relk_ix) < 0) return -1;
+        a->relk = RP_F32(C->relk);
+    } else if (check_absent_ix(r->relk_ix, "relk_ix", "relk") < 0) {
+        return -1;
+    }
+    if (r->relq && r->relq != Py_None) {
+        C->relq = parse_table(r->relq, "relq", "(1|H, R, D)", H, D, "D", &a->Hrq, &a->relq_ix.R);
+        if (!C->relq || parse_ix(r->relq_ix, "relq_ix", "relq", &a->relq_ix) < 0) return -1;
+        a->relq = RP_F32(C->relq);
+    } else if (check_absent_ix(r->relq_ix, "relq_ix", "relq") < 0) {
+        return -1;
+    }
+    if (r->relv && r->relv != Py_None) {
+        C->relv = parse_table(r->relv, "relv", "(1|H, R, Dv)", H, Dv, "Dv", &a->Hrv, &a->relv_ix.R);
+        if (!C->relv || parse_ix(r->relv_ix, "relv_ix", "relv", &a->relv_ix) < 0) return -1;
+        a->relv = RP_F32(C->relv);
+    } else if (check_absent_ix(r->relv_ix, "relv_ix", "relv") < 0) {
+        return -1;
+    }
+    if (r->bias_vec && r->bias_vec != Py_None) {
+        C->bias_vec = parse_table(r->bias_vec, "bias_vec", "(1|H, R)", H, -1, "", &a->Hb, &a->bias_ix.R);
+        if (!C->bias_vec || parse_ix(r->bias_ix, "bias_ix", "bias_vec", &a->bias_ix) < 0) return -1;
+        a->bias_vec = RP_F32(C->bias_vec);
+    } else if (check_absent_ix(r->bias_ix, "bias_ix", "bias_vec") < 0) {
+        return -1;
+    }
+    if (r->bias_full && r->bias_full != Py_None) {
+        C->bias_full = rp_in_f32(r->bias_full, "bias_full");
+        if (!C->bias_full) return -1;
+        npy_intp d4[4] = {-1, H, Tq, Tk};
+        if (rp_check_shape(C->bias_full, "bias_full", 4, d4, "(1|B, H, Tq, Tk)") < 0) return -1;
+        if (RP_DIM(C->bias_full, 0) != 1 && RP_DIM(C->bias_full, 0) != B) {
+            char got[128];
+            rp_shape_str(C->bias_full, got, sizeof got);
+            PyErr_Format(PyExc_ValueError, "bias_full must have a batch dim of 1 or B = %lld; got shape %s",
+                         (long long)B, got);
+            return -1;
+        }
+        a->Bf = RP_DIM(C->bias_full, 0);
+        a->bias_full = RP_F32(C->bias_full);
+    }
+    return 0;
+}
+
+#define KW_COMMON                                                                                                     \
+    "causal", "key_padding_mask", "q_offset", "scale", "qr", "relk", "relk_ix", "relq", "relq_ix", "relv", "relv_ix", \
+        "bias_vec", "bias_ix", "bias_full"
+#define FMT_COMMON "pOLOOOOOOOOOOO"
+#define PTR_COMMON(r)                                                                                             \
+    &(r).causal, &(r).mask, &(r).q_offset, &(r).scale, &(r).qr, &(r).relk, &(r).relk_ix, &(r).relq, &(r).relq_ix, \
+        &(r).relv, &(r).relv_ix, &(r).bias_vec, &(r).bias_ix, &(r).bias_full
+
+static void raw_defaults(raw_args *r) {
+    memset(r, 0, sizeof *r);
+    r->causal = 1;
+}
+
+static int rp_attn_parse_fwd(PyObject *args, PyObject *kw, const char *fname, int allow_weights, rp_attn_call *C) {
+    raw_args r;
+    raw_defaults(&r);
+    memset(C, 0, sizeof *C);
+    static char *kw_w[] = {"q", "k", "v", KW_COMMON, "return_weights", NULL};
+    static char *kw_nw[] = {"q", "k", "v", KW_COMMON, NULL};
+    char fmt[64];
+    snprintf(fmt, sizeof fmt, "OOO|$" FMT_COMMON "%s:%s", allow_weights ? "p" : "", fname);
+    int ok = allow_weights
+                 ? PyArg_ParseTupleAndKeywords(args, kw, fmt, kw_w, &r.q, &r.k, &r.v, PTR_COMMON(r), &r.return_weights)
+                 : PyArg_ParseTupleAndKeywords(args, kw, fmt, kw_nw, &r.q, &r.k, &r.v, PTR_COMMON(r));
+    if (!ok) return -1;
+    if (build_call(&r, C) < 0) goto fail;
+    {
+        const rp_attn *a = &C->a;
+        npy_intp dout[4] = {a->B, a->H, a->Tq, a->Dv}, dl[3] = {a->B, a->H, a->Tq};
+        C->out = rp_new_f32(4, dout);
+        C->lse = rp_new_f32(3, dl);
+        if (!C->out || !C->lse) goto fail;
+        C->return_weights = r.return_weights;
+        if (r.return_weights) {
+            npy_intp dp[4] = {a->B, a->H, a->Tq, a->Tk};
+            C->probs = rp_new_f32(4, dp);
+            if (!C->probs) goto fail;
+        }
+    }
+    return 0;
+fail:
+    rp_attn_call_free(C);
+    return -1;
+}
+
+static const char *GRAD_NAMES[] = {"q", "k", "v", "qr", "relk", "relq", "relv", "bias_vec", "bias_full"};
+#define N_GRADS 9
+
+static PyArrayObject **grad_slot(rp_attn_call *C, int i) {
+    PyArrayObject **s[N_GRADS] = {&C->dq,    &C->dk,    &C->dv,        &C->dqr,       &C->drelk,
+                                  &C->drelq, &C->drelv, &C->dbias_vec, &C->dbias_full};
+    return s[i];
+}
+
+static PyArrayObject *grad_input(rp_attn_call *C, int i) {
+    PyArrayObject *s[N_GRADS] = {C->q, C->k, C->v, C->qr, C->relk, C->relq, C->relv, C->bias_vec, C->bias_full};
+    return s[i];
+}
+
+static int rp_attn_parse_bwd(PyObject *args, PyObject *kw, const char *fname, rp_attn_call *C) {
+    raw_args r;
+    raw_defaults(&r);
+    memset(C, 0, sizeof *C);
+    static char *kwl[] = {"q", "k", "v", "out", "lse", "dout", KW_COMMON, "needs", NULL};
+    char fmt[64];
+    snprintf(fmt, sizeof fmt, "OOOOOO|$" FMT_COMMON "O:%s", fname);
+    if (!PyArg_ParseTupleAndKeywords(args, kw, fmt, kwl, &r.q, &r.k, &r.v, &r.out, &r.lse, &r.dout, PTR_COMMON(r),
+                                     &r.needs))
+        return -1;
+    if (build_call(&r, C) < 0) goto fail;
+    const rp_attn *a = &C->a;
+    {
+        npy_intp d4[4] = {a->B, a->H, a->Tq, a->Dv}, d3[3] = {a->B, a->H, a->Tq};
+        C->out = rp_in_f32(r.out, "out");
+        if (!C->out || rp_check_shape(C->out, "out", 4, d4, "(B, H, Tq, Dv)") < 0) goto fail;
+        C->lse = rp_in_f32(r.lse, "lse");
+        if (!C->lse || rp_check_shape(C->lse, "lse", 3, d3, "(B, H, Tq)") < 0) goto fail;
+        C->dout = rp_in_f32(r.dout, "dout");
+        if (!C->dout || rp_check_shape(C->dout, "dout", 4, d4, "(B, H, Tq, Dv)") < 0) goto fail;
+    }
+    int want[N_GRADS] = {0};
+    if (r.needs == NULL || r.needs == Py_None) {
+        for (int i = 0; i < N_GRADS; i++) want[i] = grad_input(C, i) != NULL;
+    } else {
+        if (PyUnicode_Check(r.needs)) {
+            PyErr_Format(PyExc_TypeError, "needs must be a sequence of names like (\"q\", \"k\"); got a str %R",
+                         r.needs);
+            goto fail;
+        }
+        PyObject *seq = PySequence_Fast(r.needs, "needs must be a sequence of names (str)");
+        if (!seq) goto fail;
+        for (Py_ssize_t n = 0; n < PySequence_Fast_GET_SIZE(seq); n++) {
+            PyObject *item = PySequence_Fast_GET_ITEM(seq, n);
+            const char *s = PyUnicode_Check(item) ? PyUnicode_AsUTF8(item) : NULL;
+            if (!s) {
+                if (!PyErr_Occurred())
+                    PyErr_Format(PyExc_TypeError, "needs items must be str; got %s", Py_TYPE(item)->tp_name);
+                Py_DECREF(seq);
+                goto fail;
+            }
+            int found = -1;
+            for (int i = 0; i < N_GRADS; i++)
+                if (strcmp(s, GRAD_NAMES[i]) == 0) found = i;
+            if (found < 0) {
+                PyErr_Format(PyExc_ValueError,
+                             "needs: unknown name %R; expected some of q, k, v, qr, relk, relq, "
+                             "relv, bias_vec, bias_full",
+                             item);
+                Py_DECREF(seq);
+                goto fail;
+            }
+            if (!grad_input(C, found)) {
+                PyErr_Format(PyExc_ValueError, "needs asks for the gradient of %s but %s is None", s, s);
+                Py_DECREF(seq);
+                goto fail;
+            }
+            want[found] = 1;
+        }
+        Py_DECREF(seq);
+    }
+    for (int i = 0; i < N_GRADS; i++) {
+        if (!want[i]) continue;
+        PyArrayObject *in = grad_input(C, i);
+        PyArrayObject *gr = rp_new_f32(PyArray_NDIM(in), PyArray_DIMS(in));
+        if (!gr) goto fail;
+        *grad_slot(C, i) = gr;
+    }
+    C->g.dq = C->dq ? RP_F32(C->dq) : NULL;
+    C->g.dk = C->dk ? RP_F32(C->dk) : NULL;
+    C->g.dv = C->dv ? RP_F32(C->dv) : NULL;
+    C->g.dqr = C->dqr ? RP_F32(C->dqr) : NULL;
+    C->g.drelk = C->drelk ? RP_F32(C->drelk) : NULL;
+    C->g.drelq = C->drelq ? RP_F32(C->drelq) : NULL;
+    C->g.drelv = C->drelv ? RP_F32(C->drelv) : NULL;
+    C->g.dbias_vec = C->dbias_vec ? RP_F32(C->dbias_vec) : NULL;
+    C->g.dbias_full = C->dbias_full ? RP_F32(C->dbias_full) : NULL;
+    return 0;
+fail:
+    rp_attn_call_free(C);
+    return -1;
+}
+
+static PyObject *rp_attn_finish_fwd(rp_attn_call *C, int rc, const char *fname) {
+    PyObject *res = NULL;
+    if (rc < 0) {
+        rp_raise_code(rc, fname);
+    } else if (C->probs) {
+        res = PyTuple_Pack(3, (PyObject *)C->out, (PyObject *)C->lse, (PyObject *)C->probs);
+    } else {
+        res = PyTuple_Pack(2, (PyObject *)C->out, (PyObject *)C->lse);
+    }
+    rp_attn_call_free(C);
+    return res;
+}
+
+static PyObject *rp_attn_finish_bwd(rp_attn_call *C, int rc, const char *fname) {
+    PyObject *res = NULL;
+    if (rc < 0) {
+        rp_raise_code(rc, fname);
+        goto done;
+    }
+    res = PyDict_New();
+    if (!res) goto done;
+    for (int i = 0; i < N_GRADS; i++) {
+        PyArrayObject *gr = *grad_slot(C, i);
+        if (gr && PyDict_SetItemString(res, GRAD_NAMES[i], (PyObject *)gr) < 0) {
+            Py_CLEAR(res);
+            goto done;
+        }
+    }
+done:
+    rp_attn_call_free(C);
+    return res;
+}
+
+/* ---- materialised kernel ------------------------------------------------ */
+
+static PyObject *py_attention_mat_fwd(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    rp_attn_call C;
+    if (rp_attn_parse_fwd(args, kw, "attention_mat_fwd", 1, &C) < 0) return NULL;
+    int rc;
+    float *probs = C.probs ? RP_F32(C.probs) : NULL;
+    Py_BEGIN_ALLOW_THREADS
+        rc = rp_attn_mat_fwd(&C.a, RP_F32(C.out), RP_F32(C.lse), probs);
+    Py_END_ALLOW_THREADS
+    return rp_attn_finish_fwd(&C, rc, "attention_mat_fwd");
+}
+
+static PyObject *py_attention_mat_bwd(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    rp_attn_call C;
+    if (rp_attn_parse_bwd(args, kw, "attention_mat_bwd", &C) < 0) return NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+        rc = rp_attn_mat_bwd(&C.a, RP_F32(C.out), RP_F32(C.lse), RP_F32(C.dout), &C.g);
+    Py_END_ALLOW_THREADS
+    return rp_attn_finish_bwd(&C, rc, "attention_mat_bwd");
+}
+
+/* ---- fused kernel -------------------------------------------------------- */
+
+static PyObject *py_attention_fwd(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    rp_attn_call C;
+    if (rp_attn_parse_fwd(args, kw, "attention_fwd", 0, &C) < 0) return NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+        rc = rp_attn_fused_fwd(&C.a, RP_F32(C.out), RP_F32(C.lse));
+    Py_END_ALLOW_THREADS
+    return rp_attn_finish_fwd(&C, rc, "attention_fwd");
+}
+
+static PyObject *py_attention_bwd(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    rp_attn_call C;
+    if (rp_attn_parse_bwd(args, kw, "attention_bwd", &C) < 0) return NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+        rc = rp_attn_fused_bwd(&C.a, RP_F32(C.out), RP_F32(C.lse), RP_F32(C.dout), &C.g);
+    Py_END_ALLOW_THREADS
+    return rp_attn_finish_bwd(&C, rc, "attention_bwd");
+}
+
+PyMethodDef rp_methods_attn[] = {
+    {"attention_mat_fwd", (PyCFunction)(void (*)(void))py_attention_mat_fwd, METH_VARARGS | METH_KEYWORDS,
+     "attention_mat_fwd(q, k, v, *, causal=True, key_padding_mask=None, q_offset=0, scale=None, qr=None,\n"
+     "    relk=None, relk_ix=None, relq=None, relq_ix=None, relv=None, relv_ix=None, bias_vec=None,\n"
+     "    bias_ix=None, bias_full=None, return_weights=False) -> (out, lse) or (out, lse, probs)\n\n"
+     "Materialised attention with all four channels (see csrc/core/attention.h).\n"
+     "q (B, H, Tq, D), k (B, H, Tk, D), v (B, H, Tk, Dv) float32; out (B, H, Tq, Dv), lse (B, H, Tq),\n"
+     "probs (B, H, Tq, Tk)."},
+    {"attention_mat_bwd", (PyCFunction)(void (*)(void))py_attention_mat_bwd, METH_VARARGS | METH_KEYWORDS,
+     "attention_mat_bwd(q, k, v, out, lse, dout, *, <keywords of attention_mat_fwd but return_weights>,\n"
+     "    needs=None) -> dict\n\n"
+     "Gradients of the materialised attention, keyed by input name (q, k, v, qr, relk, relq, relv,\n"
+     "bias_vec, bias_full); needs lists the names wanted (None: every tensor given)."},
+    {"attention_fwd", (PyCFunction)(void (*)(void))py_attention_fwd, METH_VARARGS | METH_KEYWORDS,
+     "attention_fwd(q, k, v, *, causal=True, key_padding_mask=None, q_offset=0, scale=None, qr=None,\n"
+     "    relk=None, relk_ix=None, relq=None, relq_ix=None, relv=None, relv_ix=None, bias_vec=None,\n"
+     "    bias_ix=None, bias_full=None) -> (out, lse)\n\n"
+     "Fused (FlashAttention-2 style) attention with all four channels (see csrc/core/attention.h);\n"
+     "extra memory O(T*D), never O(Tq*Tk). q (B, H, Tq, D), k (B, H, Tk, D), v (B, H, Tk, Dv)\n"
+     "float32; out (B, H, Tq, Dv), lse (B, H, Tq) (-inf on fully masked rows, whose out is 0)."},
+    {"attention_bwd", (PyCFunction)(void (*)(void))py_attention_bwd, METH_VARARGS | METH_KEYWORDS,
+     "attention_bwd(q, k, v, out, lse, dout, *, <keywords of attention_fwd>, needs=None) -> dict\n\n"
+     "Gradients of the fused attention from out and lse of attention_fwd, keyed by input name\n"
+     "(q, k, v, qr, relk, relq, relv, bias_vec, bias_full); needs lists the names wanted\n"
+     "(None: every tensor given). Bit-identical for any thread count."},
+    {NULL, NULL, 0, NULL},
+};
