@@ -3,7 +3,7 @@
 One function, :func:`attention_core`, runs either the materialised kernel
 (``_C.attention_mat_fwd/_bwd``: builds the (Tq, Tk) logits, can return the
 attention weights) or the fused one (``_C.attention_fwd/_bwd``: O(T·D) extra
-memory). Both take the same arguments; see csrc/attention.h for the logit
+memory). Both take the same arguments; see csrc/core/attention.h for the logit
 formula and the relative index rules.
 """
 from __future__ import annotations
@@ -204,7 +204,7 @@ def attention_core(q, k, v, *, causal=True, key_padding_mask=None, q_offset=0, s
         out_i = Σ_j softmax_j(s_ij) (v_j + relv[h, idx(relv_ix)])
 
     with ``idx((sign, off)) = clip(sign * ((q_offset + i) - j) + off, 0, R - 1)``
-    (csrc/attention.h). Masked: ``j > q_offset + i`` when causal, and keys
+    (csrc/core/attention.h). Masked: ``j > q_offset + i`` when causal, and keys
     where ``key_padding_mask`` is True. A query row with every key masked gives
     zeros (and zero gradients).
 

@@ -2,7 +2,7 @@
 CoPE, which needs the whole logit row (materialised path only).
 
 The attention kernel reads tables of relative embeddings through the index
-rule of ``csrc/attention.h``: ``idx = clamp(sign * (i_abs - j) + off, 0, R-1)``.
+rule of ``csrc/core/attention.h``: ``idx = clamp(sign * (i_abs - j) + off, 0, R-1)``.
 Each encoding here returns its tables (Tensors, so gradients reach its
 parameters) and their ``(sign, off)`` for :func:`relpos.functional.attention_core`.
 """
