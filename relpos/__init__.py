@@ -11,11 +11,12 @@ from .tensor import Tensor, Function, tensor, no_grad, enable_grad, is_grad_enab
 from . import functional
 from . import nn
 from . import optim
-from .serialization import save, load
+from .serialization import save, load, CheckpointError
 from . import encodings, data, models, train, experiments, probe  # noqa: E402
 
 __all__ = ["Tensor", "Function", "tensor", "no_grad", "enable_grad", "is_grad_enabled",
-           "functional", "nn", "optim", "save", "load", "show_config", "set_num_threads", "get_num_threads", "config"]
+           "functional", "nn", "optim", "save", "load", "CheckpointError", "show_config", "set_num_threads",
+           "get_num_threads", "config"]
 
 
 def set_num_threads(n: int) -> None:
