@@ -33,8 +33,11 @@ missing file, a directory or a permission problem raise their OSError
 the file's size: the relpos reader accepts stored (uncompressed) entries only,
 checks each entry's size in the zip directory against the header's dtype x
 shape before reading it, reads at most that many bytes, and refuses entries
-whose sizes add up to more than the file; the safetensors package validates
-its header and offsets the same way and memory-maps the file.
+whose sizes add up to more than the file, so arrays take at most the file's
+size; the JSON header is capped (``MAX_HEADER_BYTES``, ``MAX_HEADER_CONTAINERS``),
+and its Python objects take a few times its size (6.5x for a header of 13M
+floats). The safetensors package validates its header and offsets the same
+way and memory-maps the file.
 
 Writes are atomic and behave like ``open(path, "w")`` for everything a user can
 see: the data goes to a temporary file with a short name in the target's
@@ -271,17 +274,21 @@ def _atomic_write(path: str, write) -> None:
             break
         except FileExistsError:
             continue
+        except PermissionError as e:
+            raise PermissionError(e.errno, f"cannot save to {path!r}: no permission to create a file in {d!r} "
+                                           f"(save writes a temporary file there, then renames it over the "
+                                           f"target)") from None
     else:  # pragma: no cover - 100 collisions of 32 random bits
         raise FileExistsError(errno.EEXIST, f"cannot create a temporary file in {d!r}")
     try:
-        if st is not None:
-            os.fchmod(fd, stat.S_IMODE(st.st_mode) & 0o777)
-            if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
-                try:  # keep the owner, as writing in place would (only possible with privileges)
-                    os.fchown(fd, st.st_uid, st.st_gid)
-                except OSError:
-                    pass
         with os.fdopen(fd, "wb") as f:
+            if st is not None:
+                os.fchmod(f.fileno(), stat.S_IMODE(st.st_mode) & 0o777)
+                if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+                    try:  # keep the owner, as writing in place would (only possible with privileges)
+                        os.fchown(f.fileno(), st.st_uid, st.st_gid)
+                    except OSError:
+                        pass
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -386,7 +393,7 @@ def _guard(path, kind, fn):
         return fn()
     except CheckpointError:
         raise
-    except MemoryError:
+    except (MemoryError, ImportError):  # not the file's fault
         raise
     except RecursionError:
         raise _bad(path, f"corrupted {kind} file: nested too deeply") from None
@@ -587,32 +594,45 @@ def _load_relpos(f, path, size):
                 raise _bad(path, f"array {key}: checksum mismatch (crc32 {got:#010x}, header says "
                                  f"{crc:#010x}); the file is corrupted")
             arrays.append(arr)
-        used = set()
-        tree = _rebuild(header["tree"], arrays, used, path)
-        if len(used) != len(arrays):
-            missing = sorted(set(range(len(arrays))) - used)[:5]
-            raise _bad(path, f"corrupted header: arrays {missing} are listed but not in the tree")
-        return tree
+        return _place_arrays(header["tree"], arrays, path)
 
 
-def _rebuild(node, arrays, used, path, where="<root>", depth=0):
-    if depth > MAX_DEPTH:
-        raise _bad(path, f"corrupted header: {where} is nested deeper than {MAX_DEPTH} levels")
-    if isinstance(node, dict):
-        if _ARRAY_TAG in node:
-            i = node[_ARRAY_TAG]
-            if len(node) != 1 or not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < len(arrays):
-                raise _bad(path, f"corrupted header: {where} refers to array {_short(i)}, which is not listed")
-            if i in used:
-                raise _bad(path, f"corrupted header: {where} refers to array {i} a second time")
-            used.add(i)
-            return arrays[i]
-        return {k: _rebuild(v, arrays, used, path, f"{where}/{k}" if where != "<root>" else k, depth + 1)
-                for k, v in node.items()}
-    if isinstance(node, list):
-        return [_rebuild(v, arrays, used, path, f"{where}/{i}" if where != "<root>" else str(i), depth + 1)
-                for i, v in enumerate(node)]
-    return node
+def _place_arrays(tree, arrays, path):
+    """Replace each {"__relpos_array__": i} of the parsed header tree by
+    arrays[i], in place and without recursion (the tree can be as large as the
+    header allows); every array must be used exactly once."""
+    used = set()
+
+    def where(keys):
+        return "/".join(str(k) for k in keys) or "<root>"
+
+    def take(ref, keys):
+        i = ref[_ARRAY_TAG]
+        if len(ref) != 1 or not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < len(arrays):
+            raise _bad(path, f"corrupted header: {_short(where(keys), 200)} refers to array {_short(i)}, "
+                             f"which is not listed")
+        if i in used:
+            raise _bad(path, f"corrupted header: {_short(where(keys), 200)} refers to array {i} a second time")
+        used.add(i)
+        return arrays[i]
+
+    if isinstance(tree, dict) and _ARRAY_TAG in tree:
+        tree = take(tree, ())
+    stack = [(tree, 0, ())] if isinstance(tree, (dict, list)) else []
+    while stack:
+        node, depth, keys = stack.pop()
+        if depth > MAX_DEPTH:  # as _flatten counts: the root is 0
+            raise _bad(path, f"corrupted header: {_short(where(keys), 200)} is nested deeper than {MAX_DEPTH} "
+                             f"levels")
+        for k, v in (node.items() if isinstance(node, dict) else enumerate(node)):
+            if isinstance(v, dict) and _ARRAY_TAG in v:
+                node[k] = take(v, keys + (k,))
+            elif isinstance(v, (dict, list)):
+                stack.append((v, depth + 1, keys + (k,)))
+    if len(used) != len(arrays):
+        missing = sorted(set(range(len(arrays))) - used)[:5]
+        raise _bad(path, f"corrupted header: arrays {missing} are listed but not in the tree")
+    return tree
 
 
 # ---- safetensors
@@ -627,7 +647,10 @@ def _load_safetensors(f, path, size):
         with safe_open(path, framework="np") as st:
             names = list(st.offset_keys()) if hasattr(st, "offset_keys") else list(st.keys())
             for name in names:
-                dt = st.get_slice(name).get_dtype()
+                sl = st.get_slice(name)
+                dt, ndim = sl.get_dtype(), len(sl.get_shape())
+                if ndim > _MAX_NDIM:
+                    raise _bad(path, f"tensor {_short(name)}: {ndim} dimensions, more than NumPy's {_MAX_NDIM}")
                 if dt in _ST_NUMPY:
                     out[name] = st.get_tensor(name)
                 elif dt == "BF16":

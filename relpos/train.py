@@ -151,7 +151,8 @@ def _warn_non_finite(what):
 
 def evaluate(model, data, batches: int = 4, batch_size: int = 16, seq_len: int = 64, seed: int = 1234):
     """Mean validation loss over ``batches`` random batches drawn with ``seed``
-    (the same batches every call). Task data: loss on problems at the training sizes."""
+    (the same batches every call). Task data: loss on problems at the training sizes.
+    A non-finite loss comes with a RuntimeWarning (a diverged model)."""
     kind = _data_kind(data)
     rng = np.random.default_rng(seed)
     was_training = getattr(model, "training", False)
@@ -189,7 +190,9 @@ def evaluate_lengths(model, data, lengths, batch_tokens: int = 4096, max_tokens:
     ``batch_tokens``: about this many tokens go through the model at once.
 
     Returns {length: float or None}; None where the model cannot take inputs
-    that long (learned absolute positions past ``max_len``).
+    that long (learned absolute positions past ``max_len``). A non-finite
+    perplexity (NaN, or inf for an infinite loss), or an accuracy computed
+    from non-finite logits, comes with a RuntimeWarning naming the length.
     """
     if isinstance(batch_tokens, bool) or not isinstance(batch_tokens, (int, np.integer)) or batch_tokens < 1:
         raise ValueError(f"batch_tokens must be a positive int; got {batch_tokens!r}")

@@ -369,13 +369,21 @@ def test_save_refuses_what_load_would_refuse(tmp_path):
     loop["self"] = loop
     with pytest.raises(ValueError, match="contains itself"):
         relpos.save(loop, tmp_path / "loop.relpos")
+    # the deepest structure save writes (an empty list at depth MAX_DEPTH; arrays one level up) loads
     ok = []
     node = ok
     for _ in range(serialization.MAX_DEPTH - 2):
         node.append([])
         node = node[0]
+    node.append(np.arange(3))
+    node.append([])
     relpos.save({"x": ok}, tmp_path / "ok.relpos")
-    relpos.load(tmp_path / "ok.relpos")
+    back = relpos.load(tmp_path / "ok.relpos")["x"]
+    for _ in range(serialization.MAX_DEPTH - 2):
+        back = back[0]
+    assert np.array_equal(back[0], np.arange(3)) and back[1] == []
+    with pytest.raises(ValueError, match="nested deeper than"):
+        relpos.save([{"x": ok}], tmp_path / "no.relpos")  # one level more
 
 
 def test_non_regular_files(tmp_path):
@@ -400,6 +408,8 @@ def test_non_regular_files(tmp_path):
 # ------------------------------------------------------------------ the fuzzer
 
 COUNTS = collections.Counter()
+WRAPPED = []  # messages of errors only the last-resort wrapper caught
+PEAKS = {}  # kind -> (largest traced peak of one load, that file's size)
 N = int(os.environ.get("RELPOS_FUZZ_EXAMPLES", 300))
 FUZZ = settings(max_examples=N, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
@@ -482,11 +492,14 @@ def load_bounded(path, kind):
             assert str(e).startswith(repr(str(path))), e
             # the reader's own checks, or the last-resort wrapper of a library's error
             outcome = "wrapped" if "unreadable " in str(e) else "refused"
+            if outcome == "wrapped":
+                WRAPPED.append(str(e))
         peak = tracemalloc.get_traced_memory()[1] - base
     finally:
         tracemalloc.stop()
     assert peak <= 64 * size + (2 << 20), f"{kind}: a {size}-byte file took {peak} bytes to load"
     COUNTS[(kind, outcome)] += 1
+    PEAKS[kind] = max(PEAKS.get(kind, (0, 0)), (peak, size))
     return outcome, result
 
 
@@ -667,7 +680,11 @@ def test_fuzz_report():
     print("\ncheckpoint fuzz outcomes:")
     for k in kinds:
         row = {o: COUNTS[(k, o)] for o in ("loaded", "refused", "wrapped")}
-        print(f"  {k:20s} {sum(row.values()):5d} files: {row}")
+        peak, size = PEAKS[k]
+        print(f"  {k:20s} {sum(row.values()):5d} files: {row}; largest load peak {peak / 1024:.0f} KiB "
+              f"(a {size / 1024:.1f} KiB file)")
+    for msg in WRAPPED[:5]:
+        print("  wrapped:", msg[:300])
     assert sum(COUNTS.values()) >= N
 
 
