@@ -30,14 +30,13 @@ import warnings
 import zipfile
 import zlib
 
+import hypothesis
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import relpos
 from relpos import serialization
-
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -437,11 +436,7 @@ def _valid_safetensors_bytes():
                  "h": np.ones((2, 2), np.float16), "m": np.array([True, False])}, metadata={"format": "pt"})
 
 
-VALID = {"relpos": _valid_relpos_bytes()}
-try:
-    VALID["safetensors"] = _valid_safetensors_bytes()
-except ImportError:  # pragma: no cover - safetensors is a dependency
-    pass
+VALID = {"relpos": _valid_relpos_bytes(), "safetensors": _valid_safetensors_bytes()}
 
 
 def mutations(n):
@@ -645,7 +640,6 @@ def _st_field(h, d, field, values):
     h[name][field] = d.draw(values)
 
 
-@pytest.mark.skipif("safetensors" not in VALID, reason="safetensors is not installed")
 @FUZZ
 @given(d=st.data())
 def test_fuzz_crafted_safetensors_headers(d, fuzz_dir):

@@ -11,12 +11,10 @@ import os
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file as np_load_file  # a run-time dependency of relpos
 
 import relpos
 from relpos.models import TORCH_NAME_MAP, TransformerLM, from_torch_names, to_torch_names
-
-safetensors = pytest.importorskip("safetensors")
-from safetensors.numpy import load_file as np_load_file, save_file as np_save_file  # noqa: E402
 
 CFG = dict(vocab_size=61, d_model=32, n_layers=2, n_heads=4)
 
