@@ -14,6 +14,7 @@ its own copy (with its own learnable parameters, if any).
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 
@@ -21,10 +22,12 @@ from . import encodings
 from . import functional as F
 from . import nn
 from .encodings import Encoding
+from .nn.module import IncompatibleKeys, _as_numpy
 from .functional import IGNORE_INDEX
 from .tensor import Tensor, no_grad
 
-__all__ = ["TransformerBlock", "TransformerLM", "TransformerEncoder"]
+__all__ = ["TransformerBlock", "TransformerLM", "TransformerEncoder", "TORCH_NAME_MAP", "to_torch_names",
+           "from_torch_names"]
 
 
 def _check_int(value, name, minimum=1):
@@ -256,6 +259,39 @@ class _Stack(nn.Module):
             x = self.norm_f(x)
         return x
 
+    def torch_state_dict(self) -> dict:
+        """This model's weights under the names of a plain torch module (see
+        ``TORCH_NAME_MAP``): name -> ndarray copy, ready for
+        ``relpos.save(..., "x.safetensors")`` and torch's ``load_state_dict``.
+        A tied output head is stored once, as ``embed_tokens.weight`` (as
+        ``safetensors.torch.save_model`` and Hugging Face files do)."""
+        return to_torch_names(self.state_dict())
+
+    def load_torch_state_dict(self, state_dict, strict: bool = True):
+        """Load weights named as in ``TORCH_NAME_MAP`` (ndarrays, or torch tensors
+        read through ``.detach().cpu().numpy()``), e.g. ``relpos.load("x.safetensors")``
+        of a file written by torch. With tied weights, an ``lm_head.weight``
+        entry must equal ``embed_tokens.weight`` (a ValueError otherwise).
+        Missing and unexpected keys are reported with the torch names, as
+        ``IncompatibleKeys`` (strict=False) or in one ValueError (strict=True,
+        nothing loaded); shape mismatches name the relpos parameter."""
+        sd = dict(state_dict)
+        if getattr(self, "tie_weights", False) and "lm_head.weight" in sd:
+            head, emb = sd.pop("lm_head.weight"), sd.get("embed_tokens.weight")
+            if emb is not None and not np.array_equal(np.asarray(_as_numpy(head)), np.asarray(_as_numpy(emb))):
+                raise ValueError("this model ties its output head to the token embedding, but lm_head.weight "
+                                 "differs from embed_tokens.weight; build it with tie_weights=False")
+        own = list(to_torch_names(dict.fromkeys(name for name, _ in self._state_items())))
+        missing = [k for k in own if k not in sd]
+        unexpected = [k for k in sd if k not in set(own)]
+        if strict and (missing or unexpected):
+            problems = ([f"missing keys: {', '.join(missing)}"] if missing else []) + \
+                       ([f"unexpected keys: {', '.join(unexpected)}"] if unexpected else [])
+            raise ValueError(f"load_torch_state_dict into {type(self).__name__} failed (torch names, see "
+                             f"relpos.models.TORCH_NAME_MAP):\n  " + "\n  ".join(problems))
+        self.load_state_dict(from_torch_names(sd), strict=False)
+        return IncompatibleKeys(missing, unexpected)
+
 
 class TransformerLM(_Stack):
     """A decoder-only (causal) language model.
@@ -432,3 +468,78 @@ class TransformerEncoder(_Stack):
 
     def extra_repr(self):
         return f"vocab_size={self.vocab_size}, encoding={self.encoding_name!r}, head={self.head_kind!r}"
+
+
+# --------------------------------------------------------------- torch names
+#: How relpos names map to the names of a plain torch module of the same
+#: architecture (the layout of Llama-style Hugging Face code: ``nn.Embedding``,
+#: ``nn.LayerNorm``/RMSNorm, ``nn.Linear`` with weights (out_features,
+#: in_features) as in relpos, so no weight is transposed or reshaped). ``{i}``
+#: is the layer index; the rest of the name (``weight``, ``bias``, an
+#: encoding's parameter name) is kept.
+#:
+#: ================================  ==========================================
+#: relpos                            torch
+#: ================================  ==========================================
+#: tok_emb.                          embed_tokens.        (vocab, d)
+#: pos.                              embed_positions.     learned absolute positions (max_len, d), ...
+#: blocks.{i}.norm1.                 layers.{i}.input_layernorm.
+#: blocks.{i}.attn.q_proj.           layers.{i}.self_attn.q_proj.    (d, d) and (d,)
+#: blocks.{i}.attn.k_proj.           layers.{i}.self_attn.k_proj.
+#: blocks.{i}.attn.v_proj.           layers.{i}.self_attn.v_proj.
+#: blocks.{i}.attn.out_proj.         layers.{i}.self_attn.o_proj.
+#: blocks.{i}.attn.encoding.         layers.{i}.self_attn.encoding.  an encoding's parameters (T5 table, ...)
+#: blocks.{i}.norm2.                 layers.{i}.post_attention_layernorm.
+#: blocks.{i}.fc1.                   layers.{i}.mlp.up_proj.         (d_ff, d), GELU (tanh) after it
+#: blocks.{i}.fc2.                   layers.{i}.mlp.down_proj.       (d, d_ff)
+#: norm_f.                           norm.
+#: lm_head.                          lm_head.             (untied models only; a tied head is not stored)
+#: head.                             head.                (TransformerEncoder)
+#: ================================  ==========================================
+#:
+#: Attention heads are the contiguous slices of d_model (head h is rows
+#: h*D:(h+1)*D of q_proj.weight), RoPE rotates interleaved pairs (x_2k,
+#: x_2k+1), and the attention scale is 1/sqrt(D), as in the torch twin in
+#: tests/test_safetensors.py.
+TORCH_NAME_MAP = (
+    ("tok_emb.", "embed_tokens."),
+    ("pos.", "embed_positions."),
+    ("blocks.{i}.norm1.", "layers.{i}.input_layernorm."),
+    ("blocks.{i}.attn.q_proj.", "layers.{i}.self_attn.q_proj."),
+    ("blocks.{i}.attn.k_proj.", "layers.{i}.self_attn.k_proj."),
+    ("blocks.{i}.attn.v_proj.", "layers.{i}.self_attn.v_proj."),
+    ("blocks.{i}.attn.out_proj.", "layers.{i}.self_attn.o_proj."),
+    ("blocks.{i}.attn.encoding.", "layers.{i}.self_attn.encoding."),
+    ("blocks.{i}.norm2.", "layers.{i}.post_attention_layernorm."),
+    ("blocks.{i}.fc1.", "layers.{i}.mlp.up_proj."),
+    ("blocks.{i}.fc2.", "layers.{i}.mlp.down_proj."),
+    ("norm_f.", "norm."),
+    ("lm_head.", "lm_head."),
+    ("head.", "head."),
+)
+
+
+def _prefix_regex(template):
+    return re.compile(re.escape(template).replace(re.escape("{i}"), r"(?P<i>0|[1-9][0-9]*)"))
+
+
+_TO_TORCH = [(_prefix_regex(r), t) for r, t in TORCH_NAME_MAP]
+_FROM_TORCH = [(_prefix_regex(t), r) for r, t in TORCH_NAME_MAP]
+
+
+def _rename(name, rules):
+    for rx, template in rules:
+        m = rx.match(name)
+        if m:
+            return template.replace("{i}", m.groupdict().get("i") or "") + name[m.end():]
+    return name  # not ours: left as it is, so load_state_dict reports it as unexpected
+
+
+def to_torch_names(state_dict) -> dict:
+    """A relpos state_dict renamed per ``TORCH_NAME_MAP`` (values as given)."""
+    return {_rename(k, _TO_TORCH): v for k, v in state_dict.items()}
+
+
+def from_torch_names(state_dict) -> dict:
+    """The inverse of :func:`to_torch_names`: torch names -> relpos names (values as given)."""
+    return {_rename(k, _FROM_TORCH): v for k, v in state_dict.items()}

@@ -18,21 +18,19 @@ import json
 import math
 import os
 import time
+import warnings
+import zlib
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from .data import IGNORE_INDEX, LMData, Task
 from .optim import AdamW, WarmupCosine, clip_grad_norm
-from .serialization import load, save
+from .serialization import CheckpointError, load, save
 from .tensor import no_grad
 
 __all__ = ["History", "fit", "evaluate", "evaluate_lengths", "CheckpointError", "save_checkpoint",
            "load_checkpoint"]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used to resume this run."""
 
 
 class History:
@@ -63,11 +61,30 @@ class History:
         return {k: getattr(self, k) for k in ("steps", "losses", "lrs", "grad_norms", "eval_steps",
                                                "eval_losses", "wall_time", "tokens")}
 
+    _LISTS = ("steps", "losses", "lrs", "grad_norms", "eval_steps", "eval_losses")
+
     @classmethod
     def from_dict(cls, d: dict) -> "History":
+        """The inverse of ``to_dict``; a ValueError names any field of the wrong type
+        (unknown fields are ignored)."""
+        if not isinstance(d, dict):
+            raise ValueError(f"history must be a dict; got {type(d).__name__}")
         h = cls()
-        for k, v in d.items():
-            setattr(h, k, list(v) if isinstance(v, list) else v)
+        for k in cls._LISTS:
+            if k in d:
+                v = d[k]
+                if not isinstance(v, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                      for x in v):
+                    raise ValueError(f"history field {k!r} must be a list of numbers")
+                setattr(h, k, list(v))
+        if "wall_time" in d:
+            if not isinstance(d["wall_time"], (int, float)) or isinstance(d["wall_time"], bool):
+                raise ValueError("history field 'wall_time' must be a number")
+            h.wall_time = float(d["wall_time"])
+        if "tokens" in d:
+            if not isinstance(d["tokens"], int) or isinstance(d["tokens"], bool) or d["tokens"] < 0:
+                raise ValueError("history field 'tokens' must be an int >= 0")
+            h.tokens = d["tokens"]
         return h
 
     def __len__(self):
@@ -116,18 +133,28 @@ def _nll_sum(model, x, y, batch_size):
 
 
 def _predict_exact(model, x, y, batch_size):
-    correct = 0
+    """(accuracy, whether every logit was finite): argmax of NaN logits is meaningless."""
+    correct, finite = 0, True
     for i in range(0, x.shape[0], batch_size):
         xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-        pred = model(xb).numpy().argmax(axis=-1)
+        logits = model(xb).numpy()
+        finite = finite and bool(np.isfinite(logits).all())
+        pred = logits.argmax(axis=-1)
         ok = (pred == yb) | (yb == IGNORE_INDEX)
         correct += int(ok.all(axis=1).sum())
-    return correct / x.shape[0]
+    return correct / x.shape[0], finite
+
+
+def _warn_non_finite(what):
+    # stacklevel 3: the caller of evaluate / evaluate_lengths
+    warnings.warn(f"{what}; the model's parameters or logits are not finite (check for a diverged run)",
+                  RuntimeWarning, stacklevel=3)
 
 
 def evaluate(model, data, batches: int = 4, batch_size: int = 16, seq_len: int = 64, seed: int = 1234):
     """Mean validation loss over ``batches`` random batches drawn with ``seed``
-    (the same batches every call). Task data: loss on problems at the training sizes."""
+    (the same batches every call). Task data: loss on problems at the training sizes.
+    A non-finite loss comes with a RuntimeWarning (a diverged model)."""
     kind = _data_kind(data)
     rng = np.random.default_rng(seed)
     was_training = getattr(model, "training", False)
@@ -144,7 +171,10 @@ def evaluate(model, data, batches: int = 4, batch_size: int = 16, seq_len: int =
                 total, count = total + t, count + c
     finally:
         model.train(was_training)
-    return total / max(count, 1)
+    loss = total / max(count, 1)
+    if not math.isfinite(loss):
+        _warn_non_finite(f"evaluate: the validation loss is {loss}")
+    return loss
 
 
 def evaluate_lengths(model, data, lengths, batch_tokens: int = 4096, max_tokens: int | None = 16384,
@@ -162,7 +192,9 @@ def evaluate_lengths(model, data, lengths, batch_tokens: int = 4096, max_tokens:
     ``batch_tokens``: about this many tokens go through the model at once.
 
     Returns {length: float or None}; None where the model cannot take inputs
-    that long (learned absolute positions past ``max_len``).
+    that long (learned absolute positions past ``max_len``). A non-finite
+    perplexity (NaN, or inf for an infinite loss), or an accuracy computed
+    from non-finite logits, comes with a RuntimeWarning naming the length.
     """
     if isinstance(batch_tokens, bool) or not isinstance(batch_tokens, (int, np.integer)) or batch_tokens < 1:
         raise ValueError(f"batch_tokens must be a positive int; got {batch_tokens!r}")
@@ -183,27 +215,103 @@ def evaluate_lengths(model, data, lengths, batch_tokens: int = 4096, max_tokens:
                     if x.shape[0] == 0:
                         raise ValueError(f"no evaluation window of length {L} fits in max_tokens={max_tokens}")
                     total, count = _nll_sum(model, x, y, max(1, batch_tokens // L))
-                    out[L] = float(math.exp(min(total / count, 700.0)))
+                    nll = total / count
+                    if math.isfinite(nll):
+                        out[L] = float(math.exp(min(nll, 700.0)))
+                    else:  # min(nan, 700) is nan but min(inf, 700) would hide an infinite loss
+                        out[L] = float("nan") if math.isnan(nll) else float("inf")
+                        _warn_non_finite(f"evaluate_lengths: the perplexity at length {L} is {out[L]}")
                 else:
                     if max_pos is not None and data.seq_len(L) > max_pos:
                         out[L] = None
                         continue
                     x, y = data.sample(n_samples, L, np.random.default_rng([seed, L]))
-                    out[L] = _predict_exact(model, x, y, max(1, batch_tokens // data.seq_len(L)))
+                    out[L], finite = _predict_exact(model, x, y, max(1, batch_tokens // data.seq_len(L)))
+                    if not finite:
+                        _warn_non_finite(f"evaluate_lengths: the accuracy at length {L} ({out[L]}) comes from "
+                                         f"non-finite logits")
     finally:
         model.train(was_training)
     return out
 
 
 # --------------------------------------------------------------- checkpoints
+# The bit generators a checkpoint may name, and the exact layout of each one's
+# state: the file chooses among these classes, never any other attribute of numpy.
+_BIT_GENERATORS = {"PCG64": np.random.PCG64, "PCG64DXSM": np.random.PCG64DXSM, "Philox": np.random.Philox,
+                   "SFC64": np.random.SFC64, "MT19937": np.random.MT19937}
+_FLAG = ("int", 0, 1)
+_U32 = ("int", 0, 2**32 - 1)
+_PCG_STATE = {"state": {"state": ("int", 0, 2**128 - 1), "inc": ("int", 0, 2**128 - 1)},
+              "has_uint32": _FLAG, "uinteger": _U32}
+_RNG_LAYOUT = {
+    "PCG64": _PCG_STATE,
+    "PCG64DXSM": _PCG_STATE,
+    "Philox": {"state": {"counter": ("array", np.uint64, 4), "key": ("array", np.uint64, 2)},
+               "buffer": ("array", np.uint64, 4), "buffer_pos": ("int", 0, 4), "has_uint32": _FLAG,
+               "uinteger": _U32},
+    "SFC64": {"state": {"state": ("array", np.uint64, 4)}, "has_uint32": _FLAG, "uinteger": _U32},
+    "MT19937": {"state": {"key": ("array", np.uint32, 624), "pos": ("int", 0, 624)}},
+}
+
+
 def _rng_to_json(rng):
-    return json.dumps(rng.bit_generator.state)
+    """A Generator's bit-generator state as JSON (arrays as lists of ints)."""
+    def plain(v):
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, np.ndarray):
+            return [int(x) for x in v.tolist()]
+        return int(v) if isinstance(v, np.integer) else v
+    return json.dumps(plain(rng.bit_generator.state))
 
 
-def _rng_from_json(s):
-    state = json.loads(s)
-    bg = getattr(np.random, state["bit_generator"])()
-    bg.state = state
+def _checked_state(value, layout, where):
+    """value checked against layout (see _RNG_LAYOUT); arrays rebuilt with their dtype."""
+    if isinstance(layout, dict):
+        if not isinstance(value, dict) or set(value) != set(layout):
+            got = sorted(value) if isinstance(value, dict) else type(value).__name__
+            raise CheckpointError(f"{where} must be a dict with keys {sorted(layout)}; got {got}")
+        return {k: _checked_state(value[k], layout[k], f"{where}[{k!r}]") for k in layout}
+    if layout[0] == "int":
+        _, lo, hi = layout
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise CheckpointError(f"{where} must be an int in [{lo}, {hi}]; got {str(value)[:40]}")
+        return value
+    _, dtype, n = layout
+    limit = np.iinfo(dtype).max
+    if not isinstance(value, list) or len(value) != n or not all(
+            isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= limit for x in value):
+        raise CheckpointError(f"{where} must be a list of {n} ints in [0, {limit}]")
+    return np.array(value, dtype=dtype)
+
+
+def _rng_state_from_json(s, where):
+    """The validated state dict of an allowed bit generator, from its JSON."""
+    try:
+        state = json.loads(s) if isinstance(s, str) else None
+    except (ValueError, RecursionError):
+        state = None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{where}: the generator state is not a JSON object")
+    name = state.get("bit_generator")
+    if not isinstance(name, str) or name not in _BIT_GENERATORS:
+        raise CheckpointError(f"{where}: bit generator {str(name)[:40]!r} is not one relpos restores "
+                              f"({', '.join(_BIT_GENERATORS)})")
+    body = {k: v for k, v in state.items() if k != "bit_generator"}
+    checked = _checked_state(body, _RNG_LAYOUT[name], where)
+    checked["bit_generator"] = name
+    return checked
+
+
+def _rng_from_json(s, where="the batch sampler's generator"):
+    """A new Generator with the state saved by _rng_to_json (CheckpointError for anything else)."""
+    state = _rng_state_from_json(s, where)
+    bg = _BIT_GENERATORS[state["bit_generator"]]()
+    try:
+        bg.state = state
+    except (ValueError, TypeError, KeyError, OverflowError) as e:  # numpy's own checks, e.g. an all-zero key
+        raise CheckpointError(f"{where}: numpy refuses the saved state ({e})") from None
     return np.random.Generator(bg)
 
 
@@ -219,8 +327,8 @@ def _generators(model):
 
 def save_checkpoint(path, model, optimizer, scheduler, step, rng, history, run_info):
     """Write a checkpoint (model, optimizer and schedule state, step, the batch
-    sampler's RNG, the modules' dropout RNGs, history) with :func:`relpos.save`,
-    which writes atomically (temp file, fsync, rename)."""
+    sampler's RNG, the modules' dropout RNGs, history, the run's settings) with
+    :func:`relpos.save`, which writes atomically (temp file, fsync, rename)."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     meta = {"step": int(step), "rng": _rng_to_json(rng), "history": history.to_dict(), "run": run_info,
@@ -230,8 +338,34 @@ def save_checkpoint(path, model, optimizer, scheduler, step, rng, history, run_i
     save(state, path)
 
 
+def _checked_meta(raw, path):
+    """The checkpoint's meta dict, its fields checked (CheckpointError naming the field)."""
+    try:
+        meta = json.loads(raw) if isinstance(raw, str) else None
+    except (ValueError, RecursionError):
+        meta = None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint {path!r}: its 'meta' entry is not a JSON object")
+    step = meta.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"checkpoint {path!r}: meta 'step' must be an int >= 0; got {str(step)[:40]}")
+    if not isinstance(meta.get("rng"), str):
+        raise CheckpointError(f"checkpoint {path!r}: meta 'rng' (the batch sampler's state) is missing")
+    if not isinstance(meta.get("run", {}), dict):
+        raise CheckpointError(f"checkpoint {path!r}: meta 'run' must be a dict of the run's settings")
+    rngs = meta.get("module_rngs", {})
+    if not isinstance(rngs, dict) or not all(isinstance(v, str) for v in rngs.values()):
+        raise CheckpointError(f"checkpoint {path!r}: meta 'module_rngs' must map names to generator states")
+    try:
+        History.from_dict(meta.get("history"))
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {path!r}: {e}") from None
+    return meta
+
+
 def load_checkpoint(path, model):
-    """Read a checkpoint and check it belongs to ``model`` (same keys and shapes).
+    """Read a checkpoint and check it belongs to ``model`` (same keys and shapes)
+    and that its bookkeeping (step, RNG states, history) is well formed.
 
     Returns (state, meta). Raises FileNotFoundError or CheckpointError."""
     path = os.fspath(path)
@@ -239,11 +373,13 @@ def load_checkpoint(path, model):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     try:
         state = load(path)
-    except Exception as e:  # any failure to parse is a bad checkpoint
+    except CheckpointError as e:
         raise CheckpointError(f"checkpoint {path!r} could not be read: {e}") from e
     if not isinstance(state, dict) or not {"model", "optimizer", "scheduler", "meta"} <= set(state):
         raise CheckpointError(f"{path!r} is not a relpos.train checkpoint "
                               f"(expected keys model, optimizer, scheduler, meta)")
+    if not isinstance(state["model"], dict):
+        raise CheckpointError(f"checkpoint {path!r}: its 'model' entry is not a state_dict")
     mine = model.state_dict()
     theirs = state["model"]
     missing = sorted(set(mine) - set(theirs))
@@ -253,10 +389,55 @@ def load_checkpoint(path, model):
                               f"{'...' if len(missing) > 5 else ''}, unexpected keys {extra[:5]}"
                               f"{'...' if len(extra) > 5 else ''}")
     for k, v in mine.items():
+        if not isinstance(theirs[k], np.ndarray):
+            raise CheckpointError(f"checkpoint {path!r}: {k} is a {type(theirs[k]).__name__}, not an array")
         if tuple(np.shape(theirs[k])) != tuple(np.shape(v)):
             raise CheckpointError(f"checkpoint {path!r} is from a different model: {k} has shape "
                                   f"{tuple(np.shape(theirs[k]))} there, {tuple(np.shape(v))} in this model")
-    return state, json.loads(state["meta"])
+    return state, _checked_meta(state["meta"], path)
+
+
+def _plain(v):
+    """A run setting as JSON stores it (so the saved and the new one compare equal)."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, (tuple, list)):
+        return [_plain(x) for x in v]
+    return v
+
+
+def _run_info(model, data, kind, **settings):
+    """The settings that decide a run's trajectory: a resumed run must match them."""
+    info = {"kind": kind, "model": type(model).__name__, "encoding": getattr(model, "encoding_name", None),
+            "data": type(data).__name__, "vocab_size": int(data.vocab_size)}
+    if kind == "lm":
+        # a fingerprint of the training text: the same length and vocabulary can still be other text
+        train = np.ascontiguousarray(data.train)
+        info["train_tokens"] = int(train.size)
+        info["train_crc32"] = zlib.crc32(memoryview(train).cast("B")) & 0xFFFFFFFF
+    else:
+        info["train_lengths"] = _plain(list(data.train_lengths))
+    info.update({k: _plain(v) for k, v in settings.items()})
+    return info
+
+
+def _check_run(saved, now, path, mode):
+    """Compare the checkpoint's run settings with this run's; settings the
+    checkpoint does not record (older files) are not compared."""
+    diffs = [f"{k}: {saved[k]!r} in the checkpoint, {now[k]!r} now" for k in now
+             if k in saved and saved[k] != now[k]]
+    if not diffs or mode == "allow":
+        return
+    msg = (f"checkpoint {path!r} was written by a run with other settings: " + "; ".join(diffs))
+    if mode == "warn":
+        warnings.warn(msg + " (resuming anyway: resume_mismatch='warn')", RuntimeWarning, stacklevel=3)
+        return
+    raise CheckpointError(msg + ". The resumed run would not equal an uninterrupted one; pass "
+                                "resume_mismatch='warn' or 'allow' to resume anyway")
+
+
+def _non_finite_params(model):
+    return [name for name, p in model.named_parameters() if not np.isfinite(p.data).all()]
 
 
 # ----------------------------------------------------------------------- fit
@@ -277,7 +458,8 @@ def fit(model, data, steps: int, batch_size: int = 16, seq_len: int = 64, lr: fl
         warmup: int | None = None, min_lr_ratio: float = 0.1, weight_decay: float = 0.1,
         betas=(0.9, 0.95), clip: float | None = 1.0, eval_every: int | None = None,
         eval_batches: int = 4, checkpoint_every: int | None = None, checkpoint_path=None,
-        resume=None, seed: int = 0, progress: bool = True, callback=None, desc: str | None = None) -> History:
+        resume=None, seed: int = 0, progress: bool = True, callback=None, desc: str | None = None,
+        resume_mismatch: str = "error") -> History:
     """Train ``model`` for ``steps`` AdamW steps and return a :class:`History`.
 
     Args:
@@ -295,12 +477,19 @@ def fit(model, data, steps: int, batch_size: int = 16, seq_len: int = 64, lr: fl
             step, data RNG, history) atomically every N steps and at the end.
         resume: a checkpoint path to continue from; the run then equals an
             uninterrupted one bit for bit (same seed, steps and options).
+        resume_mismatch: what to do when the checkpoint's run settings (model
+            class, encoding, data, steps, batch_size, seq_len, lr, warmup,
+            min_lr_ratio, weight_decay, betas, clip, seed) differ from this
+            call's: "error" (default: CheckpointError listing each difference),
+            "warn" (a RuntimeWarning listing them, then resume) or "allow".
         seed: seeds the batch sampler.
         progress: show a tqdm bar with the loss.
         callback: ``callback(step, loss)`` after every step.
 
     Raises FloatingPointError naming the step when the loss or the gradient
-    norm is not finite; CheckpointError for a checkpoint of another model.
+    norm is not finite, or when the parameters are not finite after the last
+    step (before the final checkpoint is written); CheckpointError for a
+    checkpoint of another model or run, or a corrupt one.
     """
 
     kind = _data_kind(data)
@@ -320,30 +509,52 @@ def fit(model, data, steps: int, batch_size: int = 16, seq_len: int = 64, lr: fl
             raise ValueError(f"{name} must be a positive int or None; got {val!r}")
     if checkpoint_every is not None and checkpoint_path is None:
         raise ValueError("checkpoint_every needs checkpoint_path")
+    if resume_mismatch not in ("error", "warn", "allow"):
+        raise ValueError(f"resume_mismatch must be 'error', 'warn' or 'allow'; got {resume_mismatch!r}")
     if warmup is None:
         warmup = max(1, steps // 20)
 
-    run_info = {"steps": steps, "batch_size": batch_size, "seq_len": seq_len if kind == "lm" else None,
-                "lr": lr, "seed": seed, "kind": kind}
+    run_info = _run_info(model, data, kind, steps=steps, batch_size=batch_size,
+                         seq_len=seq_len if kind == "lm" else None, lr=lr, warmup=warmup,
+                         min_lr_ratio=min_lr_ratio, weight_decay=weight_decay, betas=list(betas), clip=clip,
+                         seed=seed)
     opt = _make_optimizer(model, lr, weight_decay, tuple(betas))
     sched = WarmupCosine(opt, min(warmup, max(steps, 1)), max(steps, 1), min_lr=lr * min_lr_ratio)
     rng = np.random.default_rng(seed)
     hist = History()
     start = 0
     if resume is not None:
+        where = os.fspath(resume)
         state, meta = load_checkpoint(resume, model)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start = int(meta["step"])
+        start = meta["step"]
         if start > steps:
-            raise CheckpointError(f"checkpoint {os.fspath(resume)!r} is at step {start}, past steps={steps}")
-        rng = _rng_from_json(meta["rng"])
+            raise CheckpointError(f"checkpoint {where!r} is at step {start}, past steps={steps}")
+        _check_run(meta.get("run", {}), run_info, where, resume_mismatch)
+        # everything is checked before anything is changed: a bad file leaves the model as it was
+        rng = _rng_from_json(meta["rng"], f"checkpoint {where!r}: the batch sampler's generator")
         hist = History.from_dict(meta["history"])
         gens = _generators(model)
+        module_states = {}
         for key, js in meta.get("module_rngs", {}).items():
             if key in gens:
-                gens[key].bit_generator.state = _rng_from_json(js).bit_generator.state
+                st = _rng_state_from_json(js, f"checkpoint {where!r}: generator {key}")
+                mine = type(gens[key].bit_generator).__name__
+                if st["bit_generator"] != mine:
+                    raise CheckpointError(f"checkpoint {where!r}: generator {key} is {st['bit_generator']} "
+                                          f"there, {mine} in this model")
+                module_states[key] = st
+        try:
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+        except (ValueError, TypeError, KeyError, IndexError, OverflowError) as e:
+            raise CheckpointError(f"checkpoint {where!r}: the optimizer or schedule state does not fit this "
+                                  f"run ({type(e).__name__}: {str(e)[:200]})") from None
+        try:
+            for key, st in module_states.items():
+                gens[key].bit_generator.state = st
+        except (ValueError, TypeError, KeyError, OverflowError) as e:
+            raise CheckpointError(f"checkpoint {where!r}: numpy refuses a saved generator state ({e})") from None
+        model.load_state_dict(state["model"])
 
     model.train()
     t0 = time.perf_counter()
@@ -371,6 +582,15 @@ def fit(model, data, steps: int, batch_size: int = 16, seq_len: int = 64, lr: fl
             hist.lrs.append(float(sched.get_last_lr()[0]))
             opt.step()
             sched.step()
+            if step == steps:
+                # a finite loss and gradient can still give an update that overflows (lr=3e38);
+                # the loss check of the next step catches that earlier, but the last step has none
+                bad = _non_finite_params(model)
+                if bad:
+                    raise FloatingPointError(
+                        f"parameters are not finite after the last step ({step} of {steps}): "
+                        f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} ({len(bad)} tensors); "
+                        f"try a lower lr (now {lr}) or gradient clipping")
             hist.steps.append(step)
             hist.losses.append(value)
             hist.grad_norms.append(gnorm)

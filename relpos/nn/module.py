@@ -45,6 +45,23 @@ IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_k
 IncompatibleKeys.__doc__ = "What ``load_state_dict(strict=False)`` could not match."
 
 
+def _as_numpy(value):
+    """ndarray view of a relpos Tensor, a torch tensor (duck-typed: detach, cpu,
+    numpy; never importing torch) or anything np.asarray takes."""
+    if isinstance(value, Tensor):
+        return value.data
+    if not isinstance(value, np.ndarray) and all(
+            callable(getattr(value, a, None)) for a in ("detach", "cpu", "numpy")):
+        t = value.detach().cpu()
+        try:
+            return t.numpy()
+        except TypeError:  # bfloat16 and other dtypes numpy lacks
+            if callable(getattr(t, "float", None)):
+                return t.float().numpy()
+            raise
+    return value
+
+
 def _count(n: int) -> str:
     return f"{n:,} param" + ("" if n == 1 else "s")
 
@@ -267,8 +284,13 @@ class Module:
         return sd
 
     def load_state_dict(self, state_dict, strict: bool = True) -> IncompatibleKeys:
-        """Copy arrays from ``state_dict`` (name -> ndarray or Tensor) into this
-        module's parameters and buffers, in place.
+        """Copy arrays from ``state_dict`` into this module's parameters and
+        buffers, in place (converted to their dtype, float32 for parameters).
+
+        ``state_dict`` maps dotted names to ndarrays, relpos Tensors, or torch
+        tensors (read through ``.detach().cpu().numpy()``, bfloat16 widened to
+        float32; torch itself is never imported). The names must be relpos
+        names: for a torch model's names see ``TransformerLM.load_torch_state_dict``.
 
         Shape mismatches are always an error. With ``strict=True`` missing and
         unexpected keys are too; every problem is listed in one ``ValueError``
@@ -286,11 +308,9 @@ class Module:
             if name not in state_dict:
                 continue
             value = state_dict[name]
-            if isinstance(value, Tensor):
-                value = value.data
             try:
-                value = np.asarray(value)
-            except Exception:  # pragma: no cover - exotic objects
+                value = np.asarray(_as_numpy(value))
+            except Exception:  # exotic objects, or a torch tensor numpy cannot hold
                 bad_type.append(f"{name} ({type(value).__name__})")
                 continue
             cur = target.data if isinstance(target, Parameter) else target[0]._buffers[target[1]]
