@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  python -m relpos compare\n"
                "  python -m relpos compare --encodings rope,alibi --steps 500 --seeds 0,1,2\n"
                "  python -m relpos compare --task copy --train-len 8 --eval-lens 8,16,32\n"
-               "  python -m relpos compare --text my_corpus.txt --train-len 128 --out runs/mine",
+               "  python -m relpos compare --text my_corpus.txt --train-len 128 --out runs/mine\n"
+               "  python -m relpos compare --dask tcp://scheduler:8786      (runs on a Dask cluster)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     c.add_argument("--encodings", default=",".join(DEFAULT_ENCODINGS), metavar="A,B,...|all",
                    help="encodings to compare, comma-separated, or 'all' (default: %(default)s)")
@@ -155,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
                    default=os.cpu_count() or 1, metavar="N",
                    help="runs trained at once, each in its own process (default: one per core, "
                         "%(default)s here); 1 trains them one after another in this process")
+    c.add_argument("--dask", default=None, metavar="ADDRESS|local",
+                   help="run the (encoding, seed) runs on a Dask cluster: the scheduler's address "
+                        "(tcp://HOST:8786), or 'local' to start a LocalCluster here with --jobs "
+                        "worker processes. Needs dask.distributed (pip install 'relpos[dask]'). "
+                        "Results equal a serial run's")
     c.add_argument("--threads", type=_bounded("--threads", _threads_cap, " (4 x the {cpus} CPUs here)"),
                    default=None, metavar="N",
                    help="relpos threads per run (default: cores / jobs with several jobs, "
@@ -187,6 +193,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 class UsageError(Exception):
     """Bad input from the user: print the message, exit 2."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C during a command: print what was kept, exit 130."""
+
+
+def _dask_executor(address, jobs, threads):
+    """(executor, [close callables], relpos threads per run) for --dask ADDRESS|local."""
+    try:
+        import distributed
+    except ImportError:
+        raise UsageError("--dask needs dask.distributed: pip install 'relpos[dask]'") from None
+    closers = []
+    try:
+        if address == "local":
+            # one single-threaded Dask worker process per job; each run then gets cores / jobs
+            # relpos threads (results do not depend on it)
+            cluster = distributed.LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
+                                               dashboard_address=None)
+            closers.append(cluster.close)
+            client = distributed.Client(cluster)
+            if threads is None:
+                threads = max(1, (os.cpu_count() or 1) // jobs)
+        else:
+            client = distributed.Client(address, timeout="10s")
+        closers.append(client.close)
+    except (OSError, ValueError, TypeError) as e:
+        for close in reversed(closers):
+            close()
+        what = "start a local Dask cluster" if address == "local" else \
+            f"connect to the Dask scheduler at {address!r}"
+        raise UsageError(f"--dask: could not {what}: {e}") from None
+    return client.get_executor(), closers, threads
 
 
 def _cmd_info(args):
@@ -231,21 +270,38 @@ def _cmd_compare(args):
             raise UsageError(str(e)) from None
     if args.threads is not None:
         set_num_threads(args.threads)
-    if progress:
-        tqdm.write(f"relpos compare: task {args.task}, encodings {args.encodings}, writing to {args.out}/",
-                   file=sys.stderr)
-    t0 = time.perf_counter()
+    threads = args.threads
+    executor, closers = None, []
     try:
-        res = compare(args.encodings, task=args.task, train_len=train_len, eval_lens=eval_lens,
-                      steps=args.steps, seeds=args.seeds, d_model=args.d_model, n_layers=args.layers,
-                      n_heads=args.heads, batch_size=args.batch_size, lr=args.lr, text=text,
-                      out=args.out, progress=progress, jobs=args.jobs, threads=args.threads)
-    except (ValueError, OSError) as e:
-        # compare checks names, sizes and the data before training anything
-        raise UsageError(str(e)) from None
+        if args.dask is not None:
+            executor, closers, threads = _dask_executor(args.dask, args.jobs, args.threads)
+        if progress:
+            where = "" if args.dask is None else f", on Dask ({args.dask})"
+            tqdm.write(f"relpos compare: task {args.task}, encodings {args.encodings}{where}, writing to "
+                       f"{args.out}/", file=sys.stderr)
+        t0 = time.perf_counter()
+        try:
+            res = compare(args.encodings, task=args.task, train_len=train_len, eval_lens=eval_lens,
+                          steps=args.steps, seeds=args.seeds, d_model=args.d_model, n_layers=args.layers,
+                          n_heads=args.heads, batch_size=args.batch_size, lr=args.lr, text=text,
+                          out=args.out, progress=progress, jobs=args.jobs, threads=threads,
+                          executor=executor)
+        except (ValueError, OSError) as e:
+            # compare checks names, sizes and the data before training anything
+            raise UsageError(str(e)) from None
+        except KeyboardInterrupt as e:
+            done = getattr(e, "result", None)
+            names = sorted({r["encoding"] for r in done.runs}) if done is not None else []
+            raise Interrupted(f"finished encodings ({', '.join(names)}) are in "
+                              f"{os.path.join(args.out, 'results.json')} and results.csv" if names
+                              else "no encoding had finished") from None
+    finally:
+        for close in reversed(closers):
+            close()
     wall = time.perf_counter() - t0
     print(res.table())
-    print(f"\nwall time {wall:.0f} s; results: {os.path.join(args.out, 'results.json')}")
+    print(f"\nwall time {wall:.0f} s; results: {os.path.join(args.out, 'results.json')} "
+          f"(and results.csv)")
     png = os.path.join(args.out, "extrapolation.png")
     try:
         import matplotlib
@@ -275,8 +331,9 @@ def main(argv=None) -> int:
     except UsageError as e:
         print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"\n{PROG} {args.command}: interrupted; {e}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
-        out = getattr(args, "out", None)
-        where = f"; finished encodings are in {os.path.join(out, 'results.json')}" if out else ""
-        print(f"\n{PROG} {args.command}: interrupted{where}", file=sys.stderr)
+        print(f"\n{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130

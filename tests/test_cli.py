@@ -29,7 +29,7 @@ SERIAL = ["--jobs", "1"]
 
 
 def test_compare_end_to_end(tmp_path, small_text):
-    pytest.importorskip("matplotlib")
+    # matplotlib is a dependency: the default compare always writes the picture (issue 15)
     out = tmp_path / "out"
     # default --jobs: one process per core (2 runs at once here)
     r = run("compare", "--encodings", "rope,learned", "--eval-lens", "1x,2x", "--text", str(small_text),
@@ -42,6 +42,8 @@ def test_compare_end_to_end(tmp_path, small_text):
     assert res["rows"]["rope"]["32"][0] > 1
     png = (out / "extrapolation.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert "no plot written" not in r.stderr and f"plot: {out / 'extrapolation.png'}" in r.stdout
+    assert (out / "results.csv").read_text().startswith("encoding,seed,length,perplexity\n")
 
 
 def test_compare_task_and_seeds(tmp_path):
