@@ -184,9 +184,19 @@ class Function:
             # a custom forward returning float64, a NumPy scalar or a list still gives a float32 Tensor
             if type(out) is not np.ndarray or out.dtype is not _F32:
                 out = as_array(out, f"{cls.__name__}.forward output")
-            t = Tensor._wrap(out, track, _alias_counter(out, tin) if tin else None)
+            # a view of an input's array shares that input's version counter (_alias_counter, inlined)
+            vc = None
+            if tin:
+                base = out.base
+                for x in tin:
+                    d = x._data
+                    if out is d or (base is not None and (base is d or base is d.base)):
+                        vc = x._vc
+                        break
+            t = Tensor._wrap(out, track, vc)
             if track:
-                counters = tuple(map(_VC, tin)) + (t._vc,)
+                tin.append(t)
+                counters = tuple(map(_VC, tin))
                 t._node = _Node(cls, ctx, tuple(inputs), (out.shape,), counters, tuple(map(_FIRST, counters)))
             return t
         outs = tuple(o if type(o) is np.ndarray and o.dtype is _F32
