@@ -10,7 +10,7 @@ import-linter, see pyproject.toml): ``tensor`` (autograd) -> ``functional`` ->
 ``experiments`` / ``probe`` -> ``cli``.
 """
 from . import _C
-from ._config import __version__, config, get_num_threads, set_num_threads, show_config
+from ._config import __version__, config, get_num_threads, max_threads, set_num_threads, show_config
 from .tensor import Function, Tensor, enable_grad, is_grad_enabled, no_grad, tensor
 from . import functional, nn, optim  # noqa: I001
 from .serialization import CheckpointError, load, save
@@ -25,4 +25,4 @@ nn.__all__ += ["TransformerBlock", "TransformerLM", "TransformerEncoder"]
 
 __all__ = ["Tensor", "Function", "tensor", "no_grad", "enable_grad", "is_grad_enabled",
            "functional", "nn", "optim", "encodings", "models", "data", "train", "experiments", "probe",
-           "save", "load", "CheckpointError", "show_config", "set_num_threads", "get_num_threads", "config", "__version__"]
+           "save", "load", "CheckpointError", "show_config", "set_num_threads", "get_num_threads", "config", "max_threads", "__version__"]

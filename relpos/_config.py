@@ -3,20 +3,34 @@
 The bottom of the package (it only talks to the extension), so every layer may
 use it; ``relpos`` re-exports these names.
 """
+import numbers
+import os
+
 from . import _C
 
 __version__ = "0.1.0"
 
-__all__ = ["set_num_threads", "get_num_threads", "config", "show_config", "__version__"]
+__all__ = ["set_num_threads", "get_num_threads", "max_threads", "config", "show_config", "__version__"]
+
+
+def max_threads() -> int:
+    """The largest count :func:`set_num_threads` accepts: 4 x the CPUs of this machine
+    (beyond that, threads only contend, and per-thread scratch memory grows)."""
+    return 4 * (os.cpu_count() or 1)
 
 
 def set_num_threads(n: int) -> None:
-    """Threads every relpos kernel uses (``n >= 1``; 0 restores the default,
-    which follows ``OMP_NUM_THREADS`` or the number of cores)."""
-    if isinstance(n, bool) or not isinstance(n, int):
+    """Threads every relpos kernel uses: ``1 <= n <= max_threads()`` (4 x the
+    CPU count); 0 restores the default, which follows ``OMP_NUM_THREADS``, a
+    threadpoolctl limit, or the number of cores. Results do not depend on it."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
         raise TypeError(f"n must be an int; got {type(n).__name__}")
+    n = int(n)
     if n < 0:
         raise ValueError(f"n must be >= 1 (or 0 for the default); got {n}")
+    cap = max_threads()
+    if n > cap:
+        raise ValueError(f"n must be at most {cap} (4 x the {cap // 4} CPUs here); got {n}")
     _C.set_num_threads(n)
 
 

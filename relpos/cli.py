@@ -7,6 +7,7 @@ status 2, as argparse does for bad options.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -14,7 +15,7 @@ import time
 from tqdm.auto import tqdm
 
 from . import encodings
-from ._config import set_num_threads, show_config
+from ._config import max_threads, set_num_threads, show_config
 from .data import load_text
 from .experiments import DEFAULT_ENCODINGS, DEFAULTS, compare
 
@@ -23,44 +24,95 @@ __all__ = ["main", "build_parser"]
 PROG = "relpos"
 
 
-def _int_list(text, what):
+#: the largest value each size flag takes: checked while parsing, before anything is allocated
+CAPS = {"--train-len": 16_384, "--eval-lens": 131_072, "--steps": 10_000_000, "--seeds": 1_000,
+        "seed": 2 ** 32 - 1, "--d-model": 4_096, "--layers": 64, "--heads": 64, "--batch-size": 4_096}
+#: the largest model compare trains (parameters, embeddings included): d_model and layers
+#: within their caps can still ask for one that does not fit in memory
+MAX_PARAMS = 500_000_000
+
+
+def _threads_cap():
+    return max_threads()
+
+
+def _jobs_cap():
+    return 4 * (os.cpu_count() or 1)
+
+
+def _bounded(flag, cap=None, why=""):
+    """argparse type: an integer from 1 to the flag's cap (a callable cap is read when parsing)."""
+    def parse(text):
+        hi = cap() if callable(cap) else (cap if cap is not None else CAPS[flag])
+        because = why.format(cpus=os.cpu_count() or 1)
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer from 1 to {hi:,}{because}; got {text!r}") from None
+        if not 1 <= v <= hi:
+            raise argparse.ArgumentTypeError(f"expected an integer from 1 to {hi:,}{because}; got {v:,}")
+        return v
+    parse.__name__ = flag  # argparse names the type in some messages
+    return parse
+
+
+def _seeds(text):
     try:
         vals = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{what} must be comma-separated integers; got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"--seeds must be comma-separated integers; got {text!r}") from None
     if not vals:
-        raise argparse.ArgumentTypeError(f"{what} must name at least one integer")
+        raise argparse.ArgumentTypeError("--seeds must name at least one integer")
+    bad = [v for v in vals if not 0 <= v <= CAPS["seed"]]
+    if bad:
+        raise argparse.ArgumentTypeError(f"seeds must be integers from 0 to {CAPS['seed']:,}; got {bad[0]}")
+    if len(vals) > CAPS["--seeds"]:
+        raise argparse.ArgumentTypeError(f"at most {CAPS['--seeds']:,} seeds; got {len(vals):,}")
     return vals
 
 
 def _eval_lens(text):
     """'64,128,512' (lengths) or '1x,2x,4x' (multiples of --train-len)."""
     out = []
+    usage = f"--eval-lens takes lengths (64,128) or multiples of --train-len (1x,2x,4x); got {text!r}"
     for part in (p.strip() for p in text.split(",")):
         if not part:
             continue
         try:
-            out.append(("x", float(part[:-1])) if part.lower().endswith("x") else ("n", int(part)))
+            item = ("x", float(part[:-1])) if part.lower().endswith("x") else ("n", int(part))
         except ValueError:
+            raise argparse.ArgumentTypeError(usage) from None
+        kind, v = item
+        if kind == "x" and not (math.isfinite(v) and 0 < v <= CAPS["--eval-lens"]):
+            raise argparse.ArgumentTypeError(f"multiples in --eval-lens must be finite and positive; got {part!r}")
+        if kind == "n" and not 1 <= v <= CAPS["--eval-lens"]:
             raise argparse.ArgumentTypeError(
-                f"--eval-lens takes lengths (64,128) or multiples of --train-len (1x,2x,4x); got {text!r}") from None
+                f"lengths in --eval-lens must be from 1 to {CAPS['--eval-lens']:,}; got {v:,}")
+        out.append(item)
     if not out:
         raise argparse.ArgumentTypeError("--eval-lens must name at least one length")
     return out
 
 
-def _positive(text):
+def _positive_float(text):
     try:
-        v = int(text)
+        v = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {v}")
+        raise argparse.ArgumentTypeError(f"expected a positive number; got {text!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite positive number; got {text!r}")
     return v
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad option is one line (with where to look), not the whole usage."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="relpos: small transformers on NumPy arrays with a C core, made to compare "
                     "position encodings.",
@@ -81,22 +133,23 @@ def build_parser() -> argparse.ArgumentParser:
                "  python -m relpos compare\n"
                "  python -m relpos compare --encodings rope,alibi --steps 500 --seeds 0,1,2\n"
                "  python -m relpos compare --task copy --train-len 8 --eval-lens 8,16,32\n"
-               "  python -m relpos compare --text my_corpus.txt --train-len 128 --out runs/mine",
+               "  python -m relpos compare --text my_corpus.txt --train-len 128 --out runs/mine\n"
+               "  python -m relpos compare --dask tcp://scheduler:8786      (runs on a Dask cluster)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     c.add_argument("--encodings", default=",".join(DEFAULT_ENCODINGS), metavar="A,B,...|all",
                    help="encodings to compare, comma-separated, or 'all' (default: %(default)s)")
     c.add_argument("--task", default="lm", metavar="TASK",
                    help="'lm' (language modelling on --text or the default corpus) or a synthetic "
                         "task: copy, reverse, sort, recall, parity, addition (default: lm)")
-    c.add_argument("--train-len", type=_positive, default=None, metavar="N",
+    c.add_argument("--train-len", type=_bounded("--train-len"), default=None, metavar="N",
                    help="training length: tokens for lm (default 64), largest problem size for "
                         "tasks (default 8)")
     c.add_argument("--eval-lens", type=_eval_lens, default=None, metavar="L,L,...",
                    help="evaluation lengths, or multiples of the training length such as "
                         "1x,2x,4x,8x (the default)")
-    c.add_argument("--steps", type=_positive, default=None, metavar="N",
+    c.add_argument("--steps", type=_bounded("--steps"), default=None, metavar="N",
                    help="training steps per model (default: 1500 for lm, 1000 for tasks)")
-    c.add_argument("--seeds", type=lambda t: _int_list(t, "--seeds"), default=[0], metavar="S,S,...",
+    c.add_argument("--seeds", type=_seeds, default=[0], metavar="S,S,...",
                    help="seeds; one model per encoding and seed, the table shows mean ± std "
                         "(default: 0)")
     c.add_argument("--text", default=None, metavar="FILE",
@@ -104,22 +157,29 @@ def build_parser() -> argparse.ArgumentParser:
                         "shipped with CPython, ~465 KB)")
     c.add_argument("--out", default="relpos_compare", metavar="DIR",
                    help="folder for results.json and extrapolation.png (default: %(default)s)")
-    c.add_argument("--jobs", type=_positive, default=os.cpu_count() or 1, metavar="N",
+    c.add_argument("--jobs", type=_bounded("--jobs", _jobs_cap, " (4 x the {cpus} CPUs here)"),
+                   default=os.cpu_count() or 1, metavar="N",
                    help="runs trained at once, each in its own process (default: one per core, "
                         "%(default)s here); 1 trains them one after another in this process")
-    c.add_argument("--threads", type=_positive, default=None, metavar="N",
+    c.add_argument("--dask", default=None, metavar="ADDRESS|local",
+                   help="run the (encoding, seed) runs on a Dask cluster: the scheduler's address "
+                        "(tcp://HOST:8786), or 'local' to start a LocalCluster here with --jobs "
+                        "worker processes. Needs dask.distributed (pip install 'relpos[dask]'). "
+                        "Results equal a serial run's")
+    c.add_argument("--threads", type=_bounded("--threads", _threads_cap, " (4 x the {cpus} CPUs here)"),
+                   default=None, metavar="N",
                    help="relpos threads per run (default: cores / jobs with several jobs, "
                         "else OMP_NUM_THREADS or all cores). Results do not depend on it")
     m = c.add_argument_group("model and optimiser")
-    m.add_argument("--d-model", type=_positive, default=DEFAULTS["d_model"], metavar="N",
+    m.add_argument("--d-model", type=_bounded("--d-model"), default=DEFAULTS["d_model"], metavar="N",
                    help="model width (default: %(default)s)")
-    m.add_argument("--layers", type=_positive, default=DEFAULTS["n_layers"], metavar="N",
+    m.add_argument("--layers", type=_bounded("--layers"), default=DEFAULTS["n_layers"], metavar="N",
                    help="transformer blocks (default: %(default)s)")
-    m.add_argument("--heads", type=_positive, default=DEFAULTS["n_heads"], metavar="N",
+    m.add_argument("--heads", type=_bounded("--heads"), default=DEFAULTS["n_heads"], metavar="N",
                    help="attention heads (default: %(default)s)")
-    m.add_argument("--batch-size", type=_positive, default=None, metavar="N",
+    m.add_argument("--batch-size", type=_bounded("--batch-size"), default=None, metavar="N",
                    help="sequences per step (default: 16 for lm, 32 for tasks)")
-    m.add_argument("--lr", type=float, default=DEFAULTS["lr"], metavar="LR",
+    m.add_argument("--lr", type=_positive_float, default=DEFAULTS["lr"], metavar="LR",
                    help="peak learning rate (default: %(default)s)")
     c.add_argument("--no-progress", action="store_true", help="no progress bars")
     c.set_defaults(func=_cmd_compare)
@@ -140,6 +200,39 @@ class UsageError(Exception):
     """Bad input from the user: print the message, exit 2."""
 
 
+class Interrupted(Exception):
+    """Ctrl-C during a command: print what was kept, exit 130."""
+
+
+def _dask_executor(address, jobs, threads):
+    """(executor, [close callables], relpos threads per run) for --dask ADDRESS|local."""
+    try:
+        import distributed
+    except ImportError:
+        raise UsageError("--dask needs dask.distributed: pip install 'relpos[dask]'") from None
+    closers = []
+    try:
+        if address == "local":
+            # one single-threaded Dask worker process per job; each run then gets cores / jobs
+            # relpos threads (results do not depend on it)
+            cluster = distributed.LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
+                                               dashboard_address=None)
+            closers.append(cluster.close)
+            client = distributed.Client(cluster)
+            if threads is None:
+                threads = max(1, (os.cpu_count() or 1) // jobs)
+        else:
+            client = distributed.Client(address, timeout="10s")
+        closers.append(client.close)
+    except (OSError, ValueError, TypeError) as e:
+        for close in reversed(closers):
+            close()
+        what = "start a local Dask cluster" if address == "local" else \
+            f"connect to the Dask scheduler at {address!r}"
+        raise UsageError(f"--dask: could not {what}: {e}") from None
+    return client.get_executor(), closers, threads
+
+
 def _cmd_info(args):
     show_config()
     return 0
@@ -158,8 +251,15 @@ def _cmd_compare(args):
     eval_lens = None
     if args.eval_lens is not None:
         eval_lens = sorted({int(round(v * base)) if kind == "x" else v for kind, v in args.eval_lens})
-        if min(eval_lens) < 1:
-            raise UsageError(f"--eval-lens must be positive; got {eval_lens}")
+        if min(eval_lens) < 1 or max(eval_lens) > CAPS["--eval-lens"]:
+            raise UsageError(f"--eval-lens must give lengths from 1 to {CAPS['--eval-lens']:,}; "
+                             f"got {eval_lens} (with --train-len {base})")
+    # a model within every flag's cap can still be too big to allocate: bound its size too
+    # (blocks: attention 4 d^2 + MLP 8 d^2; embedding and head of a byte vocabulary)
+    n_params = args.layers * 12 * args.d_model ** 2 + 2 * 256 * args.d_model
+    if n_params > MAX_PARAMS:
+        raise UsageError(f"--d-model {args.d_model} with --layers {args.layers} gives about {n_params:,} "
+                         f"parameters; the cap is {MAX_PARAMS:,}")
     text = None
     if args.text is not None:
         try:
@@ -168,21 +268,38 @@ def _cmd_compare(args):
             raise UsageError(str(e)) from None
     if args.threads is not None:
         set_num_threads(args.threads)
-    if progress:
-        tqdm.write(f"relpos compare: task {args.task}, encodings {args.encodings}, writing to {args.out}/",
-                   file=sys.stderr)
-    t0 = time.perf_counter()
+    threads = args.threads
+    executor, closers = None, []
     try:
-        res = compare(args.encodings, task=args.task, train_len=train_len, eval_lens=eval_lens,
-                      steps=args.steps, seeds=args.seeds, d_model=args.d_model, n_layers=args.layers,
-                      n_heads=args.heads, batch_size=args.batch_size, lr=args.lr, text=text,
-                      out=args.out, progress=progress, jobs=args.jobs, threads=args.threads)
-    except (ValueError, OSError) as e:
-        # compare checks names, sizes and the data before training anything
-        raise UsageError(str(e)) from None
+        if args.dask is not None:
+            executor, closers, threads = _dask_executor(args.dask, args.jobs, args.threads)
+        if progress:
+            where = "" if args.dask is None else f", on Dask ({args.dask})"
+            tqdm.write(f"relpos compare: task {args.task}, encodings {args.encodings}{where}, writing to "
+                       f"{args.out}/", file=sys.stderr)
+        t0 = time.perf_counter()
+        try:
+            res = compare(args.encodings, task=args.task, train_len=train_len, eval_lens=eval_lens,
+                          steps=args.steps, seeds=args.seeds, d_model=args.d_model, n_layers=args.layers,
+                          n_heads=args.heads, batch_size=args.batch_size, lr=args.lr, text=text,
+                          out=args.out, progress=progress, jobs=args.jobs, threads=threads,
+                          executor=executor)
+        except (ValueError, OSError) as e:
+            # compare checks names, sizes and the data before training anything
+            raise UsageError(str(e)) from None
+        except KeyboardInterrupt as e:
+            done = getattr(e, "result", None)
+            names = sorted({r["encoding"] for r in done.runs}) if done is not None else []
+            raise Interrupted(f"finished encodings ({', '.join(names)}) are in "
+                              f"{os.path.join(args.out, 'results.json')} and results.csv" if names
+                              else "no encoding had finished") from None
+    finally:
+        for close in reversed(closers):
+            close()
     wall = time.perf_counter() - t0
     print(res.table())
-    print(f"\nwall time {wall:.0f} s; results: {os.path.join(args.out, 'results.json')}")
+    print(f"\nwall time {wall:.0f} s; results: {os.path.join(args.out, 'results.json')} "
+          f"(and results.csv)")
     png = os.path.join(args.out, "extrapolation.png")
     try:
         import matplotlib
@@ -212,8 +329,9 @@ def main(argv=None) -> int:
     except UsageError as e:
         print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"\n{PROG} {args.command}: interrupted; {e}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
-        out = getattr(args, "out", None)
-        where = f"; finished encodings are in {os.path.join(out, 'results.json')}" if out else ""
-        print(f"\n{PROG} {args.command}: interrupted{where}", file=sys.stderr)
+        print(f"\n{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import functools
 import os
+import stat
 from pydoc_data.topics import topics
 
 import numpy as np
 
 from .functional import IGNORE_INDEX
 
-__all__ = ["IGNORE_INDEX", "ByteTokenizer", "CharTokenizer", "default_corpus", "load_text",
+__all__ = ["IGNORE_INDEX", "ByteTokenizer", "CharTokenizer", "default_corpus", "load_text", "MAX_TEXT_BYTES",
            "LMData", "Task", "CopyTask", "ReverseTask", "SortTask", "RecallTask", "ParityTask",
            "AdditionTask", "TASKS", "get_task", "exact_match"]
 
@@ -151,24 +152,61 @@ def default_corpus() -> str:
     return "\n\n".join(topics[k] for k in sorted(topics))
 
 
-def load_text(path) -> str:
-    """Read a UTF-8 text file.
+#: the default size limit of :func:`load_text`: 256 MiB of text. LMData holds every byte as an
+#: int64 token id (8 bytes each, split into train and validation copies), so a text of this size
+#: already takes about 4.5 GiB while it is prepared.
+MAX_TEXT_BYTES = 256 * 2 ** 20
+
+
+def _mib(n):
+    return f"{n / 2 ** 20:,.0f} MiB" if n >= 2 ** 20 else f"{n:,} bytes"
+
+
+def load_text(path, max_bytes: int = MAX_TEXT_BYTES) -> str:
+    """Read a UTF-8 text file of at most ``max_bytes`` bytes (default
+    :data:`MAX_TEXT_BYTES`, 256 MiB).
+
+    A regular file's size is checked before anything is read; a device or a
+    pipe (``/dev/stdin``, a fifo) is read in chunks and refused as soon as it
+    passes the limit, so ``/dev/zero`` or an endless pipe cannot exhaust memory.
 
     Raises FileNotFoundError (missing), IsADirectoryError, PermissionError
-    (unreadable), ValueError (not UTF-8, naming the byte offset; or empty).
+    (unreadable), ValueError (larger than ``max_bytes``; not UTF-8, naming the
+    byte offset; or empty).
     """
     path = os.fspath(path)
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes < 1:
+        raise ValueError(f"max_bytes must be a positive int; got {max_bytes!r}")
+    max_bytes = int(max_bytes)
     if not os.path.exists(path):
         raise FileNotFoundError(f"text file {path!r} does not exist")
     if os.path.isdir(path):
         raise IsADirectoryError(f"text file {path!r} is a directory, not a file")
+    too_big = f"text file {path!r} is larger than the limit of {_mib(max_bytes)}"
     try:
         with open(path, "rb") as f:
-            raw = f.read()
+            st = os.fstat(f.fileno())
+            regular = stat.S_ISREG(st.st_mode)
+            if regular and st.st_size > max_bytes:
+                raise ValueError(f"{too_big}; it has {st.st_size:,} bytes")
+            # a device or a pipe has no size to trust (and a file may grow): read in chunks and
+            # stop one byte past the limit; a regular file usually comes in one read
+            want = st.st_size + 1 if regular else 1 << 20
+            chunks, n = [], 0
+            while n <= max_bytes:
+                chunk = f.read(min(want, max_bytes + 1 - n))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                n += len(chunk)
+                want = 1 << 20
+            raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     except PermissionError as e:
         raise PermissionError(f"text file {path!r} cannot be read: permission denied") from e
     except OSError as e:
         raise OSError(f"text file {path!r} cannot be read: {e.strerror or e}") from e
+    if len(raw) > max_bytes:
+        raise ValueError(f"{too_big}; stopped reading there" + ("" if regular else " (a device or a pipe)"))
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -15,14 +15,17 @@ because relpos results do not depend on the thread count.
 from __future__ import annotations
 
 import copy
+import csv
 import html
 import json
 import multiprocessing
 import os
 import queue as _q
+import signal
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing.managers import SyncManager
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -173,9 +176,38 @@ def run_config(config: dict) -> dict:
 
 
 # --------------------------------------------------------------------- sweep
+def _ignore_sigint():
+    # Ctrl-C in a terminal reaches the whole process group: only the main process handles it
+    # (it stops the workers itself), so workers do not each print a KeyboardInterrupt traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _worker_init(threads):
+    _ignore_sigint()
+    # tqdm's default lock is a multiprocessing RLock (a named semaphore): a worker terminated by
+    # Ctrl-C could not release it, and the parent would warn of "leaked semaphore objects".
+    # A worker writes no bars of its own (its progress goes through the queue), so a thread lock does
+    tqdm.set_lock(threading.RLock())
     if threads:
         set_num_threads(int(threads))
+
+
+def _stop_pool(executor, grace: float = 0.5):
+    """Stop a ProcessPoolExecutor now: cancel what has not started, terminate the
+    workers (SIGTERM, then SIGKILL after ``grace`` seconds) and let the pool go
+    without waiting for the runs in progress."""
+    procs = list((getattr(executor, "_processes", None) or {}).values())
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.monotonic() + grace
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join(1.0)
+    executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _default_executor(n_jobs, max_workers=None):
@@ -198,6 +230,12 @@ def sweep(configs, executor=None, max_workers: int | None = None, progress: bool
     ``on_result(index, result)`` is called as each run finishes. With the
     default executor the progress bar counts training steps of all runs;
     with another executor it counts finished runs.
+
+    Ctrl-C (KeyboardInterrupt, e.g. Jupyter's "interrupt kernel") or a failed
+    run stops the sweep at once: runs not yet started are cancelled, the
+    default executor's worker processes are terminated (a given executor's
+    running tasks are cancelled where it can), and the exception is re-raised
+    within about a second; ``on_result`` has seen every run that finished.
     """
     configs = [dict(c) for c in configs]
     for c in configs:
@@ -209,7 +247,8 @@ def sweep(configs, executor=None, max_workers: int | None = None, progress: bool
     if own:
         executor = _default_executor(len(configs), max_workers)
         if progress:
-            manager = multiprocessing.get_context("spawn").Manager()
+            manager = SyncManager(ctx=multiprocessing.get_context("spawn"))
+            manager.start(_ignore_sigint)
             queue = manager.Queue()
             for i, c in enumerate(configs):
                 c["_progress_queue"], c["_progress_tag"] = queue, i
@@ -219,6 +258,8 @@ def sweep(configs, executor=None, max_workers: int | None = None, progress: bool
                desc="training" if manager else "runs", unit="step" if manager else "run", dynamic_ncols=True)
     done_steps = [0] * len(configs)
     stop = None
+    futures = {}
+    failed = False
     try:
         if manager is not None:
             stop = threading.Event()
@@ -247,13 +288,21 @@ def sweep(configs, executor=None, max_workers: int | None = None, progress: bool
                 bar.set_postfix_str(f"{finished}/{len(configs)} runs done", refresh=True)
             if on_result is not None:
                 on_result(i, results[i])
+    except BaseException:
+        # Ctrl-C, or a run that failed: stop now, not after the runs in progress finish
+        failed = True
+        for fut in futures:
+            fut.cancel()
+        if own:
+            _stop_pool(executor)
+        raise
     finally:
         if stop is not None:
             stop.set()
             pump_thread.join(timeout=2)
         bar.close()
-        if own:
-            executor.shutdown(wait=True, cancel_futures=True)
+        if own and not failed:
+            executor.shutdown(wait=True)
         if manager is not None:
             manager.shutdown()
     return results
@@ -350,7 +399,8 @@ def compare(encodings=DEFAULT_ENCODINGS, task: str = "lm", train_len: int | None
         eval_tokens: LM evaluation uses the first eval_tokens validation tokens
             at every length; n_eval: problems per length for tasks.
         encoding_options: {encoding name: {option: value}} or options for all.
-        out: a folder; results.json is rewritten there as each encoding finishes.
+        out: a folder; results.json and results.csv (one row per encoding,
+            seed and length) are rewritten there as each encoding finishes.
         executor: run the (encoding, seed) runs on it (see :func:`sweep`).
         jobs: without an executor, ``jobs > 1`` runs that many at once in local
             processes (each with ``cores // jobs`` threads unless ``threads``
@@ -359,6 +409,12 @@ def compare(encodings=DEFAULT_ENCODINGS, task: str = "lm", train_len: int | None
 
     Returns a :class:`CompareResult`. Learned absolute positions past their
     max_len (= train_len) are reported as None ("n/a"), not an error.
+
+    Ctrl-C (or Jupyter's "interrupt kernel") stops the runs in progress at
+    once (worker processes are terminated, see :func:`sweep`) and re-raises
+    KeyboardInterrupt; the encodings that had finished every seed stay in
+    ``out/results.json``, and the exception's ``result`` attribute holds them
+    as a CompareResult.
     """
     specs = _encoding_specs(encodings)
     names = [label for label, _ in specs]
@@ -409,21 +465,36 @@ def compare(encodings=DEFAULT_ENCODINGS, task: str = "lm", train_len: int | None
         remaining[run["encoding"]] -= 1
         if out is not None and remaining[run["encoding"]] == 0:
             result._sort_runs()
-            result.save(os.path.join(os.fspath(out), "results.json"))
+            _write(result, out)
 
     if out is not None:
         os.makedirs(os.fspath(out), exist_ok=True)
     t0 = time.perf_counter()
-    if executor is None and jobs <= 1:
-        for i, cfg in enumerate(configs):
-            finished(i, run_config(dict(cfg, progress=progress)))
-    else:
-        sweep(configs, executor=executor, max_workers=jobs, progress=progress, on_result=finished)
+    try:
+        if executor is None and jobs <= 1:
+            for i, cfg in enumerate(configs):
+                finished(i, run_config(dict(cfg, progress=progress)))
+        else:
+            sweep(configs, executor=executor, max_workers=jobs, progress=progress, on_result=finished)
+    except KeyboardInterrupt as e:
+        # keep what finished: results.json already holds every finished encoding; the exception
+        # carries them too, for a notebook user who gave no `out`
+        result.runs = [r for r in result.runs if remaining[r["encoding"]] == 0]
+        result._sort_runs()
+        result.wall_time = time.perf_counter() - t0
+        e.result = result
+        raise
     result.wall_time = time.perf_counter() - t0
     result._sort_runs()
     if out is not None:
-        result.save(os.path.join(os.fspath(out), "results.json"))
+        _write(result, out)
     return result
+
+
+def _write(result, out):
+    out = os.fspath(out)
+    result.save(os.path.join(out, "results.json"))
+    result.save_csv(os.path.join(out, "results.csv"))
 
 
 # ------------------------------------------------------------------- result
@@ -577,6 +648,48 @@ class CompareResult:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize="small", ncol=2)
         return ax
+
+    # ---- tidy rows: CSV and pandas -----------------------------------------
+    def rows(self) -> list:
+        """One dict per (encoding, seed, length) of the finished runs, in table
+        order: ``{"encoding", "seed", "length", <metric>}`` where <metric> is
+        "perplexity" or "accuracy" (None where not applicable, e.g. learned
+        absolute positions past their max_len)."""
+        self._sort_runs()
+        out = []
+        for r in self.runs:
+            for L in self.eval_lens:
+                v = r["metrics"].get(str(L))
+                out.append({"encoding": r["encoding"], "seed": int(r["seed"]), "length": int(L),
+                            self.metric: None if v is None else float(v)})
+        return out
+
+    def to_pandas(self):
+        """A tidy pandas DataFrame of :meth:`rows`: columns encoding, seed,
+        length and the metric (NaN where not applicable), e.g.
+        ``df.pivot_table(index="encoding", columns="length", values="perplexity")``.
+        pandas is imported here only (it is not a dependency of relpos)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("CompareResult.to_pandas needs pandas: pip install pandas "
+                              "(or use CompareResult.rows() / results.csv without it)") from None
+        cols = ["encoding", "seed", "length", self.metric]
+        df = pd.DataFrame(self.rows(), columns=cols)
+        return df.astype({"encoding": str, "seed": "int64", "length": "int64", self.metric: "float64"})
+
+    def save_csv(self, path) -> None:
+        """Write :meth:`rows` as CSV (a header line, then one line per row; an
+        empty field where the metric is not applicable), atomically."""
+        path = os.fspath(path)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["encoding", "seed", "length", self.metric])
+            for row in self.rows():
+                v = row[self.metric]
+                w.writerow([row["encoding"], row["seed"], row["length"], "" if v is None else repr(v)])
+        os.replace(tmp, path)
 
     # ---- JSON ------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -14,6 +14,7 @@ its own copy (with its own learnable parameters, if any).
 from __future__ import annotations
 
 import math
+import numbers
 import re
 
 import numpy as np
@@ -363,7 +364,9 @@ class TransformerLM(_Stack):
 
         Sampling: softmax(logits / temperature) restricted to the ``top_k``
         most likely tokens, drawn from ``np.random.default_rng(seed)``;
-        ``temperature=0`` is greedy (argmax). With ``use_cache`` (default) the
+        ``temperature`` is any real scalar >= 0 (Python or NumPy); 0 is greedy
+        (argmax), and so, in the limit, is a temperature too small for
+        logits / temperature to be finite. With ``use_cache`` (default) the
         prompt runs once and each new token attends to cached keys/values
         (queries placed at their absolute positions by q_offset); without it
         the whole sequence is recomputed every step (same result).
@@ -376,8 +379,12 @@ class TransformerLM(_Stack):
         max_new_tokens = _check_int(max_new_tokens, "max_new_tokens", 0)
         if ids.shape[1] == 0:
             raise ValueError("prompt_ids must hold at least one token")
-        if not (isinstance(temperature, (int, float)) and temperature >= 0):
-            raise ValueError(f"temperature must be a number >= 0; got {temperature!r}")
+        # any real scalar (Python or NumPy: np.float32(0.5) is as good as 0.5)
+        if isinstance(temperature, (bool, np.bool_)) or not isinstance(temperature, numbers.Real):
+            raise TypeError(f"temperature must be a real number; got {type(temperature).__name__}")
+        temperature = float(temperature)
+        if not (math.isfinite(temperature) and temperature >= 0):
+            raise ValueError(f"temperature must be a finite number >= 0; got {temperature!r}")
         if top_k is not None:
             top_k = _check_int(top_k, "top_k")
         if self.max_positions is not None and ids.shape[1] + max_new_tokens > self.max_positions:
@@ -405,11 +412,15 @@ class TransformerLM(_Stack):
         logits = logits.astype(np.float64)
         if temperature == 0:
             return logits.argmax(axis=-1).astype(np.int64)
-        logits = logits / temperature
         if top_k is not None and top_k < logits.shape[-1]:
             kth = np.sort(logits, axis=-1)[:, -top_k][:, None]
             logits = np.where(logits < kth, -np.inf, logits)
-        p = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        # shift before scaling: (logits - max) <= 0, so dividing by a tiny temperature can only
+        # overflow towards -inf (probability 0), and the maximum stays at 0 (probability 1) —
+        # the greedy limit, instead of inf - inf = nan
+        with np.errstate(over="ignore"):
+            z = (logits - logits.max(axis=-1, keepdims=True)) / temperature
+        p = np.exp(z)
         p /= p.sum(axis=-1, keepdims=True)
         u = rng.random(p.shape[0])
         idx = (np.cumsum(p, axis=-1) < u[:, None]).sum(axis=-1)

@@ -18,7 +18,7 @@ from numbers import Real
 import numpy as np
 
 from . import _C
-from .tensor import Tensor
+from .tensor import Tensor, _bump
 
 __all__ = ["Optimizer", "SGD", "AdamW", "WarmupCosine", "clip_grad_norm"]
 
@@ -106,7 +106,10 @@ class Optimizer:
                 p.grad = None
 
     def step(self) -> None:
-        """Update every parameter that has a gradient (those with ``grad`` None are skipped)."""
+        """Update every parameter that has a gradient (those with ``grad`` None are skipped).
+
+        Each update is in place, so it bumps the parameter's version counter: a graph
+        recorded before ``step()`` can no longer be backpropagated (as in PyTorch)."""
         for group in self.param_groups:
             self._validate(group)  # lr may have been changed by a schedule or by hand
             for p in group["params"]:
@@ -118,6 +121,7 @@ class Optimizer:
                 if g.dtype != np.float32 or not g.flags.c_contiguous:
                     g = _as_f32_c(g)
                 self._update(p, g, self._state.setdefault(id(p), {}), group)
+                _bump(p._vc)
 
     def _update(self, p, g, state, group):  # pragma: no cover - abstract
         raise NotImplementedError

@@ -29,7 +29,7 @@ SERIAL = ["--jobs", "1"]
 
 
 def test_compare_end_to_end(tmp_path, small_text):
-    pytest.importorskip("matplotlib")
+    # matplotlib is a dependency: the default compare always writes the picture (issue 15)
     out = tmp_path / "out"
     # default --jobs: one process per core (2 runs at once here)
     r = run("compare", "--encodings", "rope,learned", "--eval-lens", "1x,2x", "--text", str(small_text),
@@ -42,6 +42,8 @@ def test_compare_end_to_end(tmp_path, small_text):
     assert res["rows"]["rope"]["32"][0] > 1
     png = (out / "extrapolation.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert "no plot written" not in r.stderr and f"plot: {out / 'extrapolation.png'}" in r.stdout
+    assert (out / "results.csv").read_text().startswith("encoding,seed,length,perplexity\n")
 
 
 def test_compare_task_and_seeds(tmp_path):
@@ -59,7 +61,7 @@ def test_compare_task_and_seeds(tmp_path):
     (["--text", "/no/such/file.txt"], "does not exist"),
     (["--encodings", "rope,nosuch"], "unknown encoding"),
     (["--task", "nosuch"], "unknown task 'nosuch'"),
-    (["--train-len", "100000"], "longer than the data"),
+    (["--train-len", "10000"], "longer than the data"),  # within the cap (16,384), past the 6,000-byte text
     (["--eval-lens", "a,b"], "--eval-lens"),
 ])
 def test_bad_input_exits_2(tmp_path, small_text, args, message):
@@ -95,3 +97,64 @@ def test_help_and_info():
     assert r.returncode == 0 and r.stdout.startswith("relpos ") and "OpenMP" in r.stdout
     r = run()
     assert r.returncode == 2 and "COMMAND" in r.stdout
+
+
+def _as_limit(limit):
+    def set_limit():
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    return set_limit
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--seeds=-1"], "seeds must be integers from 0 to 4,294,967,295; got -1"),
+    (["--seeds", "0,99999999999"], "from 0 to 4,294,967,295; got 99999999999"),
+    (["--eval-lens", "nanx"], "must be finite and positive; got 'nanx'"),
+    (["--eval-lens", "infx"], "must be finite and positive; got 'infx'"),
+    (["--eval-lens", "0,16"], "from 1 to 131,072; got 0"),
+    (["--eval-lens", "999999999"], "from 1 to 131,072; got 999,999,999"),
+    (["--eval-lens", "0.001x"], "--eval-lens must give lengths from 1 to 131,072"),
+    (["--threads", "99999999999"], "--threads: expected an integer from 1 to {threads} (4 x the {cpus} CPUs here)"),
+    (["--jobs", "100000"], "--jobs: expected an integer from 1 to {threads} (4 x the {cpus} CPUs here)"),
+    (["--batch-size", "1e11"], "--batch-size: expected an integer from 1 to 4,096; got '1e11'"),
+    (["--batch-size", "100000000000"], "--batch-size: expected an integer from 1 to 4,096; got 100,000,000,000"),
+    (["--d-model", "1e8"], "--d-model: expected an integer from 1 to 4,096; got '1e8'"),
+    (["--d-model", "100000000"], "--d-model: expected an integer from 1 to 4,096"),
+    (["--d-model", "4096", "--layers", "64"], "parameters; the cap is 500,000,000"),
+    (["--layers", "100000"], "--layers: expected an integer from 1 to 64"),
+    (["--heads", "0"], "--heads: expected an integer from 1 to 64; got 0"),
+    (["--train-len", "10000000"], "--train-len: expected an integer from 1 to 16,384"),
+    (["--steps", "10000000000"], "--steps: expected an integer from 1 to 10,000,000"),
+    (["--lr", "nan"], "--lr: expected a finite positive number; got 'nan'"),
+    (["--text", "/dev/zero"], "'/dev/zero' is larger than the limit of 256 MiB; stopped reading there"),
+])
+def test_hostile_inputs_one_line_exit_2(tmp_path, small_text, args, message):
+    """Issue 12, item 9: each printed a traceback and exited 1 (or read /dev/zero without
+    bound); now one line naming the flag and its cap, exit 2, before anything is allocated."""
+    cpus = os.cpu_count() or 1
+    message = message.format(threads=f"{4 * cpus:,}", cpus=cpus)
+    base = [] if "--text" in args else ["--text", str(small_text)]
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # an address-space limit, so that an unbounded read fails fast instead of filling the machine
+    r = subprocess.run([sys.executable, "-m", "relpos", "compare", "--encodings", "rope", *base, *args,
+                        "--out", str(tmp_path / "o"), *TINY[:2], "--no-progress", *SERIAL],
+                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=120,
+                       preexec_fn=_as_limit(3 * 2 ** 30))
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("relpos compare: error: "), r.stderr
+    assert message in lines[0]
+    assert not (tmp_path / "o").exists()       # nothing was trained or written
+
+
+def test_every_size_flag_is_capped():
+    """Every integer flag of compare goes through a capped parser (a new flag must too)."""
+    from relpos.cli import build_parser
+    compare = build_parser()._subparsers._group_actions[0].choices["compare"]
+    int_flags = [a for a in compare._actions if a.metavar == "N"]
+    assert {a.option_strings[0] for a in int_flags} >= {"--train-len", "--steps", "--jobs", "--threads",
+                                                       "--d-model", "--layers", "--heads", "--batch-size"}
+    for a in int_flags:
+        with pytest.raises(Exception, match="expected an integer from 1 to"):
+            a.type(str(10 ** 12))

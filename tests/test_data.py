@@ -256,3 +256,42 @@ def test_task_bad_inputs():
     with pytest.raises(TypeError, match="rng"):
         get_task("copy").sample(2, 3, "seed")
     assert isinstance(get_task("associative-recall"), TASKS["recall"])
+
+
+def test_load_text_is_bounded(tmp_path):
+    """Issue 12, item 9: --text /dev/zero read without bound. A regular file is refused by its
+    size before reading; a device or a pipe is read in chunks and refused one byte past the limit."""
+    import os
+    import threading
+
+    from relpos.data import MAX_TEXT_BYTES
+    assert MAX_TEXT_BYTES == 256 * 2 ** 20
+    big = tmp_path / "big.txt"
+    big.write_text("abcd" * 300)
+    with pytest.raises(ValueError, match=r"larger than the limit of 1,000 bytes; it has 1,200 bytes"):
+        load_text(big, max_bytes=1000)
+    assert load_text(big, max_bytes=1200) == "abcd" * 300   # the limit itself is allowed
+    with pytest.raises(ValueError, match=r"'/dev/zero' is larger than the limit of 4,096 bytes; stopped "
+                                         r"reading there \(a device or a pipe\)"):
+        load_text("/dev/zero", max_bytes=4096)
+    # an endless pipe: the writer never stops on its own
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    stop = threading.Event()
+
+    def writer():
+        with open(fifo, "wb") as f:
+            try:
+                while not stop.is_set():
+                    f.write(b"x" * 65536)
+            except BrokenPipeError:
+                pass
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    with pytest.raises(ValueError, match=r"larger than the limit of 2 MiB; stopped reading there"):
+        load_text(fifo, max_bytes=2 * 2 ** 20)
+    stop.set()
+    t.join(timeout=10)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="max_bytes must be a positive int"):
+            load_text(big, max_bytes=bad)

@@ -142,3 +142,18 @@ def test_scalar_on_the_left_of_every_operator():
     np.testing.assert_allclose(x.grad, -2 / x.data ** 2 - 3 + 2 * x.data, rtol=1e-5)
     with pytest.raises(TypeError, match="only \\*\\* 2"):
         x ** 3
+
+
+def test_tensor_module_imports_only_at_top_level():
+    """tensor.py imports functional once, at the bottom (the tolerated tensor <-> functional
+    pair), not inside each operator method."""
+    import ast
+    import inspect
+    import sys
+
+    tensor_mod = sys.modules["relpos.tensor"]  # relpos.tensor is also the name of the factory function
+    tree = ast.parse(inspect.getsource(tensor_mod))
+    nested = [node.lineno for fn in ast.walk(tree) if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+              for node in ast.walk(fn) if isinstance(node, (ast.Import, ast.ImportFrom))]
+    assert nested == []
+    assert tensor_mod.F is relpos.functional

@@ -32,7 +32,9 @@ void *rp_calloc(size_t n, size_t size) {
 void rp_free(void *p) { free(p); }
 
 /* 0 = not set by relpos: follow OpenMP's own default (OMP_NUM_THREADS, or a
- * limit set through omp_set_num_threads, e.g. by threadpoolctl). */
+ * limit set through omp_set_num_threads, e.g. by threadpoolctl). relpos's own
+ * count lives only here: every parallel region passes num_threads(rp_get_num_threads()),
+ * and never calling omp_set_num_threads keeps that default intact, so 0 restores it. */
 static int rp_threads = 0;
 
 /* libgomp's thread pool does not survive fork(): a child that opens a parallel
@@ -55,9 +57,6 @@ int rp_in_forked_child(void) { return rp_forked_child; }
 void rp_set_num_threads(int n) {
     if (n < 0) n = 0;
     __atomic_store_n(&rp_threads, n, __ATOMIC_RELAXED);
-#if RP_HAVE_OPENMP
-    if (n > 0) omp_set_num_threads(n);
-#endif
 }
 
 int rp_get_num_threads(void) {

@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from ..tensor import Tensor, as_array
+from ..tensor import Tensor, _bump, as_array
 
 __all__ = ["Parameter", "Module", "IncompatibleKeys"]
 
@@ -294,7 +294,8 @@ class Module:
 
         Shape mismatches are always an error. With ``strict=True`` missing and
         unexpected keys are too; every problem is listed in one ``ValueError``
-        and nothing is modified. With ``strict=False`` the matching entries are
+        and nothing is modified. Loading is an in-place change: it bumps each
+        loaded parameter's version counter (see :mod:`relpos.tensor`). With ``strict=False`` the matching entries are
         loaded and ``IncompatibleKeys(missing_keys, unexpected_keys)`` returned.
         """
         if not hasattr(state_dict, "keys"):
@@ -319,7 +320,7 @@ class Module:
             elif value.shape != cur.shape:
                 mismatched.append(f"{name}: expected shape {cur.shape}, got {value.shape}")
             else:
-                plan.append((cur, value))
+                plan.append((cur, value, target if isinstance(target, Parameter) else None))
         problems = []
         if strict and missing:
             problems.append("missing keys: " + ", ".join(missing))
@@ -331,8 +332,10 @@ class Module:
             problems.append("non-numeric values: " + ", ".join(bad_type))
         if problems:
             raise ValueError(f"load_state_dict into {type(self).__name__} failed:\n  " + "\n  ".join(problems))
-        for cur, value in plan:
+        for cur, value, param in plan:
             np.copyto(cur, value, casting="unsafe")
+            if param is not None:
+                _bump(param._vc)  # an in-place change: graphs recorded before cannot be backpropagated
         return IncompatibleKeys(missing, unexpected)
 
     # ---- modes and gradients -------------------------------------------------
