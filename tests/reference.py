@@ -700,16 +700,35 @@ def attention(q, k, v, *, causal=True, key_padding_mask=None, q_offset=0, scale=
 def attention_backward(q, k, v, dout, *, causal=True, key_padding_mask=None, q_offset=0, scale=None,
                        qr=None, relk=None, relk_ix=None, relq=None, relq_ix=None,
                        relv=None, relv_ix=None, bias_vec=None, bias_ix=None, bias_full=None,
-                       pwl=None, f32=False):
+                       pwl=None, f32=False, magnitude=False, p_floor=None):
     """Gradients of :func:`attention` (the out term) given dout (B, H, Tq, Dv),
     written out as torch's autograd computes them (softmax backward
     dS = P∘(dP − Σ_j P∘dP)), with the same rules for non-finite values: every
     unmasked pair takes part in every product, masked pairs in none, and a row
     with no unmasked key or only -inf logits gives nothing. Returns a dict of
     float64 gradients keyed like the _C backward (q, k, v and each channel
-    given; pwl gives pwl_u, pwl_w, pwl_slope, pwl_icpt)."""
+    given; pwl gives pwl_u, pwl_w, pwl_slope, pwl_icpt).
+
+    magnitude=True returns instead, for each gradient, the same sums taken
+    over the absolute values of every term (dS as P∘(|dP| + Σ_j P|dP|)): the
+    scale of the float32 rounding error a kernel may make on that entry.
+    p_floor (B, H, Tq), with magnitude: the weights of row i taken as at least
+    p_floor[i] (1 for a row whose weights float32 cannot pin down)."""
     q64, k64, v64 = (np.asarray(a, dtype=np.float64) for a in (q, k, v))
     dout = np.asarray(dout, dtype=np.float64)
+    if magnitude:
+        mag = lambda a: None if a is None else np.abs(np.asarray(a, dtype=np.float64))
+        f32_, kw = f32, dict(causal=causal, key_padding_mask=key_padding_mask, q_offset=q_offset, scale=scale,
+                             qr=qr, relk=relk, relk_ix=relk_ix, relq=relq, relq_ix=relq_ix, bias_vec=bias_vec,
+                             bias_ix=bias_ix, bias_full=bias_full, pwl=pwl)
+        s, allowed = attention_logits(q, k, **kw)
+        p, _, kind = softmax_rows(s, np.broadcast_to(allowed, s.shape), f32_)
+        if p_floor is not None:
+            p = np.where(np.broadcast_to(allowed, p.shape), np.maximum(p, np.asarray(p_floor)[..., None]), p)
+        return _attention_backward_terms(mag(q), mag(k), mag(v), mag(dout), p, kind, allowed,
+                                         None if scale is None else abs(scale), mag(qr), mag(relk), relk_ix,
+                                         mag(relq), relq_ix, mag(relv), relv_ix, bias_vec, bias_ix, bias_full, pwl,
+                                         q_offset, True)
     B, H, Tq, D = q64.shape
     Tk = k64.shape[2]
     if scale is None:
@@ -717,8 +736,19 @@ def attention_backward(q, k, v, dout, *, causal=True, key_padding_mask=None, q_o
     s, allowed = attention_logits(q, k, causal=causal, key_padding_mask=key_padding_mask, q_offset=q_offset,
                                   scale=scale, qr=qr, relk=relk, relk_ix=relk_ix, relq=relq, relq_ix=relq_ix,
                                   bias_vec=bias_vec, bias_ix=bias_ix, bias_full=bias_full, pwl=pwl)
-    present = np.broadcast_to(allowed, s.shape)
-    p, lse, kind = softmax_rows(s, present, f32)
+    p, lse, kind = softmax_rows(s, np.broadcast_to(allowed, s.shape), f32)
+    return _attention_backward_terms(q64, k64, v64, dout, p, kind, allowed, scale, qr, relk, relk_ix, relq, relq_ix,
+                                     relv, relv_ix, bias_vec, bias_ix, bias_full, pwl, q_offset, False)
+
+
+def _attention_backward_terms(q64, k64, v64, dout, p, kind, allowed, scale, qr, relk, relk_ix, relq, relq_ix,
+                              relv, relv_ix, bias_vec, bias_ix, bias_full, pwl, q_offset, magnitude):
+    """attention_backward after the softmax: p (B, H, Tq, Tk), the row kinds and the mask."""
+    B, H, Tq, D = q64.shape
+    Tk = k64.shape[2]
+    if scale is None:
+        scale = 1.0 / np.sqrt(D) if D > 0 else 1.0
+    present = np.broadcast_to(allowed, p.shape)
     live = present & (kind != 1)[..., None]          # pairs that take part
     vals = np.broadcast_to(v64[:, :, None, :, :], (B, H, Tq, Tk, v64.shape[-1]))
     if relv is not None:
@@ -729,7 +759,7 @@ def attention_backward(q, k, v, dout, *, causal=True, key_padding_mask=None, q_o
     with np.errstate(invalid="ignore", over="ignore", under="ignore"):
         dP = np.where(live, np.einsum("bhid,bhijd->bhij", dout, np.where(live[..., None], vals, 0.0)), 0.0)
         Dsum = np.where(live, p * dP, 0.0).sum(axis=-1, keepdims=True)
-        dS = np.where(live, p * (dP - Dsum), 0.0)
+        dS = np.where(live, p * (dP + Dsum if magnitude else dP - Dsum), 0.0)
         # products over present pairs only: a masked pair must not meet a NaN
         pt = np.swapaxes(p, -1, -2)
         livet = np.swapaxes(live, -1, -2)
@@ -770,7 +800,7 @@ def attention_backward(q, k, v, dout, *, causal=True, key_padding_mask=None, q_o
         if qr is not None and "qr" not in g:
             g["qr"] = np.zeros_like(qq)
         if pwl is not None:
-            g.update(_pwl_backward(pwl, dS, live, H, Tq, Tk, q_offset))
+            g.update(_pwl_backward(pwl, dS, live, H, Tq, Tk, q_offset, magnitude))
     return g
 
 
@@ -792,13 +822,16 @@ def pwl_logits(pwl, H, Tq, Tk, q_offset=0):
         return slope[:, seg] * x[None] + icpt[:, seg], x, seg, idx
 
 
-def _pwl_backward(pwl, dS, live, H, Tq, Tk, q_offset):
-    """Gradients of the pwl channel from dS (B, H, Tq, Tk) over live pairs."""
+def _pwl_backward(pwl, dS, live, H, Tq, Tk, q_offset, magnitude=False):
+    """Gradients of the pwl channel from dS (B, H, Tq, Tk) over live pairs
+    (magnitude: of the absolute values of the terms; pwl holds |u|, |w|, |slope|)."""
     _, x, seg, idx = pwl_logits(pwl, H, Tq, Tk, q_offset)
     u = np.asarray(pwl["u"], dtype=np.float64)
     w = np.asarray(pwl["w"], dtype=np.float64)
     S = len(np.asarray(pwl["bp"])) + 1
     slope = np.broadcast_to(np.asarray(pwl["slope"], dtype=np.float64), (H, S))
+    if magnitude:
+        x, u, w, slope = np.abs(x), np.abs(u), np.abs(w), np.abs(slope)
     dSl = np.where(live, dS, 0.0)
     dx = np.where(live, dS * slope[:, seg][None], 0.0)                    # (B, H, Tq, Tk)
     g_slope = np.zeros((H, S))
