@@ -569,7 +569,7 @@ def _attn_heads(table, H):
 
 def attention_logits(q, k, *, causal=True, key_padding_mask=None, q_offset=0, scale=None,
                      qr=None, relk=None, relk_ix=None, relq=None, relq_ix=None,
-                     bias_vec=None, bias_ix=None, bias_full=None, pwl=None):
+                     bias_vec=None, bias_ix=None, bias_full=None, pwl=None, **pwl_kw):
     """Logits s (B, H, Tq, Tk) in float64 and the boolean mask (B, 1|H, Tq, Tk)
     of allowed (True) entries, exactly as the comment of csrc/core/attention.h says:
 
@@ -579,7 +579,9 @@ def attention_logits(q, k, *, causal=True, key_padding_mask=None, q_offset=0, sc
     q (B, H, Tq, D), k (B, H, Tk, D); qr defaults to q; tables (1|H, R, D);
     bias_vec (1|H, R); bias_full (1|B, H, Tq, Tk); key_padding_mask (B, Tk) bool,
     True = padding; pwl: the piecewise-linear channel, a dict (see
-    :func:`pwl_logits`). Masked entries of s are left as computed (not -inf)."""
+    :func:`pwl_logits`), or the _C keywords pwl_u, pwl_ix, pwl_w, pwl_bp,
+    pwl_slope, pwl_icpt. Masked entries of s are left as computed (not -inf)."""
+    pwl = _pwl_dict(pwl, pwl_kw)
     q = np.asarray(q, dtype=np.float64)
     k = np.asarray(k, dtype=np.float64)
     B, H, Tq, D = q.shape
@@ -663,7 +665,7 @@ def softmax_rows(s, present, f32=False):
 def attention(q, k, v, *, causal=True, key_padding_mask=None, q_offset=0, scale=None,
               qr=None, relk=None, relk_ix=None, relq=None, relq_ix=None,
               relv=None, relv_ix=None, bias_vec=None, bias_ix=None, bias_full=None,
-              pwl=None, f32=False):
+              pwl=None, f32=False, **pwl_kw):
     """Materialised attention with all four channels, in float64.
 
     q (B, H, Tq, D), k (B, H, Tk, D), v (B, H, Tk, Dv); the channel arguments as
@@ -678,7 +680,9 @@ def attention(q, k, v, *, causal=True, key_padding_mask=None, q_offset=0, scale=
     weight 0; masked keys (causal, padding) take no part at all. A row with no
     unmasked key, or whose unmasked logits are all -inf, has out = 0,
     lse = -inf and probs = 0. f32: logits and weights rounded to float32.
+    pwl (or the _C keywords pwl_u, ...): see :func:`attention_logits`.
     """
+    pwl = _pwl_dict(pwl, pwl_kw)
     v = np.asarray(v, dtype=np.float64)
     s, allowed = attention_logits(q, k, causal=causal, key_padding_mask=key_padding_mask,
                                   q_offset=q_offset, scale=scale, qr=qr, relk=relk,
@@ -700,7 +704,7 @@ def attention(q, k, v, *, causal=True, key_padding_mask=None, q_offset=0, scale=
 def attention_backward(q, k, v, dout, *, causal=True, key_padding_mask=None, q_offset=0, scale=None,
                        qr=None, relk=None, relk_ix=None, relq=None, relq_ix=None,
                        relv=None, relv_ix=None, bias_vec=None, bias_ix=None, bias_full=None,
-                       pwl=None, f32=False, magnitude=False, p_floor=None):
+                       pwl=None, f32=False, magnitude=False, p_floor=None, **pwl_kw):
     """Gradients of :func:`attention` (the out term) given dout (B, H, Tq, Dv),
     written out as torch's autograd computes them (softmax backward
     dS = P∘(dP − Σ_j P∘dP)), with the same rules for non-finite values: every
@@ -714,6 +718,7 @@ def attention_backward(q, k, v, dout, *, causal=True, key_padding_mask=None, q_o
     scale of the float32 rounding error a kernel may make on that entry.
     p_floor (B, H, Tq), with magnitude: the weights of row i taken as at least
     p_floor[i] (1 for a row whose weights float32 cannot pin down)."""
+    pwl = _pwl_dict(pwl, pwl_kw)
     q64, k64, v64 = (np.asarray(a, dtype=np.float64) for a in (q, k, v))
     dout = np.asarray(dout, dtype=np.float64)
     if magnitude:
@@ -802,6 +807,16 @@ def _attention_backward_terms(q64, k64, v64, dout, p, kind, allowed, scale, qr, 
         if pwl is not None:
             g.update(_pwl_backward(pwl, dS, live, H, Tq, Tk, q_offset, magnitude))
     return g
+
+
+def _pwl_dict(pwl, kw):
+    """The pwl channel as one dict, from pwl= or from the _C keywords pwl_u, ... (or None)."""
+    unknown = set(kw) - {"pwl_u", "pwl_ix", "pwl_w", "pwl_bp", "pwl_slope", "pwl_icpt"}
+    if unknown:
+        raise TypeError(f"unexpected keywords {sorted(unknown)}")
+    if pwl is None and kw.get("pwl_u") is not None:
+        pwl = {n[4:]: kw[n] for n in kw}
+    return pwl
 
 
 def pwl_logits(pwl, H, Tq, Tk, q_offset=0):

@@ -273,4 +273,5 @@ def attention_core(q, k, v, *, causal=True, key_padding_mask=None, q_offset=0, s
     return run_attention_core(q, k, v, dims, causal=causal, key_padding_mask=key_padding_mask, q_offset=q_offset,
                               scale=scale, impl=impl, return_weights=return_weights, qr=qr, relk=relk,
                               relk_ix=relk_ix, relq=relq, relq_ix=relq_ix, relv=relv, relv_ix=relv_ix,
-                              bias_vec=bias_vec, bias_ix=bias_ix, bias_full=bias_full)
+                              bias_vec=bias_vec, bias_ix=bias_ix, bias_full=bias_full, pwl_u=pwl_u, pwl_ix=pwl_ix,
+                              pwl_w=pwl_w, pwl_bp=pwl_bp, pwl_slope=pwl_slope, pwl_icpt=pwl_icpt)
