@@ -313,21 +313,42 @@ static fz_scr fz_scr_at(float *base, int64_t D, int64_t Dv) {
 }
 
 /* The piecewise-linear term of query i (absolute ia) and keys j0..j0+nk-1 of
- * head h: x[j] = u[idx] * w[i], g[j] = its segment, s[j] += slope[g] x + icpt[g]. */
+ * head h: x[j] = u[idx] * w[i], g[j] = its segment, s[j] += slope[g] x + icpt[g].
+ * Otherwise the segments are counted breakpoint by breakpoint over the whole
+ * row (a vector compare per 8 keys) rather than searched key by key. */
 static void pwl_row(const rp_attn *a, int64_t h, int64_t ia, int64_t i, int64_t j0, int64_t nk, float *restrict x,
                     int32_t *restrict g, float *restrict s) {
     const rp_relidx ix = a->pwl_ix;
     const float wi = a->pwl_w[i];
     const float *sl = a->pwl_slope + (a->Hp == 1 ? 0 : h) * a->pwl_S;
     const float *ic = a->pwl_icpt + (a->Hp == 1 ? 0 : h) * a->pwl_S;
+    const float *u = a->pwl_u;
     const int64_t u0 = ix.sign * (ia - j0) + ix.off;
     for (int64_t j = 0; j < nk; j++) {
         int64_t n = u0 - ix.sign * j;
         n = n < 0 ? 0 : (n >= ix.R ? ix.R - 1 : n);
-        x[j] = a->pwl_u[n] * wi;
+        x[j] = u[n] * wi;
     }
     const int64_t nbp = a->pwl_S - 1;
-    for (int64_t j = 0; j < nk; j++) g[j] = (int32_t)rp_pwl_seg(a->pwl_bp, nbp, x[j]);
+    /* FIRE's x falls along a row (psi grows with the distance): then the
+     * segments are one walk down the breakpoints, O(nk + nbp) */
+    int falls = nk > 0;
+    for (int64_t j = 1; j < nk; j++) falls &= x[j] <= x[j - 1];
+    if (falls) {
+        int64_t gg = rp_pwl_seg(a->pwl_bp, nbp, x[0]);
+        for (int64_t j = 0; j < nk; j++) {
+            while (gg > 0 && a->pwl_bp[gg - 1] > x[j]) gg--;
+            g[j] = (int32_t)gg;
+        }
+    } else if (nbp <= 64) {
+        for (int64_t j = 0; j < nk; j++) g[j] = 0;
+        for (int64_t t = 0; t < nbp; t++) {
+            const float b = a->pwl_bp[t];
+            for (int64_t j = 0; j < nk; j++) g[j] += b <= x[j];
+        }
+    } else {
+        for (int64_t j = 0; j < nk; j++) g[j] = (int32_t)rp_pwl_seg(a->pwl_bp, nbp, x[j]);
+    }
     for (int64_t j = 0; j < nk; j++) s[j] += sl[g[j]] * x[j] + ic[g[j]];
 }
 
@@ -691,15 +712,31 @@ static void pwl_tile_grads(const fz_ctx *c, const fz_scr *w, int64_t b, int64_t 
         const float wi = a->pwl_w[i0 + i];
         const int64_t u0 = ix.sign * (ia - j0) + ix.off;
         float dw = 0.0f;
+        /* neighbouring keys mostly share a segment (FIRE's x is monotone along a
+         * row): the segment sums run in registers and are stored when it changes */
+        int32_t cur = -1;
+        float run_s = 0.0f, run_i = 0.0f;
         for (int64_t j = 0; j < e; j++) {
             if (kpm && kpm[j]) continue;
             int64_t n = u0 - ix.sign * j;
             n = n < 0 ? 0 : (n >= ix.R ? ix.R - 1 : n);
-            const float dx = ds[j] * sl[sg[j]];
-            if (t->dpwl_slope) t->dpwl_slope[sg[j]] += ds[j] * x[j];
-            if (t->dpwl_icpt) t->dpwl_icpt[sg[j]] += ds[j];
+            if (sg[j] != cur) {
+                if (cur >= 0) {
+                    if (t->dpwl_slope) t->dpwl_slope[cur] += run_s;
+                    if (t->dpwl_icpt) t->dpwl_icpt[cur] += run_i;
+                }
+                cur = sg[j];
+                run_s = run_i = 0.0f;
+            }
+            const float dx = ds[j] * sl[cur];
+            run_s += ds[j] * x[j];
+            run_i += ds[j];
             if (t->dpwl_u) t->dpwl_u[n] += dx * wi;
             dw += dx * a->pwl_u[n];
+        }
+        if (cur >= 0) {
+            if (t->dpwl_slope) t->dpwl_slope[cur] += run_s;
+            if (t->dpwl_icpt) t->dpwl_icpt[cur] += run_i;
         }
         if (t->dpwl_w) t->dpwl_w[i0 + i] += dw;
     }
