@@ -314,8 +314,9 @@ static fz_scr fz_scr_at(float *base, int64_t D, int64_t Dv) {
 
 /* The piecewise-linear term of query i (absolute ia) and keys j0..j0+nk-1 of
  * head h: x[j] = u[idx] * w[i], g[j] = its segment, s[j] += slope[g] x + icpt[g].
- * Otherwise the segments are counted breakpoint by breakpoint over the whole
- * row (a vector compare per 8 keys) rather than searched key by key. */
+ * The segments of a row whose x falls (FIRE's) are one walk down the
+ * breakpoints; otherwise they are counted breakpoint by breakpoint over the
+ * whole row (a vector compare per 8 keys) rather than searched key by key. */
 static void pwl_row(const rp_attn *a, int64_t h, int64_t ia, int64_t i, int64_t j0, int64_t nk, float *restrict x,
                     int32_t *restrict g, float *restrict s) {
     const rp_relidx ix = a->pwl_ix;
@@ -330,8 +331,7 @@ static void pwl_row(const rp_attn *a, int64_t h, int64_t ia, int64_t i, int64_t 
         x[j] = u[n] * wi;
     }
     const int64_t nbp = a->pwl_S - 1;
-    /* FIRE's x falls along a row (psi grows with the distance): then the
-     * segments are one walk down the breakpoints, O(nk + nbp) */
+    /* FIRE's x falls along a row (psi grows with the distance): O(nk + nbp) */
     int falls = nk > 0;
     for (int64_t j = 1; j < nk; j++) falls &= x[j] <= x[j - 1];
     if (falls) {
