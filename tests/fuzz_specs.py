@@ -430,26 +430,6 @@ SPECS["complex_embed_bwd"] = _complex(True)
 
 # ---------------------------------------------------------------- bias area
 
-def d0n(draw):
-    return draw(st.integers(-6, 6)), dim(draw, 0, 6)
-
-
-@spec("bias_alibi_fwd")
-def _(draw):
-    r = rng(draw)
-    H, (d0, n) = dim(draw), d0n(draw)
-    return Call([Arg("slopes", pos_f32(r, H), "f"), Arg("d0", d0, "n"), Arg("n", n, "n"),
-                 Arg("symmetric", draw(st.booleans()), "s")], [(H, n)])
-
-
-@spec("bias_alibi_bwd")
-def _(draw):
-    r = rng(draw)
-    H, (d0, n) = dim(draw), d0n(draw)
-    return Call([Arg("grad", f32(r, H, n), "f"), Arg("d0", d0, "n"), Arg("symmetric", draw(st.booleans()), "s")],
-                [(H,)])
-
-
 @spec("t5_bucket")
 def _(draw):
     r = rng(draw)
@@ -458,69 +438,13 @@ def _(draw):
                  Arg("bidirectional", draw(st.booleans()), "s")], [rel.shape])
 
 
-@spec("bias_t5_fwd")
-def _(draw):
-    r = rng(draw)
-    H, (d0, n) = dim(draw), d0n(draw)
-    nb = draw(st.sampled_from([4, 8, 32]))
-    return Call([Arg("table", f32(r, H, nb), "f"), Arg("d0", d0, "n"), Arg("n", n, "n"), Arg("max_distance", 2 * nb, "n"),
-                 Arg("bidirectional", draw(st.booleans()), "s")], [(H, n)])
-
-
-@spec("bias_t5_bwd")
-def _(draw):
-    r = rng(draw)
-    H, (d0, n) = dim(draw), d0n(draw)
-    nb = draw(st.sampled_from([4, 8, 32]))
-    return Call([Arg("grad", f32(r, H, n), "f"), Arg("d0", d0, "n"), Arg("num_buckets", nb, "n"),
-                 Arg("max_distance", 2 * nb, "n"), Arg("bidirectional", draw(st.booleans()), "s")], [(H, nb)])
-
-
-@spec("bias_kerple_fwd")
-def _(draw):
-    r = rng(draw)
-    H, (d0, n) = dim(draw), d0n(draw)
-    return Call([Arg("r1", pos_f32(r, H), "f"), Arg("r2", pos_f32(r, H), "f"), Arg("d0", d0, "n"), Arg("n", n, "n"),
-                 Arg("variant", draw(st.sampled_from(["log", "power"])), "s")], [(H, n)])
-
-
-@spec("bias_kerple_bwd")
-def _(draw):
-    r = rng(draw)
-    H, (d0, n) = dim(draw), d0n(draw)
-    return Call([Arg("r1", pos_f32(r, H), "f"), Arg("r2", pos_f32(r, H), "f"), Arg("grad", f32(r, H, n), "f"),
-                 Arg("d0", d0, "n"), Arg("variant", draw(st.sampled_from(["log", "power"])), "s")], [(H,), (H,)])
-
-
 @spec("bias_sandwich_fwd")
 def _(draw):
     r = rng(draw)
-    H, (d0, n) = dim(draw), d0n(draw)
-    return Call([Arg("scales", pos_f32(r, H), "f"), Arg("d0", d0, "n"), Arg("n", n, "n"),
-                 Arg("dim", 2 * dim(draw, 1, 4), "n")], [(H, n)])
-
-
-def _fire(draw, r):
-    W, H = dim(draw, 1, 3), dim(draw)
-    return [Arg("W1", f32(r, W), "f"), Arg("b1", f32(r, W), "f"), Arg("W2", f32(r, H, W), "f"),
-            Arg("b2", f32(r, H), "f"), Arg("c", pos_f32(r, 1), "f"), Arg("L", pos_f32(r, 1) * 4, "f")], H
-
-
-@spec("fire_fwd")
-def _(draw):
-    r = rng(draw)
-    args, H = _fire(draw, r)
-    Tq, Tk = dim(draw), dim(draw)
-    return Call(args + [Arg("Tq", Tq, "n"), Arg("Tk", Tk, "n"), Arg("q_offset", dim(draw), "n")], [(1, H, Tq, Tk)])
-
-
-@spec("fire_bwd")
-def _(draw):
-    r = rng(draw)
-    args, H = _fire(draw, r)
-    Tq, Tk = dim(draw), dim(draw)
-    shapes = [a.value.shape for a in args]
-    return Call(args + [Arg("grad", f32(r, 1, H, Tq, Tk), "f"), Arg("q_offset", dim(draw), "n")], shapes)
+    H, n = dim(draw), dim(draw, 0, 6)
+    d = r.integers(-40, 40, size=n).astype(np.int64)
+    return Call([Arg("scales", pos_f32(r, H), "f"), Arg("d", d, "i"), Arg("dim", 2 * dim(draw, 1, 4), "n")],
+                [(H, n)])
 
 
 def _cope(draw, r):
@@ -554,7 +478,7 @@ def _attn_args(draw, r):
           Arg("q_offset", max(Tk - Tq, 0) if draw(st.booleans()) else 0, "n", pos=False)]
     if draw(st.booleans()):
         kw.append(Arg("key_padding_mask", r.random((B, Tk)) < 0.3, "b", pos=False, opt=True))
-    chan = draw(st.sampled_from(["none", "bias_vec", "bias_full", "shaw", "deberta"]))
+    chan = draw(st.sampled_from(["none", "bias_vec", "bias_full", "shaw", "deberta", "pwl"]))
     Hr = draw(st.sampled_from([1, H]))
     if chan == "bias_vec":
         R = Tq + Tk + 1
@@ -575,6 +499,15 @@ def _attn_args(draw, r):
                Arg("relk_ix", (1, kk), "ix", pos=False, opt=True),
                Arg("relq", f32(r, Hr, 2 * kk, D), "f", pos=False, opt=True),
                Arg("relq_ix", (-1, kk), "ix", pos=False, opt=True)]
+    elif chan == "pwl":  # FIRE's channel: a bias piecewise linear in x = u[idx] * w[i]
+        S = dim(draw, 1, 4)
+        qo = next(a.value for a in kw if a.name == "q_offset")
+        kw += [Arg("pwl_u", pos_f32(r, Tq + Tk + 1), "f", pos=False, opt=True),
+               Arg("pwl_ix", (1, Tk - 1 - qo), "ix", pos=False, opt=True),
+               Arg("pwl_w", pos_f32(r, Tq), "f", pos=False, opt=True),
+               Arg("pwl_bp", np.sort(f32(r, S - 1, lo=0.0, hi=2.0)), "f", pos=False, opt=True),
+               Arg("pwl_slope", f32(r, Hr, S), "f", pos=False, opt=True),
+               Arg("pwl_icpt", f32(r, Hr, S), "f", pos=False, opt=True)]
     return args, kw, (B, H, Tq, Tk, D, Dv)
 
 
@@ -599,7 +532,8 @@ def _attn_bwd(mat):
         out, lse = fwd(*[a.value for a in args], **{a.name: a.value for a in kw})
         dout = f32(r, B, H, Tq, Dv)
         if draw(st.booleans()):
-            kw.append(Arg("needs", ["q", "v"], "s", pos=False))
+            # a tuple: the names are interned strings, whose refcounts the leak test must not watch
+            kw.append(Arg("needs", ("q", "v"), "s", pos=False))
         return Call(args + [Arg("out", out, "f"), Arg("lse", lse, "f"), Arg("dout", dout, "f")] + kw, None)
     return build
 

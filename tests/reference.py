@@ -373,26 +373,43 @@ def kerple_vec(r1, r2, d0, n, variant="log"):
 
 
 def sandwich_vec(scales, d0, n, dim=128):
-    d = (d0 + np.arange(n)).astype(np.float64)
+    return sandwich_at(scales, d0 + np.arange(n), dim)
+
+
+def sandwich_at(scales, d, dim=128):
+    """Sandwich bias at the distances d (n,) -> (H, n)."""
+    d = np.asarray(d).astype(np.float64)
     w = 10000.0 ** (-2.0 * np.arange(dim // 2) / dim)
     prof = np.cos(d[:, None] * w[None, :]).sum(axis=1)
     return np.asarray(scales, dtype=np.float64)[:, None] * prof[None, :]
 
 
 def fire_bias(W1, b1, W2, b2, c, L, Tq, Tk, q_offset=0, eps=1e-6):
-    """FIRE (Li et al. 2024) -> (1, H, Tq, Tk), 0 above the causal diagonal."""
+    """FIRE (Li et al. 2024) -> (1, H, Tq, Tk), 0 above the causal diagonal:
+    b_h(i, j) = W2[h] . relu(W1 x + b1) + b2[h], x = psi(i - j) / (psi(max(|L|, i)) + eps),
+    psi(t) = log(|c| t + 1).
+
+    Non-finite MLP weights follow relpos's documented convention rather than
+    IEEE arithmetic through the MLP (where an infinite weight gives inf or
+    inf * 0 = NaN depending on which units are active): a NaN or infinite
+    value in W1 or b1 makes every bias NaN, one in W2[h] makes head h NaN;
+    b2, c and L go through the formula as they are."""
     W1, b1, W2, b2 = (np.asarray(a, dtype=np.float64) for a in (W1, b1, W2, b2))
     c = abs(float(np.ravel(c)[0]))
     L = abs(float(np.ravel(L)[0]))
     H = W2.shape[0]
     out = np.zeros((1, H, Tq, Tk))
-    for i in range(Tq):
-        ia = q_offset + i
-        pn = np.log(c * max(ia, L) + 1.0) + eps
-        for j in range(min(ia + 1, Tk)):
-            x = np.log(c * (ia - j) + 1.0) / pn
-            hid = np.maximum(W1 * x + b1, 0.0)
-            out[0, :, i, j] = W2 @ hid + b2
+    poison = np.where(np.isfinite(W2).all(axis=1), 0.0, np.nan)
+    if not (np.isfinite(W1).all() and np.isfinite(b1).all()):
+        poison[:] = np.nan
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        for i in range(Tq):
+            ia = q_offset + i
+            pn = np.log(c * np.maximum(ia, L) + 1.0) + eps  # a NaN L propagates
+            for j in range(min(ia + 1, Tk)):
+                x = np.log(c * (ia - j) + 1.0) / pn
+                hid = np.maximum(W1 * x + b1, 0.0)  # NaN stays NaN
+                out[0, :, i, j] = W2 @ hid + b2 + poison
     return out
 
 
@@ -552,7 +569,7 @@ def _attn_heads(table, H):
 
 def attention_logits(q, k, *, causal=True, key_padding_mask=None, q_offset=0, scale=None,
                      qr=None, relk=None, relk_ix=None, relq=None, relq_ix=None,
-                     bias_vec=None, bias_ix=None, bias_full=None):
+                     bias_vec=None, bias_ix=None, bias_full=None, pwl=None, **pwl_kw):
     """Logits s (B, H, Tq, Tk) in float64 and the boolean mask (B, 1|H, Tq, Tk)
     of allowed (True) entries, exactly as the comment of csrc/core/attention.h says:
 
@@ -561,7 +578,10 @@ def attention_logits(q, k, *, causal=True, key_padding_mask=None, q_offset=0, sc
 
     q (B, H, Tq, D), k (B, H, Tk, D); qr defaults to q; tables (1|H, R, D);
     bias_vec (1|H, R); bias_full (1|B, H, Tq, Tk); key_padding_mask (B, Tk) bool,
-    True = padding. Masked entries of s are left as computed (not -inf)."""
+    True = padding; pwl: the piecewise-linear channel, a dict (see
+    :func:`pwl_logits`), or the _C keywords pwl_u, pwl_ix, pwl_w, pwl_bp,
+    pwl_slope, pwl_icpt. Masked entries of s are left as computed (not -inf)."""
+    pwl = _pwl_dict(pwl, pwl_kw)
     q = np.asarray(q, dtype=np.float64)
     k = np.asarray(k, dtype=np.float64)
     B, H, Tq, D = q.shape
@@ -585,6 +605,8 @@ def attention_logits(q, k, *, causal=True, key_padding_mask=None, q_offset=0, sc
         s = s + tab[:, idx][None]
     if bias_full is not None:
         s = s + np.asarray(bias_full, dtype=np.float64)
+    if pwl is not None:
+        s = s + pwl_logits(pwl, H, Tq, Tk, q_offset)[0][None]
     allowed = np.ones((B, 1, Tq, Tk), dtype=bool)
     if causal:
         ia = q_offset + np.arange(Tq)[:, None]
@@ -594,39 +616,268 @@ def attention_logits(q, k, *, causal=True, key_padding_mask=None, q_offset=0, sc
     return s, allowed
 
 
+def _round32(x):
+    """x rounded to float32 and back (float32 overflow -> inf, underflow -> 0)."""
+    with np.errstate(over="ignore", under="ignore"):
+        return np.asarray(x, dtype=np.float64).astype(np.float32).astype(np.float64)
+
+
+def _present_sum(w, x, present):
+    """out[..., i, :] = sum over keys j with present[..., i, j] of w[..., i, j] * x[..., i, j, :].
+
+    Every present pair is multiplied, so a zero weight times a NaN / inf gives
+    NaN (as in torch); absent (masked) pairs take no part at all."""
+    prod = w[..., None] * x
+    return np.where(present[..., None], prod, 0.0).sum(axis=-2)
+
+
+def softmax_rows(s, present, f32=False):
+    """The softmax of attention rows with relpos's (and torch's) rules for
+    non-finite logits. s, present (..., Tk): logits and the keys that are not
+    masked (causal / padding). Returns (p, lse, kind) with kind per row:
+    0 = normal, 1 = empty (no present key, or every present logit -inf:
+    p = 0, lse = -inf, no gradient), 2 = NaN (a present logit is NaN or +inf:
+    p = NaN on present keys, lse = NaN). f32 rounds the logits and the weights
+    to float32 as the kernels hold them."""
+    s = np.asarray(s, dtype=np.float64)
+    if f32:
+        s = _round32(s)
+    sp = np.where(present, s, -np.inf)
+    with np.errstate(invalid="ignore"):
+        nan_row = (present & (np.isnan(s) | (s == np.inf))).any(axis=-1)
+        m = np.max(np.where(np.isnan(sp), -np.inf, sp), axis=-1, initial=-np.inf)
+    empty = ~nan_row & (m == -np.inf)
+    kind = np.where(nan_row, 2, np.where(empty, 1, 0))
+    mm = np.where(kind == 0, m, 0.0)[..., None]
+    with np.errstate(invalid="ignore", over="ignore", under="ignore"):
+        e = np.where(present & (kind == 0)[..., None], np.exp(sp - mm), 0.0)
+        z = e.sum(axis=-1)
+        p = e / np.where(kind == 0, z, 1.0)[..., None]
+        if f32:
+            p = _round32(p)
+        p = np.where((kind == 2)[..., None] & present, np.nan, p)
+        with np.errstate(divide="ignore"):
+            lse = np.where(kind == 0, mm[..., 0] + np.log(np.where(kind == 0, z, 1.0)),
+                           np.where(kind == 2, np.nan, -np.inf))
+    return p, lse, kind
+
+
 def attention(q, k, v, *, causal=True, key_padding_mask=None, q_offset=0, scale=None,
               qr=None, relk=None, relk_ix=None, relq=None, relq_ix=None,
-              relv=None, relv_ix=None, bias_vec=None, bias_ix=None, bias_full=None):
+              relv=None, relv_ix=None, bias_vec=None, bias_ix=None, bias_full=None,
+              pwl=None, f32=False, **pwl_kw):
     """Materialised attention with all four channels, in float64.
 
     q (B, H, Tq, D), k (B, H, Tk, D), v (B, H, Tk, Dv); the channel arguments as
     in :func:`attention_logits`, plus relv (1|H, R, Dv) with relv_ix (sign, off).
     Returns (out (B, H, Tq, Dv), lse (B, H, Tq), probs (B, H, Tq, Tk)):
-    out_i = Σ_j p_ij (v_j + relv[h, idx(relv_ix)]). A fully masked row has
-    out = 0, lse = -inf and probs = 0.
+    out_i = Σ_j p_ij (v_j + relv[h, idx(relv_ix)]).
+
+    Non-finite values follow torch's softmax (csrc/core/attention.h):
+    a NaN or +inf logit on a key that is not masked makes the row NaN (out,
+    lse, and p on its unmasked keys); a -inf logit has weight 0; every unmasked
+    key's value is multiplied by its weight, so a NaN value gives NaN even at
+    weight 0; masked keys (causal, padding) take no part at all. A row with no
+    unmasked key, or whose unmasked logits are all -inf, has out = 0,
+    lse = -inf and probs = 0. f32: logits and weights rounded to float32.
+    pwl (or the _C keywords pwl_u, ...): see :func:`attention_logits`.
     """
+    pwl = _pwl_dict(pwl, pwl_kw)
     v = np.asarray(v, dtype=np.float64)
     s, allowed = attention_logits(q, k, causal=causal, key_padding_mask=key_padding_mask,
                                   q_offset=q_offset, scale=scale, qr=qr, relk=relk,
                                   relk_ix=relk_ix, relq=relq, relq_ix=relq_ix,
-                                  bias_vec=bias_vec, bias_ix=bias_ix, bias_full=bias_full)
-    allowed = np.broadcast_to(allowed, s.shape)
+                                  bias_vec=bias_vec, bias_ix=bias_ix, bias_full=bias_full, pwl=pwl)
+    present = np.broadcast_to(allowed, s.shape)
     B, H, Tq, Tk = s.shape
-    s = np.where(allowed, s, -np.inf)
-    any_row = allowed.any(axis=-1, keepdims=True)
-    m = np.where(any_row, np.max(np.where(allowed, s, -np.inf), axis=-1, keepdims=True,
-                                 initial=-np.inf), 0.0)
-    e = np.where(allowed, np.exp(np.where(allowed, s - m, 0.0)), 0.0)
-    z = e.sum(axis=-1, keepdims=True)
-    probs = np.where(any_row, e / np.where(any_row, z, 1.0), 0.0)
-    with np.errstate(divide="ignore"):
-        lse = np.where(any_row, m + np.log(np.where(any_row, z, 1.0)), -np.inf)[..., 0]
-    out = np.einsum("bhij,bhjd->bhid", probs, v)
+    probs, lse, kind = softmax_rows(s, present, f32)
+    vals = np.broadcast_to(v[:, :, None, :, :], (B, H, Tq, Tk, v.shape[-1]))
     if relv is not None:
         tab = _attn_heads(relv, H)
         idx = attention_relidx(relv_ix, tab.shape[1], Tq, Tk, q_offset)
-        out = out + np.einsum("bhij,hijd->bhid", probs, tab[:, idx, :])
+        vals = vals + tab[:, idx, :][None]
+    with np.errstate(invalid="ignore", over="ignore"):
+        out = _present_sum(probs, vals, present & (kind != 1)[..., None])
     return out, lse, probs
+
+
+def attention_backward(q, k, v, dout, *, causal=True, key_padding_mask=None, q_offset=0, scale=None,
+                       qr=None, relk=None, relk_ix=None, relq=None, relq_ix=None,
+                       relv=None, relv_ix=None, bias_vec=None, bias_ix=None, bias_full=None,
+                       pwl=None, f32=False, magnitude=False, p_floor=None, **pwl_kw):
+    """Gradients of :func:`attention` (the out term) given dout (B, H, Tq, Dv),
+    written out as torch's autograd computes them (softmax backward
+    dS = P∘(dP − Σ_j P∘dP)), with the same rules for non-finite values: every
+    unmasked pair takes part in every product, masked pairs in none, and a row
+    with no unmasked key or only -inf logits gives nothing. Returns a dict of
+    float64 gradients keyed like the _C backward (q, k, v and each channel
+    given; pwl gives pwl_u, pwl_w, pwl_slope, pwl_icpt).
+
+    magnitude=True returns instead, for each gradient, the same sums taken
+    over the absolute values of every term (dS as P∘(|dP| + Σ_j P|dP|)): the
+    scale of the float32 rounding error a kernel may make on that entry.
+    p_floor (B, H, Tq), with magnitude: the weights of row i taken as at least
+    p_floor[i] (1 for a row whose weights float32 cannot pin down)."""
+    pwl = _pwl_dict(pwl, pwl_kw)
+    q64, k64, v64 = (np.asarray(a, dtype=np.float64) for a in (q, k, v))
+    dout = np.asarray(dout, dtype=np.float64)
+    if magnitude:
+        mag = lambda a: None if a is None else np.abs(np.asarray(a, dtype=np.float64))
+        f32_, kw = f32, dict(causal=causal, key_padding_mask=key_padding_mask, q_offset=q_offset, scale=scale,
+                             qr=qr, relk=relk, relk_ix=relk_ix, relq=relq, relq_ix=relq_ix, bias_vec=bias_vec,
+                             bias_ix=bias_ix, bias_full=bias_full, pwl=pwl)
+        s, allowed = attention_logits(q, k, **kw)
+        p, _, kind = softmax_rows(s, np.broadcast_to(allowed, s.shape), f32_)
+        if p_floor is not None:
+            p = np.where(np.broadcast_to(allowed, p.shape), np.maximum(p, np.asarray(p_floor)[..., None]), p)
+        return _attention_backward_terms(mag(q), mag(k), mag(v), mag(dout), p, kind, allowed,
+                                         None if scale is None else abs(scale), mag(qr), mag(relk), relk_ix,
+                                         mag(relq), relq_ix, mag(relv), relv_ix, bias_vec, bias_ix, bias_full, pwl,
+                                         q_offset, True)
+    B, H, Tq, D = q64.shape
+    Tk = k64.shape[2]
+    if scale is None:
+        scale = 1.0 / np.sqrt(D) if D > 0 else 1.0
+    s, allowed = attention_logits(q, k, causal=causal, key_padding_mask=key_padding_mask, q_offset=q_offset,
+                                  scale=scale, qr=qr, relk=relk, relk_ix=relk_ix, relq=relq, relq_ix=relq_ix,
+                                  bias_vec=bias_vec, bias_ix=bias_ix, bias_full=bias_full, pwl=pwl)
+    p, lse, kind = softmax_rows(s, np.broadcast_to(allowed, s.shape), f32)
+    return _attention_backward_terms(q64, k64, v64, dout, p, kind, allowed, scale, qr, relk, relk_ix, relq, relq_ix,
+                                     relv, relv_ix, bias_vec, bias_ix, bias_full, pwl, q_offset, False)
+
+
+def _attention_backward_terms(q64, k64, v64, dout, p, kind, allowed, scale, qr, relk, relk_ix, relq, relq_ix,
+                              relv, relv_ix, bias_vec, bias_ix, bias_full, pwl, q_offset, magnitude):
+    """attention_backward after the softmax: p (B, H, Tq, Tk), the row kinds and the mask."""
+    B, H, Tq, D = q64.shape
+    Tk = k64.shape[2]
+    if scale is None:
+        scale = 1.0 / np.sqrt(D) if D > 0 else 1.0
+    present = np.broadcast_to(allowed, p.shape)
+    live = present & (kind != 1)[..., None]          # pairs that take part
+    vals = np.broadcast_to(v64[:, :, None, :, :], (B, H, Tq, Tk, v64.shape[-1]))
+    if relv is not None:
+        tabv = _attn_heads(relv, H)
+        idxv = attention_relidx(relv_ix, tabv.shape[1], Tq, Tk, q_offset)
+        vals = vals + tabv[:, idxv, :][None]
+    g = {}
+    with np.errstate(invalid="ignore", over="ignore", under="ignore"):
+        dP = np.where(live, np.einsum("bhid,bhijd->bhij", dout, np.where(live[..., None], vals, 0.0)), 0.0)
+        Dsum = np.where(live, p * dP, 0.0).sum(axis=-1, keepdims=True)
+        dS = np.where(live, p * (dP + Dsum if magnitude else dP - Dsum), 0.0)
+        # products over present pairs only: a masked pair must not meet a NaN
+        pt = np.swapaxes(p, -1, -2)
+        livet = np.swapaxes(live, -1, -2)
+        g["v"] = _present_sum(pt, np.broadcast_to(dout[:, :, None], (B, H, Tk, Tq, dout.shape[-1])), livet)
+        kk = np.broadcast_to(k64[:, :, None], (B, H, Tq, Tk, D))
+        g["q"] = scale * _present_sum(dS, kk, live)
+        qq = q64 if qr is None else np.asarray(qr, dtype=np.float64)
+        qqt = np.broadcast_to(qq[:, :, None], (B, H, Tk, Tq, D))
+        g["k"] = scale * _present_sum(np.swapaxes(dS, -1, -2), np.broadcast_to(q64[:, :, None], (B, H, Tk, Tq, D)),
+                                      livet)
+        if relk is not None:
+            tab = _attn_heads(relk, H)
+            idx = attention_relidx(relk_ix, tab.shape[1], Tq, Tk, q_offset)
+            gq = scale * _present_sum(dS, np.broadcast_to(tab[:, idx, :][None], (B, H, Tq, Tk, D)), live)
+            if qr is None:
+                g["q"] = g["q"] + gq
+            else:
+                g["qr"] = gq
+            g["relk"] = _scatter_table(scale * dS[..., None] * np.broadcast_to(qq[:, :, :, None], (B, H, Tq, Tk, D)),
+                                       live, idx, np.asarray(relk).shape)
+        if relq is not None:
+            tab = _attn_heads(relq, H)
+            idx = attention_relidx(relq_ix, tab.shape[1], Tq, Tk, q_offset)
+            g["k"] = g["k"] + scale * _present_sum(np.swapaxes(dS, -1, -2),
+                                                   np.broadcast_to(np.swapaxes(tab[:, idx, :], 1, 2)[None],
+                                                                   (B, H, Tk, Tq, D)), livet)
+            g["relq"] = _scatter_table(scale * dS[..., None] * np.broadcast_to(k64[:, :, None], (B, H, Tq, Tk, D)),
+                                       live, idx, np.asarray(relq).shape)
+        if relv is not None:
+            g["relv"] = _scatter_table(p[..., None] * np.broadcast_to(dout[:, :, :, None], (B, H, Tq, Tk, dout.shape[-1])),
+                                       live, idxv, np.asarray(relv).shape)
+        if bias_vec is not None:
+            idx = attention_relidx(bias_ix, np.asarray(bias_vec).shape[1], Tq, Tk, q_offset)
+            g["bias_vec"] = _scatter_table(dS[..., None], live, idx, np.asarray(bias_vec).shape + (1,))[..., 0]
+        if bias_full is not None:
+            bf = np.asarray(bias_full)
+            g["bias_full"] = dS if bf.shape[0] == B else dS.sum(axis=0, keepdims=True)
+        if qr is not None and "qr" not in g:
+            g["qr"] = np.zeros_like(qq)
+        if pwl is not None:
+            g.update(_pwl_backward(pwl, dS, live, H, Tq, Tk, q_offset, magnitude))
+    return g
+
+
+def _pwl_dict(pwl, kw):
+    """The pwl channel as one dict, from pwl= or from the _C keywords pwl_u, ... (or None)."""
+    unknown = set(kw) - {"pwl_u", "pwl_ix", "pwl_w", "pwl_bp", "pwl_slope", "pwl_icpt"}
+    if unknown:
+        raise TypeError(f"unexpected keywords {sorted(unknown)}")
+    if pwl is None and kw.get("pwl_u") is not None:
+        pwl = {n[4:]: kw[n] for n in kw}
+    return pwl
+
+
+def pwl_logits(pwl, H, Tq, Tk, q_offset=0):
+    """The piecewise-linear logit term of csrc/core/attention.h, (H, Tq, Tk):
+    slope[h, seg(x)] * x + icpt[h, seg(x)] with x_ij = u[idx(ix)] * w[i] and
+    seg(x) the number of breakpoints <= x. pwl: dict with u (R,), ix (sign, off),
+    w (Tq,), bp (S-1,) ascending, slope and icpt (1|H, S). Also returns x, seg
+    and the relative index (Tq, Tk)."""
+    u = np.asarray(pwl["u"], dtype=np.float64)
+    w = np.asarray(pwl["w"], dtype=np.float64)
+    bp = np.asarray(pwl["bp"], dtype=np.float64)
+    slope = np.broadcast_to(np.asarray(pwl["slope"], dtype=np.float64), (H, len(bp) + 1))
+    icpt = np.broadcast_to(np.asarray(pwl["icpt"], dtype=np.float64), (H, len(bp) + 1))
+    idx = attention_relidx(pwl["ix"], len(u), Tq, Tk, q_offset)
+    with np.errstate(invalid="ignore", over="ignore"):
+        x = u[idx] * w[:, None]
+        seg = np.searchsorted(bp, np.where(np.isnan(x), -np.inf, x), side="right")
+        return slope[:, seg] * x[None] + icpt[:, seg], x, seg, idx
+
+
+def _pwl_backward(pwl, dS, live, H, Tq, Tk, q_offset, magnitude=False):
+    """Gradients of the pwl channel from dS (B, H, Tq, Tk) over live pairs
+    (magnitude: of the absolute values of the terms; pwl holds |u|, |w|, |slope|)."""
+    _, x, seg, idx = pwl_logits(pwl, H, Tq, Tk, q_offset)
+    u = np.asarray(pwl["u"], dtype=np.float64)
+    w = np.asarray(pwl["w"], dtype=np.float64)
+    S = len(np.asarray(pwl["bp"])) + 1
+    slope = np.broadcast_to(np.asarray(pwl["slope"], dtype=np.float64), (H, S))
+    if magnitude:
+        x, u, w, slope = np.abs(x), np.abs(u), np.abs(w), np.abs(slope)
+    dSl = np.where(live, dS, 0.0)
+    dx = np.where(live, dS * slope[:, seg][None], 0.0)                    # (B, H, Tq, Tk)
+    g_slope = np.zeros((H, S))
+    g_icpt = np.zeros((H, S))
+    xs = np.where(live, dS * x[None, None], 0.0)
+    for s_ in range(S):
+        sel = seg == s_
+        g_slope[:, s_] = xs[:, :, sel].sum(axis=(0, 2))
+        g_icpt[:, s_] = dSl[:, :, sel].sum(axis=(0, 2))
+    dxs = dx.sum(axis=(0, 1))                                             # (Tq, Tk)
+    g_u = np.zeros(len(u))
+    np.add.at(g_u, idx.ravel(), np.where(live.any(axis=(0, 1)), dxs * w[:, None], 0.0).ravel())
+    g_w = np.where(live.any(axis=(0, 1)), dxs * u[idx], 0.0).sum(axis=1)
+    shape = np.asarray(pwl["slope"]).shape
+    if shape[0] == 1:
+        g_slope, g_icpt = g_slope.sum(0, keepdims=True), g_icpt.sum(0, keepdims=True)
+    return {"pwl_u": g_u, "pwl_w": g_w, "pwl_slope": g_slope, "pwl_icpt": g_icpt}
+
+
+def _scatter_table(contrib, live, idx, shape):
+    """A (1|H, R, W) table gradient: the sum of contrib (B, H, Tq, Tk, W) over
+    live pairs at relative index idx (Tq, Tk), heads summed when shared."""
+    Ht, R, W = shape
+    B, H = contrib.shape[:2]
+    out = np.zeros((H, R, W))
+    c = np.where(live[..., None], contrib, 0.0).sum(axis=0)          # (H, Tq, Tk, W)
+    for r in range(R):
+        sel = idx == r
+        if sel.any():
+            out[:, r] = c[:, sel].sum(axis=1)
+    return out.sum(axis=0, keepdims=True) if Ht == 1 else out
 
 
 # ============================================================== perf

@@ -10,7 +10,7 @@ from relpos.tensor import Tensor
 
 import reference as ref
 
-CHANNELS = ("plain", "shaw", "deberta", "xl", "bias_vec", "bias_full", "all")
+CHANNELS = ("plain", "shaw", "deberta", "xl", "bias_vec", "bias_full", "pwl", "all")
 
 
 def f32(rng, *shape):
@@ -39,6 +39,11 @@ def make_case(rng, channel, *, B=2, H=2, Tq=3, Tk=5, D=4, Dv=3, q_offset=2, shar
         kw.update(bias_vec=f32(rng, Ht, Tq + Tk - 1), bias_ix=(1, Tk - 1 - q_offset))
     if channel in ("bias_full", "all"):
         kw.update(bias_full=f32(rng, 1 if shared else B, H, Tq, Tk))
+    if channel in ("pwl", "all"):  # FIRE's channel: slope * x + icpt on the segment of x = u[idx] * w[i]
+        S = 4
+        kw.update(pwl_u=np.abs(f32(rng, Tq + Tk - 1)), pwl_ix=(1, Tk - 1 - q_offset),
+                  pwl_w=np.abs(f32(rng, Tq)) + 0.2, pwl_bp=np.sort(f32(rng, S - 1)),
+                  pwl_slope=f32(rng, Ht, S), pwl_icpt=f32(rng, Ht, S))
     if padding:
         m = np.zeros((B, Tk), dtype=bool)
         m[0, 1] = True
@@ -78,8 +83,10 @@ def test_reference_matches_a_plain_loop(rng):
                     rk = kw["relk"][h, idx(kw["relk_ix"], kw["relk"].shape[1], ia, j)]
                     rq = kw["relq"][h, idx(kw["relq_ix"], kw["relq"].shape[1], ia, j)]
                     bv = kw["bias_vec"][h, idx(kw["bias_ix"], kw["bias_vec"].shape[1], ia, j)]
+                    x = kw["pwl_u"][idx(kw["pwl_ix"], len(kw["pwl_u"]), ia, j)] * kw["pwl_w"][i]
+                    seg = sum(1 for t in kw["pwl_bp"] if t <= x)
                     s[j] = sc * (q[b, h, i] @ k[b, h, j] + kw["qr"][b, h, i] @ rk + k[b, h, j] @ rq) \
-                        + bv + kw["bias_full"][b, h, i, j]
+                        + bv + kw["bias_full"][b, h, i, j] + kw["pwl_slope"][h, seg] * x + kw["pwl_icpt"][h, seg]
                 p = np.exp(s - s.max())
                 p /= p.sum()
                 o = sum(p[j] * (v[b, h, j] + kw["relv"][h, idx(kw["relv_ix"], kw["relv"].shape[1], ia, j)])
@@ -87,6 +94,29 @@ def test_reference_matches_a_plain_loop(rng):
                 np.testing.assert_allclose(probs[b, h, i], p, atol=1e-12)
                 np.testing.assert_allclose(out[b, h, i], o, atol=1e-12)
                 np.testing.assert_allclose(lse[b, h, i], s.max() + np.log(np.exp(s - s.max()).sum()))
+
+
+@pytest.mark.parametrize("channel", CHANNELS)
+@pytest.mark.parametrize("shared,causal,padding", [(False, True, True), (True, False, False)])
+def test_reference_backward_matches_finite_differences(rng, channel, shared, causal, padding):
+    """reference.attention_backward (torch's autograd written out) against central differences of
+    reference.attention, for every channel: the twin the hostile-value tests rely on."""
+    q, k, v, kw = make_case(rng, channel, shared=shared, causal=causal, padding=padding, B=2, H=2, D=3, Dv=2)
+    q, k, v = (x.astype(np.float64) for x in (q, k, v))
+    kw = {n: (x.astype(np.float64) if isinstance(x, np.ndarray) and x.dtype == np.float32 else x)
+          for n, x in kw.items()}
+    W = rng.standard_normal((2, 2, q.shape[2], 2))
+    g = ref.attention_backward(q, k, v, W, **kw)
+    tensors = {"q": q, "k": k, "v": v}
+    tensors.update({n: kw[n] for n in ("qr", "relk", "relq", "relv", "bias_vec", "bias_full", "pwl_u", "pwl_w",
+                                       "pwl_slope", "pwl_icpt") if n in kw})
+    assert set(g) == set(tensors)
+    for name, x in tensors.items():
+        def loss(xx, name=name):
+            args = dict(tensors, **{name: xx})
+            other = {n: kw[n] for n in kw if n not in args}
+            return float((ref.attention(args.pop("q"), args.pop("k"), args.pop("v"), **args, **other)[0] * W).sum())
+        np.testing.assert_allclose(g[name], ref.numgrad(loss, x), rtol=1e-6, atol=1e-7, err_msg=name)
 
 
 # ---------------------------------------------------------------- forward
@@ -149,7 +179,8 @@ def _fd_check(rng, channel, shared, causal, padding, q_offset=2, Tq=3, Tk=5):
     W = f32(rng, *out.shape)
     grads = _C.attention_mat_bwd(q, k, v, out, lse, W, **kw)
     tensors = {"q": q, "k": k, "v": v}
-    tensors.update({n: kw[n] for n in ("qr", "relk", "relq", "relv", "bias_vec", "bias_full") if n in kw})
+    tensors.update({n: kw[n] for n in ("qr", "relk", "relq", "relv", "bias_vec", "bias_full", "pwl_u", "pwl_w",
+                                       "pwl_slope", "pwl_icpt") if n in kw})
     assert set(grads) == set(tensors)
     W64 = W.astype(np.float64)
     for name, x in tensors.items():
@@ -260,7 +291,7 @@ def test_last_row_with_q_offset_equals_full(rng):
     kw1 = dict(kw)
     # the same tables and relative indices: positions are absolute, q_offset moves the query
     kw1.update(q_offset=T - 1, qr=np.ascontiguousarray(kw["qr"][:, :, -1:]),
-               bias_full=np.ascontiguousarray(kw["bias_full"][:, :, -1:]))
+               bias_full=np.ascontiguousarray(kw["bias_full"][:, :, -1:]), pwl_w=kw["pwl_w"][-1:].copy())
     o1, l1 = _C.attention_mat_fwd(np.ascontiguousarray(q[:, :, -1:]), k, v, **kw1)
     np.testing.assert_array_equal(o1[:, :, 0], out[:, :, -1])
     np.testing.assert_array_equal(l1[:, :, 0], lse[:, :, -1])
@@ -271,7 +302,7 @@ def test_last_row_with_q_offset_equals_full(rng):
 @pytest.mark.parametrize("channel", ["all", "plain"])
 def test_attention_core_autograd(rng, channel):
     q, k, v, kw = make_case(rng, channel, padding=True)
-    names = ("qr", "relk", "relq", "relv", "bias_vec", "bias_full")
+    names = ("qr", "relk", "relq", "relv", "bias_vec", "bias_full", "pwl_u", "pwl_w", "pwl_slope", "pwl_icpt")
     T = {n: Tensor(x, requires_grad=True) for n, x in [("q", q), ("k", k), ("v", v)]}
     T.update({n: Tensor(kw[n], requires_grad=True) for n in names if n in kw})
     kw_t = {n: (T[n] if n in T else x) for n, x in kw.items()}
@@ -498,7 +529,8 @@ def test_attention_core_fused_agrees_with_materialized(rng, channel):
     res = {}
     for impl in ("materialized", "fused"):
         T = [Tensor(x, requires_grad=True) for x in (q, k, v)]
-        kwt = {n: (Tensor(x, requires_grad=True) if isinstance(x, np.ndarray) and x.dtype == np.float32 else x)
+        kwt = {n: (Tensor(x, requires_grad=True) if isinstance(x, np.ndarray) and x.dtype == np.float32
+                   and n != "pwl_bp" else x)  # the breakpoints have no gradient (piecewise constant)
                for n, x in kw.items()}
         out = attention_core(*T, impl=impl, **kwt)
         out.backward(W)

@@ -1,8 +1,11 @@
 """Channel B encodings: ALiBi, T5 buckets, KERPLE, Sandwich, learned bias, FIRE.
 
-C kernels against the float64 twins of tests/reference.py (bias section),
-backward against central finite differences, published facts of
-ENCODINGS.md, shift invariance, thread determinism and bad inputs."""
+Each encoding's bias(d) against its float64 twin in tests/reference.py (bias
+section) and its parameter gradients against central finite differences of the
+twin; Sandwich's C table; FIRE through the attention kernels' piecewise-linear
+channel (fused = materialised = the MLP twin, gradients of all six parameters,
+dead units and shared kinks, NaN parameters); published facts of ENCODINGS.md,
+shift invariance, thread determinism and bad inputs."""
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -50,90 +53,230 @@ def test_relative_positions():
     assert r.dtype == np.int64
 
 
-# ---------------------------------------------------------------- kernels vs twins
+# ---------------------------------------------------------------- each bias(d) vs its float64 twin
+
+def tab(enc, d, causal=True):
+    """enc.bias over the distances d, float64, and the Tensor (for backward)."""
+    t = enc.tabulate(np.asarray(d, np.int64), causal)
+    return t.data.astype(np.float64), t
+
 
 @pytest.mark.parametrize("Tq,Tk,qo", [(5, 5, 0), (3, 7, 4), (1, 6, 5), (4, 2, 9)])
 @pytest.mark.parametrize("symmetric", [False, True])
-def test_alibi_kernel(rng, Tq, Tk, qo, symmetric):
+def test_alibi_bias_vs_twin(rng, Tq, Tk, qo, symmetric):
     d0, n = window(Tq, Tk, qo)
-    s = rng.random(3).astype(f32)
-    np.testing.assert_allclose(_C.bias_alibi_fwd(s, d0, n, symmetric), ref.alibi_vec(s, d0, n, symmetric),
-                               rtol=1e-6, atol=1e-6)
+    enc = E.get("alibi", n_heads=3, symmetric=symmetric, learnable=True)
+    enc.slopes.data[:] = rng.random(3).astype(f32)
+    got, t = tab(enc, d0 + np.arange(n))
+    s = enc.slopes.data.astype(np.float64)
+    np.testing.assert_allclose(got, ref.alibi_vec(s, d0, n, symmetric), rtol=1e-6, atol=1e-6)
     g = rng.standard_normal((3, n)).astype(f32)
-    num = ref.numgrad(lambda x: (ref.alibi_vec(x, d0, n, symmetric) * g).sum(), s.astype(np.float64))
-    np.testing.assert_allclose(_C.bias_alibi_bwd(g, d0, symmetric), num, rtol=1e-4, atol=1e-4)
+    t.backward(g)
+    num = ref.numgrad(lambda x: (ref.alibi_vec(x, d0, n, symmetric) * g).sum(), s)
+    np.testing.assert_allclose(enc.slopes.grad, num, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("nb,md,bidir", [(32, 128, True), (32, 128, False), (8, 12, True), (6, 4, False)])
-def test_t5_kernel(rng, nb, md, bidir):
+def test_t5_bias_vs_twin(rng, nb, md, bidir):
     d0, n = window(6, 40, 30)
-    table = rng.standard_normal((2, nb)).astype(f32)
-    np.testing.assert_array_equal(_C.bias_t5_fwd(table, d0, n, md, bidir), ref.t5_vec(table, d0, n, md, bidir))
+    enc = E.get("t5", n_heads=2, num_buckets=nb, max_distance=md, bidirectional=bidir, seed=1)
+    got, t = tab(enc, d0 + np.arange(n))
+    table = enc.table.data.astype(np.float64)
+    np.testing.assert_array_equal(got, ref.t5_vec(table, d0, n, md, bidir))
     g = rng.standard_normal((2, n)).astype(f32)
-    num = ref.numgrad(lambda x: (ref.t5_vec(x, d0, n, md, bidir) * g).sum(), table.astype(np.float64))
-    np.testing.assert_allclose(_C.bias_t5_bwd(g, d0, nb, md, bidir), num, rtol=1e-4, atol=1e-4)
+    t.backward(g)
+    num = ref.numgrad(lambda x: (ref.t5_vec(x, d0, n, md, bidir) * g).sum(), table)
+    np.testing.assert_allclose(enc.table.grad, num, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("variant", ["log", "power"])
 @pytest.mark.parametrize("Tq,Tk,qo", [(4, 6, 2), (3, 3, 0), (2, 5, 10)])
-def test_kerple_kernel(rng, variant, Tq, Tk, qo):
+def test_kerple_bias_vs_twin(rng, variant, Tq, Tk, qo):
     d0, n = window(Tq, Tk, qo)
-    r1 = (rng.random(3) + 0.2).astype(f32)
-    r2 = (rng.random(3) * 1.5 + 0.2).astype(f32)
-    np.testing.assert_allclose(_C.bias_kerple_fwd(r1, r2, d0, n, variant), ref.kerple_vec(r1, r2, d0, n, variant),
-                               rtol=1e-5, atol=1e-6)
+    enc = E.get("kerple", n_heads=3, variant=variant)
+    enc.r1.data[:] = rng.random(3) + 0.2
+    enc.r2.data[:] = rng.random(3) * 1.5 + 0.2
+    got, t = tab(enc, d0 + np.arange(n))
+    r1, r2 = enc.r1.data.astype(np.float64), enc.r2.data.astype(np.float64)
+    np.testing.assert_allclose(got, ref.kerple_vec(r1, r2, d0, n, variant), rtol=1e-5, atol=1e-6)
     g = rng.standard_normal((3, n)).astype(f32)
-    d1, d2 = _C.bias_kerple_bwd(r1, r2, g, d0, variant)
-    r1d, r2d = r1.astype(np.float64), r2.astype(np.float64)
-    n1 = ref.numgrad(lambda x: (ref.kerple_vec(x, r2d, d0, n, variant) * g).sum(), r1d)
-    n2 = ref.numgrad(lambda x: (ref.kerple_vec(r1d, x, d0, n, variant) * g).sum(), r2d)
-    np.testing.assert_allclose(d1, n1, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(d2, n2, rtol=1e-4, atol=1e-4)
+    t.backward(g)
+    n1 = ref.numgrad(lambda x: (ref.kerple_vec(x, r2, d0, n, variant) * g).sum(), r1)
+    n2 = ref.numgrad(lambda x: (ref.kerple_vec(r1, x, d0, n, variant) * g).sum(), r2)
+    np.testing.assert_allclose(enc.r1.grad, n1, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(enc.r2.grad, n2, rtol=1e-4, atol=1e-4)
 
 
 def test_sandwich_kernel(rng):
-    d0, n = window(5, 300, 700)
     s = rng.random(4).astype(f32)
+    d0, n = window(5, 300, 700)
     for dim in (128, 16):
-        np.testing.assert_allclose(_C.bias_sandwich_fwd(s, d0, n, dim), ref.sandwich_vec(s, d0, n, dim),
-                                   rtol=1e-5, atol=2e-5)
+        d = d0 + np.arange(n)
+        np.testing.assert_allclose(_C.bias_sandwich_fwd(s, d, dim), ref.sandwich_at(s, d, dim), rtol=1e-5, atol=2e-5)
+        # any distances, in any order: one call, no loop per element
+        d = rng.integers(-10**6, 10**6, size=50)
+        np.testing.assert_allclose(_C.bias_sandwich_fwd(s, d, dim), ref.sandwich_at(s, d, dim), rtol=1e-5, atol=2e-5)
 
 
-def fire_params(rng, H=2, W=6, c=0.3, L=2.5):
-    return {"W1": rng.standard_normal(W).astype(f32), "b1": rng.standard_normal(W).astype(f32),
-            "W2": rng.standard_normal((H, W)).astype(f32), "b2": rng.standard_normal(H).astype(f32),
-            "c": np.array([c], f32), "L": np.array([L], f32)}
+def test_sandwich_bias_any_distances_and_its_table(monkeypatch):
+    enc = E.get("sandwich", n_heads=3, dim=32)
+    calls = []
+    kernel = _C.bias_sandwich_fwd
+
+    def counting(*a, **k):
+        calls.append(len(a[1]))
+        return kernel(*a, **k)
+
+    monkeypatch.setattr(_C, "bias_sandwich_fwd", counting)
+    want = lambda d: ref.sandwich_at(enc.scales, d, 32)
+    for d in (np.arange(-4, 9), np.array([7, -3, 0, 2]), np.arange(-4, 9)):
+        np.testing.assert_allclose(enc.bias(d).data, want(d), rtol=1e-5, atol=2e-5)
+    assert len(calls) == 1  # the window's table is kept: the later calls are slices of it
+    # generation: the window grows by one key per step; the table is recomputed log-many times
+    for T in range(1, 200):
+        np.testing.assert_allclose(enc.bias(np.arange(0, T)).data, want(np.arange(0, T)), rtol=1e-5, atol=2e-5)
+    assert len(calls) <= 1 + 8
+    # far-apart distances: computed directly, never a table spanning them
+    d = np.array([0, 2**40])
+    np.testing.assert_allclose(enc.bias(d).data, want(d), rtol=1e-5, atol=2e-5)
+    assert calls[-1] == 2
+
+
+# ---------------------------------------------------------------- FIRE
+
+def fire_enc(rng, H=2, W=6, c=0.3, L=2.5, seed=1):
+    enc = E.get("fire", n_heads=H, width=W, seed=seed)
+    enc.W1.data[:] = rng.standard_normal(W)
+    enc.b1.data[:] = rng.standard_normal(W)
+    enc.W2.data[:] = rng.standard_normal((H, W))
+    enc.b2.data[:] = rng.standard_normal(H)
+    enc.c.data[:] = c
+    enc.L.data[:] = L
+    return enc
 
 
 NAMES = ("W1", "b1", "W2", "b2", "c", "L")
 
 
-@pytest.mark.parametrize("Tq,Tk,qo,c,L", [(5, 5, 0, 0.3, 2.5), (3, 6, 3, -0.2, 4.5), (4, 3, 1, 0.5, -1.5)])
-def test_fire_kernel(rng, Tq, Tk, qo, c, L):
-    p = fire_params(rng, c=c, L=L)
-    args = [p[k] for k in NAMES]
-    out = _C.fire_fwd(*args, Tq, Tk, qo)
-    np.testing.assert_allclose(out, ref.fire_bias(*args, Tq, Tk, qo), rtol=1e-5, atol=1e-5)
-    g = rng.standard_normal(out.shape).astype(f32)
-    grads = _C.fire_bwd(*args, g, qo)
-    pd = {k: v.astype(np.float64) for k, v in p.items()}
-    for name, got in zip(NAMES, grads):
-        def loss(x, name=name):
-            q = dict(pd)
-            q[name] = x
-            return (ref.fire_bias_param(q, Tq, Tk, qo) * g).sum()
-        np.testing.assert_allclose(got, ref.numgrad(loss, pd[name]), rtol=2e-4, atol=2e-4, err_msg=name)
+def fire_params(enc):
+    return {n: getattr(enc, n).data.astype(np.float64) for n in NAMES}
+
+
+def fire_attention(enc, Tq, Tk, qo, impl, seed=0, B=1, D=3):
+    """F.attention with FIRE: out, q/k/v grads and the parameters' grads of (out * G).sum()."""
+    r = np.random.default_rng(seed)
+    H = enc.n_heads
+    q, k, v = (relpos.Tensor(r.standard_normal((B, H, T, D)).astype(f32), requires_grad=True)
+               for T in (Tq, Tk, Tk))
+    G = r.standard_normal((B, H, Tq, D)).astype(f32)
+    enc.zero_grad()
+    out = relpos.functional.attention(q, k, v, encoding=enc, q_offset=qo, impl=impl)
+    out.backward(G)
+    grads = {n: (getattr(enc, n).grad.copy() if getattr(enc, n).grad is not None else np.zeros(getattr(enc, n).shape))
+             for n in NAMES}
+    return out.data.copy(), grads, (q, k, v, G)
+
+
+def fire_ref_out(params, q, k, v, qo, eps):
+    logits = ref.attention_logits(q, k, q_offset=qo)[0] + ref.fire_bias_param(params, q.shape[2], k.shape[2], qo, eps)
+    return ref.softmax_attention(logits, v, True, qo)[0]
+
+
+@pytest.mark.parametrize("Tq,Tk,qo,c,L", [(5, 5, 0, 0.3, 2.5), (3, 6, 3, -0.2, 4.5), (4, 3, 1, 0.5, -1.5),
+                                          (70, 70, 0, 0.1, 30.5)])
+def test_fire_fused_equals_materialised_and_twin(rng, Tq, Tk, qo, c, L):
+    """The pwl channel on both kernels (70 keys: two key tiles) against the MLP written plainly."""
+    enc = fire_enc(rng, c=c, L=L)
+    fo, fg, (q, k, v, G) = fire_attention(enc, Tq, Tk, qo, "fused")
+    mo, mg, _ = fire_attention(enc, Tq, Tk, qo, "materialized")
+    np.testing.assert_allclose(fo, mo, rtol=1e-5, atol=1e-5)
+    for n in NAMES:
+        np.testing.assert_allclose(fg[n], mg[n], rtol=1e-5, atol=1e-5 * (1 + np.abs(mg[n]).max()), err_msg=n)
+    qd, kd, vd = (t.data.astype(np.float64) for t in (q, k, v))
+    np.testing.assert_allclose(fo, fire_ref_out(fire_params(enc), qd, kd, vd, qo, enc.eps), rtol=1e-4, atol=2e-5)
+    np.testing.assert_allclose(enc.bias_matrix(Tq, Tk, qo), ref.fire_bias(*fire_params(enc).values(), Tq, Tk, qo)[0],
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["fused", "materialized"])
+@pytest.mark.parametrize("case", ["plain", "dead_units_and_shared_kinks"])
+def test_fire_parameter_gradients_vs_finite_differences(rng, impl, case):
+    """All six parameters: the kernel's pwl gradients through autograd against central differences of
+    the float64 twin (the MLP, not the segment form)."""
+    enc = fire_enc(rng, L=3.5)  # not an integer: max(L, i) has no tie
+    if case == "dead_units_and_shared_kinks":
+        # units with W1 = 0 (no kink: one on, one off), two units with the same kink, one never on
+        enc.W1.data[:] = [0.0, 0.0, 1.0, 2.0, -1.5, 0.7]
+        enc.b1.data[:] = [0.5, -0.5, -0.25, -0.5, 0.3, -0.2]
+    Tq, Tk, qo = 4, 6, 2
+    out, grads, (q, k, v, G) = fire_attention(enc, Tq, Tk, qo, impl)
+    params = fire_params(enc)
+    qd, kd, vd = (t.data.astype(np.float64) for t in (q, k, v))
+    np.testing.assert_allclose(out, fire_ref_out(params, qd, kd, vd, qo, enc.eps), rtol=1e-4, atol=2e-5)
+    for n in NAMES:
+        def loss(x, n=n):
+            p = dict(params)
+            p[n] = x
+            return float((fire_ref_out(p, qd, kd, vd, qo, enc.eps) * G).sum())
+        np.testing.assert_allclose(grads[n], ref.numgrad(loss, params[n]), rtol=2e-3, atol=2e-4, err_msg=n)
+
+
+def test_fire_segments_duplicate_and_constant_units():
+    from relpos.encodings.bias import fire_segments
+    W1 = np.array([0.0, 2.0, 1.0, -1.0, 0.0], f32)
+    b1 = np.array([1.0, -1.0, -0.5, 0.5, -1.0], f32)  # kinks 0.5, 0.5, 0.5; units 0 and 4 constant
+    bp, on = fire_segments(W1, b1)
+    np.testing.assert_array_equal(bp, [0.5, 0.5, 0.5])
+    assert on.shape == (4, 5)
+    np.testing.assert_array_equal(on[:, 0], 1)  # b1 > 0: always on
+    np.testing.assert_array_equal(on[:, 4], 0)  # b1 < 0: never on
+    # below every kink (segment 0): only the unit with W1 < 0 of the kinked ones; above (segment 3): the others
+    np.testing.assert_array_equal(on[0, 1:4], [0, 0, 1])
+    np.testing.assert_array_equal(on[3, 1:4], [1, 1, 0])
+    # the MLP and the segment form agree on each side of the shared kink
+    for x in (0.25, 0.75):
+        seg = int((bp <= x).sum())
+        np.testing.assert_array_equal(on[seg], (W1 * x + b1 > 0).astype(f32))
+
+
+@pytest.mark.parametrize("name,value", [("W1", np.nan), ("b1", np.nan), ("W2", np.nan), ("b2", np.nan),
+                                        ("c", np.nan), ("L", np.nan), ("W1", np.inf), ("W2", -np.inf)])
+@pytest.mark.parametrize("impl", ["fused", "materialized"])
+def test_fire_nonfinite_parameter_makes_rows_nan(rng, name, value, impl):
+    """Issue 12: a NaN FIRE parameter gave finite logits and a finite loss. Now the attention rows that
+    the parameter reaches are NaN, as in the float64 twin."""
+    enc = fire_enc(rng, L=3.5)
+    getattr(enc, name).data.flat[0] = value
+    out, _, (q, k, v, G) = fire_attention(enc, 4, 6, 2, impl)
+    qd, kd, vd = (t.data.astype(np.float64) for t in (q, k, v))
+    logits = ref.attention_logits(qd, kd, q_offset=2)[0] + ref.fire_bias(*fire_params(enc).values(), 4, 6, 2, enc.eps)
+    want = ref.attention(qd, kd, vd, q_offset=2, bias_full=logits - ref.attention_logits(qd, kd, q_offset=2)[0])[0]
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(want))
+    assert np.isnan(out).any()
+    fin = ~np.isnan(want)
+    np.testing.assert_allclose(out[fin], want[fin], rtol=1e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fire_nan_parameter_nan_loss_in_a_model(name):
+    """The issue's symptom: a TransformerLM with a NaN FIRE parameter returned finite logits and a finite loss."""
+    model = relpos.models.TransformerLM(32, d_model=16, n_layers=1, n_heads=2, encoding="fire", max_len=16, seed=0)
+    dict(model.named_parameters())[f"blocks.0.attn.encoding.{name}"].data.flat[0] = np.nan
+    ids = np.arange(16)[None] % 32
+    assert np.isnan(model(ids).numpy()).all()
+    assert np.isnan(model.loss(ids[:, :-1], ids[:, 1:]).item())
 
 
 def test_fire_L_gradient_is_live(rng):
     # with a threshold above every query position the L gradient is nonzero; below, exactly 0
-    p = fire_params(rng, L=10.0)
-    args = [p[k] for k in NAMES]
-    g = np.ones((1, 2, 4, 4), f32)
-    assert abs(_C.fire_bwd(*args, g, 0)[5][0]) > 1e-6
-    p["L"][0] = 0.5
-    args = [p[k] for k in NAMES]
-    assert _C.fire_bwd(*args, g, 2)[5][0] == 0.0
+    enc = fire_enc(rng, L=10.0)
+    for impl in ("fused", "materialized"):
+        _, g, _ = fire_attention(enc, 4, 4, 0, impl)
+        assert abs(g["L"][0]) > 1e-6
+    enc.L.data[0] = 0.5
+    for impl in ("fused", "materialized"):
+        _, g, _ = fire_attention(enc, 4, 6, 2, impl)
+        assert g["L"][0] == 0.0
 
 
 def test_fire_bias_depends_on_i():
@@ -241,13 +384,6 @@ def test_learnable_parameter_gradients_through_encodings(rng):
     n2 = ref.numgrad(lambda b: float(np.sum(ref.kerple_vec(r1, b, d0, n, "power") * g)), r2.copy())
     np.testing.assert_allclose(enc.r1.grad, n1, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(enc.r2.grad, n2, rtol=1e-4, atol=1e-4)
-    # FIRE: all six parameters
-    enc = E.get("fire", n_heads=3, seed=5, init_L=5.0)
-    gf = rng.standard_normal((1, 3, Tq, Tk)).astype(f32)
-    enc.attention_inputs(q, k, qo, True)["bias_full"].backward(gf)
-    want = _C.fire_bwd(*[getattr(enc, nm).data for nm in NAMES], gf, qo)
-    for nm, w in zip(NAMES, want):
-        np.testing.assert_allclose(getattr(enc, nm).grad, w, rtol=0, err_msg=nm)
 
 
 def test_kerple_clamps_in_place():
@@ -282,24 +418,22 @@ def test_fire_encoding_matches_twin(rng):
 def test_bit_identical_across_threads(rng, threads):
     d0, n = window(3000, 9000, 100)  # H * n above the kernels' parallel threshold
     H = 4
-    g = rng.standard_normal((H, n)).astype(f32)
-    r1 = (rng.random(H) + 0.1).astype(f32)
-    r2 = (rng.random(H) + 0.1).astype(f32)
-    tab = rng.standard_normal((H, 32)).astype(f32)
-    p = fire_params(rng, H=H, W=32, L=40.0)
-    args = [p[k] for k in NAMES]
-    gf = rng.standard_normal((1, H, 100, 120)).astype(f32)
+    scales = (rng.random(H) + 0.1).astype(f32)
     q = rng.standard_normal((2, 3, 24, 8)).astype(f32)
     k = rng.standard_normal((2, 3, 30, 8)).astype(f32)
     e = rng.standard_normal((12, 8)).astype(f32)
     gc = rng.standard_normal((2, 3, 24, 30)).astype(f32)
+    enc = fire_enc(rng, H=3, W=32, L=40.0)
+    pwl = {n: (x.data if isinstance(x, relpos.Tensor) else x) for n, x in enc.pwl(24, 30, 6).items()}
 
     def run():
-        return ([_C.bias_alibi_fwd(r1, d0, n, True), _C.bias_alibi_bwd(g, d0, True),
-                 _C.bias_t5_fwd(tab, d0, n, 128, True), _C.bias_t5_bwd(g, d0, 32, 128, True),
-                 *_C.bias_kerple_bwd(r1, r2, g, d0, "power"), _C.bias_sandwich_fwd(r1, d0, n),
-                 _C.fire_fwd(*args, 100, 120, 5), *_C.fire_bwd(*args, gf, 5),
-                 _C.cope_fwd(q, k, e, 6, 0.3), *_C.cope_bwd(q, k, e, gc, 6, 0.3)])
+        out = [_C.bias_sandwich_fwd(scales, d0 + np.arange(n)), _C.cope_fwd(q, k, e, 6, 0.3),
+               *_C.cope_bwd(q, k, e, gc, 6, 0.3)]
+        for fwd, bwd in ((_C.attention_fwd, _C.attention_bwd), (_C.attention_mat_fwd, _C.attention_mat_bwd)):
+            o, lse = fwd(q, k, k, q_offset=6, **pwl)
+            g = bwd(q, k, k, o, lse, q, q_offset=6, **pwl)
+            out += [o, lse] + [g[x] for x in sorted(g)]
+        return out
 
     one = threads(1, run)
     two = threads(2, run)
@@ -310,18 +444,21 @@ def test_bit_identical_across_threads(rng, threads):
 # ---------------------------------------------------------------- zero sizes
 
 def test_zero_sizes():
-    assert _C.bias_alibi_fwd(np.ones(2, f32), 0, 0).shape == (2, 0)
-    assert _C.bias_alibi_fwd(np.ones(0, f32), 0, 5).shape == (0, 5)
-    np.testing.assert_array_equal(_C.bias_t5_bwd(np.zeros((2, 0), f32), 0, 32, 128, True), np.zeros((2, 32)))
-    np.testing.assert_array_equal(_C.bias_kerple_bwd(np.ones(2, f32), np.ones(2, f32), np.zeros((2, 0), f32), 0)[0],
-                                  [0, 0])
-    p = fire_params(np.random.default_rng(0))
-    args = [p[k] for k in NAMES]
-    assert _C.fire_fwd(*args, 0, 4).shape == (1, 2, 0, 4)
-    assert _C.fire_fwd(*args, 3, 0).shape == (1, 2, 3, 0)
-    np.testing.assert_array_equal(_C.fire_bwd(*args, np.zeros((1, 2, 0, 3), f32))[2], np.zeros((2, 6)))
+    assert _C.bias_sandwich_fwd(np.ones(2, f32), np.zeros(0, np.int64)).shape == (2, 0)
+    assert _C.bias_sandwich_fwd(np.ones(0, f32), np.arange(5)).shape == (0, 5)
     assert E.get("alibi", n_heads=2).bias_matrix(0, 0).shape == (2, 0, 0)
     assert E.get("t5", n_heads=2).bias_matrix(0, 3).shape == (2, 0, 3)
+    enc = E.get("fire", n_heads=2, seed=0)
+    assert enc.bias_matrix(0, 4).shape == (2, 0, 4) and enc.bias_matrix(3, 0).shape == (2, 3, 0)
+    for Tq, Tk in ((0, 3), (3, 0)):
+        q = relpos.Tensor(np.ones((1, 2, Tq, 4), f32), requires_grad=True)
+        kv = relpos.Tensor(np.ones((1, 2, Tk, 4), f32), requires_grad=True)
+        for impl in ("fused", "materialized"):
+            enc.zero_grad()
+            out = relpos.functional.attention(q, kv, kv, encoding=enc, impl=impl)
+            assert out.shape == (1, 2, Tq, 4)
+            out.sum().backward()
+            assert all(np.all(p.grad == 0) for p in enc.parameters() if p.grad is not None)
 
 
 # ---------------------------------------------------------------- bad inputs
@@ -362,51 +499,20 @@ def test_causal_only_checks(rng):
 
 def test_bad_kernel_inputs():
     s = np.ones(3, f32)
-    with pytest.raises(TypeError, match="slopes"):
-        _C.bias_alibi_fwd(np.ones(3), 0, 4)
-    with pytest.raises(ValueError, match="slopes"):
-        _C.bias_alibi_fwd(np.ones((3, 1), f32), 0, 4)
-    with pytest.raises(ValueError, match="n "):
-        _C.bias_alibi_fwd(s, 0, -1)
-    with pytest.raises(ValueError, match="num_buckets"):
-        _C.bias_t5_fwd(np.ones((2, 3), f32), 0, 4, 128, True)
-    with pytest.raises(ValueError, match="max_distance"):
-        _C.bias_t5_bwd(np.ones((2, 4), f32), 0, 32, 4, True)
-    with pytest.raises(ValueError, match="r2"):
-        _C.bias_kerple_fwd(s, np.ones(2, f32), 0, 4)
-    with pytest.raises(ValueError, match="grad"):
-        _C.bias_kerple_bwd(s, s, np.ones((2, 4), f32), 0)
-    with pytest.raises(ValueError, match="variant"):
-        _C.bias_kerple_fwd(s, s, 0, 4, "cubic")
-    with pytest.raises(ValueError, match=r"r2 must be > 0 .* r2\[1\] = -0.5"):
-        _C.bias_kerple_fwd(s, np.array([1.0, -0.5, 1.0], f32), 0, 4)
+    with pytest.raises(TypeError, match="scales"):
+        _C.bias_sandwich_fwd(np.ones(3), np.arange(4))
+    with pytest.raises(ValueError, match="scales"):
+        _C.bias_sandwich_fwd(np.ones((3, 1), f32), np.arange(4))
+    with pytest.raises(TypeError, match="^d"):
+        _C.bias_sandwich_fwd(s, np.arange(4.0))
+    with pytest.raises(ValueError, match="d must have shape"):
+        _C.bias_sandwich_fwd(s, np.zeros((2, 2), np.int64))
     with pytest.raises(ValueError, match="dim"):
-        _C.bias_sandwich_fwd(s, 0, 4, 3)
+        _C.bias_sandwich_fwd(s, np.arange(4), 3)
     with pytest.raises(TypeError, match="relative_position"):
         t5_bucket(np.array([0.5, 1.0]))
-    p = fire_params(np.random.default_rng(0))
-    args = [p[k] for k in NAMES]
-    bad = list(args)
-    bad[2] = np.ones((2, 5), f32)
-    with pytest.raises(ValueError, match="W2"):
-        _C.fire_fwd(*bad, 3, 3)
-    bad = list(args)
-    bad[4] = np.ones(2, f32)
-    with pytest.raises(ValueError, match="c must hold one value"):
-        _C.fire_fwd(*bad, 3, 3)
-    with pytest.raises(ValueError, match="q_offset"):
-        _C.fire_fwd(*args, 3, 3, -1)
-    bad = list(args)
-    bad[4] = np.zeros(1, f32)
-    with pytest.raises(ValueError, match="eps must be >= 0; got -1"):
-        _C.fire_fwd(*args, 3, 3, 0, -1.0)
-    with pytest.raises(ValueError, match="eps must be > 0"):
-        _C.fire_fwd(*bad, 3, 3, 0, 0.0)
-    assert np.isfinite(_C.fire_fwd(*bad, 3, 3, 0, 1e-6)).all()  # c = 0: a constant bias, no NaN
-    with pytest.raises(ValueError, match="grad"):
-        _C.fire_bwd(*args, np.ones((1, 3, 3, 3), f32))
-    with pytest.raises(TypeError, match="W1"):
-        _C.fire_fwd([1.0] * 6, *args[1:], 3, 3)
+    with pytest.raises(ValueError, match="num_buckets"):
+        t5_bucket(np.arange(3), num_buckets=1)
 
 
 # ---------------------------------------------------------------- end to end through attention_core
@@ -548,22 +654,3 @@ def test_alibi_attention_matches_torch():
         np.testing.assert_allclose(out.data, tout.detach().numpy(), rtol=1e-5, atol=1e-5)
         for mine, theirs in ((q.grad, tq.grad), (k.grad, tk.grad), (v.grad, tv.grad), (enc.slopes.grad, m.grad)):
             np.testing.assert_allclose(mine, theirs.numpy(), rtol=1e-4, atol=1e-5)
-
-
-def test_fire_dead_units_and_shared_kinks(rng):
-    # units with W1 = 0 (no kink), two units with the same kink, and one always off
-    p = fire_params(rng, W=6, L=3.5)  # not an integer: max(L, i) has no tie
-    p["W1"][:] = [0.0, 0.0, 1.0, 2.0, -1.5, 0.7]
-    p["b1"][:] = [0.5, -0.5, -0.25, -0.5, 0.3, -0.2]
-    args = [p[k] for k in NAMES]
-    out = _C.fire_fwd(*args, 5, 5, 0)
-    np.testing.assert_allclose(out, ref.fire_bias(*args, 5, 5, 0), rtol=1e-5, atol=1e-6)
-    g = rng.standard_normal(out.shape).astype(f32)
-    grads = _C.fire_bwd(*args, g, 0)
-    pd = {k: v.astype(np.float64) for k, v in p.items()}
-    for name, got in zip(NAMES, grads):
-        def loss(x, name=name):
-            q = dict(pd)
-            q[name] = x
-            return (ref.fire_bias_param(q, 5, 5, 0) * g).sum()
-        np.testing.assert_allclose(got, ref.numgrad(loss, pd[name]), rtol=2e-4, atol=2e-4, err_msg=name)

@@ -19,17 +19,25 @@ from relpos import _C
 from tests import reference as R
 
 TOL = 5e-5
-GRAD_NAMES = ("q", "k", "v", "qr", "relk", "relq", "relv", "bias_vec", "bias_full")
+GRAD_NAMES = ("q", "k", "v", "qr", "relk", "relq", "relv", "bias_vec", "bias_full", "pwl_u", "pwl_w", "pwl_slope",
+              "pwl_icpt")
 
 
 # ----------------------------------------------------------------- reference
 
 def ref_grads(q, k, v, dout, *, causal=True, key_padding_mask=None, q_offset=0, scale=None,
               qr=None, relk=None, relk_ix=None, relq=None, relq_ix=None, relv=None, relv_ix=None,
-              bias_vec=None, bias_ix=None, bias_full=None):
+              bias_vec=None, bias_ix=None, bias_full=None, **pwl):
     """Float64 gradients of reference.attention's out for the cotangent dout
     (B, H, Tq, Dv), materialised: dP = dO (v + relv[idx])^T, dS = P (dP - rowsum(P dP)).
-    Returns {name: gradient} for every tensor given."""
+    Returns {name: gradient} for every tensor given. With the piecewise-linear
+    channel (pwl_u, ...): reference.attention_backward (checked against finite
+    differences in tests/test_attention.py)."""
+    if pwl:
+        return R.attention_backward(q, k, v, dout, causal=causal, key_padding_mask=key_padding_mask,
+                                    q_offset=q_offset, scale=scale, qr=qr, relk=relk, relk_ix=relk_ix, relq=relq,
+                                    relq_ix=relq_ix, relv=relv, relv_ix=relv_ix, bias_vec=bias_vec, bias_ix=bias_ix,
+                                    bias_full=bias_full, **pwl)
     f64 = lambda x: None if x is None else np.asarray(x, dtype=np.float64)  # noqa: E731
     q, k, v, dout, qr = f64(q), f64(k), f64(v), f64(dout), f64(qr)
     relk, relq, relv, bias_vec, bias_full = f64(relk), f64(relq), f64(relv), f64(bias_vec), f64(bias_full)
@@ -99,7 +107,7 @@ def make_case(rng, *, B=2, H=2, Tq=70, Tk=None, D=16, Dv=None, q_offset=0, chann
               padding=False, shared=False):
     """Random inputs and keyword arguments with the listed channels:
     'c2p' (relk with its own qr), 'c2p_q' (relk on q), 'p2c', 'relv', 'bias_vec',
-    'bias_full', 'bias_full_b' (per-batch bias_full)."""
+    'bias_full', 'bias_full_b' (per-batch bias_full), 'pwl' (FIRE's channel, 6 segments)."""
     Tk = Tq + q_offset if Tk is None else Tk
     Dv = D if Dv is None else Dv
     f = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
@@ -120,6 +128,9 @@ def make_case(rng, *, B=2, H=2, Tq=70, Tk=None, D=16, Dv=None, q_offset=0, chann
         kw.update(bias_full=f(1, H, Tq, Tk))
     if "bias_full_b" in channels:
         kw.update(bias_full=f(B, H, Tq, Tk))
+    if "pwl" in channels:
+        kw.update(pwl_u=np.abs(f(Tq + Tk - 1)), pwl_ix=(1, Tk - 1 - q_offset), pwl_w=np.abs(f(Tq)) + 0.2,
+                  pwl_bp=np.sort(f(5)), pwl_slope=f(Hr, 6), pwl_icpt=f(Hr, 6))
     if padding:
         m = rng.random((B, Tk)) < 0.25
         m[:, -1] = False  # at least one key of every batch visible
@@ -163,9 +174,9 @@ def check_against_reference(q, k, v, kw, rng, tol=TOL):
 
 
 CHANNEL_SETS = [
-    (), ("c2p",), ("c2p_q",), ("p2c",), ("relv",), ("bias_vec",), ("bias_full",), ("bias_full_b",),
+    (), ("c2p",), ("c2p_q",), ("p2c",), ("relv",), ("bias_vec",), ("bias_full",), ("bias_full_b",), ("pwl",),
     ("c2p", "p2c", "relv", "bias_vec", "bias_full"),
-    ("c2p_q", "p2c", "relv", "bias_vec", "bias_full_b"),
+    ("c2p_q", "p2c", "relv", "bias_vec", "bias_full_b", "pwl"),
 ]
 
 

@@ -1,10 +1,14 @@
 """Numerics at the edges (issue 6): T = 32768 on the fused path (index
 arithmetic past 2**30 pairs; forward and backward spot-checked against float64),
 RoPE angles at position 10**6, softmax / log_softmax / cross-entropy / attention
-with logits of +-1e4.
+with logits of +-1e4; FIRE at q_offset = 2**27 (memory and answer).
 
     python -m pytest tests/test_numerics.py -q
 """
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -171,3 +175,52 @@ def test_attention_with_1e4_logits(path):
     # through the public functional API
     o3 = F.attention(Tensor(q), Tensor(k), Tensor(v), scale=1e3, impl="fused" if path == "fused" else "materialized")
     assert np.isfinite(o3.numpy()).all()
+
+
+# ---------------------------------------------------------------- FIRE far from the origin (issue 12, item 2)
+
+FIRE_MEMORY_SCRIPT = r"""
+import resource, sys
+import numpy as np
+import relpos, relpos.functional as F
+enc = relpos.encodings.get("fire", n_heads=2, seed=0)
+r = np.random.default_rng(0)
+q, k, v = (relpos.Tensor(r.standard_normal((1, 2, T, 8)).astype(np.float32), requires_grad=True) for T in (8, 4, 4))
+for impl in ("fused", "materialized"):  # every code path once, at a small offset
+    F.attention(q, k, v, encoding=enc, q_offset=4, impl=impl).sum().backward()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+for impl in ("fused", "materialized"):
+    F.attention(q, k, v, encoding=enc, q_offset=2**27, impl=impl).sum().backward()
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((after - before) * 1024)  # ru_maxrss is in KiB on Linux
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss in KiB is Linux's unit")
+def test_fire_memory_does_not_grow_with_q_offset():
+    """FIRE at q_offset = 2**27 with 8 queries and 4 keys, forward and backward on both kernels: peak
+    RSS grows by < 64 MiB (it was 2 GiB: a psi table of q_offset + Tq doubles; the bias is now the
+    kernels' pwl channel, O(Tq + Tk) numbers)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess.run([sys.executable, "-c", FIRE_MEMORY_SCRIPT], cwd=root, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    grown = int(res.stdout.split()[-1])
+    assert grown < 64 * 2**20, f"peak RSS grew by {grown / 2**20:.1f} MiB"
+
+
+@pytest.mark.parametrize("impl", ["fused", "materialized"])
+@pytest.mark.parametrize("L", [1e6, 3e8])  # the threshold below every query position, and above
+def test_fire_at_q_offset_2_27_equals_the_twin(impl, L):
+    import reference as ref
+    r = np.random.default_rng(4)
+    enc = relpos.encodings.get("fire", n_heads=2, seed=3, init_L=L)
+    qo, Tq, Tk = 2**27, 8, 5
+    q, k, v = (r.standard_normal((1, 2, T, 8)).astype(np.float32) for T in (Tq, Tk, Tk))
+    out = F.attention(Tensor(q), Tensor(k), Tensor(v), encoding=enc, q_offset=qo, impl=impl).numpy()
+    p = {n: t.data for n, t in enc.named_parameters()}
+    bias = ref.fire_bias(p["W1"], p["b1"], p["W2"], p["b2"], p["c"], p["L"], Tq, Tk, qo, enc.eps)
+    np.testing.assert_allclose(enc.bias_matrix(Tq, Tk, qo), bias[0], rtol=1e-5, atol=1e-5)
+    want = ref.attention(q, k, v, q_offset=qo, bias_full=bias)[0]
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)

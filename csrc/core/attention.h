@@ -10,10 +10,30 @@
  *                        + k_j·relq[hr, idx(relq_ix, ia, j)] )     (channel C, p2c)
  *              + bias_vec[hb, idx(bias_ix, ia, j)]                 (channel B, Toeplitz)
  *              + bias_full[bb, h, i, j]                            (channel B, any b(i,j))
- * masked (-inf) where causal && j > ia, or key_padding_mask[b, j] != 0.
+ *              + slope[hp, g(x)] * x + icpt[hp, g(x)]              (channel B, piecewise linear)
+ *                with x = pwl_u[idx(pwl_ix, ia, j)] * pwl_w[i], g(x) = #{pwl_bp <= x}
+ * masked where causal && j > ia, or key_padding_mask[b, j] != 0.
  * p_ij = softmax_j(s_ij); out_i = Σ_j p_ij (v_j + relv[hr, idx(relv_ix, ia, j)]).
- * lse_i = log Σ_j exp(s_ij); a fully masked row has out = 0, lse = -INFINITY
- * and contributes zero gradients.
+ * lse_i = log Σ_j exp(s_ij).
+ *
+ * The piecewise-linear channel carries any bias f_h(x_ij) that is piecewise
+ * linear in a scalar x = u(distance) * w(query) with breakpoints shared by the
+ * heads: FIRE's MLP with one input (encodings/bias.py) in O(R + Tq + H*S)
+ * memory, never a (Tq, Tk) matrix. S = number of segments (pwl_bp has S - 1
+ * ascending breakpoints).
+ *
+ * Non-finite values (every path gives the same answer, that of torch's
+ * softmax; tests/reference.py attention):
+ *  - a masked key takes no part at all: its logit, value and table rows are
+ *    never read into the row's result or gradients;
+ *  - a NaN or +inf logit on an unmasked key makes the row NaN: out (all of
+ *    it), lse, and every gradient the row feeds;
+ *  - a -inf logit has weight 0; the value of an unmasked key is multiplied by
+ *    its weight even when that weight is 0, so a NaN (or inf) value gives NaN;
+ *  - a row with no unmasked key, or whose unmasked logits are all -inf, has
+ *    out = 0, lse = -INFINITY and contributes zero gradients (torch's SDPA
+ *    gives the same zeros for a fully masked row; its plain softmax gives NaN).
+ *  So lse is finite, NaN (a NaN row) or -INFINITY (an empty row).
  *
  * Relative index: idx(ix, ia, j) = clamp(ix.sign * (ia - j) + ix.off, 0, ix.R - 1).
  *   Shaw (a_ij = w[clip(j-i,-k,k)]):     sign -1, off k,  R 2k+1
@@ -26,6 +46,8 @@
 #define RELPOS_ATTENTION_H
 
 #include "relpos.h"
+
+#include <string.h>
 
 typedef struct {
     int sign; /* +1 or -1 */
@@ -67,6 +89,13 @@ typedef struct {
     rp_relidx bias_ix;
     const float *bias_full; /* (Bf, H, Tq, Tk) or NULL */
     int64_t Bf;
+    /* channel B, piecewise linear: all NULL or all given */
+    const float *pwl_u;                /* (pwl_ix.R,) */
+    rp_relidx pwl_ix;                  /* indexes pwl_u */
+    const float *pwl_w;                /* (Tq,) */
+    const float *pwl_bp;               /* (pwl_S - 1,) ascending, no NaN */
+    const float *pwl_slope, *pwl_icpt; /* (Hp, pwl_S) */
+    int64_t pwl_S, Hp;
 } rp_attn;
 
 /* Gradients (any pointer may be NULL = not wanted). They are written, not
@@ -75,7 +104,41 @@ typedef struct {
     float *dq, *dk, *dv;
     float *dqr, *drelk, *drelq, *drelv;
     float *dbias_vec, *dbias_full;
+    float *dpwl_u, *dpwl_w, *dpwl_slope, *dpwl_icpt;
 } rp_attn_grads;
+
+/* Segment of x among nbp ascending breakpoints: the number of them <= x
+ * (0 for NaN x). A count, not a search, for the usual few breakpoints: it
+ * vectorises and has no branch to mispredict. */
+static inline int64_t rp_pwl_seg(const float *bp, int64_t nbp, float x) {
+    if (nbp <= 64) {
+        int64_t n = 0;
+        for (int64_t t = 0; t < nbp; t++) n += bp[t] <= x;
+        return n;
+    }
+    int64_t lo = 0, hi = nbp;
+    while (lo < hi) {
+        const int64_t mid = lo + (hi - lo) / 2;
+        if (bp[mid] <= x)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* 1 if any of x[0..n) is NaN or infinite. Integer test of the exponent bits:
+ * a reduction the compiler can vectorise (no float reassociation). */
+static inline int rp_any_nonfinite(const float *x, int64_t n) {
+    if (!x) return 0;
+    uint32_t bad = 0;
+    for (int64_t t = 0; t < n; t++) {
+        uint32_t b;
+        memcpy(&b, x + t, sizeof b);
+        bad |= (uint32_t)((b & 0x7f800000u) == 0x7f800000u);
+    }
+    return bad != 0;
+}
 
 /* Materialised path (attention_materialized.c): probs (B, H, Tq, Tk) may be NULL. */
 int rp_attn_mat_fwd(const rp_attn *a, float *out, float *lse, float *probs);

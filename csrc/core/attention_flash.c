@@ -92,10 +92,30 @@ static float expsub_portable(float *x, int64_t n, float m) {
     return s;
 }
 
+/* NaN sticks: a NaN logit must make the row NaN, never be skipped */
 static float rowmax_portable(const float *x, int64_t n) {
     float mx = -INFINITY;
-    for (int64_t j = 0; j < n; j++) mx = x[j] > mx ? x[j] : mx;
+    for (int64_t j = 0; j < n; j++) mx = (x[j] > mx || x[j] != x[j]) ? x[j] : mx;
     return mx;
+}
+
+/* C (M x N, ldc) [+]= A * B over the pairs that take part: the term
+ * A(i, k) B(k, :) is skipped where P(i, k) = P[i*rsp + k*csp] is 0. The
+ * careful path for non-finite operands (a masked pair's 0 weight must not
+ * meet a NaN); portable, and used only when some input is non-finite. */
+static void gemm_present(int64_t M, int64_t N, int64_t K, const float *A, int64_t rsa, int64_t csa, const float *B,
+                         int64_t ldb, float *C, int64_t ldc, int acc, const float *P, int64_t rsp, int64_t csp) {
+    for (int64_t i = 0; i < M; i++) {
+        float *restrict c = C + i * ldc;
+        if (!acc)
+            for (int64_t j = 0; j < N; j++) c[j] = 0.0f;
+        for (int64_t kk = 0; kk < K; kk++) {
+            if (P[i * rsp + kk * csp] == 0.0f) continue;
+            const float aik = A[i * rsa + kk * csa];
+            const float *restrict b = B + kk * ldb;
+            for (int64_t j = 0; j < N; j++) c[j] += aik * b[j];
+        }
+    }
 }
 
 typedef struct {
@@ -225,7 +245,10 @@ typedef struct {
     const rp_attn *a;
     fz_kernels kr;
     int64_t D, Dv, nkb, nqb;
-    int has_c2p, has_p2c, has_relv, has_bias;
+    int has_c2p, has_p2c, has_relv, has_bias, has_pwl;
+    /* some operand of a product with pair weights is NaN or infinite: those
+     * products skip masked pairs explicitly (gemm_present) */
+    int careful;
 } fz_ctx;
 
 /* Per-thread scratch. */
@@ -242,13 +265,18 @@ typedef struct {
     float *DKR;   /* BK x LDR  dS bucketed per relq index */
     float *O;     /* BQ x Dv   output accumulator */
     float *m, *l; /* BQ */
+    float *X;     /* BQ x BK   pwl: x of each pair */
+    int32_t *SG;  /* BQ x BK   pwl: segment of each pair */
+    float *PRES;  /* BQ x BK   careful path: 1 where the pair takes part, else 0 */
+    float *CNTQ;  /* BQ x LDR  careful path: pairs per (query, relative row) */
+    float *CNTK;  /* BK x LDR  careful path: pairs per (key, relative row) */
     float *Dvec;  /* Tq */
 } fz_scr;
 
 static size_t fz_scr_floats(int64_t D, int64_t Dv, int64_t Tq) {
     int64_t DD = D > Dv ? D : Dv;
-    return (size_t)(D * FZ_BK + Dv * FZ_BK + 2 * FZ_BQ * FZ_BK + DD * FZ_LDR + 4 * FZ_BQ * FZ_LDR + FZ_BK * FZ_LDR * 2 +
-                    FZ_BQ * Dv + 2 * FZ_BQ + Tq + 16 * 16);
+    return (size_t)(D * FZ_BK + Dv * FZ_BK + 5 * FZ_BQ * FZ_BK + DD * FZ_LDR + 4 * FZ_BQ * FZ_LDR + FZ_BK * FZ_LDR * 3 +
+                    FZ_BQ * Dv + 2 * FZ_BQ + Tq + 20 * 16);
 }
 
 static fz_scr fz_scr_at(float *base, int64_t D, int64_t Dv) {
@@ -273,9 +301,55 @@ static fz_scr fz_scr_at(float *base, int64_t D, int64_t Dv) {
     FZ_TAKE(O, FZ_BQ * Dv);
     FZ_TAKE(m, FZ_BQ);
     FZ_TAKE(l, FZ_BQ);
+    FZ_TAKE(X, FZ_BQ * FZ_BK);
+    w.SG = (int32_t *)(void *)p; /* int32 and float have the same size */
+    p += FZ_BQ * FZ_BK;
+    FZ_TAKE(PRES, FZ_BQ * FZ_BK);
+    FZ_TAKE(CNTQ, FZ_BQ * FZ_LDR);
+    FZ_TAKE(CNTK, FZ_BK * FZ_LDR);
     w.Dvec = p;
 #undef FZ_TAKE
     return w;
+}
+
+/* The piecewise-linear term of query i (absolute ia) and keys j0..j0+nk-1 of
+ * head h: x[j] = u[idx] * w[i], g[j] = its segment, s[j] += slope[g] x + icpt[g].
+ * The segments of a row whose x falls (FIRE's) are one walk down the
+ * breakpoints; otherwise they are counted breakpoint by breakpoint over the
+ * whole row (a vector compare per 8 keys) rather than searched key by key. */
+static void pwl_row(const rp_attn *a, int64_t h, int64_t ia, int64_t i, int64_t j0, int64_t nk, float *restrict x,
+                    int32_t *restrict g, float *restrict s) {
+    const rp_relidx ix = a->pwl_ix;
+    const float wi = a->pwl_w[i];
+    const float *sl = a->pwl_slope + (a->Hp == 1 ? 0 : h) * a->pwl_S;
+    const float *ic = a->pwl_icpt + (a->Hp == 1 ? 0 : h) * a->pwl_S;
+    const float *u = a->pwl_u;
+    const int64_t u0 = ix.sign * (ia - j0) + ix.off;
+    for (int64_t j = 0; j < nk; j++) {
+        int64_t n = u0 - ix.sign * j;
+        n = n < 0 ? 0 : (n >= ix.R ? ix.R - 1 : n);
+        x[j] = u[n] * wi;
+    }
+    const int64_t nbp = a->pwl_S - 1;
+    /* FIRE's x falls along a row (psi grows with the distance): O(nk + nbp) */
+    int falls = nk > 0;
+    for (int64_t j = 1; j < nk; j++) falls &= x[j] <= x[j - 1];
+    if (falls) {
+        int64_t gg = rp_pwl_seg(a->pwl_bp, nbp, x[0]);
+        for (int64_t j = 0; j < nk; j++) {
+            while (gg > 0 && a->pwl_bp[gg - 1] > x[j]) gg--;
+            g[j] = (int32_t)gg;
+        }
+    } else if (nbp <= 64) {
+        for (int64_t j = 0; j < nk; j++) g[j] = 0;
+        for (int64_t t = 0; t < nbp; t++) {
+            const float b = a->pwl_bp[t];
+            for (int64_t j = 0; j < nk; j++) g[j] += b <= x[j];
+        }
+    } else {
+        for (int64_t j = 0; j < nk; j++) g[j] = (int32_t)rp_pwl_seg(a->pwl_bp, nbp, x[j]);
+    }
+    for (int64_t j = 0; j < nk; j++) s[j] += sl[g[j]] * x[j] + ic[g[j]];
 }
 
 /* S (mq x nk, ld BK) = logits of queries i0.. (absolute ia0..) and keys j0..
@@ -347,6 +421,7 @@ static void tile_logits(const fz_ctx *c, fz_scr *w, const float *Kt, int64_t b, 
             const float *restrict f = bf + i * a->Tk;
             for (int64_t j = 0; j < nk; j++) s[j] += f[j];
         }
+        if (c->has_pwl) pwl_row(a, h, ia, i0 + i, j0, nk, w->X + i * FZ_BK, w->SG + i * FZ_BK, s);
         if (a->causal && j0 + nk - 1 > ia) {
             int64_t jstart = ia - j0 + 1;
             if (jstart < 0) jstart = 0;
@@ -375,6 +450,60 @@ static int fz_all_padded(const rp_attn *a, int64_t b, int64_t j0, int64_t nk) {
     return 1;
 }
 
+/* First key (0..nk) of a tile starting at j0 that query ia may not see
+ * causally: keys from there on are masked. */
+static inline int64_t fz_causal_end(const rp_attn *a, int64_t ia, int64_t j0, int64_t nk) {
+    if (!a->causal) return nk;
+    int64_t e = ia - j0 + 1;
+    return e < 0 ? 0 : (e > nk ? nk : e);
+}
+
+/* row[j] = 0 for the keys j0..j0+nk-1 that query ia may not see (causal,
+ * padding): a NaN row's recomputed weights and every dS must be exactly 0
+ * there, whatever the logits held. */
+static void row_zero_masked(const rp_attn *a, int64_t b, int64_t ia, int64_t j0, int64_t nk, float *row) {
+    const int64_t e = fz_causal_end(a, ia, j0, nk);
+    for (int64_t j = e; j < nk; j++) row[j] = 0.0f;
+    if (a->key_padding_mask) {
+        const uint8_t *m = a->key_padding_mask + b * a->Tk + j0;
+        for (int64_t j = 0; j < e; j++)
+            if (m[j]) row[j] = 0.0f;
+    }
+}
+
+/* w->PRES (mq x nk, ld BK) = 1 where (query ia0 + i, key j0 + j) of batch b
+ * takes part, 0 where masked or (Lrow given) where the row is empty
+ * (Lrow[i] = -inf: no gradient). */
+static void tile_present(const rp_attn *a, fz_scr *w, int64_t b, int64_t ia0, int64_t mq, int64_t j0, int64_t nk,
+                         const float *Lrow) {
+    for (int64_t i = 0; i < mq; i++) {
+        float *restrict pr = w->PRES + i * FZ_BK;
+        if (Lrow && Lrow[i] == -INFINITY) {
+            for (int64_t j = 0; j < nk; j++) pr[j] = 0.0f;
+            continue;
+        }
+        for (int64_t j = 0; j < nk; j++) pr[j] = 1.0f;
+        row_zero_masked(a, b, ia0 + i, j0, nk, pr);
+    }
+}
+
+/* Pairs per (query row, relative row r0..r0+nr-1) of table index ix:
+ * cnt (mq x nr, ld LDR); a product with a bucket nobody feeds is skipped. */
+static void bucket_count_q(rp_relidx ix, const fz_scr *w, int64_t ia0, int64_t mq, int64_t j0, int64_t nk, int64_t r0,
+                           int64_t nr, float *cnt) {
+    for (int64_t i = 0; i < mq; i++) {
+        memset(cnt + i * FZ_LDR, 0, sizeof(float) * (size_t)nr);
+        rel_scatter_add(ix, ia0 + i, j0, nk, r0, cnt + i * FZ_LDR, 0, w->PRES + i * FZ_BK);
+    }
+}
+
+/* The same per (key, relative row): cnt (nk x nr, ld LDR). */
+static void bucket_count_k(rp_relidx ix, const fz_scr *w, int64_t ia0, int64_t mq, int64_t j0, int64_t nk, int64_t r0,
+                           int64_t nr, float *cnt) {
+    for (int64_t j = 0; j < nk; j++) memset(cnt + j * FZ_LDR, 0, sizeof(float) * (size_t)nr);
+    for (int64_t i = 0; i < mq; i++) rel_scatter_add(ix, ia0 + i, j0, nk, r0, cnt, FZ_LDR, w->PRES + i * FZ_BK);
+}
+
 /* -------------------------------------------------------------------- forward */
 
 /* Kp: every key block packed, (B*H, nkb, D, BK). */
@@ -399,8 +528,8 @@ static void fwd_item(const fz_ctx *c, fz_scr *w, const float *Kp, int64_t b, int
         for (int64_t i = 0; i < mq; i++) {
             float *s = S + i * FZ_BK;
             float mx = c->kr.rowmax(s, nk);
-            float mnew = mx > m[i] ? mx : m[i];
-            if (mnew == -INFINITY) { /* nothing visible yet in this row */
+            float mnew = (mx > m[i] || mx != mx) ? mx : m[i]; /* a NaN maximum sticks */
+            if (mnew == -INFINITY) {                          /* nothing visible yet in this row */
                 memset(s, 0, sizeof(float) * (size_t)nk);
                 continue;
             }
@@ -414,7 +543,13 @@ static void fwd_item(const fz_ctx *c, fz_scr *w, const float *Kp, int64_t b, int
             }
             l[i] += rs;
         }
-        c->kr.gemm(mq, Dv, nk, S, FZ_BK, 1, a->v + (bh * a->Tk + j0) * Dv, Dv, O, Dv, 1);
+        const float *vt = a->v + (bh * a->Tk + j0) * Dv;
+        if (c->careful) {
+            tile_present(a, w, b, ia0, mq, j0, nk, NULL);
+            gemm_present(mq, Dv, nk, S, FZ_BK, 1, vt, Dv, O, Dv, 1, w->PRES, FZ_BK, 1);
+        } else {
+            c->kr.gemm(mq, Dv, nk, S, FZ_BK, 1, vt, Dv, O, Dv, 1);
+        }
         if (c->has_relv) {
             rp_relidx ix = a->relv_ix;
             int64_t r0, nr;
@@ -425,7 +560,12 @@ static void fwd_item(const fz_ctx *c, fz_scr *w, const float *Kp, int64_t b, int
                 rel_scatter_add(ix, ia0 + i, j0, nk, r0, PR + i * FZ_LDR, 0, S + i * FZ_BK);
             }
             const float *tab = a->relv + ((a->Hrv == 1 ? 0 : h) * ix.R + r0) * Dv;
-            c->kr.gemm(mq, Dv, nr, PR, FZ_LDR, 1, tab, Dv, O, Dv, 1);
+            if (c->careful) {
+                bucket_count_q(ix, w, ia0, mq, j0, nk, r0, nr, w->CNTQ);
+                gemm_present(mq, Dv, nr, PR, FZ_LDR, 1, tab, Dv, O, Dv, 1, w->CNTQ, FZ_LDR, 1);
+            } else {
+                c->kr.gemm(mq, Dv, nr, PR, FZ_LDR, 1, tab, Dv, O, Dv, 1);
+            }
         }
     }
     float *o_out = out + (bh * a->Tq + i0) * Dv;
@@ -436,7 +576,10 @@ static void fwd_item(const fz_ctx *c, fz_scr *w, const float *Kp, int64_t b, int
             const float inv = 1.0f / l[i];
             for (int64_t d = 0; d < Dv; d++) o[d] = O[i * Dv + d] * inv;
             lse_out[i] = m[i] + logf(l[i]);
-        } else {
+        } else if (l[i] != l[i]) { /* a NaN or +inf logit: the whole row is NaN */
+            for (int64_t d = 0; d < Dv; d++) o[d] = NAN;
+            lse_out[i] = NAN;
+        } else { /* nothing visible, or only -inf logits: the empty row */
             memset(o, 0, sizeof(float) * (size_t)Dv);
             lse_out[i] = -INFINITY;
         }
@@ -451,6 +594,9 @@ static int fz_check(const rp_attn *a) {
     if (a->relv && (a->relv_ix.R <= 0 || a->Hrv < 1)) return RP_EINVAL;
     if (a->bias_vec && (a->bias_ix.R <= 0 || a->Hb < 1)) return RP_EINVAL;
     if (a->bias_full && a->Bf != 1 && a->Bf != a->B) return RP_EINVAL; /* Bf = B = 0: empty batch */
+    if (a->pwl_u && (a->pwl_ix.R <= 0 || !a->pwl_w || !a->pwl_slope || !a->pwl_icpt || a->pwl_S < 1 ||
+                     (a->pwl_S > 1 && !a->pwl_bp) || (a->Hp != 1 && a->Hp != a->H) || a->pwl_S > INT32_MAX))
+        return RP_EINVAL;
     return RP_OK;
 }
 
@@ -465,7 +611,9 @@ static fz_ctx fz_make_ctx(const rp_attn *a) {
     c.has_c2p = a->relk != NULL;
     c.has_p2c = a->relq != NULL;
     c.has_relv = a->relv != NULL;
-    c.has_bias = a->bias_vec != NULL || a->bias_full != NULL;
+    c.has_bias = a->bias_vec != NULL || a->bias_full != NULL || a->pwl_u != NULL;
+    c.has_pwl = a->pwl_u != NULL;
+    c.careful = 0;
     return c;
 }
 
@@ -484,6 +632,9 @@ int rp_attn_fused_fwd(const rp_attn *a, float *out, float *lse) {
         }
     }
     fz_ctx c = fz_make_ctx(a);
+    /* the forward multiplies pair weights by values and relv rows */
+    c.careful = rp_any_nonfinite(a->v, BH * a->Tk * a->Dv) ||
+                (a->relv && rp_any_nonfinite(a->relv, a->Hrv * a->relv_ix.R * a->Dv));
     const int64_t nitems = BH * c.nqb;
     int nt = rp_get_num_threads();
     if (nt < 1) nt = 1;
@@ -536,8 +687,60 @@ typedef struct {
     float *drelk, *drelq, *drelv;
     float *dbias_full;     /* (Tq, Tk) of (bb, h) */
     float *dq, *dqr;       /* (Tq, D): the rows of (b, h), or this chunk's partial */
+    float *dpwl_u;         /* (R) */
+    float *dpwl_w;         /* (Tq) */
+    float *dpwl_slope;     /* (S) of head hp */
+    float *dpwl_icpt;      /* (S) of head hp */
     int64_t chunk, nchunk; /* this item takes key blocks kb = chunk (mod nchunk) */
 } fz_dst;
+
+/* Gradients of the piecewise-linear channel from the tile's dS (unscaled,
+ * masked pairs 0) and the x / segments tile_logits kept; the pairs that take
+ * part only, so a masked pair's x (any value) is never read. */
+static void pwl_tile_grads(const fz_ctx *c, const fz_scr *w, int64_t b, int64_t h, int64_t i0, int64_t mq, int64_t j0,
+                           int64_t nk, const float *L, const fz_dst *t) {
+    const rp_attn *a = c->a;
+    const rp_relidx ix = a->pwl_ix;
+    const float *sl = a->pwl_slope + (a->Hp == 1 ? 0 : h) * a->pwl_S;
+    const uint8_t *kpm = a->key_padding_mask ? a->key_padding_mask + b * a->Tk + j0 : NULL;
+    for (int64_t i = 0; i < mq; i++) {
+        if (L[i0 + i] == -INFINITY) continue;
+        const int64_t ia = a->q_offset + i0 + i;
+        const int64_t e = fz_causal_end(a, ia, j0, nk);
+        const float *ds = w->dP + i * FZ_BK, *x = w->X + i * FZ_BK;
+        const int32_t *sg = w->SG + i * FZ_BK;
+        const float wi = a->pwl_w[i0 + i];
+        const int64_t u0 = ix.sign * (ia - j0) + ix.off;
+        float dw = 0.0f;
+        /* neighbouring keys mostly share a segment (FIRE's x is monotone along a
+         * row): the segment sums run in registers and are stored when it changes */
+        int32_t cur = -1;
+        float run_s = 0.0f, run_i = 0.0f;
+        for (int64_t j = 0; j < e; j++) {
+            if (kpm && kpm[j]) continue;
+            int64_t n = u0 - ix.sign * j;
+            n = n < 0 ? 0 : (n >= ix.R ? ix.R - 1 : n);
+            if (sg[j] != cur) {
+                if (cur >= 0) {
+                    if (t->dpwl_slope) t->dpwl_slope[cur] += run_s;
+                    if (t->dpwl_icpt) t->dpwl_icpt[cur] += run_i;
+                }
+                cur = sg[j];
+                run_s = run_i = 0.0f;
+            }
+            const float dx = ds[j] * sl[cur];
+            run_s += ds[j] * x[j];
+            run_i += ds[j];
+            if (t->dpwl_u) t->dpwl_u[n] += dx * wi;
+            dw += dx * a->pwl_u[n];
+        }
+        if (cur >= 0) {
+            if (t->dpwl_slope) t->dpwl_slope[cur] += run_s;
+            if (t->dpwl_icpt) t->dpwl_icpt[cur] += run_i;
+        }
+        if (t->dpwl_w) t->dpwl_w[i0 + i] += dw;
+    }
+}
 
 /* One (b, h) and one chunk of its key blocks: dk/dv rows of those blocks
  * (written), dq/dqr and table gradients added into t's destinations. */
@@ -554,6 +757,7 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
     float *dv = g->dv ? g->dv + bh * Tk * Dv : NULL;
     /* where the c2p gradient of the query side goes: dqr, or dq when qr is q */
     float *dqq = a->qr ? t->dqr : dq;
+    const int careful = c->careful;
     /* every destination was zeroed by the caller */
 
     /* D_i = dO_i . O_i */
@@ -566,6 +770,7 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
     const int need_p = dv != NULL || (c->has_relv && t->drelv != NULL);
     if (!need_ds && !need_p) return;
     const int64_t R_b = a->bias_vec ? a->bias_ix.R : 0;
+    const int pwl_grad = c->has_pwl && (t->dpwl_u || t->dpwl_w || t->dpwl_slope || t->dpwl_icpt);
 
     for (int64_t kb = t->chunk; kb < c->nkb; kb += t->nchunk) {
         const int64_t j0 = kb * FZ_BK, nk = (Tk - j0) < FZ_BK ? (Tk - j0) : FZ_BK;
@@ -586,14 +791,24 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
             float *S = w->S, *dP = w->dP;
             for (int64_t i = 0; i < mq; i++) {
                 float *s = S + i * FZ_BK;
-                if (L[i0 + i] == -INFINITY)
+                const float Li = L[i0 + i];
+                if (Li == -INFINITY) {
                     memset(s, 0, sizeof(float) * (size_t)nk);
-                else
-                    c->kr.expsub(s, nk, L[i0 + i]);
+                } else {
+                    c->kr.expsub(s, nk, Li);
+                    /* a NaN row: exp(s - NaN) is NaN on masked keys too */
+                    if (Li != Li) row_zero_masked(a, b, ia0 + i, j0, nk, s);
+                }
             }
+            if (careful) tile_present(a, w, b, ia0, mq, j0, nk, L + i0);
             /* P now in S. dV += P^T dO */
             const float *dOt = dO + i0 * Dv;
-            if (dv) c->kr.gemm(nk, Dv, mq, S, 1, FZ_BK, dOt, Dv, dv + j0 * Dv, Dv, 1);
+            if (dv) {
+                if (careful)
+                    gemm_present(nk, Dv, mq, S, 1, FZ_BK, dOt, Dv, dv + j0 * Dv, Dv, 1, w->PRES, 1, FZ_BK);
+                else
+                    c->kr.gemm(nk, Dv, mq, S, 1, FZ_BK, dOt, Dv, dv + j0 * Dv, Dv, 1);
+            }
             int64_t rv0 = 0, nrv = 0;
             if (c->has_relv && (t->drelv || need_ds)) { rel_range(a->relv_ix, ia0, mq, j0, nk, &rv0, &nrv); }
             if (c->has_relv && t->drelv) {
@@ -603,7 +818,12 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
                     memset(PR + i * FZ_LDR, 0, sizeof(float) * (size_t)nrv);
                     rel_scatter_add(a->relv_ix, ia0 + i, j0, nk, rv0, PR + i * FZ_LDR, 0, S + i * FZ_BK);
                 }
-                c->kr.gemm(nrv, Dv, mq, PR, 1, FZ_LDR, dOt, Dv, t->drelv + rv0 * Dv, Dv, 1);
+                if (careful) {
+                    bucket_count_q(a->relv_ix, w, ia0, mq, j0, nk, rv0, nrv, w->CNTQ);
+                    gemm_present(nrv, Dv, mq, PR, 1, FZ_LDR, dOt, Dv, t->drelv + rv0 * Dv, Dv, 1, w->CNTQ, 1, FZ_LDR);
+                } else {
+                    c->kr.gemm(nrv, Dv, mq, PR, 1, FZ_LDR, dOt, Dv, t->drelv + rv0 * Dv, Dv, 1);
+                }
             }
             if (!need_ds) continue;
             /* dP = dO V^T (+ dO . relv[idx]) */
@@ -615,14 +835,21 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
                 for (int64_t i = 0; i < mq; i++)
                     rel_gather_add(a->relv_ix, ia0 + i, j0, nk, rv0, w->QR + i * FZ_LDR, 0, dP + i * FZ_BK);
             }
-            /* dS = P (dP - D); the content terms below take scale * dS */
-            const int bias_grad = t->dbias_vec || t->dbias_full;
+            /* dS = P (dP - D); the content terms below take scale * dS. A
+             * masked pair and an empty row have dS = 0 exactly, even where
+             * dP or D is NaN. */
+            const int bias_grad = t->dbias_vec || t->dbias_full || pwl_grad;
             const float sc = bias_grad ? 1.0f : scale;
             for (int64_t i = 0; i < mq; i++) {
                 float *restrict p = dP + i * FZ_BK;
+                if (L[i0 + i] == -INFINITY) {
+                    memset(p, 0, sizeof(float) * (size_t)nk);
+                    continue;
+                }
                 const float *restrict s = S + i * FZ_BK;
                 const float di = w->Dvec[i0 + i];
                 for (int64_t j = 0; j < nk; j++) p[j] = sc * s[j] * (p[j] - di);
+                row_zero_masked(a, b, ia0 + i, j0, nk, p);
             }
             if (t->dbias_vec) {
                 rp_relidx ix = a->bias_ix;
@@ -661,14 +888,20 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
                     for (int64_t j = 0; j < nk; j++) f[j] += p[j];
                 }
             }
+            if (pwl_grad) pwl_tile_grads(c, w, b, h, i0, mq, j0, nk, L, t);
             if (bias_grad) {
                 for (int64_t i = 0; i < mq; i++) {
                     float *restrict p = dP + i * FZ_BK;
                     for (int64_t j = 0; j < nk; j++) p[j] *= scale;
                 }
             }
-            if (dk) c->kr.gemm(nk, D, mq, dP, 1, FZ_BK, Q + i0 * D, D, dk + j0 * D, D, 1);
-            if (dq) c->kr.gemm(mq, D, nk, dP, FZ_BK, 1, K + j0 * D, D, dq + i0 * D, D, 1);
+            if (careful) {
+                if (dk) gemm_present(nk, D, mq, dP, 1, FZ_BK, Q + i0 * D, D, dk + j0 * D, D, 1, w->PRES, 1, FZ_BK);
+                if (dq) gemm_present(mq, D, nk, dP, FZ_BK, 1, K + j0 * D, D, dq + i0 * D, D, 1, w->PRES, FZ_BK, 1);
+            } else {
+                if (dk) c->kr.gemm(nk, D, mq, dP, 1, FZ_BK, Q + i0 * D, D, dk + j0 * D, D, 1);
+                if (dq) c->kr.gemm(mq, D, nk, dP, FZ_BK, 1, K + j0 * D, D, dq + i0 * D, D, 1);
+            }
             if (c->has_c2p && (dqq || t->drelk)) {
                 rp_relidx ix = a->relk_ix;
                 int64_t r0, nr;
@@ -679,8 +912,16 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
                     rel_scatter_add(ix, ia0 + i, j0, nk, r0, B + i * FZ_LDR, 0, dP + i * FZ_BK);
                 }
                 const float *tab = a->relk + ((a->Hrk == 1 ? 0 : h) * ix.R + r0) * D;
-                if (dqq) c->kr.gemm(mq, D, nr, B, FZ_LDR, 1, tab, D, dqq + i0 * D, D, 1);
-                if (t->drelk) c->kr.gemm(nr, D, mq, B, 1, FZ_LDR, QQ + i0 * D, D, t->drelk + r0 * D, D, 1);
+                if (careful) {
+                    bucket_count_q(ix, w, ia0, mq, j0, nk, r0, nr, w->CNTQ);
+                    if (dqq) gemm_present(mq, D, nr, B, FZ_LDR, 1, tab, D, dqq + i0 * D, D, 1, w->CNTQ, FZ_LDR, 1);
+                    if (t->drelk)
+                        gemm_present(nr, D, mq, B, 1, FZ_LDR, QQ + i0 * D, D, t->drelk + r0 * D, D, 1, w->CNTQ, 1,
+                                     FZ_LDR);
+                } else {
+                    if (dqq) c->kr.gemm(mq, D, nr, B, FZ_LDR, 1, tab, D, dqq + i0 * D, D, 1);
+                    if (t->drelk) c->kr.gemm(nr, D, mq, B, 1, FZ_LDR, QQ + i0 * D, D, t->drelk + r0 * D, D, 1);
+                }
             }
             if (c->has_p2c && (dk || t->drelq)) {
                 rp_relidx ix = a->relq_ix;
@@ -690,8 +931,16 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
                 for (int64_t j = 0; j < nk; j++) memset(B + j * FZ_LDR, 0, sizeof(float) * (size_t)nr);
                 for (int64_t i = 0; i < mq; i++) rel_scatter_add(ix, ia0 + i, j0, nk, r0, B, FZ_LDR, dP + i * FZ_BK);
                 const float *tab = a->relq + ((a->Hrq == 1 ? 0 : h) * ix.R + r0) * D;
-                if (dk) c->kr.gemm(nk, D, nr, B, FZ_LDR, 1, tab, D, dk + j0 * D, D, 1);
-                if (t->drelq) c->kr.gemm(nr, D, nk, B, 1, FZ_LDR, K + j0 * D, D, t->drelq + r0 * D, D, 1);
+                if (careful) {
+                    bucket_count_k(ix, w, ia0, mq, j0, nk, r0, nr, w->CNTK);
+                    if (dk) gemm_present(nk, D, nr, B, FZ_LDR, 1, tab, D, dk + j0 * D, D, 1, w->CNTK, FZ_LDR, 1);
+                    if (t->drelq)
+                        gemm_present(nr, D, nk, B, 1, FZ_LDR, K + j0 * D, D, t->drelq + r0 * D, D, 1, w->CNTK, 1,
+                                     FZ_LDR);
+                } else {
+                    if (dk) c->kr.gemm(nk, D, nr, B, FZ_LDR, 1, tab, D, dk + j0 * D, D, 1);
+                    if (t->drelq) c->kr.gemm(nr, D, nk, B, 1, FZ_LDR, K + j0 * D, D, t->drelq + r0 * D, D, 1);
+                }
             }
         }
     }
@@ -760,6 +1009,8 @@ int rp_attn_fused_bwd(const rp_attn *a, const float *out, const float *lse, cons
     float *drelk = a->relk ? g->drelk : NULL, *drelq = a->relq ? g->drelq : NULL;
     float *drelv = a->relv ? g->drelv : NULL, *dbv = a->bias_vec ? g->dbias_vec : NULL;
     float *dbf = a->bias_full ? g->dbias_full : NULL;
+    float *dpu = a->pwl_u ? g->dpwl_u : NULL, *dpw = a->pwl_u ? g->dpwl_w : NULL;
+    float *dps = a->pwl_u ? g->dpwl_slope : NULL, *dpi = a->pwl_u ? g->dpwl_icpt : NULL;
     /* zero everything first: skipped tiles and empty shapes leave zeros */
     if (g->dq) memset(g->dq, 0, sizeof(float) * (size_t)(B * H * Tq * D));
     if (g->dk) memset(g->dk, 0, sizeof(float) * (size_t)(B * H * Tk * D));
@@ -770,7 +1021,17 @@ int rp_attn_fused_bwd(const rp_attn *a, const float *out, const float *lse, cons
     if (drelv) memset(drelv, 0, sizeof(float) * (size_t)(a->Hrv * a->relv_ix.R * Dv));
     if (dbv) memset(dbv, 0, sizeof(float) * (size_t)(a->Hb * a->bias_ix.R));
     if (dbf) memset(dbf, 0, sizeof(float) * (size_t)(a->Bf * H * Tq * Tk));
+    if (dpu) memset(dpu, 0, sizeof(float) * (size_t)a->pwl_ix.R);
+    if (dpw) memset(dpw, 0, sizeof(float) * (size_t)Tq);
+    if (dps) memset(dps, 0, sizeof(float) * (size_t)(a->Hp * a->pwl_S));
+    if (dpi) memset(dpi, 0, sizeof(float) * (size_t)(a->Hp * a->pwl_S));
     if (B * H == 0 || Tq == 0 || Tk == 0) return RP_OK;
+    /* the backward multiplies pair weights (P, dS) by dout, q, k and the
+     * relative key/query tables: a NaN or inf there must not meet a masked pair */
+    c.careful = rp_any_nonfinite(dout, B * H * Tq * Dv) || rp_any_nonfinite(a->q, B * H * Tq * D) ||
+                rp_any_nonfinite(a->k, B * H * Tk * D) || (a->qr && rp_any_nonfinite(a->qr, B * H * Tq * D)) ||
+                (a->relk && rp_any_nonfinite(a->relk, a->Hrk * a->relk_ix.R * D)) ||
+                (a->relq && rp_any_nonfinite(a->relq, a->Hrq * a->relq_ix.R * D));
 
     /* items (bi, h); with a batch-shared bias_full gradient, one item per head
      * walks every b so that the (Tq, Tk) gradient needs no partials */
@@ -786,7 +1047,7 @@ int rp_attn_fused_bwd(const rp_attn *a, const float *out, const float *lse, cons
         if (NC < 1) NC = 1;
     }
     const int64_t nitems = nitem_b * H * NC;
-    fz_shared sb, sk, sq, sv, sdq, sdqr;
+    fz_shared sb, sk, sq, sv, sdq, sdqr, spu, spw, sps, spi;
     fz_shared_init(&sb, dbv, a->Hb, a->bias_vec ? a->bias_ix.R : 0, nitem_b, H, NC);
     fz_shared_init(&sk, drelk, a->Hrk, a->relk ? a->relk_ix.R * D : 0, nitem_b, H, NC);
     fz_shared_init(&sq, drelq, a->Hrq, a->relq ? a->relq_ix.R * D : 0, nitem_b, H, NC);
@@ -794,9 +1055,14 @@ int rp_attn_fused_bwd(const rp_attn *a, const float *out, const float *lse, cons
     /* dq and dqr of (b, h) as tables with B*H heads fed by the NC chunks */
     fz_shared_init(&sdq, g->dq, B * H, Tq * D, 1, B * H, NC);
     fz_shared_init(&sdqr, a->qr ? dqr : NULL, B * H, Tq * D, 1, B * H, NC);
-    fz_shared *sh[6] = {&sb, &sk, &sq, &sv, &sdq, &sdqr};
+    fz_shared_init(&spu, dpu, 1, a->pwl_u ? a->pwl_ix.R : 0, nitem_b, H, NC);
+    fz_shared_init(&spw, dpw, 1, Tq, nitem_b, H, NC);
+    fz_shared_init(&sps, dps, a->Hp, a->pwl_S, nitem_b, H, NC);
+    fz_shared_init(&spi, dpi, a->Hp, a->pwl_S, nitem_b, H, NC);
+    enum { NSH = 10 };
+    fz_shared *sh[NSH] = {&sb, &sk, &sq, &sv, &sdq, &sdqr, &spu, &spw, &sps, &spi};
     int fail = 0;
-    for (int s = 0; s < 6; s++) {
+    for (int s = 0; s < NSH; s++) {
         if (sh[s]->dst && !sh[s]->direct) {
             sh[s]->part = rp_calloc((size_t)(nitems * sh[s]->per), sizeof(float));
             if (!sh[s]->part) fail = 1;
@@ -808,10 +1074,10 @@ int rp_attn_fused_bwd(const rp_attn *a, const float *out, const float *lse, cons
     const size_t per = fz_scr_floats(D, Dv, Tq);
     float *scr = fail ? NULL : rp_malloc(sizeof(float) * per * (size_t)nt);
     if (!scr) {
-        for (int s = 0; s < 6; s++) rp_free(sh[s]->part);
+        for (int s = 0; s < NSH; s++) rp_free(sh[s]->part);
         return RP_ENOMEM;
     }
-    const int need_ds = g->dq || g->dk || dqr || drelk || drelq || dbv || dbf;
+    const int need_ds = g->dq || g->dk || dqr || drelk || drelq || dbv || dbf || dpu || dpw || dps || dpi;
     rp_attn_grads gg = *g;
     gg.dqr = dqr;
 #if RP_HAVE_OPENMP
@@ -836,6 +1102,10 @@ int rp_attn_fused_bwd(const rp_attn *a, const float *out, const float *lse, cons
             t.drelk = fz_shared_at(&sk, it, h);
             t.drelq = fz_shared_at(&sq, it, h);
             t.drelv = fz_shared_at(&sv, it, h);
+            t.dpwl_u = fz_shared_at(&spu, it, h);
+            t.dpwl_w = fz_shared_at(&spw, it, h);
+            t.dpwl_slope = fz_shared_at(&sps, it, h);
+            t.dpwl_icpt = fz_shared_at(&spi, it, h);
             for (int64_t b = hmode ? 0 : bi; b < (hmode ? B : bi + 1); b++) {
                 t.dbias_full = dbf ? dbf + ((a->Bf == 1 ? 0 : b) * H + h) * Tq * Tk : NULL;
                 /* NC > 1 only without hmode, so b == bi here and the item index is that of (b, h) */
@@ -846,7 +1116,7 @@ int rp_attn_fused_bwd(const rp_attn *a, const float *out, const float *lse, cons
         }
     }
     rp_free(scr);
-    for (int s = 0; s < 6; s++) {
+    for (int s = 0; s < NSH; s++) {
         fz_shared_finish(sh[s]);
         rp_free(sh[s]->part);
     }

@@ -6,7 +6,7 @@
  *                         tile, broadcast A, two B vectors, 12 FMA accumulators.
  *  rp_fused_expsub_avx2   x = exp(x - m) and its sum, 8 lanes at a time
  *                         (rp_exp_avx2 of simd_math.h: the scalar bits).
- *  rp_fused_rowmax_avx2   max of a row.
+ *  rp_fused_rowmax_avx2   max of a row (NaN if the row holds a NaN).
  *  rp_fused_gemm_avx512,  the same on 16 lanes (8 x 32 register tile), in
  *  rp_fused_expsub_avx512 functions compiled for AVX-512F by target attribute;
  *                         used when the GEMM area's kernel in use is AVX-512
@@ -234,19 +234,24 @@ float rp_fused_expsub_avx2(float *x, int64_t n, float m) {
     return _mm_cvtss_f32(h);
 }
 
+/* maxps drops a NaN operand half of the time: NaNs are tracked apart and
+ * returned, so that a NaN logit makes the row NaN (as rowmax_portable) */
 float rp_fused_rowmax_avx2(const float *x, int64_t n) {
-    __m256 m0 = _mm256_set1_ps(-INFINITY), m1 = m0;
+    __m256 m0 = _mm256_set1_ps(-INFINITY), m1 = m0, nan = _mm256_setzero_ps();
     int64_t j = 0;
     for (; j + 16 <= n; j += 16) {
-        m0 = _mm256_max_ps(m0, _mm256_loadu_ps(x + j));
-        m1 = _mm256_max_ps(m1, _mm256_loadu_ps(x + j + 8));
+        const __m256 a = _mm256_loadu_ps(x + j), b = _mm256_loadu_ps(x + j + 8);
+        m0 = _mm256_max_ps(m0, a);
+        m1 = _mm256_max_ps(m1, b);
+        nan = _mm256_or_ps(nan, _mm256_cmp_ps(a, b, _CMP_UNORD_Q));
     }
     m0 = _mm256_max_ps(m0, m1);
     __m128 h = _mm_max_ps(_mm256_castps256_ps128(m0), _mm256_extractf128_ps(m0, 1));
     h = _mm_max_ps(h, _mm_movehl_ps(h, h));
     h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
     float mx = _mm_cvtss_f32(h);
-    for (; j < n; j++) mx = x[j] > mx ? x[j] : mx;
+    if (_mm256_movemask_ps(nan)) return NAN;
+    for (; j < n; j++) mx = (x[j] > mx || x[j] != x[j]) ? x[j] : mx;
     return mx;
 }
 

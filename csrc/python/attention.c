@@ -8,6 +8,7 @@
  *   fwd(q, k, v, *, causal=True, key_padding_mask=None, q_offset=0, scale=None,
  *       qr=None, relk=None, relk_ix=None, relq=None, relq_ix=None,
  *       relv=None, relv_ix=None, bias_vec=None, bias_ix=None, bias_full=None,
+ *       pwl_u=None, pwl_ix=None, pwl_w=None, pwl_bp=None, pwl_slope=None, pwl_icpt=None,
  *       return_weights=False)
  *     -> (out (B, H, Tq, Dv), lse (B, H, Tq)) or (out, lse, probs (B, H, Tq, Tk))
  *
@@ -15,13 +16,17 @@
  *       needs=None)
  *     -> dict {name: gradient} for name in needs (default: every tensor given),
  *        names from "q", "k", "v", "qr", "relk", "relq", "relv", "bias_vec",
- *        "bias_full"; each gradient shaped like its input.
+ *        "bias_full", "pwl_u", "pwl_w", "pwl_slope", "pwl_icpt"; each gradient
+ *        shaped like its input.
  *
  * Arguments: q (B, H, Tq, D), k (B, H, Tk, D), v (B, H, Tk, Dv) float32;
  * key_padding_mask (B, Tk) bool, True = padding; q_offset >= 0; scale a finite
  * float (None: 1/sqrt(D)); qr (B, H, Tq, D); relk (1|H, R, D), relq (1|H, R, D),
  * relv (1|H, R, Dv), bias_vec (1|H, R), each with its index (sign, off),
- * sign +1 or -1 (see core/attention.h); bias_full (1|B, H, Tq, Tk).
+ * sign +1 or -1 (see core/attention.h); bias_full (1|B, H, Tq, Tk); the
+ * piecewise-linear channel, all six or none: pwl_u (R,) with pwl_ix (sign,
+ * off), pwl_w (Tq,), pwl_bp (S-1,) ascending without NaN, pwl_slope and
+ * pwl_icpt (1|H, S).
  */
 #include "bridge.h"
 
@@ -37,10 +42,12 @@ typedef struct {
     rp_attn a;
     /* owned references to the inputs (NULL when absent) */
     PyArrayObject *q, *k, *v, *qr, *relk, *relq, *relv, *bias_vec, *bias_full, *mask;
+    PyArrayObject *pwl_u, *pwl_w, *pwl_bp, *pwl_slope, *pwl_icpt;
     /* forward: results (allocated by the parser); backward: inputs out, lse, dout */
     PyArrayObject *out, *lse, *probs, *dout;
     /* backward: gradients asked for (allocated by the parser, NULL = not wanted) */
     PyArrayObject *dq, *dk, *dv, *dqr, *drelk, *drelq, *drelv, *dbias_vec, *dbias_full;
+    PyArrayObject *dpwl_u, *dpwl_w, *dpwl_slope, *dpwl_icpt;
     rp_attn_grads g; /* pointers into the arrays above */
     int return_weights;
 } rp_attn_call;
@@ -53,15 +60,18 @@ typedef struct {
     long long q_offset;
     PyObject *scale;
     PyObject *qr, *relk, *relk_ix, *relq, *relq_ix, *relv, *relv_ix, *bias_vec, *bias_ix, *bias_full;
+    PyObject *pwl_u, *pwl_ix, *pwl_w, *pwl_bp, *pwl_slope, *pwl_icpt;
     int return_weights;
     PyObject *needs;
 } raw_args;
 
 static void rp_attn_call_free(rp_attn_call *C) {
-    PyArrayObject **refs[] = {&C->q,     &C->k,        &C->v,         &C->qr,        &C->relk,      &C->relq,
-                              &C->relv,  &C->bias_vec, &C->bias_full, &C->mask,      &C->out,       &C->lse,
-                              &C->probs, &C->dout,     &C->dq,        &C->dk,        &C->dv,        &C->dqr,
-                              &C->drelk, &C->drelq,    &C->drelv,     &C->dbias_vec, &C->dbias_full};
+    PyArrayObject **refs[] = {&C->q,          &C->k,        &C->v,         &C->qr,        &C->relk,       &C->relq,
+                              &C->relv,       &C->bias_vec, &C->bias_full, &C->mask,      &C->out,        &C->lse,
+                              &C->probs,      &C->dout,     &C->dq,        &C->dk,        &C->dv,         &C->dqr,
+                              &C->drelk,      &C->drelq,    &C->drelv,     &C->dbias_vec, &C->dbias_full, &C->pwl_u,
+                              &C->pwl_w,      &C->pwl_bp,   &C->pwl_slope, &C->pwl_icpt,  &C->dpwl_u,     &C->dpwl_w,
+                              &C->dpwl_slope, &C->dpwl_icpt};
     for (size_t i = 0; i < sizeof refs / sizeof refs[0]; i++) Py_CLEAR(*refs[i]);
 }
 
@@ -144,6 +154,78 @@ static int check_absent_ix(PyObject *ix, const char *name, const char *table) {
         PyErr_Format(PyExc_ValueError, "%s was given but %s is None", name, table);
         return -1;
     }
+    return 0;
+}
+
+/* The piecewise-linear channel: all six arguments or none. */
+static int parse_pwl(const raw_args *r, rp_attn_call *C, int64_t Tq, int64_t H) {
+    rp_attn *a = &C->a;
+    PyObject *objs[] = {r->pwl_u, r->pwl_ix, r->pwl_w, r->pwl_bp, r->pwl_slope, r->pwl_icpt};
+    static const char *names[] = {"pwl_u", "pwl_ix", "pwl_w", "pwl_bp", "pwl_slope", "pwl_icpt"};
+    int given = 0;
+    for (int t = 0; t < 6; t++) given += objs[t] != NULL && objs[t] != Py_None;
+    if (given == 0) return 0;
+    if (!r->pwl_u || r->pwl_u == Py_None) {
+        for (int t = 1; t < 6; t++)
+            if (objs[t] && objs[t] != Py_None) {
+                PyErr_Format(PyExc_ValueError, "%s was given but pwl_u is None", names[t]);
+                return -1;
+            }
+    }
+    for (int t = 1; t < 6; t++)
+        if (!objs[t] || objs[t] == Py_None) {
+            if (t == 1) return parse_ix(r->pwl_ix, "pwl_ix", "pwl_u", &a->pwl_ix); /* its own message */
+            PyErr_Format(PyExc_ValueError,
+                         "%s is required when pwl_u is given (pwl_u, pwl_ix, pwl_w, pwl_bp, pwl_slope, "
+                         "pwl_icpt go together)",
+                         names[t]);
+            return -1;
+        }
+    char got[128];
+    C->pwl_u = rp_in_f32(r->pwl_u, "pwl_u");
+    if (!C->pwl_u || rp_check_ndim(C->pwl_u, "pwl_u", 1, "(R,)") < 0) return -1;
+    if (RP_DIM(C->pwl_u, 0) < 1) {
+        PyErr_SetString(PyExc_ValueError, "pwl_u must have at least one entry (R >= 1); got shape (0,)");
+        return -1;
+    }
+    a->pwl_ix.R = RP_DIM(C->pwl_u, 0);
+    if (parse_ix(r->pwl_ix, "pwl_ix", "pwl_u", &a->pwl_ix) < 0) return -1;
+    C->pwl_w = rp_in_f32(r->pwl_w, "pwl_w");
+    npy_intp dw[1] = {Tq};
+    if (!C->pwl_w || rp_check_shape(C->pwl_w, "pwl_w", 1, dw, "(Tq,)") < 0) return -1;
+    C->pwl_slope = rp_in_f32(r->pwl_slope, "pwl_slope");
+    if (!C->pwl_slope || rp_check_ndim(C->pwl_slope, "pwl_slope", 2, "(1|H, S)") < 0) return -1;
+    rp_shape_str(C->pwl_slope, got, sizeof got);
+    const int64_t Hp = RP_DIM(C->pwl_slope, 0), S = RP_DIM(C->pwl_slope, 1);
+    if ((Hp != 1 && Hp != H) || S < 1 || S > INT32_MAX) {
+        PyErr_Format(PyExc_ValueError,
+                     "pwl_slope must have shape (1|H, S) with H = %lld and 1 <= S < 2**31 segments; got shape %s",
+                     (long long)H, got);
+        return -1;
+    }
+    C->pwl_icpt = rp_in_f32(r->pwl_icpt, "pwl_icpt");
+    npy_intp di[2] = {Hp, S};
+    if (!C->pwl_icpt || rp_check_shape(C->pwl_icpt, "pwl_icpt", 2, di, "(1|H, S) like pwl_slope") < 0) return -1;
+    C->pwl_bp = rp_in_f32(r->pwl_bp, "pwl_bp");
+    npy_intp db[1] = {S - 1};
+    if (!C->pwl_bp || rp_check_shape(C->pwl_bp, "pwl_bp", 1, db, "(S - 1,) with S = pwl_slope.shape[1]") < 0) return -1;
+    const float *bp = RP_F32(C->pwl_bp);
+    for (int64_t t = 0; t < S - 1; t++)
+        if (bp[t] != bp[t] || (t > 0 && !(bp[t - 1] <= bp[t]))) {
+            char buf[96];
+            snprintf(buf, sizeof buf, "pwl_bp[%lld] = %g after %g", (long long)t, (double)bp[t],
+                     t > 0 ? (double)bp[t - 1] : -INFINITY);
+            PyErr_Format(PyExc_ValueError, "pwl_bp must be ascending with no NaN (the segments' breakpoints); got %s",
+                         buf);
+            return -1;
+        }
+    a->pwl_u = RP_F32(C->pwl_u);
+    a->pwl_w = RP_F32(C->pwl_w);
+    a->pwl_bp = RP_F32(C->pwl_bp);
+    a->pwl_slope = RP_F32(C->pwl_slope);
+    a->pwl_icpt = RP_F32(C->pwl_icpt);
+    a->pwl_S = S;
+    a->Hp = Hp;
     return 0;
 }
 
@@ -266,16 +348,17 @@ static int build_call(const raw_args *r, rp_attn_call *C) {
         a->Bf = RP_DIM(C->bias_full, 0);
         a->bias_full = RP_F32(C->bias_full);
     }
-    return 0;
+    return parse_pwl(r, C, Tq, H);
 }
 
 #define KW_COMMON                                                                                                     \
     "causal", "key_padding_mask", "q_offset", "scale", "qr", "relk", "relk_ix", "relq", "relq_ix", "relv", "relv_ix", \
-        "bias_vec", "bias_ix", "bias_full"
-#define FMT_COMMON "pOLOOOOOOOOOOO"
-#define PTR_COMMON(r)                                                                                             \
-    &(r).causal, &(r).mask, &(r).q_offset, &(r).scale, &(r).qr, &(r).relk, &(r).relk_ix, &(r).relq, &(r).relq_ix, \
-        &(r).relv, &(r).relv_ix, &(r).bias_vec, &(r).bias_ix, &(r).bias_full
+        "bias_vec", "bias_ix", "bias_full", "pwl_u", "pwl_ix", "pwl_w", "pwl_bp", "pwl_slope", "pwl_icpt"
+#define FMT_COMMON "pOLOOOOOOOOOOOOOOOOO"
+#define PTR_COMMON(r)                                                                                              \
+    &(r).causal, &(r).mask, &(r).q_offset, &(r).scale, &(r).qr, &(r).relk, &(r).relk_ix, &(r).relq, &(r).relq_ix,  \
+        &(r).relv, &(r).relv_ix, &(r).bias_vec, &(r).bias_ix, &(r).bias_full, &(r).pwl_u, &(r).pwl_ix, &(r).pwl_w, \
+        &(r).pwl_bp, &(r).pwl_slope, &(r).pwl_icpt
 
 static void raw_defaults(raw_args *r) {
     memset(r, 0, sizeof *r);
@@ -314,17 +397,20 @@ fail:
     return -1;
 }
 
-static const char *GRAD_NAMES[] = {"q", "k", "v", "qr", "relk", "relq", "relv", "bias_vec", "bias_full"};
-#define N_GRADS 9
+static const char *GRAD_NAMES[] = {"q",        "k",         "v",     "qr",    "relk",      "relq",    "relv",
+                                   "bias_vec", "bias_full", "pwl_u", "pwl_w", "pwl_slope", "pwl_icpt"};
+#define N_GRADS 13
 
 static PyArrayObject **grad_slot(rp_attn_call *C, int i) {
-    PyArrayObject **s[N_GRADS] = {&C->dq,    &C->dk,    &C->dv,        &C->dqr,       &C->drelk,
-                                  &C->drelq, &C->drelv, &C->dbias_vec, &C->dbias_full};
+    PyArrayObject **s[N_GRADS] = {&C->dq,     &C->dk,         &C->dv,        &C->dqr,        &C->drelk,
+                                  &C->drelq,  &C->drelv,      &C->dbias_vec, &C->dbias_full, &C->dpwl_u,
+                                  &C->dpwl_w, &C->dpwl_slope, &C->dpwl_icpt};
     return s[i];
 }
 
 static PyArrayObject *grad_input(rp_attn_call *C, int i) {
-    PyArrayObject *s[N_GRADS] = {C->q, C->k, C->v, C->qr, C->relk, C->relq, C->relv, C->bias_vec, C->bias_full};
+    PyArrayObject *s[N_GRADS] = {C->q,        C->k,         C->v,     C->qr,    C->relk,      C->relq,    C->relv,
+                                 C->bias_vec, C->bias_full, C->pwl_u, C->pwl_w, C->pwl_slope, C->pwl_icpt};
     return s[i];
 }
 
@@ -375,7 +461,7 @@ static int rp_attn_parse_bwd(PyObject *args, PyObject *kw, const char *fname, rp
             if (found < 0) {
                 PyErr_Format(PyExc_ValueError,
                              "needs: unknown name %R; expected some of q, k, v, qr, relk, relq, "
-                             "relv, bias_vec, bias_full",
+                             "relv, bias_vec, bias_full, pwl_u, pwl_w, pwl_slope, pwl_icpt",
                              item);
                 Py_DECREF(seq);
                 goto fail;
@@ -405,6 +491,10 @@ static int rp_attn_parse_bwd(PyObject *args, PyObject *kw, const char *fname, rp
     C->g.drelv = C->drelv ? RP_F32(C->drelv) : NULL;
     C->g.dbias_vec = C->dbias_vec ? RP_F32(C->dbias_vec) : NULL;
     C->g.dbias_full = C->dbias_full ? RP_F32(C->dbias_full) : NULL;
+    C->g.dpwl_u = C->dpwl_u ? RP_F32(C->dpwl_u) : NULL;
+    C->g.dpwl_w = C->dpwl_w ? RP_F32(C->dpwl_w) : NULL;
+    C->g.dpwl_slope = C->dpwl_slope ? RP_F32(C->dpwl_slope) : NULL;
+    C->g.dpwl_icpt = C->dpwl_icpt ? RP_F32(C->dpwl_icpt) : NULL;
     return 0;
 fail:
     rp_attn_call_free(C);
@@ -497,7 +587,8 @@ PyMethodDef rp_methods_attn[] = {
     {"attention_mat_fwd", (PyCFunction)(void (*)(void))py_attention_mat_fwd, METH_VARARGS | METH_KEYWORDS,
      "attention_mat_fwd(q, k, v, *, causal=True, key_padding_mask=None, q_offset=0, scale=None, qr=None,\n"
      "    relk=None, relk_ix=None, relq=None, relq_ix=None, relv=None, relv_ix=None, bias_vec=None,\n"
-     "    bias_ix=None, bias_full=None, return_weights=False) -> (out, lse) or (out, lse, probs)\n\n"
+     "    bias_ix=None, bias_full=None, pwl_u=None, pwl_ix=None, pwl_w=None, pwl_bp=None, pwl_slope=None,\n"
+     "    pwl_icpt=None, return_weights=False) -> (out, lse) or (out, lse, probs)\n\n"
      "Materialised attention with all four channels (see csrc/core/attention.h).\n"
      "q (B, H, Tq, D), k (B, H, Tk, D), v (B, H, Tk, Dv) float32; out (B, H, Tq, Dv), lse (B, H, Tq),\n"
      "probs (B, H, Tq, Tk)."},
@@ -505,18 +596,21 @@ PyMethodDef rp_methods_attn[] = {
      "attention_mat_bwd(q, k, v, out, lse, dout, *, <keywords of attention_mat_fwd but return_weights>,\n"
      "    needs=None) -> dict\n\n"
      "Gradients of the materialised attention, keyed by input name (q, k, v, qr, relk, relq, relv,\n"
-     "bias_vec, bias_full); needs lists the names wanted (None: every tensor given)."},
+     "bias_vec, bias_full, pwl_u, pwl_w, pwl_slope, pwl_icpt); needs lists the names wanted (None: every\n"
+     "tensor given)."},
     {"attention_fwd", (PyCFunction)(void (*)(void))py_attention_fwd, METH_VARARGS | METH_KEYWORDS,
      "attention_fwd(q, k, v, *, causal=True, key_padding_mask=None, q_offset=0, scale=None, qr=None,\n"
      "    relk=None, relk_ix=None, relq=None, relq_ix=None, relv=None, relv_ix=None, bias_vec=None,\n"
-     "    bias_ix=None, bias_full=None) -> (out, lse)\n\n"
+     "    bias_ix=None, bias_full=None, pwl_u=None, pwl_ix=None, pwl_w=None, pwl_bp=None, pwl_slope=None,\n"
+     "    pwl_icpt=None) -> (out, lse)\n\n"
      "Fused (FlashAttention-2 style) attention with all four channels (see csrc/core/attention.h);\n"
      "extra memory O(T*D), never O(Tq*Tk). q (B, H, Tq, D), k (B, H, Tk, D), v (B, H, Tk, Dv)\n"
      "float32; out (B, H, Tq, Dv), lse (B, H, Tq) (-inf on fully masked rows, whose out is 0)."},
     {"attention_bwd", (PyCFunction)(void (*)(void))py_attention_bwd, METH_VARARGS | METH_KEYWORDS,
      "attention_bwd(q, k, v, out, lse, dout, *, <keywords of attention_fwd>, needs=None) -> dict\n\n"
      "Gradients of the fused attention from out and lse of attention_fwd, keyed by input name\n"
-     "(q, k, v, qr, relk, relq, relv, bias_vec, bias_full); needs lists the names wanted\n"
+     "(q, k, v, qr, relk, relq, relv, bias_vec, bias_full, pwl_u, pwl_w, pwl_slope, pwl_icpt); needs\n"
+     "lists the names wanted\n"
      "(None: every tensor given). Bit-identical for any thread count."},
     {NULL, NULL, 0, NULL},
 };

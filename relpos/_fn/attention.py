@@ -17,7 +17,8 @@ __all__ = ["attention_core"]
 
 # Positional (differentiable) arguments of _AttentionCore, in order; the
 # gradient dict of the _C backward is keyed by these names.
-_TENSOR_ARGS = ("q", "k", "v", "qr", "relk", "relq", "relv", "bias_vec", "bias_full")
+_TENSOR_ARGS = ("q", "k", "v", "qr", "relk", "relq", "relv", "bias_vec", "bias_full",
+                "pwl_u", "pwl_w", "pwl_slope", "pwl_icpt")
 _IMPLS = ("auto", "materialized", "fused")
 
 
@@ -69,11 +70,12 @@ def choose_impl(impl, return_weights=False, encoding=None) -> str:
 
 
 class _AttentionCore(Function):
-    """forward(q, k, v, qr, relk, relq, relv, bias_vec, bias_full; opts) -> out [, probs]."""
+    """forward(q, k, v, <the channel tensors of _TENSOR_ARGS>; opts) -> out [, probs]."""
 
     @staticmethod
-    def forward(ctx, q, k, v, qr, relk, relq, relv, bias_vec, bias_full, *, opts, impl, return_weights):
-        arrays = dict(zip(_TENSOR_ARGS, (q, k, v, qr, relk, relq, relv, bias_vec, bias_full)))
+    def forward(ctx, *tensors, opts, impl, return_weights):
+        arrays = dict(zip(_TENSOR_ARGS, tensors))
+        q, k, v = arrays["q"], arrays["k"], arrays["v"]
         given = {n: a for n, a in arrays.items() if a is not None and n not in ("q", "k", "v")}
         if impl == "materialized":
             res = _C.attention_mat_fwd(q, k, v, return_weights=return_weights, **opts, **given)
@@ -161,9 +163,29 @@ def check_attention_args(q, k, v, *, q_offset=0, total_k=None, key_padding_mask=
     return B, H, Tq, total_k, D, _shape(v)[3]
 
 
+_PWL = ("pwl_u", "pwl_ix", "pwl_w", "pwl_bp", "pwl_slope", "pwl_icpt")
+
+
+def _check_pwl(pwl):
+    """The piecewise-linear channel's inputs: all six or none (pwl_ix a (sign, off) tuple)."""
+    given = [n for n in _PWL if pwl[n] is not None]
+    if not given:
+        return {}
+    missing = [n for n in _PWL if pwl[n] is None]
+    if missing:
+        raise ValueError(f"{', '.join(missing)} required with {', '.join(given)}: the piecewise-linear channel "
+                         f"takes {', '.join(_PWL)} together")
+    out = dict(pwl)
+    out["pwl_ix"] = _check_ix(pwl["pwl_ix"], "pwl_ix", "pwl_u")
+    out["pwl_bp"] = np.ascontiguousarray(as_array(pwl["pwl_bp"].data if isinstance(pwl["pwl_bp"], Tensor)
+                                                  else pwl["pwl_bp"], "pwl_bp"))
+    return out
+
+
 def run_attention_core(q, k, v, dims, *, causal, key_padding_mask, q_offset, scale, impl, return_weights,
                        qr=None, relk=None, relk_ix=None, relq=None, relq_ix=None, relv=None, relv_ix=None,
-                       bias_vec=None, bias_ix=None, bias_full=None):
+                       bias_vec=None, bias_ix=None, bias_full=None, pwl_u=None, pwl_ix=None, pwl_w=None,
+                       pwl_bp=None, pwl_slope=None, pwl_icpt=None):
     """attention_core after :func:`check_attention_args` and :func:`choose_impl`
     (the channel inputs come from an encoding and are checked here)."""
     tabs = {}
@@ -181,9 +203,15 @@ def run_attention_core(q, k, v, dims, *, causal, key_padding_mask, q_offset, sca
     if key_padding_mask is not None:
         m = key_padding_mask.data if isinstance(key_padding_mask, Tensor) else key_padding_mask
         key_padding_mask = np.ascontiguousarray(m)
+    pwl = _check_pwl(dict(pwl_u=pwl_u, pwl_ix=pwl_ix, pwl_w=pwl_w, pwl_bp=pwl_bp, pwl_slope=pwl_slope,
+                          pwl_icpt=pwl_icpt))
+    if pwl:
+        tabs["pwl_ix"], tabs["pwl_bp"] = pwl["pwl_ix"], pwl["pwl_bp"]
     opts = dict(causal=bool(causal), key_padding_mask=key_padding_mask, q_offset=int(q_offset),
                 scale=None if scale is None else float(scale), **tabs)
-    args = [_as_input(x, n) for n, x in zip(_TENSOR_ARGS, (q, k, v, qr, relk, relq, relv, bias_vec, bias_full))]
+    args = [_as_input(x, n) for n, x in zip(_TENSOR_ARGS, (q, k, v, qr, relk, relq, relv, bias_vec, bias_full,
+                                                            pwl.get("pwl_u"), pwl.get("pwl_w"),
+                                                            pwl.get("pwl_slope"), pwl.get("pwl_icpt")))]
     res = _AttentionCore.apply(*args, opts=opts, impl=impl, return_weights=bool(return_weights))
     if return_weights:
         out, w = res
@@ -194,6 +222,7 @@ def run_attention_core(q, k, v, dims, *, causal, key_padding_mask, q_offset, sca
 def attention_core(q, k, v, *, causal=True, key_padding_mask=None, q_offset=0, scale=None,
                    qr=None, relk=None, relk_ix=None, relq=None, relq_ix=None,
                    relv=None, relv_ix=None, bias_vec=None, bias_ix=None, bias_full=None,
+                   pwl_u=None, pwl_ix=None, pwl_w=None, pwl_bp=None, pwl_slope=None, pwl_icpt=None,
                    impl="auto", return_weights=False):
     """Scaled dot-product attention with every position-encoding channel.
 
@@ -201,12 +230,20 @@ def attention_core(q, k, v, *, causal=True, key_padding_mask=None, q_offset=0, s
 
         s_ij = scale * (q_i·k_j + qr_i·relk[h, idx(relk_ix)] + k_j·relq[h, idx(relq_ix)])
                + bias_vec[h, idx(bias_ix)] + bias_full[b, h, i, j]
+               + pwl_slope[h, g(x_ij)] * x_ij + pwl_icpt[h, g(x_ij)]
         out_i = Σ_j softmax_j(s_ij) (v_j + relv[h, idx(relv_ix)])
 
-    with ``idx((sign, off)) = clip(sign * ((q_offset + i) - j) + off, 0, R - 1)``
-    (csrc/core/attention.h). Masked: ``j > q_offset + i`` when causal, and keys
-    where ``key_padding_mask`` is True. A query row with every key masked gives
-    zeros (and zero gradients).
+    with ``idx((sign, off)) = clip(sign * ((q_offset + i) - j) + off, 0, R - 1)``,
+    ``x_ij = pwl_u[idx(pwl_ix)] * pwl_w[i]`` and ``g(x)`` the number of
+    breakpoints ``pwl_bp <= x`` (csrc/core/attention.h). Masked: ``j > q_offset + i``
+    when causal, and keys where ``key_padding_mask`` is True.
+
+    Non-finite values give torch's answer: a NaN or +inf logit on an unmasked
+    key makes the row NaN (output, and the gradients it feeds); a -inf logit
+    has weight 0; a NaN value of an unmasked key gives NaN even at weight 0
+    (0 * NaN); masked keys take no part at all. A query row with every key
+    masked, or only -inf logits, gives zeros and zero gradients (relpos's
+    choice, as torch's SDPA; a plain softmax would give NaN).
 
     Args:
         q: (B, H, Tq, D) Tensor or array. k: (B, H, Tk, D). v: (B, H, Tk, Dv).
@@ -219,6 +256,9 @@ def attention_core(q, k, v, *, causal=True, key_padding_mask=None, q_offset=0, s
         relv: (1|H, R, Dv) relative value table with relv_ix.
         bias_vec: (1|H, R) Toeplitz bias over relative index bias_ix.
         bias_full: (1|B, H, Tq, Tk) any additive logit bias.
+        pwl_u: (R,) with pwl_ix (sign, off), pwl_w: (Tq,), pwl_bp: (S-1,) ascending
+            ndarray, pwl_slope, pwl_icpt: (1|H, S): a bias piecewise linear in
+            x = u * w (FIRE), never materialised; all six or none.
         impl: "materialized", "fused" or "auto" (fused when built and no weights asked for).
         return_weights: also return the attention weights (materialised path).
 
@@ -233,4 +273,5 @@ def attention_core(q, k, v, *, causal=True, key_padding_mask=None, q_offset=0, s
     return run_attention_core(q, k, v, dims, causal=causal, key_padding_mask=key_padding_mask, q_offset=q_offset,
                               scale=scale, impl=impl, return_weights=return_weights, qr=qr, relk=relk,
                               relk_ix=relk_ix, relq=relq, relq_ix=relq_ix, relv=relv, relv_ix=relv_ix,
-                              bias_vec=bias_vec, bias_ix=bias_ix, bias_full=bias_full)
+                              bias_vec=bias_vec, bias_ix=bias_ix, bias_full=bias_full, pwl_u=pwl_u, pwl_ix=pwl_ix,
+                              pwl_w=pwl_w, pwl_bp=pwl_bp, pwl_slope=pwl_slope, pwl_icpt=pwl_icpt)

@@ -2,10 +2,12 @@
 
 The Toeplitz biases (ALiBi, T5 buckets, KERPLE, Sandwich, learned per-distance
 bias) depend on ``d = i - j`` only. Each is a :class:`DistanceBias`: it
-implements ``bias(d)`` over an array of distances with relpos ops (or a C
-kernel), and relpos tabulates it over the ``Tq + Tk - 1`` distances of the
-attention window and feeds the table to the fused kernel as ``bias_vec``.
-FIRE depends on ``i`` as well and gives a ``bias_full`` (1, H, Tq, Tk).
+implements ``bias(d)`` over an array of distances with relpos ops (Sandwich,
+which has no parameters, with a C kernel), and relpos tabulates it over the
+``Tq + Tk - 1`` distances of the attention window and feeds the table to the
+fused kernel as ``bias_vec``. FIRE depends on ``i`` as well: its MLP of one
+input is piecewise linear, and the kernels evaluate it pair by pair from
+O(Tq + Tk + H * width) numbers (the ``pwl_*`` channel), never a (Tq, Tk) matrix.
 
 The bias is added to ``scale * q.k`` and is not multiplied by the scale.
 
@@ -20,8 +22,8 @@ import numpy as np
 from .. import _C
 from .. import functional as F
 from ..nn import Parameter
-from ..tensor import Function, Tensor, no_grad
-from .base import DistanceBias, Encoding
+from ..tensor import Tensor, no_grad
+from .base import DistanceBias, Encoding, distance_window
 from .registry import register
 
 __all__ = ["alibi_slopes", "t5_bucket", "relative_positions"]
@@ -86,33 +88,6 @@ def _window(Tq, Tk, q_offset):
     """(d0, n): the distances d0 .. d0+n-1 a (Tq, Tk, q_offset) window needs
     (at least one, so that an empty window still gives a valid table)."""
     return q_offset - (Tk - 1), max(Tq + Tk - 1, 1)
-
-
-def _contiguous(d):
-    """d0 when d is the ascending run d0, d0+1, ... (what attention asks for); else None."""
-    if len(d) and d[-1] - d[0] == len(d) - 1 and (len(d) < 3 or np.all(np.diff(d) == 1)):
-        return int(d[0])
-    return None
-
-
-# ---- autograd Functions over the C kernels --------------------------------------------
-
-class FireBias(Function):
-    """W1, b1 (W,), W2 (H, W), b2 (H,), c, L (1,) -> (1, H, Tq, Tk), causal (0 where j > i)."""
-
-    @staticmethod
-    def forward(ctx, W1, b1, W2, b2, c, L, Tq=0, Tk=0, q_offset=0, eps=1e-6):
-        ctx.save_for_backward(W1, b1, W2, b2, c, L)
-        ctx.args = (q_offset, eps)
-        return _C.fire_fwd(W1, b1, W2, b2, c, L, Tq, Tk, q_offset, eps)
-
-    @staticmethod
-    def backward(ctx, g):
-        if not any(ctx.needs_input_grad):
-            return (None,) * 6
-        q_offset, eps = ctx.args
-        grads = _C.fire_bwd(*ctx.saved, np.ascontiguousarray(g, dtype=np.float32), q_offset, eps)
-        return tuple(gr if need else None for gr, need in zip(grads, ctx.needs_input_grad))
 
 
 # ---- encodings -------------------------------------------------------------------
@@ -283,9 +258,16 @@ class Sandwich(DistanceBias):
     scaling of one public implementation). No parameters: a C kernel
     (``_C.bias_sandwich_fwd``) tabulates it.
 
+    The table of a window is kept: Sandwich has no parameters, so a training
+    run computes it once, and generation (a window growing by one key per
+    step) recomputes it only when it outgrows the kept range, which doubles.
+
     Options: dim (int, 128): the d-bar of the paper (even).
     Context: n_heads (required).
     """
+
+    #: distances kept past what a call asked for, at most (generation's growing window)
+    CACHE_LIMIT = 1 << 16
 
     name = "sandwich"
     paper = "Chi, Fan, Rudnicky, Ramadge 2023 (Sandwich, arXiv 2212.10356)"
@@ -299,14 +281,25 @@ class Sandwich(DistanceBias):
         self.dim = dim
         self.register_buffer("scales", (n_heads / (8.0 * np.arange(1, n_heads + 1))).astype(np.float32),
                              persistent=False)
+        self._table = None  # (lo, (H, n) table of distances lo .. lo+n-1)
 
     def bias(self, d):
         """s_h sum_k cos(d w_k) -> (H, len(d)) (a constant: no parameters)."""
-        d0 = _contiguous(d)
-        if d0 is not None:
-            return Tensor(_C.bias_sandwich_fwd(self.scales, d0, len(d), self.dim))
-        return Tensor(np.concatenate([_C.bias_sandwich_fwd(self.scales, int(x), 1, self.dim) for x in d], axis=1)
-                      if len(d) else np.zeros((self.n_heads, 0), np.float32))
+        d = np.asarray(d, dtype=np.int64)
+        if len(d) == 0:
+            return Tensor(np.zeros((self.n_heads, 0), np.float32))
+        lo, hi = int(d.min()), int(d.max())
+        if self._table is not None:
+            tlo, tab = self._table
+            if tlo <= lo and hi < tlo + tab.shape[1]:
+                return Tensor(np.ascontiguousarray(tab[:, d - tlo]))
+        if hi - lo + 1 > len(d) + self.CACHE_LIMIT:  # scattered distances: no range to keep
+            return Tensor(_C.bias_sandwich_fwd(self.scales, d, self.dim))
+        # keep the range, with as much room again above it (capped) for a window that grows
+        top = hi + min(hi - lo + 1, self.CACHE_LIMIT)
+        tab = _C.bias_sandwich_fwd(self.scales, np.arange(lo, top + 1, dtype=np.int64), self.dim)
+        self._table = (lo, tab)
+        return Tensor(np.ascontiguousarray(tab[:, d - lo]))
 
     def extra_repr(self):
         return f"n_heads={self.n_heads}, dim={self.dim}"
@@ -341,16 +334,76 @@ class LearnedBias(DistanceBias):
         return f"n_heads={self.n_heads}, max_distance={self.max_distance}"
 
 
+def fire_segments(W1, b1):
+    """The piecewise-linear form of FIRE's first layer ``relu(W1 x + b1)``
+    (W1, b1 (W,) float32 ndarrays): ``(bp, on)`` with bp (S-1,) float32 the
+    ascending breakpoints ``-b1_w / W1_w`` of the units with ``W1_w != 0``
+    (shared by the heads) and on (S, W) float32 0/1: unit w is active on
+    segment s, the x with exactly s breakpoints ``<= x``.
+
+    A unit with ``W1_w = 0`` is constant (active on every segment iff
+    ``b1_w > 0``) and adds no breakpoint; equal breakpoints stay separate (the
+    segment between them is empty). The pattern is piecewise constant in the
+    weights, so it carries no gradient. A NaN breakpoint (NaN weights; the
+    bias is NaN anyway) is put last."""
+    W1 = np.asarray(W1, dtype=np.float64)
+    b1 = np.asarray(b1, dtype=np.float64)
+    units = np.flatnonzero(W1 != 0)                  # NaN != 0: a NaN unit gets a breakpoint too
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        t = -b1[units] / W1[units]
+    t = np.where(np.isnan(t), np.inf, t)
+    order = np.argsort(t, kind="stable")
+    rank = np.empty(len(units), dtype=np.int64)
+    rank[order] = np.arange(len(units))
+    S = len(units) + 1
+    seg = np.arange(S)[:, None]
+    on = np.repeat((b1 > 0)[None, :], S, axis=0)    # constant units
+    on[:, units] = np.where(W1[units] > 0, rank[None, :] < seg, rank[None, :] >= seg)
+    with np.errstate(over="ignore"):
+        bp = t[order].astype(np.float32)
+    return bp, on.astype(np.float32)
+
+
+def pwl_bias_matrix(inputs, Tq, Tk, q_offset=0, causal=True):
+    """What the ``pwl_*`` channel adds to logit (i, j): (H, Tq, Tk) float64 from
+    the inputs of :meth:`Fire.pwl` (Tensors or arrays), 0 where j > i when causal."""
+    val = {n: np.asarray(getattr(x, "data", x)) for n, x in inputs.items() if n != "pwl_ix"}
+    sign, off = inputs["pwl_ix"]
+    u, w, bp = val["pwl_u"], val["pwl_w"], val["pwl_bp"]
+    ia = q_offset + np.arange(Tq, dtype=np.int64)[:, None]
+    idx = np.clip(sign * (ia - np.arange(Tk, dtype=np.int64)[None, :]) + off, 0, len(u) - 1)
+    with np.errstate(invalid="ignore", over="ignore"):
+        x = u[idx] * w[:, None]                      # float32, as the kernels form it
+        seg = (bp[None, None, :] <= x[..., None]).sum(axis=-1)
+        out = (val["pwl_slope"].astype(np.float64)[:, seg] * x.astype(np.float64)
+               + val["pwl_icpt"].astype(np.float64)[:, seg])
+    if causal:
+        out = np.where((np.arange(Tk)[None, :] <= ia)[None], out, 0.0)
+    return out
+
+
 @register
 class Fire(Encoding):
     """FIRE (Li et al., ICLR 2024): ``b_h(i, j) = f(psi(i - j) / psi(max(L, i)))``,
     ``psi(x) = log(|c| x + 1)``, f an MLP 1 -> width -> H with ReLU; c and L
-    learnable. Depends on the query position i as well as on i - j (the
-    normaliser), so it gives ``bias_full`` (1, H, Tq, Tk). Causal only.
+    learnable. Causal only.
 
     As in the authors' code the threshold is ``|L|`` and ``eps`` is added to
     the normaliser ``psi(max(|L|, i))``. L gets gradient from the rows with
     ``i < |L|`` (none from a row with i = |L| exactly, where max has a kink).
+
+    How it runs: f has one input, so it is piecewise linear in
+    ``x = psi(i - j) * w_i``, ``w_i = 1 / (psi(max(|L|, i)) + eps)``, with the
+    breakpoints ``-b1/W1`` shared by the heads. :meth:`pwl` builds the slopes
+    and intercepts of every segment and head, psi over the window of
+    distances, and w per query, with relpos ops (autograd carries the kernel's
+    gradients to W1, b1, W2, b2, c and L), and the attention kernels evaluate
+    ``slope * x + intercept`` pair by pair. Memory: O(Tq + Tk + H * width),
+    whatever q_offset is; no (Tq, Tk) matrix is ever built.
+
+    Non-finite parameters: a NaN or infinite value in W1 or b1 makes every
+    bias NaN, one in W2[h] makes head h's bias NaN (so the attention rows turn
+    NaN, never silently finite); b2, c and L go through the formula.
 
     Options:
         width (int, 32): hidden width of the MLP.
@@ -386,21 +439,51 @@ class Fire(Encoding):
         self.c = Parameter(np.array([init_c], dtype=np.float32))
         self.L = Parameter(np.array([init_L], dtype=np.float32))
 
-    def bias(self, Tq: int, Tk: int, q_offset: int = 0):
-        """(1, H, Tq, Tk) Tensor of the FIRE bias (0 above the causal diagonal)."""
-        return FireBias.apply(self.W1, self.b1, self.W2, self.b2, self.c, self.L, Tq=Tq, Tk=Tk,
-                              q_offset=q_offset, eps=self.eps)
+    def pwl(self, Tq: int, Tk: int, q_offset: int = 0) -> dict:
+        """The ``pwl_*`` inputs of ``attention_core`` for Tq queries at
+        ``q_offset ..`` and Tk keys at ``0 ..``:
+
+        - pwl_u (Tq+Tk-1,) Tensor: psi(max(d, 0)) over the window of distances
+          d = i - j (:func:`distance_window`), with pwl_ix = (+1, Tk-1-q_offset);
+        - pwl_w (Tq,) Tensor: 1 / (psi(max(|L|, i)) + eps) per query;
+        - pwl_bp (S-1,) ndarray, pwl_slope and pwl_icpt (H, S) Tensors: f on
+          each segment (:func:`fire_segments`), S <= width + 1.
+        """
+        q_offset = int(q_offset)
+        c, L = self.c.data[0], self.L.data[0]
+        cabs = self.c * float(np.sign(c))  # |c|, with the gradient sign(c) (0 at c = 0, as max's kink)
+        d = np.maximum(distance_window(Tq, Tk, q_offset), 0).astype(np.float32)  # d < 0 is masked (causal)
+        u = F.log(cabs * d + 1.0)
+        ia = (q_offset + np.arange(Tq, dtype=np.int64)).astype(np.float32)
+        Labs = self.L * float(np.sign(L))
+        # rows whose normaliser uses |L| (and so its gradient); a NaN L propagates, as torch.maximum does
+        above = ((np.abs(L) > ia) | np.isnan(L)).astype(np.float32)
+        m = Labs * above + ia * (1.0 - above)
+        w = 1.0 / (F.log(cabs * m + 1.0) + self.eps)
+        bp, on = fire_segments(self.W1.data, self.b1.data)
+        H = self.n_heads
+        slope = self.W2 @ (Tensor(on) * self.W1).T
+        icpt = self.W2 @ (Tensor(on) * self.b1).T + self.b2.reshape(H, 1)
+        # the documented NaN convention for non-finite weights (the segment form cannot follow inf * 0)
+        poison = np.where(np.isfinite(self.W2.data).all(axis=1), 0.0, np.nan)
+        if not (np.isfinite(self.W1.data).all() and np.isfinite(self.b1.data).all()):
+            poison[:] = np.nan
+        if np.isnan(poison).any():
+            icpt = icpt + Tensor(poison.astype(np.float32).reshape(H, 1))
+        return {"pwl_u": u, "pwl_ix": (1, Tk - 1 - q_offset), "pwl_w": w, "pwl_bp": bp,
+                "pwl_slope": slope, "pwl_icpt": icpt}
 
     def attention_inputs(self, q, k, q_offset: int = 0, causal: bool = True) -> dict:
-        """bias_full (1, H, Tq, Tk)."""
+        """The pwl_* channel (see :meth:`pwl`)."""
         self.check_causal(causal)
         if q.shape[1] != self.n_heads:
             raise ValueError(f"encoding 'fire' was built for n_heads={self.n_heads}; got q with {q.shape[1]} heads")
-        return {"bias_full": self.bias(q.shape[2], k.shape[2], q_offset)}
+        return self.pwl(q.shape[2], k.shape[2], q_offset)
 
     def bias_matrix(self, Tq: int, Tk: int, q_offset: int = 0) -> np.ndarray:
+        """(H, Tq, Tk) float64: the bias the kernels add to logit (i, j), 0 where j > i."""
         with no_grad():
-            return self.bias(Tq, Tk, q_offset).data[0].astype(np.float64)
+            return pwl_bias_matrix(self.pwl(Tq, Tk, q_offset), Tq, Tk, q_offset)
 
     def extra_repr(self):
         return f"n_heads={self.n_heads}, width={self.width}, c={float(self.c.data[0]):.4g}, L={float(self.L.data[0]):.4g}"
