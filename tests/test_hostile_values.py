@@ -1204,17 +1204,6 @@ def test_every_entry_point_is_covered():
 
 
 
-def test_report_counts():
-    """Examples run per entry point / public op (run the whole file; -s prints them)."""
-    expected = {n: N_EXAMPLES for n in CASES} | {"F." + n: PUBLIC_EXAMPLES for n in PUBLIC}
-    if set(COUNTS) != set(expected):
-        pytest.skip("only part of the file ran; the counts are checked on a full run")
-    print(f"\nhostile values: {len(CASES)} entry points x {N_EXAMPLES} examples, {len(PUBLIC)} public ops x "
-          f"{PUBLIC_EXAMPLES} (each on the SIMD and the portable path):", dict(sorted(COUNTS.items())))
-    low = {n: c for n, c in COUNTS.items() if c < expected[n]}
-    assert not low, f"cases that ran fewer examples than asked: {low}"
-
-
 # ---------------------------------------------------------------- the twins' semantics are torch's
 
 def _same_specials(got, want, what):
@@ -1770,6 +1759,27 @@ def _(draw):
     return Pub(f, dict(x=x), [G], [(y, iy)], dict(x=(dx, None)))
 
 
+@public("views")
+def _(draw):
+    """reshape, transpose, getitem, concat: data movement, exact (a repeated index adds)."""
+    shape = (dim(draw, 1, 3), dim(draw, 1, 3))
+    x = hostile(draw, shape)
+    idx = draw(st.sampled_from([0, -1, slice(None, None, -1), [0, 0]]))
+    xt = a64(x).T
+    picked = xt[idx] if not isinstance(idx, list) else xt[idx]
+    want = np.concatenate([xt.reshape(-1), np.asarray(picked).reshape(-1)])
+    G = hostile(draw, want.shape)
+    n = xt.size
+    where = idx if not isinstance(idx, list) else (np.array(idx),)
+    dxt, adxt = a64(G[:n]).reshape(xt.shape).copy(), finite_abs(G[:n]).reshape(xt.shape)
+    with np.errstate(all="ignore"):
+        np.add.at(dxt, where, a64(G[n:]).reshape(np.shape(picked)))
+        np.add.at(adxt, where, finite_abs(G[n:]).reshape(np.shape(picked)))   # a repeated index sums
+    f = lambda x: F.concat([F.reshape(F.transpose(x), (-1,)),
+                            F.reshape(F.getitem(F.transpose(x), idx), (-1,))])
+    return Pub(f, dict(x=x), [G], [(want, None)], dict(x=(dxt.T, free_where(adxt.T, adxt.T))))
+
+
 @public("embedding")
 def _(draw):
     V, D = dim(draw, 1, 4), dim(draw, 1, 3)
@@ -1974,3 +1984,16 @@ def test_hostile_public_ops(name):
     def run(data):
         run_public(name, data)
     run()
+
+
+# ---------------------------------------------------------------- counts (last: after every case ran)
+
+def test_report_counts():
+    """Examples run per entry point / public op (run the whole file; -s prints them)."""
+    expected = {n: N_EXAMPLES for n in CASES} | {"F." + n: PUBLIC_EXAMPLES for n in PUBLIC}
+    if set(COUNTS) != set(expected):
+        pytest.skip("only part of the file ran; the counts are checked on a full run")
+    print(f"\nhostile values: {len(CASES)} entry points x {N_EXAMPLES} examples, {len(PUBLIC)} public ops x "
+          f"{PUBLIC_EXAMPLES} (each on the SIMD and the portable path):", dict(sorted(COUNTS.items())))
+    low = {n: c for n, c in COUNTS.items() if c < expected[n]}
+    assert not low, f"cases that ran fewer examples than asked: {low}"
