@@ -200,17 +200,19 @@ static inline void rp_span_act_bwd(int kind, const float *x, const float *g, flo
     case RP_ACT_GELU_TANH:
         /* with e = exp(-2u), s = 1 / (1 + e) = 0.5 (1 + tanh u) and
          * s (1 - s) = e s^2 (no cancellation near s = 1; 0 when e = inf):
-         * d/dx = s + 2 x s (1 - s) du/dx. Where s (1 - s) is 0 (|x| > ~10)
-         * the second term is 0 even if du/dx overflowed (|x| > 1.8e19: 0 * inf);
-         * 0 * v keeps it NaN for x = +-inf, as torch. */
+         * d/dx = s + 2 x s (1 - s) du/dx. x^2 in du/dx is capped at 1e30:
+         * it matters only where s (1 - s) > 0 (|x| < ~10), and for |x| > 1.8e19
+         * it overflowed, making the term 0 * inf = NaN. It stays NaN for
+         * x = +-inf (inf * 0), as torch. */
         for (int64_t i = 0; i < n; i++) {
             float v = x[i];
             float e = rp_exp(-2.0f * RP_GELU_K * (v + RP_GELU_C * v * v * v));
             float s = 1.0f / (1.0f + e);
             float ss = s == 0.0f ? 0.0f : (e * s) * s;
-            float du = RP_GELU_K * (1.0f + 3.0f * RP_GELU_C * v * v);
-            float t = ss == 0.0f ? 0.0f * v : 2.0f * v * ss * du;
-            dx[i] = g[i] * (s + t);
+            float v2 = v * v;
+            v2 = v2 < 1e30f ? v2 : 1e30f;
+            float du = RP_GELU_K * (1.0f + 3.0f * RP_GELU_C * v2);
+            dx[i] = g[i] * (s + v * (2.0f * ss) * du); /* not (2 v): it overflows for |v| > 1.7e38 */
         }
         break;
     case RP_ACT_GELU_ERF:
