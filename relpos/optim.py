@@ -376,13 +376,16 @@ def clip_grad_norm(params, max_norm: float, error_if_nonfinite: bool = False) ->
         params: a Parameter or an iterable of them; those with ``grad`` None are skipped.
         max_norm: >= 0.
         error_if_nonfinite: raise ``FloatingPointError`` when the norm is inf/nan;
-            otherwise gradients are left unscaled in that case.
+            otherwise the gradients are scaled as for any other norm (as torch
+            does): by 0 for an infinite norm (finite elements become 0, infinite
+            ones NaN), by NaN for a NaN norm (every element becomes NaN), so a
+            non-finite gradient is never hidden.
 
     Returns:
         The total norm before clipping (float). Gradients are multiplied by
-        ``max_norm / (total + 1e-6)`` when that is below 1 (as torch does). The
-        norm is accumulated in float64 in a fixed order: bit-identical for any
-        thread count.
+        ``max_norm / (total + 1e-6)`` when that is below 1, or NaN (as torch
+        does with ``clamp(coef, max=1)``). The norm is accumulated in float64
+        in a fixed order: bit-identical for any thread count.
     """
     max_norm = _check_real("max_norm", max_norm, lo=0.0, expect="a finite number >= 0")
     if isinstance(params, Tensor):
@@ -393,12 +396,14 @@ def clip_grad_norm(params, max_norm: float, error_if_nonfinite: bool = False) ->
         if g.dtype != np.float32 or not g.flags.c_contiguous or not g.flags.writeable:
             p.grad = np.array(g, dtype=np.float32, order="C", copy=True)
     total = _C.grad_norm([p.grad for p in ps])
-    if not math.isfinite(total):
-        if error_if_nonfinite:
-            raise FloatingPointError(f"the total gradient norm is {total}; cannot clip")
-        return total
+    if not math.isfinite(total) and error_if_nonfinite:
+        raise FloatingPointError(f"the total gradient norm is {total}; cannot clip")
     coef = max_norm / (total + 1e-6)
-    if coef < 1.0:
+    if coef != coef:
+        # a NaN norm: g * NaN for every element (torch's clamp keeps the NaN)
+        for p in ps:
+            p.grad.fill(np.nan)
+    elif coef < 1.0:
         for p in ps:
             _C.scale_(p.grad, coef)
     return total

@@ -69,23 +69,75 @@ def binary(op, a, b):
 
 
 def gelu_tanh(x):
+    """0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3), written as
+    x * sigmoid(2u) (the same function, without the cancellation of
+    1 + tanh(u) in the negative tail). gelu(-inf) = nan, gelu(+inf) = inf (as torch)."""
     x = np.asarray(x, np.float64)
-    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
+    with np.errstate(all="ignore"):
+        u = np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)
+        return x / (1.0 + np.exp(-2.0 * u))
 
 
 def gelu_erf(x):
-    from math import erf
+    """x * Phi(x), Phi(x) = erfc(-x / sqrt 2) / 2 (accurate in the negative tail).
+    gelu(-inf) = nan, gelu(+inf) = inf (as torch)."""
+    from math import erfc
     x = np.asarray(x, np.float64)
-    return 0.5 * x * (1.0 + np.vectorize(erf, otypes=[np.float64])(x / np.sqrt(2.0)))
+    with np.errstate(all="ignore"):
+        return x * 0.5 * np.vectorize(erfc, otypes=[np.float64])(-x / np.sqrt(2.0))
 
 
 def relu(x):
+    """max(x, 0); relu(nan) = nan (np.maximum propagates NaN, as torch)."""
     return np.maximum(np.asarray(x, np.float64), 0.0)
 
 
 def silu(x):
     x = np.asarray(x, np.float64)
-    return x / (1.0 + np.exp(-x))
+    with np.errstate(all="ignore"):
+        return x / (1.0 + np.exp(-x))
+
+
+def _sigmoid(t):
+    with np.errstate(all="ignore"):
+        return 1.0 / (1.0 + np.exp(-t))
+
+
+def relu_grad(x, grad):
+    """grad where x > 0, 0 where x <= 0; NaN x passes grad through (torch's
+    threshold_backward tests `x <= 0`, false for NaN)."""
+    x = np.asarray(x, np.float64)
+    return np.where(x <= 0, 0.0, np.asarray(grad, np.float64))
+
+
+def gelu_tanh_grad(x, grad):
+    """grad * d/dx [x sigmoid(2u)] = grad * (s + 2 x s (1 - s) u'), with
+    1 - s = sigmoid(-2u) (no cancellation). NaN at x = +-inf (inf * 0), as torch."""
+    x = np.asarray(x, np.float64)
+    k, c = np.sqrt(2.0 / np.pi), 0.044715
+    with np.errstate(all="ignore"):
+        u = k * (x + c * x ** 3)
+        s, sm = _sigmoid(2.0 * u), _sigmoid(-2.0 * u)
+        du = k * (1.0 + 3.0 * c * x * x)
+        return np.asarray(grad, np.float64) * (s + 2.0 * x * (s * sm) * du)
+
+
+def gelu_erf_grad(x, grad):
+    """grad * (Phi(x) + x phi(x)); NaN at x = +-inf (inf * 0), as torch."""
+    from math import erfc
+    x = np.asarray(x, np.float64)
+    with np.errstate(all="ignore"):
+        cdf = 0.5 * np.vectorize(erfc, otypes=[np.float64])(-x / np.sqrt(2.0))
+        pdf = np.exp(-0.5 * x * x) / np.sqrt(2.0 * np.pi)
+        return np.asarray(grad, np.float64) * (cdf + x * pdf)
+
+
+def silu_grad(x, grad):
+    """grad * s (1 + x (1 - s)), s = sigmoid(x), 1 - s = sigmoid(-x); NaN at +-inf, as torch."""
+    x = np.asarray(x, np.float64)
+    with np.errstate(all="ignore"):
+        s, sm = _sigmoid(x), _sigmoid(-x)
+        return np.asarray(grad, np.float64) * (s + x * s * sm)
 
 
 def layer_norm(x, weight=None, bias=None, eps=1e-5):
@@ -135,6 +187,105 @@ def cross_entropy(logits, targets, ignore_index=-100):
     return float(-ls[np.arange(ls.shape[0]), t[keep]].mean())
 
 
+def layer_norm_grad(x, weight, mean, rstd, grad):
+    """LayerNorm backward from the saved statistics (x, grad (N, D); weight (D,)
+    or None; mean, rstd (N,)): h = (x - mean) rstd, gw = grad weight,
+    dx = rstd (gw - mean(gw) - h mean(gw h)), dweight = sum_rows grad h,
+    dbias = sum_rows grad. Returns (dx, dweight, dbias), float64."""
+    x, g = np.asarray(x, np.float64), np.asarray(grad, np.float64)
+    w = np.ones(x.shape[-1]) if weight is None else np.asarray(weight, np.float64)
+    m, r = np.asarray(mean, np.float64)[..., None], np.asarray(rstd, np.float64)[..., None]
+    with np.errstate(all="ignore"):
+        h = (x - m) * r
+        gw = g * w
+        D = max(x.shape[-1], 1)
+        dx = r * (gw - gw.sum(-1, keepdims=True) / D - h * (gw * h).sum(-1, keepdims=True) / D)
+        lead = tuple(range(x.ndim - 1))
+        return dx, (g * h).sum(axis=lead), g.sum(axis=lead)
+
+
+def rms_norm_grad(x, weight, rstd, grad):
+    """RMSNorm backward from the saved rstd: h = x rstd, gw = grad weight,
+    dx = rstd (gw - h mean(gw h)), dweight = sum_rows grad h. Returns (dx, dweight)."""
+    x, g = np.asarray(x, np.float64), np.asarray(grad, np.float64)
+    w = np.ones(x.shape[-1]) if weight is None else np.asarray(weight, np.float64)
+    r = np.asarray(rstd, np.float64)[..., None]
+    with np.errstate(all="ignore"):
+        h = x * r
+        gw = g * w
+        dx = r * (gw - h * (gw * h).sum(-1, keepdims=True) / max(x.shape[-1], 1))
+        return dx, (g * h).sum(axis=tuple(range(x.ndim - 1)))
+
+
+def softmax_grad(y, grad):
+    """dx = y (grad - sum(grad y)) over the last axis, from the saved output y."""
+    y, g = np.asarray(y, np.float64), np.asarray(grad, np.float64)
+    with np.errstate(all="ignore"):
+        return y * (g - (g * y).sum(-1, keepdims=True))
+
+
+def log_softmax_grad(y, grad):
+    """dx = grad - exp(y) sum(grad) over the last axis, from the saved output y."""
+    y, g = np.asarray(y, np.float64), np.asarray(grad, np.float64)
+    with np.errstate(all="ignore"):
+        return g - np.exp(y) * g.sum(-1, keepdims=True)
+
+
+def cross_entropy_rows(logits, targets, ignore_index=-100):
+    """(loss, lse (N,), count) of the fused kernel: lse = logsumexp of each
+    counted row (0 for ignored rows), loss = mean over counted rows of
+    lse - logits[target] (0 when none). A NaN, a +inf or an all -inf counted
+    row gives NaN (log_softmax's semantics in torch)."""
+    x = np.asarray(logits, np.float64)
+    t = np.asarray(targets)
+    keep = t != ignore_index
+    lse = np.zeros(x.shape[0])
+    with np.errstate(all="ignore"):
+        m = x.max(axis=-1, initial=-np.inf) if x.shape[-1] else np.full(x.shape[0], -np.inf)
+        ls = np.log(np.exp(x - m[:, None]).sum(-1))
+        rows = np.flatnonzero(keep)
+        lse[rows] = (m + ls)[rows]
+        row_loss = (m[rows] - x[rows, t[rows]]) + ls[rows] if rows.size else np.zeros(0)
+    loss = float(row_loss.mean()) if rows.size else 0.0
+    return loss, lse, int(rows.size)
+
+
+def cross_entropy_grad(logits, targets, dloss, count, ignore_index=-100):
+    """dlogits (N, V) = (softmax(logits) - onehot(target)) * dloss / count on
+    counted rows, 0 on ignored rows and when count == 0."""
+    x = np.asarray(logits, np.float64)
+    t = np.asarray(targets)
+    out = np.zeros_like(x)
+    if count == 0:
+        return out
+    scale = float(np.float32(dloss)) / count
+    with np.errstate(all="ignore"):
+        for r in np.flatnonzero(t != ignore_index):
+            p = softmax(x[r])
+            p[t[r]] -= 1.0
+            out[r] = p * scale
+    return out
+
+
+def binary_grads(op, a, b, grad):
+    """Elementwise partial derivatives times grad of out = op(a, b), in
+    torch's forms (div: da = g / b, db = -g ((a / b) / b)); rsub is b - a,
+    rdiv b / a. a, b, grad broadcast; returns (da, db) before any reduction."""
+    a, b, g = (np.asarray(v, np.float64) for v in (a, b, grad))
+    with np.errstate(all="ignore"):
+        if op in ("rsub", "rdiv"):
+            db, da = binary_grads(op[1:], b, a, g)
+            return da, db
+        full = np.broadcast_shapes(a.shape, b.shape, g.shape)
+        if op == "add":
+            return np.broadcast_to(g, full).copy(), np.broadcast_to(g, full).copy()
+        if op == "sub":
+            return np.broadcast_to(g, full).copy(), np.broadcast_to(-g, full).copy()
+        if op == "mul":
+            return g * b, g * a
+        return g / b, -g * ((a / b) / b)
+
+
 def embedding(ids, weight):
     return np.asarray(weight, np.float64)[np.asarray(ids)]
 
@@ -144,14 +295,37 @@ def embedding_grad(ids, grad, V):
     grad = np.asarray(grad, np.float64)
     D = grad.shape[-1]
     dw = np.zeros((V, D))
-    np.add.at(dw, np.asarray(ids).reshape(-1), grad.reshape(-1, D))
+    ids = np.asarray(ids).reshape(-1)
+    np.add.at(dw, ids, grad.reshape(ids.size, D))
     return dw
 
 
 def dropout(x, mask, p):
-    """Inverted dropout given the keep mask."""
-    return np.where(mask, np.asarray(x, np.float64) / (1.0 - p), 0.0)
+    """Inverted dropout given the keep mask: x * mask / (1 - p), a product
+    (as torch), so a dropped NaN or inf gives NaN."""
+    with np.errstate(all="ignore"):
+        return np.asarray(x, np.float64) * np.where(mask, np.float32(1.0) / np.float32(1.0 - np.float32(p)), 0.0)
 
+
+def dropout_mask(n, p, seed):
+    """The keep mask (n,) of csrc/core/dropout.c, from its definition: element i
+    is kept when u >= ceil(p 2^32), u the low (even i) or high (odd i) 32 bits of
+    SplitMix64's mix of key + (i // 2 + 1) * golden, key = mix(seed ^ 0x6A09E667F3BCC909)."""
+    M = (1 << 64) - 1
+
+    def mix(z):
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M
+        return z ^ (z >> 31)
+
+    import math
+    key = mix((seed ^ 0x6A09E667F3BCC909) & M)
+    thr = math.ceil(float(np.float32(p)) * 4294967296.0)
+    out = np.zeros(n, bool)
+    for i in range(n):
+        h = mix((key + (i // 2 + 1) * 0x9E3779B97F4A7C15) & M)
+        out[i] = ((h >> 32) if i & 1 else (h & 0xFFFFFFFF)) >= thr
+    return out
 
 
 # ============================================================== optim
@@ -264,14 +438,32 @@ def rotary(x, angles, rotary_dim, layout, scale=None):
     return y
 
 
-def xpos_scale(positions, rotary_dim, center=0.0, gamma=0.4, scale_base=512.0, inverse=False):
-    """xPos ζ_k^((p - c)/B) (keys: the reciprocal), (T, rotary_dim/2) float64, no clamping."""
+def xpos_scale(positions, rotary_dim, center=0.0, gamma=0.4, scale_base=512.0, inverse=False, max_log=None):
+    """xPos ζ_k^((p - c)/B) (keys: the reciprocal), (T, rotary_dim/2) float64.
+    max_log: clamp the exponent's log, exp(clip((p - c)/B log ζ_k, -max_log, max_log))
+    (the kernel's RP_XPOS_MAX_LOG = 80); None: no clamping."""
     d = rotary_dim
-    zeta = np.array([(2.0 * k / d + gamma) / (1 + gamma) for k in range(d // 2)])
-    expo = (np.asarray(positions, dtype=np.float64)[:, None] - center) / scale_base
-    if inverse:
-        expo = -expo
-    return zeta[None, :] ** expo
+    with np.errstate(all="ignore"):
+        zeta = np.array([(2.0 * k / d + gamma) / (1 + gamma) for k in range(d // 2)])
+        expo = (np.asarray(positions, dtype=np.float64)[:, None] - center) / scale_base
+        if inverse:
+            expo = -expo
+        if max_log is None:
+            return zeta[None, :] ** expo
+        return np.exp(np.clip(expo * np.log(zeta)[None, :], -max_log, max_log))
+
+
+def rope_tables(inv_freq, T, offset=0, pos_scale=1.0):
+    """(cos, sin) (T, P) of angles (offset + t) * pos_scale * inv_freq[k] in
+    float64 (libm's cos/sin through math, NaN for a non-finite angle)."""
+    import math
+    inv = np.asarray(inv_freq, np.float64)
+    ang = np.array([[(float(offset + t) * pos_scale) * f for f in inv] for t in range(T)]).reshape(T, inv.size)
+    fin = np.isfinite(ang)
+    safe = np.where(fin, ang, 0.0)
+    c = np.where(fin, np.vectorize(math.cos, otypes=[np.float64])(safe), np.nan) if ang.size else ang
+    s = np.where(fin, np.vectorize(math.sin, otypes=[np.float64])(safe), np.nan) if ang.size else ang
+    return c, s
 
 
 def sinusoidal(positions, d_model, layout="interleaved", base=10000.0):
@@ -290,13 +482,35 @@ def sinusoidal(positions, d_model, layout="interleaved", base=10000.0):
 
 
 def complex_embed(ids, positions, r, omega, theta):
-    """Wang et al. 2020: ids (B, T), positions (T,), tables (V, d) -> (B, T, 2d) = [real | imag]."""
+    """Wang et al. 2020: ids (B, T), positions (T,), tables (V, d) -> (B, T, 2d) =
+    [r cos(phase) | r sin(phase)], phase = omega pos + theta (real products, so
+    inf and NaN follow IEEE as in the kernel, not complex multiplication)."""
     ids = np.asarray(ids)
     pos = np.asarray(positions, dtype=np.float64)
     r, omega, theta = (np.asarray(a, dtype=np.float64) for a in (r, omega, theta))
-    z = r[ids] * np.exp(1j * (omega[ids] * pos[None, :, None] + theta[ids]))
-    return np.concatenate([z.real, z.imag], axis=-1)
+    with np.errstate(all="ignore"):
+        ph = omega[ids] * pos[None, :, None] + theta[ids]
+        return np.concatenate([r[ids] * np.cos(ph), r[ids] * np.sin(ph)], axis=-1)
 
+
+def complex_embed_grad(ids, positions, r, omega, theta, grad):
+    """(dr, domega, dtheta) (V, d) of complex_embed for grad (B, T, 2d) = [g_re | g_im]:
+    dphase = r (g_im cos - g_re sin); dr = g_re cos + g_im sin; dtheta = dphase;
+    domega = dphase pos; scattered over ids."""
+    ids = np.asarray(ids)
+    pos = np.asarray(positions, dtype=np.float64)
+    r, omega, theta = (np.asarray(a, dtype=np.float64) for a in (r, omega, theta))
+    g = np.asarray(grad, np.float64)
+    d = r.shape[1]
+    gre, gim = g[..., :d], g[..., d:]
+    with np.errstate(all="ignore"):
+        ph = omega[ids] * pos[None, :, None] + theta[ids]
+        c, s = np.cos(ph), np.sin(ph)
+        dph = r[ids] * (gim * c - gre * s)
+        outs = [np.zeros_like(r) for _ in range(3)]
+        for o, v in zip(outs, (gre * c + gim * s, dph * pos[None, :, None], dph)):
+            np.add.at(o, ids.reshape(-1), v.reshape(ids.size, d))
+    return tuple(outs)
 
 
 # ============================================================== bias
@@ -419,8 +633,28 @@ def fire_bias_param(params, Tq, Tk, q_offset=0, eps=1e-6):
                      Tq, Tk, q_offset, eps)
 
 
+def _cope_row(qi, kb, e, jmax, scale):
+    """Gates (jmax+1), suffix positions (jmax+1) and z = e q (P) of one CoPE row."""
+    with np.errstate(all="ignore"):
+        gates = np.array([1.0 / (1.0 + np.exp(-scale * np.sum(qi * kb[t]))) for t in range(jmax + 1)])
+        pos = np.cumsum(gates[::-1])[::-1]
+        z = np.sum(e * qi[None, :], axis=1)
+    return gates, pos, z
+
+
+def _cope_interp(p, top):
+    """floor, ceil, weight of the clamped position p (NaN: indices 0, weight NaN)."""
+    pc = np.minimum(p, top)
+    if np.isnan(pc):
+        return 0, 0, np.nan
+    fl = int(np.floor(pc))
+    return fl, int(np.ceil(pc)), pc - fl
+
+
 def cope_bias(q, k, e, q_offset=0, scale=1.0):
-    """CoPE (Golovneva et al. 2024) extra logits (B, H, Tq, Tk), causal, 0 above the diagonal."""
+    """CoPE (Golovneva et al. 2024) extra logits (B, H, Tq, Tk), causal, 0 above the diagonal.
+    A NaN position (a NaN gate) gives NaN; z[p] = q.e[p] is gathered, so a NaN in an
+    unused row of e does not reach the output."""
     q, k, e = (np.asarray(a, dtype=np.float64) for a in (q, k, e))
     B, H, Tq, D = q.shape
     Tk, P = k.shape[2], e.shape[0]
@@ -428,16 +662,50 @@ def cope_bias(q, k, e, q_offset=0, scale=1.0):
     for b in range(B):
         for h in range(H):
             for i in range(Tq):
-                ia = q_offset + i
-                qi = q[b, h, i]
-                z = e @ qi
-                for j in range(min(ia + 1, Tk)):
-                    gates = [1.0 / (1.0 + np.exp(-scale * (qi @ k[b, h, t]))) for t in range(j, min(ia + 1, Tk))]
-                    p = min(sum(gates), P - 1)
-                    fl, ce = int(np.floor(p)), int(np.ceil(p))
-                    w = p - fl
-                    out[b, h, i, j] = z[fl] * (1 - w) + z[ce] * w
+                jmax = min(q_offset + i, Tk - 1)
+                if jmax < 0:
+                    continue
+                _, pos, z = _cope_row(q[b, h, i], k[b, h], e, jmax, scale)
+                for j in range(jmax + 1):
+                    fl, ce, w = _cope_interp(pos[j], P - 1)
+                    with np.errstate(all="ignore"):
+                        out[b, h, i, j] = z[fl] * (1 - w) + z[ce] * w
     return out
+
+
+def cope_grad(q, k, e, grad, q_offset=0, scale=1.0):
+    """(dq, dk, de) of cope_bias for grad (B, H, Tq, Tk), by the chain rule with
+    dense sums, as an autograd framework forms them: dq_i = sum_{t <= jmax} ds_t k_t
+    + sum over all p of dz_p e_p, dk_t = sum_i ds_it q_i, de_p = sum_i dz_ip q_i
+    (so 0 * inf = NaN reaches them). d out / d pos = z[ceil] - z[floor] below the
+    clamp, 0 at or above it, NaN for a NaN position; ds_t = (sum_{j <= t} dpos_j)
+    g_t (1 - g_t) scale."""
+    q, k, e, G = (np.asarray(a, dtype=np.float64) for a in (q, k, e, grad))
+    B, H, Tq, D = q.shape
+    Tk, P = k.shape[2], e.shape[0]
+    dq, dk, de = np.zeros_like(q), np.zeros_like(k), np.zeros_like(e)
+    with np.errstate(all="ignore"):
+        for b in range(B):
+            for h in range(H):
+                for i in range(Tq):
+                    jmax = min(q_offset + i, Tk - 1)
+                    if jmax < 0:
+                        continue
+                    qi = q[b, h, i]
+                    gates, pos, z = _cope_row(qi, k[b, h], e, jmax, scale)
+                    dz = np.zeros(P)
+                    dp = np.zeros(jmax + 1)
+                    for j in range(jmax + 1):
+                        fl, ce, w = _cope_interp(pos[j], P - 1)
+                        Gj = G[b, h, i, j]
+                        dz[fl] += Gj * (1 - w)
+                        dz[ce] += Gj * w
+                        dp[j] = np.nan if np.isnan(w) else (0.0 if pos[j] > P - 1 else Gj * (z[ce] - z[fl]))
+                    ds = np.cumsum(dp) * gates * (1 - gates) * scale
+                    dq[b, h, i] = np.sum(ds[:, None] * k[b, h, :jmax + 1], 0) + np.sum(dz[:, None] * e, 0)
+                    dk[b, h, :jmax + 1] += ds[:, None] * qi[None, :]
+                    de += dz[:, None] * qi[None, :]
+    return dq, dk, de
 
 
 def relidx(sign, off, R, Tq, Tk, q_offset=0):
@@ -898,17 +1166,23 @@ def linear_gelu(x, weight, bias=None, approximate="tanh"):
     return gelu_tanh(h) if approximate == "tanh" else gelu_erf(h)
 
 
-def rope_rotate_tables(x, cos, sin, rotary_dim, layout, inverse=False):
+def rope_rotate_tables(x, cos, sin, rotary_dim, layout, inverse=False, scale=None):
     """x (..., T, D) with pair k of row t turned by the angle whose cos/sin are
-    cos[t, k], sin[t, k] (by minus that angle when inverse), float64."""
+    cos[t, k], sin[t, k] (by minus that angle when inverse), then multiplied by
+    scale[t, k] (None: 1); float64, real products (IEEE inf/NaN as the kernel)."""
     x = np.asarray(x, np.float64)
     y = x.copy()
     c = np.asarray(cos, np.float64)
     s = np.asarray(sin, np.float64) * (-1.0 if inverse else 1.0)
-    for k, (a, b) in enumerate(rope_pairs(rotary_dim, layout)):
-        xa, xb = x[..., a], x[..., b]
-        y[..., a] = c[:, k] * xa - s[:, k] * xb
-        y[..., b] = s[:, k] * xa + c[:, k] * xb
+    sc = None if scale is None else np.asarray(scale, np.float64)
+    with np.errstate(all="ignore"):
+        for k, (a, b) in enumerate(rope_pairs(rotary_dim, layout)):
+            xa, xb = x[..., a], x[..., b]
+            y[..., a] = c[:, k] * xa - s[:, k] * xb
+            y[..., b] = s[:, k] * xa + c[:, k] * xb
+            if sc is not None:
+                y[..., a] *= sc[:, k]
+                y[..., b] *= sc[:, k]
     return y
 
 

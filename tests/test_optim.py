@@ -356,7 +356,7 @@ def test_clip_grad_norm_scales_to_max(rng):
     assert ps[2].grad is None
 
 
-def test_clip_grad_norm_leaves_small_and_nonfinite(rng):
+def test_clip_grad_norm_leaves_small_and_scales_nonfinite(rng):
     ps = _params(rng)
     for p in ps:
         p.grad = f32(rng, *p.shape, scale=0.01)
@@ -365,10 +365,16 @@ def test_clip_grad_norm_leaves_small_and_nonfinite(rng):
     assert total < 10.0
     for p, k in zip(ps, keep):
         assert np.array_equal(p.grad, k)
+    # an infinite norm scales by max_norm / inf = 0, as torch: finite -> 0, inf -> NaN
     ps[0].grad[0, 0] = np.inf
-    assert math.isinf(optim.clip_grad_norm(ps, 1.0))
     with pytest.raises(FloatingPointError):
         optim.clip_grad_norm(ps, 1.0, error_if_nonfinite=True)
+    assert math.isinf(optim.clip_grad_norm(ps, 1.0))
+    assert np.isnan(ps[0].grad[0, 0]) and np.count_nonzero(ps[0].grad) == 1
+    assert not np.any(ps[1].grad)
+    # a NaN norm makes every gradient NaN (torch's clamp(NaN, max=1) = NaN)
+    assert math.isnan(optim.clip_grad_norm(ps, 1.0))
+    assert all(np.isnan(p.grad).all() for p in ps if p.grad is not None)
     with pytest.raises(ValueError, match="max_norm"):
         optim.clip_grad_norm(ps, -1.0)
     assert optim.clip_grad_norm([nn.Parameter(np.ones(3))], 1.0) == 0.0  # no grads

@@ -33,6 +33,17 @@ static inline double dot_d(const float *a, const float *b, int64_t D) {
 /* float exp (simd_math.h's) is enough for a gate; 1/(1+inf) = 0 and 1/(1+0) = 1 at the extremes. */
 static inline double sigmoid(double x) { return 1.0f / (1.0f + rp_exp(-(float)x)); }
 
+/* 1 if the D floats of x are all finite: x * 0 is NaN exactly for inf and NaN. */
+static inline int row_finite(const float *x, int64_t D) {
+    float s = 0.0f;
+    for (int64_t d = 0; d < D; d++) s += x[d] * 0.0f;
+    return s == 0.0f;
+}
+
+/* floor of a clamped position pc >= 0; 0 for a NaN one (a NaN gate), whose
+ * weight pc - 0 stays NaN: (int64_t)NaN would be undefined (a garbage index) */
+static inline int64_t pos_floor(double pc) { return pc >= 0.0 ? (int64_t)pc : 0; }
+
 static int cope_ok(int64_t B, int64_t H, int64_t Tq, int64_t Tk, int64_t D, int64_t P, int64_t q_offset) {
     return B >= 0 && H >= 0 && Tq >= 0 && Tk >= 0 && D >= 0 && P >= 1 && q_offset >= 0;
 }
@@ -73,7 +84,7 @@ int rp_cope_fwd(const float *q, const float *k, const float *e, int64_t B, int64
             cope_row(qi, kb, e, jmax, D, P, scale, gate, pos, z);
             for (int64_t j = 0; j <= jmax; j++) {
                 double pc = pos[j] > top ? top : pos[j];
-                int64_t f = (int64_t)pc; /* pc >= 0: truncation is floor */
+                int64_t f = pos_floor(pc);
                 double w = pc - (double)f;
                 int64_t c = f + (w > 0.0);
                 o[j] = (float)(z[f] * (1.0 - w) + z[c] * w);
@@ -85,7 +96,11 @@ int rp_cope_fwd(const float *q, const float *k, const float *e, int64_t B, int64
     return RP_OK;
 }
 
-/* g (B,H,Tq,Tk) -> dq (B,H,Tq,D), dk (B,H,Tk,D), de (P,D); any output may be NULL. */
+/* g (B,H,Tq,Tk) -> dq (B,H,Tq,D), dk (B,H,Tk,D), de (P,D); any output may be NULL.
+ * The sums are those an autograd framework forms (dq = ds k + dz e over every
+ * key of the causal window and every row of e, dk = ds q, de = dz q): a term
+ * whose coefficient is 0 is skipped only when its vector is finite, so that
+ * 0 * inf = NaN still reaches the gradient. */
 int rp_cope_bwd(const float *q, const float *k, const float *e, const float *g, int64_t B, int64_t H, int64_t Tq,
                 int64_t Tk, int64_t D, int64_t P, int64_t q_offset, float scale, float *dq, float *dk, float *de) {
     if (!cope_ok(B, H, Tq, Tk, D, P, q_offset)) return RP_EINVAL;
@@ -98,7 +113,15 @@ int rp_cope_bwd(const float *q, const float *k, const float *e, const float *g, 
     /* per part: de partial (P*D), dk accumulator (Tk*D), gate, pos, dp (Tk each), z, dz (P), dq row (D) */
     const int64_t ns = P * D + Tk * D + 3 * Tk + 2 * P + D;
     double *scratch = (double *)rp_calloc((size_t)parts * (size_t)ns, sizeof(double));
-    if (!scratch) return RP_ENOMEM;
+    /* finiteness flags: e's rows (P), then each part's rows of k (Tk) */
+    unsigned char *fin = (unsigned char *)rp_malloc((size_t)(P + parts * Tk));
+    if (!scratch || !fin) {
+        rp_free(scratch);
+        rp_free(fin);
+        return RP_ENOMEM;
+    }
+    unsigned char *efin = fin;
+    for (int64_t p = 0; p < P; p++) efin[p] = (unsigned char)row_finite(e + p * D, D);
     const double top = (double)(P - 1);
     RP_BIAS_PARALLEL_PARTS(BH * Tq * Tk * D)
     for (int64_t part = 0; part < parts; part++) {
@@ -106,24 +129,28 @@ int rp_cope_bwd(const float *q, const float *k, const float *e, const float *g, 
         rp_chunk(BH, parts, part, &lo, &hi);
         double *dep = scratch + part * ns, *dka = dep + P * D, *gate = dka + Tk * D, *pos = gate + Tk, *dp = pos + Tk,
                *z = dp + Tk, *dz = z + P, *dqr = dz + P;
+        unsigned char *kfin = fin + P + part * Tk;
         for (int64_t bh = lo; bh < hi; bh++) {
             const float *kb = k + bh * Tk * D;
             memset(dka, 0, (size_t)(Tk * D) * sizeof(double));
+            for (int64_t t = 0; t < Tk; t++) kfin[t] = (unsigned char)row_finite(kb + t * D, D);
             for (int64_t i = 0; i < Tq; i++) {
                 int64_t ia = q_offset + i, r = bh * Tq + i;
                 int64_t jmax = ia < Tk - 1 ? ia : Tk - 1;
                 const float *qi = q + r * D, *gi = g + r * Tk;
+                const int qfin = row_finite(qi, D);
                 cope_row(qi, kb, e, jmax, D, P, scale, gate, pos, z);
                 for (int64_t p = 0; p < P; p++) dz[p] = 0.0;
                 for (int64_t j = 0; j <= jmax; j++) {
                     double G = gi[j];
                     double pc = pos[j] > top ? top : pos[j];
-                    int64_t f = (int64_t)pc;
+                    int64_t f = pos_floor(pc);
                     double w = pc - (double)f;
                     int64_t c = f + (w > 0.0);
                     dz[f] += G * (1.0 - w);
                     dz[c] += G * w;
-                    dp[j] = pos[j] > top ? 0.0 : G * (z[c] - z[f]);
+                    /* a NaN position: its derivative is NaN too (w is) */
+                    dp[j] = pos[j] > top ? 0.0 : (w == w ? G * (z[c] - z[f]) : w);
                 }
                 /* dg_t = sum_{j <= t} dp_j; ds_t = dg_t g_t (1 - g_t) scale */
                 for (int64_t d = 0; d < D; d++) dqr[d] = 0.0;
@@ -131,7 +158,7 @@ int rp_cope_bwd(const float *q, const float *k, const float *e, const float *g, 
                 for (int64_t t = 0; t <= jmax; t++) {
                     run += dp[t];
                     double ds = run * gate[t] * (1.0 - gate[t]) * (double)scale;
-                    if (ds == 0.0) continue;
+                    if (ds == 0.0 && qfin && kfin[t]) continue;
                     const float *kt = kb + t * D;
                     double *dkt = dka + t * D;
                     for (int64_t d = 0; d < D; d++) {
@@ -140,7 +167,7 @@ int rp_cope_bwd(const float *q, const float *k, const float *e, const float *g, 
                     }
                 }
                 for (int64_t p = 0; p < P; p++) {
-                    if (dz[p] == 0.0) continue;
+                    if (dz[p] == 0.0 && qfin && efin[p]) continue;
                     const float *ep = e + p * D;
                     double *dpp = dep + p * D;
                     for (int64_t d = 0; d < D; d++) {
@@ -163,5 +190,6 @@ int rp_cope_bwd(const float *q, const float *k, const float *e, const float *g, 
         }
     }
     rp_free(scratch);
+    rp_free(fin);
     return RP_OK;
 }

@@ -28,7 +28,7 @@ static inline uint64_t threshold(float p) { return (uint64_t)ceil((double)p * 42
 /* Elements per unit of parallel work (even, so pairs never straddle units). */
 #define DROP_BLOCK 8192
 
-/* One kernel for the three uses: x != NULL: y = x * keep * scale; x == NULL:
+/* One kernel for the three uses: x != NULL: y = x * (keep * scale); x == NULL:
  * mask[i] = keep. */
 static int dropout_run(const float *x, float *y, uint8_t *mask, int64_t n, float p, uint64_t seed) {
     if (n < 0 || !(p >= 0.0f && p < 1.0f)) return RP_EINVAL;
@@ -40,12 +40,15 @@ static int dropout_run(const float *x, float *y, uint8_t *mask, int64_t n, float
         const int64_t lo = b * DROP_BLOCK, hi = lo + DROP_BLOCK < n ? lo + DROP_BLOCK : n;
         const int64_t k0 = lo >> 1, k1 = hi >> 1; /* full pairs [2 k0, 2 k1) */
         if (x) {
+            /* x times (0 or scale), a product and not a select: a dropped NaN or inf gives
+             * NaN, as torch's x * mask. The factor comes from a table: no branch to mispredict. */
+            const float factor[2] = {0.0f, scale};
             for (int64_t k = k0; k < k1; k++) {
                 const uint64_t h = pair_bits(key, k);
-                y[2 * k] = (h & 0xFFFFFFFFULL) >= thr ? x[2 * k] * scale : 0.0f;
-                y[2 * k + 1] = (h >> 32) >= thr ? x[2 * k + 1] * scale : 0.0f;
+                y[2 * k] = x[2 * k] * factor[(h & 0xFFFFFFFFULL) >= thr];
+                y[2 * k + 1] = x[2 * k + 1] * factor[(h >> 32) >= thr];
             }
-            if (hi & 1) y[hi - 1] = (pair_bits(key, k1) & 0xFFFFFFFFULL) >= thr ? x[hi - 1] * scale : 0.0f;
+            if (hi & 1) y[hi - 1] = x[hi - 1] * factor[(pair_bits(key, k1) & 0xFFFFFFFFULL) >= thr];
         } else {
             for (int64_t k = k0; k < k1; k++) {
                 const uint64_t h = pair_bits(key, k);

@@ -89,10 +89,12 @@ int rp_ops_binary_fwd(int op, const float *a, const float *b, float *out, int64_
 #define GA_MUL (gv * bv)
 #define GB_MUL (gv * av)
 #define GA_DIV (gv / bv)
-#define GB_DIV (-gv * av / (bv * bv))
+/* torch's order, (a / b) / b: b * b underflows for |b| < 1e-19 (and
+ * g * a overflows) where the result is still a float */
+#define GB_DIV (-gv * ((av / bv) / bv))
 #define GA_RSUB (-gv)
 #define GB_RSUB gv
-#define GA_RDIV (-gv * bv / (av * av)) /* out = b / a */
+#define GA_RDIV (-gv * ((bv / av) / av)) /* out = b / a */
 #define GB_RDIV (gv / av)
 
 #define OP_CASES(BODY)                 \

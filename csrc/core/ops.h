@@ -94,7 +94,8 @@ int rp_ops_embedding_bwd(const int64_t *ids, const float *grad, float *dweight, 
  * number with 32 bits from a counter-based generator (SplitMix64 output
  * i / 2 of the stream keyed by the seed): the mask depends on nothing else
  * (not the thread count, not the call order). Kept elements are scaled by
- * 1 / (1 - p). 0 <= p < 1. The backward regenerates the mask. */
+ * 1 / (1 - p); y = x * (keep ? 1 / (1 - p) : 0), a product, so a dropped NaN or
+ * inf gives NaN (as torch). 0 <= p < 1. The backward regenerates the mask. */
 int rp_ops_dropout_fwd(const float *x, float *y, int64_t n, float p, uint64_t seed);
 int rp_ops_dropout_bwd(const float *grad, float *dx, int64_t n, float p, uint64_t seed);
 /* mask[i] = 1 if element i is kept (n bytes). */
@@ -184,7 +185,8 @@ static inline void rp_span_act_fwd(int kind, const float *x, float *y, int64_t n
         for (int64_t i = 0; i < n; i++) y[i] = x[i] * rp_normcdf(x[i]);
         break;
     case RP_ACT_RELU:
-        for (int64_t i = 0; i < n; i++) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+        /* x < 0, not !(x > 0): relu(NaN) = NaN (as torch) */
+        for (int64_t i = 0; i < n; i++) y[i] = x[i] < 0.0f ? 0.0f : x[i];
         break;
     default:
         for (int64_t i = 0; i < n; i++) y[i] = x[i] * rp_sigmoidf(x[i]);
@@ -198,14 +200,19 @@ static inline void rp_span_act_bwd(int kind, const float *x, const float *g, flo
     case RP_ACT_GELU_TANH:
         /* with e = exp(-2u), s = 1 / (1 + e) = 0.5 (1 + tanh u) and
          * s (1 - s) = e s^2 (no cancellation near s = 1; 0 when e = inf):
-         * d/dx = s + 2 x s (1 - s) du/dx */
+         * d/dx = s + 2 x s (1 - s) du/dx. x^2 in du/dx is capped at 1e30:
+         * it matters only where s (1 - s) > 0 (|x| < ~10), and for |x| > 1.8e19
+         * it overflowed, making the term 0 * inf = NaN. It stays NaN for
+         * x = +-inf (inf * 0), as torch. */
         for (int64_t i = 0; i < n; i++) {
             float v = x[i];
             float e = rp_exp(-2.0f * RP_GELU_K * (v + RP_GELU_C * v * v * v));
             float s = 1.0f / (1.0f + e);
             float ss = s == 0.0f ? 0.0f : (e * s) * s;
-            float du = RP_GELU_K * (1.0f + 3.0f * RP_GELU_C * v * v);
-            dx[i] = g[i] * (s + 2.0f * v * ss * du);
+            float v2 = v * v;
+            v2 = v2 < 1e30f ? v2 : 1e30f;
+            float du = RP_GELU_K * (1.0f + 3.0f * RP_GELU_C * v2);
+            dx[i] = g[i] * (s + v * (2.0f * ss) * du); /* not (2 v): it overflows for |v| > 1.7e38 */
         }
         break;
     case RP_ACT_GELU_ERF:
@@ -216,7 +223,8 @@ static inline void rp_span_act_bwd(int kind, const float *x, const float *g, flo
         }
         break;
     case RP_ACT_RELU:
-        for (int64_t i = 0; i < n; i++) dx[i] = x[i] > 0.0f ? g[i] : 0.0f;
+        /* zero where x <= 0 only: a NaN x passes the gradient (torch's threshold_backward) */
+        for (int64_t i = 0; i < n; i++) dx[i] = x[i] <= 0.0f ? 0.0f : g[i];
         break;
     default:
         /* 1 - s = e s with e = exp(-x): exact near s = 1 (1 when e = inf) */

@@ -4,6 +4,14 @@
 
 #include <stdio.h>
 
+/* "<what>; got <repr of v>" (PyErr_Format has no %g); returns NULL */
+static PyObject *raise_float(const char *what, double v) {
+    char *r = PyOS_double_to_string(v, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+    PyErr_Format(PyExc_ValueError, "%s; got %s", what, r ? r : "?");
+    PyMem_Free(r);
+    return NULL;
+}
+
 /* New uninitialised float32 array (the core writes every element). */
 static PyArrayObject *new_empty(int ndim, const npy_intp *dims) { return rp_empty_f32(ndim, dims); }
 
@@ -83,7 +91,10 @@ static PyObject *gemm_common(PyObject *args, PyObject *kwargs, int batched) {
         goto fail;
     }
     if (beta != 0.0 && (out_obj == NULL || out_obj == Py_None)) {
-        PyErr_Format(PyExc_ValueError, "%s: beta=%g (non-zero) needs out= (the C to accumulate into)", fname, beta);
+        char *r = PyOS_double_to_string(beta, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+        PyErr_Format(PyExc_ValueError, "%s: beta=%s (non-zero) needs out= (the C to accumulate into)", fname,
+                     r ? r : "?");
+        PyMem_Free(r);
         goto fail;
     }
     npy_intp dims[3];
@@ -206,8 +217,7 @@ static PyObject *py_fma_peak_gflops(PyObject *self, PyObject *args, PyObject *kw
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|id:fma_peak_gflops", kwlist, &threads, &seconds)) return NULL;
     if (threads < 0)
         return PyErr_Format(PyExc_ValueError, "threads must be >= 1 (or 0 for relpos' count); got %d", threads);
-    if (!(seconds > 0.0) || seconds > 60.0)
-        return PyErr_Format(PyExc_ValueError, "seconds must be in (0, 60]; got %g", seconds);
+    if (!(seconds > 0.0) || seconds > 60.0) return raise_float("seconds must be in (0, 60]", seconds);
     double g;
     Py_BEGIN_ALLOW_THREADS
         g = rp_fma_peak_gflops(threads, seconds);

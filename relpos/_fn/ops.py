@@ -116,7 +116,7 @@ class _Binary(Function):
                 ga, gb = (g * b if need_a else None), (g * a if need_b else None)
             else:
                 ga = g / b if need_a else None
-                gb = -g * a / (b * b) if need_b else None
+                gb = -g * ((a / b) / b) if need_b else None  # torch's order: b * b underflows first
         da = None if ga is None else _unbroadcast(np.asarray(ga, dtype=np.float32), ctx.a_shape)
         db = None if gb is None else _unbroadcast(np.asarray(gb, dtype=np.float32), ctx.b_shape)
         return da, db, None
