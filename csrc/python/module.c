@@ -36,10 +36,11 @@ static PyObject *py_force_portable(PyObject *self, PyObject *args) {
 static PyObject *py_config(PyObject *self, PyObject *noargs) {
     (void)self;
     (void)noargs;
-    return Py_BuildValue("{s:O,s:i,s:O,s:s,s:O,s:s,s:s,s:s}", "openmp", rp_have_openmp() ? Py_True : Py_False,
+    return Py_BuildValue("{s:O,s:i,s:O,s:s,s:O,s:s,s:s,s:s,s:O}", "openmp", rp_have_openmp() ? Py_True : Py_False,
                          "num_threads", rp_get_num_threads(), "forked_child", rp_in_forked_child() ? Py_True : Py_False,
                          "simd", rp_simd_name(), "cpu_avx2_fma", rp_cpu_has_avx2_fma() ? Py_True : Py_False, "compiler",
-                         rp_compiler(), "cflags", rp_cflags(), "simd_cflags", rp_simd_cflags());
+                         rp_compiler(), "cflags", rp_cflags(), "simd_cflags", rp_simd_cflags(), "malloc_tuned",
+                         rp_malloc_is_tuned() ? Py_True : Py_False);
 }
 
 static PyMethodDef rp_methods_config[] = {
