@@ -27,8 +27,11 @@ def get_num_threads() -> int:
 
 def config() -> dict:
     """Build and run-time facts as a dict (version, OpenMP, threads, SIMD path, compiler, flags)."""
+    import relpos
+
     c = dict(_C.config())
     c["version"] = __version__
+    c["omp_wait"] = getattr(relpos, "_omp_policy", "unknown")
     return c
 
 
@@ -39,6 +42,7 @@ def show_config() -> None:
     print(f"  OpenMP        : {'on' if c['openmp'] else 'off (serial build)'}")
     print(f"  threads       : {c['num_threads']}"
           + ("  (a forked child: serial, since OpenMP's pool does not survive fork)" if c["forked_child"] else ""))
+    print(f"  OpenMP wait   : {c['omp_wait']}")
     print(f"  SIMD path     : {c['simd']} (CPU has AVX2+FMA: {c['cpu_avx2_fma']})")
     print(f"  compiler      : {c['compiler']}")
     print(f"  CFLAGS        : {c['cflags']}")

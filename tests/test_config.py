@@ -60,3 +60,30 @@ def test_step_sized_outputs_reuse_pages():
     env = dict(os.environ, RELPOS_MALLOC_TUNE="0")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _run_py(code, **env_over):
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(env_over)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return out.stdout.strip()
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/maps") or not relpos.config()["openmp"],
+                    reason="the wait policy is chosen for libgomp on Linux")
+def test_openmp_wait_policy_short_spin_by_default():
+    """relpos asks libgomp for a short spin (idle threads spinning for ~300k
+    iterations made 2-thread steps 10x slower on a loaded machine), only for
+    its own import: child processes see the user's environment, and a user's
+    setting or an earlier libgomp wins."""
+    code = "import os, relpos; print(relpos.config()['omp_wait']); print('GOMP_SPINCOUNT' in os.environ)"
+    policy, leaked = _run_py(code).splitlines()
+    assert policy.startswith("relpos default (GOMP_SPINCOUNT=1000") and leaked == "False"
+    assert _run_py("import relpos; print(relpos.config()['omp_wait'])", OMP_WAIT_POLICY="active") \
+        == "as set by the user (OMP_WAIT_POLICY=active)"
+    code = "import ctypes; ctypes.CDLL('libgomp.so.1'); import relpos; print(relpos.config()['omp_wait'])"
+    assert _run_py(code) == "libgomp's own (it was loaded before relpos)"
