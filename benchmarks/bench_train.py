@@ -25,9 +25,10 @@ The PyTorch model is written here from torch primitives (F.linear,
 F.layer_norm, F.scaled_dot_product_attention, F.gelu, F.cross_entropy,
 torch.optim.AdamW), with the relpos model's initial weights copied in, so
 the first losses must agree (to ~1e-4 relative; printed). All peers get
-the same thread count (and, since relpos is imported first, torch shares its
-libgomp and so its OpenMP wait policy: relpos.config()["omp_wait"]) (relpos.set_num_threads, torch.set_num_threads) and
-their steps are timed interleaved, so machine noise hits both alike; after a
+the same thread count (relpos.set_num_threads, torch.set_num_threads) and the
+same OpenMP wait policy (relpos is imported first, so torch's libgomp.so.1 is
+relpos' one: relpos.config()["omp_wait"]), and
+their steps are timed interleaved, so machine noise hits all alike; after a
 warm-up the median step time is reported, and the best (fastest) step beside
 it (on a shared machine, the step least disturbed by other processes).
 
