@@ -3,7 +3,7 @@
 The bottom of the package (it only talks to the extension), so every layer may
 use it; ``relpos`` re-exports these names.
 """
-from . import _C
+from . import _C, _omp_env
 
 __version__ = "0.1.0"
 
@@ -27,11 +27,9 @@ def get_num_threads() -> int:
 
 def config() -> dict:
     """Build and run-time facts as a dict (version, OpenMP, threads, SIMD path, compiler, flags)."""
-    import relpos
-
     c = dict(_C.config())
     c["version"] = __version__
-    c["omp_wait"] = getattr(relpos, "_omp_policy", "unknown")
+    c["omp_wait"] = _omp_env.policy
     return c
 
 

@@ -19,6 +19,8 @@ import os
 
 #: the spin count relpos asks libgomp for when the user set none
 SPINCOUNT = "1000"
+#: the policy in force, in words (set by before_import; relpos.config()["omp_wait"])
+policy = "unknown"
 _USER_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
@@ -32,14 +34,18 @@ def _libgomp_loaded() -> bool:
 
 
 def before_import() -> str:
-    """Set GOMP_SPINCOUNT for the coming import of relpos._C; returns the policy in words."""
+    """Set GOMP_SPINCOUNT for the coming import of relpos._C; returns (and
+    keeps in ``policy``) the policy in words."""
+    global policy
     user = [k for k in _USER_VARS if k in os.environ]
     if user:
-        return "as set by the user (" + ", ".join(f"{k}={os.environ[k]}" for k in user) + ")"
-    if _libgomp_loaded():
-        return "libgomp's own (it was loaded before relpos)"
-    os.environ["GOMP_SPINCOUNT"] = SPINCOUNT
-    return f"relpos default (GOMP_SPINCOUNT={SPINCOUNT}: a short spin, then sleep)"
+        policy = "as set by the user (" + ", ".join(f"{k}={os.environ[k]}" for k in user) + ")"
+    elif _libgomp_loaded():
+        policy = "libgomp's own (it was loaded before relpos)"
+    else:
+        os.environ["GOMP_SPINCOUNT"] = SPINCOUNT
+        policy = f"relpos default (GOMP_SPINCOUNT={SPINCOUNT}: a short spin, then sleep)"
+    return policy
 
 
 def after_import(policy: str) -> None:
