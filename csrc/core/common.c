@@ -4,9 +4,6 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__GLIBC__) || defined(__linux__)
-#include <malloc.h>
-#endif
 
 #ifndef RP_COMPILER
 #define RP_COMPILER "unknown"
@@ -45,36 +42,11 @@ static int rp_forked_child = 0;
 
 static void rp_atfork_child(void) { rp_forked_child = 1; }
 
-/* A training step allocates and frees the same few-megabyte arrays (outputs
- * and gradients, allocated by NumPy) every step. glibc returns a free heap top
- * above M_TRIM_THRESHOLD to the kernel and serves blocks above its mmap
- * threshold with fresh mappings, so each step page-faulted (and the kernel
- * zeroed) ~2.5 MB again: ~600 faults, 10% of the small model's step. Keeping
- * blocks below 32 MB on the heap and trimming only above 128 MB of free top
- * lets the next step reuse the pages. RELPOS_MALLOC_TUNE=0 leaves malloc alone. */
-#define RP_MMAP_THRESHOLD (32 << 20)
-#define RP_TRIM_THRESHOLD (128 << 20)
-static int rp_malloc_tuned = 0;
-
-static void rp_tune_malloc(void) {
-#if defined(__GLIBC__) && defined(M_MMAP_THRESHOLD) && defined(M_TRIM_THRESHOLD)
-    const char *env = getenv("RELPOS_MALLOC_TUNE");
-    if (env && (strcmp(env, "0") == 0 || strcmp(env, "no") == 0 || strcmp(env, "false") == 0)) return;
-    /* a process that tuned malloc itself (MALLOC_*_ env tunables) keeps its choice */
-    if (getenv("MALLOC_MMAP_THRESHOLD_") || getenv("MALLOC_TRIM_THRESHOLD_")) return;
-    rp_malloc_tuned =
-        mallopt(M_MMAP_THRESHOLD, RP_MMAP_THRESHOLD) == 1 && mallopt(M_TRIM_THRESHOLD, RP_TRIM_THRESHOLD) == 1;
-#endif
-}
-
-int rp_malloc_is_tuned(void) { return rp_malloc_tuned; }
-
 void rp_init(void) {
     static int done = 0;
     if (!done) {
         done = 1;
         pthread_atfork(NULL, NULL, rp_atfork_child);
-        rp_tune_malloc();
     }
 }
 

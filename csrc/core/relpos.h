@@ -30,10 +30,8 @@ void *rp_malloc(size_t nbytes);
 void *rp_calloc(size_t n, size_t size);
 void rp_free(void *p);
 
-/* Called once at import: installs the fork handler (a forked child runs serially)
- * and, with glibc, keeps freed blocks below 32 MB for reuse (common.c). */
+/* Called once at import: installs the fork handler (a forked child runs serially). */
 void rp_init(void);
-int rp_malloc_is_tuned(void); /* 1 if rp_init changed glibc's malloc thresholds */
 int rp_in_forked_child(void);
 
 /* Threads: n <= 0 resets to the OpenMP default (OMP_NUM_THREADS or the cores). */
