@@ -48,7 +48,7 @@ def before_import() -> str:
     return policy
 
 
-def after_import(policy: str) -> None:
+def after_import() -> None:
     """Remove the variable that before_import set (libgomp has read it)."""
     if policy.startswith("relpos default") and os.environ.get("GOMP_SPINCOUNT") == SPINCOUNT:
         del os.environ["GOMP_SPINCOUNT"]

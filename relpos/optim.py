@@ -276,6 +276,8 @@ class AdamW(Optimizer):
         """Update every parameter that has a gradient (those with ``grad`` None
         are skipped), all of them in one C call (``_C.adamw_multi``: one
         parallel region; the same bits as updating them one by one)."""
+        if type(self)._update is not AdamW._update:  # a subclass with its own per-tensor update
+            return super().step()
         params, grads, ms, vs, hyper, states = [], [], [], [], [], []
         for group in self.param_groups:
             self._validate(group)  # lr may have been changed by a schedule or by hand

@@ -470,3 +470,26 @@ def test_clip_grad_norm_leaves_small_and_nonfinite(rng):
     with pytest.raises(ValueError, match="max_norm"):
         optim.clip_grad_norm(ps, -1.0)
     assert optim.clip_grad_norm([nn.Parameter(np.ones(3))], 1.0) == 0.0  # no grads
+
+
+def test_adamw_subclass_with_its_own_update_keeps_it(rng):
+    """AdamW.step updates every tensor in one C call, unless a subclass brings
+    its own per-tensor _update, which then runs as before."""
+    calls = []
+
+    class Logged(optim.AdamW):
+        def _update(self, p, g, state, group):
+            calls.append(p.shape)
+            super()._update(p, g, state, group)
+
+    ps = _params(rng)
+    for p in ps:
+        p.grad = f32(rng, *p.shape)
+    qs = [nn.Parameter(p.data.copy()) for p in ps]
+    for p, q in zip(ps, qs):
+        q.grad = p.grad.copy()
+    Logged(ps, lr=0.1).step()
+    optim.AdamW(qs, lr=0.1).step()
+    assert calls == [p.shape for p in ps]
+    for p, q in zip(ps, qs):
+        assert np.array_equal(p.data, q.data)  # the multi-tensor call gives the same bits
