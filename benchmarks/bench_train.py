@@ -1,19 +1,34 @@
-"""One training step of a relpos TransformerLM against the same model in PyTorch eager.
+"""One training step of a relpos TransformerLM against the same model in PyTorch,
+eager and compiled (torch.compile, inductor on CPU).
 
     OMP_NUM_THREADS=2 python benchmarks/bench_train.py [--threads 1,2] [--enc rope,alibi]
-        [--repeat 7] [--quick] [--json PATH]
+        [--config large,small] [--repeat 7] [--quick] [--no-compile] [--json PATH]
 
-Model: L=4 layers, d=256, 8 heads, T=256, batch 16, vocabulary 256, pre-LN,
-GELU (tanh) MLP x4, tied embedding / output head, no dropout; position
-encoding RoPE (interleaved pairs) or ALiBi. One step = forward, mean
+Configurations (--config):
+  large: L=4 layers, d=256, 8 heads, T=256, batch 16, vocabulary 256;
+  small: the model `python -m relpos compare` and the notebooks train:
+         L=2, d=64, 4 heads, T=64, batch 16, vocabulary 256.
+Both: pre-LN, GELU (tanh) MLP x4, tied embedding / output head, no dropout;
+position encoding RoPE (interleaved pairs) or ALiBi. One step = forward, mean
 cross-entropy of the next token, backward, AdamW (lr 1e-3, weight decay 0.01).
+
+torch.compile compiles the loss function (forward; inductor generates the
+backward), with the same eager AdamW as the eager peer. Compiling takes a
+minute or more per model; where it fails (no C++ compiler, an unsupported
+platform) the row says why (compile_error) and the other figures still come.
+--quick skips it.
+
+Every table line and every JSON row names the CPU model, relpos' SIMD path
+and GEMM micro-kernel (the figures depend on them: AVX-512 vs AVX2).
 
 The PyTorch model is written here from torch primitives (F.linear,
 F.layer_norm, F.scaled_dot_product_attention, F.gelu, F.cross_entropy,
 torch.optim.AdamW), with the relpos model's initial weights copied in, so
-the first losses must agree (to ~1e-4 relative; printed). Both libraries get
-the same thread count (relpos.set_num_threads, torch.set_num_threads) and
-their steps are timed interleaved, so machine noise hits both alike; after a
+the first losses must agree (to ~1e-4 relative; printed). All peers get
+the same thread count (relpos.set_num_threads, torch.set_num_threads) and the
+same OpenMP wait policy (relpos is imported first, so torch's libgomp.so.1 is
+relpos' one: relpos.config()["omp_wait"]), and
+their steps are timed interleaved, so machine noise hits all alike; after a
 warm-up the median step time is reported, and the best (fastest) step beside
 it (on a shared machine, the step least disturbed by other processes).
 
@@ -31,7 +46,10 @@ Figures per (encoding, threads):
     python_cpu_ms / the step's process CPU time (both CPU-time figures are
     not inflated by other processes on a shared machine).
 
---quick: batch 4 and fewer repetitions (for benchmarks/run.py --quick).
+Two-thread stability: spread = median step time / best step time - 1 (the
+issue's target: within 10%).
+
+--quick: batch 4, fewer repetitions, no torch.compile (for benchmarks/run.py --quick).
 """
 import argparse
 import contextlib
@@ -53,7 +71,26 @@ import numpy as np  # noqa: E402
 import relpos  # noqa: E402
 from relpos import _C  # noqa: E402
 
-CONFIG = dict(n_layers=4, d_model=256, n_heads=8, T=256, batch=16, vocab=256, lr=1e-3, weight_decay=0.01)
+CONFIGS = {
+    "large": dict(n_layers=4, d_model=256, n_heads=8, T=256, batch=16, vocab=256, lr=1e-3, weight_decay=0.01),
+    "small": dict(n_layers=2, d_model=64, n_heads=4, T=64, batch=16, vocab=256, lr=1e-3, weight_decay=0.01),
+}
+CONFIG = CONFIGS["large"]  # the default configuration (older callers)
+
+
+def machine():
+    """CPU model, relpos' SIMD path and GEMM micro-kernel: printed beside every table, stored in every row."""
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        import platform
+        cpu = platform.processor() or cpu
+    return dict(cpu=cpu, simd=relpos.config()["simd"], gemm_kernel=_C.gemm_kernel())
 
 
 # ------------------------------------------------------------------ relpos side
@@ -109,8 +146,9 @@ def timed_core():
 
 # ------------------------------------------------------------------- torch side
 
-def torch_model(model, enc, cfg):
-    """The same network in PyTorch eager, weights copied from the relpos `model`."""
+def torch_model(model, enc, cfg, compile=False):
+    """The same network in PyTorch, weights copied from the relpos `model`;
+    compile=True runs the loss through torch.compile (inductor)."""
     import torch
     import torch.nn.functional as TF
 
@@ -162,10 +200,11 @@ def torch_model(model, enc, cfg):
 
     opt = torch.optim.AdamW(list(params.values()), lr=cfg["lr"], weight_decay=cfg["weight_decay"],
                             betas=(0.9, 0.999), eps=1e-8)
+    loss_fn = torch.compile(forward, dynamic=False) if compile else forward
 
     def step(x, y):
         opt.zero_grad(set_to_none=True)
-        loss = forward(x, y)
+        loss = loss_fn(x, y)
         loss.backward()
         opt.step()
         return float(loss.item())
@@ -191,42 +230,66 @@ def set_threads(n):
         pass
 
 
-def measure(enc, threads, cfg, repeat, warmup, peak, with_torch=True):
-    """One row: relpos (and torch) step times at `threads` for encoding `enc`."""
+def _median_best(times, tokens):
+    med, best = float(np.median(times)), float(np.min(times))
+    return med, best, tokens / med, tokens / best
+
+
+def measure(enc, threads, cfg, repeat, warmup, peak, with_torch=True, with_compile=True, config_name="large",
+            log=print):
+    """One row: relpos, torch eager and torch.compile step times at `threads` for encoding `enc`."""
     set_threads(threads)
     batch = cfg["batch"]
     rng = np.random.default_rng(1)
     ids = rng.integers(0, cfg["vocab"], size=(batch, cfg["T"] + 1))
     x, y = ids[:, :-1], ids[:, 1:]
     model, r_step = relpos_model(enc, cfg)
-    t_step = None
-    row = dict(benchmark="train_step", encoding=enc, threads=threads, batch=batch, T=cfg["T"], repeat=repeat,
-               load_avg=os.getloadavg()[0], cpus=os.cpu_count())
+    row = dict(benchmark="train_step", config=config_name, encoding=enc, threads=threads, batch=batch, T=cfg["T"],
+               d_model=cfg["d_model"], n_layers=cfg["n_layers"], n_heads=cfg["n_heads"], repeat=repeat,
+               load_avg=os.getloadavg()[0], cpus=os.cpu_count(), **machine())
+    peers = {}  # name -> step function; "torch" is eager, "compile" is torch.compile
+    tx = ty = None
     if with_torch:
         try:
             import torch  # noqa: F401
-            t_step = torch_model(model, enc, cfg)
             tx, ty = torch.from_numpy(x.copy()), torch.from_numpy(y.copy())
+            peers["torch"] = torch_model(model, enc, cfg)
         except ImportError as e:
             row["torch_error"] = f"torch not available: {e}"
+        if "torch" in peers and with_compile:
+            try:
+                c_step = torch_model(model, enc, cfg, compile=True)
+                t0 = time.perf_counter()
+                row["loss_compile"] = c_step(tx, ty)  # compiles here (from the same initial weights)
+                row["compile_s"] = time.perf_counter() - t0
+                peers["compile"] = c_step
+            except Exception as e:  # any failure to compile: report it, keep the other figures
+                msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+                row["compile_error"] = f"torch.compile skipped: {type(e).__name__}: {msg}"
+                if log:
+                    log(row["compile_error"])
+        elif "torch" in peers:
+            row["compile_error"] = "torch.compile skipped: not asked for (--no-compile or --quick)"
     # first step of each from the same weights: the losses must agree
     row["loss_relpos"] = r_step(x, y)
-    if t_step is not None:
-        row["loss_torch"] = t_step(tx, ty)
+    if "torch" in peers:
+        row["loss_torch"] = peers["torch"](tx, ty)
         row["loss_rel_diff"] = abs(row["loss_relpos"] - row["loss_torch"]) / abs(row["loss_torch"])
+    if "compile" in peers:
+        row["loss_compile_rel_diff"] = abs(row["loss_relpos"] - row["loss_compile"]) / abs(row["loss_compile"])
     for _ in range(warmup):
         r_step(x, y)
-        if t_step is not None:
-            t_step(tx, ty)
-    rt, tt = [], []
+        for f in peers.values():
+            f(tx, ty)
+    times = {"relpos": [], **{k: [] for k in peers}}
     for _ in range(repeat):
         t0 = time.perf_counter()
         r_step(x, y)
-        rt.append(time.perf_counter() - t0)
-        if t_step is not None:
+        times["relpos"].append(time.perf_counter() - t0)
+        for name, f in peers.items():
             t0 = time.perf_counter()
-            t_step(tx, ty)
-            tt.append(time.perf_counter() - t0)
+            f(tx, ty)
+            times[name].append(time.perf_counter() - t0)
     # Python share: extra steps with every _C function timed
     # (the main thread's CPU time outside _C is the Python layer's own work,
     # unaffected by other processes; at 1 thread the process CPU time of a step
@@ -243,70 +306,92 @@ def measure(enc, threads, cfg, repeat, warmup, peak, with_torch=True):
             cpu_shares.append((main_cpu - spent[1]) / proc_cpu)
     flops, n_params = step_flops(model, cfg, batch)
     tokens = batch * cfg["T"]
-    r_med = float(np.median(rt))
-    row.update(n_params=n_params, step_gflop=flops / 1e9, relpos_s=r_med, relpos_tok_s=tokens / r_med,
-               relpos_gflops=flops / r_med / 1e9, python_share=float(np.median(shares)),
+    r_med, r_min, r_tok, r_best_tok = _median_best(times["relpos"], tokens)
+    row.update(n_params=n_params, step_gflop=flops / 1e9, relpos_s=r_med, relpos_tok_s=r_tok,
+               relpos_steps_s=1.0 / r_med, relpos_gflops=flops / r_med / 1e9, python_share=float(np.median(shares)),
                python_cpu_ms=float(np.median(py_ms)),
                python_cpu_share=float(np.median(cpu_shares)) if threads == 1 else None,
-               peak_gflops=peak, mfu=flops / r_med / 1e9 / peak if peak else None)
-    # best-of beside the median: on a shared machine the fastest step is the
-    # one least disturbed by other processes
-    r_min = float(np.min(rt))
-    row.update(relpos_best_tok_s=tokens / r_min, mfu_best=flops / r_min / 1e9 / peak if peak else None)
-    if tt:
-        t_med = float(np.median(tt))
-        row.update(torch_s=t_med, torch_tok_s=tokens / t_med, torch_gflops=flops / t_med / 1e9,
-                   torch_mfu=flops / t_med / 1e9 / peak if peak else None, ratio=t_med / r_med)
-        t_min = float(np.min(tt))
-        row.update(torch_best_tok_s=tokens / t_min, ratio_best=t_min / r_min)
+               peak_gflops=peak, mfu=flops / r_med / 1e9 / peak if peak else None,
+               relpos_best_tok_s=r_best_tok, mfu_best=flops / r_min / 1e9 / peak if peak else None,
+               relpos_spread=r_med / r_min - 1.0)
+    for name, prefix in (("torch", "torch"), ("compile", "compile")):
+        if name not in times:
+            continue
+        t_med, t_min, t_tok, t_best_tok = _median_best(times[name], tokens)
+        row.update({f"{prefix}_s": t_med, f"{prefix}_tok_s": t_tok, f"{prefix}_steps_s": 1.0 / t_med,
+                    f"{prefix}_gflops": flops / t_med / 1e9,
+                    f"{prefix}_mfu": flops / t_med / 1e9 / peak if peak else None,
+                    f"{prefix}_best_tok_s": t_best_tok})
+        # ratio: relpos speed / peer speed (> 1: relpos faster); "ratio" is vs eager
+        key = "ratio" if name == "torch" else "ratio_compile"
+        row[key] = t_med / r_med
+        row[key + "_best"] = t_min / r_min
     return row
 
 
-def run(threads=(1, 2), encodings=("rope", "alibi"), quick=False, repeat=None, with_torch=True, log=print):
-    """All rows (dicts) of the benchmark; one per (encoding, thread count),
-    plus one 'scaling' row per encoding (speed at max threads / at 1 thread)."""
-    cfg = dict(CONFIG)
-    if quick:
-        cfg["batch"] = 4
+def run(threads=(1, 2), encodings=("rope", "alibi"), quick=False, repeat=None, with_torch=True, log=print,
+        configs=("large",), with_compile=True):
+    """All rows (dicts) of the benchmark; one per (configuration, encoding, thread
+    count), plus one 'scaling' row per (configuration, encoding) (speed at max
+    threads / at 1 thread)."""
     repeat = repeat or (3 if quick else 7)
     warmup = 1 if quick else 2
     rows = []
     peaks = {}
     for n in threads:
         peaks[n] = max(_C.fma_peak_gflops(threads=n, seconds=0.3) for _ in range(2))
-    for enc in encodings:
-        per = {}
-        for n in threads:
-            row = measure(enc, n, cfg, repeat, warmup, peaks[n], with_torch)
-            rows.append(row)
-            per[n] = row
-            if log:
-                log(format_row(row))
-        if 1 in per and len(per) > 1:
-            top = max(per)
-            sc = dict(benchmark="train_scaling", encoding=enc, threads=top,
-                      relpos_speedup=per[1]["relpos_s"] / per[top]["relpos_s"],
-                      relpos_speedup_best=per[top]["relpos_best_tok_s"] / per[1]["relpos_best_tok_s"])
-            if "torch_s" in per[1] and "torch_s" in per[top]:
-                sc["torch_speedup"] = per[1]["torch_s"] / per[top]["torch_s"]
-                sc["torch_speedup_best"] = per[top]["torch_best_tok_s"] / per[1]["torch_best_tok_s"]
-            rows.append(sc)
-            if log:
-                log(json.dumps(sc))
+    m = machine()
+    for config_name in configs:
+        cfg = dict(CONFIGS[config_name])
+        if quick:
+            cfg["batch"] = 4
+        if log:
+            log(f"== {config_name}: L={cfg['n_layers']} d={cfg['d_model']} H={cfg['n_heads']} T={cfg['T']} "
+                f"B={cfg['batch']} | CPU {m['cpu']} | SIMD {m['simd']}, GEMM kernel {m['gemm_kernel']} | FMA peak "
+                + ", ".join(f"{n} thr {peaks[n]:.0f}" for n in threads) + " GFLOP/s")
+        for enc in encodings:
+            per = {}
+            for n in threads:
+                row = measure(enc, n, cfg, repeat, warmup, peaks[n], with_torch, with_compile and not quick,
+                              config_name, log)
+                rows.append(row)
+                per[n] = row
+                if log:
+                    log(format_row(row))
+            if 1 in per and len(per) > 1:
+                top = max(per)
+                sc = dict(benchmark="train_scaling", config=config_name, encoding=enc, threads=top, **m,
+                          relpos_speedup=per[1]["relpos_s"] / per[top]["relpos_s"],
+                          relpos_speedup_best=per[top]["relpos_best_tok_s"] / per[1]["relpos_best_tok_s"])
+                for name in ("torch", "compile"):
+                    if f"{name}_s" in per[1] and f"{name}_s" in per[top]:
+                        sc[f"{name}_speedup"] = per[1][f"{name}_s"] / per[top][f"{name}_s"]
+                        sc[f"{name}_speedup_best"] = per[top][f"{name}_best_tok_s"] / per[1][f"{name}_best_tok_s"]
+                rows.append(sc)
+                if log:
+                    log(json.dumps(sc))
     return rows
 
 
 def format_row(r):
-    s = (f"{r['encoding']:6s} threads={r['threads']} relpos {r['relpos_tok_s']:8.0f} tok/s "
-         f"({r['relpos_gflops']:6.1f} GFLOP/s, MFU {100 * (r['mfu'] or 0):4.1f}%, "
+    s = (f"[{r.get('config', 'large')} | {r.get('cpu', '?')} | {r.get('simd', '?')}/{r.get('gemm_kernel', '?')}] "
+         f"{r['encoding']:6s} threads={r['threads']} relpos {r['relpos_tok_s']:8.0f} tok/s "
+         f"({1e3 * r['relpos_s']:.2f} ms/step, {r['relpos_gflops']:6.1f} GFLOP/s, MFU {100 * (r['mfu'] or 0):4.1f}%, "
+         f"best {r['relpos_best_tok_s']:.0f} tok/s, median {100 * r['relpos_spread']:.0f}% above best; "
          f"python {100 * r['python_share']:4.1f}%, {r['python_cpu_ms']:.1f} ms CPU"
          + (f" = {100 * r['python_cpu_share']:.1f}% of step CPU" if r.get("python_cpu_share") is not None else "")
          + ")")
     if "torch_tok_s" in r:
-        s += (f" | torch {r['torch_tok_s']:8.0f} tok/s  ratio {r['ratio']:.2f}x"
+        s += (f" | torch eager {r['torch_tok_s']:8.0f} tok/s  ratio {r['ratio']:.2f}x"
               f" (best of {r.get('repeat', '?')}: {r['relpos_best_tok_s']:.0f} vs {r['torch_best_tok_s']:.0f},"
-              f" {r['ratio_best']:.2f}x, MFU {100 * (r['mfu_best'] or 0):.1f}%)"
-              f" | first loss relpos {r['loss_relpos']:.6f} torch {r['loss_torch']:.6f}"
+              f" {r['ratio_best']:.2f}x, MFU {100 * (r['mfu_best'] or 0):.1f}%)")
+    if "compile_tok_s" in r:
+        s += (f" | torch.compile {r['compile_tok_s']:8.0f} tok/s  ratio {r['ratio_compile']:.2f}x"
+              f" (best {r['compile_best_tok_s']:.0f}, {r['ratio_compile_best']:.2f}x; first call incl. compiling {r['compile_s']:.1f} s)")
+    elif "compile_error" in r:
+        s += f" | {r['compile_error']}"
+    if "torch_tok_s" in r:
+        s += (f" | first loss relpos {r['loss_relpos']:.6f} torch {r['loss_torch']:.6f}"
               f" (rel diff {r['loss_rel_diff']:.1e})")
     elif "torch_error" in r:
         s += f" | {r['torch_error']}"
@@ -317,14 +402,22 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--enc", default="rope,alibi")
+    ap.add_argument("--config", default="large,small", help="comma-separated: " + ", ".join(CONFIGS))
     ap.add_argument("--repeat", type=int, default=None)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile peer")
     ap.add_argument("--json", default=None, help="write the rows here")
     args = ap.parse_args(argv)
     threads = tuple(int(t) for t in args.threads.split(","))
-    rows = run(threads, tuple(args.enc.split(",")), args.quick, args.repeat, not args.no_torch)
-    out = dict(benchmark="train", config=CONFIG, quick=args.quick, rows=rows)
+    configs = tuple(c for c in args.config.split(",") if c)
+    for c in configs:
+        if c not in CONFIGS:
+            ap.error(f"--config: unknown configuration {c!r}; known: {', '.join(CONFIGS)}")
+    rows = run(threads, tuple(args.enc.split(",")), args.quick, args.repeat, not args.no_torch, configs=configs,
+               with_compile=not args.no_compile)
+    out = dict(benchmark="train", machine=machine(), configs={c: CONFIGS[c] for c in configs}, config=CONFIG,
+               quick=args.quick, rows=rows)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)

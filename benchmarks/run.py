@@ -10,7 +10,7 @@ or a missing torch is reported in the table as such, never stops the run):
   attention  bench_attention.py  fused attention fwd+bwd vs torch SDPA, GFLOP/s
   encodings  bench_encodings.py  encoding fwd+bwd time; peer: plain attention
                                  (relpos attention_core), and torch SDPA for it
-  train      bench_train.py      training step vs the same model in torch eager, tokens/s
+  train      bench_train.py      training step (large and small models) vs torch eager and torch.compile, tokens/s
 
 Every figure sits beside its peer's from the same run, with the ratio
 (> 1: relpos ahead) and the fraction of the measured FMA peak at that thread
@@ -174,9 +174,15 @@ def bench_train(threads, quick, timeout):
             note += f"; load {r['load_avg']:.1f}"
         if "loss_rel_diff" in r:
             note += f"; first-loss rel diff {r['loss_rel_diff']:.1e}"
+        if r.get("ratio_compile") is not None:
+            note += f"; vs torch.compile {r['ratio_compile']:.2f}x ({r['compile_tok_s']:.0f} tok/s)"
+        elif r.get("compile_error"):
+            note += "; " + r["compile_error"]
+        if r.get("cpu"):
+            note += f"; {r['cpu']}, {r['simd']}/{r['gemm_kernel']}"
         if "torch_error" in r:
             note += "; " + r["torch_error"]
-        rows.append(row("train", f"{r['encoding']} step B={r['batch']} T={r['T']}", r["threads"], r["relpos_tok_s"],
+        rows.append(row("train", f"{r.get('config', 'large')} {r['encoding']} step B={r['batch']} T={r['T']}", r["threads"], r["relpos_tok_s"],
                         r.get("torch_tok_s"), "torch eager" if "torch_tok_s" in r else "(torch missing)",
                         "tokens/s", r["peak_gflops"], r["step_gflop"] / (r["batch"] * r["T"]), note=note))
     return rows

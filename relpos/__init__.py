@@ -9,7 +9,13 @@ import-linter, see pyproject.toml): ``tensor`` (autograd) -> ``functional`` ->
 ``nn`` -> ``encodings`` -> ``models`` -> ``data`` / ``train`` ->
 ``experiments`` / ``probe`` -> ``cli``.
 """
-from . import _C
+from . import _omp_env
+
+_omp_env.before_import()  # libgomp's wait policy, read when _C loads libgomp
+try:
+    from . import _C
+finally:
+    _omp_env.after_import()
 from ._config import __version__, config, get_num_threads, max_threads, set_num_threads, show_config
 from .tensor import Function, Tensor, enable_grad, is_grad_enabled, no_grad, tensor
 from . import functional, nn, optim  # noqa: I001

@@ -6,7 +6,7 @@ use it; ``relpos`` re-exports these names.
 import numbers
 import os
 
-from . import _C
+from . import _C, _omp_env
 
 __version__ = "0.1.0"
 
@@ -43,6 +43,7 @@ def config() -> dict:
     """Build and run-time facts as a dict (version, OpenMP, threads, SIMD path, compiler, flags)."""
     c = dict(_C.config())
     c["version"] = __version__
+    c["omp_wait"] = _omp_env.policy
     return c
 
 
@@ -53,6 +54,7 @@ def show_config() -> None:
     print(f"  OpenMP        : {'on' if c['openmp'] else 'off (serial build)'}")
     print(f"  threads       : {c['num_threads']}"
           + ("  (a forked child: serial, since OpenMP's pool does not survive fork)" if c["forked_child"] else ""))
+    print(f"  OpenMP wait   : {c['omp_wait']}")
     print(f"  SIMD path     : {c['simd']} (CPU has AVX2+FMA: {c['cpu_avx2_fma']})")
     print(f"  compiler      : {c['compiler']}")
     print(f"  CFLAGS        : {c['cflags']}")

@@ -350,6 +350,12 @@ class TransformerLM(_Stack):
         targets = _ids(targets, "targets")
         if targets.shape != ids.shape:
             raise ValueError(f"targets must have the shape of ids {ids.shape}; got {targets.shape}")
+        if type(self).forward is TransformerLM.forward and type(self)._logits is TransformerLM._logits:
+            # the head and the loss as one node (same bits as the logits then cross_entropy)
+            self._check_ids(ids)
+            h = self._trunk(ids, None)
+            w = self.tok_emb.weight if self.tie_weights else self.lm_head.weight
+            return F.head_cross_entropy(h, w, targets, ignore_index=ignore_index)
         logits = self(ids)
         B, T, V = logits.shape
         return F.cross_entropy(logits.reshape(B * T, V), targets.reshape(B * T), ignore_index=ignore_index)

@@ -276,6 +276,41 @@ class AdamW(Optimizer):
         g["eps"] = _check_real("eps", g["eps"], lo=0.0, expect="a finite number >= 0")
         g["weight_decay"] = _check_real("weight_decay", g["weight_decay"], lo=0.0, expect="a finite number >= 0")
 
+    def step(self) -> None:
+        """Update every parameter that has a gradient (those with ``grad`` None
+        are skipped), all of them in one C call (``_C.adamw_multi``: one
+        parallel region; the same bits as updating them one by one)."""
+        if type(self)._update is not AdamW._update:  # a subclass with its own per-tensor update
+            return super().step()
+        params, grads, ms, vs, hyper, states = [], [], [], [], [], []
+        for group in self.param_groups:
+            self._validate(group)  # lr may have been changed by a schedule or by hand
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if g.shape != p.data.shape:
+                    raise ValueError(f"a parameter of shape {p.data.shape} has a gradient of shape {g.shape}")
+                if g.dtype != np.float32 or not g.flags.c_contiguous:
+                    g = _as_f32_c(g)
+                state = self._state.setdefault(id(p), {})
+                if "exp_avg" not in state:
+                    state["step"] = 0
+                    state["exp_avg"] = np.zeros_like(p.data)
+                    state["exp_avg_sq"] = np.zeros_like(p.data)
+                params.append(p.data)
+                grads.append(g)
+                ms.append(state["exp_avg"])
+                vs.append(state["exp_avg_sq"])
+                hyper.append((group["lr"], b1, b2, group["eps"], group["weight_decay"], int(state["step"]) + 1))
+                states.append(state)
+        if not params:
+            return
+        _C.adamw_multi(params, grads, ms, vs, np.array(hyper, dtype=np.float64))
+        for state in states:  # counted only once the update went through
+            state["step"] = int(state["step"]) + 1
+
     def _update(self, p, g, state, group):
         if "exp_avg" not in state:
             state["step"] = 0
@@ -404,6 +439,7 @@ def clip_grad_norm(params, max_norm: float, error_if_nonfinite: bool = False) ->
         for p in ps:
             p.grad.fill(np.nan)
     elif coef < 1.0:
-        for p in ps:
-            _C.scale_(p.grad, coef)
+        # one call for every gradient; a gradient shared by two parameters is scaled once
+        grads = list({id(p.grad): p.grad for p in ps}.values())
+        _C.scale_multi(grads, coef)
     return total

@@ -9,6 +9,7 @@ Kinds:
   'b'    bool input array (mask)       'd'   float64 input array (rope inv_freq)
   'out'  caller-provided out= array    'io'  array updated in place (optimizers)
   'n'    a size / count int            'ix'  a (sign, off) relative-index tuple
+  'list' a list of input arrays        'iolist' a list of arrays updated in place
   's'    any other scalar (not mutated)
 Array arguments marked `opt=True` accept None; `flex=True` means another shape of
 that argument can be legal (broadcasting), so a changed shape may also succeed;
@@ -353,6 +354,27 @@ def _(draw):
                  Arg("m", f32(r, *shape), "io"), Arg("v", pos_f32(r, *shape), "io"),
                  Arg("lr", 1e-2, "s", pos=False), Arg("weight_decay", 0.01, "s", pos=False),
                  Arg("step", draw(st.integers(1, 5)), "n", pos=False)], None)
+
+
+@spec("adamw_multi")
+def _(draw):
+    r = rng(draw)
+    shapes = [lead(draw) + (dim(draw),) for _ in range(dim(draw, 0, 3))]
+    hyper = np.array([[1e-2, 0.9, 0.999, 1e-8, 0.01, draw(st.integers(1, 5))] for _ in shapes],
+                     np.float64).reshape(len(shapes), 6)
+    scale = draw(st.sampled_from([1.0, 0.5]))
+    grads = [f32(r, *s) for s in shapes]
+    return Call([Arg("params", [f32(r, *s) for s in shapes], "iolist"),
+                 Arg("grads", grads, "iolist" if scale != 1.0 else "list"),
+                 Arg("ms", [f32(r, *s) for s in shapes], "iolist"), Arg("vs", [pos_f32(r, *s) for s in shapes], "iolist"),
+                 Arg("hyper", hyper, "d"), Arg("grad_scale", scale, "s", pos=False)], None)
+
+
+@spec("scale_multi")
+def _(draw):
+    r = rng(draw)
+    arrs = [f32(r, *lead(draw), dim(draw)) for _ in range(dim(draw, 0, 3))]
+    return Call([Arg("arrays", arrs, "iolist"), Arg("factor", 0.5, "s")], None)
 
 
 @spec("scale_")

@@ -1235,3 +1235,9 @@ def heads_linear(o, weight, bias=None):
     B, H, T, Dh = o.shape
     y = o.transpose(0, 2, 1, 3).reshape(B, T, H * Dh) @ np.asarray(weight, np.float64).T
     return y if bias is None else y + np.asarray(bias, np.float64)
+
+
+def head_cross_entropy(h, weight, targets, ignore_index=-100):
+    """Mean cross-entropy of the logits h (..., d) @ weight (V, d).T; float64."""
+    logits = np.asarray(h, np.float64) @ np.asarray(weight, np.float64).T
+    return cross_entropy(logits, targets, ignore_index)

@@ -71,3 +71,67 @@ def test_thread_count_cap():
         assert relpos.get_num_threads() == (2 if relpos.config()["openmp"] else 1)
     finally:
         relpos.set_num_threads(prev)
+
+
+def _glibc():
+    import platform
+    return platform.libc_ver()[0] == "glibc"
+
+
+@pytest.mark.skipif(not _glibc(), reason="the malloc thresholds are a glibc setting")
+def test_step_sized_outputs_reuse_pages():
+    """Outputs of a few MB freed and allocated again (what every training step
+    does) come back from the heap, not as fresh zeroed pages (rp_init's mallopt)."""
+    import os
+    import resource
+    import subprocess
+    import sys
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") or os.environ.get("MALLOC_TRIM_THRESHOLD_") \
+            or os.environ.get("RELPOS_MALLOC_TUNE") == "0":
+        pytest.skip("the environment sets its own malloc policy")
+    if os.environ.get("RELPOS_SANITIZED") == "1":
+        pytest.skip("under ASan, malloc is the sanitizer's allocator, which mallopt does not tune")
+    assert relpos.config()["malloc_tuned"] is True
+    import numpy as np
+    x = np.ones((1024, 64), np.float32)
+    w = np.ones((256, 64), np.float32)
+    for _ in range(3):
+        relpos._C.linear_gelu_fwd(x, w, None)  # two 1 MB outputs, freed at once
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(50):
+        relpos._C.linear_gelu_fwd(x, w, None)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    # untuned glibc: ~500 faults per call (2 MB of fresh pages); tuned: none in steady state
+    assert faults < 200, faults
+    # and RELPOS_MALLOC_TUNE=0 leaves glibc's policy alone
+    code = "import relpos; print(relpos.config()['malloc_tuned'])"
+    env = dict(os.environ, RELPOS_MALLOC_TUNE="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def _run_py(code, **env_over):
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(env_over)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return out.stdout.strip()
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/maps") or not relpos.config()["openmp"],
+                    reason="the wait policy is chosen for libgomp on Linux")
+def test_openmp_wait_policy_short_spin_by_default():
+    """relpos asks libgomp for a short spin (idle threads spinning for ~300k
+    iterations made 2-thread steps 10x slower on a loaded machine), only for
+    its own import: child processes see the user's environment, and a user's
+    setting or an earlier libgomp wins."""
+    code = "import os, relpos; print(relpos.config()['omp_wait']); print('GOMP_SPINCOUNT' in os.environ)"
+    policy, leaked = _run_py(code).splitlines()
+    assert policy.startswith("relpos default (GOMP_SPINCOUNT=1000") and leaked == "False"
+    assert _run_py("import relpos; print(relpos.config()['omp_wait'])", OMP_WAIT_POLICY="active") \
+        == "as set by the user (OMP_WAIT_POLICY=active)"
+    code = "import ctypes; ctypes.CDLL('libgomp.so.1'); import relpos; print(relpos.config()['omp_wait'])"
+    assert _run_py(code) == "libgomp's own (it was loaded before relpos)"

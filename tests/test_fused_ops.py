@@ -359,3 +359,90 @@ def test_model_fused_path_matches_unfused(encoding):
     assert abs(float(loss.data) - ul) <= 1e-6 * abs(ul)
     for n in fused:
         np.testing.assert_allclose(fused[n], unfused[n], rtol=1e-4, atol=1e-6, err_msg=n)
+
+
+# ------------------------------------------------------------------ head_cross_entropy
+
+def _head_case(rng, lead=(3, 5), d=8, V=11, ignore=True):
+    h, w = f32(rng, *lead, d), f32(rng, V, d, scale=0.5)
+    t = rng.integers(0, V, size=lead)
+    if ignore:
+        t.flat[::4] = -100
+    return h, w, t
+
+
+@pytest.mark.parametrize("lead", [(7,), (3, 5)])
+def test_head_cross_entropy_matches_twin_and_numgrad(rng, portable, lead):
+    h, w, t = _head_case(rng, lead)
+    th, tw = Tensor(h.copy(), requires_grad=True), Tensor(w.copy(), requires_grad=True)
+    loss = F.head_cross_entropy(th, tw, t)
+    assert loss.shape == ()
+    np.testing.assert_allclose(loss.item(), ref.head_cross_entropy(h, w, t), rtol=1e-5)
+    loss.backward()
+    check_numgrad(lambda a, b: ref.head_cross_entropy(a, b, t), [h, w], [1.0], [th.grad, tw.grad])
+
+
+def test_head_cross_entropy_same_bits_as_unfused(rng):
+    h, w, t = _head_case(rng, (4, 16), d=32, V=64)
+    th, tw = Tensor(h.copy(), requires_grad=True), Tensor(w.copy(), requires_grad=True)
+    loss = F.head_cross_entropy(th, tw, t)
+    loss.backward()
+    uh, uw = Tensor(h.copy(), requires_grad=True), Tensor(w.copy(), requires_grad=True)
+    logits = F.linear(uh, uw)
+    uloss = F.cross_entropy(logits.reshape(-1, 64), t.reshape(-1))
+    uloss.backward()
+    assert loss.item() == uloss.item()
+    assert np.array_equal(th.grad, uh.grad) and np.array_equal(tw.grad, uw.grad)
+
+
+def test_head_cross_entropy_backward_twice_and_edge_cases(rng):
+    """The first backward turns the saved logits into their gradient; a second
+    one recomputes them and gives the same gradients again (accumulated)."""
+    h, w, t = _head_case(rng)
+    th, tw = Tensor(h.copy(), requires_grad=True), Tensor(w.copy(), requires_grad=True)
+    loss = F.head_cross_entropy(th, tw, t)
+    loss.backward()
+    g1 = th.grad.copy(), tw.grad.copy()
+    loss.backward()
+    np.testing.assert_array_equal(th.grad, 2 * g1[0])
+    np.testing.assert_array_equal(tw.grad, 2 * g1[1])
+    # every target ignored: loss 0, zero gradients
+    th2, tw2 = Tensor(h.copy(), requires_grad=True), Tensor(w.copy(), requires_grad=True)
+    loss = F.head_cross_entropy(th2, tw2, np.full(t.shape, -100))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert not th2.grad.any() and not tw2.grad.any()
+    with pytest.raises(ValueError, match=r"targets must have shape \(3, 5\)"):
+        F.head_cross_entropy(h, w, t[:, :4])
+    with pytest.raises(ValueError, match="weight \\(vocab_size, d\\)"):
+        F.head_cross_entropy(h, w[:, :5], t)
+    with pytest.raises(TypeError, match="targets must be an integer ndarray"):
+        F.head_cross_entropy(h, w, t.astype(np.float32))
+    with pytest.raises(TypeError, match="ignore_index must be an int"):
+        F.head_cross_entropy(h, w, t, ignore_index=1.5)
+    bad = t.copy()
+    bad[0, 0] = 11
+    with pytest.raises(IndexError):
+        F.head_cross_entropy(h, w, bad)
+
+
+def test_lm_loss_uses_the_fused_head_with_the_same_bits():
+    """TransformerLM.loss (fused head + loss) equals cross_entropy of the model's
+    own logits, tied and untied; a subclass with its own head keeps its head."""
+    from relpos.models import TransformerLM
+    rng = np.random.default_rng(3)
+    ids = rng.integers(0, 50, size=(2, 9))
+    for tie in (True, False):
+        model = TransformerLM(50, d_model=16, n_layers=1, n_heads=2, encoding="alibi", tie_weights=tie, seed=1)
+        logits = model(ids[:, :-1])
+        want = F.cross_entropy(logits.reshape(-1, 50), ids[:, 1:].reshape(-1))
+        assert model.loss(ids[:, :-1], ids[:, 1:]).item() == want.item()
+
+    class Doubled(TransformerLM):
+        def _logits(self, h):
+            return super()._logits(h) * 2.0
+
+    model = Doubled(50, d_model=16, n_layers=1, n_heads=2, encoding="alibi", seed=1)
+    logits = model(ids[:, :-1])
+    want = F.cross_entropy(logits.reshape(-1, 50), ids[:, 1:].reshape(-1))
+    assert model.loss(ids[:, :-1], ids[:, 1:]).item() == want.item()

@@ -107,7 +107,7 @@ def buffers(value):
 def snapshot(args, written_too=False):
     snap = []
     for a in args:
-        if a.kind in ("out", "io") and not written_too:
+        if a.kind in ("out", "io", "iolist") and not written_too:
             continue
         for b in buffers(a.value):
             if b.dtype != object and b.nbytes < 1 << 24:
@@ -211,7 +211,7 @@ def mutations_for(a):
         return ["absurd", "negative"]
     if a.kind == "ix":
         return ["absurd_off", "bad_sign", "string"]
-    if a.kind == "list":
+    if a.kind in ("list", "iolist"):
         return ["elem_dtype", "elem_noncontig", "elem_huge", "elem_string", "string"]
     return []
 
@@ -310,7 +310,7 @@ def fuzz_one(name, data):
     args = fresh(callspec.args)
     args[i] = Arg(a.name, mutated, a.kind, a.pos, a.opt, a.flex, a.strict)
     snap = snapshot(args, written_too=False)
-    snap_w = snapshot([x for x in args if x.kind in ("out", "io")], written_too=True)
+    snap_w = snapshot([x for x in args if x.kind in ("out", "io", "iolist")], written_too=True)
     COUNTS[name] = COUNTS.get(name, 0) + 1
     try:
         res = call(fn, args)
@@ -322,7 +322,7 @@ def fuzz_one(name, data):
         if how in LAYOUT and still_valid_output(mutated):
             raise AssertionError(f"{name}: {how} {a.name} is still a valid output; raised {exc!r}")
         must = a.name if how in ("dtype", "list", "scalar", "string", "none") else None
-        if a.kind == "list":
+        if a.kind in ("list", "iolist"):
             must = None
         check_error(exc, names | {"arrays"}, must, name)
         return

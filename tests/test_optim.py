@@ -108,6 +108,104 @@ def test_grad_norm_and_adamw_bit_identical_across_threads(threads):
         assert np.array_equal(a, b)
 
 
+def _multi_case(rng, shapes=((0,), (1,), (5, 3), (40000,), (8192 * 2 + 7,))):
+    ps = [f32(rng, *s) for s in shapes]
+    gs = [f32(rng, *s) for s in shapes]
+    ms = [f32(rng, *s, scale=0.1) for s in shapes]
+    vs = [np.abs(f32(rng, *s, scale=0.1)) for s in shapes]
+    # a different group per tensor: every hyperparameter varies
+    hyper = np.array([[1e-3 * (t + 1), 0.9 - 0.1 * t, 0.999 - 0.1 * t, 1e-8 * 10 ** t, 0.01 * t, t + 1]
+                      for t in range(len(shapes))], np.float64)
+    return ps, gs, ms, vs, hyper
+
+
+@pytest.mark.parametrize("grad_scale", [1.0, 0.37])
+def test_adamw_multi_matches_twin_and_single_calls(rng, grad_scale):
+    ps, gs, ms, vs, hyper = _multi_case(rng)
+    one = [[a.copy() for a in x] for x in (ps, gs, ms, vs)]
+    want = []
+    for t in range(len(ps)):
+        lr, b1, b2, eps, wd, step = hyper[t]
+        want.append(ref.adamw_step(ps[t], gs[t].astype(np.float64) * np.float32(grad_scale), ms[t], vs[t],
+                                   lr, b1, b2, eps, wd, int(step)))
+    _C.adamw_multi(ps, gs, ms, vs, hyper, grad_scale=grad_scale)
+    for t in range(len(ps)):
+        np.testing.assert_allclose(ps[t], want[t][0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(ms[t], want[t][1], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(vs[t], want[t][2], rtol=1e-5, atol=1e-9)
+    # the same bits as clip's scale_ then one adamw_step per tensor
+    p1, g1, m1, v1 = one
+    for t in range(len(p1)):
+        lr, b1, b2, eps, wd, step = hyper[t]
+        if grad_scale != 1.0:
+            _C.scale_(g1[t], grad_scale)
+        _C.adamw_step(p1[t], g1[t], m1[t], v1[t], lr=lr, beta1=b1, beta2=b2, eps=eps, weight_decay=wd,
+                      step=int(step))
+    for got, exp in zip((ps, gs, ms, vs), (p1, g1, m1, v1)):
+        for a, b in zip(got, exp):
+            assert np.array_equal(a, b)
+
+
+def test_adamw_multi_and_scale_multi_bit_identical_across_threads(threads):
+    def run(nt):
+        ps, gs, ms, vs, hyper = _multi_case(np.random.default_rng(5))
+        threads(nt, _C.adamw_multi, ps, gs, ms, vs, hyper, grad_scale=0.5)
+        threads(nt, _C.scale_multi, ps, 1.25)
+        return ps + gs + ms + vs
+
+    for a, b in zip(run(1), run(2)):
+        assert np.array_equal(a, b)
+
+
+def test_scale_multi_matches_scale_(rng):
+    arrs = [f32(rng, *s) for s in ((0,), (3, 4), (40001,))]
+    want = [a.copy() for a in arrs]
+    for a in want:
+        _C.scale_(a, 0.3)
+    _C.scale_multi(arrs, 0.3)
+    for a, b in zip(arrs, want):
+        assert np.array_equal(a, b)
+    _C.scale_multi([], 2.0)
+
+
+def test_multi_bad_inputs(rng):
+    ps, gs, ms, vs, hyper = _multi_case(rng, shapes=((4,), (3,)))
+    with pytest.raises(ValueError, match=r"grads must have one array per parameter \(2\); got 1"):
+        _C.adamw_multi(ps, gs[:1], ms, vs, hyper)
+    with pytest.raises(ValueError, match=r"hyper must have shape \(n_params, 6\) = \(2, 6\); got \(2, 5\)"):
+        _C.adamw_multi(ps, gs, ms, vs, hyper[:, :5])
+    with pytest.raises(TypeError, match="hyper must have dtype float64"):
+        _C.adamw_multi(ps, gs, ms, vs, hyper.astype(np.float32))
+    with pytest.raises(ValueError, match=r"ms\[1\] must have the shape of params\[1\] \(3,\); got \(4,\)"):
+        _C.adamw_multi(ps, gs, [ms[0], ms[0].copy()], vs, hyper)
+    with pytest.raises(ValueError, match=r"params\[1\] and ms\[1\] must not share memory|ms\[1\] and params\[1\]"):
+        _C.adamw_multi(ps, gs, [ms[0], ps[1]], vs, hyper)
+    with pytest.raises(ValueError, match="must not share memory"):  # two tensors' updates would race
+        _C.adamw_multi([ps[0], ps[0]], [gs[0], gs[0].copy()], [ms[0], ms[0].copy()], [vs[0], vs[0].copy()], hyper)
+    bad = hyper.copy()
+    bad[1, 5] = 0
+    with pytest.raises(ValueError, match=r"hyper\[1, 5\] \(step\) must be an integer >= 1"):
+        _C.adamw_multi(ps, gs, ms, vs, bad)
+    for col, what in ((0, "lr"), (1, "beta1"), (2, "beta2"), (3, "eps"), (4, "weight_decay")):
+        bad = hyper.copy()
+        bad[0, col] = -0.5 if col != 1 else 1.0
+        with pytest.raises(ValueError, match=rf"hyper\[0, {col}\] \({what}\)"):
+            _C.adamw_multi(ps, gs, ms, vs, bad)
+    with pytest.raises(ValueError, match="grad_scale"):
+        _C.adamw_multi(ps, gs, ms, vs, hyper, grad_scale=float("nan"))
+    ro = gs[0].copy()
+    ro.flags.writeable = False
+    _C.adamw_multi(ps, [ro, gs[1]], ms, vs, hyper)  # a read-only gradient is fine when it is only read
+    with pytest.raises(ValueError, match=r"grads\[0\] must be writeable"):
+        _C.adamw_multi(ps, [ro, gs[1]], ms, vs, hyper, grad_scale=0.5)
+    with pytest.raises(TypeError, match="params must be a list or tuple"):
+        _C.adamw_multi(ps[0], gs, ms, vs, hyper)
+    with pytest.raises(ValueError, match="must not share memory"):
+        _C.scale_multi([ps[0], ps[0]], 0.5)
+    with pytest.raises(ValueError, match="factor"):
+        _C.scale_multi(ps, float("inf"))
+
+
 def test_scale_in_place(rng):
     a = f32(rng, 5, 7)
     want = a.astype(np.float64) * 0.25
@@ -378,3 +476,26 @@ def test_clip_grad_norm_leaves_small_and_scales_nonfinite(rng):
     with pytest.raises(ValueError, match="max_norm"):
         optim.clip_grad_norm(ps, -1.0)
     assert optim.clip_grad_norm([nn.Parameter(np.ones(3))], 1.0) == 0.0  # no grads
+
+
+def test_adamw_subclass_with_its_own_update_keeps_it(rng):
+    """AdamW.step updates every tensor in one C call, unless a subclass brings
+    its own per-tensor _update, which then runs as before."""
+    calls = []
+
+    class Logged(optim.AdamW):
+        def _update(self, p, g, state, group):
+            calls.append(p.shape)
+            super()._update(p, g, state, group)
+
+    ps = _params(rng)
+    for p in ps:
+        p.grad = f32(rng, *p.shape)
+    qs = [nn.Parameter(p.data.copy()) for p in ps]
+    for p, q in zip(ps, qs):
+        q.grad = p.grad.copy()
+    Logged(ps, lr=0.1).step()
+    optim.AdamW(qs, lr=0.1).step()
+    assert calls == [p.shape for p in ps]
+    for p, q in zip(ps, qs):
+        assert np.array_equal(p.data, q.data)  # the multi-tensor call gives the same bits

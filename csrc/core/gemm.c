@@ -129,26 +129,44 @@ const char *rp_gemm_kernel_name(void) { return pick_kernel()->name; }
 /* Copy n (= MR, a compile-time constant at each call site) floats: inlined moves. */
 #define COPY_ROW(d, s, n) memcpy((d), (s), (size_t)(n) * sizeof(float))
 
+/* Rows fetched ahead when packing a transposed A. */
+#define PACK_A_AHEAD 4
+
 /* op(A)[i0:i0+mc, p0:p0+kc] -> Ap as ceil(mc/MR) panels of (kc x MR), zero padded. */
 static void pack_a(int ta, const float *A, int64_t lda, int64_t i0, int64_t p0, int64_t mc, int64_t kc,
                    const kernel_t *kn, float *restrict Ap) {
     const int MR = kn->mr;
     if (ta) {
-        /* A is (K, M): row p of the block is mc contiguous floats; read each once,
-         * in order, and deal it out to the panels */
+        /* A is (K, M): panel by panel, the MR contiguous floats of each of
+         * the kc rows, so each panel is written in order (dealing every row
+         * out to all panels at once wrote mc/MR streams 4 KB apart and
+         * stalled on them). The rows are lda apart: fetch a few ahead. */
         const int64_t full = mc / MR * MR;
-        for (int64_t p = 0; p < kc; p++) {
-            const float *src = A + (p0 + p) * lda + i0;
-            float *restrict dst = Ap + p * MR;
-            int64_t ir = 0;
-            if (MR == 12)
-                for (; ir < full; ir += 12) COPY_ROW(dst + ir * kc, src + ir, 12);
-            else if (MR == 6)
-                for (; ir < full; ir += 6) COPY_ROW(dst + ir * kc, src + ir, 6);
-            for (; ir < mc; ir += MR) {
-                const int64_t mr = min64(MR, mc - ir);
-                for (int64_t i = 0; i < mr; i++) dst[ir * kc + i] = src[ir + i];
-                for (int64_t i = mr; i < MR; i++) dst[ir * kc + i] = 0.0f;
+        int64_t ir = 0;
+        for (; ir < full; ir += MR) {
+            const float *src = A + p0 * lda + i0 + ir;
+            float *restrict dst = Ap + ir * kc;
+            if (MR == 12) {
+                for (int64_t p = 0; p < kc; p++) {
+                    if (p + PACK_A_AHEAD < kc) __builtin_prefetch(src + (p + PACK_A_AHEAD) * lda, 0, 3);
+                    COPY_ROW(dst + p * 12, src + p * lda, 12);
+                }
+            } else if (MR == 6) {
+                for (int64_t p = 0; p < kc; p++) {
+                    if (p + PACK_A_AHEAD < kc) __builtin_prefetch(src + (p + PACK_A_AHEAD) * lda, 0, 3);
+                    COPY_ROW(dst + p * 6, src + p * lda, 6);
+                }
+            } else {
+                for (int64_t p = 0; p < kc; p++) COPY_ROW(dst + p * MR, src + p * lda, MR);
+            }
+        }
+        for (; ir < mc; ir += MR) {
+            const int64_t mr = min64(MR, mc - ir);
+            const float *src = A + p0 * lda + i0 + ir;
+            float *restrict dst = Ap + ir * kc;
+            for (int64_t p = 0; p < kc; p++) {
+                for (int64_t i = 0; i < mr; i++) dst[p * MR + i] = src[p * lda + i];
+                for (int64_t i = mr; i < MR; i++) dst[p * MR + i] = 0.0f;
             }
         }
         return;

@@ -37,6 +37,28 @@ int rp_optim_sumsq(const float *const *arrays, const int64_t *sizes, int64_t n_a
 /* x *= factor, in place; x: (n,). */
 int rp_optim_scale(float *x, int64_t n, float factor);
 
+/* ---- multi-tensor forms: every parameter of a model in one call -----------
+ * One parallel region over fixed chunks of all tensors (instead of a call and
+ * a region per tensor); each element gets exactly the operations of the
+ * one-tensor form, so the bits are the same as calling it tensor by tensor. */
+
+/* One tensor's AdamW hyperparameters (those of its optimizer group) and its
+ * 1-based step count. */
+typedef struct {
+    double lr, beta1, beta2, eps, weight_decay;
+    int64_t step;
+} rp_adamw_hyper;
+
+/* For t < n_tensors: rp_optim_adamw_step on params[t], grads[t], ms[t], vs[t]
+ * (sizes[t] elements) with hyper[t]. grad_scale != 1 first scales the gradient
+ * in place, grads[t] *= grad_scale (float32, the same bits as rp_optim_scale:
+ * gradient clipping), and updates with the scaled gradient. */
+int rp_optim_adamw_multi(float *const *params, float *const *grads, float *const *ms, float *const *vs,
+                         const int64_t *sizes, const rp_adamw_hyper *hyper, int64_t n_tensors, float grad_scale);
+
+/* arrays[t] *= factor for t < n_arrays (sizes[t] elements each), in place. */
+int rp_optim_scale_multi(float *const *arrays, const int64_t *sizes, int64_t n_arrays, float factor);
+
 #ifdef __cplusplus
 }
 #endif

@@ -38,22 +38,41 @@ static inline int rp_posenc_threads(int64_t work, int64_t min_work) {
  * layout, angle k given by c[k] = cos, s[k] = sin, dir = +1 (forward) or -1
  * (the transpose: backward, head merge); sc (P) may be NULL (1). The other
  * channels are copied. dst may be src (each pair is read before it is written). */
+/* The pair loop, once; A(k), B(k) index the pair's two channels. Written out
+ * per layout (and with / without sc) so the strides are constants and the
+ * compiler vectorises it: each pair gets the same operations in any case. */
+#define RP_ROTARY_PAIRS(A, B, SCALED)               \
+    for (int64_t k = 0; k < P; k++) {               \
+        const float xa = src[A(k)], xb = src[B(k)]; \
+        const float ck = c[k], sk = dir * s[k];     \
+        float ya = ck * xa - sk * xb;               \
+        float yb = sk * xa + ck * xb;               \
+        if (SCALED) {                               \
+            ya *= sc[k];                            \
+            yb *= sc[k];                            \
+        }                                           \
+        dst[A(k)] = ya;                             \
+        dst[B(k)] = yb;                             \
+    }
+#define RP_ROT_IL_A(k) (2 * (k))
+#define RP_ROT_IL_B(k) (2 * (k) + 1)
+#define RP_ROT_HALF_A(k) (k)
+#define RP_ROT_HALF_B(k) ((k) + P)
+
 static inline void rp_rotary_row(const float *src, float *dst, const float *c, const float *s, const float *sc,
                                  int64_t D, int64_t P, int layout, float dir) {
-    const int64_t stride = layout == RP_ROPE_INTERLEAVED ? 2 : 1;
-    const int64_t second = layout == RP_ROPE_INTERLEAVED ? 1 : P;
-    for (int64_t k = 0; k < P; k++) {
-        const int64_t a = k * stride, b = a + second;
-        const float xa = src[a], xb = src[b];
-        const float ck = c[k], sk = dir * s[k];
-        float ya = ck * xa - sk * xb;
-        float yb = sk * xa + ck * xb;
+    if (layout == RP_ROPE_INTERLEAVED) {
         if (sc) {
-            ya *= sc[k];
-            yb *= sc[k];
+            RP_ROTARY_PAIRS(RP_ROT_IL_A, RP_ROT_IL_B, 1)
+        } else {
+            RP_ROTARY_PAIRS(RP_ROT_IL_A, RP_ROT_IL_B, 0)
         }
-        dst[a] = ya;
-        dst[b] = yb;
+    } else {
+        if (sc) {
+            RP_ROTARY_PAIRS(RP_ROT_HALF_A, RP_ROT_HALF_B, 1)
+        } else {
+            RP_ROTARY_PAIRS(RP_ROT_HALF_A, RP_ROT_HALF_B, 0)
+        }
     }
     if (dst != src && D > 2 * P) memcpy(dst + 2 * P, src + 2 * P, (size_t)(D - 2 * P) * sizeof(float));
 }

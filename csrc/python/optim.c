@@ -3,6 +3,7 @@
 #include "core/optim.h"
 
 #include <limits.h>
+#include <stdlib.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -251,10 +252,234 @@ static PyObject *py_scale_(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* ---- multi-tensor forms ---------------------------------------------------- */
+
+/* items of a list/tuple `obj` named `name`: a new fast sequence of length n, or NULL */
+static PyObject *seq_of(PyObject *obj, const char *name, Py_ssize_t n) {
+    if (!PyList_Check(obj) && !PyTuple_Check(obj))
+        return PyErr_Format(PyExc_TypeError, "%s must be a list or tuple of float32 ndarrays; got %s", name,
+                            Py_TYPE(obj)->tp_name);
+    PyObject *seq = PySequence_Fast(obj, name);
+    if (seq && n >= 0 && PySequence_Fast_GET_SIZE(seq) != n) {
+        PyErr_Format(PyExc_ValueError, "%s must have one array per parameter (%zd); got %zd", name, n,
+                     PySequence_Fast_GET_SIZE(seq));
+        Py_DECREF(seq);
+        return NULL;
+    }
+    return seq;
+}
+
+/* obj (a float64 ndarray of shape (n, cols)) as a C-contiguous array (a new
+ * reference), or NULL with the error naming `name` */
+static PyArrayObject *rp_in_f64_rows(PyObject *obj, const char *name, Py_ssize_t n, int cols) {
+    if (!PyArray_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a float64 ndarray of shape (n_params, %d); got %s", name, cols,
+                     Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    PyArrayObject *in = (PyArrayObject *)obj;
+    if (PyArray_TYPE(in) != NPY_FLOAT64) {
+        PyErr_Format(PyExc_TypeError, "%s must have dtype float64; got %s", name, PyArray_DESCR(in)->typeobj->tp_name);
+        return NULL;
+    }
+    if (PyArray_NDIM(in) != 2 || PyArray_DIM(in, 0) != n || PyArray_DIM(in, 1) != cols) {
+        char got[96];
+        rp_shape_str(in, got, sizeof got);
+        PyErr_Format(PyExc_ValueError, "%s must have shape (n_params, %d) = (%zd, %d); got %s", name, cols, n, cols,
+                     got);
+        return NULL;
+    }
+    return (PyArrayObject *)PyArray_FROM_OTF(obj, NPY_FLOAT64, NPY_ARRAY_IN_ARRAY);
+}
+
+/* Byte ranges of every array the update touches, to refuse any overlap
+ * between two of them (two tensors' updates would race, or one would read
+ * what another wrote). */
+typedef struct {
+    char *lo, *hi;
+    int list;
+    Py_ssize_t idx;
+} span_t;
+
+static int span_cmp(const void *a, const void *b) {
+    const span_t *x = a, *y = b;
+    return x->lo < y->lo ? -1 : x->lo > y->lo;
+}
+
+static int all_disjoint(span_t *sp, Py_ssize_t n, const char *const *lists) {
+    qsort(sp, (size_t)n, sizeof(span_t), span_cmp);
+    Py_ssize_t far = -1; /* the span reaching furthest so far */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (sp[i].lo == sp[i].hi) continue;
+        if (far >= 0 && sp[i].lo < sp[far].hi) {
+            PyErr_Format(PyExc_ValueError, "%s[%zd] and %s[%zd] must not share memory", lists[sp[far].list],
+                         sp[far].idx, lists[sp[i].list], sp[i].idx);
+            return -1;
+        }
+        if (far < 0 || sp[i].hi > sp[far].hi) far = i;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(adamw_multi_doc,
+             "adamw_multi(params, grads, ms, vs, hyper, *, grad_scale=1.0)\n"
+             "--\n\n"
+             "AdamW on many tensors in one call (one parallel region): for each t, the update of\n"
+             "adamw_step(params[t], grads[t], ms[t], vs[t], lr=hyper[t, 0], beta1=hyper[t, 1],\n"
+             "beta2=hyper[t, 2], eps=hyper[t, 3], weight_decay=hyper[t, 4], step=hyper[t, 5]), the same bits.\n"
+             "params, grads, ms, vs: lists of float32 C-contiguous arrays (params[t], ms[t], vs[t] written),\n"
+             "grads[t] the shape of params[t]; no two arrays may share memory. hyper: float64 (n, 6).\n"
+             "grad_scale != 1 first scales every gradient in place (grads[t] *= grad_scale, as scale_),\n"
+             "then updates with the scaled gradient: clip_grad_norm's scaling in the same pass.");
+
+static PyObject *py_adamw_multi(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"params", "grads", "ms", "vs", "hyper", "grad_scale", NULL};
+    static const char *const names[] = {"params", "grads", "ms", "vs"};
+    PyObject *lo[4], *ho, *seqs[4] = {NULL, NULL, NULL, NULL};
+    PyArrayObject *hyper = NULL;
+    double grad_scale = 1.0;
+    float **ptrs = NULL;
+    int64_t *sizes = NULL;
+    rp_adamw_hyper *hp = NULL;
+    span_t *spans = NULL;
+    PyObject *result = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOO|$d:adamw_multi", kwlist, &lo[0], &lo[1], &lo[2], &lo[3], &ho,
+                                     &grad_scale))
+        return NULL;
+    if (check_range(grad_scale, "grad_scale", -INFINITY, INFINITY, 1, "a finite number") < 0) return NULL;
+    if (!(seqs[0] = seq_of(lo[0], "params", -1))) return NULL;
+    const Py_ssize_t n = PySequence_Fast_GET_SIZE(seqs[0]);
+    for (int l = 1; l < 4; l++)
+        if (!(seqs[l] = seq_of(lo[l], names[l], n))) goto fail;
+    hyper = rp_in_f64_rows(ho, "hyper", n, 6);
+    if (!hyper) goto fail;
+    ptrs = PyMem_Calloc((size_t)(4 * n + 1), sizeof(float *));
+    sizes = PyMem_Calloc((size_t)(n + 1), sizeof(int64_t));
+    hp = PyMem_Calloc((size_t)(n + 1), sizeof(rp_adamw_hyper));
+    spans = PyMem_Calloc((size_t)(4 * n + 1), sizeof(span_t));
+    if (!ptrs || !sizes || !hp || !spans) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    for (Py_ssize_t t = 0; t < n; t++) {
+        PyArrayObject *a[4];
+        for (int l = 0; l < 4; l++) {
+            char name[64];
+            snprintf(name, sizeof name, "%s[%zd]", names[l], t);
+            a[l] = inplace_f32(PySequence_Fast_GET_ITEM(seqs[l], t), name, l != 1 || grad_scale != 1.0);
+            if (!a[l]) goto fail;
+            if (l > 0) {
+                char pname[64];
+                snprintf(pname, sizeof pname, "params[%zd]", t);
+                if (same_shape(a[0], pname, a[l], name) < 0) goto fail;
+            }
+            ptrs[l * n + t] = RP_F32(a[l]);
+            spans[l * n + t] = (span_t){PyArray_BYTES(a[l]), PyArray_BYTES(a[l]) + PyArray_NBYTES(a[l]), l, t};
+        }
+        sizes[t] = (int64_t)PyArray_SIZE(a[0]);
+        const double *h = (const double *)PyArray_DATA(hyper) + 6 * t;
+        char row[64];
+        snprintf(row, sizeof row, "hyper[%zd, 5] (step)", t);
+        if (!(h[5] >= 1.0 && h[5] <= 9007199254740992.0 && h[5] == floor(h[5]))) {
+            char got[64];
+            fmt_double(h[5], got, sizeof got);
+            PyErr_Format(PyExc_ValueError, "%s must be an integer >= 1 (the 1-based step count); got %s", row, got);
+            goto fail;
+        }
+        char n0[64], n1[64], n2[64], n3[64], n4[64];
+        snprintf(n0, sizeof n0, "hyper[%zd, 0] (lr)", t);
+        snprintf(n1, sizeof n1, "hyper[%zd, 1] (beta1)", t);
+        snprintf(n2, sizeof n2, "hyper[%zd, 2] (beta2)", t);
+        snprintf(n3, sizeof n3, "hyper[%zd, 3] (eps)", t);
+        snprintf(n4, sizeof n4, "hyper[%zd, 4] (weight_decay)", t);
+        if (check_range(h[0], n0, 0.0, INFINITY, 1, "a finite number >= 0") < 0 ||
+            check_range(h[1], n1, 0.0, 1.0, 1, "in [0, 1)") < 0 ||
+            check_range(h[2], n2, 0.0, 1.0, 1, "in [0, 1)") < 0 ||
+            check_range(h[3], n3, 0.0, INFINITY, 1, "a finite number >= 0") < 0 ||
+            check_range(h[4], n4, 0.0, INFINITY, 1, "a finite number >= 0") < 0)
+            goto fail;
+        hp[t] = (rp_adamw_hyper){h[0], h[1], h[2], h[3], h[4], (int64_t)h[5]};
+    }
+    if (all_disjoint(spans, 4 * n, names) < 0) goto fail;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+        rc = rp_optim_adamw_multi(ptrs, ptrs + n, ptrs + 2 * n, ptrs + 3 * n, sizes, hp, (int64_t)n, (float)grad_scale);
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        rp_raise_code(rc, "adamw_multi");
+        goto fail;
+    }
+    Py_INCREF(Py_None);
+    result = Py_None;
+fail:
+    for (int l = 0; l < 4; l++) Py_XDECREF(seqs[l]);
+    Py_XDECREF(hyper);
+    PyMem_Free(ptrs);
+    PyMem_Free(sizes);
+    PyMem_Free(hp);
+    PyMem_Free(spans);
+    return result;
+}
+
+PyDoc_STRVAR(scale_multi_doc, "scale_multi(arrays, factor)\n"
+                              "--\n\n"
+                              "arrays[t] *= factor in place for every array of a list/tuple (float32,\n"
+                              "C-contiguous, writeable, no two sharing memory): scale_ on each, one call.");
+
+static PyObject *py_scale_multi(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *lo, *seq = NULL, *result = NULL;
+    double factor;
+    float **ptrs = NULL;
+    int64_t *sizes = NULL;
+    span_t *spans = NULL;
+    static const char *const names[] = {"arrays"};
+    if (!PyArg_ParseTuple(args, "Od:scale_multi", &lo, &factor)) return NULL;
+    if (check_range(factor, "factor", -INFINITY, INFINITY, 1, "a finite number") < 0) return NULL;
+    if (!(seq = seq_of(lo, "arrays", -1))) return NULL;
+    const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    ptrs = PyMem_Calloc((size_t)(n + 1), sizeof(float *));
+    sizes = PyMem_Calloc((size_t)(n + 1), sizeof(int64_t));
+    spans = PyMem_Calloc((size_t)(n + 1), sizeof(span_t));
+    if (!ptrs || !sizes || !spans) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    for (Py_ssize_t t = 0; t < n; t++) {
+        char name[64];
+        snprintf(name, sizeof name, "arrays[%zd]", t);
+        PyArrayObject *a = inplace_f32(PySequence_Fast_GET_ITEM(seq, t), name, 1);
+        if (!a) goto fail;
+        ptrs[t] = RP_F32(a);
+        sizes[t] = (int64_t)PyArray_SIZE(a);
+        spans[t] = (span_t){PyArray_BYTES(a), PyArray_BYTES(a) + PyArray_NBYTES(a), 0, t};
+    }
+    if (all_disjoint(spans, n, names) < 0) goto fail;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+        rc = rp_optim_scale_multi(ptrs, sizes, (int64_t)n, (float)factor);
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        rp_raise_code(rc, "scale_multi");
+        goto fail;
+    }
+    Py_INCREF(Py_None);
+    result = Py_None;
+fail:
+    Py_XDECREF(seq);
+    PyMem_Free(ptrs);
+    PyMem_Free(sizes);
+    PyMem_Free(spans);
+    return result;
+}
+
 PyMethodDef rp_methods_optim[] = {
     {"sgd_step", (PyCFunction)(void (*)(void))py_sgd_step, METH_VARARGS | METH_KEYWORDS, sgd_doc},
     {"adamw_step", (PyCFunction)(void (*)(void))py_adamw_step, METH_VARARGS | METH_KEYWORDS, adamw_doc},
+    {"adamw_multi", (PyCFunction)(void (*)(void))py_adamw_multi, METH_VARARGS | METH_KEYWORDS, adamw_multi_doc},
     {"grad_norm", py_grad_norm, METH_O, grad_norm_doc},
     {"scale_", py_scale_, METH_VARARGS, scale_doc},
+    {"scale_multi", py_scale_multi, METH_VARARGS, scale_multi_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -13,6 +13,9 @@ Python layer would do with NumPy copies:
   applied to q and k on the way (no transposed copies, no separate rotary pass).
 - :func:`heads_linear`: the attention output's head merge and the output
   projection (backward: one GEMM, then the split back into heads).
+- :func:`head_cross_entropy`: the LM head (a bias-free Linear onto the
+  vocabulary) and the mean cross-entropy as one node; the backward turns the
+  saved logits into their gradient in place (no second (N, V) array).
 
 The forward results are the same bits as the unfused ops (the same span
 kernels in C); gradients differ only in summation order (one GEMM over the
@@ -25,7 +28,7 @@ import numpy as np
 from .. import _C
 from ..tensor import Function, Tensor, as_array
 
-__all__ = ["add_layer_norm", "linear_gelu", "qkv_heads", "heads_linear"]
+__all__ = ["add_layer_norm", "linear_gelu", "qkv_heads", "heads_linear", "head_cross_entropy"]
 
 
 def _c32(x, name="x"):
@@ -190,3 +193,56 @@ def heads_linear(o, weight, bias=None) -> Tensor:
     backward splits the input gradient back into heads the same way.
     """
     return _HeadsLinear.apply(o, weight, bias)
+
+
+class _HeadCrossEntropy(Function):
+    @staticmethod
+    def forward(ctx, h, weight, targets, ignore_index):
+        h = _c32(h, "h")
+        w = _c32(weight, "weight")
+        if w.ndim != 2 or h.ndim < 1 or h.shape[-1] != w.shape[1]:
+            raise ValueError(f"head_cross_entropy: h must have shape (..., d) and weight (vocab_size, d); "
+                             f"got h {h.shape} and weight {w.shape}")
+        t = np.asarray(targets)
+        if isinstance(targets, Tensor) or t.dtype.kind not in "iu":
+            raise TypeError(f"targets must be an integer ndarray; got {type(targets).__name__} "
+                            f"of dtype {getattr(t, 'dtype', None)}")
+        if t.shape != h.shape[:-1]:
+            raise ValueError(f"targets must have shape {h.shape[:-1]} (h.shape[:-1]); got {t.shape}")
+        h2 = h.reshape(int(np.prod(h.shape[:-1])), h.shape[-1])
+        t1 = np.ascontiguousarray(t, dtype=np.int64).reshape(-1)
+        logits = _C.linear_fwd(h2, w, None)
+        loss, lse, count = _C.cross_entropy_fwd(logits, t1, ignore_index)
+        ctx.save_for_backward(h2, w, t1, lse)
+        ctx.logits, ctx.count, ctx.ignore_index, ctx.h_shape = logits, count, ignore_index, h.shape
+        return np.array(loss, dtype=np.float32)
+
+    @staticmethod
+    def backward(ctx, g):
+        h2, w, t1, lse = ctx.saved
+        nh, nw = ctx.needs_input_grad[:2]
+        logits = ctx.logits
+        if logits is None:
+            # a second backward through this node: the first one turned the logits into
+            # their gradient; the GEMM gives the same bits again
+            logits = _C.linear_fwd(h2, w, None)
+        ctx.logits = None
+        d = _C.cross_entropy_bwd(logits, t1, lse, float(np.asarray(g)), ctx.count, ctx.ignore_index, out=logits)
+        dh = _C.gemm(d, w).reshape(ctx.h_shape) if nh else None    # dlogits (N, V) · W (V, d)
+        dw = _C.gemm(d, h2, trans_a=True) if nw else None          # dlogitsᵀ (V, N) · h (N, d)
+        return dh, dw, None, None
+
+
+def head_cross_entropy(h, weight, targets, ignore_index: int = -100) -> Tensor:
+    """Mean cross-entropy of the logits ``h @ weight.T`` (an LM head without bias)
+    against ``targets``, as one node: ``cross_entropy(linear(h, weight), targets)``
+    with the same bits, and the logits' gradient computed in place of the saved
+    logits in the backward.
+
+    Shapes: h (..., d), weight (vocab_size, d), targets integer h.shape[:-1]
+    with values in [0, vocab_size) or ``ignore_index`` (not scored). Returns a
+    0-d Tensor (0 when every target is ignored).
+    """
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
+        raise TypeError(f"ignore_index must be an int; got {type(ignore_index).__name__}")
+    return _HeadCrossEntropy.apply(h, weight, targets, int(ignore_index))
