@@ -282,7 +282,7 @@ class AdamW(Optimizer):
         parallel region; the same bits as updating them one by one)."""
         if type(self)._update is not AdamW._update:  # a subclass with its own per-tensor update
             return super().step()
-        params, grads, ms, vs, hyper, states = [], [], [], [], [], []
+        params, grads, ms, vs, hyper, states, tensors = [], [], [], [], [], [], []
         for group in self.param_groups:
             self._validate(group)  # lr may have been changed by a schedule or by hand
             b1, b2 = group["betas"]
@@ -305,11 +305,14 @@ class AdamW(Optimizer):
                 vs.append(state["exp_avg_sq"])
                 hyper.append((group["lr"], b1, b2, group["eps"], group["weight_decay"], int(state["step"]) + 1))
                 states.append(state)
+                tensors.append(p)
         if not params:
             return
         _C.adamw_multi(params, grads, ms, vs, np.array(hyper, dtype=np.float64))
         for state in states:  # counted only once the update went through
             state["step"] = int(state["step"]) + 1
+        for p in tensors:  # updated in place: graphs recorded before the step are stale (as in PyTorch)
+            _bump(p._vc)
 
     def _update(self, p, g, state, group):
         if "exp_avg" not in state:

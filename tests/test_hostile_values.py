@@ -818,6 +818,40 @@ def _(draw):
     return Case(call, exp, dict(param=p, grad=g, m=m, v=v, **kw))
 
 
+@case("adamw_multi", rtol=5e-5)
+def _(draw):
+    """Two tensors in one call: each must get adamw_step's answer (the same update)."""
+    cases = [CASES["adamw_step"][0](draw) for _ in range(2)]
+    ins = [c.inputs for c in cases]
+    hyper = np.array([[i["lr"], i["beta1"], i["beta2"], i["eps"], i["weight_decay"], i["step"]] for i in ins])
+
+    def call():
+        ps, ms, vs = ([i[k].copy() for i in ins] for k in ("param", "m", "v"))
+        C.adamw_multi(ps, [i["grad"] for i in ins], ms, vs, hyper)
+        return ps[0], ms[0], vs[0], ps[1], ms[1], vs[1]
+    return Case(call, cases[0].expected + cases[1].expected, dict(first=ins[0], second=ins[1]))
+
+
+@case("scale_multi")
+def _(draw):
+    """Two arrays in one call: each must get scale_'s answer."""
+    cases = [CASES["scale_"][0](draw) for _ in range(2)]
+    f = cases[0].inputs["factor"]
+    xs = [cases[0].inputs["array"] if "array" in cases[0].inputs else hostile(draw, (3,)),
+          cases[1].inputs.get("array", hostile(draw, (2,)))]
+    if not math.isfinite(f):
+        return Case(lambda: C.scale_multi([x.copy() for x in xs], f), raises=(ValueError, "factor"),
+                    inputs=dict(factor=f))
+    with np.errstate(all="ignore"):
+        want = [a64(x) * float(np.float32(f)) for x in xs]
+
+    def call():
+        ys = [x.copy() for x in xs]
+        C.scale_multi(ys, f)
+        return tuple(ys)
+    return Case(call, [(w, None) for w in want], dict(arrays=xs, factor=f))
+
+
 @case("grad_norm", rtol=1e-12)
 def _(draw):
     arrs = [hostile(draw, lead(draw) + (dim(draw),)) for _ in range(dim(draw, 0, 3))]
