@@ -482,14 +482,33 @@ def xl_logits(q, k, W_R, u, v, scale, q_offset=0):
     return scale * (c + p)
 
 
-def deberta_logits(q, k, P, W_kr, W_qr, clip, q_offset=0):
-    """DeBERTa (He et al. 2021): [Qc.Kc + Qc.Kr[δ(i,j)] + Kc.Qr[δ(j,i)]] / sqrt(3D),
-    δ(i, j) = clip(i - j, -k, k-1) + k; P (2k, dP), W_kr, W_qr (H, dP, D)."""
+def deberta_log_bucket_ref(d, bucket_size, max_position):
+    """DeBERTa-v2 log bucket of one distance d (an int), one case at a time:
+    |d| <= mid keeps d; else sign(d)·(mid + ceil(log(|d|/mid)/log((max_position-1)/mid)·(mid-1))),
+    mid = bucket_size // 2."""
+    mid = bucket_size // 2
+    if abs(d) <= mid:
+        return d
+    sign = 1 if d > 0 else -1
+    return sign * (mid + int(np.ceil(np.log(abs(d) / mid) / np.log((max_position - 1) / mid) * (mid - 1))))
+
+
+def deberta_logits(q, k, P, W_kr, W_qr, clip, q_offset=0, p2c="official", buckets=None, max_position=None):
+    """DeBERTa (He et al. 2021): [Qc.Kc + Qc.Kr[δ(i,j)] + Kc.Qr[δ']] / sqrt(3D),
+    δ(i, j) = clip(i - j, -k, k-1) + k; δ' = δ(i, j) for p2c="official" (Microsoft/HF code),
+    δ(j, i) for p2c="paper" (eq. 4 as written). With buckets (DeBERTa-v2), i - j is first
+    mapped by deberta_log_bucket_ref and k = buckets. P (2k, dP), W_kr, W_qr (H, dP, D)."""
     D = q.shape[-1]
     Tq, Tk = q.shape[2], k.shape[2]
     d = distances(Tq, Tk, q_offset)
-    c2p_ix = np.clip(d, -clip, clip - 1) + clip
-    p2c_ix = np.clip(-d, -clip, clip - 1) + clip
+    if buckets is not None:
+        clip = buckets
+        bucket = np.vectorize(lambda x: deberta_log_bucket_ref(int(x), buckets, max_position))
+        bd, bmd = bucket(d), bucket(-d)
+    else:
+        bd, bmd = d, -d
+    c2p_ix = np.clip(bd, -clip, clip - 1) + clip
+    p2c_ix = c2p_ix if p2c == "official" else np.clip(bmd, -clip, clip - 1) + clip
     Kr = np.einsum("re,hed->hrd", P, W_kr)
     Qr = np.einsum("re,hed->hrd", P, W_qr)
     h = np.arange(q.shape[1])[:, None, None]
