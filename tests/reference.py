@@ -217,21 +217,29 @@ def rope_pairs(rotary_dim, layout):
     raise ValueError(layout)
 
 
-def rope_inv_freq_paper(rotary_dim, base=10000.0, scaling=None, s=1.0, L=None, alpha=1.0, beta=32.0):
+def rope_inv_freq_paper(rotary_dim, base=10000.0, scaling=None, s=1.0, L=None, alpha=1.0, beta=32.0,
+                        low=1.0, high=4.0, seq_len=None, short=None, long=None):
     """θ_k from the papers' formulas, one pair at a time (float64 list -> array).
 
     RoFormer θ_k = base^(-2k/d); NTK-aware base' = base·s^(d/(d-2));
+    dynamic NTK (emozilla 2023, as HF): L' = max(seq_len, L), base' = base·(s·L'/L − (s−1))^(d/(d−2));
     YaRN (Peng et al. 2024 §3.2): λ_k = 2π/θ_k, r = L/λ_k,
-    γ = 0 if r < α, 1 if r > β, else (r-α)/(β-α); h(θ) = (1-γ)·θ/s + γ·θ.
+    γ = 0 if r < α, 1 if r > β, else (r-α)/(β-α); h(θ) = (1-γ)·θ/s + γ·θ;
+    Llama 3.1 (Meta's apply_scaling): λ_k < L/high: θ; λ_k > L/low: θ/s; else with
+    g = (L/λ_k − low)/(high − low): (1−g)·θ/s + g·θ;
+    LongRoPE (Phi-3): θ_k / long[k] if seq_len > L else θ_k / short[k].
     """
     d = rotary_dim
     if scaling == "ntk":
         base = base * s ** (d / (d - 2))
+    if scaling == "dynamic":
+        Lc = max(seq_len if seq_len is not None else L, L)
+        base = base * (s * Lc / L - (s - 1)) ** (d / (d - 2))
     out = []
     for k in range(d // 2):
         theta = base ** (-2.0 * k / d)
+        wavelength = 2 * np.pi / theta
         if scaling == "yarn":
-            wavelength = 2 * np.pi / theta
             r = L / wavelength
             if r < alpha:
                 gamma = 0.0
@@ -240,6 +248,16 @@ def rope_inv_freq_paper(rotary_dim, base=10000.0, scaling=None, s=1.0, L=None, a
             else:
                 gamma = (r - alpha) / (beta - alpha)
             theta = (1 - gamma) * theta / s + gamma * theta
+        elif scaling == "llama3":
+            if wavelength < L / high:
+                pass
+            elif wavelength > L / low:
+                theta = theta / s
+            else:
+                g = (L / wavelength - low) / (high - low)
+                theta = (1 - g) * theta / s + g * theta
+        elif scaling == "longrope":
+            theta = theta / (long[k] if seq_len is not None and seq_len > L else short[k])
         out.append(theta)
     return np.array(out, dtype=np.float64)
 
