@@ -119,9 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "tasks (default 8)")
     c.add_argument("--eval-lens", type=_eval_lens, default=None, metavar="L,L,...",
                    help="evaluation lengths, or multiples of the training length such as "
-                        "1x,2x,4x,8x (the default)")
+                        "1x,2x,4x,8x (the default for lm; 1x,1.25x,1.5x,2x for tasks)")
     c.add_argument("--steps", type=_positive, default=None, metavar="N",
-                   help="training steps per model (default: 1500 for lm, 1000 for tasks)")
+                   help="training steps per model (default: 1500 for lm, 3000 for tasks)")
     c.add_argument("--seeds", type=lambda t: _int_list(t, "--seeds"), default=list(DEFAULT_SEEDS),
                    metavar="S,S,...",
                    help="seeds; one model per encoding and seed, the table shows the mean ± the "
@@ -151,8 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     m = c.add_argument_group("model and optimiser")
     m.add_argument("--d-model", type=_positive, default=DEFAULTS["d_model"], metavar="N",
                    help="model width (default: %(default)s)")
-    m.add_argument("--layers", type=_positive, default=DEFAULTS["n_layers"], metavar="N",
-                   help="transformer blocks (default: %(default)s)")
+    m.add_argument("--layers", type=_positive, default=None, metavar="N",
+                   help="transformer blocks (default: 2 for lm, 3 for tasks)")
     m.add_argument("--heads", type=_positive, default=DEFAULTS["n_heads"], metavar="N",
                    help="attention heads (default: %(default)s)")
     m.add_argument("--batch-size", type=_positive, default=None, metavar="N",

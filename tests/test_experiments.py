@@ -283,5 +283,17 @@ def test_compare_extend_on_a_task():
     res = compare(["rope"], task="copy", train_len=3, eval_lens=[3, 6], seeds=(0,), steps=2, d_model=16,
                   n_layers=1, n_heads=2, batch_size=4, n_eval=16, extend="yarn", progress=False)
     ext = next(r for r in res.runs if r["encoding"] == "rope+yarn")
-    # factors are ratios of sequence lengths: copy of size n is 2n + 1 tokens
-    assert ext["extend"]["factors"] == {"3": 1.0, "6": 13 / 7}
+    # factors are ratios of sequence lengths: copy of size n is <bos>, n symbols, <sep>, n symbols: 2n + 2
+    assert ext["extend"]["factors"] == {"3": 1.0, "6": 14 / 8}
+
+
+def test_task_defaults():
+    from relpos.experiments import _resolve
+    cfg = _resolve(dict(encoding="rope", task="copy"))
+    assert (cfg["train_len"], cfg["steps"], cfg["n_layers"], cfg["eval_lens"]) == (8, 3000, 3, [8, 10, 12, 16])
+    assert cfg["task_options"] == {"bos": True}
+    cfg = _resolve(dict(encoding="rope", task="copy", task_options={"bos": False, "length_sampling": "linear"}))
+    assert cfg["task_options"] == {"bos": False, "length_sampling": "linear"}
+    cfg = _resolve(dict(encoding="rope"))
+    assert (cfg["train_len"], cfg["steps"], cfg["n_layers"], cfg["eval_lens"]) == (64, 1500, 2, [64, 128, 256, 512])
+    assert cfg["task_options"] is None

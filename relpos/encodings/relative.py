@@ -116,6 +116,10 @@ class Shaw(Encoding):
         k (int, 16): the clipping distance.
         values (bool, False): also add a^V to the values (w^V).
     Context: n_heads, head_dim (required), seed (init N(0, 0.02^2)).
+
+    Where relpos departs from the paper: values=False by default (the paper's
+    models add a^V as well; its ablation found a^K alone about as good). k = 16
+    is the paper's setting (its clipping ablation shows k >= 2 all close).
     """
 
     name = "shaw"
@@ -160,6 +164,12 @@ class TransformerXL(Encoding):
         r_dim (int or None, None): width of R; None uses d_model, or n_heads * head_dim.
     Context: n_heads, head_dim (required), d_model, seed
     (W_R ~ N(0, 1/r_dim), u, v ~ N(0, 0.02^2)).
+
+    Where relpos departs from the authors' code (kimiyoung/transformer-xl): u and v
+    belong to each layer (the code shares them across layers unless ``untie_r``);
+    there is no segment-level memory (a KV cache plays that part in generation);
+    and the terms are computed per tile instead of with the rel-shift trick
+    (same logits).
     """
 
     name = "xl"
