@@ -333,6 +333,9 @@ class Task:
     problem sizes seen in training; ``test_lengths`` are longer sizes.
 
     Options: ``length_sampling`` ("uniform" or "linear", see :meth:`batch`);
+    ``curriculum`` (0): over the first that many training batches the largest
+    size grows linearly from the smallest to the largest train length (a
+    count of batches drawn, kept by the task: a fresh task starts over);
     ``bos`` (False): start every sequence with a ``<bos>`` token (the last id),
     as a pretrained tokenizer would. Position-free models (NoPE) need it: with
     causal attention, the share of attention a query gives a fixed first token
@@ -351,12 +354,14 @@ class Task:
     default_test_lengths = (32, 64, 128)
 
     def __init__(self, train_lengths=None, test_lengths=None, n_symbols=None, length_sampling="uniform",
-                 bos=False):
+                 bos=False, curriculum=0):
         if n_symbols is not None:
             self.n_symbols = _positive_int(n_symbols, "n_symbols", 2)
         if length_sampling not in ("uniform", "linear"):
             raise ValueError(f"length_sampling must be 'uniform' or 'linear'; got {length_sampling!r}")
         self.length_sampling = length_sampling
+        self.curriculum = _positive_int(curriculum, "curriculum", 0)
+        self.batches_drawn = 0
         lo, hi = train_lengths if train_lengths is not None else self.default_train_lengths
         lo = _positive_int(lo, "train_lengths[0]", self.min_length)
         hi = _positive_int(hi, "train_lengths[1]", lo)
@@ -425,6 +430,10 @@ class Task:
         are the hardest to get exactly right). (inputs, targets) as in :meth:`sample`."""
         rng = _as_rng(rng)
         lo, hi = lengths if lengths is not None else self.train_lengths
+        if self.curriculum and lengths is None:
+            # the largest size grows linearly from lo to hi over the first `curriculum` batches
+            hi = lo + int((hi - lo) * min(1.0, (self.batches_drawn + 1) / self.curriculum))
+            self.batches_drawn += 1
         if self.length_sampling == "linear":
             sizes = np.arange(lo, hi + 1)
             length = int(sizes[np.searchsorted(np.cumsum(sizes) / sizes.sum(), rng.random(), side="right")
@@ -486,12 +495,13 @@ class RecallTask(Task):
     default_test_lengths = (16, 32, 64)
 
     def __init__(self, train_lengths=None, test_lengths=None, n_keys=None, n_values=None,
-                 length_sampling="uniform", bos=False):
+                 length_sampling="uniform", bos=False, curriculum=0):
         if n_keys is not None:
             self.n_keys = _positive_int(n_keys, "n_keys", 2)
         if n_values is not None:
             self.n_values = _positive_int(n_values, "n_values", 2)
-        super().__init__(train_lengths, test_lengths, length_sampling=length_sampling, bos=bos)
+        super().__init__(train_lengths, test_lengths, length_sampling=length_sampling, bos=bos,
+                         curriculum=curriculum)
 
     def symbol_names(self):
         return [f"k{i}" for i in range(self.n_keys)] + [f"v{i}" for i in range(self.n_values)]

@@ -290,3 +290,18 @@ def test_task_linear_length_sampling():
     np.testing.assert_allclose(np.bincount(sizes, minlength=5)[1:] / 8000, 0.25, atol=0.02)
     with pytest.raises(ValueError, match="length_sampling must be 'uniform' or 'linear'"):
         get_task("copy", length_sampling="square")
+
+
+def test_task_curriculum_grows_the_largest_size():
+    task = get_task("copy", train_lengths=(1, 9), curriculum=80)
+    rng = np.random.default_rng(0)
+    sizes = [(task.batch(1, rng)[0].shape[1] - 1) // 2 for _ in range(160)]
+    # batch b may reach 1 + int(8 * (b + 1) / 80) at most: size 1 only for the first 9 batches
+    assert all(s == 1 for s in sizes[:9])
+    assert all(s <= 1 + int(8 * (b + 1) / 80) for b, s in enumerate(sizes[:80]))
+    assert max(sizes[80:]) == 9 and task.batches_drawn == 160
+    # explicit lengths (evaluation) do not advance it
+    task.batch(1, rng, lengths=(3, 3))
+    assert task.batches_drawn == 160
+    with pytest.raises(ValueError, match="curriculum must be >= 0"):
+        get_task("copy", curriculum=-1)
