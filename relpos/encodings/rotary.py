@@ -141,6 +141,10 @@ def yarn_ramp(rotary_dim, base=10000.0, original_max_len=2048, beta_fast=32.0, b
     ``ramp="hf"`` (HF transformers ``_compute_yarn_parameters``): the same
     endpoints turned into pair indices (floor/ceil), and linear in the pair
     index between them; it differs from the paper between the endpoints.
+
+    β = 32 and α = 1 were chosen for long training contexts (4096 tokens). In a
+    short one no pair may turn β times: with L = 64 and rotary_dim 16 the paper's
+    γ is at most 0.3, so YaRN interpolates nearly every pair, as PI does.
     """
     return _yarn_gamma(rotary_dim, base, original_max_len, beta_fast, beta_slow, ramp)
 
