@@ -128,7 +128,7 @@ def _resolve(config):
 
 
 def _check_extend(extend):
-    """None or a tuple of EXTEND_METHODS names (from a list or a comma-separated string)."""
+    """None or a list of EXTEND_METHODS names (from a list or a comma-separated string)."""
     if extend is None or extend == () or extend == []:
         return None
     if isinstance(extend, str):
@@ -146,7 +146,7 @@ def _check_extend(extend):
             raise ValueError(f"unknown extend method {e!r}; known: {', '.join(EXTEND_METHODS)}")
         if e not in out:
             out.append(e)
-    return tuple(out) or None
+    return out or None
 
 
 def _build_data(cfg):
@@ -556,7 +556,7 @@ def compare(encodings=DEFAULT_ENCODINGS, task: str = "lm", train_len: int | None
                                 encoding_options=opts or None))
 
     public = {k: v for k, v in resolved.items() if k not in ("encoding", "seed", "text", "encoding_options")}
-    public["extend"] = list(resolved["extend"]) if resolved["extend"] else None
+    public["extend"] = resolved["extend"]
     public["seeds"] = seeds
     public["encoding_options"] = encoding_options
     result = CompareResult(names, resolved["eval_lens"], resolved["train_len"],

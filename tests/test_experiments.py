@@ -246,6 +246,8 @@ def test_compare_extend_rows():
     assert ft["extend"]["fine_tune_steps"] == 2 and ft["extend"]["fine_tune_len"] == 32
     assert ft["extend"]["scaling_factor"] == 2.0
     assert not any("extensions" in r for r in res.runs)
+    back = CompareResult.from_dict(json.loads(json.dumps(res.to_dict())))
+    assert back.to_dict() == res.to_dict() and back.table() == res.table()
 
 
 def test_extension_equals_a_model_built_with_the_scaling():
