@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--d-model", type=_positive, default=DEFAULTS["d_model"], metavar="N",
                    help="model width (default: %(default)s)")
     m.add_argument("--layers", type=_positive, default=None, metavar="N",
-                   help="transformer blocks (default: 2 for lm, 3 for tasks)")
+                   help="transformer blocks (default: 2 for lm, 3 for tasks, 4 for reverse)")
     m.add_argument("--heads", type=_positive, default=DEFAULTS["n_heads"], metavar="N",
                    help="attention heads (default: %(default)s)")
     m.add_argument("--batch-size", type=_positive, default=None, metavar="N",

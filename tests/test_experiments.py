@@ -294,6 +294,9 @@ def test_task_defaults():
     cfg = _resolve(dict(encoding="rope", task="copy"))
     assert (cfg["train_len"], cfg["steps"], cfg["n_layers"], cfg["eval_lens"]) == (8, 3000, 3, [8, 10, 12, 16])
     assert cfg["task_options"] == {"bos": True}
+    assert _resolve(dict(encoding="rope", task="reverse"))["n_layers"] == 4
+    assert _resolve(dict(encoding="rope", task="reverse", n_layers=2))["n_layers"] == 2
+    assert _resolve(dict(encoding="rope", task="parity"))["n_layers"] == 3
     cfg = _resolve(dict(encoding="rope", task="copy", task_options={"bos": False, "length_sampling": "linear"}))
     assert cfg["task_options"] == {"bos": False, "length_sampling": "linear"}
     cfg = _resolve(dict(encoding="rope"))
