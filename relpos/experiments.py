@@ -802,9 +802,10 @@ class CompareResult:
     # ---- plot ------------------------------------------------------------
     def plot(self, ax=None, logy: bool | None = None):
         """Evaluation length (log2 x axis) vs the metric, one line per
-        encoding (context-extension rows dashed) with a band for its 95%
-        t-interval over seeds; the training length is marked. Returns the
-        matplotlib Axes (never calls ``plt.show()``)."""
+        encoding (context-extension rows dashed, fine-tuned ones dotted in the
+        same colour) with a band for its 95% t-interval over seeds; the
+        training length is marked. Returns the matplotlib Axes (never calls
+        ``plt.show()``)."""
         try:
             import matplotlib  # noqa: F401 - fail early with a clear message
             if ax is None:
@@ -815,6 +816,12 @@ class CompareResult:
         if ax is None:
             _, ax = plt.subplots(figsize=(7, 4.5))
         xs = np.array(self.eval_lens, dtype=float)
+        # one colour per row, shared by a row and its fine-tuned twin ("rope+yarn", "rope+yarn+ft"):
+        # solid for a trained encoding, dashed for a scaling at inference, dotted after a fine-tune
+        keys = list(dict.fromkeys(e[:-3] if e.endswith("+ft") else e for e in self.encodings))
+        import matplotlib as mpl
+        cmap = mpl.colormaps["tab10" if len(keys) <= 10 else "tab20"]
+        colours = {k: cmap(i % cmap.N) for i, k in enumerate(keys)}
         for enc in self.encodings:
             cells = [self.interval(enc, L) for L in self.eval_lens]
             mean = np.array([c[0] if c else np.nan for c in cells])
@@ -822,7 +829,9 @@ class CompareResult:
             hi = np.array([c[2] if c else np.nan for c in cells])
             if np.all(np.isnan(mean)):
                 continue
-            (line,) = ax.plot(xs, mean, marker="o", label=enc, linestyle="--" if "+" in enc else "-")
+            key = enc[:-3] if enc.endswith("+ft") else enc
+            style = ":" if enc.endswith("+ft") else ("--" if "+" in enc else "-")
+            (line,) = ax.plot(xs, mean, marker="o", label=enc, linestyle=style, color=colours[key])
             if np.nanmax(hi - lo) > 0:
                 if self.metric == "perplexity":  # a t-interval may reach below 1 (or 0): keep the log axis drawable
                     lo = np.maximum(lo, np.nanmin(mean) / 2)

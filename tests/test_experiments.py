@@ -221,10 +221,13 @@ def test_plot_bands(tmp_path):
     import matplotlib
     matplotlib.use("Agg")
     res = _result({"rope": {8: [10.0, 11.0, 12.0], 16: [30.0, 50.0, 70.0]},
-                   "rope+yarn": {8: [10.0, 11.0, 12.0], 16: [12.0, 13.0, 14.0]}})
+                   "rope+yarn": {8: [10.0, 11.0, 12.0], 16: [12.0, 13.0, 14.0]},
+                   "rope+yarn+ft": {8: [10.0, 11.0, 12.0], 16: [11.0, 12.0, 13.0]}})
     ax = res.plot()
-    assert [ln.get_linestyle() for ln in ax.get_lines()[:2]] == ["-", "--"]
-    assert len(ax.collections) == 2  # one band per row
+    lines = ax.get_lines()[:3]
+    assert [ln.get_linestyle() for ln in lines] == ["-", "--", ":"]
+    assert lines[1].get_color() == lines[2].get_color() != lines[0].get_color()
+    assert len(ax.collections) == 3  # one band per row
 
 
 # ---------------------------------------------------------------- context extension
