@@ -701,17 +701,19 @@ class CompareResult:
         return (m, m - h, m + h, len(vals))
 
     def ranking(self, length):
-        """The encodings at one length, best first, as groups: consecutive
-        encodings whose 95% intervals overlap share a group (not distinguishable
-        at this budget). Returns [[encoding, ...], ...]; encodings without a value
-        are left out."""
+        """The encodings at one length, best first, as groups: an encoding joins
+        the current group when its 95% interval overlaps that of the group's
+        first (best) encoding (not distinguishable from it at this budget), else
+        it starts the next group. Returns [[encoding, ...], ...]; encodings
+        without a value are left out. (Chaining neighbours instead would let one
+        wide interval join encodings whose intervals are far apart.)"""
         cells = [(e, self.interval(e, length)) for e in self.encodings]
         cells = [(e, c) for e, c in cells if c is not None]
         sign = 1.0 if self.metric == "perplexity" else -1.0
         cells.sort(key=lambda ec: sign * ec[1][0])
         groups = []
         for e, c in cells:
-            if groups and _overlap(groups[-1][-1][1], c):
+            if groups and _overlap(groups[-1][0][1], c):
                 groups[-1].append((e, c))
             else:
                 groups.append([(e, c)])
@@ -748,13 +750,14 @@ class CompareResult:
         return header, rows
 
     def rankings_text(self) -> str:
-        """One line per length: encodings best first, "≈" between neighbours whose 95%
-        intervals overlap (not distinguishable at this budget), "<" or ">" between
-        those that are. Empty with one seed."""
+        """One line per length: encodings best first in the groups of :meth:`ranking`,
+        "≈" inside a group (its 95% interval overlaps the group leader's: not
+        distinguishable at this budget), "<" or ">" between groups. Empty with one seed."""
         if self._n_seeds() < 2:
             return ""
         better = "<" if self.metric == "perplexity" else ">"
-        lines = [f"ranking by mean {self.metric}; '≈' = 95% intervals overlap: not distinguishable at this budget"]
+        lines = [f"ranking by mean {self.metric}; '≈': its 95% interval overlaps the first of its group's, "
+                 "not distinguishable at this budget"]
         for L in self.eval_lens:
             groups = self.ranking(L)
             if groups:

@@ -209,6 +209,11 @@ def test_ranking_groups_overlapping_intervals():
     assert res.indistinguishable(8) == [("a", "b")]
     text = res.rankings_text()
     assert "a ≈ b < c" in text and "not distinguishable at this budget" in text
+    # one wide interval does not chain two separated ones (the case of copy at 1.25x: kerple)
+    wide = _result({"alibi": {8: [0.94, 0.93, 0.98]}, "kerple": {8: [0.84, 0.80, 0.06]},
+                    "rope": {8: [0.0, 0.0, 0.0]}}, metric="accuracy")
+    assert wide.ranking(8) == [["alibi", "kerple"], ["rope"]]
+    assert ("kerple", "rope") in wide.indistinguishable(8) and ("alibi", "rope") not in wide.indistinguishable(8)
     acc = _result({"a": {8: [0.5, 0.52, 0.54]}, "b": {8: [0.9, 0.91, 0.92]}}, metric="accuracy")
     assert acc.ranking(8) == [["b"], ["a"]] and "b > a" in acc.rankings_text()
     assert _result({"a": {8: [1.0]}, "b": {8: [2.0]}}).rankings_text() == ""  # one seed: nothing to say
