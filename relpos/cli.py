@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from . import encodings
 from ._config import max_threads, set_num_threads, show_config
 from .data import load_text
-from .experiments import DEFAULT_ENCODINGS, DEFAULTS, compare
+from .experiments import DEFAULT_ENCODINGS, DEFAULT_SEEDS, DEFAULTS, EXTEND_METHODS, compare
 
 __all__ = ["main", "build_parser"]
 
@@ -94,6 +94,31 @@ def _eval_lens(text):
     return out
 
 
+def _extend(text):
+    """'pi,ntk,yarn' -> ["pi", "ntk", "yarn"] (checked against EXTEND_METHODS)."""
+    names = [p.strip().lower() for p in text.split(",") if p.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("--extend must name at least one method")
+    for n in names:
+        if n == "longrope":
+            raise argparse.ArgumentTypeError(
+                "--extend longrope needs rescale factors from LongRoPE's search, which relpos does not run "
+                "(the scaling itself is RoPE(scaling='longrope', short_factor=..., long_factor=...))")
+        if n not in EXTEND_METHODS:
+            raise argparse.ArgumentTypeError(f"unknown --extend method {n!r}; known: {','.join(EXTEND_METHODS)}")
+    return names
+
+
+def _nonnegative(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {CAPS['--steps']:,}; got {text!r}") from None
+    if not 0 <= v <= CAPS["--steps"]:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {CAPS['--steps']:,}; got {v:,}")
+    return v
+
+
 def _positive_float(text):
     try:
         v = float(text)
@@ -131,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "keeps what it finished.",
         epilog="examples:\n"
                "  python -m relpos compare\n"
-               "  python -m relpos compare --encodings rope,alibi --steps 500 --seeds 0,1,2\n"
+               "  python -m relpos compare --encodings rope,alibi --steps 500 --seeds 0,1,2,3,4\n"
+               "  python -m relpos compare --encodings rope --extend pi,ntk,yarn --eval-lens 1x,2x,4x\n"
                "  python -m relpos compare --task copy --train-len 8 --eval-lens 8,16,32\n"
                "  python -m relpos compare --text my_corpus.txt --train-len 128 --out runs/mine\n"
                "  python -m relpos compare --dask tcp://scheduler:8786      (runs on a Dask cluster)",
@@ -146,12 +172,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "tasks (default 8)")
     c.add_argument("--eval-lens", type=_eval_lens, default=None, metavar="L,L,...",
                    help="evaluation lengths, or multiples of the training length such as "
-                        "1x,2x,4x,8x (the default)")
+                        "1x,2x,4x,8x (the default for lm; 1x,1.25x,1.5x,2x for tasks)")
     c.add_argument("--steps", type=_bounded("--steps"), default=None, metavar="N",
-                   help="training steps per model (default: 1500 for lm, 1000 for tasks)")
-    c.add_argument("--seeds", type=_seeds, default=[0], metavar="S,S,...",
-                   help="seeds; one model per encoding and seed, the table shows mean ± std "
+                   help="training steps per model (default: 1500 for lm, 3000 for tasks)")
+    c.add_argument("--seeds", type=_seeds, default=list(DEFAULT_SEEDS),
+                   metavar="S,S,...",
+                   help="seeds; one model per encoding and seed, the table shows the mean ± the "
+                        "half-width of a 95%% t-interval and says which encodings cannot be told apart "
+                        "(default: " + ",".join(map(str, DEFAULT_SEEDS)) + ")")
+    c.add_argument("--extend", type=_extend, default=None, metavar="M,M,...",
+                   help="context extension at inference for every RoPE model: evaluate it again with "
+                        f"each scaling switched on ({','.join(EXTEND_METHODS)}), one row each "
+                        "(e.g. rope+yarn)")
+    c.add_argument("--extend-steps", type=_nonnegative, default=0, metavar="N",
+                   help="with --extend: also fine-tune each RoPE model N steps at the longest evaluation "
+                        "length, plainly and with each scaling (rows rope+ft, rope+yarn+ft); lm only "
                         "(default: 0)")
+    c.add_argument("--extend-lr", type=_positive_float, default=None, metavar="LR",
+                   help="peak learning rate of that fine-tune (default: --lr / 10)")
     c.add_argument("--text", default=None, metavar="FILE",
                    help="a UTF-8 text file to model (default: the Python documentation topics "
                         "shipped with CPython, ~465 KB)")
@@ -173,8 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     m = c.add_argument_group("model and optimiser")
     m.add_argument("--d-model", type=_bounded("--d-model"), default=DEFAULTS["d_model"], metavar="N",
                    help="model width (default: %(default)s)")
-    m.add_argument("--layers", type=_bounded("--layers"), default=DEFAULTS["n_layers"], metavar="N",
-                   help="transformer blocks (default: %(default)s)")
+    m.add_argument("--layers", type=_bounded("--layers"), default=None, metavar="N",
+                   help="transformer blocks (default: 2 for lm, 3 for tasks, 4 for reverse)")
     m.add_argument("--heads", type=_bounded("--heads"), default=DEFAULTS["n_heads"], metavar="N",
                    help="attention heads (default: %(default)s)")
     m.add_argument("--batch-size", type=_bounded("--batch-size"), default=None, metavar="N",
@@ -283,7 +321,8 @@ def _cmd_compare(args):
                           steps=args.steps, seeds=args.seeds, d_model=args.d_model, n_layers=args.layers,
                           n_heads=args.heads, batch_size=args.batch_size, lr=args.lr, text=text,
                           out=args.out, progress=progress, jobs=args.jobs, threads=threads,
-                          executor=executor)
+                          executor=executor, extend=args.extend, extend_steps=args.extend_steps,
+                          extend_lr=args.extend_lr)
         except (ValueError, OSError) as e:
             # compare checks names, sizes and the data before training anything
             raise UsageError(str(e)) from None

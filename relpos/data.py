@@ -369,6 +369,16 @@ class Task:
     Ids: 0 ``<pad>``, 1 ``<sep>``, 2 ``<end>``, then the task's extra special
     tokens, then its symbols. ``train_lengths`` is the inclusive range of
     problem sizes seen in training; ``test_lengths`` are longer sizes.
+
+    Options: ``length_sampling`` ("uniform" or "linear", see :meth:`batch`);
+    ``curriculum`` (0): over the first that many training batches the largest
+    size grows linearly from the smallest to the largest train length (a
+    count of batches drawn, kept by the task: a fresh task starts over);
+    ``bos`` (False): start every sequence with a ``<bos>`` token (the last id),
+    as a pretrained tokenizer would. Position-free models (NoPE) need it: with
+    causal attention, the share of attention a query gives a fixed first token
+    tells how far in it is, which is how they find positions (Kazemnejad et al.
+    2023, whose models see a start token).
     Subclasses implement ``_problems(n, length, rng) -> (prompt, answer)``,
     two int64 arrays of symbol ids, and ``seq_len(length)``.
     """
@@ -381,9 +391,15 @@ class Task:
     default_train_lengths = (1, 16)
     default_test_lengths = (32, 64, 128)
 
-    def __init__(self, train_lengths=None, test_lengths=None, n_symbols=None):
+    def __init__(self, train_lengths=None, test_lengths=None, n_symbols=None, length_sampling="uniform",
+                 bos=False, curriculum=0):
         if n_symbols is not None:
             self.n_symbols = _positive_int(n_symbols, "n_symbols", 2)
+        if length_sampling not in ("uniform", "linear"):
+            raise ValueError(f"length_sampling must be 'uniform' or 'linear'; got {length_sampling!r}")
+        self.length_sampling = length_sampling
+        self.curriculum = _positive_int(curriculum, "curriculum", 0)
+        self.batches_drawn = 0
         lo, hi = train_lengths if train_lengths is not None else self.default_train_lengths
         lo = _positive_int(lo, "train_lengths[0]", self.min_length)
         hi = _positive_int(hi, "train_lengths[1]", lo)
@@ -391,8 +407,15 @@ class Task:
         tl = test_lengths if test_lengths is not None else self.default_test_lengths
         self.test_lengths = tuple(_positive_int(t, "test_lengths[i]", self.min_length) for t in tl)
         self.tokens = list(self.specials) + list(self.extra_specials) + list(self.symbol_names())
-        self.vocab_size = len(self.tokens)
         self.first_symbol = len(self.specials) + len(self.extra_specials)
+        if not isinstance(bos, (bool, np.bool_)):
+            raise TypeError(f"bos must be a bool; got {bos!r}")
+        self.bos = bool(bos)
+        self.bos_id = None
+        if self.bos:  # the last id, so that every other id stays what it is without it
+            self.bos_id = len(self.tokens)
+            self.tokens.append("<bos>")
+        self.vocab_size = len(self.tokens)
 
     min_length = 1
     n_symbols = 16
@@ -406,7 +429,7 @@ class Task:
     def seq_len(self, length: int) -> int:
         """Model input length T for problem size ``length`` (= len(sequence) - 1)."""
         p, a = self._sizes(length)
-        return p + 1 + a + 1 - 1
+        return int(self.bos) + p + 1 + a + 1 - 1
 
     def _sizes(self, length):  # (prompt length, answer length)
         raise NotImplementedError
@@ -429,6 +452,8 @@ class Task:
         length = self._check_length(length)
         rng = _as_rng(rng)
         prompt, answer = self._problems(n, length, rng)
+        if self.bos:
+            prompt = np.concatenate([np.full((n, 1), self.bos_id, np.int64), prompt], axis=1)
         seq = np.concatenate([prompt, np.full((n, 1), self.sep_id, np.int64), answer,
                               np.full((n, 1), self.end_id, np.int64)], axis=1)
         inputs = seq[:, :-1].copy()
@@ -437,11 +462,22 @@ class Task:
         return inputs, targets
 
     def batch(self, batch_size: int, rng, lengths=None):
-        """A training batch at a size drawn uniformly from ``lengths``
-        (default ``train_lengths``): (inputs, targets) as in :meth:`sample`."""
+        """A training batch at one size drawn from ``lengths`` (default
+        ``train_lengths``, inclusive): uniformly, or with probability ∝ size when
+        ``length_sampling="linear"`` (more batches at the longest sizes, which
+        are the hardest to get exactly right). (inputs, targets) as in :meth:`sample`."""
         rng = _as_rng(rng)
         lo, hi = lengths if lengths is not None else self.train_lengths
-        length = int(rng.integers(lo, hi + 1))
+        if self.curriculum and lengths is None:
+            # the largest size grows linearly from lo to hi over the first `curriculum` batches
+            hi = lo + int((hi - lo) * min(1.0, (self.batches_drawn + 1) / self.curriculum))
+            self.batches_drawn += 1
+        if self.length_sampling == "linear":
+            sizes = np.arange(lo, hi + 1)
+            length = int(sizes[np.searchsorted(np.cumsum(sizes) / sizes.sum(), rng.random(), side="right")
+                               .clip(0, sizes.size - 1)])
+        else:
+            length = int(rng.integers(lo, hi + 1))
         return self.sample(batch_size, length, rng)
 
     def decode(self, ids) -> str:
@@ -496,12 +532,14 @@ class RecallTask(Task):
     default_train_lengths = (1, 8)
     default_test_lengths = (16, 32, 64)
 
-    def __init__(self, train_lengths=None, test_lengths=None, n_keys=None, n_values=None):
+    def __init__(self, train_lengths=None, test_lengths=None, n_keys=None, n_values=None,
+                 length_sampling="uniform", bos=False, curriculum=0):
         if n_keys is not None:
             self.n_keys = _positive_int(n_keys, "n_keys", 2)
         if n_values is not None:
             self.n_values = _positive_int(n_values, "n_values", 2)
-        super().__init__(train_lengths, test_lengths)
+        super().__init__(train_lengths, test_lengths, length_sampling=length_sampling, bos=bos,
+                         curriculum=curriculum)
 
     def symbol_names(self):
         return [f"k{i}" for i in range(self.n_keys)] + [f"v{i}" for i in range(self.n_values)]

@@ -33,11 +33,13 @@ from tqdm.auto import tqdm
 from . import encodings
 from ._config import get_num_threads, set_num_threads
 from .data import LMData, default_corpus, get_task, load_text
+from .encodings.rotary import rope_encodings, rope_scaling
 from .models import TransformerLM
 from .train import evaluate_lengths, fit
 
-__all__ = ["DEFAULT_ENCODINGS", "ALL_ENCODINGS", "DEFAULTS", "run_config", "compare", "sweep",
-           "CompareResult"]
+__all__ = ["DEFAULT_ENCODINGS", "ALL_ENCODINGS", "DEFAULTS", "DEFAULT_SEEDS", "EXTEND_METHODS", "TASK_PRESETS",
+           "run_config",
+           "compare", "sweep", "CompareResult", "t_quantile"]
 
 #: the encodings the default comparison covers
 DEFAULT_ENCODINGS = ("none", "sinusoidal", "learned", "rope", "alibi", "t5", "kerple", "fire", "shaw")
@@ -45,11 +47,28 @@ DEFAULT_ENCODINGS = ("none", "sinusoidal", "learned", "rope", "alibi", "t5", "ke
 #: model and training defaults of a comparison run (small enough for a laptop)
 DEFAULTS = dict(
     task="lm", train_len=None, eval_lens=None, steps=None, seed=0,
-    d_model=64, n_layers=2, n_heads=4, d_ff=None, norm="layernorm", pre_ln=True, dropout=0.0,
+    d_model=64, n_layers=None, n_heads=4, d_ff=None, norm="layernorm", pre_ln=True, dropout=0.0,
     batch_size=None, lr=3e-3, warmup=None, weight_decay=0.1, clip=1.0,
     text=None, text_file=None, val_fraction=0.1, eval_tokens=16384, n_eval=256,
-    encoding_options=None, threads=None, impl="auto",
+    encoding_options=None, threads=None, impl="auto", task_options=None,
+    extend=None, extend_steps=0, extend_lr=None,
 )
+
+#: seeds of a default comparison: three, so that every cell has a 95% interval
+DEFAULT_SEEDS = (0, 1, 2)
+
+#: context-extension methods ``compare(extend=...)`` applies at inference to every
+#: RoPE model of a run: name -> RoPE scaling and fixed options. The factor s is
+#: eval length / train length (sequence lengths for tasks), except for "dynamic",
+#: whose rule takes the length of each call (with HF's ``factor`` 2, the value
+#: of HF's examples; with factor 1 it would equal "ntk" at s = L/L_train here).
+EXTEND_METHODS = {
+    "pi": dict(scaling="linear"),
+    "ntk": dict(scaling="ntk"),
+    "dynamic": dict(scaling="dynamic", scaling_factor=2.0),
+    "yarn": dict(scaling="yarn"),
+    "llama3": dict(scaling="llama3", low_freq_factor=1.0, high_freq_factor=4.0),
+}
 
 
 def ALL_ENCODINGS():
@@ -57,9 +76,19 @@ def ALL_ENCODINGS():
     return [row["name"] for row in encodings.available()]
 
 
-#: per-kind defaults for what DEFAULTS leaves as None (tasks: short sequences, so more steps)
-KIND_DEFAULTS = {"lm": dict(train_len=64, steps=1500, batch_size=16),
-                 "task": dict(train_len=8, steps=1000, batch_size=32)}
+#: per-kind defaults for what DEFAULTS leaves as None
+KIND_DEFAULTS = {"lm": dict(train_len=64, steps=1500, batch_size=16, n_layers=2),
+                 "task": dict(train_len=8, steps=3000, batch_size=32, n_layers=3)}
+#: per-task settings over KIND_DEFAULTS (issue 13), from probes on 2 cores (README, "What
+#: you should see"): with a <bos> token, 3000 steps and these depths NoPE, the hardest
+#: encoding at the training size, reaches >= 90% exact match on copy (3 layers) and
+#: reverse (4 layers; 3 layers gave 75%). Addition reached no exact match at all in
+#: this budget (3 layers, up to 6000 steps, sizes 5 or 8, with or without a curriculum).
+TASK_PRESETS = {"copy": dict(n_layers=3), "reverse": dict(n_layers=4)}
+#: the multiples of train_len evaluated by default
+KIND_EVAL_MULTIPLES = {"lm": (1, 2, 4, 8), "task": (1, 1.25, 1.5, 2)}
+#: task options a comparison uses unless told otherwise (see relpos.data.Task)
+TASK_DEFAULT_OPTIONS = {"bos": True}
 
 
 def _default_train_len(task):
@@ -77,20 +106,54 @@ def _resolve(config):
     cfg.update(config)
     if "encoding" not in cfg:
         raise ValueError("a run config needs 'encoding'")
-    for key, val in KIND_DEFAULTS["lm" if cfg["task"] == "lm" else "task"].items():
+    kind = "lm" if cfg["task"] == "lm" else "task"
+    preset = dict(KIND_DEFAULTS[kind], **(TASK_PRESETS.get(cfg["task"], {}) if kind == "task" else {}))
+    for key, val in preset.items():
         if cfg[key] is None:
             cfg[key] = val
+    if kind == "task":
+        cfg["task_options"] = {**TASK_DEFAULT_OPTIONS, **(cfg["task_options"] or {})}
     tl = cfg["train_len"]
     if isinstance(tl, bool) or not isinstance(tl, (int, np.integer)) or tl < 1:
         raise ValueError(f"train_len must be a positive int; got {tl!r}")
     cfg["train_len"] = int(tl)
     if cfg["eval_lens"] is None:
-        cfg["eval_lens"] = [cfg["train_len"] * m for m in (1, 2, 4, 8)]
+        cfg["eval_lens"] = sorted({max(1, int(round(cfg["train_len"] * m))) for m in KIND_EVAL_MULTIPLES[kind]})
     lens = list(cfg["eval_lens"])
     if not lens or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in lens):
         raise ValueError(f"eval_lens must be a non-empty list of positive ints; got {cfg['eval_lens']!r}")
     cfg["eval_lens"] = sorted({int(v) for v in lens})
+    cfg["extend"] = _check_extend(cfg["extend"])
+    es = cfg["extend_steps"]
+    if isinstance(es, bool) or not isinstance(es, (int, np.integer)) or es < 0:
+        raise ValueError(f"extend_steps must be an int >= 0; got {es!r}")
+    cfg["extend_steps"] = int(es)
+    if cfg["extend_steps"] and cfg["task"] != "lm":
+        raise ValueError("extend_steps (a fine-tune at the longest evaluation length) is for language modelling; "
+                         "on a synthetic task it would train on the test sizes")
     return cfg
+
+
+def _check_extend(extend):
+    """None or a list of EXTEND_METHODS names (from a list or a comma-separated string)."""
+    if extend is None or extend == () or extend == []:
+        return None
+    if isinstance(extend, str):
+        extend = [e for e in extend.split(",") if e.strip()]
+    out = []
+    for e in extend:
+        if not isinstance(e, str):
+            raise TypeError(f"extend must name methods (str); got {e!r}")
+        e = e.strip().lower()
+        if e == "longrope":
+            raise ValueError("extend='longrope' needs rescale factors found by LongRoPE's search, which relpos "
+                             "does not run; use RoPE(scaling='longrope', short_factor=..., long_factor=...) "
+                             "with factors of your own")
+        if e not in EXTEND_METHODS:
+            raise ValueError(f"unknown extend method {e!r}; known: {', '.join(EXTEND_METHODS)}")
+        if e not in out:
+            out.append(e)
+    return out or None
 
 
 def _build_data(cfg):
@@ -106,7 +169,8 @@ def _build_data(cfg):
         return data
     lo = 1
     return get_task(cfg["task"], train_lengths=(lo, cfg["train_len"]),
-                    test_lengths=[L for L in cfg["eval_lens"] if L > cfg["train_len"]] or None)
+                    test_lengths=[L for L in cfg["eval_lens"] if L > cfg["train_len"]] or None,
+                    **(cfg["task_options"] or {}))
 
 
 def _build_model(cfg, data):
@@ -156,6 +220,7 @@ def run_config(config: dict) -> dict:
         metrics = evaluate_lengths(model, data, cfg["eval_lens"], max_tokens=cfg["eval_tokens"],
                                    n_samples=cfg["n_eval"], seed=cfg["seed"])
         t2 = time.perf_counter()
+        extensions = _extend(model, data, cfg, config.get("label") or _label(cfg["encoding"]))
     finally:
         if prev_threads is not None:
             set_num_threads(prev_threads)
@@ -172,7 +237,68 @@ def run_config(config: dict) -> dict:
         "eval_time": t2 - t1,
         "n_params": int(sum(p.data.size for p in model.parameters())),
         "config": public,
+        "extensions": extensions,
     }
+
+
+def _seq_len(cfg, data, L):
+    return L if cfg["task"] == "lm" else data.seq_len(L)
+
+
+def _extend(model, data, cfg, label):
+    """Evaluate a trained RoPE model again with each of cfg["extend"]'s scalings
+    switched on at inference, and (extend_steps > 0) after a short fine-tune at
+    the longest evaluation length. Returns [{"encoding": "rope+yarn", "metrics":
+    ..., "extend": {...}, ...}] (empty for a model without RoPE)."""
+    if not cfg["extend"] or not rope_encodings(model):
+        return []
+    train_T = _seq_len(cfg, data, cfg["train_len"])
+    lens = cfg["eval_lens"]
+    ev = dict(max_tokens=cfg["eval_tokens"], n_samples=cfg["n_eval"], seed=cfg["seed"])
+
+    def options(method, factor):
+        opts = dict(EXTEND_METHODS[method], original_max_len=train_T)
+        opts.setdefault("scaling_factor", factor)
+        return opts
+
+    out = []
+    for method in cfg["extend"]:
+        t0 = time.perf_counter()
+        metrics, factors = {}, {}
+        for L in lens:  # each length with its own factor (PI, NTK, YaRN, Llama 3 zero-shot)
+            opts = options(method, max(1.0, _seq_len(cfg, data, L) / train_T))
+            factors[str(L)] = opts["scaling_factor"]
+            with rope_scaling(model, **opts):
+                metrics.update(evaluate_lengths(model, data, [L], **ev))
+        out.append({"encoding": f"{label}+{method}", "metrics": {str(k): v for k, v in metrics.items()},
+                    "extend": {"method": method, "fine_tune_steps": 0, "factors": factors, **{
+                        k: v for k, v in EXTEND_METHODS[method].items() if k != "scaling"}},
+                    "eval_time": time.perf_counter() - t0})
+    if cfg["extend_steps"]:
+        L_max = max(lens)
+        s_max = max(1.0, L_max / train_T)
+        # as in Chen et al. 2023: fine-tune at the longest length with the factor fixed for it
+        # (and plain RoPE fine-tuned the same way, their "direct extrapolation" baseline);
+        # the same number of tokens per step as in training
+        bs = max(1, (cfg["batch_size"] * cfg["train_len"]) // L_max)
+        lr = cfg["extend_lr"] if cfg["extend_lr"] is not None else cfg["lr"] / 10
+        for method in (None,) + tuple(cfg["extend"]):
+            t0 = time.perf_counter()
+            tuned = copy.deepcopy(model)
+            opts = options(method, s_max) if method else dict(scaling=None)
+            for enc in rope_encodings(tuned):
+                enc.set_scaling(**opts)
+            hist = fit(tuned, data, cfg["extend_steps"], batch_size=bs, seq_len=L_max, lr=lr,
+                       warmup=max(1, cfg["extend_steps"] // 10), weight_decay=cfg["weight_decay"],
+                       clip=cfg["clip"], seed=cfg["seed"] + 7919, progress=False)
+            metrics = evaluate_lengths(tuned, data, lens, **ev)
+            name = f"{label}+{method}+ft" if method else f"{label}+ft"
+            out.append({"encoding": name, "metrics": {str(k): v for k, v in metrics.items()},
+                        "extend": {"method": method or "none", "fine_tune_steps": cfg["extend_steps"],
+                                   "fine_tune_len": L_max, "fine_tune_lr": lr, "fine_tune_batch_size": bs,
+                                   "scaling_factor": opts.get("scaling_factor", 1.0)},
+                        "final_loss": hist.final_loss, "eval_time": time.perf_counter() - t0})
+    return out
 
 
 # --------------------------------------------------------------------- sweep
@@ -317,6 +443,11 @@ def _label(spec):
     return getattr(cls, "name", "") or cls.__name__
 
 
+def _encoding_class(spec):
+    """The class of an encoding spec (a name, 'module:Class', a class or an instance)."""
+    return type(spec) if encodings.is_encoding(spec) else encodings.lookup(spec)
+
+
 def _spec_json(spec):
     """What results.json says of an encoding spec (a name, 'module:Class', or the class path)."""
     if isinstance(spec, str):
@@ -369,14 +500,15 @@ def _encoding_specs(specs):
 
 
 def compare(encodings=DEFAULT_ENCODINGS, task: str = "lm", train_len: int | None = None, eval_lens=None,
-            steps: int | None = None, seeds=(0,), d_model: int = DEFAULTS["d_model"],
-            n_layers: int = DEFAULTS["n_layers"], n_heads: int = DEFAULTS["n_heads"], d_ff=None,
+            steps: int | None = None, seeds=DEFAULT_SEEDS, d_model: int = DEFAULTS["d_model"],
+            n_layers: int | None = None, n_heads: int = DEFAULTS["n_heads"], d_ff=None,
             norm: str = "layernorm", pre_ln: bool = True, dropout: float = 0.0,
             batch_size: int | None = None, lr: float = DEFAULTS["lr"], warmup=None,
             weight_decay: float = 0.1, clip: float = 1.0, text=None, text_file=None,
             eval_tokens: int = DEFAULTS["eval_tokens"], n_eval: int = DEFAULTS["n_eval"],
             encoding_options: dict | None = None, out=None, progress: bool = True, executor=None,
-            jobs: int = 1, threads: int | None = None) -> "CompareResult":
+            jobs: int = 1, threads: int | None = None, extend=None, extend_steps: int = 0,
+            extend_lr: float | None = None, task_options: dict | None = None) -> "CompareResult":
     """Train the same model with each encoding at ``train_len``; evaluate at ``eval_lens``.
 
     Args:
@@ -387,12 +519,16 @@ def compare(encodings=DEFAULT_ENCODINGS, task: str = "lm", train_len: int | None
             encoding's ``name`` (repeats get '#2', '#3').
         task: "lm" (perplexity on ``text`` / ``text_file`` / the default corpus)
             or a synthetic task name (exact-match accuracy; train_len is then the
-            largest problem size trained on, sizes 1..train_len).
+            largest problem size trained on, sizes 1..train_len; every sequence
+            starts with <bos> unless ``task_options={"bos": False}``).
         train_len: training length (default 64 for lm, 8 for tasks).
-        eval_lens: evaluation lengths (default 1x, 2x, 4x, 8x train_len).
-        steps, seeds: optimisation steps per run (default 1500 for lm, 1000 for
-            tasks); one run per (encoding, seed).
-        d_model, n_layers, n_heads, d_ff, norm, pre_ln, dropout: the model.
+        eval_lens: evaluation lengths (default 1x, 2x, 4x, 8x train_len for lm;
+            1x, 1.25x, 1.5x, 2x for tasks).
+        steps, seeds: optimisation steps per run (default 1500 for lm, 3000 for
+            tasks); one run per (encoding, seed). Default seeds 0, 1, 2: the
+            table gives each cell's mean ± the half-width of its 95% t-interval.
+        d_model, n_layers, n_heads, d_ff, norm, pre_ln, dropout: the model
+            (n_layers default 2 for lm, 3 for tasks, 4 for reverse: :data:`TASK_PRESETS`).
         batch_size, lr, warmup, weight_decay, clip: the optimiser (batch_size
             default 16 for lm, 32 for tasks).
         text: the training text itself (str); text_file: a path to read it from.
@@ -406,6 +542,18 @@ def compare(encodings=DEFAULT_ENCODINGS, task: str = "lm", train_len: int | None
             processes (each with ``cores // jobs`` threads unless ``threads``
             is given); ``jobs=1`` (default) runs them one after another here.
         threads: relpos threads for each run (default: unchanged).
+        extend: context extension at inference (a list or comma-separated names of
+            :data:`EXTEND_METHODS`: "pi", "ntk", "dynamic", "yarn", "llama3"):
+            every RoPE model of the run is evaluated again at each length with
+            the scaling switched on (factor = eval length / train length, or the
+            method's own rule), each as its own row, e.g. "rope+yarn".
+        extend_steps: also fine-tune a copy of each RoPE model this many steps at
+            the longest evaluation length, plainly ("rope+ft") and with each
+            method's scaling fixed for that length ("rope+yarn+ft"), then
+            evaluate at every length (Chen et al. 2023's protocol). lm only.
+        extend_lr: the fine-tune's peak learning rate (default lr / 10).
+        task_options: options of the synthetic task (e.g.
+            ``{"length_sampling": "linear"}``, see :class:`relpos.data.Task`).
 
     Returns a :class:`CompareResult`. Learned absolute positions past their
     max_len (= train_len) are reported as None ("n/a"), not an error.
@@ -432,12 +580,31 @@ def compare(encodings=DEFAULT_ENCODINGS, task: str = "lm", train_len: int | None
     common = dict(task=task, train_len=train_len, eval_lens=eval_lens, steps=steps, d_model=d_model,
                   n_layers=n_layers, n_heads=n_heads, d_ff=d_ff, norm=norm, pre_ln=pre_ln, dropout=dropout,
                   batch_size=batch_size, lr=lr, warmup=warmup, weight_decay=weight_decay, clip=clip,
-                  text_file=text_file, eval_tokens=eval_tokens, n_eval=n_eval, threads=threads)
+                  text_file=text_file, eval_tokens=eval_tokens, n_eval=n_eval, threads=threads,
+                  extend=extend, extend_steps=extend_steps, extend_lr=extend_lr, task_options=task_options)
     resolved = _resolve(dict(common, encoding=specs[0][1]))
+    common["extend"] = resolved["extend"]
+    # the rows each RoPE model adds (checked here, before any training)
+    extra_rows = {}
+    if resolved["extend"]:
+        for name, spec in specs:
+            cls = _encoding_class(spec)
+            if getattr(cls, "supports_scaling", False):
+                rows = [f"{name}+{m}" for m in resolved["extend"]]
+                if resolved["extend_steps"]:
+                    rows += [f"{name}+ft"] + [f"{name}+{m}+ft" for m in resolved["extend"]]
+                extra_rows[name] = rows
+        if not extra_rows:
+            raise ValueError(f"extend={','.join(resolved['extend'])} needs a RoPE encoding among the encodings "
+                             f"(got {', '.join(names)})")
+    elif resolved["extend_steps"]:
+        raise ValueError("extend_steps needs extend (the methods to fine-tune with)")
+    names = [row for name in names for row in [name] + extra_rows.get(name, [])]
     # check the data once, here, so a bad file or a too-long train_len fails before any training
     data = _build_data(dict(resolved, text=text))
     if d_model % n_heads:
         raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+    common["task_options"] = resolved["task_options"]
 
     configs = []
     for name, spec in specs:
@@ -449,19 +616,24 @@ def compare(encodings=DEFAULT_ENCODINGS, task: str = "lm", train_len: int | None
                                 encoding_options=opts or None))
 
     public = {k: v for k, v in resolved.items() if k not in ("encoding", "seed", "text", "encoding_options")}
+    public["extend"] = resolved["extend"]
     public["seeds"] = seeds
     public["encoding_options"] = encoding_options
     result = CompareResult(names, resolved["eval_lens"], resolved["train_len"],
                            "perplexity" if task == "lm" else "accuracy", public, [])
     del data
-    remaining = {name: len(seeds) for name in names}
+    remaining = {name: len(seeds) for name, _ in specs}
 
     def finished(i, run):
         if progress:
             cells = ", ".join(f"{L}: {_fmt(v, result.metric)}" for L, v in run["metrics"].items())
             tqdm.write(f"  {run['encoding']:<12s} seed {run['seed']}: train loss {run['final_loss']:.3f}, "
                        f"{result.metric} {cells}  ({run['train_time'] + run['eval_time']:.0f} s)")
-        result.runs.append(run)
+            for ext in run.get("extensions") or []:
+                cells = ", ".join(f"{L}: {_fmt(v, result.metric)}" for L, v in ext["metrics"].items())
+                tqdm.write(f"    {ext['encoding']:<18s} {cells}")
+        result.runs.append({k: v for k, v in run.items() if k != "extensions"})
+        result.runs.extend(_extension_runs(run))
         remaining[run["encoding"]] -= 1
         if out is not None and remaining[run["encoding"]] == 0:
             result._sort_runs()
@@ -479,7 +651,7 @@ def compare(encodings=DEFAULT_ENCODINGS, task: str = "lm", train_len: int | None
     except KeyboardInterrupt as e:
         # keep what finished: results.json already holds every finished encoding; the exception
         # carries them too, for a notebook user who gave no `out`
-        result.runs = [r for r in result.runs if remaining[r["encoding"]] == 0]
+        result.runs = [r for r in result.runs if remaining.get(r.get("extension_of", r["encoding"]), 1) == 0]
         result._sort_runs()
         result.wall_time = time.perf_counter() - t0
         e.result = result
@@ -497,7 +669,46 @@ def _write(result, out):
     result.save_csv(os.path.join(out, "results.csv"))
 
 
+def _extension_runs(run):
+    """The extension rows of one run as runs of their own (same seed and config)."""
+    out = []
+    for ext in run.get("extensions") or []:
+        r = {k: v for k, v in run.items() if k not in ("extensions", "losses")}
+        r.update(encoding=ext["encoding"], metrics=ext["metrics"], extend=ext["extend"], extension_of=run["encoding"],
+                 eval_time=ext.get("eval_time"), train_time=0.0, losses=[])
+        if "final_loss" in ext:
+            r["final_loss"] = ext["final_loss"]
+        out.append(r)
+    return out
+
+
 # ------------------------------------------------------------------- result
+# Student t quantiles t_{0.975}(df), df = 1..30, from the standard tables
+# (e.g. NIST/SEMATECH e-Handbook of Statistical Methods, table 1.3.6.7.2).
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042)
+
+
+def t_quantile(df: int, level: float = 0.95) -> float:
+    """Two-sided Student t quantile t_{(1+level)/2}(df) for level 0.95: a table for
+    df ≤ 30, the Cornish–Fisher expansion in 1/df beyond (within 1e-4 there)."""
+    if level != 0.95:
+        raise ValueError(f"level must be 0.95 (the tabulated one); got {level!r}")
+    if isinstance(df, bool) or not isinstance(df, (int, np.integer)) or df < 1:
+        raise ValueError(f"df must be an int >= 1; got {df!r}")
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = 1.959963984540054
+    return (z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+            + (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / (384 * df ** 3))
+
+
+def _overlap(a, b):
+    """Do two (mean, low, high, n) intervals share a point?"""
+    return a[1] <= b[2] and b[1] <= a[2]
+
+
 def _fmt(v, metric):
     if v is None:
         return "n/a"
@@ -535,19 +746,62 @@ class CompareResult:
         return [r["metrics"].get(str(length)) for r in self.runs if r["encoding"] == encoding]
 
     def summary(self) -> dict:
-        """{encoding: {length: (mean, std, n_seeds) or None}} over the finished runs."""
+        """{encoding: {length: (mean, std, n_seeds) or None}} over the finished runs
+        (std: sample standard deviation, ddof=1; 0 for one seed)."""
         out = {}
         for enc in self.encodings:
             row = {}
             for L in self.eval_lens:
                 vals = [v for v in self.values(enc, L) if v is not None]
-                row[L] = (float(np.mean(vals)), float(np.std(vals)), len(vals)) if vals else None
+                row[L] = (float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
+                          len(vals)) if vals else None
             out[enc] = row
         return out
 
+    def interval(self, encoding, length, level: float = 0.95):
+        """(mean, low, high, n) of one cell: the Student t-interval over seeds,
+        mean ± t_{0.975}(n−1)·s/√n (s the sample std). With one seed low = high =
+        mean. None where no seed has a value."""
+        vals = [v for v in self.values(encoding, length) if v is not None]
+        if not vals:
+            return None
+        m = float(np.mean(vals))
+        if len(vals) == 1:
+            return (m, m, m, 1)
+        h = t_quantile(len(vals) - 1, level) * float(np.std(vals, ddof=1)) / np.sqrt(len(vals))
+        return (m, m - h, m + h, len(vals))
+
+    def ranking(self, length):
+        """The encodings at one length, best first, as groups: an encoding joins
+        the current group when its 95% interval overlaps that of the group's
+        first (best) encoding (not distinguishable from it at this budget), else
+        it starts the next group. Returns [[encoding, ...], ...]; encodings
+        without a value are left out. (Chaining neighbours instead would let one
+        wide interval join encodings whose intervals are far apart.)"""
+        cells = [(e, self.interval(e, length)) for e in self.encodings]
+        cells = [(e, c) for e, c in cells if c is not None]
+        sign = 1.0 if self.metric == "perplexity" else -1.0
+        cells.sort(key=lambda ec: sign * ec[1][0])
+        groups = []
+        for e, c in cells:
+            if groups and _overlap(groups[-1][0][1], c):
+                groups[-1].append((e, c))
+            else:
+                groups.append([(e, c)])
+        return [[e for e, _ in g] for g in groups]
+
+    def indistinguishable(self, length) -> list:
+        """Every pair (a, b) of encodings whose 95% intervals overlap at ``length``."""
+        cells = [(e, self.interval(e, length)) for e in self.encodings]
+        cells = [(e, c) for e, c in cells if c is not None and c[3] > 1]
+        return [(a, b) for i, (a, ca) in enumerate(cells) for b, cb in cells[i + 1:] if _overlap(ca, cb)]
+
+    def _n_seeds(self):
+        return max((len([v for v in self.values(e, L) if v is not None]) for e in self.encodings
+                    for L in self.eval_lens), default=0)
+
     def _cells(self):
-        summ = self.summary()
-        multi = any(len(self.values(e, self.eval_lens[0])) > 1 for e in self.encodings)
+        multi = self._n_seeds() > 1
         rows = []
         for enc in self.encodings:
             if not any(r["encoding"] == enc for r in self.runs):
@@ -555,33 +809,53 @@ class CompareResult:
                 continue
             cells = [enc]
             for L in self.eval_lens:
-                s = summ[enc][L]
-                if s is None:
+                c = self.interval(enc, L)
+                if c is None:
                     cells.append("n/a")
-                elif multi:
-                    cells.append(f"{_fmt(s[0], self.metric)} ± {_fmt(s[1], self.metric)}")
+                elif multi and c[3] > 1:
+                    cells.append(f"{_fmt(c[0], self.metric)} ± {_fmt(c[2] - c[0], self.metric)}")
                 else:
-                    cells.append(_fmt(s[0], self.metric))
+                    cells.append(_fmt(c[0], self.metric))
             rows.append(cells)
         header = ["encoding"] + [f"{L}{' (train)' if L == self.train_len else ''}" for L in self.eval_lens]
         return header, rows
 
+    def rankings_text(self) -> str:
+        """One line per length: encodings best first in the groups of :meth:`ranking`,
+        "≈" inside a group (its 95% interval overlaps the group leader's: not
+        distinguishable at this budget), "<" or ">" between groups. Empty with one seed."""
+        if self._n_seeds() < 2:
+            return ""
+        better = "<" if self.metric == "perplexity" else ">"
+        lines = [f"ranking by mean {self.metric}; '≈': its 95% interval overlaps the first of its group's, "
+                 "not distinguishable at this budget"]
+        for L in self.eval_lens:
+            groups = self.ranking(L)
+            if groups:
+                lines.append(f"  {L:>6}: " + f" {better} ".join(" ≈ ".join(g) for g in groups))
+        return "\n".join(lines)
+
     def table(self) -> str:
-        """A plain-text table: rows encodings, columns evaluation lengths, mean ± std over seeds."""
+        """A plain-text table: rows encodings, columns evaluation lengths, mean ± the
+        half-width of the 95% t-interval over seeds; then the rankings per length."""
         header, rows = self._cells()
         widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
         fmt = lambda r: "  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i])  # noqa: E731
                                   for i, c in enumerate(r))
         lines = [self._title(), fmt(header), "  ".join("-" * w for w in widths)]
         lines += [fmt(r) for r in rows]
+        ranks = self.rankings_text()
+        if ranks:
+            lines += ["", ranks]
         return "\n".join(lines)
 
     def _title(self):
         task = self.config.get("task", "lm")
         better = "lower is better" if self.metric == "perplexity" else "higher is better"
         seeds = self.config.get("seeds", [])
+        spread = "; mean ± 95% t-interval half-width over seeds" if len(seeds) > 1 else ""
         return (f"{self.metric} ({better}) by evaluation length; task {task}, trained at {self.train_len}, "
-                f"{self.config.get('steps')} steps, {len(seeds)} seed{'s' if len(seeds) != 1 else ''}")
+                f"{self.config.get('steps')} steps, {len(seeds)} seed{'s' if len(seeds) != 1 else ''}{spread}")
 
     def to_markdown(self) -> str:
         header, rows = self._cells()
@@ -602,8 +876,10 @@ class CompareResult:
     # ---- plot ------------------------------------------------------------
     def plot(self, ax=None, logy: bool | None = None):
         """Evaluation length (log2 x axis) vs the metric, one line per
-        encoding with a band of ± one std over seeds; the training length is
-        marked. Returns the matplotlib Axes (never calls ``plt.show()``)."""
+        encoding (context-extension rows dashed, fine-tuned ones dotted in the
+        same colour) with a band for its 95% t-interval over seeds; the
+        training length is marked. Returns the matplotlib Axes (never calls
+        ``plt.show()``)."""
         try:
             import matplotlib  # noqa: F401 - fail early with a clear message
             if ax is None:
@@ -613,17 +889,27 @@ class CompareResult:
                               "(or pip install 'relpos[plot]')") from None
         if ax is None:
             _, ax = plt.subplots(figsize=(7, 4.5))
-        summ = self.summary()
         xs = np.array(self.eval_lens, dtype=float)
+        # one colour per row, shared by a row and its fine-tuned twin ("rope+yarn", "rope+yarn+ft"):
+        # solid for a trained encoding, dashed for a scaling at inference, dotted after a fine-tune
+        keys = list(dict.fromkeys(e[:-3] if e.endswith("+ft") else e for e in self.encodings))
+        import matplotlib as mpl
+        cmap = mpl.colormaps["tab10" if len(keys) <= 10 else "tab20"]
+        colours = {k: cmap(i % cmap.N) for i, k in enumerate(keys)}
         for enc in self.encodings:
-            row = summ.get(enc, {})
-            mean = np.array([row[L][0] if row.get(L) else np.nan for L in self.eval_lens])
-            std = np.array([row[L][1] if row.get(L) else np.nan for L in self.eval_lens])
+            cells = [self.interval(enc, L) for L in self.eval_lens]
+            mean = np.array([c[0] if c else np.nan for c in cells])
+            lo = np.array([c[1] if c else np.nan for c in cells])
+            hi = np.array([c[2] if c else np.nan for c in cells])
             if np.all(np.isnan(mean)):
                 continue
-            (line,) = ax.plot(xs, mean, marker="o", label=enc)
-            if np.nanmax(std) > 0:
-                ax.fill_between(xs, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+            key = enc[:-3] if enc.endswith("+ft") else enc
+            style = ":" if enc.endswith("+ft") else ("--" if "+" in enc else "-")
+            (line,) = ax.plot(xs, mean, marker="o", label=enc, linestyle=style, color=colours[key])
+            if np.nanmax(hi - lo) > 0:
+                if self.metric == "perplexity":  # a t-interval may reach below 1 (or 0): keep the log axis drawable
+                    lo = np.maximum(lo, np.nanmin(mean) / 2)
+                ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
         ax.axvline(self.train_len, color="grey", linestyle="--", linewidth=1, label="train length")
         ax.set_xscale("log", base=2)
         ax.set_xticks(xs)
@@ -694,12 +980,18 @@ class CompareResult:
     # ---- JSON ------------------------------------------------------------
     def to_dict(self) -> dict:
         """JSON-ready dict; ``rows`` = {encoding: {str(length): [value per seed]}}
-        (the form :func:`relpos.probe.plot_extrapolation` reads)."""
-        rows = {enc: {str(L): self.values(enc, L) for L in self.eval_lens}
-                for enc in self.encodings if any(r["encoding"] == enc for r in self.runs)}
+        (the form :func:`relpos.probe.plot_extrapolation` reads); ``intervals`` =
+        {encoding: {str(length): [mean, low, high, n] or None}} (95% t-intervals);
+        ``rankings`` = {str(length): groups of :meth:`ranking`}."""
+        ran = [enc for enc in self.encodings if any(r["encoding"] == enc for r in self.runs)]
+        rows = {enc: {str(L): self.values(enc, L) for L in self.eval_lens} for enc in ran}
+        intervals = {enc: {str(L): (list(c) if (c := self.interval(enc, L)) else None) for L in self.eval_lens}
+                     for enc in ran}
         return {"format": "relpos.compare/1", "encodings": self.encodings, "eval_lens": self.eval_lens,
                 "train_len": self.train_len, "metric": self.metric, "config": self.config,
-                "rows": rows, "runs": self.runs, "wall_time": self.wall_time}
+                "rows": rows, "intervals": intervals,
+                "rankings": {str(L): self.ranking(L) for L in self.eval_lens}, "runs": self.runs,
+                "wall_time": self.wall_time}
 
     @classmethod
     def from_dict(cls, d: dict) -> "CompareResult":

@@ -391,21 +391,29 @@ def rope_pairs(rotary_dim, layout):
     raise ValueError(layout)
 
 
-def rope_inv_freq_paper(rotary_dim, base=10000.0, scaling=None, s=1.0, L=None, alpha=1.0, beta=32.0):
+def rope_inv_freq_paper(rotary_dim, base=10000.0, scaling=None, s=1.0, L=None, alpha=1.0, beta=32.0,
+                        low=1.0, high=4.0, seq_len=None, short=None, long=None):
     """θ_k from the papers' formulas, one pair at a time (float64 list -> array).
 
     RoFormer θ_k = base^(-2k/d); NTK-aware base' = base·s^(d/(d-2));
+    dynamic NTK (emozilla 2023, as HF): L' = max(seq_len, L), base' = base·(s·L'/L − (s−1))^(d/(d−2));
     YaRN (Peng et al. 2024 §3.2): λ_k = 2π/θ_k, r = L/λ_k,
-    γ = 0 if r < α, 1 if r > β, else (r-α)/(β-α); h(θ) = (1-γ)·θ/s + γ·θ.
+    γ = 0 if r < α, 1 if r > β, else (r-α)/(β-α); h(θ) = (1-γ)·θ/s + γ·θ;
+    Llama 3.1 (Meta's apply_scaling): λ_k < L/high: θ; λ_k > L/low: θ/s; else with
+    g = (L/λ_k − low)/(high − low): (1−g)·θ/s + g·θ;
+    LongRoPE (Phi-3): θ_k / long[k] if seq_len > L else θ_k / short[k].
     """
     d = rotary_dim
     if scaling == "ntk":
         base = base * s ** (d / (d - 2))
+    if scaling == "dynamic":
+        Lc = max(seq_len if seq_len is not None else L, L)
+        base = base * (s * Lc / L - (s - 1)) ** (d / (d - 2))
     out = []
     for k in range(d // 2):
         theta = base ** (-2.0 * k / d)
+        wavelength = 2 * np.pi / theta
         if scaling == "yarn":
-            wavelength = 2 * np.pi / theta
             r = L / wavelength
             if r < alpha:
                 gamma = 0.0
@@ -414,6 +422,16 @@ def rope_inv_freq_paper(rotary_dim, base=10000.0, scaling=None, s=1.0, L=None, a
             else:
                 gamma = (r - alpha) / (beta - alpha)
             theta = (1 - gamma) * theta / s + gamma * theta
+        elif scaling == "llama3":
+            if wavelength < L / high:
+                pass
+            elif wavelength > L / low:
+                theta = theta / s
+            else:
+                g = (L / wavelength - low) / (high - low)
+                theta = (1 - g) * theta / s + g * theta
+        elif scaling == "longrope":
+            theta = theta / (long[k] if seq_len is not None and seq_len > L else short[k])
         out.append(theta)
     return np.array(out, dtype=np.float64)
 
@@ -767,14 +785,33 @@ def xl_logits(q, k, W_R, u, v, scale, q_offset=0):
     return scale * (c + p)
 
 
-def deberta_logits(q, k, P, W_kr, W_qr, clip, q_offset=0):
-    """DeBERTa (He et al. 2021): [Qc.Kc + Qc.Kr[δ(i,j)] + Kc.Qr[δ(j,i)]] / sqrt(3D),
-    δ(i, j) = clip(i - j, -k, k-1) + k; P (2k, dP), W_kr, W_qr (H, dP, D)."""
+def deberta_log_bucket_ref(d, bucket_size, max_position):
+    """DeBERTa-v2 log bucket of one distance d (an int), one case at a time:
+    |d| <= mid keeps d; else sign(d)·(mid + ceil(log(|d|/mid)/log((max_position-1)/mid)·(mid-1))),
+    mid = bucket_size // 2."""
+    mid = bucket_size // 2
+    if abs(d) <= mid:
+        return d
+    sign = 1 if d > 0 else -1
+    return sign * (mid + int(np.ceil(np.log(abs(d) / mid) / np.log((max_position - 1) / mid) * (mid - 1))))
+
+
+def deberta_logits(q, k, P, W_kr, W_qr, clip, q_offset=0, p2c="official", buckets=None, max_position=None):
+    """DeBERTa (He et al. 2021): [Qc.Kc + Qc.Kr[δ(i,j)] + Kc.Qr[δ']] / sqrt(3D),
+    δ(i, j) = clip(i - j, -k, k-1) + k; δ' = δ(i, j) for p2c="official" (Microsoft/HF code),
+    δ(j, i) for p2c="paper" (eq. 4 as written). With buckets (DeBERTa-v2), i - j is first
+    mapped by deberta_log_bucket_ref and k = buckets. P (2k, dP), W_kr, W_qr (H, dP, D)."""
     D = q.shape[-1]
     Tq, Tk = q.shape[2], k.shape[2]
     d = distances(Tq, Tk, q_offset)
-    c2p_ix = np.clip(d, -clip, clip - 1) + clip
-    p2c_ix = np.clip(-d, -clip, clip - 1) + clip
+    if buckets is not None:
+        clip = buckets
+        bucket = np.vectorize(lambda x: deberta_log_bucket_ref(int(x), buckets, max_position))
+        bd, bmd = bucket(d), bucket(-d)
+    else:
+        bd, bmd = d, -d
+    c2p_ix = np.clip(bd, -clip, clip - 1) + clip
+    p2c_ix = c2p_ix if p2c == "official" else np.clip(bmd, -clip, clip - 1) + clip
     Kr = np.einsum("re,hed->hrd", P, W_kr)
     Qr = np.einsum("re,hed->hrd", P, W_qr)
     h = np.arange(q.shape[1])[:, None, None]

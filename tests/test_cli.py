@@ -38,8 +38,9 @@ def test_compare_end_to_end(tmp_path, small_text):
     assert "rope" in r.stdout and "learned" in r.stdout and "n/a" in r.stdout
     res = json.loads((out / "results.json").read_text())
     assert res["eval_lens"] == [16, 32] and res["encodings"] == ["rope", "learned"]
-    assert res["rows"]["learned"]["32"] == [None]
-    assert res["rows"]["rope"]["32"][0] > 1
+    assert res["rows"]["learned"]["32"] == [None, None, None]  # three seeds by default
+    assert res["config"]["seeds"] == [0, 1, 2] and res["rows"]["rope"]["32"][0] > 1
+    assert "±" in r.stdout and "not distinguishable at this budget" in r.stdout
     png = (out / "extrapolation.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     assert "no plot written" not in r.stderr and f"plot: {out / 'extrapolation.png'}" in r.stdout
@@ -57,7 +58,26 @@ def test_compare_task_and_seeds(tmp_path):
     assert "accuracy" in r.stdout and "±" in r.stdout
 
 
+def test_compare_extend(tmp_path, small_text):
+    out = tmp_path / "x"
+    r = run("compare", "--encodings", "rope,alibi", "--eval-lens", "1x,2x", "--text", str(small_text), "--out",
+            str(out), "--seeds", "0", "--extend", "pi,yarn", "--extend-steps", "2", *TINY, *SERIAL)
+    assert r.returncode == 0, r.stderr
+    res = json.loads((out / "results.json").read_text())
+    rows = ["rope", "rope+pi", "rope+yarn", "rope+ft", "rope+pi+ft", "rope+yarn+ft", "alibi"]
+    assert res["encodings"] == rows and set(res["rows"]) == set(rows)
+    assert res["config"]["extend"] == ["pi", "yarn"] and res["config"]["extend_steps"] == 2
+    for row in rows:
+        assert row in r.stdout
+    # at the training length a factor of 1 changes nothing
+    assert res["rows"]["rope+yarn"]["16"] == res["rows"]["rope"]["16"]
+
+
 @pytest.mark.parametrize("args,message", [
+    (["--extend", "longrope"], "LongRoPE's search"),
+    (["--extend", "pi,magic"], "unknown --extend method 'magic'"),
+    (["--encodings", "alibi", "--extend", "pi"], "needs a RoPE encoding"),
+    (["--extend-steps", "5"], "extend_steps needs extend"),
     (["--text", "/no/such/file.txt"], "does not exist"),
     (["--encodings", "rope,nosuch"], "unknown encoding"),
     (["--task", "nosuch"], "unknown task 'nosuch'"),

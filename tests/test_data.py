@@ -295,3 +295,52 @@ def test_load_text_is_bounded(tmp_path):
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="max_bytes must be a positive int"):
             load_text(big, max_bytes=bad)
+
+
+def test_task_bos_token():
+    rng = np.random.default_rng(1)
+    for name in TASKS:
+        plain, with_bos = get_task(name), get_task(name, bos=True)
+        assert with_bos.vocab_size == plain.vocab_size + 1 and with_bos.tokens[-1] == "<bos>"
+        assert with_bos.tokens[:-1] == plain.tokens  # every other id unchanged
+        n = 3
+        assert with_bos.seq_len(n) == plain.seq_len(n) + 1
+        x0, y0 = plain.sample(4, n, np.random.default_rng(5))
+        x1, y1 = with_bos.sample(4, n, np.random.default_rng(5))
+        # the same problem, one token later
+        assert np.all(x1[:, 0] == with_bos.bos_id) and y1[0, 0] == IGNORE_INDEX
+        np.testing.assert_array_equal(x1[:, 1:], x0)
+        np.testing.assert_array_equal(y1[:, 1:], y0)
+    inp, tgt = get_task("copy", bos=True).sample(1, 4, rng)
+    assert get_task("copy", bos=True).decode(inp[0]).split()[0] == "<bos>"
+    with pytest.raises(TypeError, match="bos must be a bool"):
+        get_task("copy", bos=1)
+
+
+def test_task_linear_length_sampling():
+    task = get_task("copy", train_lengths=(1, 4), length_sampling="linear")
+    rng = np.random.default_rng(0)
+    sizes = [(task.batch(1, rng)[0].shape[1] - 1) // 2 for _ in range(20000)]
+    counts = np.bincount(sizes, minlength=5)[1:]
+    # P(n) = n / 10 for n = 1..4
+    np.testing.assert_allclose(counts / counts.sum(), [0.1, 0.2, 0.3, 0.4], atol=0.012)
+    uni = get_task("copy", train_lengths=(1, 4))
+    sizes = [(uni.batch(1, rng)[0].shape[1] - 1) // 2 for _ in range(8000)]
+    np.testing.assert_allclose(np.bincount(sizes, minlength=5)[1:] / 8000, 0.25, atol=0.02)
+    with pytest.raises(ValueError, match="length_sampling must be 'uniform' or 'linear'"):
+        get_task("copy", length_sampling="square")
+
+
+def test_task_curriculum_grows_the_largest_size():
+    task = get_task("copy", train_lengths=(1, 9), curriculum=80)
+    rng = np.random.default_rng(0)
+    sizes = [(task.batch(1, rng)[0].shape[1] - 1) // 2 for _ in range(160)]
+    # batch b may reach 1 + int(8 * (b + 1) / 80) at most: size 1 only for the first 9 batches
+    assert all(s == 1 for s in sizes[:9])
+    assert all(s <= 1 + int(8 * (b + 1) / 80) for b, s in enumerate(sizes[:80]))
+    assert max(sizes[80:]) == 9 and task.batches_drawn == 160
+    # explicit lengths (evaluation) do not advance it
+    task.batch(1, rng, lengths=(3, 3))
+    assert task.batches_drawn == 160
+    with pytest.raises(ValueError, match="curriculum must be >= 0"):
+        get_task("copy", curriculum=-1)

@@ -94,7 +94,7 @@ def test_results_written_as_each_encoding_finishes(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ex, "run_config", spy)
     with pytest.raises(KeyboardInterrupt):
-        compare(["alibi", "t5"], eval_lens=[16], out=tmp_path, progress=False, **TINY)
+        compare(["alibi", "t5"], eval_lens=[16], seeds=(0,), out=tmp_path, progress=False, **TINY)
     kept = CompareResult.load(tmp_path / "results.json")
     assert [r["encoding"] for r in kept.runs] == ["alibi"]
     assert "(not run)" in kept.table()
@@ -159,3 +159,154 @@ def test_sweep_dask(serial):
 def test_sweep_bad_config():
     with pytest.raises(ValueError, match="unknown option.*'stepz'"):
         sweep([dict(encoding="rope", stepz=3)], progress=False)
+
+
+# ---------------------------------------------------------------- intervals, rankings
+
+def test_t_quantiles_published_values():
+    from relpos.experiments import t_quantile
+    # two-sided 95% Student t, from any printed table
+    for df, t in ((1, 12.706), (2, 4.303), (4, 2.776), (9, 2.262), (30, 2.042)):
+        assert t_quantile(df) == pytest.approx(t, abs=5e-4)
+    assert t_quantile(10 ** 6) == pytest.approx(1.95996, abs=1e-4)
+    with pytest.raises(ValueError, match="df must be an int >= 1"):
+        t_quantile(0)
+
+
+def test_t_quantiles_match_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    from relpos.experiments import t_quantile
+    for df in list(range(1, 31)) + [31, 40, 60, 120, 1000]:
+        assert t_quantile(df) == pytest.approx(stats.t.ppf(0.975, df), abs=1e-3)
+
+
+def _result(cells, metric="perplexity"):
+    """A CompareResult from {encoding: {length: [value per seed]}}."""
+    encs = list(cells)
+    lens = sorted({L for row in cells.values() for L in row})
+    runs = []
+    for e, row in cells.items():
+        n = len(next(iter(row.values())))
+        for s in range(n):
+            runs.append({"encoding": e, "seed": s, "metrics": {str(L): row[L][s] for L in row}})
+    return CompareResult(encs, lens, lens[0], metric, {"seeds": list(range(3)), "steps": 1, "task": "lm"}, runs)
+
+
+def test_interval_is_the_t_interval():
+    res = _result({"a": {8: [10.0, 12.0, 14.0]}})
+    mean, lo, hi, n = res.interval("a", 8)
+    # s = 2, n = 3: half-width 4.303 * 2 / sqrt(3) = 4.969
+    assert (mean, n) == (12.0, 3) and hi - mean == pytest.approx(4.303 * 2 / 3 ** 0.5, rel=1e-4)
+    assert mean - lo == pytest.approx(hi - mean)
+    assert res.summary()["a"][8] == (12.0, 2.0, 3)
+    assert "12.00 ± 4.97" in res.table()
+
+
+def test_ranking_groups_overlapping_intervals():
+    res = _result({"a": {8: [10.0, 10.1, 10.2]}, "b": {8: [10.1, 10.2, 10.3]},
+                   "c": {8: [20.0, 20.1, 20.2]}, "d": {8: [None, None, None]}})
+    assert res.ranking(8) == [["a", "b"], ["c"]]
+    assert res.indistinguishable(8) == [("a", "b")]
+    text = res.rankings_text()
+    assert "a ≈ b < c" in text and "not distinguishable at this budget" in text
+    # one wide interval does not chain two separated ones (the case of copy at 1.25x: kerple)
+    wide = _result({"alibi": {8: [0.94, 0.93, 0.98]}, "kerple": {8: [0.84, 0.80, 0.06]},
+                    "rope": {8: [0.0, 0.0, 0.0]}}, metric="accuracy")
+    assert wide.ranking(8) == [["alibi", "kerple"], ["rope"]]
+    assert ("kerple", "rope") in wide.indistinguishable(8) and ("alibi", "rope") not in wide.indistinguishable(8)
+    acc = _result({"a": {8: [0.5, 0.52, 0.54]}, "b": {8: [0.9, 0.91, 0.92]}}, metric="accuracy")
+    assert acc.ranking(8) == [["b"], ["a"]] and "b > a" in acc.rankings_text()
+    assert _result({"a": {8: [1.0]}, "b": {8: [2.0]}}).rankings_text() == ""  # one seed: nothing to say
+    d = res.to_dict()
+    assert d["intervals"]["d"]["8"] is None and d["rankings"]["8"] == [["a", "b"], ["c"]]
+
+
+def test_plot_bands(tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib
+    matplotlib.use("Agg")
+    res = _result({"rope": {8: [10.0, 11.0, 12.0], 16: [30.0, 50.0, 70.0]},
+                   "rope+yarn": {8: [10.0, 11.0, 12.0], 16: [12.0, 13.0, 14.0]},
+                   "rope+yarn+ft": {8: [10.0, 11.0, 12.0], 16: [11.0, 12.0, 13.0]}})
+    ax = res.plot()
+    lines = ax.get_lines()[:3]
+    assert [ln.get_linestyle() for ln in lines] == ["-", "--", ":"]
+    assert lines[1].get_color() == lines[2].get_color() != lines[0].get_color()
+    assert len(ax.collections) == 3  # one band per row
+
+
+# ---------------------------------------------------------------- context extension
+
+def test_compare_extend_rows():
+    res = compare(["rope", "alibi"], eval_lens=[16, 32], seeds=(0,), extend="pi,yarn,dynamic", extend_steps=2,
+                  progress=False, **TINY)
+    assert res.encodings == ["rope", "rope+pi", "rope+yarn", "rope+dynamic", "rope+ft", "rope+pi+ft",
+                             "rope+yarn+ft", "rope+dynamic+ft", "alibi"]
+    # at the training length every factor is 1: the same model, the same numbers
+    for row in ("rope+pi", "rope+yarn", "rope+dynamic"):
+        assert res.values(row, 16) == res.values("rope", 16)
+    # at 2x each scaling changes the numbers (and fine-tuning changes the model)
+    assert len({res.values(r, 32)[0] for r in ("rope", "rope+pi", "rope+yarn", "rope+dynamic")}) == 4
+    assert res.values("rope+ft", 16) != res.values("rope", 16)
+    ext = next(r for r in res.runs if r["encoding"] == "rope+pi")
+    assert ext["extension_of"] == "rope" and ext["extend"]["factors"] == {"16": 1.0, "32": 2.0}
+    ft = next(r for r in res.runs if r["encoding"] == "rope+yarn+ft")
+    assert ft["extend"]["fine_tune_steps"] == 2 and ft["extend"]["fine_tune_len"] == 32
+    assert ft["extend"]["scaling_factor"] == 2.0
+    assert not any("extensions" in r for r in res.runs)
+    back = CompareResult.from_dict(json.loads(json.dumps(res.to_dict())))
+    assert back.to_dict() == res.to_dict() and back.table() == res.table()
+
+
+def test_extension_equals_a_model_built_with_the_scaling():
+    # rope+pi at 2x is the trained model evaluated with PI at factor 2, nothing else
+    import relpos
+    from relpos.data import LMData
+    from relpos.train import evaluate_lengths
+    cfg = dict(TINY, encoding="rope", eval_lens=[16, 32], extend=("pi",))
+    run = run_config(cfg)
+    data = LMData(TEXT)
+    model = relpos.nn.TransformerLM(data.vocab_size, d_model=16, n_layers=1, n_heads=2, encoding="rope", max_len=16,
+                                    seed=0)
+    relpos.train.fit(model, data, 3, batch_size=4, seq_len=16, progress=False)
+    with relpos.encodings.rotary.rope_scaling(model, "pi", 2.0):
+        want = evaluate_lengths(model, data, [32], max_tokens=256)[32]
+    assert run["extensions"][0]["metrics"]["32"] == want
+
+
+def test_compare_extend_bad_inputs():
+    with pytest.raises(ValueError, match="LongRoPE's search"):
+        compare(["rope"], extend="longrope", progress=False, **TINY)
+    with pytest.raises(ValueError, match="unknown extend method 'magic'"):
+        compare(["rope"], extend=["pi", "magic"], progress=False, **TINY)
+    with pytest.raises(ValueError, match="needs a RoPE encoding"):
+        compare(["alibi", "xpos"], extend="pi", progress=False, **TINY)
+    with pytest.raises(ValueError, match="extend_steps needs extend"):
+        compare(["rope"], extend_steps=3, progress=False, **TINY)
+    with pytest.raises(ValueError, match="for language modelling"):
+        compare(["rope"], task="copy", train_len=3, extend="pi", extend_steps=3, progress=False, steps=1)
+    with pytest.raises(ValueError, match="extend_steps must be an int >= 0"):
+        compare(["rope"], extend="pi", extend_steps=-1, progress=False, **TINY)
+
+
+def test_compare_extend_on_a_task():
+    res = compare(["rope"], task="copy", train_len=3, eval_lens=[3, 6], seeds=(0,), steps=2, d_model=16,
+                  n_layers=1, n_heads=2, batch_size=4, n_eval=16, extend="yarn", progress=False)
+    ext = next(r for r in res.runs if r["encoding"] == "rope+yarn")
+    # factors are ratios of sequence lengths: copy of size n is <bos>, n symbols, <sep>, n symbols: 2n + 2
+    assert ext["extend"]["factors"] == {"3": 1.0, "6": 14 / 8}
+
+
+def test_task_defaults():
+    from relpos.experiments import _resolve
+    cfg = _resolve(dict(encoding="rope", task="copy"))
+    assert (cfg["train_len"], cfg["steps"], cfg["n_layers"], cfg["eval_lens"]) == (8, 3000, 3, [8, 10, 12, 16])
+    assert cfg["task_options"] == {"bos": True}
+    assert _resolve(dict(encoding="rope", task="reverse"))["n_layers"] == 4
+    assert _resolve(dict(encoding="rope", task="reverse", n_layers=2))["n_layers"] == 2
+    assert _resolve(dict(encoding="rope", task="parity"))["n_layers"] == 3
+    cfg = _resolve(dict(encoding="rope", task="copy", task_options={"bos": False, "length_sampling": "linear"}))
+    assert cfg["task_options"] == {"bos": False, "length_sampling": "linear"}
+    cfg = _resolve(dict(encoding="rope"))
+    assert (cfg["train_len"], cfg["steps"], cfg["n_layers"], cfg["eval_lens"]) == (64, 1500, 2, [64, 128, 256, 512])
+    assert cfg["task_options"] is None

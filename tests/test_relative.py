@@ -66,14 +66,90 @@ def test_xl_channels(rng, Tq, Tk, qo):
 
 
 @pytest.mark.parametrize("Tq,Tk,qo", [(4, 6, 2), (5, 5, 0), (3, 12, 9)])
-def test_deberta_channels(rng, Tq, Tk, qo):
-    enc = randomise(E.get("deberta", n_heads=2, head_dim=4, k=3, p_dim=5), rng)
+@pytest.mark.parametrize("p2c", ["official", "paper"])
+def test_deberta_channels(rng, Tq, Tk, qo, p2c):
+    enc = randomise(E.get("deberta", n_heads=2, head_dim=4, k=3, p_dim=5, p2c=p2c), rng)
     q, k = qk(rng, Tq=Tq, Tk=Tk)
     inp = enc.attention_inputs(q, k, qo, False)
     assert inp["scale"] == pytest.approx(1 / math.sqrt(12))
-    want = ref.deberta_logits(d64(q), d64(k), d64(enc.P), d64(enc.W_kr), d64(enc.W_qr), 3, qo)
+    want = ref.deberta_logits(d64(q), d64(k), d64(enc.P), d64(enc.W_kr), d64(enc.W_qr), 3, qo, p2c=p2c)
     np.testing.assert_allclose(ref.channel_logits(q, k, inp, qo), want, rtol=1e-5, atol=1e-5)
     assert enc.bias_matrix(Tq, Tk, qo).shape == (2, Tq, Tk)
+
+
+@pytest.mark.parametrize("Tq,Tk,qo", [(6, 40, 34), (30, 30, 0), (2, 9, 7)])
+@pytest.mark.parametrize("p2c", ["official", "paper"])
+def test_deberta_bucket_channels(rng, Tq, Tk, qo, p2c):
+    # 8 buckets reaching the last one at distance 12: distances up to 39 cover every case
+    enc = randomise(E.get("deberta", n_heads=2, head_dim=4, p_dim=5, p2c=p2c, position_buckets=8,
+                          max_relative_positions=13), rng)
+    assert enc.P.shape == (16, 5)
+    q, k = qk(rng, Tq=Tq, Tk=Tk)
+    inp = enc.attention_inputs(q, k, qo, False)
+    want = ref.deberta_logits(d64(q), d64(k), d64(enc.P), d64(enc.W_kr), d64(enc.W_qr), None, qo, p2c=p2c,
+                              buckets=8, max_position=13)
+    np.testing.assert_allclose(ref.channel_logits(q, k, inp, qo), want, rtol=1e-5, atol=1e-5)
+
+
+def test_deberta_p2c_worked_example():
+    # Microsoft/DeBERTa issue #162, as in relpos issue 13: T=3, k=2, one channel,
+    # P = [[0],[1],[2],[3]], Q^c = 0, K^c = 1, W_qr = 1: only the p2c term is left,
+    # row 0's logits x sqrt(3) read P[δ(0, j)] = [2, 1, 0] (official) or P[δ(j, 0)] = [2, 3, 3] (paper)
+    want = {"official": [[2, 1, 0], [3, 2, 1], [3, 3, 2]], "paper": [[2, 3, 3], [1, 2, 3], [0, 1, 2]]}
+    for p2c, rows in want.items():
+        enc = E.get("deberta", n_heads=1, head_dim=1, k=2, p_dim=1, p2c=p2c)
+        enc.P.data[:] = np.arange(4, dtype=f32)[:, None]
+        enc.W_qr.data[:] = 1.0
+        enc.W_kr.data[:] = 0.5  # multiplies Q^c = 0: no effect
+        q = relpos.Tensor(np.zeros((1, 1, 3, 1), f32))
+        k = relpos.Tensor(np.ones((1, 1, 3, 1), f32))
+        v = relpos.Tensor(np.eye(3, dtype=f32).reshape(1, 1, 3, 3)[..., :1].copy())
+        np.testing.assert_allclose(ref.channel_logits(q, k, enc.attention_inputs(q, k, 0, False), 0)[0, 0] * math.sqrt(3),
+                                   rows, atol=1e-6)
+        # the same through the C kernel: its weights are the softmax of those logits / sqrt(3)
+        _, w = relpos.functional.attention(q, k, v, encoding=enc, causal=False, return_weights=True)
+        logits = np.array(rows, dtype=np.float64) / math.sqrt(3)
+        np.testing.assert_allclose(w[0, 0], np.exp(logits) / np.exp(logits).sum(1, keepdims=True), rtol=1e-5)
+
+
+def test_deberta_log_buckets_by_hand():
+    from relpos.encodings.relative import deberta_log_bucket
+    # deberta-v3's 256 buckets up to 512: mid = 128; |d| <= 128 keeps d; past it
+    # 128 + ceil(ln(|d|/128) / ln(511/128) * 127), worked out by hand:
+    # d=129: ln(129/128)/ln(511/128)*127 = 0.714 -> 129; d=300: 78.1 -> 207; d=511: 127 -> 255;
+    # d=600: 141.7 -> 270 (past max_relative_positions the buckets keep growing; the row clamps)
+    d = np.array([0, 1, -5, 127, 128, 129, -129, 300, -300, 511, 600])
+    np.testing.assert_array_equal(deberta_log_bucket(d, 256, 512),
+                                  [0, 1, -5, 127, 128, 129, -129, 207, -207, 255, 270])
+    enc = E.get("deberta", n_heads=1, head_dim=4, position_buckets=256, max_relative_positions=512)
+    np.testing.assert_array_equal(enc.table_rows([0, -129, 511, 600, -10 ** 6]), [256, 127, 511, 511, 0])
+    ds = np.arange(-700, 700)
+    np.testing.assert_array_equal(deberta_log_bucket(ds, 16, 40),
+                                  [ref.deberta_log_bucket_ref(int(x), 16, 40) for x in ds])
+    # the buckets never decrease with the distance, and are odd in it
+    b = deberta_log_bucket(ds, 256, 512)
+    assert np.all(np.diff(b) >= 0)
+    np.testing.assert_array_equal(deberta_log_bucket(-ds, 256, 512), -b)
+
+
+def test_deberta_bucket_gradients(rng):
+    enc = randomise(E.get("deberta", n_heads=2, head_dim=3, p_dim=4, position_buckets=4, max_relative_positions=6,
+                          p2c="paper"), rng)
+    q, k = qk(rng, Tq=5, Tk=9, D=3)
+    inp = enc.attention_inputs(q, k, 4, True)
+    Gk = rng.standard_normal(inp["relk"].shape)
+    Gq = rng.standard_normal(inp["relq"].shape)
+    inp["relk"].backward(Gk.astype(f32))
+    inp["relq"].backward(Gq.astype(f32))
+    d = np.arange(4 - 8, 4 - 8 + 13)
+    rk, rq = enc.table_rows(d), enc.table_rows(-d)
+    P, Wk, Wq = d64(enc.P), d64(enc.W_kr), d64(enc.W_qr)
+
+    def loss(P, Wk, Wq):
+        return (np.einsum("re,hed->hrd", P[rk], Wk) * Gk).sum() + (np.einsum("re,hed->hrd", P[rq], Wq) * Gq).sum()
+
+    np.testing.assert_allclose(enc.P.grad, ref.numgrad(lambda x: loss(x, Wk, Wq), P), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(enc.W_kr.grad, ref.numgrad(lambda x: loss(P, x, Wq), Wk), rtol=1e-4, atol=1e-4)
 
 
 @settings(max_examples=15, deadline=None)
@@ -184,6 +260,16 @@ def test_bad_relative_options(rng):
         E.get("xl", n_heads=2, head_dim=4, r_dim=5)
     with pytest.raises(ValueError, match="k must"):
         E.get("deberta", n_heads=2, head_dim=4, k=0)
+    with pytest.raises(ValueError, match="p2c must be 'official'"):
+        E.get("deberta", n_heads=2, head_dim=4, p2c="hf")
+    with pytest.raises(ValueError, match="either k"):
+        E.get("deberta", n_heads=2, head_dim=4, k=4, position_buckets=8)
+    with pytest.raises(ValueError, match="used with position_buckets"):
+        E.get("deberta", n_heads=2, head_dim=4, max_relative_positions=64)
+    with pytest.raises(ValueError, match="max_relative_positions must be >"):
+        E.get("deberta", n_heads=2, head_dim=4, position_buckets=8, max_relative_positions=5)
+    with pytest.raises(ValueError, match="position_buckets must be"):
+        E.get("deberta", n_heads=2, head_dim=4, position_buckets=1)
     with pytest.raises(ValueError, match="npos"):
         E.get("cope", n_heads=2, head_dim=4, npos=0)
     q, k = qk(rng)
@@ -228,6 +314,10 @@ REL_CASES = {
     "deberta": (dict(k=2, p_dim=4),
                 lambda enc: (lambda p, q, k: ref.deberta_logits(q, k, p["P"], p["W_kr"], p["W_qr"], 2, QO)),
                 None),
+    "deberta_buckets": (dict(position_buckets=4, max_relative_positions=5, p2c="paper", p_dim=4),
+                        lambda enc: (lambda p, q, k: ref.deberta_logits(q, k, p["P"], p["W_kr"], p["W_qr"], None, QO,
+                                                                        p2c="paper", buckets=4, max_position=5)),
+                        None),
     "cope": (dict(npos=3),
              lambda enc: (lambda p, q, k: q @ np.swapaxes(k, -1, -2) / np.sqrt(q.shape[-1])
                           + ref.cope_bias(q, k, p["e"], QO, 1 / np.sqrt(q.shape[-1]))),
@@ -240,7 +330,7 @@ REL_CASES = {
                                              (True, True, "fused"), (False, False, "fused")])
 def test_relative_attention_end_to_end(case, causal, pad, impl):
     opts, make, extra = REL_CASES[case]
-    enc = E.get(case, n_heads=2, head_dim=3, seed=4, **opts)
+    enc = E.get(case.split("_")[0], n_heads=2, head_dim=3, seed=4, **opts)
     randomise(enc, np.random.default_rng(8))
     if case == "cope":
         if not causal:

@@ -1,5 +1,6 @@
 """Channel R: RoPE tables, the rotary transform (both layouts, partial, xPos
-scale) and its backward, the scalings (PI / NTK / YaRN), the rope/xpos encodings."""
+scale) and its backward, the scalings (PI / NTK / dynamic NTK / YaRN / Llama 3 / LongRoPE),
+switching a built encoding's scaling, the rope/xpos encodings."""
 import math
 
 import numpy as np
@@ -9,7 +10,8 @@ from hypothesis import given, settings, strategies as st
 import relpos
 from relpos import _C
 from relpos import encodings as E
-from relpos.encodings.rotary import apply_rotary, rope_angles, rope_inv_freq, xpos_scale, yarn_ramp
+from relpos.encodings.rotary import (apply_rotary, rope_angles, rope_encodings, rope_inv_freq, rope_scaling,
+                                     xpos_scale, yarn_ramp)
 
 import reference as ref
 
@@ -92,11 +94,204 @@ def test_yarn_hf_ramp_endpoints_and_difference_from_paper():
 
 
 def test_yarn_attention_scale():
-    enc = E.get("rope", head_dim=16, scaling="yarn", scaling_factor=8.0, original_max_len=256)
     q = relpos.Tensor(np.zeros((1, 1, 2, 16), np.float32))
-    got = enc.attention_inputs(q, q)["scale"]
-    assert got == pytest.approx((0.1 * math.log(8.0) + 1) ** 2 / 4.0, rel=1e-12)
+    m = 0.1 * math.log(8.0) + 1
+    enc = E.get("rope", head_dim=16, scaling="yarn", scaling_factor=8.0, original_max_len=256,
+                attention_scaling="logits")
+    assert enc.attention_inputs(q, q)["scale"] == pytest.approx(m ** 2 / 4.0, rel=1e-12)
+    # default (HF, the authors' code): cos and sin carry m, the logit scale is untouched
+    enc = E.get("rope", head_dim=16, scaling="yarn", scaling_factor=8.0, original_max_len=256)
+    assert enc.attention_inputs(q, q) == {}
+    c, s = enc.tables(5, 3, 16)
+    np.testing.assert_allclose(np.hypot(c, s), m, rtol=1e-6)
     assert E.get("rope", head_dim=16).attention_inputs(q, q) == {}
+
+
+# ----------------------------------------------------------- Llama 3, dynamic NTK, LongRoPE
+
+
+def test_llama3_matches_meta_rule_and_llama31_facts():
+    # Llama 3.1: head dim 128, base 500000, factor 8, low 1, high 4, original context 8192
+    d, base, s, L = 128, 500000.0, 8.0, 8192
+    got = rope_inv_freq(d, base, scaling="llama3", scaling_factor=s, original_max_len=L,
+                        low_freq_factor=1.0, high_freq_factor=4.0)
+    np.testing.assert_allclose(got, ref.rope_inv_freq_paper(d, base, "llama3", s, L, low=1.0, high=4.0), rtol=1e-13)
+    plain = rope_inv_freq(d, base)
+    wavelen = 2 * np.pi / plain
+    # wavelengths under 8192/4 = 2048 tokens keep their frequency, over 8192 are divided by 8:
+    # λ_k = 2π·500000^(k/64) crosses 2048 between k = 28 and 29, 8192 between k = 34 and 35
+    assert wavelen[28] < 2048 < wavelen[29] and wavelen[34] < 8192 < wavelen[35]
+    np.testing.assert_array_equal(got[:29], plain[:29])
+    np.testing.assert_allclose(got[35:], plain[35:] / 8, rtol=1e-15)
+    assert got[0] == 1.0 and got[63] == pytest.approx(500000.0 ** (-126 / 128) / 8, rel=1e-14)
+    # the 6 middle pairs blend, each strictly between θ/8 and θ
+    mid = slice(29, 35)
+    assert np.all(got[mid] < plain[mid]) and np.all(got[mid] > plain[mid] / 8)
+    # angles at position 131071 (the extended context's last): fast pairs as trained, slow ones as at 131071/8
+    ang = rope_angles(1, d, base, offset=131071, scaling="llama3", scaling_factor=s, original_max_len=L)[0]
+    np.testing.assert_allclose(ang[:29], 131071 * plain[:29], rtol=1e-14)
+    np.testing.assert_allclose(ang[35:], (131071 / 8) * plain[35:], rtol=1e-14)
+
+
+@pytest.mark.parametrize("s", [1.0, 2.0, 4.0])
+def test_dynamic_ntk_matches_formula(s):
+    d, L = 16, 64
+    for n in (10, 64, 65, 128, 500):
+        got = rope_inv_freq(d, scaling="dynamic", scaling_factor=s, original_max_len=L, seq_len=n)
+        np.testing.assert_allclose(got, ref.rope_inv_freq_paper(d, scaling="dynamic", s=s, L=L, seq_len=n),
+                                   rtol=1e-13)
+    # nothing changes up to the training length
+    np.testing.assert_array_equal(rope_inv_freq(d, scaling="dynamic", scaling_factor=s, original_max_len=L,
+                                                seq_len=64), rope_inv_freq(d))
+    # with factor 1, dynamic NTK at length n is NTK-aware scaling with s = n / L
+    if s == 1.0:
+        np.testing.assert_allclose(rope_inv_freq(d, scaling="dynamic", scaling_factor=1.0, original_max_len=L,
+                                                 seq_len=256),
+                                   rope_inv_freq(d, scaling="ntk", scaling_factor=4.0), rtol=1e-13)
+
+
+def test_dynamic_ntk_uses_the_length_of_each_call():
+    enc = E.get("rope", head_dim=8, scaling="dynamic", scaling_factor=2.0, original_max_len=4)
+    c6, _ = enc.tables(6, 0, 8)
+    c3, _ = enc.tables(3, 3, 8)       # the same positions 3..5, same length 6: same angles
+    np.testing.assert_array_equal(c6[3:], c3)
+    c2, _ = enc.tables(2, 0, 8)       # length 2 <= 4: the trained base
+    np.testing.assert_array_equal(c2, E.get("rope", head_dim=8).tables(2, 0, 8)[0])
+    assert not np.allclose(c6[:2], c2)  # the same positions 0, 1 in a longer call turn slower
+
+
+def test_longrope_switches_factors_at_the_training_length():
+    d, L = 8, 16
+    short, long_ = [1.0, 1.1, 1.3, 1.5], [1.0, 2.0, 5.0, 9.0]
+    enc = E.get("rope", head_dim=d, scaling="longrope", scaling_factor=8.0, original_max_len=L,
+                short_factor=short, long_factor=long_)
+    np.testing.assert_allclose(enc.frequencies(d, 16), ref.rope_inv_freq_paper(d, scaling="longrope", L=L,
+                               seq_len=16, short=short, long=long_), rtol=1e-14)
+    np.testing.assert_allclose(enc.frequencies(d, 17), rope_inv_freq(d) / np.array(long_), rtol=1e-14)
+    # attention factor sqrt(1 + ln s / ln L0): s = 8, L0 = 16 -> sqrt(1 + 3/4)
+    assert enc.attention_factor_value() == pytest.approx(math.sqrt(1.75), rel=1e-14)
+    # Phi-3-mini-128k (original 4096, extended 131072, s = 32): sqrt(1 + 5/12)
+    phi = E.get("rope", head_dim=96, scaling="longrope", scaling_factor=32.0, original_max_len=4096,
+                short_factor=[1.0] * 48, long_factor=[1.0] * 48)
+    assert phi.attention_factor_value() == pytest.approx(math.sqrt(17 / 12), rel=1e-14)
+    with pytest.raises(ValueError, match="short_factor and long_factor"):
+        E.get("rope", head_dim=d, scaling="longrope", original_max_len=L)
+    bad = E.get("rope", head_dim=d, scaling="longrope", original_max_len=L, short_factor=[1.0] * 3,
+                long_factor=long_)
+    with pytest.raises(ValueError, match="short_factor must have rotary_dim/2 = 4 entries; got 3"):
+        bad.tables(4, 0, d)
+
+
+def _hf_inv_freqs(torch, kind, d, base, s, L, seq_len=None, **kw):
+    """HF transformers' modeling_rope_utils rules, written here in torch as HF computes them."""
+    inv = 1.0 / (base ** (torch.arange(0, d, 2, dtype=torch.int64).to(torch.float64) / d))
+    if kind == "dynamic":
+        n = seq_len if seq_len is not None and seq_len > L else L
+        b = base * ((s * n / L) - (s - 1)) ** (d / (d - 2))
+        return 1.0 / (b ** (torch.arange(0, d, 2, dtype=torch.int64).to(torch.float64) / d))
+    if kind == "llama3":
+        low, high = kw["low"], kw["high"]
+        wavelen = 2 * math.pi / inv
+        out = torch.where(wavelen > L / low, inv / s, inv)
+        g = (L / wavelen - low) / (high - low)
+        smoothed = (1 - g) * out / s + g * out
+        mid = ~(wavelen < L / high) * ~(wavelen > L / low)
+        return torch.where(mid, smoothed, out)
+    if kind == "yarn":
+        def dim_of(n_rot):
+            return (d * math.log(L / (n_rot * 2 * math.pi))) / (2 * math.log(base))
+        low = max(math.floor(dim_of(32)), 0)
+        high = min(math.ceil(dim_of(1)), d - 1)
+        ramp = torch.clamp((torch.arange(d // 2, dtype=torch.float64) - low) / (high - low), 0, 1)
+        extra = 1 - ramp
+        return (inv / s) * (1 - extra) + inv * extra
+    if kind == "longrope":
+        ext = torch.tensor(kw["long"] if seq_len > L else kw["short"], dtype=torch.float64)
+        return 1.0 / (ext * base ** (torch.arange(0, d, 2, dtype=torch.int64).to(torch.float64) / d))
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "llama3", "yarn", "longrope"])
+def test_scalings_match_hf_rules_in_torch(kind):
+    torch = pytest.importorskip("torch")
+    d, base, s, L = 32, 10000.0, 4.0, 256
+    kw = dict(low=1.0, high=4.0, short=list(np.linspace(1, 1.5, 16)), long=list(np.linspace(1, 6, 16)))
+    for n in (100, 256, 1024):
+        enc = E.get("rope", head_dim=d, scaling=kind, scaling_factor=s, original_max_len=L, yarn_ramp="hf",
+                    short_factor=kw["short"], long_factor=kw["long"])
+        got = enc.frequencies(d, n)
+        want = _hf_inv_freqs(torch, kind, d, base, s, L, seq_len=n, **kw).numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_partial_rotary_attention_factor_as_hf(rng, layout):
+    """attention_scaling="rotary" (default): q·k = m²·(rotated part) + (pass-through part), as HF,
+    which multiplies cos and sin by m; "logits": m² on the whole q·k."""
+    B, H, T, D, rd, s = 1, 2, 5, 8, 4, 16.0
+    m = 0.1 * math.log(s) + 1
+    q, k, v = (rng.standard_normal((B, H, T, D)).astype(np.float32) for _ in range(3))
+    F = relpos.functional
+    plain = E.get("rope", head_dim=D, rotary_dim=rd, layout=layout)
+    ang = rope_angles(T, rd, scaling="yarn", scaling_factor=s, original_max_len=4)
+    qr = ref.rotary(q, ang, rd, layout)
+    kr = ref.rotary(k, ang, rd, layout)
+    rot = qr[..., :rd] @ np.swapaxes(kr[..., :rd], -1, -2)
+    rest = qr[..., rd:] @ np.swapaxes(kr[..., rd:], -1, -2)
+    for mode, logits in (("rotary", m * m * rot + rest), ("logits", m * m * (rot + rest))):
+        enc = plain.with_scaling("yarn", s, original_max_len=4, attention_scaling=mode)
+        out, w = F.attention(relpos.Tensor(q), relpos.Tensor(k), relpos.Tensor(v), encoding=enc,
+                             return_weights=True)
+        _, want = ref.softmax_attention(logits / math.sqrt(D), v)
+        np.testing.assert_allclose(w, want, rtol=1e-5, atol=1e-6)
+    # the encoding it was copied from is untouched
+    assert plain.scaling is None
+
+
+def test_set_scaling_on_a_trained_model_needs_no_rebuild(rng):
+    ids = rng.integers(0, 50, (2, 24))
+    model = relpos.nn.TransformerLM(50, d_model=16, n_layers=2, n_heads=2, encoding="rope", max_len=8, seed=3)
+    before = model(ids).data.copy()
+    encs = rope_encodings(model)
+    assert len(encs) == 2 and all(e.max_len == 8 for e in encs)
+    built = relpos.nn.TransformerLM(50, d_model=16, n_layers=2, n_heads=2, encoding="rope", max_len=8, seed=3,
+                                    scaling="yarn", scaling_factor=3.0)
+    want = built(ids).data
+    with rope_scaling(model, "yarn", 3.0) as changed:   # original_max_len = max_len = 8
+        assert changed == encs and encs[0].original_max_len == 8
+        np.testing.assert_array_equal(model(ids).data, want)
+    np.testing.assert_array_equal(model(ids).data, before)
+    assert encs[0].scaling is None
+    # restored on error too
+    with pytest.raises(RuntimeError):
+        with rope_scaling(model, "pi", 2.0):
+            raise RuntimeError("boom")
+    np.testing.assert_array_equal(model(ids).data, before)
+    with pytest.raises(ValueError, match="has no RoPE"):
+        with rope_scaling(relpos.nn.TransformerLM(50, d_model=16, n_heads=2, encoding="alibi"), "pi", 2.0):
+            pass
+    with pytest.raises(ValueError, match="unknown scaling option"):
+        encs[0].set_scaling("yarn", 2.0, beta=3)
+    with pytest.raises(ValueError, match="needs original_max_len"):
+        E.get("rope", head_dim=8).set_scaling("llama3", 4.0)
+
+
+def test_dynamic_ntk_kv_cache_inconsistency_is_as_documented(rng):
+    # greedy decoding with a cache vs the full sequence: equal for a static scaling, different for
+    # dynamic NTK once the sequence passes original_max_len (cached keys keep their old base)
+    ids = rng.integers(0, 40, (1, 12))
+    for scaling, same in (("ntk", True), ("dynamic", False)):
+        model = relpos.nn.TransformerLM(40, d_model=16, n_layers=1, n_heads=2, encoding="rope", max_len=6, seed=1,
+                                        scaling=scaling, scaling_factor=2.0, original_max_len=6)
+        for p in model.parameters():  # larger weights than the init, so that angles matter
+            p.data[...] = rng.normal(0, 0.5, p.shape).astype(np.float32)
+        full = model(ids).data[0, -1]
+        cache = model.new_cache()
+        model(ids[:, :6], cache=cache)
+        for t in range(6, 12):  # one token at a time, as generate() does
+            step = model(ids[:, t:t + 1], cache=cache).data[0, -1]
+        diff = np.abs(step - full).max()
+        assert (diff < 2e-5) if same else (diff > 1e-3), (scaling, diff)
 
 
 # ----------------------------------------------------------- rotary transform
@@ -339,7 +534,7 @@ def test_bad_inputs_encodings():
     with pytest.raises(ValueError, match="layout"):
         E.get("rope", layout="neox")
     with pytest.raises(ValueError, match="scaling must be one of"):
-        E.get("rope", scaling="dynamic")
+        E.get("rope", scaling="dynamics")
     with pytest.raises(ValueError, match="original_max_len"):
         E.get("rope", scaling="yarn", scaling_factor=4.0)
     with pytest.raises(ValueError, match="scaling_factor"):
@@ -461,15 +656,15 @@ def test_rope_last_row_with_q_offset_equals_full(rng):
         np.testing.assert_allclose(last[:, :, 0], full[:, :, -1], atol=1e-6)
 
 
-def test_yarn_attention_uses_the_temperature(rng):
+@pytest.mark.parametrize("mode", ["rotary", "logits"])
+def test_yarn_attention_uses_the_temperature(rng, mode):
     F = relpos.functional
     B, H, T, D, s = 1, 1, 5, 8, 16.0
     q, k, v = (rng.standard_normal((B, H, T, D)).astype(np.float32) for _ in range(3))
-    opts = dict(scaling="yarn", scaling_factor=s, original_max_len=4)
+    opts = dict(scaling="yarn", scaling_factor=s, original_max_len=4, attention_scaling=mode)
     out = F.attention(relpos.Tensor(q), relpos.Tensor(k), relpos.Tensor(v), encoding="rope", **opts).data
-    enc = E.get("rope", head_dim=D, **opts)
-    qr = enc.rotate_q(relpos.Tensor(q), 0).data.astype(np.float64)
-    kr = enc.rotate_k(relpos.Tensor(k), 0).data.astype(np.float64)
+    ang = rope_angles(T, D, scaling="yarn", scaling_factor=s, original_max_len=4)
+    qr, kr = ref.rotary(q, ang, D, "interleaved"), ref.rotary(k, ang, D, "interleaved")
     logits = qr @ np.swapaxes(kr, -1, -2) * (0.1 * np.log(s) + 1) ** 2 / np.sqrt(D)
     logits[..., np.triu(np.ones((T, T), bool), 1)] = -np.inf
     p = np.exp(logits - logits.max(-1, keepdims=True))

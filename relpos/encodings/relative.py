@@ -19,7 +19,7 @@ from .registry import register
 from .base import Encoding
 from .bias import _pos_int, _window, relative_positions
 
-__all__ = []
+__all__ = ["deberta_log_bucket"]
 
 
 # ---- autograd Functions ------------------------------------------------------------
@@ -116,6 +116,10 @@ class Shaw(Encoding):
         k (int, 16): the clipping distance.
         values (bool, False): also add a^V to the values (w^V).
     Context: n_heads, head_dim (required), seed (init N(0, 0.02^2)).
+
+    Where relpos departs from the paper: values=False by default (the paper's
+    models add a^V as well; its ablation found a^K alone about as good). k = 16
+    is the paper's setting (its clipping ablation shows k >= 2 all close).
     """
 
     name = "shaw"
@@ -160,6 +164,12 @@ class TransformerXL(Encoding):
         r_dim (int or None, None): width of R; None uses d_model, or n_heads * head_dim.
     Context: n_heads, head_dim (required), d_model, seed
     (W_R ~ N(0, 1/r_dim), u, v ~ N(0, 0.02^2)).
+
+    Where relpos departs from the authors' code (kimiyoung/transformer-xl): u and v
+    belong to each layer (the code shares them across layers unless ``untie_r``);
+    there is no segment-level memory (a KV cache plays that part in generation);
+    and the terms are computed per tile instead of with the rel-shift trick
+    (same logits).
     """
 
     name = "xl"
@@ -211,19 +221,86 @@ class TransformerXL(Encoding):
         return f"n_heads={self.n_heads}, head_dim={self.head_dim}, r_dim={self.r_dim}"
 
 
+def deberta_log_bucket(relative_position, position_buckets: int, max_relative_positions: int) -> np.ndarray:
+    """DeBERTa-v2's log-bucketed relative position (HF ``make_log_bucket_position``,
+    Microsoft's ``make_log_bucket_position``) of each ``i - j``, as int64.
+
+    With ``mid = position_buckets // 2``: distances with ``|d| <= mid`` keep
+    their value; beyond, ``sign(d) * (mid + ceil(log(|d|/mid) / log((max_relative_positions-1)/mid)
+    * (mid - 1)))``, which reaches ``position_buckets - 1`` at ``|d| = max_relative_positions - 1``
+    and keeps growing past it (the table index clamps it). Computed in float64
+    (HF: float32; the same buckets away from exact ties of the log).
+    """
+    rel = np.asarray(relative_position, dtype=np.int64)
+    b = _pos_int(position_buckets, "position_buckets", 2)
+    m = _pos_int(max_relative_positions, "max_relative_positions", 2)
+    mid = b // 2
+    if m - 1 <= mid:
+        raise ValueError(f"max_relative_positions must be > position_buckets // 2 + 1 = {mid + 1}; got {m}")
+    absd = np.where((rel < mid) & (rel > -mid), mid - 1, np.abs(rel)).astype(np.float64)
+    log_pos = np.ceil(np.log(absd / mid) / math.log((m - 1) / mid) * (mid - 1)) + mid
+    return np.where(absd <= mid, rel, np.sign(rel) * log_pos).astype(np.int64)
+
+
+class _Rows(Function):
+    """table (R, E) -> table[rows] (n, E); the gradient sums each row's
+    gradients in order (several distances share one bucket)."""
+
+    @staticmethod
+    def forward(ctx, table, rows):
+        ctx.rows, ctx.R = rows, table.shape[0]
+        return np.ascontiguousarray(table[rows])
+
+    @staticmethod
+    def backward(ctx, g):
+        if not ctx.needs_input_grad[0]:
+            return None, None
+        out = np.zeros((ctx.R, g.shape[1]), dtype=np.float32)
+        np.add.at(out, ctx.rows, np.asarray(g, dtype=np.float32))
+        return out, None
+
+
 @register
 class DeBERTa(Encoding):
     """DeBERTa disentangled attention (He et al. 2021):
-    ``A_ij = Q^c_i.K^c_j + Q^c_i.K^r_{δ(i,j)} + K^c_j.Q^r_{δ(j,i)}`` scaled by
+    ``A_ij = Q^c_i.K^c_j + Q^c_i.K^r_{δ(i,j)} + K^c_j.Q^r_{δ(·)}`` scaled by
     ``1/sqrt(3 d)``, ``δ(i, j) = clip(i - j, -k, k-1) + k``. K^r and Q^r are per-head
-    projections of one shared learned table P (2k, p_dim). Given to attention as
-    ``relk = K^r`` with index (+1, k) (c2p) and ``relq = Q^r`` with (-1, k) (p2c).
+    projections of one shared learned table P (2k, p_dim).
 
     Options:
-        k (int, 128): the relative span (tables have 2k rows).
+        k (int, 128): the relative span (P has 2k rows); with ``position_buckets``
+            the span is position_buckets instead, and k must be left None.
         p_dim (int or None, None): width of P; None uses d_model, or n_heads * head_dim.
-    Context: n_heads, head_dim (required), d_model, seed
+        p2c ("official" | "paper", "official"): which index the position-to-content
+            term reads.
+            "official" (default): ``K^c_j.Q^r_{δ(i,j)}``, the same index as c2p — what
+            Microsoft's code, HF transformers and every pretrained checkpoint compute
+            (Microsoft/DeBERTa issue #162).
+            "paper": ``K^c_j.Q^r_{δ(j,i)}``, as the paper's equation 4 is written.
+            Example (T=3, k=2, one channel, P = [[0],[1],[2],[3]], Q^c = 0, K^c = 1,
+            W_qr = 1): row 0's logits × sqrt(3) are [2, 1, 0] "official", [2, 3, 3] "paper".
+        position_buckets (int or None, None): DeBERTa-v2/v3 log buckets (HF
+            ``position_buckets``; 256 in deberta-v3): distances past
+            position_buckets // 2 share log-spaced buckets
+            (:func:`deberta_log_bucket`), and P has 2 * position_buckets rows.
+        max_relative_positions (int or None, None): with buckets, the distance at
+            which they reach the last bucket (HF ``max_relative_positions``, whose
+            default -1 means max_position_embeddings, 512); None uses max_len, else 512.
+    Context: n_heads, head_dim (required), d_model, max_len, seed
     (P ~ N(0, 0.02^2), projections ~ N(0, 1/p_dim)).
+
+    Where relpos departs from the reference code: the projections of P have no
+    bias (HF's ``pos_key_proj``/``pos_query_proj`` in v2 and ``pos_q_proj`` in
+    v1 do); P is used as it is (v2 may LayerNorm it, ``norm_rel_ebd``); no
+    ``share_att_key``; and every layer holds its own P (HF shares one table across
+    layers) unless one instance is given to the model. With ``q_offset`` (a KV
+    cache) positions are absolute on both sides; HF's p2c rebuilds a key-by-key
+    index when query and key lengths differ.
+
+    Given to attention as ``relk = K^r`` with index (+1, k) (c2p) and
+    ``relq = Q^r`` with (+1, k) ("official") or (-1, k) ("paper"); with buckets,
+    as tables over the window's distances (one row per ``i - j``, gathered from
+    the buckets) with index (+1, Tk-1-q_offset), as Transformer-XL.
     """
 
     name = "deberta"
@@ -231,10 +308,30 @@ class DeBERTa(Encoding):
     paper = "He, Liu, Gao, Chen 2021 (DeBERTa, arXiv 2006.03654)"
     learnable = ("P", "W_kr", "W_qr")
 
-    def __init__(self, k=128, p_dim=None, n_heads=None, head_dim=None, d_model=None, max_len=None, seed=None):
+    def __init__(self, k=None, p_dim=None, p2c="official", position_buckets=None, max_relative_positions=None,
+                 n_heads=None, head_dim=None, d_model=None, max_len=None, seed=None):
         super().__init__(n_heads=n_heads, head_dim=head_dim, d_model=d_model, max_len=max_len, seed=seed)
         self._need(n_heads=n_heads, head_dim=head_dim)
-        self.k = _pos_int(k, "k", 1)
+        if p2c not in ("official", "paper"):
+            raise ValueError(f"deberta p2c must be 'official' (Microsoft/HF, the default) or 'paper'; got {p2c!r}")
+        self.p2c = p2c
+        if position_buckets is not None:
+            if k is not None:
+                raise ValueError("deberta: give either k (plain clipping) or position_buckets (log buckets, "
+                                 f"span = position_buckets); got k={k!r} and position_buckets={position_buckets!r}")
+            self.position_buckets = _pos_int(position_buckets, "position_buckets", 2)
+            if max_relative_positions is None:
+                max_relative_positions = max_len if max_len else 512
+            self.max_relative_positions = _pos_int(max_relative_positions, "max_relative_positions", 2)
+            deberta_log_bucket(0, self.position_buckets, self.max_relative_positions)  # checks the pair
+            self.k = self.position_buckets
+        else:
+            if max_relative_positions is not None:
+                raise ValueError("deberta: max_relative_positions is used with position_buckets; without "
+                                 "buckets the span is k")
+            self.position_buckets = None
+            self.max_relative_positions = None
+            self.k = _pos_int(128 if k is None else k, "k", 1)
         if p_dim is None:
             p_dim = d_model or n_heads * head_dim
         self.p_dim = _pos_int(p_dim, "p_dim", 1)
@@ -244,16 +341,39 @@ class DeBERTa(Encoding):
         self.W_kr = Parameter(rng.normal(0.0, std, (n_heads, self.p_dim, head_dim)).astype(np.float32))
         self.W_qr = Parameter(rng.normal(0.0, std, (n_heads, self.p_dim, head_dim)).astype(np.float32))
 
+    def table_rows(self, distances) -> np.ndarray:
+        """Row of P that a distance ``d = i - j`` reads: ``clamp(bucket(d) + k, 0, 2k - 1)``
+        (bucket(d) = d without ``position_buckets``). int64, shaped like ``distances``."""
+        d = np.asarray(distances, dtype=np.int64)
+        if self.position_buckets is not None:
+            d = deberta_log_bucket(d, self.position_buckets, self.max_relative_positions)
+        return np.clip(d + self.k, 0, 2 * self.k - 1)
+
     def attention_inputs(self, q, k, q_offset: int = 0, causal: bool = True) -> dict:
-        """relk = K^r (H, 2k, D), relk_ix = (+1, k); relq = Q^r, relq_ix = (-1, k); scale = 1/sqrt(3D)."""
+        """relk = K^r, relq = Q^r (H, 2k, D) with their index rules (see the class
+        docstring); scale = 1/sqrt(3D)."""
         self.check_causal(causal)
         _check_heads(self, q)
-        return {"relk": ProjectTable.apply(self.P, self.W_kr), "relk_ix": (1, self.k),
-                "relq": ProjectTable.apply(self.P, self.W_qr), "relq_ix": (-1, self.k),
-                "scale": 1.0 / math.sqrt(3.0 * q.shape[3])}
+        scale = 1.0 / math.sqrt(3.0 * q.shape[3])
+        if self.position_buckets is None:
+            return {"relk": ProjectTable.apply(self.P, self.W_kr), "relk_ix": (1, self.k),
+                    "relq": ProjectTable.apply(self.P, self.W_qr),
+                    "relq_ix": (1, self.k) if self.p2c == "official" else (-1, self.k), "scale": scale}
+        # log buckets are not a clamp of i - j: one table row per distance of the window
+        Tq, Tk = q.shape[2], k.shape[2]
+        d0, n = _window(Tq, Tk, q_offset)
+        d = np.arange(d0, d0 + n, dtype=np.int64)
+        c2p_rows = self.table_rows(d)
+        p2c_rows = c2p_rows if self.p2c == "official" else self.table_rows(-d)
+        ix = (1, Tk - 1 - q_offset)
+        return {"relk": ProjectTable.apply(_Rows.apply(self.P, c2p_rows), self.W_kr), "relk_ix": ix,
+                "relq": ProjectTable.apply(_Rows.apply(self.P, p2c_rows), self.W_qr), "relq_ix": ix,
+                "scale": scale}
 
     def extra_repr(self):
-        return f"n_heads={self.n_heads}, head_dim={self.head_dim}, k={self.k}, p_dim={self.p_dim}"
+        extra = (f", position_buckets={self.position_buckets}, max_relative_positions={self.max_relative_positions}"
+                 if self.position_buckets is not None else f", k={self.k}")
+        return f"n_heads={self.n_heads}, head_dim={self.head_dim}{extra}, p_dim={self.p_dim}, p2c={self.p2c!r}"
 
 
 @register

@@ -1,5 +1,5 @@
-"""Channel R: rotary encodings of q and k — RoPE (with PI / NTK-aware / YaRN
-context extension) and xPos.
+"""Channel R: rotary encodings of q and k — RoPE (with PI / NTK-aware / dynamic
+NTK / YaRN / Llama-3 / LongRoPE context extension) and xPos.
 
     >>> enc = relpos.encodings.get("rope", head_dim=64, layout="half", scaling="yarn",
     ...                            scaling_factor=4.0, original_max_len=512)
@@ -11,6 +11,8 @@ negative angle) are C kernels (``_C.rotary_fwd`` / ``_C.rotary_bwd``).
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 from collections import OrderedDict
 
@@ -22,10 +24,18 @@ from ..tensor import Function, Tensor, as_array
 from .registry import register
 from .base import Encoding
 
-__all__ = ["rope_inv_freq", "rope_angles", "yarn_ramp", "xpos_scale", "apply_rotary"]
+__all__ = ["rope_inv_freq", "rope_angles", "yarn_ramp", "xpos_scale", "apply_rotary", "rope_scaling",
+           "rope_encodings", "SCALINGS"]
 
 _LAYOUTS = ("interleaved", "half")
-_SCALINGS = (None, "linear", "ntk", "yarn")
+#: RoPE scalings (HF ``rope_type`` names; "pi" is accepted for "linear")
+SCALINGS = (None, "linear", "ntk", "dynamic", "yarn", "llama3", "longrope")
+_SCALINGS = SCALINGS
+_ALIASES = {"pi": "linear", "none": None, "default": None}
+#: scalings whose rule needs the training context length
+_NEED_L0 = ("dynamic", "yarn", "llama3", "longrope")
+#: scalings whose frequencies depend on the length of the call
+_LENGTH_DEPENDENT = ("dynamic", "longrope")
 
 
 # ---------------------------------------------------------------- helpers
@@ -39,26 +49,86 @@ def _check_rotary_dim(rotary_dim, name="rotary_dim"):
     return int(rotary_dim)
 
 
-def _check_scaling(scaling, scaling_factor, original_max_len, beta_fast, beta_slow, ramp):
+def _normalise_scaling(scaling):
+    if isinstance(scaling, str) and scaling.lower() in _ALIASES:
+        return _ALIASES[scaling.lower()]
+    if isinstance(scaling, str):
+        scaling = scaling.lower()
     if scaling not in _SCALINGS:
-        raise ValueError(f"scaling must be one of None, 'linear', 'ntk', 'yarn'; got {scaling!r}")
+        raise ValueError("scaling must be one of None, 'linear' (or 'pi'), 'ntk', 'dynamic', 'yarn', 'llama3', "
+                         f"'longrope'; got {scaling!r}")
+    return scaling
+
+
+def _positive_number(value, name, minimum=0.0, strict=True):
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number; got {type(value).__name__}") from None
+    if not math.isfinite(v) or (v <= minimum if strict else v < minimum):
+        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {minimum:g}; got {value!r}")
+    return v
+
+
+def _check_factors(values, name):
+    """LongRoPE rescale factors: a 1-d float64 array of positive finite numbers (or None)."""
+    if values is None:
+        return None
+    try:
+        arr = np.array(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a list of numbers (one per rotated pair)") from None
+    if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+        raise ValueError(f"{name} must be a non-empty 1-d list of positive finite numbers; got {values!r}")
+    arr.flags.writeable = False
+    return arr
+
+
+def _check_scaling(scaling, scaling_factor, original_max_len, beta_fast, beta_slow, ramp, low_freq_factor=1.0,
+                   high_freq_factor=4.0, short_factor=None, long_factor=None, attention_factor=None,
+                   attention_scaling="rotary"):
+    """Validate one scaling's options; returns them normalised as a dict (the encoding's state)."""
+    scaling = _normalise_scaling(scaling)
     try:
         s = float(scaling_factor)
     except (TypeError, ValueError):
         raise TypeError(f"scaling_factor must be a number; got {type(scaling_factor).__name__}") from None
     if not math.isfinite(s) or s < 1.0:
         raise ValueError(f"scaling_factor must be a finite number >= 1 (the context extension ratio); got {scaling_factor!r}")
-    if scaling == "yarn":
+    if scaling in _NEED_L0:
         if original_max_len is None or isinstance(original_max_len, bool) or \
                 not isinstance(original_max_len, (int, np.integer)) or original_max_len <= 0:
-            raise ValueError("scaling='yarn' needs original_max_len, the training context length as a "
-                             f"positive int; got {original_max_len!r}")
-        if not (float(beta_fast) > float(beta_slow) > 0):
-            raise ValueError(f"YaRN needs beta_fast > beta_slow > 0; got beta_fast={beta_fast!r}, "
-                             f"beta_slow={beta_slow!r}")
-        if ramp not in ("paper", "hf"):
-            raise ValueError(f"yarn_ramp must be 'paper' or 'hf'; got {ramp!r}")
-    return s
+            raise ValueError(f"scaling={scaling!r} needs original_max_len, the training context length as a "
+                             f"positive int (or an encoding built with max_len); got {original_max_len!r}")
+        original_max_len = int(original_max_len)
+    elif original_max_len is not None and (isinstance(original_max_len, bool) or
+                                           not isinstance(original_max_len, (int, np.integer)) or
+                                           original_max_len <= 0):
+        raise ValueError(f"original_max_len must be a positive int or None; got {original_max_len!r}")
+    if not (float(beta_fast) > float(beta_slow) > 0):
+        raise ValueError(f"YaRN needs beta_fast > beta_slow > 0; got beta_fast={beta_fast!r}, "
+                         f"beta_slow={beta_slow!r}")
+    if ramp not in ("paper", "hf"):
+        raise ValueError(f"yarn_ramp must be 'paper' or 'hf'; got {ramp!r}")
+    low = _positive_number(low_freq_factor, "low_freq_factor")
+    high = _positive_number(high_freq_factor, "high_freq_factor")
+    if scaling == "llama3" and not high > low:
+        raise ValueError(f"llama3 scaling needs high_freq_factor > low_freq_factor; got high_freq_factor={high!r}, "
+                         f"low_freq_factor={low!r}")
+    short_factor = _check_factors(short_factor, "short_factor")
+    long_factor = _check_factors(long_factor, "long_factor")
+    if scaling == "longrope" and (short_factor is None or long_factor is None):
+        raise ValueError("scaling='longrope' needs short_factor and long_factor, one rescale factor per rotated "
+                         "pair each (e.g. from a model's rope_scaling config)")
+    if attention_factor is not None:
+        attention_factor = _positive_number(attention_factor, "attention_factor")
+    if attention_scaling not in ("rotary", "logits"):
+        raise ValueError(f"attention_scaling must be 'rotary' (HF: cos and sin times the factor) or 'logits' "
+                         f"(the whole logit); got {attention_scaling!r}")
+    return dict(scaling=scaling, scaling_factor=s, original_max_len=original_max_len,
+                beta_fast=float(beta_fast), beta_slow=float(beta_slow), yarn_ramp=ramp, low_freq_factor=low,
+                high_freq_factor=high, short_factor=short_factor, long_factor=long_factor,
+                attention_factor=attention_factor, attention_scaling=attention_scaling)
 
 
 def yarn_ramp(rotary_dim, base=10000.0, original_max_len=2048, beta_fast=32.0, beta_slow=1.0, ramp="paper"):
@@ -71,6 +141,10 @@ def yarn_ramp(rotary_dim, base=10000.0, original_max_len=2048, beta_fast=32.0, b
     ``ramp="hf"`` (HF transformers ``_compute_yarn_parameters``): the same
     endpoints turned into pair indices (floor/ceil), and linear in the pair
     index between them; it differs from the paper between the endpoints.
+
+    β = 32 and α = 1 were chosen for long training contexts (4096 tokens). In a
+    short one no pair may turn β times: with L = 64 and rotary_dim 16 the paper's
+    γ is at most 0.3, so YaRN interpolates nearly every pair, as PI does.
     """
     return _yarn_gamma(rotary_dim, base, original_max_len, beta_fast, beta_slow, ramp)
 
@@ -121,45 +195,96 @@ def _yarn_gamma_of(theta, original_max_len, beta_fast, beta_slow, ramp, rotary_d
     return _yarn_gamma(rotary_dim, base, original_max_len, beta_fast, beta_slow, ramp)
 
 
-def rope_inv_freq(rotary_dim, base=10000.0, scaling=None, scaling_factor=1.0, original_max_len=None,
-                  beta_fast=32.0, beta_slow=1.0, yarn_ramp="paper"):
-    """RoPE frequencies θ_k, (rotary_dim/2,) float64.
+def _llama3(theta, s, L0, low, high):
+    """Llama 3.1's rule (Meta's ``apply_scaling``, HF ``rope_type="llama3"``): wavelengths
+    λ = 2π/θ shorter than L0/high keep θ, longer than L0/low take θ/s, and between
+    the two θ blends linearly in L0/λ: (1 − g)·θ/s + g·θ with g = (L0/λ − low)/(high − low)."""
+    wavelen = 2 * math.pi / theta
+    g = (L0 / wavelen - low) / (high - low)
+    out = np.where(wavelen > L0 / low, theta / s, theta)
+    mid = ~(wavelen < L0 / high) & ~(wavelen > L0 / low)
+    return np.where(mid, (1 - g) * theta / s + g * theta, out)
 
-    θ_k = base^(-2k/rotary_dim) (Su et al.), changed by ``scaling``:
-    None or "linear" (PI scales positions, not θ: see :func:`rope_angles`);
-    "ntk": base' = base · s^(d/(d−2)) (bloc97 2023); "yarn": θ_k·γ_k + (θ_k/s)·(1 − γ_k)
-    with γ from :func:`yarn_ramp` (Peng et al. 2024). s = scaling_factor.
-    """
-    rotary_dim = _check_rotary_dim(rotary_dim)
-    s = _check_scaling(scaling, scaling_factor, original_max_len, beta_fast, beta_slow, yarn_ramp)
-    base = float(base)
-    if not math.isfinite(base) or base <= 1.0:
-        raise ValueError(f"base must be a finite number > 1; got {base!r}")
-    if scaling == "ntk" and rotary_dim > 2:
-        base = base * s ** (rotary_dim / (rotary_dim - 2))
-    k = np.arange(rotary_dim // 2, dtype=np.float64)
-    theta = base ** (-2.0 * k / rotary_dim)
-    if scaling == "yarn":
-        g = _yarn_gamma(rotary_dim, base, original_max_len, beta_fast, beta_slow, yarn_ramp)
-        theta = theta * g + (theta / s) * (1.0 - g)
+
+def _dynamic_base(base, s, L0, seq_len, rotary_dim):
+    """HF ``_compute_dynamic_ntk_parameters``: base·((s·L/L0) − (s − 1))^(d/(d−2)) with
+    L = max(seq_len, L0) (so nothing changes up to the training length)."""
+    L = max(int(seq_len), L0) if seq_len is not None else L0
+    if rotary_dim <= 2:
+        return base
+    return base * ((s * L / L0) - (s - 1)) ** (rotary_dim / (rotary_dim - 2))
+
+
+def _scaled_freqs(theta, state, rotary_dim, base, seq_len):
+    """Apply a scaling's frequency rule to θ (rotary_dim/2,) float64 (linear scales positions instead)."""
+    sc, s = state["scaling"], state["scaling_factor"]
+    if sc == "yarn":
+        g = _yarn_gamma_of(theta, state["original_max_len"], state["beta_fast"], state["beta_slow"],
+                           state["yarn_ramp"], rotary_dim, base)
+        return theta * g + (theta / s) * (1.0 - g)
+    if sc == "llama3":
+        return _llama3(theta, s, state["original_max_len"], state["low_freq_factor"], state["high_freq_factor"])
+    if sc == "longrope":
+        long_ = seq_len is not None and int(seq_len) > state["original_max_len"]
+        ext = state["long_factor"] if long_ else state["short_factor"]
+        if ext.shape != theta.shape:
+            raise ValueError(f"{'long' if long_ else 'short'}_factor must have rotary_dim/2 = {theta.size} "
+                             f"entries; got {ext.size}")
+        return theta / ext
     return theta
 
 
+def rope_inv_freq(rotary_dim, base=10000.0, scaling=None, scaling_factor=1.0, original_max_len=None,
+                  beta_fast=32.0, beta_slow=1.0, yarn_ramp="paper", *, low_freq_factor=1.0, high_freq_factor=4.0,
+                  short_factor=None, long_factor=None, seq_len=None):
+    """RoPE frequencies θ_k (rotary_dim/2,) float64 after a context-extension scaling.
+
+    ``scaling``: None (θ_k = base^(−2k/rotary_dim)); "linear" / "pi" (θ unchanged:
+    positions are divided by s, see :func:`rope_angles`); "ntk" (base·s^(d/(d−2)));
+    "dynamic" (HF's dynamic NTK: base·((s·L/L0) − (s − 1))^(d/(d−2)), L = max(seq_len,
+    L0)); "yarn" (per-frequency ramp, :func:`yarn_ramp`); "llama3" (Llama 3.1's
+    wavelength bands with ``low_freq_factor``, ``high_freq_factor``); "longrope"
+    (θ_k / λ_k with ``long_factor`` when seq_len > L0, else ``short_factor``).
+    L0 = ``original_max_len``. ``seq_len``: the length of the call (dynamic and
+    longrope only; None = L0).
+    """
+    rotary_dim = _check_rotary_dim(rotary_dim)
+    state = _check_scaling(scaling, scaling_factor, original_max_len, beta_fast, beta_slow, yarn_ramp,
+                           low_freq_factor, high_freq_factor, short_factor, long_factor)
+    try:
+        base = float(base)
+    except (TypeError, ValueError):
+        raise TypeError(f"base must be a number; got {type(base).__name__}") from None
+    if not math.isfinite(base) or base <= 1.0:
+        raise ValueError(f"base must be a finite number > 1; got {base!r}")
+    s = state["scaling_factor"]
+    if state["scaling"] == "ntk" and rotary_dim > 2:
+        base = base * s ** (rotary_dim / (rotary_dim - 2))
+    elif state["scaling"] == "dynamic":
+        base = _dynamic_base(base, s, state["original_max_len"], seq_len, rotary_dim)
+    k = np.arange(rotary_dim // 2, dtype=np.float64)
+    theta = base ** (-2.0 * k / rotary_dim)
+    return _scaled_freqs(theta, state, rotary_dim, base, seq_len)
+
+
 def _pos_scale(scaling, scaling_factor):
-    return 1.0 / float(scaling_factor) if scaling == "linear" else 1.0
+    return 1.0 / float(scaling_factor) if _normalise_scaling(scaling) == "linear" else 1.0
 
 
 def rope_angles(T, rotary_dim, base=10000.0, offset=0, scaling=None, scaling_factor=1.0, original_max_len=None,
-                beta_fast=32.0, beta_slow=1.0, yarn_ramp="paper"):
+                beta_fast=32.0, beta_slow=1.0, yarn_ramp="paper", **options):
     """RoPE angles (T, rotary_dim/2) float64: angle[t, k] = p_t · θ_k.
 
     p_t = offset + t, divided by s for ``scaling="linear"`` (position
-    interpolation, Chen et al. 2023); θ_k from :func:`rope_inv_freq`.
+    interpolation, Chen et al. 2023); θ_k from :func:`rope_inv_freq` (other
+    options, e.g. ``low_freq_factor``, go to it; dynamic and longrope see the
+    call's length offset + T).
     """
     if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 0:
         raise ValueError(f"T must be an int >= 0; got {T!r}")
+    options.setdefault("seq_len", int(offset) + int(T))
     inv = rope_inv_freq(rotary_dim, base, scaling, scaling_factor, original_max_len, beta_fast, beta_slow,
-                        yarn_ramp)
+                        yarn_ramp, **options)
     pos = (np.arange(T, dtype=np.float64) + int(offset)) * _pos_scale(scaling, scaling_factor)
     return pos[:, None] * inv[None, :]
 
@@ -204,6 +329,11 @@ def apply_rotary(x, cos, sin, rotary_dim=None, layout="interleaved", scale=None)
 # ---------------------------------------------------------------- encodings
 
 
+_SCALING_KEYS = ("scaling", "scaling_factor", "original_max_len", "beta_fast", "beta_slow", "yarn_ramp",
+                 "low_freq_factor", "high_freq_factor", "short_factor", "long_factor", "attention_factor",
+                 "attention_scaling")
+
+
 @register
 class RoPE(Encoding):
     """Rotary position embedding (Su et al., RoFormer), rotating q and k in pairs.
@@ -214,36 +344,74 @@ class RoPE(Encoding):
         base: θ_k = base^(−2k/rotary_dim).
         layout: "interleaved" — pairs (x_2k, x_2k+1), GPT-J / Meta LLaMA / ggml mode 0;
             "half" — pairs (x_k, x_k+rotary_dim/2), GPT-NeoX / HF LLaMA / ggml NEOX.
-        scaling: None | "linear" (PI: positions / s) | "ntk" (base · s^(d/(d−2)))
-            | "yarn" (per-frequency ramp, and logits × (0.1 ln s + 1)²).
-            Dynamic NTK is not offered: it changes the angles with the current
-            length, which is inconsistent with a KV cache (HF transformers #25104).
-        scaling_factor: s ≥ 1.
-        original_max_len: YaRN's training context length L (required for "yarn").
-        beta_fast, beta_slow: YaRN's β and α (rotations per L at the ramp ends).
+        scaling: context extension (HF ``rope_type`` names), s = scaling_factor,
+            L0 = original_max_len:
+            None; "linear" or "pi" (Chen et al. 2023: positions / s);
+            "ntk" (bloc97 2023: base · s^(d/(d−2)));
+            "dynamic" (dynamic NTK, emozilla 2023 / HF: base · ((s·L/L0) − (s − 1))^(d/(d−2))
+            with L = max(offset + T, L0), the length of the current call — see below);
+            "yarn" (Peng et al. 2024: per-frequency ramp, attention factor 0.1 ln s + 1);
+            "llama3" (Meta Llama 3.1 / HF ``rope_type="llama3"``: wavelengths
+            λ_k = 2π/θ_k < L0/high_freq_factor keep θ_k, > L0/low_freq_factor take θ_k/s,
+            between: (1 − g)·θ_k/s + g·θ_k, g = (L0/λ_k − low)/(high − low));
+            "longrope" (Ding et al. 2024 / Phi-3 / HF: θ_k / λ_k with per-pair factors
+            λ = long_factor when the call is longer than L0, else short_factor;
+            attention factor sqrt(1 + ln s / ln L0)).
+        scaling_factor: s ≥ 1 (for "dynamic", HF's ``factor``; for "longrope", the
+            extended / original length ratio, used for its attention factor only).
+        original_max_len: L0, the training context length ("dynamic", "yarn",
+            "llama3", "longrope"); None uses max_len (a model passes its max_len).
+        beta_fast, beta_slow: YaRN's β and α (rotations per L0 at the ramp ends).
         yarn_ramp: "paper" (linear in rotations r, Peng et al.) or "hf" (linear in
             pair index between floor/ceil endpoints, as HF transformers).
+        low_freq_factor, high_freq_factor: Llama 3's bands (1 and 4 in Llama 3.1,
+            with factor 8, L0 = 8192, base 500000).
+        short_factor, long_factor: LongRoPE's rescale factors, rotary_dim/2 each.
+        attention_factor: override YaRN's / LongRoPE's attention factor m.
+        attention_scaling: where m goes. "rotary" (default): cos and sin are
+            multiplied by m, as HF and the YaRN / Phi-3 authors' code do, so the
+            rotated channels' part of q·k gets m² and pass-through channels none.
+            "logits": the whole logit scale is multiplied by m² (relpos before
+            issue 13). The two are equal when rotary_dim = head_dim.
         inv_freq: your own frequencies θ_k instead of base^(−2k/rotary_dim): an
             array of rotary_dim/2 positive finite numbers, or a callable
             ``f(rotary_dim) -> array`` (called once per rotary_dim, in float64).
             The scalings then apply to these θ_k as they would to the default ones
-            (NTK-aware changes the base, so it cannot be combined with inv_freq).
+            (NTK-aware and dynamic NTK change the base, so they cannot be combined
+            with inv_freq).
             Example: ``get("rope", inv_freq=lambda d: 1 / 500000 ** (np.arange(0, d, 2) / d))``.
 
-    YaRN's attention temperature: relpos multiplies the logit scale by
-    (0.1 ln s + 1)² through ``attention_inputs`` (scale = (0.1 ln s + 1)²/√head_dim).
-    HF instead multiplies cos and sin by 0.1 ln s + 1, which gives the same logits
-    when rotary_dim = head_dim; with partial rotary HF leaves the pass-through
-    channels unscaled, relpos scales the whole logit.
+    Changing the scaling of a built (trained) encoding: :meth:`set_scaling`,
+    :meth:`with_scaling`, or :func:`rope_scaling` for every RoPE of a model.
+
+    Dynamic NTK and LongRoPE depend on the length of each call (offset + T, the
+    position of its last row + 1), as in HF. Without a KV cache (training,
+    ``model(ids)``, ``evaluate_lengths``) every row of a sequence sees one base. With
+    a cache (``generate``), relpos does what HF does: cached keys keep the angles
+    of the call that produced them and new rows use the base of the current
+    length, so past L0 queries and older keys rotate with different bases (the
+    inconsistency of HF transformers #25104); relpos does not re-rotate the
+    cache. HF also keeps the largest base seen until the length drops below L0;
+    relpos recomputes it for every call. LongRoPE switches factors per call the
+    same way (Phi-3's code; earlier HF chose them once from the factor).
+
+    Where relpos departs from the papers: "yarn" with ``yarn_ramp="paper"``
+    follows the paper's ramp in rotations (HF: "hf"); nothing else differs from
+    the reference implementations named above.
     """
 
     name = "rope"
     channel = "R"
-    paper = "Su et al. 2021 (RoFormer); PI Chen et al. 2023; NTK bloc97 2023; YaRN Peng et al. 2024"
+    paper = ("Su et al. 2021 (RoFormer); PI Chen et al. 2023; NTK bloc97 2023; YaRN Peng et al. 2024; "
+             "Llama 3.1 (Meta 2024); LongRoPE Ding et al. 2024")
     learnable = ()
+    #: True for encodings whose scaling can be switched with set_scaling / rope_scaling
+    supports_scaling = True
 
     def __init__(self, rotary_dim=None, base=10000.0, layout="interleaved", scaling=None, scaling_factor=1.0,
-                 original_max_len=None, beta_fast=32.0, beta_slow=1.0, yarn_ramp="paper", inv_freq=None,
+                 original_max_len=None, beta_fast=32.0, beta_slow=1.0, yarn_ramp="paper", low_freq_factor=1.0,
+                 high_freq_factor=4.0, short_factor=None, long_factor=None, attention_factor=None,
+                 attention_scaling="rotary", inv_freq=None,
                  n_heads=None, head_dim=None, d_model=None, max_len=None, seed=None):
         super().__init__(n_heads=n_heads, head_dim=head_dim, d_model=d_model, max_len=max_len, seed=seed)
         if inv_freq is not None and not callable(inv_freq):
@@ -251,9 +419,6 @@ class RoPE(Encoding):
             if rotary_dim is None and head_dim is not None and 2 * len(inv_freq) != head_dim \
                     and 2 * len(inv_freq) <= head_dim:
                 rotary_dim = 2 * len(inv_freq)  # fewer frequencies than pairs: partial rotary
-        if inv_freq is not None and scaling == "ntk":
-            raise ValueError("scaling='ntk' changes the base of the default frequencies; it cannot be "
-                             "combined with your own inv_freq")
         if rotary_dim is not None:
             rotary_dim = _check_rotary_dim(rotary_dim)
             if head_dim is not None and rotary_dim > head_dim:
@@ -263,18 +428,51 @@ class RoPE(Encoding):
         base = float(base)
         if not math.isfinite(base) or base <= 1.0:
             raise ValueError(f"base must be a finite number > 1; got {base!r}")
-        _check_scaling(scaling, scaling_factor, original_max_len, beta_fast, beta_slow, yarn_ramp)
         self.rotary_dim = rotary_dim
         self.base = base
         self.layout = layout
-        self.scaling = scaling
-        self.scaling_factor = float(scaling_factor)
-        self.original_max_len = original_max_len
-        self.beta_fast = float(beta_fast)
-        self.beta_slow = float(beta_slow)
-        self.yarn_ramp = yarn_ramp
         self.user_inv_freq = inv_freq
         self._cache = OrderedDict()
+        self.set_scaling(scaling, scaling_factor, original_max_len=original_max_len, beta_fast=beta_fast,
+                         beta_slow=beta_slow, yarn_ramp=yarn_ramp, low_freq_factor=low_freq_factor,
+                         high_freq_factor=high_freq_factor, short_factor=short_factor, long_factor=long_factor,
+                         attention_factor=attention_factor, attention_scaling=attention_scaling)
+
+    # ---- scaling -----------------------------------------------------------
+    def scaling_config(self) -> dict:
+        """The scaling options now in force (a dict :meth:`set_scaling` takes back)."""
+        return {k: getattr(self, k) for k in _SCALING_KEYS}
+
+    def set_scaling(self, scaling=None, scaling_factor=1.0, **options):
+        """Switch the context-extension scaling in place (no rebuilding, no new
+        parameters); returns self. ``options`` are the scaling options of the
+        class (original_max_len, beta_fast, ... attention_scaling); those not given
+        take their defaults, and original_max_len defaults to max_len. Raises
+        ValueError for a bad combination, leaving the encoding unchanged."""
+        unknown = sorted(set(options) - set(_SCALING_KEYS))
+        if unknown:
+            raise ValueError(f"unknown scaling option(s) {unknown}; known: {', '.join(_SCALING_KEYS[2:])}")
+        opts = dict(original_max_len=None, beta_fast=32.0, beta_slow=1.0, yarn_ramp="paper", low_freq_factor=1.0,
+                    high_freq_factor=4.0, short_factor=None, long_factor=None, attention_factor=None,
+                    attention_scaling="rotary")
+        opts.update(options)
+        if opts["original_max_len"] is None and self.max_len:
+            opts["original_max_len"] = int(self.max_len)
+        L0, ramp = opts.pop("original_max_len"), opts.pop("yarn_ramp")
+        state = _check_scaling(scaling, scaling_factor, L0, opts.pop("beta_fast"), opts.pop("beta_slow"), ramp,
+                               **opts)
+        if state["scaling"] in ("ntk", "dynamic") and self.user_inv_freq is not None:
+            raise ValueError(f"scaling={state['scaling']!r} changes the base of the default frequencies; it "
+                             "cannot be combined with your own inv_freq")
+        for key, val in state.items():
+            setattr(self, key, val)
+        self._cache.clear()
+        return self
+
+    def with_scaling(self, scaling=None, scaling_factor=1.0, **options) -> "RoPE":
+        """A copy of this encoding with another scaling (see :meth:`set_scaling`)."""
+        new = copy.deepcopy(self)
+        return new.set_scaling(scaling, scaling_factor, **options)
 
     # ---- tables ------------------------------------------------------------
     def _rotary_dim_for(self, D):
@@ -287,27 +485,45 @@ class RoPE(Encoding):
             raise ValueError(f"rotary_dim ({rd}) must be <= the head dim of q/k ({D})")
         return rd
 
-    def frequencies(self, rotary_dim=None):
-        """θ_k (rotary_dim/2,) float64 after scaling (your inv_freq, if given)."""
+    def frequencies(self, rotary_dim=None, seq_len=None):
+        """θ_k (rotary_dim/2,) float64 after scaling (your inv_freq, if given).
+        ``seq_len``: the length of the call, for "dynamic" and "longrope" (None = L0)."""
         rd = rotary_dim or self.rotary_dim or self.head_dim
         if self.user_inv_freq is None:
             return rope_inv_freq(rd, self.base, self.scaling, self.scaling_factor, self.original_max_len,
-                                 self.beta_fast, self.beta_slow, self.yarn_ramp)
+                                 self.beta_fast, self.beta_slow, self.yarn_ramp,
+                                 low_freq_factor=self.low_freq_factor, high_freq_factor=self.high_freq_factor,
+                                 short_factor=self.short_factor, long_factor=self.long_factor, seq_len=seq_len)
         theta = self.user_inv_freq(rd) if callable(self.user_inv_freq) else self.user_inv_freq
         theta = _check_user_freqs(theta, rd)
+        return _scaled_freqs(theta, self.scaling_config(), rd, self.base, seq_len)
+
+    def attention_factor_value(self) -> float:
+        """m: YaRN's 0.1 ln s + 1, LongRoPE's sqrt(1 + ln s / ln L0) (1 when s = 1), or
+        ``attention_factor`` if given; 1 for the other scalings."""
+        if self.scaling not in ("yarn", "longrope"):
+            return 1.0
+        if self.attention_factor is not None:
+            return float(self.attention_factor)
+        s = self.scaling_factor
+        if s <= 1.0:
+            return 1.0
         if self.scaling == "yarn":
-            g = _yarn_gamma_of(theta, self.original_max_len, self.beta_fast, self.beta_slow, self.yarn_ramp,
-                               rd, self.base)
-            theta = theta * g + (theta / self.scaling_factor) * (1.0 - g)
-        return theta
+            return 0.1 * math.log(s) + 1.0
+        return math.sqrt(1.0 + math.log(s) / math.log(self.original_max_len))
 
     def tables(self, T, offset, rotary_dim):
-        """(cos, sin) float32 (T, rotary_dim/2) for positions offset..offset+T−1 (cached)."""
+        """(cos, sin) float32 (T, rotary_dim/2) for positions offset..offset+T−1 (cached);
+        multiplied by the attention factor m when attention_scaling="rotary"."""
         key = ("rope", int(T), int(offset), int(rotary_dim))
         hit = self._cache.get(key)
         if hit is None:
-            hit = _C.rope_tables(self.frequencies(rotary_dim), int(T), offset=int(offset),
+            seq_len = int(offset) + int(T) if self.scaling in _LENGTH_DEPENDENT else None
+            hit = _C.rope_tables(self.frequencies(rotary_dim, seq_len), int(T), offset=int(offset),
                                  pos_scale=_pos_scale(self.scaling, self.scaling_factor))
+            m = self.attention_factor_value()
+            if m != 1.0 and self.attention_scaling == "rotary":
+                hit = tuple((a * np.float32(m)).astype(np.float32) for a in hit)
             for a in hit:
                 a.flags.writeable = False  # shared by later calls
             self._cache[key] = hit
@@ -345,13 +561,14 @@ class RoPE(Encoding):
         return self._rotate(k, offset, True)
 
     def attention_scale_factor(self) -> float:
-        """Factor on the logit scale: (0.1 ln s + 1)² for YaRN with s > 1, else 1."""
-        if self.scaling == "yarn" and self.scaling_factor > 1.0:
-            return (0.1 * math.log(self.scaling_factor) + 1.0) ** 2
+        """Factor on the logit scale: m² with attention_scaling="logits" (YaRN, LongRoPE), else 1."""
+        if self.attention_scaling == "logits":
+            return self.attention_factor_value() ** 2
         return 1.0
 
     def attention_inputs(self, q, k, q_offset: int = 0, causal: bool = True) -> dict:
-        """{"scale": (0.1 ln s + 1)²/√D} for YaRN, else {} (rotation happens in rotate_q/k)."""
+        """{"scale": m²/√D} with attention_scaling="logits" and m != 1, else {} (rotation
+        happens in rotate_q/k, and with "rotary" the tables carry m)."""
         f = self.attention_scale_factor()
         if f == 1.0:
             return {}
@@ -361,9 +578,46 @@ class RoPE(Encoding):
         parts = [f"rotary_dim={self.rotary_dim}", f"base={self.base:g}", f"layout={self.layout!r}"]
         if self.scaling:
             parts.append(f"scaling={self.scaling!r}, scaling_factor={self.scaling_factor:g}")
-            if self.scaling == "yarn":
+            if self.scaling in _NEED_L0:
                 parts.append(f"original_max_len={self.original_max_len}")
         return ", ".join(parts)
+
+
+def rope_encodings(target) -> list:
+    """The distinct RoPE encodings (those with ``supports_scaling``) of a model, a
+    module or one encoding, in module order."""
+    mods = target.modules() if hasattr(target, "modules") else [target]
+    out, seen = [], set()
+    for m in mods:
+        if getattr(m, "supports_scaling", False) and id(m) not in seen:
+            seen.add(id(m))
+            out.append(m)
+    return out
+
+
+@contextlib.contextmanager
+def rope_scaling(target, scaling=None, scaling_factor=1.0, **options):
+    """Switch every RoPE of ``target`` (a model, a module or an encoding) to another
+    scaling inside a ``with`` block, and back afterwards (even on error):
+
+        >>> with rope_scaling(model, "yarn", 4.0):     # original_max_len: each encoding's max_len
+        ...     ppl = evaluate_lengths(model, data, [256])
+
+    Yields the list of encodings changed. Raises ValueError when ``target`` holds
+    no RoPE (xPos is not switched: its decay has no published scaling rule).
+    """
+    encs = rope_encodings(target)
+    if not encs:
+        raise ValueError(f"{type(target).__name__} has no RoPE encoding to scale (rope_scaling works on models "
+                         "whose encoding is 'rope')")
+    saved = [(e, e.scaling_config()) for e in encs]
+    try:
+        for e in encs:
+            e.set_scaling(scaling, scaling_factor, **options)
+        yield encs
+    finally:
+        for e, cfg in saved:
+            e.set_scaling(**cfg)
 
 
 @register
@@ -386,6 +640,7 @@ class XPos(RoPE):
     paper = "Sun et al. 2022 (xPos, arXiv 2212.10554)"
     causal_only = True
     learnable = ()
+    supports_scaling = False
 
     def __init__(self, rotary_dim=None, base=10000.0, layout="interleaved", gamma=0.4, scale_base=512.0, center=None,
                  n_heads=None, head_dim=None, d_model=None, max_len=None, seed=None):
