@@ -294,9 +294,10 @@ def _cmd_compare(args):
                              f"got {eval_lens} (with --train-len {base})")
     # a model within every flag's cap can still be too big to allocate: bound its size too
     # (blocks: attention 4 d^2 + MLP 8 d^2; embedding and head of a byte vocabulary)
-    n_params = args.layers * 12 * args.d_model ** 2 + 2 * 256 * args.d_model
+    layers = args.layers if args.layers is not None else 4  # the largest default (TASK_PRESETS)
+    n_params = layers * 12 * args.d_model ** 2 + 2 * 256 * args.d_model
     if n_params > MAX_PARAMS:
-        raise UsageError(f"--d-model {args.d_model} with --layers {args.layers} gives about {n_params:,} "
+        raise UsageError(f"--d-model {args.d_model} with --layers {layers} gives about {n_params:,} "
                          f"parameters; the cap is {MAX_PARAMS:,}")
     text = None
     if args.text is not None:
