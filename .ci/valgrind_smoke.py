@@ -9,9 +9,9 @@ root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [root, os.path.join(root, "tests")]
 
 import numpy as np  # noqa: E402
+from fuzz_specs import SPECS, Arg, valid_call  # noqa: E402
 
 import relpos._C as C  # noqa: E402
-from fuzz_specs import SPECS, Arg, valid_call  # noqa: E402
 
 
 def call(fn, args):

@@ -295,7 +295,8 @@ def main():
     rows = []
     plan = [(T, case, impl) for T in args.T for case in args.cases
             for impl in ("relpos", "sdpa", "eager")
-            if impl == "relpos" or (torch is not None and not (impl == "eager" and (case == "plain" or T > args.eager_max_T)))]
+            if impl == "relpos"
+            or (torch is not None and not (impl == "eager" and (case == "plain" or T > args.eager_max_T)))]
     plan += [(T, case, "relpos") for T in args.long for case in args.cases if case != "t5"]
     for T, case, impl in plan:
         res = run_child(impl, T, case, args.threads, args.repeat if T <= 4096 else max(1, args.repeat // 2))
@@ -315,7 +316,8 @@ def main():
         if r.get("extra_mib") and base.get("extra_mib"):
             r["relpos_mem_frac"] = base["extra_mib"] / r["extra_mib"]
 
-    print("\n| T | case | impl | fwd ms | bwd ms | fwd+bwd ms | GFLOP/s | % FMA peak | relpos speed-up | extra MiB | relpos mem / this |")
+    print("\n| T | case | impl | fwd ms | bwd ms | fwd+bwd ms | GFLOP/s | % FMA peak | relpos speed-up | extra MiB "
+          "| relpos mem / this |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         mem = r.get("extra_mib")

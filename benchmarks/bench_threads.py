@@ -20,9 +20,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _util import machine_info, write_json  # noqa: E402
-
 import numpy as np  # noqa: E402
+from _util import machine_info, write_json  # noqa: E402
 
 import relpos  # noqa: E402
 import relpos._C as C  # noqa: E402

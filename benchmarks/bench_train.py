@@ -55,7 +55,6 @@ import argparse
 import contextlib
 import functools
 import json
-import math
 import os
 import sys
 import time
@@ -387,7 +386,8 @@ def format_row(r):
               f" {r['ratio_best']:.2f}x, MFU {100 * (r['mfu_best'] or 0):.1f}%)")
     if "compile_tok_s" in r:
         s += (f" | torch.compile {r['compile_tok_s']:8.0f} tok/s  ratio {r['ratio_compile']:.2f}x"
-              f" (best {r['compile_best_tok_s']:.0f}, {r['ratio_compile_best']:.2f}x; first call incl. compiling {r['compile_s']:.1f} s)")
+              f" (best {r['compile_best_tok_s']:.0f}, {r['ratio_compile_best']:.2f}x; "
+              f"first call incl. compiling {r['compile_s']:.1f} s)")
     elif "compile_error" in r:
         s += f" | {r['compile_error']}"
     if "torch_tok_s" in r:

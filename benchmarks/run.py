@@ -182,7 +182,8 @@ def bench_train(threads, quick, timeout):
             note += f"; {r['cpu']}, {r['simd']}/{r['gemm_kernel']}"
         if "torch_error" in r:
             note += "; " + r["torch_error"]
-        rows.append(row("train", f"{r.get('config', 'large')} {r['encoding']} step B={r['batch']} T={r['T']}", r["threads"], r["relpos_tok_s"],
+        what = f"{r.get('config', 'large')} {r['encoding']} step B={r['batch']} T={r['T']}"
+        rows.append(row("train", what, r["threads"], r["relpos_tok_s"],
                         r.get("torch_tok_s"), "torch eager" if "torch_tok_s" in r else "(torch missing)",
                         "tokens/s", r["peak_gflops"], r["step_gflop"] / (r["batch"] * r["T"]), note=note))
     return rows

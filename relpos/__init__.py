@@ -11,16 +11,23 @@ import-linter, see pyproject.toml): ``tensor`` (autograd) -> ``functional`` ->
 """
 from . import _omp_env
 
-_omp_env.before_import()  # libgomp's wait policy, read when _C loads libgomp
+# libgomp reads its wait policy when _C loads it, so the extension loads first, here
+_omp_env.before_import()
 try:
-    from . import _C
+    from . import _C  # noqa: F401
 finally:
     _omp_env.after_import()
-from ._config import __version__, config, get_num_threads, max_threads, set_num_threads, show_config
-from .tensor import Function, Tensor, enable_grad, is_grad_enabled, no_grad, tensor
-from . import functional, nn, optim  # noqa: I001
-from .serialization import CheckpointError, load, save
-from . import encodings, models, data, train, experiments, probe  # noqa: I001
+from . import data, encodings, experiments, functional, models, nn, optim, probe, train  # noqa: E402
+from ._config import (  # noqa: E402
+    __version__,
+    config,
+    get_num_threads,
+    max_threads,
+    set_num_threads,
+    show_config,
+)
+from .serialization import CheckpointError, load, save  # noqa: E402
+from .tensor import Function, Tensor, enable_grad, is_grad_enabled, no_grad, tensor  # noqa: E402
 
 # the model classes also live in relpos.nn, where torch users look for them; nn itself never
 # imports models (a layer above it), so the names are put there from here
@@ -31,4 +38,5 @@ nn.__all__ += ["TransformerBlock", "TransformerLM", "TransformerEncoder"]
 
 __all__ = ["Tensor", "Function", "tensor", "no_grad", "enable_grad", "is_grad_enabled",
            "functional", "nn", "optim", "encodings", "models", "data", "train", "experiments", "probe",
-           "save", "load", "CheckpointError", "show_config", "set_num_threads", "get_num_threads", "config", "max_threads", "__version__"]
+           "save", "load", "CheckpointError", "show_config", "set_num_threads", "get_num_threads", "config",
+           "max_threads", "__version__"]

@@ -201,8 +201,10 @@ def run_config(config: dict) -> dict:
     queue, tag = config.get("_progress_queue"), config.get("_progress_tag")
     callback = None
     if queue is not None:
-        def callback(step, loss, _every=max(1, int(cfg["steps"]) // 50)):
-            if step % _every == 0 or step == cfg["steps"]:
+        every = max(1, int(cfg["steps"]) // 50)
+
+        def callback(step, loss):
+            if step % every == 0 or step == cfg["steps"]:
                 queue.put((tag, step))
     prev_threads = None
     if cfg["threads"] is not None:

@@ -19,12 +19,11 @@ import re
 
 import numpy as np
 
-from . import encodings
+from . import encodings, nn
 from . import functional as F
-from . import nn
 from .encodings import Encoding
-from .nn.module import IncompatibleKeys, _as_numpy
 from .functional import IGNORE_INDEX
+from .nn.module import IncompatibleKeys, _as_numpy
 from .tensor import Tensor, no_grad
 
 __all__ = ["TransformerBlock", "TransformerLM", "TransformerEncoder", "TORCH_NAME_MAP", "to_torch_names",

@@ -58,7 +58,8 @@ class Optimizer:
             raise TypeError("params must be an iterable of Parameters (e.g. model.parameters()); "
                             "got a single Tensor — wrap it in a list")
         if isinstance(params, dict):
-            raise TypeError("params must be an iterable of Parameters or of group dicts; got a dict — wrap it in a list")
+            raise TypeError("params must be an iterable of Parameters or of group dicts; "
+                            "got a dict — wrap it in a list")
         if not hasattr(params, "__iter__"):
             raise TypeError(f"params must be an iterable of Parameters (e.g. model.parameters()); "
                             f"got {type(params).__name__}")
@@ -160,7 +161,8 @@ class Optimizer:
             raise ValueError("optimizer state_dict must be a dict with 'state' and 'param_groups'")
         groups, state = state_dict["param_groups"], list(state_dict["state"])
         if len(groups) != len(self.param_groups):
-            raise ValueError(f"state_dict has {len(groups)} parameter groups; this optimizer has {len(self.param_groups)}")
+            raise ValueError(f"state_dict has {len(groups)} parameter groups; "
+                             f"this optimizer has {len(self.param_groups)}")
         for gi, (sg, g) in enumerate(zip(groups, self.param_groups)):
             if len(sg["params"]) != len(g["params"]):
                 raise ValueError(f"group {gi}: state_dict has {len(sg['params'])} parameters; "

@@ -639,7 +639,8 @@ def _load_safetensors(f, path, size):
     try:
         from safetensors import SafetensorError, safe_open
     except ImportError:  # pragma: no cover - a declared dependency
-        raise ImportError("reading .safetensors files needs the safetensors package (pip install safetensors)")
+        raise ImportError("reading .safetensors files needs the safetensors package "
+                          "(pip install safetensors)") from None
     out = {}
     try:
         with safe_open(path, framework="np") as st:

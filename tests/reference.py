@@ -1040,7 +1040,6 @@ def attention_backward(q, k, v, dout, *, causal=True, key_padding_mask=None, q_o
                                          mag(relq), relq_ix, mag(relv), relv_ix, bias_vec, bias_ix, bias_full, pwl,
                                          q_offset, True)
     B, H, Tq, D = q64.shape
-    Tk = k64.shape[2]
     if scale is None:
         scale = 1.0 / np.sqrt(D) if D > 0 else 1.0
     s, allowed = attention_logits(q, k, causal=causal, key_padding_mask=key_padding_mask, q_offset=q_offset,
@@ -1077,7 +1076,6 @@ def _attention_backward_terms(q64, k64, v64, dout, p, kind, allowed, scale, qr, 
         kk = np.broadcast_to(k64[:, :, None], (B, H, Tq, Tk, D))
         g["q"] = scale * _present_sum(dS, kk, live)
         qq = q64 if qr is None else np.asarray(qr, dtype=np.float64)
-        qqt = np.broadcast_to(qq[:, :, None], (B, H, Tk, Tq, D))
         g["k"] = scale * _present_sum(np.swapaxes(dS, -1, -2), np.broadcast_to(q64[:, :, None], (B, H, Tk, Tq, D)),
                                       livet)
         if relk is not None:

@@ -1,14 +1,12 @@
 """Channel A: sinusoidal table, learned absolute, complex word order, NoPE."""
 import numpy as np
 import pytest
+import reference as ref
 
 import relpos
 from relpos import _C
 from relpos import encodings as E
 from relpos.encodings.absolute import sinusoidal_table
-
-import reference as ref
-
 
 # ------------------------------------------------------------------ sinusoidal
 

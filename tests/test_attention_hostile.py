@@ -22,14 +22,14 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+import reference as ref
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import relpos
 import relpos._C as C
 import relpos.functional as F
 from relpos import encodings as E
-
-import reference as ref
 
 N_EXAMPLES = int(os.environ.get("RELPOS_HOSTILE_EXAMPLES", "200"))
 HOSTILE = settings(max_examples=N_EXAMPLES, deadline=None, derandomize=True, database=None,

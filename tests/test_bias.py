@@ -8,14 +8,14 @@ dead units and shared kinks, NaN parameters); published facts of ENCODINGS.md,
 shift invariance, thread determinism and bad inputs."""
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+import reference as ref
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import relpos
 from relpos import _C
 from relpos import encodings as E
 from relpos.encodings.bias import alibi_slopes, relative_positions, t5_bucket
-
-import reference as ref
 
 f32 = np.float32
 

@@ -33,7 +33,8 @@ import zlib
 import hypothesis
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import relpos
 from relpos import serialization
@@ -334,7 +335,7 @@ def test_crafted_npy_entries(tmp_path):
         "short": good[:-4],
         "huge header length": good[:8] + b"\xff\xff" + good[10:],
     }
-    for i, (what, data) in enumerate(cases.items()):
+    for i, data in enumerate(cases.values()):
         arrays = base_arrays()
         p = tmp_path / f"n{i}.relpos"
         entries = [(f"arrays/{j}.npy", data if j == 0 else npy_bytes(a), zipfile.ZIP_STORED, 0)

@@ -44,7 +44,7 @@ def test_results_csv_is_tidy_and_matches_the_json(written):
 
 
 def test_rows_and_to_pandas(written):
-    pd = pytest.importorskip("pandas", reason="pandas is in the test extra; to_pandas is optional")
+    pytest.importorskip("pandas", reason="pandas is in the test extra; to_pandas is optional")
     res, _ = written
     rows = res.rows()
     assert len(rows) == 8 and set(rows[0]) == {"encoding", "seed", "length", "perplexity"}

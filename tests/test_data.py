@@ -3,8 +3,17 @@ import os
 import numpy as np
 import pytest
 
-from relpos.data import (IGNORE_INDEX, ByteTokenizer, CharTokenizer, LMData, TASKS, default_corpus,
-                         exact_match, get_task, load_text)
+from relpos.data import (
+    IGNORE_INDEX,
+    TASKS,
+    ByteTokenizer,
+    CharTokenizer,
+    LMData,
+    default_corpus,
+    exact_match,
+    get_task,
+    load_text,
+)
 
 
 # ------------------------------------------------------------- tokenizers

@@ -24,7 +24,6 @@ TIMEOUT = 120
 def work(seed):
     """Attention fwd+bwd, a GEMM and two training steps; returns arrays to compare."""
     import relpos
-    import relpos._C as C
     from relpos.nn import TransformerLM
     from relpos.optim import AdamW
     r = np.random.default_rng(seed)

@@ -24,11 +24,11 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from fuzz_specs import ARRAY_KINDS, CONFIG_ENTRY_POINTS, SPECS, Arg
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import relpos._C as C
-
-from fuzz_specs import ARRAY_KINDS, CONFIG_ENTRY_POINTS, SPECS, Arg
 
 N_EXAMPLES = int(os.environ.get("RELPOS_FUZZ_EXAMPLES", "200"))
 SANITIZED = os.environ.get("RELPOS_SANITIZED") == "1"
@@ -318,9 +318,9 @@ def fuzz_one(name, data):
         check_unmodified(snap, f"by {name} raising after mutation {how} of {a.name}")
         check_unmodified(snap_w, f"(a written array) by {name} raising after mutation {how} of {a.name}")
         if how in LAYOUT and a.kind in INPUT_KINDS and not (a.strict and how != "readonly"):
-            raise AssertionError(f"{name}: {how} {a.name} must be accepted; raised {exc!r}")
+            raise AssertionError(f"{name}: {how} {a.name} must be accepted; raised {exc!r}") from exc
         if how in LAYOUT and still_valid_output(mutated):
-            raise AssertionError(f"{name}: {how} {a.name} is still a valid output; raised {exc!r}")
+            raise AssertionError(f"{name}: {how} {a.name} is still a valid output; raised {exc!r}") from exc
         must = a.name if how in ("dtype", "list", "scalar", "string", "none") else None
         if a.kind in ("list", "iolist"):
             must = None

@@ -2,12 +2,11 @@
 relpos.functional.matmul / linear, against the float64 twins in reference.py."""
 import numpy as np
 import pytest
+import reference as ref
 
 import relpos
 from relpos import _C
 from relpos.functional import linear, matmul
-
-import reference as ref
 
 PATHS = ["avx512", "avx2", "portable"]
 
@@ -376,14 +375,15 @@ def _memory_check(rng):
     for _ in range(20):
         _C.gemm(a, b, out)
     before = _rss_bytes()
-    for i in range(300):
+    for _ in range(300):
         _C.gemm(a, b, out)
         _C.linear_fwd(a, w, None, out)
     grown = _rss_bytes() - before
     assert grown < 64 << 20, f"resident memory grew by {grown / 2**20:.1f} MiB over 600 calls"
 
 
-from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st
 
 
 @settings(max_examples=40, deadline=None)

@@ -37,10 +37,11 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+import reference as ref
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import relpos._C as C
-import reference as ref
 
 # the twins compute with the hostile values in float64: NumPy's warnings are expected
 pytestmark = [pytest.mark.hostile, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
@@ -1026,7 +1027,7 @@ def _cope_scales(q, k, e, G, qo, scale):
     q, k, e = finite_abs(q), finite_abs(k), finite_abs(e)
     G = None if G is None else finite_abs(G)
     B, H, Tq, D = q.shape
-    Tk, P = k.shape[2], e.shape[0]
+    Tk = k.shape[2]
     sc = abs(float(np.float32(scale))) if math.isfinite(scale) else 0.0
     i_out = np.zeros((B, H, Tq, Tk))
     i_dq, i_dk, i_de = np.zeros_like(q), np.zeros_like(k), np.zeros_like(e)
@@ -1186,7 +1187,7 @@ def _(draw):
 def _heads_args(draw):
     B, T, H, P, G = dim(draw, 0, 2), dim(draw, 0, 3), dim(draw, 1, 2), dim(draw, 1, 2), dim(draw, 1, 3)
     Dh = 2 * P
-    kw, rot = {}, None
+    kw = {}
     if draw(st.booleans()):
         rd = 2 * dim(draw, 1, P)
         cos, sin = hostile(draw, (T, rd // 2), lo=-1, hi=1), hostile(draw, (T, rd // 2), lo=-1, hi=1)
@@ -1291,7 +1292,7 @@ def test_twins_follow_torch():
         loss = tF.cross_entropy(xt, torch.tensor(t))
         loss.backward()
         _same_specials(ref.cross_entropy_rows(logits, np.array(t))[0], loss.detach().numpy(), f"xent {logits}")
-        _same_specials(ref.cross_entropy_grad(logits, np.array(t), 1.0, len(t)), xt.grad.numpy(), f"xent grad")
+        _same_specials(ref.cross_entropy_grad(logits, np.array(t), 1.0, len(t)), xt.grad.numpy(), "xent grad")
     # the one deliberate difference: an ignored row's gradient is 0 in the fused kernel; torch's
     # unfused log_softmax + nll_loss sends 0 * exp(NaN) = NaN into an ignored row with a NaN logit
     both = np.array([[NAN, 1.0], [1.0, 2.0]])

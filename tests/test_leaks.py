@@ -12,10 +12,9 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from fuzz_specs import SPECS, Arg, valid_call
 
 import relpos._C as C
-
-from fuzz_specs import SPECS, Arg, valid_call
 
 CALLS = 1000
 PAGE = os.sysconf("SC_PAGE_SIZE")

@@ -1,13 +1,12 @@
 """MultiHeadAttention: projections + encoding + attention_core, key/value cache."""
 import numpy as np
 import pytest
+import reference as ref
 
 import relpos
-from relpos import nn
 from relpos import functional as F
+from relpos import nn
 from relpos.tensor import Tensor, no_grad
-
-import reference as ref
 
 
 def proj(lin, x):

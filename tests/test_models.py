@@ -213,7 +213,7 @@ def test_matches_torch(encoding):
     m = TransformerLM(V, d_model=d, n_layers=L, n_heads=H, encoding=encoding, seed=11)
     # make every parameter matter (non-trivial norms and biases)
     rng = np.random.default_rng(0)
-    for name, p in m.named_parameters():
+    for p in m.parameters():
         if p.data.ndim == 1:
             p.data[...] += rng.normal(0, 0.1, size=p.shape).astype(np.float32)
         else:

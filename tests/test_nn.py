@@ -4,12 +4,11 @@ import math
 
 import numpy as np
 import pytest
+import reference as ref
 
 import relpos
 from relpos import nn
 from relpos.nn import init
-
-import reference as ref
 
 
 class Leaf(nn.Module):
@@ -63,7 +62,7 @@ def test_reassigning_and_deleting():
     del m.weight
     assert list(m.parameters()) == []
     with pytest.raises(AttributeError, match="no attribute 'weight'"):
-        m.weight
+        _ = m.weight
 
 
 def test_assign_before_init_is_a_clear_error():

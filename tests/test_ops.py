@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import relpos
-from relpos import Tensor, _C
 import relpos.functional as F
+from relpos import _C, Tensor
 from tests import reference as ref
 
 SIZES = [0, 1, 7, 65]
@@ -442,8 +442,8 @@ def test_cross_entropy(rng, N, V, path):
 def test_cross_entropy_ignore_index_and_all_ignored(rng):
     x = f32(rng, 4, 5)
     t = np.array([1, 7, 7, 0])
-    l = F.cross_entropy(x, t, ignore_index=7)
-    np.testing.assert_allclose(l.item(), ref.cross_entropy(x, t, ignore_index=7), rtol=1e-6)
+    loss7 = F.cross_entropy(x, t, ignore_index=7)
+    np.testing.assert_allclose(loss7.item(), ref.cross_entropy(x, t, ignore_index=7), rtol=1e-6)
     xt = Tensor(x, requires_grad=True)
     loss = F.cross_entropy(xt, np.full(4, -100))
     assert loss.item() == 0.0
@@ -901,7 +901,8 @@ def test_torch_cross_entropy(rng):
 
 # --------------------------------------------------------------- properties
 
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp  # noqa: E402
 
 

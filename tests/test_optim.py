@@ -5,12 +5,12 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+import reference as ref
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import relpos
 from relpos import _C, nn, optim
-
-import reference as ref
 
 
 def f32(rng, *shape, scale=1.0):
@@ -414,7 +414,8 @@ def test_warmup_cosine_groups_and_state(rng):
     s = optim.WarmupCosine(opt, warmup_steps=0, total_steps=10)
     assert s.lr_at(0, group=0) == pytest.approx(0.1) and s.lr_at(0, group=1) == pytest.approx(0.5)
     assert s.lr_at(10, group=1) == pytest.approx(0.0)
-    s.step(); s.step()
+    s.step()
+    s.step()
     sd = s.state_dict()
     opt2 = optim.SGD([{"params": [a]}, {"params": [b], "lr": 0.5}], lr=0.1)
     s2 = optim.WarmupCosine(opt2, warmup_steps=0, total_steps=10)

@@ -8,13 +8,13 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+import reference as ref
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import relpos
 from relpos import _C
 from relpos import encodings as E
-
-import reference as ref
 
 f32 = np.float32
 

@@ -5,15 +5,21 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+import reference as ref
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import relpos
 from relpos import _C
 from relpos import encodings as E
-from relpos.encodings.rotary import (apply_rotary, rope_angles, rope_encodings, rope_inv_freq, rope_scaling,
-                                     xpos_scale, yarn_ramp)
-
-import reference as ref
+from relpos.encodings.rotary import (
+    rope_angles,
+    rope_encodings,
+    rope_inv_freq,
+    rope_scaling,
+    xpos_scale,
+    yarn_ramp,
+)
 
 LAYOUTS = ["interleaved", "half"]
 

@@ -1,10 +1,10 @@
 """The autograd tape and the view ops (relpos/tensor.py, relpos/_fn/views.py)."""
 import numpy as np
 import pytest
+from reference import numgrad
 
 import relpos
 from relpos.tensor import Function, Tensor, _unbroadcast
-from reference import numgrad
 
 
 def test_tensor_wraps_float32_without_copy():

@@ -15,7 +15,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import relpos  # noqa: E402
-from relpos import encodings as E, nn  # noqa: E402
+from relpos import encodings as E  # noqa: E402
+from relpos import nn
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import relpos  # noqa: E402
-from relpos import functional as F, nn, optim  # noqa: E402
+from relpos import functional as F  # noqa: E402
+from relpos import nn, optim
 
 STEPS = 20
 

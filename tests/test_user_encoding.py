@@ -14,13 +14,11 @@ import textwrap
 
 import numpy as np
 import pytest
+import reference as ref
 
 import relpos
-from relpos import encodings
+from relpos import encodings, nn
 from relpos import functional as F
-from relpos import nn
-
-import reference as ref
 
 f32 = np.float32
 

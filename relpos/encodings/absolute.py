@@ -14,9 +14,9 @@ import numpy as np
 
 from .. import _C
 from ..nn import Parameter
-from ..tensor import Function, Tensor, as_array
-from .registry import register
+from ..tensor import Function, as_array
 from .base import Encoding
+from .registry import register
 
 __all__ = ["sinusoidal_table"]
 

@@ -486,4 +486,5 @@ class Fire(Encoding):
             return pwl_bias_matrix(self.pwl(Tq, Tk, q_offset), Tq, Tk, q_offset)
 
     def extra_repr(self):
-        return f"n_heads={self.n_heads}, width={self.width}, c={float(self.c.data[0]):.4g}, L={float(self.L.data[0]):.4g}"
+        return (f"n_heads={self.n_heads}, width={self.width}, c={float(self.c.data[0]):.4g}, "
+                f"L={float(self.L.data[0]):.4g}")

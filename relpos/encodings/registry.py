@@ -6,7 +6,7 @@ import inspect
 
 from .._fn.encoded import REGISTRY as _REGISTRY
 from .._fn.encoded import build, encoding_options, is_encoding, lookup  # noqa: F401 - used by models, tests
-from .base import CONTEXT_KEYS, Encoding
+from .base import Encoding
 
 __all__ = ["register", "get", "available", "bias_matrix", "EncodingTable"]
 

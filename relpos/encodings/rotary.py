@@ -20,9 +20,9 @@ import numpy as np
 
 from .. import _C
 from .._fn.attention import check_q_offset
-from ..tensor import Function, Tensor, as_array
-from .registry import register
+from ..tensor import Function, as_array
 from .base import Encoding
+from .registry import register
 
 __all__ = ["rope_inv_freq", "rope_angles", "yarn_ramp", "xpos_scale", "apply_rotary", "rope_scaling",
            "rope_encodings", "SCALINGS"]
@@ -94,7 +94,8 @@ def _check_scaling(scaling, scaling_factor, original_max_len, beta_fast, beta_sl
     except (TypeError, ValueError):
         raise TypeError(f"scaling_factor must be a number; got {type(scaling_factor).__name__}") from None
     if not math.isfinite(s) or s < 1.0:
-        raise ValueError(f"scaling_factor must be a finite number >= 1 (the context extension ratio); got {scaling_factor!r}")
+        raise ValueError("scaling_factor must be a finite number >= 1 (the context extension ratio); "
+                         f"got {scaling_factor!r}")
     if scaling in _NEED_L0:
         if original_max_len is None or isinstance(original_max_len, bool) or \
                 not isinstance(original_max_len, (int, np.integer)) or original_max_len <= 0:

@@ -9,8 +9,21 @@
 """
 from . import init
 from .attention import KVCache, MultiHeadAttention
-from .layers import (GELU, MLP, Dropout, Embedding, Identity, LayerNorm, Linear, ModuleList, ReLU, RMSNorm,
-                     Sequential, SiLU, activation)
+from .layers import (
+                     GELU,
+                     MLP,
+                     Dropout,
+                     Embedding,
+                     Identity,
+                     LayerNorm,
+                     Linear,
+                     ModuleList,
+                     ReLU,
+                     RMSNorm,
+                     Sequential,
+                     SiLU,
+                     activation,
+)
 from .module import IncompatibleKeys, Module, Parameter
 
 __all__ = ["Module", "Parameter", "IncompatibleKeys", "init", "Linear", "Embedding", "LayerNorm", "RMSNorm",
