@@ -48,14 +48,17 @@ def config() -> dict:
 
 
 def show_config() -> None:
-    """Print the version, OpenMP and threads, the SIMD path chosen, compiler and flags."""
+    """Print the version, OpenMP and threads, the SIMD path of each area (GEMM, attention,
+    elementwise, exp) as the kernels choose it now, compiler and flags."""
     c = config()
     print(f"relpos {c['version']}")
     print(f"  OpenMP        : {'on' if c['openmp'] else 'off (serial build)'}")
     print(f"  threads       : {c['num_threads']}"
           + ("  (a forked child: serial, since OpenMP's pool does not survive fork)" if c["forked_child"] else ""))
     print(f"  OpenMP wait   : {c['omp_wait']}")
-    print(f"  SIMD path     : {c['simd']} (CPU has AVX2+FMA: {c['cpu_avx2_fma']})")
+    paths = c.get("simd_paths", {})
+    print(f"  SIMD paths    : " + ", ".join(f"{k} {v}" for k, v in paths.items())
+          + f" (CPU has AVX2+FMA: {c['cpu_avx2_fma']})")
     print(f"  compiler      : {c['compiler']}")
     print(f"  CFLAGS        : {c['cflags']}")
     print(f"  SIMD CFLAGS   : {c['simd_cflags']} (AVX2 translation unit only)")

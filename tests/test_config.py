@@ -135,3 +135,23 @@ def test_openmp_wait_policy_short_spin_by_default():
         == "as set by the user (OMP_WAIT_POLICY=active)"
     code = "import ctypes; ctypes.CDLL('libgomp.so.1'); import relpos; print(relpos.config()['omp_wait'])"
     assert _run_py(code) == "libgomp's own (it was loaded before relpos)"
+
+
+def test_config_names_the_simd_path_of_every_area(capsys):
+    """show_config() used to say "avx2+fma" on an AVX-512 machine whose GEMM and attention ran
+    AVX-512 kernels: each area now reports the kernel it uses, and force_portable moves them all."""
+    from relpos import _C
+    paths = relpos.config()["simd_paths"]
+    assert set(paths) == {"gemm", "attention", "elementwise", "exp"}
+    assert paths["gemm"] == _C.gemm_kernel()
+    if relpos.config()["cpu_avx2_fma"]:
+        assert paths["gemm"] in ("avx2", "avx512") and paths["attention"] == paths["gemm"]
+        assert paths["elementwise"] == "avx2+fma" and paths["exp"] in ("avx2", "avx512")
+    _C.force_portable(True)
+    try:
+        assert relpos.config()["simd_paths"] == {"gemm": "portable", "attention": "portable",
+                                                 "elementwise": "portable", "exp": "scalar"}
+    finally:
+        _C.force_portable(False)
+    relpos.show_config()
+    assert f"gemm {paths['gemm']}, attention {paths['attention']}" in capsys.readouterr().out

@@ -146,6 +146,8 @@ int rp_attn_mat_bwd(const rp_attn *a, const float *out, const float *lse, const 
 
 /* Fused path (attention_flash.c): O(T·D) extra memory. */
 int rp_attn_fused_fwd(const rp_attn *a, float *out, float *lse);
+/* Name of the tile kernels the fused path uses now: "avx512", "avx2" or "portable". */
+const char *rp_attn_fused_kernel_name(void);
 int rp_attn_fused_bwd(const rp_attn *a, const float *out, const float *lse, const float *dout, rp_attn_grads *g);
 
 #endif

@@ -144,6 +144,16 @@ static fz_kernels fz_pick(void) {
     return k;
 }
 
+const char *rp_attn_fused_kernel_name(void) {
+    fz_kernels k = fz_pick();
+#if RP_HAVE_X86_TU
+    if (k.gemm == rp_fused_gemm_avx512) return "avx512";
+    if (k.expsub == rp_fused_expsub_avx2) return "avx2";
+#endif
+    (void)k;
+    return "portable";
+}
+
 /* ------------------------------------------------------------ tile helpers */
 
 /* Rows r0..r0+*nr-1 of a relative table touched by queries ia0..ia0+mq-1 and

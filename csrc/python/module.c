@@ -5,6 +5,10 @@
 #define RP_BRIDGE_MAIN
 #include "bridge.h"
 
+#include "core/attention.h"
+#include "core/gemm.h"
+#include "core/simd_math.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,14 +66,25 @@ static PyObject *py_force_portable(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* The SIMD path of each area, as the kernels choose it now (force_portable and gemm_kernel move them). */
+static PyObject *simd_paths(void) {
+    static const char *exp_names[] = {"scalar", "avx2", "avx512"};
+    int form = rp_exp_form();
+    return Py_BuildValue("{s:s,s:s,s:s,s:s}", "gemm", rp_gemm_kernel_name(), "attention",
+                         rp_attn_fused_kernel_name(), "elementwise", rp_simd_enabled() ? "avx2+fma" : "portable",
+                         "exp", (form >= 0 && form <= 2) ? exp_names[form] : "scalar");
+}
+
 static PyObject *py_config(PyObject *self, PyObject *noargs) {
     (void)self;
     (void)noargs;
-    return Py_BuildValue("{s:O,s:i,s:O,s:s,s:O,s:s,s:s,s:s,s:O}", "openmp", rp_have_openmp() ? Py_True : Py_False,
+    PyObject *paths = simd_paths();
+    if (!paths) return NULL;
+    return Py_BuildValue("{s:O,s:i,s:O,s:s,s:O,s:s,s:s,s:s,s:O,s:N}", "openmp", rp_have_openmp() ? Py_True : Py_False,
                          "num_threads", rp_get_num_threads(), "forked_child", rp_in_forked_child() ? Py_True : Py_False,
                          "simd", rp_simd_name(), "cpu_avx2_fma", rp_cpu_has_avx2_fma() ? Py_True : Py_False, "compiler",
                          rp_compiler(), "cflags", rp_cflags(), "simd_cflags", rp_simd_cflags(), "malloc_tuned",
-                         rp_malloc_tuned ? Py_True : Py_False);
+                         rp_malloc_tuned ? Py_True : Py_False, "simd_paths", paths);
 }
 
 static PyMethodDef rp_methods_config[] = {
