@@ -535,23 +535,33 @@ static void fwd_item(const fz_ctx *c, fz_scr *w, const float *Kp, int64_t b, int
         if (fz_all_padded(a, b, j0, nk)) continue;
         tile_logits(c, w, Kp + (bh * c->nkb + kb) * D * FZ_BK, b, h, i0, mq, j0, nk);
         float *S = w->S;
+        /* the rescale factors alpha_i = exp(m_old - m_new) of the whole tile in one vector
+         * span (the same bits as one rp_exp per row; exp(0) = 1 leaves a row as it was) */
+        float darg[FZ_BQ], alpha[FZ_BQ], rsum[FZ_BQ];
         for (int64_t i = 0; i < mq; i++) {
             float *s = S + i * FZ_BK;
             float mx = c->kr.rowmax(s, nk);
             float mnew = (mx > m[i] || mx != mx) ? mx : m[i]; /* a NaN maximum sticks */
-            if (mnew == -INFINITY) {                          /* nothing visible yet in this row */
+            darg[i] = 0.0f;
+            rsum[i] = 0.0f;
+            if (mnew == -INFINITY) { /* nothing visible yet in this row */
                 memset(s, 0, sizeof(float) * (size_t)nk);
                 continue;
             }
-            float rs = c->kr.expsub(s, nk, mnew);
+            rsum[i] = c->kr.expsub(s, nk, mnew);
             if (mnew != m[i]) {
-                float alpha = rp_exp(m[i] - mnew); /* 0 when m[i] = -inf */
-                float *o = O + i * Dv;
-                for (int64_t d = 0; d < Dv; d++) o[d] *= alpha;
-                l[i] *= alpha;
+                darg[i] = m[i] - mnew; /* -inf when m[i] = -inf: alpha 0 */
                 m[i] = mnew;
             }
-            l[i] += rs;
+        }
+        rp_exp_span(rp_exp_form(), darg, 0.0f, alpha, mq);
+        for (int64_t i = 0; i < mq; i++) {
+            if (alpha[i] != 1.0f) {
+                float *o = O + i * Dv;
+                for (int64_t d = 0; d < Dv; d++) o[d] *= alpha[i];
+                l[i] *= alpha[i];
+            }
+            l[i] += rsum[i];
         }
         const float *vt = a->v + (bh * a->Tk + j0) * Dv;
         if (c->careful) {
