@@ -57,7 +57,7 @@ def show_config() -> None:
           + ("  (a forked child: serial, since OpenMP's pool does not survive fork)" if c["forked_child"] else ""))
     print(f"  OpenMP wait   : {c['omp_wait']}")
     paths = c.get("simd_paths", {})
-    print(f"  SIMD paths    : " + ", ".join(f"{k} {v}" for k, v in paths.items())
+    print("  SIMD paths    : " + ", ".join(f"{k} {v}" for k, v in paths.items())
           + f" (CPU has AVX2+FMA: {c['cpu_avx2_fma']})")
     print(f"  compiler      : {c['compiler']}")
     print(f"  CFLAGS        : {c['cflags']}")
