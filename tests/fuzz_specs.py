@@ -465,8 +465,8 @@ def _(draw):
     r = rng(draw)
     H, n = dim(draw), dim(draw, 0, 6)
     d = r.integers(-40, 40, size=n).astype(np.int64)
-    return Call([Arg("scales", pos_f32(r, H), "f"), Arg("d", d, "i"), Arg("dim", 2 * dim(draw, 1, 4), "n")],
-                [(H, n)])
+    return Call([Arg("scales", pos_f32(r, H), "f"), Arg("d", d, "i"), Arg("dim", 2 * dim(draw, 1, 4), "n"),
+                 Arg("first", draw(st.integers(0, 1)), "n")], [(H, n)])
 
 
 def _cope(draw, r):

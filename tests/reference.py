@@ -604,14 +604,15 @@ def kerple_vec(r1, r2, d0, n, variant="log"):
         return np.where(a == 0, 0.0, -r1 * a ** r2)
 
 
-def sandwich_vec(scales, d0, n, dim=128):
-    return sandwich_at(scales, d0 + np.arange(n), dim)
+def sandwich_vec(scales, d0, n, dim=128, first=0):
+    return sandwich_at(scales, d0 + np.arange(n), dim, first)
 
 
-def sandwich_at(scales, d, dim=128):
-    """Sandwich bias at the distances d (n,) -> (H, n)."""
+def sandwich_at(scales, d, dim=128, first=0):
+    """Sandwich bias at the distances d (n,) -> (H, n): scales[h] sum_{k=first}^{first+dim/2-1}
+    cos(d 10000^(-2k/dim)); first=0 the paper's frequencies, first=1 NeMo's."""
     d = np.asarray(d).astype(np.float64)
-    w = 10000.0 ** (-2.0 * np.arange(dim // 2) / dim)
+    w = 10000.0 ** (-2.0 * (first + np.arange(dim // 2)) / dim)
     prof = np.cos(d[:, None] * w[None, :]).sum(axis=1)
     return np.asarray(scales, dtype=np.float64)[:, None] * prof[None, :]
 

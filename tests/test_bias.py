@@ -110,12 +110,32 @@ def test_kerple_bias_vs_twin(rng, variant, Tq, Tk, qo):
 def test_sandwich_kernel(rng):
     s = rng.random(4).astype(f32)
     d0, n = window(5, 300, 700)
-    for dim in (128, 16):
+    for dim, first in ((128, 0), (16, 0), (128, 1), (16, 1)):
         d = d0 + np.arange(n)
-        np.testing.assert_allclose(_C.bias_sandwich_fwd(s, d, dim), ref.sandwich_at(s, d, dim), rtol=1e-5, atol=2e-5)
+        np.testing.assert_allclose(_C.bias_sandwich_fwd(s, d, dim, first), ref.sandwich_at(s, d, dim, first),
+                                   rtol=1e-5, atol=2e-5)
         # any distances, in any order: one call, no loop per element
         d = rng.integers(-10**6, 10**6, size=50)
-        np.testing.assert_allclose(_C.bias_sandwich_fwd(s, d, dim), ref.sandwich_at(s, d, dim), rtol=1e-5, atol=2e-5)
+        np.testing.assert_allclose(_C.bias_sandwich_fwd(s, d, dim, first), ref.sandwich_at(s, d, dim, first),
+                                   rtol=1e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("dim", [128, 16])
+def test_sandwich_freq_index_conventions(dim):
+    """NeMo sums k = 1..dim/2, the paper k = 0..dim/2-1: the paper's form minus NeMo's is
+    s_h (cos d - cos(d / 10000)) (the k = 0 term out, the k = dim/2 term in), for any dim."""
+    nemo, paper = (E.get("sandwich", n_heads=3, dim=dim, freq_index=f) for f in ("nemo", "paper"))
+    assert E.get("sandwich", n_heads=3, dim=dim).freq_index == "nemo"  # the default: the public implementation
+    d = np.arange(-40, 41)
+    s_h = 3 / (8.0 * np.arange(1, 4))[:, None]
+    np.testing.assert_allclose(paper.bias(d).data - nemo.bias(d).data,
+                               s_h * (np.cos(d) - np.cos(d / 10000.0))[None, :], atol=5e-5)
+    np.testing.assert_allclose(nemo.bias(d).data, ref.sandwich_at(s_h[:, 0], d, dim, first=1), rtol=1e-5, atol=2e-5)
+    np.testing.assert_allclose(paper.bias(d).data, ref.sandwich_at(s_h[:, 0], d, dim, first=0), rtol=1e-5, atol=2e-5)
+    assert "freq_index='nemo'" in repr(nemo)
+    for bad in ("NeMo", 1, None, "hf"):
+        with pytest.raises(ValueError, match="freq_index must be one of"):
+            E.get("sandwich", n_heads=3, freq_index=bad)
 
 
 def test_sandwich_bias_any_distances_and_its_table(monkeypatch):
@@ -128,7 +148,7 @@ def test_sandwich_bias_any_distances_and_its_table(monkeypatch):
         return kernel(*a, **k)
 
     monkeypatch.setattr(_C, "bias_sandwich_fwd", counting)
-    want = lambda d: ref.sandwich_at(enc.scales, d, 32)
+    want = lambda d: ref.sandwich_at(enc.scales, d, 32, first=1)
     for d in (np.arange(-4, 9), np.array([7, -3, 0, 2]), np.arange(-4, 9)):
         np.testing.assert_allclose(enc.bias(d).data, want(d), rtol=1e-5, atol=2e-5)
     assert len(calls) == 1  # the window's table is kept: the later calls are slices of it
@@ -402,7 +422,7 @@ def test_kerple_clamps_in_place():
 def test_sandwich_scales():
     enc = E.get("sandwich", n_heads=4)
     np.testing.assert_allclose(enc.bias_matrix(3, 3), ref.toeplitz_matrix(
-        ref.sandwich_vec(4 / (8.0 * np.arange(1, 5)), -2, 5), 3, 3), rtol=1e-5)
+        ref.sandwich_vec(4 / (8.0 * np.arange(1, 5)), -2, 5, first=1), 3, 3), rtol=1e-5)
 
 
 def test_fire_encoding_matches_twin(rng):
@@ -509,6 +529,9 @@ def test_bad_kernel_inputs():
         _C.bias_sandwich_fwd(s, np.zeros((2, 2), np.int64))
     with pytest.raises(ValueError, match="dim"):
         _C.bias_sandwich_fwd(s, np.arange(4), 3)
+    for first in (-1, 2, 2**40):
+        with pytest.raises(ValueError, match="first must be 0 .* or 1"):
+            _C.bias_sandwich_fwd(s, np.arange(4), 8, first)
     with pytest.raises(TypeError, match="relative_position"):
         t5_bucket(np.array([0.5, 1.0]))
     with pytest.raises(ValueError, match="num_buckets"):
@@ -592,7 +615,7 @@ BIAS_CASES = {
         q.shape[2], k.shape[2], QO)),
     "sandwich": (dict(), lambda enc, causal: lambda p, q, k: content(q, k) + ref.toeplitz_matrix(
         ref.sandwich_vec(enc.n_heads / (8.0 * np.arange(1, enc.n_heads + 1)), QO - (k.shape[2] - 1),
-                         q.shape[2] + k.shape[2] - 1), q.shape[2], k.shape[2], QO)),
+                         q.shape[2] + k.shape[2] - 1, first=1), q.shape[2], k.shape[2], QO)),
     "learned_bias": (dict(max_distance=2), lambda enc, causal: lambda p, q, k: content(q, k) + p["table"][
         :, np.clip(ref.distances(q.shape[2], k.shape[2], QO), -2, 2) + 2]),
     "fire": (dict(width=4, init_L=3.0), lambda enc, causal: lambda p, q, k: content(q, k) + ref.fire_bias_param(

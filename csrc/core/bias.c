@@ -33,9 +33,11 @@ int64_t rp_t5_bucket(int64_t rel, int bidirectional, int64_t num_buckets, int64_
 
 /* ---- Sandwich ------------------------------------------------------------- */
 
-/* scales (H,), d (N,) -> out (H, N) */
-int rp_bias_sandwich_fwd(const float *scales, int64_t H, int64_t dim, const int64_t *d, int64_t N, float *out) {
-    if (H < 0 || N < 0 || dim < 2 || dim % 2) return RP_EINVAL;
+/* scales (H,), d (N,) -> out (H, N): out[h, n] = scales[h] sum_{k=first}^{first+dim/2-1} cos(d[n] 10000^(-2k/dim)).
+ * first = 0 is the paper's sum, first = 1 NeMo's (the highest frequency, k = 0, left out). */
+int rp_bias_sandwich_fwd(const float *scales, int64_t H, int64_t dim, int64_t first, const int64_t *d, int64_t N,
+                         float *out) {
+    if (H < 0 || N < 0 || dim < 2 || dim % 2 || (first != 0 && first != 1)) return RP_EINVAL;
     int64_t half = dim / 2;
     /* half * sizeof(double) must not wrap around size_t (dim near 2**62 would make a tiny buffer) */
     if ((uint64_t)half > SIZE_MAX / sizeof(double)) return RP_ENOMEM;
@@ -46,7 +48,7 @@ int rp_bias_sandwich_fwd(const float *scales, int64_t H, int64_t dim, const int6
         rp_free(omega);
         return RP_ENOMEM;
     }
-    for (int64_t k = 0; k < half; k++) omega[k] = pow(10000.0, -2.0 * (double)k / (double)dim);
+    for (int64_t k = 0; k < half; k++) omega[k] = pow(10000.0, -2.0 * (double)(k + first) / (double)dim);
     RP_BIAS_PARALLEL_FOR(N * half)
     for (int64_t n = 0; n < N; n++) {
         double x = (double)d[n], s = 0.0;

@@ -37,7 +37,8 @@ int64_t rp_t5_bucket(int64_t rel, int bidirectional, int64_t num_buckets, int64_
 /* Sandwich (Chi et al. 2023): out[h, n] = scales[h] * sum_{k < dim/2} cos(d[n] * w_k),
  * w_k = 10000^(-2k/dim). scales (H,), d (N,) any distances; no backward (no
  * parameters). */
-int rp_bias_sandwich_fwd(const float *scales, int64_t H, int64_t dim, const int64_t *d, int64_t N, float *out);
+int rp_bias_sandwich_fwd(const float *scales, int64_t H, int64_t dim, int64_t first, const int64_t *d, int64_t N,
+                         float *out);
 
 /* CoPE (Golovneva et al. 2024), causal. q (B, H, Tq, D), k (B, H, Tk, D),
  * e (P, D) position embeddings shared by the heads. For j <= ia:

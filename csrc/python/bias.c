@@ -60,21 +60,25 @@ fail:
 
 static PyObject *py_sandwich_fwd(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    long long dim = 128;
+    long long dim = 128, first = 0;
     int rc;
     PyArrayObject *s = NULL, *d = NULL, *out = NULL;
     rp_arg spec[] = {RP_ARG_F32("scales", &s, 1, "(H,)"), RP_ARG_I64("d", &d, 1, "(n,)"), RP_ARG_OPTIONAL,
-                     RP_ARG_LLONG("dim", &dim), RP_ARG_END};
+                     RP_ARG_LLONG("dim", &dim), RP_ARG_LLONG("first", &first), RP_ARG_END};
     if (rp_args_parse(args, kw, "bias_sandwich_fwd", spec) < 0) return NULL;
     if (dim < 2 || dim % 2) {
         PyErr_Format(PyExc_ValueError, "dim must be an even int >= 2; got %lld", dim);
+        goto fail;
+    }
+    if (first != 0 && first != 1) {
+        PyErr_Format(PyExc_ValueError, "first must be 0 (the paper's frequencies) or 1 (NeMo's); got %lld", first);
         goto fail;
     }
     int64_t H = RP_DIM(s, 0), n = RP_DIM(d, 0);
     npy_intp od[2] = {(npy_intp)H, (npy_intp)n};
     if (!(out = rp_new_f32(2, od))) goto fail;
     Py_BEGIN_ALLOW_THREADS
-        rc = rp_bias_sandwich_fwd(RP_F32(s), H, dim, RP_I64(d), n, RP_F32(out));
+        rc = rp_bias_sandwich_fwd(RP_F32(s), H, dim, first, RP_I64(d), n, RP_F32(out));
     Py_END_ALLOW_THREADS
     if (rc) {
         rp_raise_code(rc, "bias_sandwich_fwd");
@@ -189,8 +193,8 @@ PyMethodDef rp_methods_bias[] = {
     {"t5_bucket", FN(py_t5_bucket), KW,
      "t5_bucket(relative_position (int array, j - i), num_buckets=32, max_distance=128, bidirectional=True) -> int64"},
     {"bias_sandwich_fwd", FN(py_sandwich_fwd), KW,
-     "bias_sandwich_fwd(scales (H,), d (n,) int64 distances i - j, dim=128) -> (H, n): "
-     "scales[h] * sum_k cos(d * 10000^(-2k/dim))"},
+     "bias_sandwich_fwd(scales (H,), d (n,) int64 distances i - j, dim=128, first=0) -> (H, n): "
+     "scales[h] * sum_{k=first}^{first+dim/2-1} cos(d * 10000^(-2k/dim)); first 0 the paper's, 1 NeMo's"},
     {"cope_fwd", FN(py_cope_fwd), KW,
      "cope_fwd(q (B,H,Tq,D), k (B,H,Tk,D), e (npos, D), q_offset=0, scale=1.0) -> (B, H, Tq, Tk)"},
     {"cope_bwd", FN(py_cope_bwd), KW, "cope_bwd(q, k, e, grad (B,H,Tq,Tk), q_offset=0, scale=1.0) -> (dq, dk, de)"},

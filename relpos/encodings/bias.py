@@ -253,16 +253,31 @@ class Kerple(DistanceBias):
 @register
 class Sandwich(DistanceBias):
     """Sandwich (Chi et al. 2023, "Dissecting Transformer Length Extrapolation via
-    the Lens of Receptive Field Analysis"): ``b = s_h sum_{k<dim/2} cos((i-j) w_k)``,
+    the Lens of Receptive Field Analysis"): ``b = s_h sum_k cos((i-j) w_k)``,
     ``w_k = 10000^(-2k/dim)``, with per-head scale ``s_h = H / (8 (h+1))`` (the
-    scaling of one public implementation). No parameters: a C kernel
+    scaling of NeMo's implementation, the public one). No parameters: a C kernel
     (``_C.bias_sandwich_fwd``) tabulates it.
+
+    Which frequencies are summed (``freq_index``):
+
+    - ``"nemo"`` (default): ``k = 1 .. dim/2``, as NeMo's
+      ``SandwichRelativePositionEmbedding`` does (``arange(1, dim/2 + 1)``), the
+      only public implementation with per-head scales, which relpos follows.
+    - ``"paper"``: ``k = 0 .. dim/2 - 1``, the sum as the paper writes it (the
+      sinusoidal embedding's inner product), the form relpos used before this option.
+
+    The two differ by ``s_h (cos d - cos(d 10000^-1))`` per head: the paper's
+    form keeps the fastest frequency (period 2 pi), NeMo's adds a slower one
+    instead. NeMo also subtracts ``dim/2`` before scaling (making the bias 0 at
+    distance 0); that is one constant per head, which no softmax row can see,
+    so relpos leaves it out.
 
     The table of a window is kept: Sandwich has no parameters, so a training
     run computes it once, and generation (a window growing by one key per
     step) recomputes it only when it outgrows the kept range, which doubles.
 
-    Options: dim (int, 128): the d-bar of the paper (even).
+    Options: dim (int, 128): the d-bar of the paper (even);
+    freq_index ("nemo" or "paper", "nemo").
     Context: n_heads (required).
     """
 
@@ -273,12 +288,20 @@ class Sandwich(DistanceBias):
     paper = "Chi, Fan, Rudnicky, Ramadge 2023 (Sandwich, arXiv 2212.10356)"
     learnable = ()
 
-    def __init__(self, dim=128, n_heads=None, head_dim=None, d_model=None, max_len=None, seed=None):
+    #: freq_index -> the first frequency index k summed
+    FREQ_INDEX = {"nemo": 1, "paper": 0}
+
+    def __init__(self, dim=128, freq_index="nemo", n_heads=None, head_dim=None, d_model=None, max_len=None,
+                 seed=None):
         super().__init__(n_heads=n_heads, head_dim=head_dim, d_model=d_model, max_len=max_len, seed=seed)
         dim = _pos_int(dim, "dim", 2)
         if dim % 2:
             raise ValueError(f"sandwich dim must be even; got {dim}")
+        if not isinstance(freq_index, str) or freq_index not in self.FREQ_INDEX:
+            raise ValueError(f"sandwich freq_index must be one of {sorted(self.FREQ_INDEX)}; got {freq_index!r}")
         self.dim = dim
+        self.freq_index = freq_index
+        self.first = self.FREQ_INDEX[freq_index]
         self.register_buffer("scales", (n_heads / (8.0 * np.arange(1, n_heads + 1))).astype(np.float32),
                              persistent=False)
         self._table = None  # (lo, (H, n) table of distances lo .. lo+n-1)
@@ -294,15 +317,15 @@ class Sandwich(DistanceBias):
             if tlo <= lo and hi < tlo + tab.shape[1]:
                 return Tensor(np.ascontiguousarray(tab[:, d - tlo]))
         if hi - lo + 1 > len(d) + self.CACHE_LIMIT:  # scattered distances: no range to keep
-            return Tensor(_C.bias_sandwich_fwd(self.scales, d, self.dim))
+            return Tensor(_C.bias_sandwich_fwd(self.scales, d, self.dim, self.first))
         # keep the range, with as much room again above it (capped) for a window that grows
         top = hi + min(hi - lo + 1, self.CACHE_LIMIT)
-        tab = _C.bias_sandwich_fwd(self.scales, np.arange(lo, top + 1, dtype=np.int64), self.dim)
+        tab = _C.bias_sandwich_fwd(self.scales, np.arange(lo, top + 1, dtype=np.int64), self.dim, self.first)
         self._table = (lo, tab)
         return Tensor(np.ascontiguousarray(tab[:, d - lo]))
 
     def extra_repr(self):
-        return f"n_heads={self.n_heads}, dim={self.dim}"
+        return f"n_heads={self.n_heads}, dim={self.dim}, freq_index={self.freq_index!r}"
 
 
 @register
