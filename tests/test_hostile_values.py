@@ -1046,7 +1046,11 @@ def _cope_scales(q, k, e, G, qo, scale):
                 Zm = float(Zp.max(initial=0.0))
                 i_out[b, h, i, :jmax + 1] = D * (Zm + 2 * Zm * (1 + E)) + DENORMAL
                 with np.errstate(all="ignore"):
-                    _, pos, zr = ref._cope_row(qt[b, h, i], kt[b, h], et, jmax, float(np.float32(scale)))
+                    gates, pos, zr = ref._cope_row(qt[b, h, i], kt[b, h], et, jmax, float(np.float32(scale)))
+                    g32 = gates.astype(np.float32)
+                # a gate whose derivative g (1 - g) is 0 in float32 (saturated) but not in float64:
+                # an infinite running gradient times it is NaN in float32 (as in PyTorch), inf in the twin
+                saturated = bool(np.any((g32 == 0) | (g32 == 1) | (gates * (1 - gates) < 1.2e-38)))
                 near = np.abs(np.nan_to_num(pos) - np.round(np.nan_to_num(pos))) < 1e-4
                 # an infinite z weighted by a tiny w (float64) or by exactly 0 (a float32 gate
                 # saturated): inf vs inf * 0 = NaN, float32's own semantics
@@ -1055,7 +1059,13 @@ def _cope_scales(q, k, e, G, qo, scale):
                 if G is None:
                     continue
                 Gi = G[b, h, i, :jmax + 1]
-                if wild.any() or (near.any() and not np.all(np.isfinite(et))):
+                # a non-finite gradient at a position on the clamp's edge: float32 (a gate
+                # saturated to exactly 0 or 1) may sit on the passing side, where NaN * 0 is NaN,
+                # while the float64 twin is past the clamp, where the gradient is 0
+                edge_nonfinite = near.any() and not np.all(np.isfinite(Gt[b, h, i, :jmax + 1][near]))
+                row_nonfinite = not np.all(np.isfinite(Gt[b, h, i, :jmax + 1]))
+                if (wild.any() or edge_nonfinite or (saturated and row_nonfinite)
+                        or (near.any() and not np.all(np.isfinite(et)))):
                     i_dq[b, h, i] = np.nan
                     i_dk[b, h] = np.nan
                     i_de[:] = np.nan
