@@ -19,9 +19,10 @@
  *   x is clamped to [-104, 89] (NaN passes: min/max return their second
  *   operand, which is x); n = round(x log2 e) by the 1.5 * 2^23 shifter;
  *   r = x - n ln2 in two steps (ln2 = C1 + C2, C1 with 9 significant bits);
- *   e^r = 1 + (r + r^2 P(r)), P of degree 5; 2^n is applied in two halves
- *   2^(n - n/2) 2^(n/2), each a normal float, so results that overflow become
- *   +inf and results below FLT_MIN underflow gradually (one rounding) to 0.
+ *   e^r = 1 + (r + r^2 P(r)), P of degree 5; e^r 2^n is rounded once, so
+ *   results that overflow become +inf and results below FLT_MIN underflow
+ *   gradually to 0 (two exact halves of 2^n in the scalar and AVX2 forms,
+ *   vscalefps in the AVX-512 form: RP_EXP_SCALE2N_HALVES).
  * Accuracy: within 1 ulp of float64 exp over the normal range (measured in
  * tests/test_simd_math.py); exp(NaN) = NaN, exp(-inf) = 0, exp(+inf) = +inf,
  * exp(+-0) = 1.
@@ -66,9 +67,10 @@ int rp_exp_have_avx512(void); /* AVX-512F form compiled in and usable on this CP
 /* The algorithm, once. V is a form's prefix: V##f / V##i its float / int32
  * vector types and V##fma, V##fnma (-(a b) + c), V##add, V##sub, V##mul,
  * V##min, V##max (the minps/maxps semantics: a < b ? a : b, the second operand
- * when unordered), V##set1, V##bits / V##from_bits (reinterpret), V##isub and
- * V##isubc / V##iaddc (a constant operand; wrapping), V##isra1 (arithmetic
- * shift right by 1), V##isll23. */
+ * when unordered), V##set1 and V##scale2n (below); the forms that apply 2^n in
+ * halves also V##bits / V##from_bits (reinterpret), V##isub and V##isubc /
+ * V##iaddc (a constant operand; wrapping), V##isra1 (arithmetic shift right by
+ * 1), V##isll23. */
 #define RP_EXP_STEPS(V, x, result)                                                    \
     do {                                                                              \
         const V##f xc_ = V##max(V##set1(RP_EXP_LO), V##min(V##set1(RP_EXP_HI), (x))); \
@@ -83,12 +85,23 @@ int rp_exp_have_avx512(void); /* AVX-512F form compiled in and usable on this CP
         p_ = V##fma(p_, r_, V##set1(RP_EXP_P4));                                      \
         p_ = V##fma(p_, r_, V##set1(RP_EXP_P5));                                      \
         p_ = V##add(V##fma(p_, z_, r_), V##set1(1.0f));                               \
-        const V##i ni_ = V##isubc(V##bits(t_), RP_EXP_SHIFT_BITS);                    \
-        const V##i n1_ = V##isra1(ni_);                                               \
-        const V##i n2_ = V##isub(ni_, n1_);                                           \
-        const V##f s1_ = V##from_bits(V##isll23(V##iaddc(n1_, 127)));                 \
-        const V##f s2_ = V##from_bits(V##isll23(V##iaddc(n2_, 127)));                 \
-        (result) = V##mul(V##mul(p_, s1_), s2_);                                      \
+        (result) = V##scale2n(p_, n_, t_);                                            \
+    } while (0)
+
+/* p 2^n rounded once (n an integer-valued float in [-151, 129], t the shifter's
+ * sum that holds n in its low bits), the step every form must give the same bits
+ * for. The scalar and AVX2 forms apply 2^n in two halves, 2^(n - n/2) 2^(n/2),
+ * each a normal float: the first product is exact, the second rounds once (to
+ * +inf above FLT_MAX, gradually to 0 below FLT_MIN). The AVX-512 form is one
+ * vscalefps, which computes the same correctly rounded p 2^n. */
+#define RP_EXP_SCALE2N_HALVES(V, p, t, result)                        \
+    do {                                                              \
+        const V##i ni_ = V##isubc(V##bits(t), RP_EXP_SHIFT_BITS);     \
+        const V##i n1_ = V##isra1(ni_);                               \
+        const V##i n2_ = V##isub(ni_, n1_);                           \
+        const V##f s1_ = V##from_bits(V##isll23(V##iaddc(n1_, 127))); \
+        const V##f s2_ = V##from_bits(V##isll23(V##iaddc(n2_, 127))); \
+        (result) = V##mul(V##mul((p), s1_), s2_);                     \
     } while (0)
 
 /* ---- scalar form ------------------------------------------------------- */
@@ -122,6 +135,13 @@ static inline int32_t rp_sx_iaddc(int32_t a, int32_t c) { return (int32_t)((uint
 static inline int32_t rp_sx_isra1(int32_t a) { return a >> 1; } /* GCC and Clang: arithmetic shift */
 static inline int32_t rp_sx_isll23(int32_t a) { return (int32_t)((uint32_t)a << 23); }
 
+static inline float rp_sx_scale2n(float p, float n, float t) {
+    float y;
+    (void)n;
+    RP_EXP_SCALE2N_HALVES(rp_sx_, p, t, y);
+    return y;
+}
+
 static inline float rp_exp(float x) {
     float y;
     RP_EXP_STEPS(rp_sx_, x, y);
@@ -151,6 +171,13 @@ typedef __m256i rp_v8_i;
 #define rp_v8_iaddc(a, c) _mm256_add_epi32(a, _mm256_set1_epi32(c))
 #define rp_v8_isra1(a) _mm256_srai_epi32(a, 1)
 #define rp_v8_isll23(a) _mm256_slli_epi32(a, 23)
+
+RP_SIMD_INLINE __m256 rp_v8_scale2n(__m256 p, __m256 n, __m256 t) {
+    __m256 y;
+    (void)n;
+    RP_EXP_SCALE2N_HALVES(rp_v8_, p, t, y);
+    return y;
+}
 
 RP_SIMD_INLINE __m256 rp_exp_avx2(__m256 x) {
     __m256 y;
@@ -185,6 +212,9 @@ typedef __m512i rp_v16_i;
 #define rp_v16_iaddc(a, c) _mm512_add_epi32(a, _mm512_set1_epi32(c))
 #define rp_v16_isra1(a) _mm512_srai_epi32(a, 1)
 #define rp_v16_isll23(a) _mm512_slli_epi32(a, 23)
+/* vscalefps: p 2^floor(n), rounded once under the default MXCSR (round to nearest,
+ * no flush to zero), the halves' bits at a fraction of their cost */
+#define rp_v16_scale2n(p, n, t) _mm512_scalef_ps((p), (n))
 
 RP_SIMD_INLINE RP_TARGET_AVX512 __m512 rp_exp_avx512(__m512 x) {
     __m512 y;
