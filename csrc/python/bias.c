@@ -64,7 +64,7 @@ static PyObject *py_sandwich_fwd(PyObject *self, PyObject *args, PyObject *kw) {
     int rc;
     PyArrayObject *s = NULL, *d = NULL, *out = NULL;
     rp_arg spec[] = {RP_ARG_F32("scales", &s, 1, "(H,)"), RP_ARG_I64("d", &d, 1, "(n,)"), RP_ARG_OPTIONAL,
-                     RP_ARG_LLONG("dim", &dim), RP_ARG_LLONG("first", &first), RP_ARG_END};
+                     RP_ARG_LLONG("dim", &dim),           RP_ARG_LLONG("first", &first),  RP_ARG_END};
     if (rp_args_parse(args, kw, "bias_sandwich_fwd", spec) < 0) return NULL;
     if (dim < 2 || dim % 2) {
         PyErr_Format(PyExc_ValueError, "dim must be an even int >= 2; got %lld", dim);

@@ -70,9 +70,9 @@ static PyObject *py_force_portable(PyObject *self, PyObject *args) {
 static PyObject *simd_paths(void) {
     static const char *exp_names[] = {"scalar", "avx2", "avx512"};
     int form = rp_exp_form();
-    return Py_BuildValue("{s:s,s:s,s:s,s:s}", "gemm", rp_gemm_kernel_name(), "attention",
-                         rp_attn_fused_kernel_name(), "elementwise", rp_simd_enabled() ? "avx2+fma" : "portable",
-                         "exp", (form >= 0 && form <= 2) ? exp_names[form] : "scalar");
+    return Py_BuildValue("{s:s,s:s,s:s,s:s}", "gemm", rp_gemm_kernel_name(), "attention", rp_attn_fused_kernel_name(),
+                         "elementwise", rp_simd_enabled() ? "avx2+fma" : "portable", "exp",
+                         (form >= 0 && form <= 2) ? exp_names[form] : "scalar");
 }
 
 static PyObject *py_config(PyObject *self, PyObject *noargs) {
