@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluation lengths, or multiples of the training length such as "
                         "1x,2x,4x,8x (the default for lm; 1x,1.25x,1.5x,2x for tasks)")
     c.add_argument("--steps", type=_bounded("--steps"), default=None, metavar="N",
-                   help="training steps per model (default: 1500 for lm, 3000 for tasks)")
+                   help="training steps per model (default: 1500 for lm, 3000 for tasks, 4000 for reverse)")
     c.add_argument("--seeds", type=_seeds, default=list(DEFAULT_SEEDS),
                    metavar="S,S,...",
                    help="seeds; one model per encoding and seed, the table shows the mean ± the "
@@ -217,8 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attention heads (default: %(default)s)")
     m.add_argument("--batch-size", type=_bounded("--batch-size"), default=None, metavar="N",
                    help="sequences per step (default: 16 for lm, 32 for tasks)")
-    m.add_argument("--lr", type=_positive_float, default=DEFAULTS["lr"], metavar="LR",
-                   help="peak learning rate (default: %(default)s)")
+    m.add_argument("--lr", type=_positive_float, default=None, metavar="LR",
+                   help="peak learning rate (default: 0.003 for lm, 0.001 for tasks)")
     c.add_argument("--no-progress", action="store_true", help="no progress bars")
     c.set_defaults(func=_cmd_compare)
 

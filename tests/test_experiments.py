@@ -302,7 +302,10 @@ def test_task_defaults():
     cfg = _resolve(dict(encoding="rope", task="copy"))
     assert (cfg["train_len"], cfg["steps"], cfg["n_layers"], cfg["eval_lens"]) == (8, 3000, 3, [8, 10, 12, 16])
     assert cfg["task_options"] == {"bos": True}
-    assert _resolve(dict(encoding="rope", task="reverse"))["n_layers"] == 4
+    assert cfg["lr"] == 1e-3  # tasks: 3e-3 stalled learned positions on copy
+    assert _resolve(dict(encoding="rope", task="copy", lr=5e-4))["lr"] == 5e-4
+    rev = _resolve(dict(encoding="rope", task="reverse"))
+    assert (rev["n_layers"], rev["steps"], rev["lr"]) == (4, 4000, 1e-3)
     assert _resolve(dict(encoding="rope", task="reverse", n_layers=2))["n_layers"] == 2
     assert _resolve(dict(encoding="rope", task="parity"))["n_layers"] == 3
     cfg = _resolve(dict(encoding="rope", task="copy", task_options={"bos": False, "length_sampling": "linear"}))
@@ -310,3 +313,4 @@ def test_task_defaults():
     cfg = _resolve(dict(encoding="rope"))
     assert (cfg["train_len"], cfg["steps"], cfg["n_layers"], cfg["eval_lens"]) == (64, 1500, 2, [64, 128, 256, 512])
     assert cfg["task_options"] is None
+    assert cfg["lr"] == 3e-3
