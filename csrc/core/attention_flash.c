@@ -66,6 +66,7 @@ void rp_fused_gemm_avx2(int64_t M, int64_t N, int64_t K, const float *A, int64_t
                         int64_t ldb, float *C, int64_t ldc, int acc);
 float rp_fused_expsub_avx2(float *x, int64_t n, float m);
 float rp_fused_rowmax_avx2(const float *x, int64_t n);
+void rp_fused_pack_t_avx2(const float *src, int64_t n, int64_t cols, int64_t lds, float *dst, int64_t ldd);
 #endif
 
 static void gemm_portable(int64_t M, int64_t N, int64_t K, const float *A, int64_t rsa, int64_t csa, const float *B,
@@ -244,8 +245,15 @@ static void rel_scatter_add(rp_relidx ix, int64_t ia, int64_t j0, int64_t nk, in
     for (int64_t j = jhi; j < nk; j++) t[uhi - r0 + j * tsj] += s[j];
 }
 
-/* dst (cols x n, ld ldd) = src (n x cols, ld lds) transposed. */
+/* dst (cols x n, ld ldd) = src (n x cols, ld lds) transposed (pure data movement:
+ * the AVX2 form moves the same values in 8 x 8 register blocks). */
 static void pack_t(const float *restrict src, int64_t n, int64_t cols, int64_t lds, float *restrict dst, int64_t ldd) {
+#if RP_HAVE_X86_TU
+    if (rp_simd_enabled()) {
+        rp_fused_pack_t_avx2(src, n, cols, lds, dst, ldd);
+        return;
+    }
+#endif
     for (int64_t r = 0; r < n; r++)
         for (int64_t c = 0; c < cols; c++) dst[c * ldd + r] = src[r * lds + c];
 }
