@@ -111,6 +111,10 @@ class BuildExt(build_ext):
                 depends=ext.depends,
             )
             ext.extra_objects = list(ext.extra_objects or []) + objs
+            # setuptools relinks only when ext.sources or ext.depends are newer than the
+            # module: list the SIMD sources there too, or an edit of a *_x86.c file alone
+            # is compiled but never linked in
+            ext.depends = list(ext.depends or []) + avx_sources
         ext.extra_compile_args = list(ext.extra_compile_args or []) + cflags
         ext.extra_link_args = list(ext.extra_link_args or []) + ldflags
         super().build_extension(ext)
