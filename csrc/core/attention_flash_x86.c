@@ -188,19 +188,8 @@ FZ_T512 void rp_fused_gemm_avx512(int64_t M, int64_t N, int64_t K, const float *
 
 FZ_T512 float rp_fused_expsub_avx512(float *x, int64_t n, float m) {
     const __m512 mv = _mm512_set1_ps(m);
-    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
-    int64_t j = 0;
-    /* two vectors per step: two independent exp chains in flight (a tile row is 64 keys) */
-    for (; j + 32 <= n; j += 32) {
-        __m512 e0 = rp_exp_avx512(_mm512_sub_ps(_mm512_loadu_ps(x + j), mv));
-        __m512 e1 = rp_exp_avx512(_mm512_sub_ps(_mm512_loadu_ps(x + j + 16), mv));
-        _mm512_storeu_ps(x + j, e0);
-        _mm512_storeu_ps(x + j + 16, e1);
-        s0 = _mm512_add_ps(s0, e0);
-        s1 = _mm512_add_ps(s1, e1);
-    }
-    s0 = _mm512_add_ps(s0, s1);
-    for (; j < n; j += 16) {
+    __m512 s0 = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n; j += 16) {
         const __mmask16 mk = n - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - j)) - 1u);
         __m512 e = rp_exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, x + j), mv));
         e = _mm512_maskz_mov_ps(mk, e);
