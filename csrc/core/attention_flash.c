@@ -56,6 +56,8 @@ typedef void (*fz_gemm_fn)(int64_t M, int64_t N, int64_t K, const float *A, int6
 typedef float (*fz_expsub_fn)(float *x, int64_t n, float m);
 /* max of x[0..n) (-INFINITY for n = 0). */
 typedef float (*fz_rowmax_fn)(const float *x, int64_t n);
+/* dst (cols x n, ld ldd) = src (n x cols, ld lds) transposed. */
+typedef void (*fz_pack_fn)(const float *src, int64_t n, int64_t cols, int64_t lds, float *dst, int64_t ldd);
 
 #if RP_HAVE_X86_TU
 int rp_fused_have_avx512(void);
@@ -119,14 +121,23 @@ static void gemm_present(int64_t M, int64_t N, int64_t K, const float *A, int64_
     }
 }
 
+/* dst (cols x n, ld ldd) = src (n x cols, ld lds) transposed: pure data movement,
+ * so every form (this loop, the AVX2 8 x 8 register blocks) gives the same values. */
+static void pack_portable(const float *restrict src, int64_t n, int64_t cols, int64_t lds, float *restrict dst,
+                          int64_t ldd) {
+    for (int64_t r = 0; r < n; r++)
+        for (int64_t c = 0; c < cols; c++) dst[c * ldd + r] = src[r * lds + c];
+}
+
 typedef struct {
     fz_gemm_fn gemm;
     fz_expsub_fn expsub;
     fz_rowmax_fn rowmax;
+    fz_pack_fn pack;
 } fz_kernels;
 
 static fz_kernels fz_pick(void) {
-    fz_kernels k = {gemm_portable, expsub_portable, rowmax_portable};
+    fz_kernels k = {gemm_portable, expsub_portable, rowmax_portable, pack_portable};
 #if RP_HAVE_X86_TU
     if (rp_simd_enabled()) {
         /* the tile products follow the GEMM area's kernel choice (AVX-512 on
@@ -135,6 +146,7 @@ static fz_kernels fz_pick(void) {
         k.gemm = rp_fused_gemm_avx2;
         k.expsub = rp_fused_expsub_avx2;
         k.rowmax = rp_fused_rowmax_avx2;
+        k.pack = rp_fused_pack_t_avx2;
         if (strcmp(gk, "avx512") == 0 && rp_fused_have_avx512()) {
             k.gemm = rp_fused_gemm_avx512;
             k.expsub = rp_fused_expsub_avx512;
@@ -243,19 +255,6 @@ static void rel_scatter_add(rp_relidx ix, int64_t ia, int64_t j0, int64_t nk, in
         for (int64_t j = jlo; j < jhi; j++, tr += step) *tr += s[j];
     }
     for (int64_t j = jhi; j < nk; j++) t[uhi - r0 + j * tsj] += s[j];
-}
-
-/* dst (cols x n, ld ldd) = src (n x cols, ld lds) transposed (pure data movement:
- * the AVX2 form moves the same values in 8 x 8 register blocks). */
-static void pack_t(const float *restrict src, int64_t n, int64_t cols, int64_t lds, float *restrict dst, int64_t ldd) {
-#if RP_HAVE_X86_TU
-    if (rp_simd_enabled()) {
-        rp_fused_pack_t_avx2(src, n, cols, lds, dst, ldd);
-        return;
-    }
-#endif
-    for (int64_t r = 0; r < n; r++)
-        for (int64_t c = 0; c < cols; c++) dst[c * ldd + r] = src[r * lds + c];
 }
 
 /* Per-call constants. */
@@ -387,7 +386,7 @@ static void tile_logits(const fz_ctx *c, fz_scr *w, const float *Kt, int64_t b, 
         rel_range(ix, ia0, mq, j0, nk, &r0, &nr);
         const float *tab = a->relk + ((a->Hrk == 1 ? 0 : h) * ix.R + r0) * D;
         const float *qq = (a->qr ? a->qr : a->q) + (bh * a->Tq + i0) * D;
-        pack_t(tab, nr, D, D, w->RT, FZ_LDR);
+        c->kr.pack(tab, nr, D, D, w->RT, FZ_LDR);
         c->kr.gemm(mq, nr, D, qq, D, 1, w->RT, FZ_LDR, w->QR, FZ_LDR, 0);
         for (int64_t i = 0; i < mq; i++) rel_gather_add(ix, ia0 + i, j0, nk, r0, w->QR + i * FZ_LDR, 0, S + i * FZ_BK);
     }
@@ -396,7 +395,7 @@ static void tile_logits(const fz_ctx *c, fz_scr *w, const float *Kt, int64_t b, 
         int64_t r0, nr;
         rel_range(ix, ia0, mq, j0, nk, &r0, &nr);
         const float *tab = a->relq + ((a->Hrq == 1 ? 0 : h) * ix.R + r0) * D;
-        pack_t(tab, nr, D, D, w->RT, FZ_LDR);
+        c->kr.pack(tab, nr, D, D, w->RT, FZ_LDR);
         c->kr.gemm(nk, nr, D, a->k + (bh * a->Tk + j0) * D, D, 1, w->RT, FZ_LDR, w->KR, FZ_LDR, 0);
         for (int64_t i = 0; i < mq; i++) rel_gather_add(ix, ia0 + i, j0, nk, r0, w->KR, FZ_LDR, S + i * FZ_BK);
     }
@@ -691,7 +690,7 @@ int rp_attn_fused_fwd(const rp_attn *a, float *out, float *lse) {
         for (int64_t it = 0; it < BH * c.nkb; it++) {
             const int64_t bh = it / c.nkb, j0 = (it % c.nkb) * FZ_BK;
             const int64_t nk = (a->Tk - j0) < FZ_BK ? (a->Tk - j0) : FZ_BK;
-            pack_t(a->k + (bh * a->Tk + j0) * c.D, nk, c.D, c.D, Kp + it * c.D * FZ_BK, FZ_BK);
+            c.kr.pack(a->k + (bh * a->Tk + j0) * c.D, nk, c.D, c.D, Kp + it * c.D * FZ_BK, FZ_BK);
         }
 #if RP_HAVE_OPENMP
 #pragma omp for schedule(dynamic, 1)
@@ -803,8 +802,8 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
     for (int64_t kb = t->chunk; kb < c->nkb; kb += t->nchunk) {
         const int64_t j0 = kb * FZ_BK, nk = (Tk - j0) < FZ_BK ? (Tk - j0) : FZ_BK;
         if (fz_all_padded(a, b, j0, nk)) continue;
-        pack_t(K + j0 * D, nk, D, D, w->Kt, FZ_BK);
-        if (need_ds) pack_t(V + j0 * Dv, nk, Dv, Dv, w->Vt, FZ_BK);
+        c->kr.pack(K + j0 * D, nk, D, D, w->Kt, FZ_BK);
+        if (need_ds) c->kr.pack(V + j0 * Dv, nk, Dv, Dv, w->Vt, FZ_BK);
         /* first query block that sees key j0 */
         int64_t qb0 = 0;
         if (a->causal) {
@@ -858,7 +857,7 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
             c->kr.gemm(mq, nk, Dv, dOt, Dv, 1, w->Vt, FZ_BK, dP, FZ_BK, 0);
             if (c->has_relv) {
                 const float *tab = a->relv + ((a->Hrv == 1 ? 0 : h) * a->relv_ix.R + rv0) * Dv;
-                pack_t(tab, nrv, Dv, Dv, w->RT, FZ_LDR);
+                c->kr.pack(tab, nrv, Dv, Dv, w->RT, FZ_LDR);
                 c->kr.gemm(mq, nrv, Dv, dOt, Dv, 1, w->RT, FZ_LDR, w->QR, FZ_LDR, 0);
                 for (int64_t i = 0; i < mq; i++)
                     rel_gather_add(a->relv_ix, ia0 + i, j0, nk, rv0, w->QR + i * FZ_LDR, 0, dP + i * FZ_BK);

@@ -34,9 +34,9 @@
  * > num_buckets/2 (or /4 when bidirectional). */
 int64_t rp_t5_bucket(int64_t rel, int bidirectional, int64_t num_buckets, int64_t max_distance);
 
-/* Sandwich (Chi et al. 2023): out[h, n] = scales[h] * sum_{k < dim/2} cos(d[n] * w_k),
- * w_k = 10000^(-2k/dim). scales (H,), d (N,) any distances; no backward (no
- * parameters). */
+/* Sandwich (Chi et al. 2023): out[h, n] = scales[h] * sum_{k=first}^{first+dim/2-1} cos(d[n] * w_k),
+ * w_k = 10000^(-2k/dim); first 0 the paper's frequencies, 1 NeMo's. scales (H,), d (N,)
+ * any distances; no backward (no parameters). */
 int rp_bias_sandwich_fwd(const float *scales, int64_t H, int64_t dim, int64_t first, const int64_t *d, int64_t N,
                          float *out);
 

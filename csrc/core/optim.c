@@ -6,7 +6,8 @@
 /* Below this many elements a parallel region costs more than it saves. The
  * threshold changes only how work is split, never what each element computes. */
 #define RP_OPTIM_PAR_MIN 32768
-/* Fixed chunk length of the sum-of-squares reduction. */
+/* Fixed chunk length of the multi-tensor kernels (sum of squares, AdamW, scale): work units
+ * of the concatenated tensors, so the split never depends on the thread count. */
 #define RP_OPTIM_CHUNK 8192
 
 int rp_optim_sgd_step(float *param, const float *grad, float *buf, int64_t n, double lr, double momentum,
@@ -232,19 +233,13 @@ int rp_optim_sumsq(const float *const *arrays, const int64_t *sizes, int64_t n_a
     *out = 0.0;
     if (n_arrays == 0) return RP_OK;
     if (!arrays || !sizes) return RP_EINVAL;
+    for (int64_t a = 0; a < n_arrays; a++)
+        if (sizes[a] > 0 && !arrays[a]) return RP_EINVAL;
     /* chunk c of the whole list is chunk (c - first[a]) of array a */
-    int64_t *first = rp_malloc((size_t)(n_arrays + 1) * sizeof(int64_t));
-    if (!first) return RP_ENOMEM;
-    int64_t total = 0;
-    for (int64_t a = 0; a < n_arrays; a++) {
-        if (sizes[a] < 0 || (sizes[a] > 0 && !arrays[a])) {
-            rp_free(first);
-            return RP_EINVAL;
-        }
-        first[a] = total;
-        total += (sizes[a] + RP_OPTIM_CHUNK - 1) / RP_OPTIM_CHUNK;
-    }
-    first[n_arrays] = total;
+    int rc;
+    int64_t *first = multi_chunks(sizes, n_arrays, &rc);
+    if (!first) return rc;
+    const int64_t total = first[n_arrays];
     if (total == 0) {
         rp_free(first);
         return RP_OK;
@@ -258,19 +253,9 @@ int rp_optim_sumsq(const float *const *arrays, const int64_t *sizes, int64_t n_a
 #pragma omp parallel for schedule(static) num_threads(rp_get_num_threads()) if (total >= 4)
 #endif
     for (int64_t c = 0; c < total; c++) {
-        /* the last array whose first chunk is <= c holds c (empty arrays own no chunk) */
-        int64_t lo = 0, hi = n_arrays - 1;
-        while (lo < hi) {
-            int64_t mid = lo + (hi - lo + 1) / 2;
-            if (first[mid] <= c)
-                lo = mid;
-            else
-                hi = mid - 1;
-        }
-        int64_t start = (c - first[lo]) * RP_OPTIM_CHUNK;
-        int64_t len = sizes[lo] - start;
-        if (len > RP_OPTIM_CHUNK) len = RP_OPTIM_CHUNK;
-        partial[c] = sumsq_chunk(arrays[lo] + start, len);
+        int64_t a, start, len;
+        multi_locate(first, sizes, n_arrays, c, &a, &start, &len);
+        partial[c] = sumsq_chunk(arrays[a] + start, len);
     }
     double s = 0.0;
     for (int64_t c = 0; c < total; c++) s += partial[c];

@@ -33,11 +33,6 @@ static inline int rp_posenc_threads(int64_t work, int64_t min_work) {
     return work < min_work ? 1 : rp_get_num_threads();
 }
 
-/* The rotation of one row, the only one in the core (rotary.c, blocks.c):
- * dst = sc * R(dir * angle) src on the first 2P of D channels, pairs (a, b) by
- * layout, angle k given by c[k] = cos, s[k] = sin, dir = +1 (forward) or -1
- * (the transpose: backward, head merge); sc (P) may be NULL (1). The other
- * channels are copied. dst may be src (each pair is read before it is written). */
 /* The pair loop, once; A(k), B(k) index the pair's two channels. Written out
  * per layout (and with / without sc) so the strides are constants and the
  * compiler vectorises it: each pair gets the same operations in any case. */
@@ -59,6 +54,11 @@ static inline int rp_posenc_threads(int64_t work, int64_t min_work) {
 #define RP_ROT_HALF_A(k) (k)
 #define RP_ROT_HALF_B(k) ((k) + P)
 
+/* The rotation of one row, the only one in the core (rotary.c, blocks.c):
+ * dst = sc * R(dir * angle) src on the first 2P of D channels, pairs (a, b) by
+ * layout, angle k given by c[k] = cos, s[k] = sin, dir = +1 (forward) or -1
+ * (the transpose: backward, head merge); sc (P) may be NULL (1). The other
+ * channels are copied. dst may be src (each pair is read before it is written). */
 static inline void rp_rotary_row(const float *src, float *dst, const float *c, const float *s, const float *sc,
                                  int64_t D, int64_t P, int layout, float dir) {
     if (layout == RP_ROPE_INTERLEAVED) {
@@ -76,6 +76,11 @@ static inline void rp_rotary_row(const float *src, float *dst, const float *c, c
     }
     if (dst != src && D > 2 * P) memcpy(dst + 2 * P, src + 2 * P, (size_t)(D - 2 * P) * sizeof(float));
 }
+#undef RP_ROTARY_PAIRS
+#undef RP_ROT_IL_A
+#undef RP_ROT_IL_B
+#undef RP_ROT_HALF_A
+#undef RP_ROT_HALF_B
 
 /* Largest |log scale| an xPos factor may take: e^80 is finite in float32 and
  * a causal product of a q and a k factor stays <= 1 (see rp_xpos_scale). */

@@ -259,7 +259,9 @@ static PyObject *seq_of(PyObject *obj, const char *name, Py_ssize_t n) {
     if (!PyList_Check(obj) && !PyTuple_Check(obj))
         return PyErr_Format(PyExc_TypeError, "%s must be a list or tuple of float32 ndarrays; got %s", name,
                             Py_TYPE(obj)->tp_name);
-    PyObject *seq = PySequence_Fast(obj, name);
+    /* a tuple snapshot, which holds its own reference to every array: the kernels write
+     * into them with the GIL released, and another thread may edit a list meanwhile */
+    PyObject *seq = PySequence_Tuple(obj);
     if (seq && n >= 0 && PySequence_Fast_GET_SIZE(seq) != n) {
         PyErr_Format(PyExc_ValueError, "%s must have one array per parameter (%zd); got %zd", name, n,
                      PySequence_Fast_GET_SIZE(seq));
