@@ -278,12 +278,15 @@ class _Stack(nn.Module):
         sd = dict(state_dict)
         if getattr(self, "tie_weights", False) and "lm_head.weight" in sd:
             head, emb = sd.pop("lm_head.weight"), sd.get("embed_tokens.weight")
-            if emb is not None and not np.array_equal(np.asarray(_as_numpy(head)), np.asarray(_as_numpy(emb))):
+            if emb is None:  # only the head was stored: with tied weights it is the embedding
+                sd["embed_tokens.weight"] = head
+            elif not np.array_equal(np.asarray(_as_numpy(head)), np.asarray(_as_numpy(emb))):
                 raise ValueError("this model ties its output head to the token embedding, but lm_head.weight "
                                  "differs from embed_tokens.weight; build it with tie_weights=False")
         own = list(to_torch_names(dict.fromkeys(name for name, _ in self._state_items())))
+        own_set = set(own)
         missing = [k for k in own if k not in sd]
-        unexpected = [k for k in sd if k not in set(own)]
+        unexpected = [k for k in sd if k not in own_set]
         if strict and (missing or unexpected):
             problems = ([f"missing keys: {', '.join(missing)}"] if missing else []) + \
                        ([f"unexpected keys: {', '.join(unexpected)}"] if unexpected else [])

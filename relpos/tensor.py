@@ -278,7 +278,7 @@ class Tensor:
         return t
 
     def _set_data(self, value):
-        self._data = value
+        self._data = as_array(value, "data")  # float32, as every Tensor holds (a list or float64 is converted)
         _bump(self._vc)
 
     # reading t.data is one C call (the autograd hot path reads it for every op input);

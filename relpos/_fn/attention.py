@@ -177,8 +177,8 @@ def _check_pwl(pwl):
                          f"takes {', '.join(_PWL)} together")
     out = dict(pwl)
     out["pwl_ix"] = _check_ix(pwl["pwl_ix"], "pwl_ix", "pwl_u")
-    out["pwl_bp"] = np.ascontiguousarray(as_array(pwl["pwl_bp"].data if isinstance(pwl["pwl_bp"], Tensor)
-                                                  else pwl["pwl_bp"], "pwl_bp"))
+    # the breakpoints place the kinks; the gradient flows through slopes and intercepts
+    out["pwl_bp"] = np.ascontiguousarray(as_array(pwl["pwl_bp"], "pwl_bp"))
     return out
 
 

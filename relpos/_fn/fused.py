@@ -27,6 +27,7 @@ import numpy as np
 
 from .. import _C
 from ..tensor import Function, Tensor, as_array
+from .ops import IGNORE_INDEX, _ignore_index, _targets
 
 __all__ = ["add_layer_norm", "linear_gelu", "qkv_heads", "heads_linear", "head_cross_entropy"]
 
@@ -203,14 +204,11 @@ class _HeadCrossEntropy(Function):
         if w.ndim != 2 or h.ndim < 1 or h.shape[-1] != w.shape[1]:
             raise ValueError(f"head_cross_entropy: h must have shape (..., d) and weight (vocab_size, d); "
                              f"got h {h.shape} and weight {w.shape}")
-        t = np.asarray(targets)
-        if isinstance(targets, Tensor) or t.dtype.kind not in "iu":
-            raise TypeError(f"targets must be an integer ndarray; got {type(targets).__name__} "
-                            f"of dtype {getattr(t, 'dtype', None)}")
+        t = _targets(targets)
         if t.shape != h.shape[:-1]:
             raise ValueError(f"targets must have shape {h.shape[:-1]} (h.shape[:-1]); got {t.shape}")
         h2 = h.reshape(int(np.prod(h.shape[:-1])), h.shape[-1])
-        t1 = np.ascontiguousarray(t, dtype=np.int64).reshape(-1)
+        t1 = t.reshape(-1)
         logits = _C.linear_fwd(h2, w, None)
         loss, lse, count = _C.cross_entropy_fwd(logits, t1, ignore_index)
         ctx.save_for_backward(h2, w, t1, lse)
@@ -233,7 +231,7 @@ class _HeadCrossEntropy(Function):
         return dh, dw, None, None
 
 
-def head_cross_entropy(h, weight, targets, ignore_index: int = -100) -> Tensor:
+def head_cross_entropy(h, weight, targets, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """Mean cross-entropy of the logits ``h @ weight.T`` (an LM head without bias)
     against ``targets``, as one node: ``cross_entropy(linear(h, weight), targets)``
     with the same bits, and the logits' gradient computed in place of the saved
@@ -243,6 +241,4 @@ def head_cross_entropy(h, weight, targets, ignore_index: int = -100) -> Tensor:
     with values in [0, vocab_size) or ``ignore_index`` (not scored). Returns a
     0-d Tensor (0 when every target is ignored).
     """
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
-        raise TypeError(f"ignore_index must be an int; got {type(ignore_index).__name__}")
-    return _HeadCrossEntropy.apply(h, weight, targets, int(ignore_index))
+    return _HeadCrossEntropy.apply(h, weight, targets, _ignore_index(ignore_index))

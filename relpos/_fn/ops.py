@@ -429,12 +429,20 @@ class _CrossEntropy(Function):
 
 
 def _targets(targets):
+    """Class ids as a contiguous int64 array (a Tensor, or a float array, is refused)."""
     if isinstance(targets, Tensor):
         raise TypeError("targets must be an integer ndarray; got a Tensor (float)")
     t = np.asarray(targets)
     if t.dtype.kind not in "iu":
-        raise TypeError(f"targets must have an integer dtype; got {t.dtype}")
+        raise TypeError(f"targets must be an integer ndarray (an integer dtype); got dtype {t.dtype}")
     return np.ascontiguousarray(t, dtype=np.int64)
+
+
+def _ignore_index(ignore_index) -> int:
+    """The ignore_index of a cross-entropy, checked: an int (not a bool)."""
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
+        raise TypeError(f"ignore_index must be an int; got {type(ignore_index).__name__}")
+    return int(ignore_index)
 
 
 def cross_entropy(logits, targets, ignore_index: int = IGNORE_INDEX) -> Tensor:
@@ -442,9 +450,7 @@ def cross_entropy(logits, targets, ignore_index: int = IGNORE_INDEX) -> Tensor:
     array of logits.shape[:-1] with values in [0, V) or ignore_index. The mean
     runs over rows whose target is not ignore_index (loss 0 when there are
     none). Returns a 0-d Tensor. Fused: saves only the per-row logsumexp."""
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
-        raise TypeError(f"ignore_index must be an int; got {type(ignore_index).__name__}")
-    return _CrossEntropy.apply(logits, targets, int(ignore_index))
+    return _CrossEntropy.apply(logits, targets, _ignore_index(ignore_index))
 
 
 # ---- embedding -------------------------------------------------------------
