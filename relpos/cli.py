@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from . import encodings
 from ._config import max_threads, set_num_threads, show_config
 from .data import load_text
-from .experiments import DEFAULT_ENCODINGS, DEFAULT_SEEDS, DEFAULTS, EXTEND_METHODS, compare
+from .experiments import DEFAULT_ENCODINGS, DEFAULT_SEEDS, DEFAULTS, EXTEND_METHODS, _preset, compare
 
 __all__ = ["main", "build_parser"]
 
@@ -32,14 +32,6 @@ CAPS = {"--train-len": 16_384, "--eval-lens": 131_072, "--steps": 10_000_000, "-
 MAX_PARAMS = 500_000_000
 
 
-def _threads_cap():
-    return max_threads()
-
-
-def _jobs_cap():
-    return 4 * (os.cpu_count() or 1)
-
-
 def _bounded(flag, cap=None, why=""):
     """argparse type: an integer from 1 to the flag's cap (a callable cap is read when parsing)."""
     def parse(text):
@@ -52,7 +44,6 @@ def _bounded(flag, cap=None, why=""):
         if not 1 <= v <= hi:
             raise argparse.ArgumentTypeError(f"expected an integer from 1 to {hi:,}{because}; got {v:,}")
         return v
-    parse.__name__ = flag  # argparse names the type in some messages
     return parse
 
 
@@ -195,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "shipped with CPython, ~465 KB)")
     c.add_argument("--out", default="relpos_compare", metavar="DIR",
                    help="folder for results.json and extrapolation.png (default: %(default)s)")
-    c.add_argument("--jobs", type=_bounded("--jobs", _jobs_cap, " (4 x the {cpus} CPUs here)"),
+    c.add_argument("--jobs", type=_bounded("--jobs", max_threads, " (4 x the {cpus} CPUs here)"),
                    default=os.cpu_count() or 1, metavar="N",
                    help="runs trained at once, each in its own process (default: one per core, "
                         "%(default)s here); 1 trains them one after another in this process")
@@ -204,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(tcp://HOST:8786), or 'local' to start a LocalCluster here with --jobs "
                         "worker processes. Needs dask.distributed (pip install 'relpos[dask]'). "
                         "Results equal a serial run's")
-    c.add_argument("--threads", type=_bounded("--threads", _threads_cap, " (4 x the {cpus} CPUs here)"),
+    c.add_argument("--threads", type=_bounded("--threads", max_threads, " (4 x the {cpus} CPUs here)"),
                    default=None, metavar="N",
                    help="relpos threads per run (default: cores / jobs with several jobs, "
                         "else OMP_NUM_THREADS or all cores). Results do not depend on it")
@@ -285,7 +276,8 @@ def _cmd_compare(args):
 
     progress = not args.no_progress
     train_len = args.train_len
-    base = train_len if train_len is not None else (64 if args.task == "lm" else 8)
+    preset = _preset(args.task)
+    base = train_len if train_len is not None else preset["train_len"]
     eval_lens = None
     if args.eval_lens is not None:
         eval_lens = sorted({int(round(v * base)) if kind == "x" else v for kind, v in args.eval_lens})
@@ -294,10 +286,11 @@ def _cmd_compare(args):
                              f"got {eval_lens} (with --train-len {base})")
     # a model within every flag's cap can still be too big to allocate: bound its size too
     # (blocks: attention 4 d^2 + MLP 8 d^2; embedding and head of a byte vocabulary)
-    layers = args.layers if args.layers is not None else 4  # the largest default (TASK_PRESETS)
+    layers = args.layers if args.layers is not None else preset["n_layers"]
     n_params = layers * 12 * args.d_model ** 2 + 2 * 256 * args.d_model
     if n_params > MAX_PARAMS:
-        raise UsageError(f"--d-model {args.d_model} with --layers {layers} gives about {n_params:,} "
+        layers_from = f"--layers {layers}" if args.layers is not None else f"{layers} layers (the {args.task} default)"
+        raise UsageError(f"--d-model {args.d_model} with {layers_from} gives about {n_params:,} "
                          f"parameters; the cap is {MAX_PARAMS:,}")
     text = None
     if args.text is not None:

@@ -94,8 +94,12 @@ KIND_EVAL_MULTIPLES = {"lm": (1, 2, 4, 8), "task": (1, 1.25, 1.5, 2)}
 TASK_DEFAULT_OPTIONS = {"bos": True}
 
 
-def _default_train_len(task):
-    return KIND_DEFAULTS["lm" if task == "lm" else "task"]["train_len"]
+def _preset(task):
+    """The defaults a run of this task takes where its config says None
+    (KIND_DEFAULTS of its kind, with the task's own TASK_PRESETS over them)."""
+    if task == "lm":
+        return dict(KIND_DEFAULTS["lm"])
+    return dict(KIND_DEFAULTS["task"], **TASK_PRESETS.get(task, {}))
 
 
 def _resolve(config):
@@ -110,8 +114,7 @@ def _resolve(config):
     if "encoding" not in cfg:
         raise ValueError("a run config needs 'encoding'")
     kind = "lm" if cfg["task"] == "lm" else "task"
-    preset = dict(KIND_DEFAULTS[kind], **(TASK_PRESETS.get(cfg["task"], {}) if kind == "task" else {}))
-    for key, val in preset.items():
+    for key, val in _preset(cfg["task"]).items():
         if cfg[key] is None:
             cfg[key] = val
     if kind == "task":

@@ -19,14 +19,13 @@ import math
 import os
 import time
 import warnings
-import zlib
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from .data import IGNORE_INDEX, LMData, Task
 from .optim import AdamW, WarmupCosine, clip_grad_norm
-from .serialization import CheckpointError, load, save
+from .serialization import CheckpointError, _crc32, load, save
 from .tensor import no_grad
 
 __all__ = ["History", "fit", "evaluate", "evaluate_lengths", "CheckpointError", "save_checkpoint",
@@ -374,7 +373,7 @@ def load_checkpoint(path, model):
     try:
         state = load(path)
     except CheckpointError as e:
-        raise CheckpointError(f"checkpoint {path!r} could not be read: {e}") from e
+        raise CheckpointError(f"checkpoint could not be read: {e}") from e  # e names the file
     if not isinstance(state, dict) or not {"model", "optimizer", "scheduler", "meta"} <= set(state):
         raise CheckpointError(f"{path!r} is not a relpos.train checkpoint "
                               f"(expected keys model, optimizer, scheduler, meta)")
@@ -412,9 +411,8 @@ def _run_info(model, data, kind, **settings):
             "data": type(data).__name__, "vocab_size": int(data.vocab_size)}
     if kind == "lm":
         # a fingerprint of the training text: the same length and vocabulary can still be other text
-        train = np.ascontiguousarray(data.train)
-        info["train_tokens"] = int(train.size)
-        info["train_crc32"] = zlib.crc32(memoryview(train).cast("B")) & 0xFFFFFFFF
+        info["train_tokens"] = int(np.size(data.train))
+        info["train_crc32"] = _crc32(data.train)
     else:
         info["train_lengths"] = _plain(list(data.train_lengths))
     info.update({k: _plain(v) for k, v in settings.items()})
@@ -514,10 +512,11 @@ def fit(model, data, steps: int, batch_size: int = 16, seq_len: int = 64, lr: fl
     if warmup is None:
         warmup = max(1, steps // 20)
 
-    run_info = _run_info(model, data, kind, steps=steps, batch_size=batch_size,
-                         seq_len=seq_len if kind == "lm" else None, lr=lr, warmup=warmup,
-                         min_lr_ratio=min_lr_ratio, weight_decay=weight_decay, betas=list(betas), clip=clip,
-                         seed=seed)
+    # the run's fingerprint (a CRC of the whole training text) only where a checkpoint needs it
+    run_info = None if checkpoint_path is None and resume is None else \
+        _run_info(model, data, kind, steps=steps, batch_size=batch_size,
+                  seq_len=seq_len if kind == "lm" else None, lr=lr, warmup=warmup,
+                  min_lr_ratio=min_lr_ratio, weight_decay=weight_decay, betas=list(betas), clip=clip, seed=seed)
     opt = _make_optimizer(model, lr, weight_decay, tuple(betas))
     sched = WarmupCosine(opt, min(warmup, max(steps, 1)), max(steps, 1), min_lr=lr * min_lr_ratio)
     rng = np.random.default_rng(seed)

@@ -45,8 +45,13 @@ def distance_window(Tq: int, Tk: int, q_offset: int = 0) -> np.ndarray:
     window of Tq queries at ``q_offset ..`` and Tk keys at ``0 ..``, ascending:
     ``q_offset-(Tk-1) .. q_offset+Tq-1`` (int64, ``Tq + Tk - 1`` of them; at
     least one, so that an empty window still gives a valid table)."""
-    d0 = int(q_offset) - (int(Tk) - 1)
-    return np.arange(d0, d0 + max(int(Tq) + int(Tk) - 1, 1), dtype=np.int64)
+    d0, n = _window(Tq, Tk, q_offset)
+    return np.arange(d0, d0 + n, dtype=np.int64)
+
+
+def _window(Tq, Tk, q_offset):
+    """(d0, n): the first of the distances :func:`distance_window` lists, and how many."""
+    return int(q_offset) - (int(Tk) - 1), max(int(Tq) + int(Tk) - 1, 1)
 
 
 class Encoding(Module):

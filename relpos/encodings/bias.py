@@ -84,12 +84,6 @@ def relative_positions(Tq: int, Tk: int, q_offset: int = 0) -> np.ndarray:
     return (q_offset + np.arange(Tq, dtype=np.int64))[:, None] - np.arange(Tk, dtype=np.int64)[None, :]
 
 
-def _window(Tq, Tk, q_offset):
-    """(d0, n): the distances d0 .. d0+n-1 a (Tq, Tk, q_offset) window needs
-    (at least one, so that an empty window still gives a valid table)."""
-    return q_offset - (Tk - 1), max(Tq + Tk - 1, 1)
-
-
 # ---- encodings -------------------------------------------------------------------
 
 def _check_flag(value, name, allow_none=True):

@@ -15,8 +15,8 @@ import numpy as np
 from .. import _C
 from ..nn import Parameter
 from ..tensor import Function, no_grad
-from .base import Encoding
-from .bias import _pos_int, _window, relative_positions
+from .base import Encoding, _window
+from .bias import _pos_int, relative_positions
 from .registry import register
 
 __all__ = ["deberta_log_bucket"]
