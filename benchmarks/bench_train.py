@@ -74,7 +74,6 @@ CONFIGS = {
     "large": dict(n_layers=4, d_model=256, n_heads=8, T=256, batch=16, vocab=256, lr=1e-3, weight_decay=0.01),
     "small": dict(n_layers=2, d_model=64, n_heads=4, T=64, batch=16, vocab=256, lr=1e-3, weight_decay=0.01),
 }
-CONFIG = CONFIGS["large"]  # the default configuration (older callers)
 
 
 def machine():
@@ -416,7 +415,7 @@ def main(argv=None):
             ap.error(f"--config: unknown configuration {c!r}; known: {', '.join(CONFIGS)}")
     rows = run(threads, tuple(args.enc.split(",")), args.quick, args.repeat, not args.no_torch, configs=configs,
                with_compile=not args.no_compile)
-    out = dict(benchmark="train", machine=machine(), configs={c: CONFIGS[c] for c in configs}, config=CONFIG,
+    out = dict(benchmark="train", machine=machine(), configs={c: CONFIGS[c] for c in configs},
                quick=args.quick, rows=rows)
     if args.json:
         with open(args.json, "w") as f:

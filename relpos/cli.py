@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a UTF-8 text file to model (default: the Python documentation topics "
                         "shipped with CPython, ~465 KB)")
     c.add_argument("--out", default="relpos_compare", metavar="DIR",
-                   help="folder for results.json and extrapolation.png (default: %(default)s)")
+                   help="folder for results.json, results.csv and extrapolation.png (default: %(default)s)")
     c.add_argument("--jobs", type=_bounded("--jobs", max_threads, " (4 x the {cpus} CPUs here)"),
                    default=os.cpu_count() or 1, metavar="N",
                    help="runs trained at once, each in its own process (default: one per core, "

@@ -61,16 +61,13 @@ def run_mode(mode, fn, *args, **kw):
 
 # ---------------------------------------------------------------- the comparison
 
-def round32(x):
-    with np.errstate(over="ignore", under="ignore"):
-        return np.asarray(x, np.float64).astype(f32).astype(np.float64)
 
 
 def agree(name, got, want, scale, rtol=1e-4, atol=1e-5):
     """got (float32) against want (float64): NaN where want is NaN, the same infinity, and
     |got - want| <= rtol * (|want| + scale) + atol elsewhere."""
     got = np.asarray(got, np.float64)
-    want = round32(want)  # a value past float32's range is an infinity
+    want = ref._round32(want)  # a value past float32's range is an infinity
     assert got.shape == want.shape, f"{name}: shape {got.shape}, expected {want.shape}"
     gn, wn = np.isnan(got), np.isnan(want)
     if not np.array_equal(gn, wn):

@@ -49,7 +49,8 @@ def test_sampling_matches_the_softmax_at_a_moderate_temperature(lm):
     draws = np.array([lm.generate(PROMPT[:1], 1, temperature=2.0, seed=s)[0, -1] for s in range(3000)])
     freq = np.bincount(draws, minlength=40) / len(draws)
     top = np.argsort(p)[-3:]
-    np.testing.assert_allclose(freq[top], p[top], atol=0.03)
+    # 3 standard errors of a frequency from 3000 draws (p about 0.05-0.07): T = 1.5 or 4 would fail
+    np.testing.assert_allclose(freq[top], p[top], atol=0.015)
 
 
 @pytest.mark.parametrize("bad,exc,msg", [

@@ -19,10 +19,6 @@ from relpos.models import TORCH_NAME_MAP, TransformerLM, from_torch_names, to_to
 CFG = dict(vocab_size=61, d_model=32, n_layers=2, n_heads=4)
 
 
-def _state(model):
-    return {k: v.copy() for k, v in model.state_dict().items()}
-
-
 # ------------------------------------------------------------------ numpy side
 
 def test_save_by_suffix_and_load_back(tmp_path):
