@@ -399,10 +399,13 @@ def sweep(configs, executor=None, max_workers: int | None = None, progress: bool
             stop = threading.Event()
 
             def pump():
-                while not stop.is_set():
+                # after stop, read what is still queued (a finished run's last steps), then return
+                while True:
                     try:
-                        tag, step = queue.get(timeout=0.2)
+                        tag, step = queue.get(timeout=0.2 if not stop.is_set() else 0.01)
                     except _q.Empty:
+                        if stop.is_set():
+                            return
                         continue
                     except (EOFError, OSError):  # the manager went away
                         return
