@@ -353,3 +353,64 @@ def test_task_curriculum_grows_the_largest_size():
     assert task.batches_drawn == 160
     with pytest.raises(ValueError, match="curriculum must be >= 0"):
         get_task("copy", curriculum=-1)
+
+
+def _operands(task, inp):
+    """The two operands of addition problems, as ints (digits written least significant first)."""
+    out = []
+    for row in inp:
+        toks = [task.tokens[i] for i in row if task.tokens[i] not in ("<bos>",)]
+        plus = toks.index("+")
+        sep = toks.index("<sep>")
+        out.append((int("".join(toks[:plus])[::-1]), int("".join(toks[plus + 1:sep])[::-1]), plus))
+    return out
+
+
+def test_addition_pad_balances_digit_counts_at_one_width():
+    task = get_task("addition", train_lengths=(2, 5), bos=True)
+    assert task.pad
+    rng = np.random.default_rng(0)
+    small = total = 0
+    for _ in range(60):
+        inp, tgt = task.batch(8, rng)
+        # every training problem is written at the largest size
+        assert inp.shape == (8, task.seq_len(5))
+        for r, (a, b, width) in enumerate(_operands(task, inp)):
+            assert width == 5 and a < 10 ** 5 and b < 10 ** 5
+            keep = tgt[r] != IGNORE_INDEX
+            ans = "".join(task.tokens[i] for i in tgt[r][keep][:-1])
+            assert len(ans) == 6 and int(ans[::-1]) == a + b
+            small += (a < 100) + (b < 100)
+            total += 2
+    # digit counts 2..5 equally likely: P(operand < 100) = 1/4 + 3/4 * (chance of leading zeros) > 1/4
+    assert 0.2 < small / total < 0.4
+    # test problems keep two full-size operands: an operand < 10**(n-1) only by a leading zero (1 in 10)
+    inp, _ = task.sample(400, 5, np.random.default_rng(1))
+    ops = _operands(task, inp)
+    frac = np.mean([a < 10 ** 4 for a, _, _ in ops] + [b < 10 ** 4 for _, b, _ in ops])
+    assert 0.06 < frac < 0.14
+    # pad=False: one size per batch, drawn from train_lengths, full-size operands
+    plain = get_task("addition", train_lengths=(2, 5), bos=True, pad=False)
+    widths = {plain.batch(2, np.random.default_rng(s))[0].shape[1] for s in range(40)}
+    assert widths == {plain.seq_len(n) for n in range(2, 6)}
+    with pytest.raises(TypeError, match="pad must be a bool"):
+        get_task("addition", pad="yes")
+
+
+def test_addition_pad_follows_curriculum_and_linear_sampling():
+    task = get_task("addition", train_lengths=(1, 6), curriculum=50)
+    rng = np.random.default_rng(0)
+    widths = [(task.batch(2, rng)[0].shape[1] - 3) // 3 for _ in range(100)]
+    assert widths[0] == 1 and widths[-1] == 6
+    assert all(w <= 1 + int(5 * (b + 1) / 50) for b, w in enumerate(widths[:50]))
+    # linear: each operand's digit count n is 1..4 with probability n / 10; its highest nonzero
+    # digit sits at k <= n (the digits from k+1 to n drawn as 0, digit k not)
+    lin = get_task("addition", train_lengths=(1, 4), length_sampling="linear")
+    inp, _ = lin.batch(20000, np.random.default_rng(3))
+    a = inp[:, :4] - lin.first_symbol
+    highest = np.where(a.any(axis=1), 4 - np.argmax(a[:, ::-1] != 0, axis=1), 0)
+    counts = np.bincount(highest, minlength=5)[1:] / len(highest)
+    # P(highest nonzero digit = k) = sum_{n >= k} P(n) * P(digit k nonzero, all above it zero | n)
+    p_n = np.array([0.1, 0.2, 0.3, 0.4])
+    expect = [sum(p_n[n - 1] * 0.9 * 0.1 ** (n - k) for n in range(k, 5)) for k in range(1, 5)]
+    np.testing.assert_allclose(counts, expect, atol=0.012)
