@@ -187,9 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default="relpos_compare", metavar="DIR",
                    help="folder for results.json, results.csv and extrapolation.png (default: %(default)s)")
     c.add_argument("--jobs", type=_bounded("--jobs", max_threads, " (4 x the {cpus} CPUs here)"),
-                   default=os.cpu_count() or 1, metavar="N",
+                   default=None, metavar="N",
                    help="runs trained at once, each in its own process (default: one per core, "
-                        "%(default)s here); 1 trains them one after another in this process")
+                        f"{os.cpu_count() or 1} here); 1 trains them one after another in this process")
     c.add_argument("--dask", default=None, metavar="ADDRESS|local",
                    help="run the (encoding, seed) runs on a Dask cluster: the scheduler's address "
                         "(tcp://HOST:8786), or 'local' to start a LocalCluster here with --jobs "
@@ -273,6 +273,9 @@ def _cmd_encodings(args):
 
 
 def _cmd_compare(args):
+    args.jobs_given = args.jobs is not None
+    if args.jobs is None:
+        args.jobs = os.cpu_count() or 1
 
     progress = not args.no_progress
     train_len = args.train_len
@@ -284,6 +287,17 @@ def _cmd_compare(args):
         if min(eval_lens) < 1 or max(eval_lens) > CAPS["--eval-lens"]:
             raise UsageError(f"--eval-lens must give lengths from 1 to {CAPS['--eval-lens']:,}; "
                              f"got {eval_lens} (with --train-len {base})")
+    # checks of compare's own, in the flags' names rather than the API's
+    if args.d_model % args.heads:
+        raise UsageError(f"--d-model ({args.d_model}) must be divisible by --heads ({args.heads})")
+    if args.extend_steps and not args.extend:
+        raise UsageError("--extend-steps needs --extend (the scalings to fine-tune with)")
+    if args.extend_steps and args.task != "lm":
+        raise UsageError(f"--extend-steps fine-tunes at the longest evaluation length, which is for "
+                         f"language modelling; with --task {args.task} it would train on the test sizes")
+    if args.dask not in (None, "local") and args.jobs_given:
+        raise UsageError("--jobs sets the number of worker processes of --dask local; a Dask cluster "
+                         f"({args.dask}) runs as many runs at once as it has workers")
     # a model within every flag's cap can still be too big to allocate: bound its size too
     # (blocks: attention 4 d^2 + MLP 8 d^2; embedding and head of a byte vocabulary)
     layers = args.layers if args.layers is not None else preset["n_layers"]
