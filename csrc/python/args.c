@@ -158,6 +158,13 @@ int rp_check_nonneg(int64_t v, const char *name) {
     return 0;
 }
 
+PyObject *rp_raise_float(const char *what, double v) {
+    char *r = PyOS_double_to_string(v, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+    PyErr_Format(PyExc_ValueError, "%s; got %s", what, r ? r : "?");
+    PyMem_Free(r);
+    return NULL;
+}
+
 PyObject *rp_raise_code(int code, const char *where) {
     switch (code) {
     case RP_ENOMEM: PyErr_Format(PyExc_MemoryError, "%s: could not allocate scratch memory", where); break;

@@ -32,6 +32,9 @@ static inline PyObject *rp_none_or(PyArrayObject *a) {
 /* Format "(2, 8, 128)" into buf. */
 void rp_shape_str(PyArrayObject *a, char *buf, size_t n);
 
+/* ValueError "<what>; got <repr of v>" (PyErr_Format has no %g); returns NULL. */
+PyObject *rp_raise_float(const char *what, double v);
+
 /* Map a negative core return code to a Python exception; returns NULL. */
 PyObject *rp_raise_code(int code, const char *where);
 

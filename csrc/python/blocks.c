@@ -41,9 +41,7 @@ static int same_shape(PyArrayObject *a, const char *an, PyArrayObject *b, const 
 
 static int check_eps(double eps) {
     if (!(eps >= 0.0) || eps > 1e30) {
-        char *r = PyOS_double_to_string(eps, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
-        PyErr_Format(PyExc_ValueError, "eps must be a finite number >= 0; got %s", r ? r : "?");
-        PyMem_Free(r);
+        rp_raise_float("eps must be a finite number >= 0", eps);
         return -1;
     }
     return 0;

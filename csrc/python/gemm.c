@@ -4,14 +4,6 @@
 
 #include <stdio.h>
 
-/* "<what>; got <repr of v>" (PyErr_Format has no %g); returns NULL */
-static PyObject *raise_float(const char *what, double v) {
-    char *r = PyOS_double_to_string(v, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
-    PyErr_Format(PyExc_ValueError, "%s; got %s", what, r ? r : "?");
-    PyMem_Free(r);
-    return NULL;
-}
-
 /* New uninitialised float32 array (the core writes every element). */
 static PyArrayObject *new_empty(int ndim, const npy_intp *dims) { return rp_empty_f32(ndim, dims); }
 
@@ -217,7 +209,7 @@ static PyObject *py_fma_peak_gflops(PyObject *self, PyObject *args, PyObject *kw
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|id:fma_peak_gflops", kwlist, &threads, &seconds)) return NULL;
     if (threads < 0)
         return PyErr_Format(PyExc_ValueError, "threads must be >= 1 (or 0 for relpos' count); got %d", threads);
-    if (!(seconds > 0.0) || seconds > 60.0) return raise_float("seconds must be in (0, 60]", seconds);
+    if (!(seconds > 0.0) || seconds > 60.0) return rp_raise_float("seconds must be in (0, 60]", seconds);
     double g;
     Py_BEGIN_ALLOW_THREADS
         g = rp_fma_peak_gflops(threads, seconds);

@@ -64,16 +64,9 @@ static int parse_seed(PyObject *obj, uint64_t *seed) {
     return 0;
 }
 
-/* "name must be ...; got <repr of v>" for a float v (PyErr_Format has no %g). */
-static void raise_float(const char *prefix, double v) {
-    char *r = PyOS_double_to_string(v, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
-    PyErr_Format(PyExc_ValueError, "%s; got %s", prefix, r ? r : "?");
-    PyMem_Free(r);
-}
-
 static int check_p(double p) {
     if (!(p >= 0.0 && p < 1.0)) {
-        raise_float("p must be in [0, 1)", p);
+        rp_raise_float("p must be in [0, 1)", p);
         return -1;
     }
     return 0;
@@ -429,7 +422,7 @@ ACT_PAIR(silu, RP_ACT_SILU)
 
 static int check_eps(double eps) {
     if (!(eps >= 0.0) || isinf(eps)) {
-        raise_float("eps must be a finite number >= 0", eps);
+        rp_raise_float("eps must be a finite number >= 0", eps);
         return -1;
     }
     return 0;

@@ -6,13 +6,6 @@
 #include <math.h>
 #include <string.h>
 
-/* "<what>; got <repr of v>": PyErr_Format has no %g (it printed a literal "%g") */
-static void raise_float(const char *what, double v) {
-    char *r = PyOS_double_to_string(v, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
-    PyErr_Format(PyExc_ValueError, "%s; got %s", what, r ? r : "?");
-    PyMem_Free(r);
-}
-
 /* float64 ndarray (any real float dtype converted) or NULL with TypeError naming it */
 static PyArrayObject *in_f64(PyObject *obj, const char *name) {
     if (obj == NULL || !PyArray_Check(obj)) {
@@ -82,7 +75,7 @@ static PyObject *py_rope_tables(PyObject *self, PyObject *args, PyObject *kw) {
     if (check_offset(offset) < 0) return NULL;
     if (rp_check_nonneg(T, "T") < 0) return NULL;
     if (!isfinite(pos_scale) || pos_scale <= 0.0) {
-        raise_float("pos_scale must be a finite number > 0", pos_scale);
+        rp_raise_float("pos_scale must be a finite number > 0", pos_scale);
         return NULL;
     }
     if (!(inv = in_f64(inv_obj, "inv_freq"))) goto fail;
@@ -119,15 +112,15 @@ static PyObject *py_xpos_scale(PyObject *self, PyObject *args, PyObject *kw) {
     if (check_offset(offset) < 0) return NULL;
     if (rp_check_nonneg(P, "n_pairs") < 0 || rp_check_nonneg(T, "T") < 0) return NULL;
     if (!isfinite(scale_base) || scale_base <= 0.0) {
-        raise_float("scale_base must be a finite number > 0", scale_base);
+        rp_raise_float("scale_base must be a finite number > 0", scale_base);
         return NULL;
     }
     if (!isfinite(gamma) || gamma <= 0.0) {
-        raise_float("gamma must be a finite number > 0", gamma);
+        rp_raise_float("gamma must be a finite number > 0", gamma);
         return NULL;
     }
     if (!isfinite(center)) {
-        raise_float("center must be finite", center);
+        rp_raise_float("center must be finite", center);
         return NULL;
     }
     npy_intp dims[2] = {(npy_intp)T, (npy_intp)P};
@@ -258,7 +251,7 @@ static PyObject *py_sinusoidal_table(PyObject *self, PyObject *args, PyObject *k
         return NULL;
     }
     if (!isfinite(base) || base <= 0.0) {
-        raise_float("base must be a finite number > 0", base);
+        rp_raise_float("base must be a finite number > 0", base);
         return NULL;
     }
     if (parse_sin_layout(layout_s, &layout) < 0) return NULL;
