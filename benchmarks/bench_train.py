@@ -25,12 +25,16 @@ The PyTorch model is written here from torch primitives (F.linear,
 F.layer_norm, F.scaled_dot_product_attention, F.gelu, F.cross_entropy,
 torch.optim.AdamW), with the relpos model's initial weights copied in, so
 the first losses must agree (to ~1e-4 relative; printed). All peers get
-the same thread count (relpos.set_num_threads, torch.set_num_threads) and the
-same OpenMP wait policy (relpos is imported first, so torch's libgomp.so.1 is
-relpos' one: relpos.config()["omp_wait"]), and
-their steps are timed interleaved, so machine noise hits all alike; after a
-warm-up the median step time is reported, and the best (fastest) step beside
-it (on a shared machine, the step least disturbed by other processes).
+the same thread count (relpos.set_num_threads, torch.set_num_threads). PyTorch
+runs in a process of its own (benchmarks/train_peer.py, driven over a pipe),
+where torch is imported before relpos: its libgomp keeps the user's OpenMP wait
+policy (libgomp's default spin unless set; the row's peer_process.omp_env)
+instead of the short spin relpos asks for in its own process, and neither
+library's idle threads live in the other's process. The steps are still timed
+interleaved (relpos, torch, compiled, relpos, ...; each timed inside its own
+process), so machine noise hits all alike; after a warm-up the median step
+time is reported, and the best (fastest) step beside it (on a shared machine,
+the step least disturbed by other processes).
 
 Figures per (encoding, threads):
   tokens/s of relpos and torch and their ratio;
@@ -56,6 +60,7 @@ import contextlib
 import functools
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -220,12 +225,46 @@ def step_flops(model, cfg, batch):
 
 
 def set_threads(n):
-    relpos.set_num_threads(n)
+    relpos.set_num_threads(n)  # torch's count is set in its own process (train_peer.py)
+
+
+def _start_peer(enc, cfg, threads, compile):
+    """Start benchmarks/train_peer.py (PyTorch's side, in its own process) and
+    return (process, its start-up message)."""
+    spec = json.dumps(dict(enc=enc, config=cfg, threads=threads, compile=bool(compile)))
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "train_peer.py"), spec],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+    line = proc.stdout.readline()
+    if not line:
+        proc.wait()
+        return None, {"torch_error": f"the torch peer process exited with status {proc.returncode}"}
+    ready = json.loads(line)
+    if "torch_error" in ready:
+        _stop_peer(proc)
+        return None, ready
+    return proc, ready
+
+
+def _ask(proc, **msg):
+    proc.stdin.write(json.dumps(msg) + "\n")
+    proc.stdin.flush()
+    line = proc.stdout.readline()
+    if not line:
+        raise RuntimeError(f"the torch peer process died (status {proc.wait()}) on {msg}")
+    return json.loads(line)
+
+
+def _stop_peer(proc):
     try:
-        import torch
-        torch.set_num_threads(n)
-    except ImportError:
+        proc.stdin.write(json.dumps(dict(cmd="quit")) + "\n")
+        proc.stdin.close()
+    except (BrokenPipeError, OSError):
         pass
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _median_best(times, tokens):
@@ -245,49 +284,46 @@ def measure(enc, threads, cfg, repeat, warmup, peak, with_torch=True, with_compi
     row = dict(benchmark="train_step", config=config_name, encoding=enc, threads=threads, batch=batch, T=cfg["T"],
                d_model=cfg["d_model"], n_layers=cfg["n_layers"], n_heads=cfg["n_heads"], repeat=repeat,
                load_avg=os.getloadavg()[0], cpus=os.cpu_count(), **machine())
-    peers = {}  # name -> step function; "torch" is eager, "compile" is torch.compile
-    tx = ty = None
+    peers = []  # "torch" (eager) and "compile" (torch.compile), stepped in the peer process
+    proc = None
     if with_torch:
-        try:
-            import torch  # noqa: F401
-            tx, ty = torch.from_numpy(x.copy()), torch.from_numpy(y.copy())
-            peers["torch"] = torch_model(model, enc, cfg)
-        except ImportError as e:
-            row["torch_error"] = f"torch not available: {e}"
-        if "torch" in peers and with_compile:
-            try:
-                c_step = torch_model(model, enc, cfg, compile=True)
-                t0 = time.perf_counter()
-                row["loss_compile"] = c_step(tx, ty)  # compiles here (from the same initial weights)
-                row["compile_s"] = time.perf_counter() - t0
-                peers["compile"] = c_step
-            except Exception as e:  # any failure to compile: report it, keep the other figures
-                msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-                row["compile_error"] = f"torch.compile skipped: {type(e).__name__}: {msg}"
+        proc, ready = _start_peer(enc, cfg, threads, with_compile)
+        if "torch_error" in ready:
+            row["torch_error"] = ready["torch_error"]
+        else:
+            peers.append("torch")
+            row["loss_torch"] = ready["loss_torch"]
+            row["peer_process"] = dict(omp_env=ready["omp_env"], torch_threads=ready["torch_threads"])
+            if "loss_compile" in ready:
+                peers.append("compile")
+                row["loss_compile"], row["compile_s"] = ready["loss_compile"], ready["compile_s"]
+            elif with_compile:
+                row["compile_error"] = ready.get("compile_error", "torch.compile skipped: no reason given")
                 if log:
                     log(row["compile_error"])
-        elif "torch" in peers:
-            row["compile_error"] = "torch.compile skipped: not asked for (--no-compile or --quick)"
-    # first step of each from the same weights: the losses must agree
-    row["loss_relpos"] = r_step(x, y)
-    if "torch" in peers:
-        row["loss_torch"] = peers["torch"](tx, ty)
-        row["loss_rel_diff"] = abs(row["loss_relpos"] - row["loss_torch"]) / abs(row["loss_torch"])
-    if "compile" in peers:
-        row["loss_compile_rel_diff"] = abs(row["loss_relpos"] - row["loss_compile"]) / abs(row["loss_compile"])
-    for _ in range(warmup):
-        r_step(x, y)
-        for f in peers.values():
-            f(tx, ty)
-    times = {"relpos": [], **{k: [] for k in peers}}
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        r_step(x, y)
-        times["relpos"].append(time.perf_counter() - t0)
-        for name, f in peers.items():
+            else:
+                row["compile_error"] = "torch.compile skipped: not asked for (--no-compile or --quick)"
+    try:
+        # first step of each from the same weights: the losses must agree
+        row["loss_relpos"] = r_step(x, y)
+        if "torch" in peers:
+            row["loss_rel_diff"] = abs(row["loss_relpos"] - row["loss_torch"]) / abs(row["loss_torch"])
+        if "compile" in peers:
+            row["loss_compile_rel_diff"] = abs(row["loss_relpos"] - row["loss_compile"]) / abs(row["loss_compile"])
+        for _ in range(warmup):
+            r_step(x, y)
+            if peers:
+                _ask(proc, cmd="warm")
+        times = {"relpos": [], **{k: [] for k in peers}}
+        for _ in range(repeat):  # interleaved: noise on the machine hits every library alike
             t0 = time.perf_counter()
-            f(tx, ty)
-            times[name].append(time.perf_counter() - t0)
+            r_step(x, y)
+            times["relpos"].append(time.perf_counter() - t0)
+            for name in peers:
+                times[name].append(_ask(proc, cmd="step", peer=name)["s"])
+    finally:
+        if proc is not None:
+            _stop_peer(proc)
     # Python share: extra steps with every _C function timed
     # (the main thread's CPU time outside _C is the Python layer's own work,
     # unaffected by other processes; at 1 thread the process CPU time of a step

@@ -1,0 +1,49 @@
+"""benchmarks/bench_train.py: PyTorch runs in a process of its own
+(benchmarks/train_peer.py, with its own OpenMP settings), driven step by step
+over a pipe; the first losses of both agree and every figure is there. Tiny
+shapes: this checks the plumbing, not the speed (that is the benchmark's job)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICK = ["--quick", "--config", "small", "--threads", "1", "--enc", "rope,alibi", "--repeat", "2", "--no-compile"]
+
+
+def _bench(tmp_path, env=None):
+    out = tmp_path / "train.json"
+    r = subprocess.run([sys.executable, os.path.join("benchmarks", "bench_train.py"), *QUICK, "--json", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return [row for row in json.loads(out.read_text())["rows"] if row["benchmark"] == "train_step"]
+
+
+def test_torch_peer_in_its_own_process(tmp_path):
+    pytest.importorskip("torch", reason="PyTorch is the peer measured here")
+    rows = _bench(tmp_path)
+    assert [r["encoding"] for r in rows] == ["rope", "alibi"]
+    for row in rows:
+        # the same network from the same weights: the first losses agree
+        assert row["loss_rel_diff"] < 1e-4, row
+        assert row["torch_s"] > 0 and row["relpos_s"] > 0 and row["ratio"] > 0
+        assert row["compile_error"].startswith("torch.compile skipped: not asked for")
+        peer = row["peer_process"]
+        assert peer["torch_threads"] == 1
+        if not any(k in os.environ for k in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")):
+            # relpos' short spin is for relpos' process only, not the peer's
+            assert peer["omp_env"] == "unset (libgomp's defaults)" or "GOMP_SPINCOUNT" not in peer["omp_env"]
+
+
+def test_without_torch_the_relpos_figures_still_come(tmp_path):
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "torch.py").write_text("raise ImportError('torch hidden for this test')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(hide), ROOT, os.environ.get("PYTHONPATH", "")]))
+    rows = _bench(tmp_path, env)
+    for row in rows:
+        assert "torch hidden for this test" in row["torch_error"]
+        assert row["relpos_s"] > 0 and row["mfu"] > 0
+        assert "torch_s" not in row and "ratio" not in row
