@@ -642,6 +642,7 @@ def _load_safetensors(f, path, size):
         raise ImportError("reading .safetensors files needs the safetensors package "
                           "(pip install safetensors)") from None
     out = {}
+    header = []  # the raw header, read once for all bfloat16 tensors (safetensors gives no offsets)
     try:
         with safe_open(path, framework="np") as st:
             names = list(st.offset_keys()) if hasattr(st, "offset_keys") else list(st.keys())
@@ -653,7 +654,9 @@ def _load_safetensors(f, path, size):
                 if dt in _ST_NUMPY:
                     out[name] = st.get_tensor(name)
                 elif dt == "BF16":
-                    out[name] = _bf16_tensor(f, path, size, name)
+                    if not header:
+                        header.append(_st_header(f))
+                    out[name] = _bf16_tensor(f, path, size, name, *header[0])
                 else:
                     raise _bad(path, f"tensor {_short(name)}: dtype {_short(dt)} has no NumPy equivalent")
     except SafetensorError as e:
@@ -661,12 +664,17 @@ def _load_safetensors(f, path, size):
     return out
 
 
-def _bf16_tensor(f, path, size, name):
-    """A bfloat16 tensor widened to float32 (bfloat16 is the top half of a float32).
-    The header was already validated by safetensors; its offsets are re-checked here."""
+def _st_header(f):
+    """(header length n, parsed header) of a safetensors file that safetensors
+    has already opened and validated."""
     f.seek(0)
     n = int.from_bytes(f.read(8), "little")
-    header = json.loads(f.read(n))
+    return n, json.loads(f.read(n))
+
+
+def _bf16_tensor(f, path, size, name, n, header):
+    """A bfloat16 tensor widened to float32 (bfloat16 is the top half of a float32).
+    The header was already validated by safetensors; its offsets are re-checked here."""
     entry = header[name]
     shape = tuple(int(s) for s in entry["shape"])
     begin, end = (int(o) for o in entry["data_offsets"])
