@@ -20,7 +20,7 @@ import numpy as np
 from . import _C
 from .tensor import Tensor, _bump
 
-__all__ = ["Optimizer", "SGD", "AdamW", "WarmupCosine", "clip_grad_norm"]
+__all__ = ["Optimizer", "SGD", "AdamW", "WarmupCosine", "clip_grad_norm", "grad_norm"]
 
 
 def _check_real(name, x, lo=None, hi=None, lo_open=False, hi_open=False, expect=None):
@@ -409,6 +409,28 @@ class WarmupCosine:
                 f"min_lr={self.min_lr}, step={self.last_step}, lr={self.get_last_lr()})")
 
 
+def _float32_grads(params):
+    """The parameters with a gradient, each gradient made float32 and C-contiguous in place."""
+    if isinstance(params, Tensor):
+        params = [params]
+    ps = [p for p in params if p.grad is not None]
+    for p in ps:
+        g = p.grad
+        if g.dtype != np.float32 or not g.flags.c_contiguous or not g.flags.writeable:
+            p.grad = np.array(g, dtype=np.float32, order="C", copy=True)
+    return ps
+
+
+def grad_norm(params) -> float:
+    """The global Euclidean norm of the gradients of ``params`` (a Parameter or
+    an iterable of them; those with ``grad`` None are skipped), accumulated in
+    float64 in a fixed order by one C call: bit-identical for any thread count,
+    and NumPy's BLAS (whose own threads would compete with relpos') is not used.
+    NaN and inf propagate. Gradients are converted to float32 in place if they
+    are not already."""
+    return _C.grad_norm([p.grad for p in _float32_grads(params)])
+
+
 def clip_grad_norm(params, max_norm: float, error_if_nonfinite: bool = False) -> float:
     """Scale gradients in place so their global Euclidean norm is at most ``max_norm``.
 
@@ -428,13 +450,7 @@ def clip_grad_norm(params, max_norm: float, error_if_nonfinite: bool = False) ->
         in a fixed order: bit-identical for any thread count.
     """
     max_norm = _check_real("max_norm", max_norm, lo=0.0, expect="a finite number >= 0")
-    if isinstance(params, Tensor):
-        params = [params]
-    ps = [p for p in params if p.grad is not None]
-    for p in ps:
-        g = p.grad
-        if g.dtype != np.float32 or not g.flags.c_contiguous or not g.flags.writeable:
-            p.grad = np.array(g, dtype=np.float32, order="C", copy=True)
+    ps = _float32_grads(params)
     total = _C.grad_norm([p.grad for p in ps])
     if not math.isfinite(total) and error_if_nonfinite:
         raise FloatingPointError(f"the total gradient norm is {total}; cannot clip")

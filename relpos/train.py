@@ -24,7 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .data import IGNORE_INDEX, LMData, Task
-from .optim import AdamW, WarmupCosine, clip_grad_norm
+from .optim import AdamW, WarmupCosine, clip_grad_norm, grad_norm
 from .serialization import CheckpointError, _crc32, load, save
 from .tensor import no_grad
 
@@ -574,8 +574,7 @@ def fit(model, data, steps: int, batch_size: int = 16, seq_len: int = 64, lr: fl
             if clip is not None:
                 gnorm = float(clip_grad_norm(params, clip))
             else:
-                gnorm = float(math.sqrt(sum(float(np.dot(p.grad.ravel(), p.grad.ravel()))
-                                            for p in params if p.grad is not None)))
+                gnorm = grad_norm(params)
             if not math.isfinite(gnorm):
                 raise FloatingPointError(f"gradient norm is {gnorm} at step {step} (of {steps})")
             hist.lrs.append(float(sched.get_last_lr()[0]))

@@ -500,3 +500,28 @@ def test_adamw_subclass_with_its_own_update_keeps_it(rng):
     assert calls == [p.shape for p in ps]
     for p, q in zip(ps, qs):
         assert np.array_equal(p.data, q.data)  # the multi-tensor call gives the same bits
+
+
+def test_grad_norm_public(rng):
+    # optim.grad_norm: the float64 twin's value, None grads skipped, other dtypes converted
+    ps = [nn.Parameter(f32(rng, 3, 4)) for _ in range(3)]
+    ps[0].grad = f32(rng, 3, 4)
+    ps[1].grad = rng.standard_normal((3, 4))  # float64: converted to float32 in place
+    want = ref.grad_norm([ps[0].grad, ps[1].grad.astype(np.float32)])
+    assert optim.grad_norm(ps) == pytest.approx(want, rel=1e-12)
+    assert ps[1].grad.dtype == np.float32
+    assert optim.grad_norm(ps[0]) == pytest.approx(ref.grad_norm([ps[0].grad]), rel=1e-12)
+    assert optim.grad_norm([ps[2]]) == 0.0
+    ps[0].grad[1, 2] = np.inf
+    assert optim.grad_norm(ps) == math.inf
+    # fit without clipping records it (before, a float32 np.dot per parameter through NumPy's BLAS)
+    from relpos.data import get_task
+    from relpos.models import TransformerLM
+    from relpos.train import fit
+    task = get_task("copy", train_lengths=(2, 3), n_symbols=4)
+    model = TransformerLM(task.vocab_size, d_model=16, n_layers=1, n_heads=2, encoding="alibi", seed=0)
+    grads = []
+    hist = fit(model, task, steps=3, batch_size=4, lr=1e-3, clip=None, progress=False,
+               callback=lambda step, loss: grads.append(ref.grad_norm(
+                   [p.grad for p in model.parameters() if p.grad is not None])))
+    assert hist.grad_norms == pytest.approx(grads, rel=1e-12)
