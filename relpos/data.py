@@ -609,8 +609,9 @@ class AdditionTask(Task):
     problems of their size. ``pad=False`` trains as the other tasks do, on
     full-size operands at a size drawn per batch; there the distance from an
     answer digit to its operand digits changes with the size, and sum digits
-    carry no signal about one operand alone: the 2-4 layer models of ``compare``
-    learn no exact match in that form in 6000 steps (README, "What you should see").
+    carry no signal about one operand alone: 3-layer models of ``compare``'s size
+    learned no exact match in that form in up to 6000 steps (README, "What you
+    should see").
     """
     name = "addition"
     extra_specials = ("+",)
