@@ -445,6 +445,48 @@ static void team_wait(team_sync *ts, int nt) {
     while (__atomic_load_n(&ts->gen, __ATOMIC_ACQUIRE) == gen) sched_yield();
 }
 
+/* ---- threads for mid-size products --------------------------------------
+ * Below BAND_LO multiply-adds in all a product runs on one thread. From BAND_LO
+ * to BAND_HI (the products of a small model's step) a second thread gains
+ * 1.2-1.6x on a quiet machine but loses 1.6-2x when another process competes
+ * for a core: a descheduled member stalls the whole team (256^3 once ran 25x
+ * slower on 2 threads under load). So in this band the calling thread times
+ * how long it waits for the others once it has run out of work: work is
+ * handed out through an atomic counter, so on a quiet machine that wait is at
+ * most one item. A wait over BAND_WAIT_NS and half the call is a stall (another
+ * thread was off its core); two stalls within BAND_REPEAT_NS (one can be a
+ * hiccup of a quiet VM) send the band to one thread for BAND_BACKOFF_NS,
+ * after which teams are tried again. Measured on the small model's step (2
+ * vCPUs): quiet, 2 threads 12.1-12.9 ms against 16.0-16.2 on one; with one
+ * core busy, 16.8-16.9 against 14.2-15.2 (a fixed 96^3 guard: 24.6-31.5).
+ * Results do not depend on the thread count (see the top of this file), so
+ * this changes only speed. The state is two relaxed atomics shared by every
+ * caller: a heuristic. */
+#define BAND_LO ((int64_t)96 * 96 * 96)
+#define BAND_HI ((int64_t)384 * 384 * 384)
+#define BAND_WAIT_NS ((int64_t)100000)
+#define BAND_BACKOFF_NS ((int64_t)1000000000)
+#define BAND_REPEAT_NS ((int64_t)100000000)
+static int64_t band_off_until;  /* CLOCK_MONOTONIC ns before which the band runs on one thread */
+static int64_t band_last_stall; /* CLOCK_MONOTONIC ns of the last team call that waited too long */
+
+static int64_t now_ns(void) {
+    struct timespec t;
+    if (clock_gettime(CLOCK_MONOTONIC, &t) != 0) return 0;
+    return (int64_t)t.tv_sec * 1000000000 + (int64_t)t.tv_nsec;
+}
+
+/* team_wait at the end of a region; thread 0 adds its wait to *wait_ns (if given) */
+static void leave_team(team_sync *ts, int team, int tid, int64_t *wait_ns) {
+    if (tid != 0 || !wait_ns) {
+        team_wait(ts, team);
+        return;
+    }
+    const int64_t t = now_ns();
+    team_wait(ts, team);
+    *wait_ns += now_ns() - t;
+}
+
 /* Whole product by the calling team (call from inside a parallel region,
  * every thread with its own Ap, the team sharing Bp and ts). `flags` holds
  * n_kb * n_jr zeroed ints and `next` one zeroed counter per column block of
@@ -512,7 +554,7 @@ static void run_item(const items_ctx *c, int64_t w, int tid) {
 /* Items [0, n) over up to nt threads, handed out `chunk` at a time through an
  * atomic counter; waits yield (see team_sync). Each item's result does not
  * depend on which thread runs it. */
-static void run_items(const items_ctx *c, int64_t n, int64_t chunk, int nt) {
+static void run_items(const items_ctx *c, int64_t n, int64_t chunk, int nt, int64_t *wait_ns) {
 #if RP_HAVE_OPENMP
     if (nt > 1 && n > 1) {
         team_sync ts = {0, 0, 0, 0};
@@ -524,14 +566,18 @@ static void run_items(const items_ctx *c, int64_t n, int64_t chunk, int nt) {
                 if (i0 >= n) break;
                 for (int64_t i = i0; i < min64(n, i0 + chunk); i++) run_item(c, i, tid);
             }
-            team_wait(&ts, team); /* leave together: no thread spins in the join */
+            leave_team(&ts, team, tid, wait_ns); /* leave together: no thread spins in the join */
         }
         return;
     }
 #endif
-    (void)chunk, (void)nt;
+    (void)chunk, (void)nt, (void)wait_ns;
     for (int64_t i = 0; i < n; i++) run_item(c, i, 0);
 }
+
+static int gemm_exec(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t lda,
+                     const float *B, int64_t ldb, float beta, float *C, int64_t ldc, const float *bias, int64_t batch,
+                     int64_t sA, int64_t sB, int64_t sC, int nt, int64_t *wait_ns);
 
 /* The general entry: batch products with strides, optional bias row vector. */
 static int gemm_run(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t lda,
@@ -542,13 +588,36 @@ static int gemm_run(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha
     if (batch < 0) return RP_EINVAL;
     if (M == 0 || N == 0 || batch == 0) return RP_OK;
     const int64_t mnk = M * N * K;
+    const int64_t work = mnk <= INT64_MAX / batch ? mnk * batch : INT64_MAX;
     int nt = rp_get_num_threads();
     if (nt < 1) nt = 1;
-    /* Below ~384^3 multiply-adds in all, one thread finishes in ~0.2 ms: a team
-     * gains little there and loses whole time slices when another process
-     * competes for a core (256^3 ran 25x slower on 2 threads under load).
-     * Results do not depend on the thread count, so this changes only speed. */
-    if (batch > 0 && mnk <= INT64_MAX / batch && mnk * batch < (int64_t)384 * 384 * 384) nt = 1;
+    if (work < BAND_LO) nt = 1;
+    int band = 0; /* a team in the band: its wait is timed */
+    if (nt > 1 && work < BAND_HI) {
+        if (now_ns() < __atomic_load_n(&band_off_until, __ATOMIC_RELAXED))
+            nt = 1;
+        else
+            band = 1;
+    }
+    int64_t wait = 0;
+    const int64_t t0 = band ? now_ns() : 0;
+    rc = gemm_exec(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias, batch, sA, sB, sC, nt,
+                   band ? &wait : NULL);
+    if (band && wait > BAND_WAIT_NS) {
+        const int64_t t1 = now_ns();
+        if (2 * wait > t1 - t0) {
+            /* one stall can be a hiccup of a quiet machine; two within BAND_REPEAT_NS are contention */
+            const int64_t last = __atomic_exchange_n(&band_last_stall, t1, __ATOMIC_RELAXED);
+            if (t1 - last < BAND_REPEAT_NS) __atomic_store_n(&band_off_until, t1 + BAND_BACKOFF_NS, __ATOMIC_RELAXED);
+        }
+    }
+    return rc;
+}
+
+static int gemm_exec(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t lda,
+                     const float *B, int64_t ldb, float beta, float *C, int64_t ldc, const float *bias, int64_t batch,
+                     int64_t sA, int64_t sB, int64_t sC, int nt, int64_t *wait_ns) {
+    const int64_t mnk = M * N * K;
     items_ctx c = {0};
     c.g0 = (gemm_prob){ta, tb, M, N, K, alpha, beta, A, B, bias, lda, ldb, ldc, C};
     c.sA = sA, c.sB = sB, c.sC = sC;
@@ -557,14 +626,14 @@ static int gemm_run(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha
         /* cheap per product: spread the batch over threads if it pays */
         c.mode = (K == 0 || alpha == 0.0f) ? ITEM_SCALE : ITEM_DIRECT;
         const int par = batch > 1 && (M * N * (K + 1)) * batch > 65536;
-        run_items(&c, batch, 1, par ? nt : 1);
+        run_items(&c, batch, 1, par ? nt : 1, wait_ns);
         return RP_OK;
     }
     if (M <= DIRECT_M_MAX) {
         /* few rows: no packing; threads take fixed column chunks of each product */
         c.mode = ITEM_DIRECT_COLS;
         c.nchunk = ceil_div(N, DIRECT_NB);
-        run_items(&c, batch * c.nchunk, 4, nt);
+        run_items(&c, batch * c.nchunk, 4, nt, wait_ns);
         return RP_OK;
     }
     if (N <= DIRECT_N_MAX) {
@@ -572,7 +641,7 @@ static int gemm_run(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha
          * mostly compute padding; threads take fixed row chunks instead */
         c.mode = ITEM_DIRECT_ROWS;
         c.nchunk = ceil_div(M, DIRECT_ROWS);
-        run_items(&c, batch * c.nchunk, 4, nt);
+        run_items(&c, batch * c.nchunk, 4, nt, wait_ns);
         return RP_OK;
     }
 
@@ -591,7 +660,7 @@ static int gemm_run(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha
         c.per_thread = a_elems + b_elems;
         c.buf = scratch_take((size_t)c.per_thread * sizeof(float) * (size_t)teams);
         if (!c.buf) return RP_ENOMEM;
-        run_items(&c, batch, 1, teams);
+        run_items(&c, batch, 1, teams, wait_ns);
         scratch_give(c.buf);
         return RP_OK;
     }
@@ -620,7 +689,7 @@ static int gemm_run(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha
             if (b > 0) team_wait(&ts, team); /* Bp is reused by the next product */
             gemm_team(&g, kn, ap, buf, team, &ts, flags + b * n_jc * per_block, next + b * n_jc, per_block);
         }
-        team_wait(&ts, team); /* leave together: no thread spins in the join */
+        leave_team(&ts, team, tid, wait_ns); /* leave together: no thread spins in the join */
     }
     scratch_give(buf);
 #endif
