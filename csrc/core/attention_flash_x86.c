@@ -210,34 +210,16 @@ void rp_fused_gemm_avx512(int64_t M, int64_t N, int64_t K, const float *A, int64
 #endif
 
 /* dst (cols x n, ld ldd) = src (n x cols, ld lds) transposed, 8 x 8 blocks in
- * registers (unpack, shuffle, lane permute), the ragged edges element by element:
+ * registers (rp_tr8x8_avx2), the ragged edges element by element:
  * the same values as the portable loop, moved in whole rows of 8. */
 void rp_fused_pack_t_avx2(const float *src, int64_t n, int64_t cols, int64_t lds, float *dst, int64_t ldd) {
     const int64_t n8 = n & ~(int64_t)7, c8 = cols & ~(int64_t)7;
     for (int64_t r = 0; r < n8; r += 8) {
         for (int64_t c = 0; c < c8; c += 8) {
             const float *s = src + r * lds + c;
-            const __m256 r0 = _mm256_loadu_ps(s), r1 = _mm256_loadu_ps(s + lds), r2 = _mm256_loadu_ps(s + 2 * lds),
-                         r3 = _mm256_loadu_ps(s + 3 * lds), r4 = _mm256_loadu_ps(s + 4 * lds),
-                         r5 = _mm256_loadu_ps(s + 5 * lds), r6 = _mm256_loadu_ps(s + 6 * lds),
-                         r7 = _mm256_loadu_ps(s + 7 * lds);
-            const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
-            const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
-            const __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
-            const __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
-            const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-            const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-            const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-            const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-            float *d = dst + c * ldd + r;
-            _mm256_storeu_ps(d, _mm256_permute2f128_ps(u0, u4, 0x20));
-            _mm256_storeu_ps(d + ldd, _mm256_permute2f128_ps(u1, u5, 0x20));
-            _mm256_storeu_ps(d + 2 * ldd, _mm256_permute2f128_ps(u2, u6, 0x20));
-            _mm256_storeu_ps(d + 3 * ldd, _mm256_permute2f128_ps(u3, u7, 0x20));
-            _mm256_storeu_ps(d + 4 * ldd, _mm256_permute2f128_ps(u0, u4, 0x31));
-            _mm256_storeu_ps(d + 5 * ldd, _mm256_permute2f128_ps(u1, u5, 0x31));
-            _mm256_storeu_ps(d + 6 * ldd, _mm256_permute2f128_ps(u2, u6, 0x31));
-            _mm256_storeu_ps(d + 7 * ldd, _mm256_permute2f128_ps(u3, u7, 0x31));
+            const float *rows[8] = {s,           s + lds,     s + 2 * lds, s + 3 * lds,
+                                    s + 4 * lds, s + 5 * lds, s + 6 * lds, s + 7 * lds};
+            rp_tr8x8_avx2(rows, 0, dst + c * ldd + r, ldd);
         }
         for (int64_t rr = r; rr < r + 8; rr++)
             for (int64_t c = c8; c < cols; c++) dst[c * ldd + rr] = src[rr * lds + c];

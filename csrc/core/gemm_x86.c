@@ -6,6 +6,7 @@
  * Everything here is called only when rp_simd_enabled(). */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime(CLOCK_THREAD_CPUTIME_ID) */
 #include "gemm.h"
+#include "simd_math.h"
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -121,30 +122,6 @@ void rp_gemm_ukr_avx2(int64_t kc, const float *restrict Ap, const float *restric
 /* ---- packing: R rows of a row-major matrix -> (kc x R) panel, by register
  * transposes (A panels with R = MR, panels of a transposed B with R = NR) ---- */
 
-/* rows r[0..7], columns p..p+7 -> dst[(p+k)*MR + 0..7] */
-static inline void tr8x8(const float *const *r, int64_t p, float *dst, int MR) {
-    __m256 t0 = _mm256_unpacklo_ps(_mm256_loadu_ps(r[0] + p), _mm256_loadu_ps(r[1] + p));
-    __m256 t1 = _mm256_unpackhi_ps(_mm256_loadu_ps(r[0] + p), _mm256_loadu_ps(r[1] + p));
-    __m256 t2 = _mm256_unpacklo_ps(_mm256_loadu_ps(r[2] + p), _mm256_loadu_ps(r[3] + p));
-    __m256 t3 = _mm256_unpackhi_ps(_mm256_loadu_ps(r[2] + p), _mm256_loadu_ps(r[3] + p));
-    __m256 t4 = _mm256_unpacklo_ps(_mm256_loadu_ps(r[4] + p), _mm256_loadu_ps(r[5] + p));
-    __m256 t5 = _mm256_unpackhi_ps(_mm256_loadu_ps(r[4] + p), _mm256_loadu_ps(r[5] + p));
-    __m256 t6 = _mm256_unpacklo_ps(_mm256_loadu_ps(r[6] + p), _mm256_loadu_ps(r[7] + p));
-    __m256 t7 = _mm256_unpackhi_ps(_mm256_loadu_ps(r[6] + p), _mm256_loadu_ps(r[7] + p));
-    __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-    __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-    __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-    __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-    _mm256_storeu_ps(dst + 0 * MR, _mm256_permute2f128_ps(s0, s4, 0x20));
-    _mm256_storeu_ps(dst + 1 * MR, _mm256_permute2f128_ps(s1, s5, 0x20));
-    _mm256_storeu_ps(dst + 2 * MR, _mm256_permute2f128_ps(s2, s6, 0x20));
-    _mm256_storeu_ps(dst + 3 * MR, _mm256_permute2f128_ps(s3, s7, 0x20));
-    _mm256_storeu_ps(dst + 4 * MR, _mm256_permute2f128_ps(s0, s4, 0x31));
-    _mm256_storeu_ps(dst + 5 * MR, _mm256_permute2f128_ps(s1, s5, 0x31));
-    _mm256_storeu_ps(dst + 6 * MR, _mm256_permute2f128_ps(s2, s6, 0x31));
-    _mm256_storeu_ps(dst + 7 * MR, _mm256_permute2f128_ps(s3, s7, 0x31));
-}
-
 /* rows r[0..3], columns p..p+7 -> dst[(p+k)*MR + 0..3] */
 static inline void tr4x8(const float *const *r, int64_t p, float *dst, int MR) {
     __m256 a0 = _mm256_loadu_ps(r[0] + p), a1 = _mm256_loadu_ps(r[1] + p);
@@ -185,7 +162,7 @@ void rp_gemm_pack_rows_avx2(const float *X, int64_t ld, int64_t kc, int R, float
     int64_t p = 0;
     if (R == 12) {
         for (; p + 8 <= kc; p += 8) {
-            tr8x8(r, p, dst + p * 12, 12);
+            rp_tr8x8_avx2(r, p, dst + p * 12, 12);
             tr4x8(r + 8, p, dst + p * 12 + 8, 12);
         }
     } else if (R == 6) {
@@ -195,7 +172,7 @@ void rp_gemm_pack_rows_avx2(const float *X, int64_t ld, int64_t kc, int R, float
         }
     } else if (R == 16 || R == 32) {
         for (; p + 8 <= kc; p += 8)
-            for (int g = 0; g < R; g += 8) tr8x8(r + g, p, dst + p * R + g, R);
+            for (int g = 0; g < R; g += 8) rp_tr8x8_avx2(r + g, p, dst + p * R + g, R);
     }
     for (; p < kc; p++)
         for (int i = 0; i < R; i++) dst[p * R + i] = r[i][p];

@@ -191,6 +191,32 @@ RP_SIMD_INLINE __m256i rp_mask8(int64_t n) {
 }
 
 /* ---- AVX-512F form (16 lanes), in functions compiled for it ------------- */
+/* An 8 x 8 transpose in registers (unpack, shuffle, lane permute), shared by the
+ * GEMM's panel packing and the flash attention's K/V tiles: rows r[0..7],
+ * columns p..p+7 -> dst[k * ldd + 0..7] holds column p + k. */
+static inline void rp_tr8x8_avx2(const float *const *r, int64_t p, float *dst, int64_t ldd) {
+    __m256 t0 = _mm256_unpacklo_ps(_mm256_loadu_ps(r[0] + p), _mm256_loadu_ps(r[1] + p));
+    __m256 t1 = _mm256_unpackhi_ps(_mm256_loadu_ps(r[0] + p), _mm256_loadu_ps(r[1] + p));
+    __m256 t2 = _mm256_unpacklo_ps(_mm256_loadu_ps(r[2] + p), _mm256_loadu_ps(r[3] + p));
+    __m256 t3 = _mm256_unpackhi_ps(_mm256_loadu_ps(r[2] + p), _mm256_loadu_ps(r[3] + p));
+    __m256 t4 = _mm256_unpacklo_ps(_mm256_loadu_ps(r[4] + p), _mm256_loadu_ps(r[5] + p));
+    __m256 t5 = _mm256_unpackhi_ps(_mm256_loadu_ps(r[4] + p), _mm256_loadu_ps(r[5] + p));
+    __m256 t6 = _mm256_unpacklo_ps(_mm256_loadu_ps(r[6] + p), _mm256_loadu_ps(r[7] + p));
+    __m256 t7 = _mm256_unpackhi_ps(_mm256_loadu_ps(r[6] + p), _mm256_loadu_ps(r[7] + p));
+    __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    _mm256_storeu_ps(dst + 0 * ldd, _mm256_permute2f128_ps(s0, s4, 0x20));
+    _mm256_storeu_ps(dst + 1 * ldd, _mm256_permute2f128_ps(s1, s5, 0x20));
+    _mm256_storeu_ps(dst + 2 * ldd, _mm256_permute2f128_ps(s2, s6, 0x20));
+    _mm256_storeu_ps(dst + 3 * ldd, _mm256_permute2f128_ps(s3, s7, 0x20));
+    _mm256_storeu_ps(dst + 4 * ldd, _mm256_permute2f128_ps(s0, s4, 0x31));
+    _mm256_storeu_ps(dst + 5 * ldd, _mm256_permute2f128_ps(s1, s5, 0x31));
+    _mm256_storeu_ps(dst + 6 * ldd, _mm256_permute2f128_ps(s2, s6, 0x31));
+    _mm256_storeu_ps(dst + 7 * ldd, _mm256_permute2f128_ps(s3, s7, 0x31));
+}
+
 #if defined(__GNUC__) && !defined(RP_NO_AVX512)
 #define RP_HAVE_AVX512_FORM 1
 #define RP_TARGET_AVX512 __attribute__((target("avx512f")))
