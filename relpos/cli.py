@@ -17,7 +17,16 @@ from tqdm.auto import tqdm
 from . import encodings
 from ._config import max_threads, set_num_threads, show_config
 from .data import load_text
-from .experiments import DEFAULT_ENCODINGS, DEFAULT_SEEDS, DEFAULTS, EXTEND_METHODS, _preset, compare
+from .experiments import (
+    DEFAULT_ENCODINGS,
+    DEFAULT_SEEDS,
+    DEFAULTS,
+    EXTEND_METHODS,
+    KIND_DEFAULTS,
+    TASK_PRESETS,
+    _preset,
+    compare,
+)
 
 __all__ = ["main", "build_parser"]
 
@@ -30,6 +39,15 @@ CAPS = {"--train-len": 16_384, "--eval-lens": 131_072, "--steps": 10_000_000, "-
 #: the largest model compare trains (parameters, embeddings included): d_model and layers
 #: within their caps can still ask for one that does not fit in memory
 MAX_PARAMS = 500_000_000
+
+
+def _preset_help(key):
+    """'default: A for lm, B for tasks, C for reverse, ...' for a run setting, read from
+    experiments' presets (so the help cannot drift from what compare does)."""
+    task = KIND_DEFAULTS["task"][key]
+    parts = [f"{KIND_DEFAULTS['lm'][key]:g} for lm", f"{task:g} for tasks"]
+    parts += [f"{p[key]:g} for {name}" for name, p in TASK_PRESETS.items() if p.get(key, task) != task]
+    return "default: " + ", ".join(parts)
 
 
 def _bounded(flag, cap=None, why=""):
@@ -159,13 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'lm' (language modelling on --text or the default corpus) or a synthetic "
                         "task: copy, reverse, sort, recall, parity, addition (default: lm)")
     c.add_argument("--train-len", type=_bounded("--train-len"), default=None, metavar="N",
-                   help="training length: tokens for lm (default 64), largest problem size for "
-                        "tasks (default 8)")
+                   help="training length: tokens for lm, largest problem size for tasks "
+                        f"({_preset_help('train_len')})")
     c.add_argument("--eval-lens", type=_eval_lens, default=None, metavar="L,L,...",
                    help="evaluation lengths, or multiples of the training length such as "
                         "1x,2x,4x,8x (the default for lm; 1x,1.25x,1.5x,2x for tasks)")
     c.add_argument("--steps", type=_bounded("--steps"), default=None, metavar="N",
-                   help="training steps per model (default: 1500 for lm, 3000 for tasks, 4000 for reverse)")
+                   help=f"training steps per model ({_preset_help('steps')})")
     c.add_argument("--seeds", type=_seeds, default=list(DEFAULT_SEEDS),
                    metavar="S,S,...",
                    help="seeds; one model per encoding and seed, the table shows the mean ± the "
@@ -203,13 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--d-model", type=_bounded("--d-model"), default=DEFAULTS["d_model"], metavar="N",
                    help="model width (default: %(default)s)")
     m.add_argument("--layers", type=_bounded("--layers"), default=None, metavar="N",
-                   help="transformer blocks (default: 2 for lm, 3 for tasks, 4 for reverse)")
+                   help=f"transformer blocks ({_preset_help('n_layers')})")
     m.add_argument("--heads", type=_bounded("--heads"), default=DEFAULTS["n_heads"], metavar="N",
                    help="attention heads (default: %(default)s)")
     m.add_argument("--batch-size", type=_bounded("--batch-size"), default=None, metavar="N",
-                   help="sequences per step (default: 16 for lm, 32 for tasks)")
+                   help=f"sequences per step ({_preset_help('batch_size')})")
     m.add_argument("--lr", type=_positive_float, default=None, metavar="LR",
-                   help="peak learning rate (default: 0.003 for lm, 0.001 for tasks)")
+                   help=f"peak learning rate ({_preset_help('lr')})")
     c.add_argument("--no-progress", action="store_true", help="no progress bars")
     c.set_defaults(func=_cmd_compare)
 

@@ -116,6 +116,14 @@ def test_help_and_info():
     for opt in ("--encodings", "--task", "--train-len", "--eval-lens", "--steps", "--seeds", "--text",
                 "--out", "--threads", "--no-progress"):
         assert opt in r.stdout
+    # per-task defaults come from the presets compare uses (they had drifted: addition's were missing)
+    from relpos.experiments import KIND_DEFAULTS, TASK_PRESETS
+    flat = " ".join(r.stdout.split())
+    assert "0.001 for tasks" in flat and "1500 for lm" in flat
+    for name, preset in TASK_PRESETS.items():
+        for key, value in preset.items():
+            if value != KIND_DEFAULTS["task"][key]:
+                assert f"{value:g} for {name}" in flat, (name, key)
     r = run("info")
     assert r.returncode == 0 and r.stdout.startswith("relpos ") and "OpenMP" in r.stdout
     r = run()
