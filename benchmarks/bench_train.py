@@ -228,6 +228,12 @@ def set_threads(n):
     relpos.set_num_threads(n)  # torch's count is set in its own process (train_peer.py)
 
 
+def step_batch(cfg):
+    """The one batch every library steps on: (inputs, next tokens), int64 (batch, T)."""
+    ids = np.random.default_rng(1).integers(0, cfg["vocab"], size=(cfg["batch"], cfg["T"] + 1))
+    return ids[:, :-1].copy(), ids[:, 1:].copy()
+
+
 def _start_peer(enc, cfg, threads, compile):
     """Start benchmarks/train_peer.py (PyTorch's side, in its own process) and
     return (process, its start-up message)."""
@@ -277,9 +283,7 @@ def measure(enc, threads, cfg, repeat, warmup, peak, with_torch=True, with_compi
     """One row: relpos, torch eager and torch.compile step times at `threads` for encoding `enc`."""
     set_threads(threads)
     batch = cfg["batch"]
-    rng = np.random.default_rng(1)
-    ids = rng.integers(0, cfg["vocab"], size=(batch, cfg["T"] + 1))
-    x, y = ids[:, :-1], ids[:, 1:]
+    x, y = step_batch(cfg)
     model, r_step = relpos_model(enc, cfg)
     row = dict(benchmark="train_step", config=config_name, encoding=enc, threads=threads, batch=batch, T=cfg["T"],
                d_model=cfg["d_model"], n_layers=cfg["n_layers"], n_heads=cfg["n_heads"], repeat=repeat,

@@ -39,14 +39,11 @@ def main(argv=None):
         return 0
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path.insert(0, here)
-    import bench_train as bt  # imports relpos: only to build the same initial weights
-    import numpy as np
+    import bench_train as bt  # imports relpos: only to build the same initial weights and batch
 
     cfg, enc, threads = spec["config"], spec["enc"], int(spec["threads"])
     torch.set_num_threads(threads)
-    rng = np.random.default_rng(1)  # the same batch as bench_train.measure
-    ids = rng.integers(0, cfg["vocab"], size=(cfg["batch"], cfg["T"] + 1))
-    tx, ty = torch.from_numpy(ids[:, :-1].copy()), torch.from_numpy(ids[:, 1:].copy())
+    tx, ty = (torch.from_numpy(a) for a in bt.step_batch(cfg))
     model, _ = bt.relpos_model(enc, cfg)
     peers = {"torch": bt.torch_model(model, enc, cfg)}
     ready = {"ready": True, "omp_env": omp_env or "unset (libgomp's defaults)",
