@@ -538,16 +538,19 @@ def compare(encodings=DEFAULT_ENCODINGS, task: str = "lm", train_len: int | None
             or a synthetic task name (exact-match accuracy; train_len is then the
             largest problem size trained on, sizes 1..train_len; every sequence
             starts with <bos> unless ``task_options={"bos": False}``).
-        train_len: training length (default 64 for lm, 8 for tasks).
+        train_len: training length (default 64 for lm, 8 for tasks; per task in
+            :data:`TASK_PRESETS`, e.g. 4 for addition).
         eval_lens: evaluation lengths (default 1x, 2x, 4x, 8x train_len for lm;
             1x, 1.25x, 1.5x, 2x for tasks).
         steps, seeds: optimisation steps per run (default 1500 for lm, 3000 for
             tasks, 4000 for reverse); one run per (encoding, seed). Default seeds 0, 1, 2: the
             table gives each cell's mean ± the half-width of its 95% t-interval.
         d_model, n_layers, n_heads, d_ff, norm, pre_ln, dropout: the model
-            (n_layers default 2 for lm, 3 for tasks, 4 for reverse: :data:`TASK_PRESETS`).
+            (n_layers default 2 for lm, 3 for tasks, 4 for reverse and addition:
+            :data:`TASK_PRESETS`).
         batch_size, lr, warmup, weight_decay, clip: the optimiser (batch_size
-            default 16 for lm, 32 for tasks; peak lr 3e-3 for lm, 1e-3 for tasks).
+            default 16 for lm, 32 for tasks; peak lr 3e-3 for lm and addition, 1e-3 for
+            the other tasks).
         text: the training text itself (str); text_file: a path to read it from.
         eval_tokens: LM evaluation uses the first eval_tokens validation tokens
             at every length; n_eval: problems per length for tasks.

@@ -642,7 +642,7 @@ def _load_safetensors(f, path, size):
         raise ImportError("reading .safetensors files needs the safetensors package "
                           "(pip install safetensors)") from None
     out = {}
-    header = []  # the raw header, read once for all bfloat16 tensors (safetensors gives no offsets)
+    header = None  # (length, parsed raw header): read once, for the bfloat16 tensors (safetensors gives no offsets)
     try:
         with safe_open(path, framework="np") as st:
             names = list(st.offset_keys()) if hasattr(st, "offset_keys") else list(st.keys())
@@ -654,9 +654,9 @@ def _load_safetensors(f, path, size):
                 if dt in _ST_NUMPY:
                     out[name] = st.get_tensor(name)
                 elif dt == "BF16":
-                    if not header:
-                        header.append(_st_header(f))
-                    out[name] = _bf16_tensor(f, path, size, name, *header[0])
+                    if header is None:
+                        header = _st_header(f)
+                    out[name] = _bf16_tensor(f, path, size, name, *header)
                 else:
                     raise _bad(path, f"tensor {_short(name)}: dtype {_short(dt)} has no NumPy equivalent")
     except SafetensorError as e:
