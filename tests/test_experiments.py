@@ -309,7 +309,7 @@ def test_task_defaults():
     assert _resolve(dict(encoding="rope", task="reverse", n_layers=2))["n_layers"] == 2
     assert _resolve(dict(encoding="rope", task="parity"))["n_layers"] == 3
     add = _resolve(dict(encoding="rope", task="addition"))
-    assert (add["train_len"], add["n_layers"], add["steps"], add["lr"], add["eval_lens"]) == (4, 4, 3000, 3e-3,
+    assert (add["train_len"], add["n_layers"], add["steps"], add["lr"], add["eval_lens"]) == (4, 4, 6000, 3e-3,
                                                                                           [4, 5, 6, 8])
     cfg = _resolve(dict(encoding="rope", task="copy", task_options={"bos": False, "length_sampling": "linear"}))
     assert cfg["task_options"] == {"bos": False, "length_sampling": "linear"}
