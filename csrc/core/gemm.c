@@ -328,22 +328,34 @@ static void gemm_direct(const gemm_prob *g) {
  * the NR panels of a column block cut into jchunks runs. Depends on the
  * thread count (for balance) but only moves tile ownership, never the K order. */
 typedef struct {
-    int64_t mc, n_ic, jchunks;
+    int64_t n_mp, n_ic, jchunks; /* MR-row micro-panels, row tasks, column chunks per row task */
+    int mr;
 } split_t;
 
 static split_t make_split(int64_t M, int64_t n_jr, int nt, int MR, int NR) {
     split_t s;
-    const int64_t mc_max = round_up(MC, MR);
-    int64_t want = nt > 1 ? 4 * (int64_t)nt : 1; /* tasks wanted, for dynamic balance */
-    int64_t n_ic = ceil_div(M, mc_max);
+    const int64_t mp_max = round_up(MC, MR) / MR; /* micro-panels per row task at most */
+    int64_t want = nt > 1 ? 4 * (int64_t)nt : 1;  /* tasks wanted, for dynamic balance */
+    s.mr = MR;
+    s.n_mp = ceil_div(M, MR);
+    s.n_ic = ceil_div(s.n_mp, mp_max);
     /* Too few row blocks: cut the rows finer when C is tall, else cut the
      * columns (every task streams the packed B of its columns, for all K:
      * with wide C that is the larger operand). */
-    if (n_ic < want && M >= n_jr * NR) n_ic = min64(want, ceil_div(M, MR));
-    s.mc = round_up(ceil_div(M, n_ic), MR);
-    s.n_ic = ceil_div(M, s.mc);
+    if (s.n_ic < want && M >= n_jr * NR) s.n_ic = min64(want, s.n_mp);
     s.jchunks = s.n_ic >= want ? 1 : min64(n_jr, ceil_div(want, s.n_ic));
     return s;
+}
+
+/* Rows [*i0, *i0 + *mc) of row task ic: the micro-panels are dealt out evenly
+ * (rp_chunk), so that tasks differ by one micro-panel at most. (Cutting rows
+ * into equal blocks of round_up(M / n_ic, MR) left a short last block: 256
+ * rows in 8 tasks were 7 x 36 + 4, and 2 threads did 144 and 112 rows.) */
+static void split_rows(const split_t *s, int64_t M, int64_t ic, int64_t *i0, int64_t *mc) {
+    int64_t lo, hi;
+    rp_chunk(s->n_mp, s->n_ic, ic, &lo, &hi);
+    *i0 = lo * s->mr;
+    *mc = min64(hi * s->mr, M) - *i0;
 }
 
 /* Pack all KC-deep blocks of op(B)[:, j0:j0+nc]: block kb at Bp + kb*KC*nc_pad,
@@ -396,8 +408,9 @@ static void gemm_alone(const gemm_prob *g, const kernel_t *kn, float *Ap, float 
         pack_b_items(g, kn, j0, nc, 0, ceil_div(g->K, KC) * n_jr, Bp);
         split_t s = make_split(g->M, n_jr, 1, kn->mr, kn->nr);
         for (int64_t ic = 0; ic < s.n_ic; ic++) {
-            int64_t i0 = ic * s.mc;
-            run_task(g, kn, j0, nc, i0, min64(s.mc, g->M - i0), 0, n_jr, Bp, Ap, NULL);
+            int64_t i0, mc;
+            split_rows(&s, g->M, ic, &i0, &mc);
+            run_task(g, kn, j0, nc, i0, mc, 0, n_jr, Bp, Ap, NULL);
         }
     }
 }
@@ -505,9 +518,10 @@ static void gemm_team(const gemm_prob *g, const kernel_t *kn, float *Ap, float *
             const int64_t t = __atomic_fetch_add(&next[u], 1, __ATOMIC_RELAXED);
             if (t >= ntask) break;
             int64_t ic = t / s.jchunks, jc = t % s.jchunks;
-            int64_t i0 = ic * s.mc, q0, q1;
+            int64_t i0, mc, q0, q1;
+            split_rows(&s, g->M, ic, &i0, &mc);
             rp_chunk(n_jr, s.jchunks, jc, &q0, &q1);
-            if (i0 < g->M && q0 < q1) run_task(g, kn, j0, nc, i0, min64(s.mc, g->M - i0), q0, q1, Bp, Ap, fl);
+            if (mc > 0 && q0 < q1) run_task(g, kn, j0, nc, i0, mc, q0, q1, Bp, Ap, fl);
         }
     }
 }
