@@ -40,7 +40,11 @@ def get_num_threads() -> int:
 
 
 def config() -> dict:
-    """Build and run-time facts as a dict (version, OpenMP, threads, SIMD path, compiler, flags)."""
+    """Build and run-time facts as a dict (version, OpenMP, threads, SIMD path, compiler, flags).
+
+    ``backing_off`` is True while relpos runs its parallel regions on one thread
+    because it saw its threads stall (another process had their cores; it
+    tries threads again after a second; results are the same either way)."""
     c = dict(_C.config())
     c["version"] = __version__
     c["omp_wait"] = _omp_env.policy
@@ -54,7 +58,8 @@ def show_config() -> None:
     print(f"relpos {c['version']}")
     print(f"  OpenMP        : {'on' if c['openmp'] else 'off (serial build)'}")
     print(f"  threads       : {c['num_threads']}"
-          + ("  (a forked child: serial, since OpenMP's pool does not survive fork)" if c["forked_child"] else ""))
+          + ("  (a forked child: serial, since OpenMP's pool does not survive fork)" if c["forked_child"] else "")
+          + ("  (backing off to 1 for now: its threads were kept off their cores)" if c["backing_off"] else ""))
     print(f"  OpenMP wait   : {c['omp_wait']}")
     paths = c.get("simd_paths", {})
     print("  SIMD paths    : " + ", ".join(f"{k} {v}" for k, v in paths.items())

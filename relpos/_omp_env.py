@@ -1,13 +1,23 @@
 """How relpos' OpenMP threads wait, chosen before libgomp loads.
 
-libgomp's idle threads spin (by default for about 300,000 iterations) before
+libgomp's idle threads spin (by default for 300,000 iterations, about 7.5 ms
+on the 2-vCPU AMD EPYC VM where this was measured, a PAUSE taking 25 ns) before
 they sleep, at the end of every parallel region. A training step opens ~60
-regions, often milliseconds apart: on a machine where other processes compete
-for the cores, the spinning thread takes the CPU its partner needs, and a
-2-thread step of the small model took 10x its 1-thread time (median 230-290 ms
-against 23 ms, measured with the other helpers' jobs running). A short spin
-(GOMP_SPINCOUNT=1000, a few microseconds) keeps back-to-back regions fast and
-hands the CPU back soon after.
+regions, often microseconds to a millisecond apart: on a machine where other
+processes compete for the cores, the spinning thread takes the CPU its partner
+needs, and a 2-thread step of the small model took 10x its 1-thread time (median
+230-290 ms against 23 ms, measured with the other helpers' jobs running). A
+thread that sleeps, though, is late for the next region: with a spin of 1000
+(25 us) 256^3 products ran at one thread's speed in half the calls (median
+380 us against 190 us with a spin of 30000), and the small step took
+11-14.5 ms against 9-11 ms. relpos asks
+for GOMP_SPINCOUNT=30000 (about 0.75 ms there): awake between the regions of a
+step, asleep soon after it. Under load the threads are not left spinning
+against the other process: the GEMM's stall detector makes every kernel run
+on one thread for a second (see csrc/core/gemm.c, rp_back_off), and the small
+step with a core kept busy took 15.7-17.3 ms on 2 threads against 16 ms on one
+(27 ms before every kernel backed off, 64 ms with this spin and only the GEMM
+backing off).
 
 libgomp reads its variables once, when it is loaded, which is when relpos._C
 is imported; so relpos sets the variable just for that import and removes it
@@ -18,7 +28,7 @@ library loaded first keeps the settings it started with.
 import os
 
 #: the spin count relpos asks libgomp for when the user set none
-SPINCOUNT = "1000"
+SPINCOUNT = "30000"
 #: the policy in force, in words (set by before_import; relpos.config()["omp_wait"])
 policy = "unknown"
 _USER_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
@@ -44,7 +54,7 @@ def before_import() -> str:
         policy = "libgomp's own (it was loaded before relpos)"
     else:
         os.environ["GOMP_SPINCOUNT"] = SPINCOUNT
-        policy = f"relpos default (GOMP_SPINCOUNT={SPINCOUNT}: a short spin, then sleep)"
+        policy = f"relpos default (GOMP_SPINCOUNT={SPINCOUNT}: a spin of ~1 ms, then sleep)"
     return policy
 
 

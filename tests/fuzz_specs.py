@@ -656,7 +656,7 @@ def _(draw):
 # Entry points that are configuration, not kernels: called with their valid
 # arguments and with wrong types by a separate test.
 CONFIG_ENTRY_POINTS = {"config", "get_num_threads", "set_num_threads", "force_portable", "gemm_kernel",
-                       "fma_peak_gflops"}
+                       "fma_peak_gflops", "back_off"}
 
 
 class RandomDraw:

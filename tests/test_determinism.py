@@ -68,3 +68,28 @@ def test_different_seeds_differ(data, which):
     b = train(data, 2, "rope", steps=10, **({"seed": 1} if which == "model" else {"data_seed": 1}))
     assert a[1] != b[1]
     assert any(not np.array_equal(a[0][k], b[0][k]) for k in a[0])
+
+
+def test_back_off_changes_speed_not_results(data, capsys):
+    """While relpos backs off after its threads stalled (every parallel region on
+    one thread for a while), a 2-thread run is the same, bit for bit; the back-off
+    shows in config() and show_config(), and ends by itself."""
+    from relpos import _C
+    normal = train(data, 2, "rope", steps=10)
+    _C.back_off(600.0)
+    try:
+        assert relpos.config()["backing_off"] is True
+        relpos.show_config()
+        assert "backing off to 1" in capsys.readouterr().out
+        backed = train(data, 2, "rope", steps=10)
+    finally:
+        _C.back_off(0.0)
+    assert relpos.config()["backing_off"] is False
+    assert_bit_identical(normal, backed)
+    _C.back_off(0.01)
+    import time
+    time.sleep(0.05)
+    assert relpos.config()["backing_off"] is False
+    for bad in (-1.0, float("nan"), 1e9):
+        with pytest.raises(ValueError, match="seconds must be in"):
+            _C.back_off(bad)

@@ -393,6 +393,13 @@ def test_config_entry_points_reject_bad_types():
     with pytest.raises(ValueError, match="threads"):
         C.fma_peak_gflops(threads=-1)
     assert C.fma_peak_gflops(threads=1, seconds=0.01) > 0
+    for bad in ("x", None):
+        with pytest.raises(TypeError):
+            C.back_off(bad)
+    with pytest.raises(ValueError, match="seconds"):
+        C.back_off(float("inf"))
+    C.back_off(0.0)
+    assert C.config()["backing_off"] is False
 
 
 def test_report_counts():

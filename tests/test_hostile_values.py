@@ -72,7 +72,8 @@ DENORMAL = 1e-39
 OTHER_AREA = {"attention_fwd", "attention_bwd", "attention_mat_fwd", "attention_mat_bwd", "bias_alibi_fwd",
               "bias_alibi_bwd", "bias_t5_fwd", "bias_t5_bwd", "t5_bucket", "bias_kerple_fwd", "bias_kerple_bwd",
               "bias_sandwich_fwd", "fire_fwd", "fire_bwd"}
-CONFIG = {"config", "get_num_threads", "set_num_threads", "force_portable", "gemm_kernel", "fma_peak_gflops"}
+CONFIG = {"config", "get_num_threads", "set_num_threads", "force_portable", "gemm_kernel", "fma_peak_gflops",
+          "back_off"}
 
 COUNTS = Counter()
 SHOW = int(os.environ.get("RELPOS_HOSTILE_SHOW", "48"))   # inputs up to this size are shown in a failure
@@ -1466,6 +1467,7 @@ def test_cope_nan_position_is_nan_everywhere_downstream(path):
     (lambda: C.add_layer_norm_fwd(*[np.ones((1, 2), np.float32)] * 2, np.ones(2, np.float32),
                                   np.ones(2, np.float32), np.nan), "eps", "got nan"),
     (lambda: C.fma_peak_gflops(seconds=-1.0), "seconds", "got -1.0"),
+    (lambda: C.back_off(np.nan), "seconds", "got nan"),
 ])
 def test_float_argument_messages_say_what_came(call, name, shown):
     """PyErr_Format has no %g: these messages ended in a literal "got %g"."""

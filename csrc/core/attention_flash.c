@@ -663,7 +663,7 @@ int rp_attn_fused_fwd(const rp_attn *a, float *out, float *lse) {
     c.careful = rp_any_nonfinite(a->v, BH * a->Tk * a->Dv) ||
                 (a->relv && rp_any_nonfinite(a->relv, a->Hrv * a->relv_ix.R * a->Dv));
     const int64_t nitems = BH * c.nqb;
-    int nt = rp_get_num_threads();
+    int nt = rp_par_threads();
     if (nt < 1) nt = 1;
     if (nitems < nt) nt = (int)nitems;
     const size_t per = fz_scr_floats(c.D, c.Dv, 0);
@@ -1095,7 +1095,7 @@ int rp_attn_fused_bwd(const rp_attn *a, const float *out, const float *lse, cons
             if (!sh[s]->part) fail = 1;
         }
     }
-    int nt = rp_get_num_threads();
+    int nt = rp_par_threads();
     if (nt < 1) nt = 1;
     if (nitems < nt) nt = (int)nitems;
     const size_t per = fz_scr_floats(D, Dv, Tq);

@@ -154,7 +154,7 @@ int rp_attn_mat_fwd(const rp_attn *a, float *out, float *lse, float *probs) {
     const int64_t H = a->H, Tq = a->Tq, Tk = a->Tk, Dv = a->Dv, BH = a->B * a->H;
     const int64_t nrows = BH * Tq;
     if (nrows == 0) return RP_OK;
-    int nt = rp_get_num_threads();
+    int nt = rp_par_threads();
     if (nt < 1) nt = 1;
     float *S = probs;
     if (!S) {
@@ -281,7 +281,7 @@ int rp_attn_mat_bwd(const rp_attn *a, const float *out, const float *lse, const 
         zero_f(dpi, a->Hp * a->pwl_S);
         return RP_OK;
     }
-    int nt = rp_get_num_threads();
+    int nt = rp_par_threads();
     if (nt < 1) nt = 1;
     const int64_t nmat = BH * Tq * Tk;
     const int64_t nc = table_chunks(BH, Tq);

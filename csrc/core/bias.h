@@ -21,9 +21,9 @@
 #define RP_BIAS_MIN_PARALLEL 32768
 #if RP_HAVE_OPENMP
 #define RP_BIAS_PARALLEL_FOR(work) \
-    RP_PRAGMA(omp parallel for schedule(static) num_threads(rp_get_num_threads()) if ((work) >= RP_BIAS_MIN_PARALLEL))
+    RP_PRAGMA(omp parallel for schedule(static) num_threads(rp_par_threads()) if ((work) >= RP_BIAS_MIN_PARALLEL))
 #define RP_BIAS_PARALLEL_PARTS(work) \
-    RP_PRAGMA(omp parallel for schedule(dynamic, 1) num_threads(rp_get_num_threads()) if ((work) >= RP_BIAS_MIN_PARALLEL))
+    RP_PRAGMA(omp parallel for schedule(dynamic, 1) num_threads(rp_par_threads()) if ((work) >= RP_BIAS_MIN_PARALLEL))
 #else
 #define RP_BIAS_PARALLEL_FOR(work)
 #define RP_BIAS_PARALLEL_PARTS(work)

@@ -1,9 +1,11 @@
 /* Memory, threads, SIMD dispatch and build facts. */
+#define _POSIX_C_SOURCE 200809L /* clock_gettime */
 #include "relpos.h"
 
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #ifndef RP_COMPILER
 #define RP_COMPILER "unknown"
@@ -71,6 +73,34 @@ int rp_get_num_threads(void) {
 }
 
 int rp_have_openmp(void) { return RP_HAVE_OPENMP; }
+
+int64_t rp_now_ns(void) {
+    struct timespec t;
+    if (clock_gettime(CLOCK_MONOTONIC, &t) != 0) return 0;
+    return (int64_t)t.tv_sec * 1000000000 + (int64_t)t.tv_nsec;
+}
+
+/* CLOCK_MONOTONIC ns before which parallel regions run on one thread; 0 when
+ * not backing off (so the common case reads no clock). A relaxed atomic
+ * shared by every caller: a heuristic, never a correctness matter. */
+static int64_t rp_solo_until = 0;
+
+void rp_back_off(int64_t until_ns) { __atomic_store_n(&rp_solo_until, until_ns, __ATOMIC_RELAXED); }
+
+int rp_backing_off(void) {
+    const int64_t until = __atomic_load_n(&rp_solo_until, __ATOMIC_RELAXED);
+    if (until == 0) return 0;
+    if (rp_now_ns() < until) return 1;
+    /* expired: clear it, unless another thread set a new one meanwhile */
+    int64_t expect = until;
+    __atomic_compare_exchange_n(&rp_solo_until, &expect, 0, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+    return 0;
+}
+
+int rp_par_threads(void) {
+    const int n = rp_get_num_threads();
+    return n > 1 && rp_backing_off() ? 1 : n;
+}
 
 int rp_cpu_has_avx2_fma(void) {
 #if RP_HAVE_X86_TU && (defined(__x86_64__) || defined(_M_X64))

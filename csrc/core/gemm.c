@@ -468,26 +468,22 @@ static void team_wait(team_sync *ts, int nt) {
  * handed out through an atomic counter, so on a quiet machine that wait is at
  * most one item. A wait over BAND_WAIT_NS and half the call is a stall (another
  * thread was off its core); two stalls within BAND_REPEAT_NS (one can be a
- * hiccup of a quiet VM) send the band to one thread for BAND_BACKOFF_NS,
- * after which teams are tried again. Measured on the small model's step (2
- * vCPUs): quiet, 2 threads 12.1-12.9 ms against 16.0-16.2 on one; with one
- * core busy, 16.8-16.9 against 14.2-15.2 (a fixed 96^3 guard: 24.6-31.5).
- * Results do not depend on the thread count (see the top of this file), so
- * this changes only speed. The state is two relaxed atomics shared by every
- * caller: a heuristic. */
+ * hiccup of a quiet VM) make the whole library back off for BAND_BACKOFF_NS
+ * (rp_back_off): the band's products and every other kernel's parallel region
+ * (rp_par_threads) run on one thread, after which teams are tried again. The
+ * other kernels split their work statically, so a stalled member holds up
+ * their join just as much: measured on the small model's step (2 vCPUs, one
+ * core kept busy by another process), 2 threads took 27 ms when only the GEMM
+ * band backed off, against 16 ms on one thread. Products above BAND_HI keep
+ * their team (their work is claimed dynamically and a stall costs them little
+ * in proportion). Results do not depend on the thread count (see the top of
+ * this file), so this changes only speed. */
 #define BAND_LO ((int64_t)96 * 96 * 96)
 #define BAND_HI ((int64_t)384 * 384 * 384)
 #define BAND_WAIT_NS ((int64_t)100000)
 #define BAND_BACKOFF_NS ((int64_t)1000000000)
 #define BAND_REPEAT_NS ((int64_t)100000000)
-static int64_t band_off_until;  /* CLOCK_MONOTONIC ns before which the band runs on one thread */
 static int64_t band_last_stall; /* CLOCK_MONOTONIC ns of the last team call that waited too long */
-
-static int64_t now_ns(void) {
-    struct timespec t;
-    if (clock_gettime(CLOCK_MONOTONIC, &t) != 0) return 0;
-    return (int64_t)t.tv_sec * 1000000000 + (int64_t)t.tv_nsec;
-}
 
 /* team_wait at the end of a region; thread 0 adds its wait to *wait_ns (if given) */
 static void leave_team(team_sync *ts, int team, int tid, int64_t *wait_ns) {
@@ -495,9 +491,9 @@ static void leave_team(team_sync *ts, int team, int tid, int64_t *wait_ns) {
         team_wait(ts, team);
         return;
     }
-    const int64_t t = now_ns();
+    const int64_t t = rp_now_ns();
     team_wait(ts, team);
-    *wait_ns += now_ns() - t;
+    *wait_ns += rp_now_ns() - t;
 }
 
 /* Whole product by the calling team (call from inside a parallel region,
@@ -608,21 +604,21 @@ static int gemm_run(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha
     if (work < BAND_LO) nt = 1;
     int band = 0; /* a team in the band: its wait is timed */
     if (nt > 1 && work < BAND_HI) {
-        if (now_ns() < __atomic_load_n(&band_off_until, __ATOMIC_RELAXED))
+        if (rp_backing_off())
             nt = 1;
         else
             band = 1;
     }
     int64_t wait = 0;
-    const int64_t t0 = band ? now_ns() : 0;
+    const int64_t t0 = band ? rp_now_ns() : 0;
     rc = gemm_exec(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias, batch, sA, sB, sC, nt,
                    band ? &wait : NULL);
     if (band && wait > BAND_WAIT_NS) {
-        const int64_t t1 = now_ns();
+        const int64_t t1 = rp_now_ns();
         if (2 * wait > t1 - t0) {
             /* one stall can be a hiccup of a quiet machine; two within BAND_REPEAT_NS are contention */
             const int64_t last = __atomic_exchange_n(&band_last_stall, t1, __ATOMIC_RELAXED);
-            if (t1 - last < BAND_REPEAT_NS) __atomic_store_n(&band_off_until, t1 + BAND_BACKOFF_NS, __ATOMIC_RELAXED);
+            if (t1 - last < BAND_REPEAT_NS) rp_back_off(t1 + BAND_BACKOFF_NS);
         }
     }
     return rc;
@@ -739,7 +735,7 @@ int rp_colsum(const float *X, int64_t M, int64_t N, float *out) {
     if (M < 0 || N < 0) return RP_EINVAL;
     if (N == 0) return RP_OK;
     const int64_t nstrip = ceil_div(N, COLSUM_COLS);
-    int nt = rp_get_num_threads();
+    int nt = rp_par_threads();
     (void)nt;
 #if RP_HAVE_OPENMP
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && M * N > 32768 && nstrip > 1)

@@ -107,7 +107,7 @@ int rp_ops_dropout_mask(uint8_t *mask, int64_t n, float p, uint64_t seed);
 
 /* Parallel loop that stays serial when the work is small. */
 #if RP_HAVE_OPENMP
-#define RP_OPS_PFOR(cond) RP_PRAGMA(omp parallel for schedule(static) num_threads(rp_get_num_threads()) if (cond))
+#define RP_OPS_PFOR(cond) RP_PRAGMA(omp parallel for schedule(static) num_threads(rp_par_threads()) if (cond))
 #define RP_OPS_SIMD_SUM(v) RP_PRAGMA(omp simd reduction(+ : v))
 #define RP_OPS_SIMD_MAX(v) RP_PRAGMA(omp simd reduction(max : v))
 #else

@@ -19,7 +19,7 @@ int rp_optim_sgd_step(float *param, const float *grad, float *buf, int64_t n, do
     const float fdamp = (float)(1.0 - dampening);
     if (momentum == 0.0) {
 #if RP_HAVE_OPENMP
-#pragma omp parallel for schedule(static) num_threads(rp_get_num_threads()) if (n >= RP_OPTIM_PAR_MIN)
+#pragma omp parallel for schedule(static) num_threads(rp_par_threads()) if (n >= RP_OPTIM_PAR_MIN)
 #endif
         for (int64_t i = 0; i < n; i++) {
             float g = grad[i] + fwd * param[i];
@@ -28,7 +28,7 @@ int rp_optim_sgd_step(float *param, const float *grad, float *buf, int64_t n, do
         return RP_OK;
     }
 #if RP_HAVE_OPENMP
-#pragma omp parallel for schedule(static) num_threads(rp_get_num_threads()) if (n >= RP_OPTIM_PAR_MIN)
+#pragma omp parallel for schedule(static) num_threads(rp_par_threads()) if (n >= RP_OPTIM_PAR_MIN)
 #endif
     for (int64_t i = 0; i < n; i++) {
         float g = grad[i] + fwd * param[i];
@@ -94,7 +94,7 @@ int rp_optim_adamw_step(float *param, const float *grad, float *m, float *v, int
     float *g = (float *)grad;
 #if RP_HAVE_OPENMP
     const int64_t nch = (n + RP_OPTIM_CHUNK - 1) / RP_OPTIM_CHUNK;
-#pragma omp parallel for schedule(static) num_threads(rp_get_num_threads()) if (n >= RP_OPTIM_PAR_MIN)
+#pragma omp parallel for schedule(static) num_threads(rp_par_threads()) if (n >= RP_OPTIM_PAR_MIN)
     for (int64_t ch = 0; ch < nch; ch++) {
         const int64_t i0 = ch * RP_OPTIM_CHUNK, len = n - i0 < RP_OPTIM_CHUNK ? n - i0 : RP_OPTIM_CHUNK;
         adamw_span(&c, param + i0, g + i0, m + i0, v + i0, len, 1.0f);
@@ -171,7 +171,7 @@ int rp_optim_adamw_multi(float *const *params, float *const *grads, float *const
     }
     const int64_t total = first[n_tensors];
 #if RP_HAVE_OPENMP
-#pragma omp parallel for schedule(static) num_threads(rp_get_num_threads()) if (elems >= RP_OPTIM_PAR_MIN)
+#pragma omp parallel for schedule(static) num_threads(rp_par_threads()) if (elems >= RP_OPTIM_PAR_MIN)
 #endif
     for (int64_t c = 0; c < total; c++) {
         int64_t t, i0, len;
@@ -197,7 +197,7 @@ int rp_optim_scale_multi(float *const *arrays, const int64_t *sizes, int64_t n_a
     if (!first) return rc;
     const int64_t total = first[n_arrays];
 #if RP_HAVE_OPENMP
-#pragma omp parallel for schedule(static) num_threads(rp_get_num_threads()) if (elems >= RP_OPTIM_PAR_MIN)
+#pragma omp parallel for schedule(static) num_threads(rp_par_threads()) if (elems >= RP_OPTIM_PAR_MIN)
 #endif
     for (int64_t c = 0; c < total; c++) {
         int64_t t, i0, len;
@@ -250,7 +250,7 @@ int rp_optim_sumsq(const float *const *arrays, const int64_t *sizes, int64_t n_a
         return RP_ENOMEM;
     }
 #if RP_HAVE_OPENMP
-#pragma omp parallel for schedule(static) num_threads(rp_get_num_threads()) if (total >= 4)
+#pragma omp parallel for schedule(static) num_threads(rp_par_threads()) if (total >= 4)
 #endif
     for (int64_t c = 0; c < total; c++) {
         int64_t a, start, len;
@@ -270,7 +270,7 @@ int rp_optim_scale(float *x, int64_t n, float factor) {
     if (n == 0) return RP_OK;
     if (!x) return RP_EINVAL;
 #if RP_HAVE_OPENMP
-#pragma omp parallel for schedule(static) num_threads(rp_get_num_threads()) if (n >= RP_OPTIM_PAR_MIN)
+#pragma omp parallel for schedule(static) num_threads(rp_par_threads()) if (n >= RP_OPTIM_PAR_MIN)
 #endif
     for (int64_t i = 0; i < n; i++) x[i] *= factor;
     return RP_OK;

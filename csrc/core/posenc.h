@@ -29,9 +29,7 @@ typedef enum {
 #define RP_POSENC_MIN_PARALLEL 16384
 #define RP_POSENC_MIN_PARALLEL_TRIG 2048
 
-static inline int rp_posenc_threads(int64_t work, int64_t min_work) {
-    return work < min_work ? 1 : rp_get_num_threads();
-}
+static inline int rp_posenc_threads(int64_t work, int64_t min_work) { return work < min_work ? 1 : rp_par_threads(); }
 
 /* The pair loop, once; A(k), B(k) index the pair's two channels. Written out
  * per layout (and with / without sc) so the strides are constants and the

@@ -39,6 +39,19 @@ void rp_set_num_threads(int n);
 int rp_get_num_threads(void);
 int rp_have_openmp(void);
 
+/* The thread count a kernel's parallel region takes: rp_get_num_threads(),
+ * or 1 while the library backs off after it saw its threads kept off their
+ * cores (rp_back_off; set by gemm.c's stall detector). Read it once per
+ * kernel and size per-thread buffers with that value. Results never depend
+ * on it (every split is fixed), only speed does. */
+int rp_par_threads(void);
+/* Monotonic clock in nanoseconds (0 if unavailable). */
+int64_t rp_now_ns(void);
+/* Run parallel regions on one thread until rp_now_ns() reaches until_ns. */
+void rp_back_off(int64_t until_ns);
+/* 1 while backing off. */
+int rp_backing_off(void);
+
 /* SIMD path: 1 if the AVX2/FMA translation unit is compiled in and the CPU has
  * both; rp_force_portable(1) makes every kernel take the portable path (tests). */
 int rp_cpu_has_avx2_fma(void);
@@ -68,7 +81,7 @@ static inline void rp_chunk(int64_t n, int64_t parts, int64_t p, int64_t *lo, in
 #include <omp.h>
 #define RP_PRAGMA(x) _Pragma(#x)
 /* Open a parallel region with relpos' thread count. */
-#define RP_OMP_PARALLEL_FOR RP_PRAGMA(omp parallel for schedule(static) num_threads(rp_get_num_threads()))
+#define RP_OMP_PARALLEL_FOR RP_PRAGMA(omp parallel for schedule(static) num_threads(rp_par_threads()))
 #else
 #define RP_PRAGMA(x)
 #define RP_OMP_PARALLEL_FOR

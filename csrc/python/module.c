@@ -66,6 +66,16 @@ static PyObject *py_force_portable(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *py_back_off(PyObject *self, PyObject *args) {
+    (void)self;
+    double seconds;
+    if (!PyArg_ParseTuple(args, "d:back_off", &seconds)) return NULL;
+    if (!(seconds >= 0.0 && seconds <= 3600.0))
+        return PyErr_Format(PyExc_ValueError, "seconds must be in [0, 3600]; got %R", PyTuple_GET_ITEM(args, 0));
+    rp_back_off(seconds > 0.0 ? rp_now_ns() + (int64_t)(seconds * 1e9) : 0);
+    Py_RETURN_NONE;
+}
+
 /* The SIMD path of each area, as the kernels choose it now (force_portable and gemm_kernel move them). */
 static PyObject *simd_paths(void) {
     static const char *exp_names[] = {"scalar", "avx2", "avx512"};
@@ -80,11 +90,12 @@ static PyObject *py_config(PyObject *self, PyObject *noargs) {
     (void)noargs;
     PyObject *paths = simd_paths();
     if (!paths) return NULL;
-    return Py_BuildValue("{s:O,s:i,s:O,s:s,s:O,s:s,s:s,s:s,s:O,s:N}", "openmp", rp_have_openmp() ? Py_True : Py_False,
-                         "num_threads", rp_get_num_threads(), "forked_child", rp_in_forked_child() ? Py_True : Py_False,
-                         "simd", rp_simd_name(), "cpu_avx2_fma", rp_cpu_has_avx2_fma() ? Py_True : Py_False, "compiler",
-                         rp_compiler(), "cflags", rp_cflags(), "simd_cflags", rp_simd_cflags(), "malloc_tuned",
-                         rp_malloc_tuned ? Py_True : Py_False, "simd_paths", paths);
+    return Py_BuildValue(
+        "{s:O,s:i,s:O,s:O,s:s,s:O,s:s,s:s,s:s,s:O,s:N}", "openmp", rp_have_openmp() ? Py_True : Py_False, "num_threads",
+        rp_get_num_threads(), "backing_off", rp_backing_off() ? Py_True : Py_False, "forked_child",
+        rp_in_forked_child() ? Py_True : Py_False, "simd", rp_simd_name(), "cpu_avx2_fma",
+        rp_cpu_has_avx2_fma() ? Py_True : Py_False, "compiler", rp_compiler(), "cflags", rp_cflags(), "simd_cflags",
+        rp_simd_cflags(), "malloc_tuned", rp_malloc_tuned ? Py_True : Py_False, "simd_paths", paths);
 }
 
 static PyMethodDef rp_methods_config[] = {
@@ -92,6 +103,8 @@ static PyMethodDef rp_methods_config[] = {
      "set_num_threads(n): threads for every kernel (0 = default)."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "get_num_threads() -> int"},
     {"force_portable", py_force_portable, METH_VARARGS, "force_portable(on): use the portable C kernels only (tests)."},
+    {"back_off", py_back_off, METH_VARARGS,
+     "back_off(seconds): run every parallel region on one thread for that long, as after a stall (0 ends it; tests)."},
     {"config", py_config, METH_NOARGS, "config() -> dict of build and run-time facts."},
     {NULL, NULL, 0, NULL},
 };
