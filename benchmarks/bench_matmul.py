@@ -18,6 +18,7 @@ this CPU; nothing else is changed.
 import argparse
 import os
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -106,6 +107,18 @@ def check(case, rel_fn, rng):
     return err
 
 
+def settle():
+    """Before a relpos block: let OpenBLAS's threads from the NumPy block before it
+    stop spinning (they spin ~0.1 s after a call), and wait out a back-off their
+    spinning caused (relpos then runs every kernel on one thread for a second;
+    config()["backing_off"]): the block measures relpos on a quiet machine."""
+    time.sleep(0.2)
+    for _ in range(30):
+        if not relpos.config()["backing_off"]:
+            break
+        time.sleep(0.05)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
@@ -162,6 +175,7 @@ def main():
                         else:
                             # each library in a block of its own: both OpenBLAS's and libgomp's idle
                             # threads spin after a call and would steal the cores the other is timed on
+                            settle()
                             (t_rel,), (c_rel,) = _util.time_pair([rel_fn], min_time=args.min_time)
                             (t_np,), (c_np,) = _util.time_pair([np_fn], min_time=args.min_time)
                         key = (nt, case["name"])

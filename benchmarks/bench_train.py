@@ -32,7 +32,8 @@ policy (libgomp's default spin unless set; the row's peer_process.omp_env)
 instead of the short spin relpos asks for in its own process, and neither
 library's idle threads live in the other's process. The steps are still timed
 interleaved (relpos, torch, compiled, relpos, ...; each timed inside its own
-process), so machine noise hits all alike; after a warm-up the median step
+process, each after the same idle gap, --gap, default 20 ms, so that no step
+starts while the other process's threads still spin), so machine noise hits all alike; after a warm-up the median step
 time is reported, and the best (fastest) step beside it (on a shared machine,
 the step least disturbed by other processes).
 
@@ -273,14 +274,27 @@ def _stop_peer(proc):
         proc.wait()
 
 
+#: idle time before every timed step. Without it a step started while the other
+#: process's OpenMP threads still spun after its own step (libgomp's default spin,
+#: which the torch peer keeps, lasts ~7.5 ms on the AMD EPYC VM), so on 2 cores one
+#: library's step ran with a core taken by the other's idle threads; relpos then
+#: saw its partner thread stall and backed off to one thread (the row's
+#: relpos_backed_off_steps): small model, 2 threads, 14.5 ms at 1-thread speed in
+#: 19-21 of 21 steps, against 9.1 ms and no back-off with the gap. Every library
+#: gets the same gap, so each step starts from sleeping threads, as a step does
+#: after a data loader's pause.
+GAP_S = 0.02
+
+
 def _median_best(times, tokens):
     med, best = float(np.median(times)), float(np.min(times))
     return med, best, tokens / med, tokens / best
 
 
 def measure(enc, threads, cfg, repeat, warmup, peak, with_torch=True, with_compile=True, config_name="large",
-            log=print):
-    """One row: relpos, torch eager and torch.compile step times at `threads` for encoding `enc`."""
+            log=print, gap=GAP_S):
+    """One row: relpos, torch eager and torch.compile step times at `threads` for encoding `enc`;
+    every timed step starts `gap` seconds after the previous one ended (see GAP_S)."""
     set_threads(threads)
     batch = cfg["batch"]
     x, y = step_batch(cfg)
@@ -319,11 +333,16 @@ def measure(enc, threads, cfg, repeat, warmup, peak, with_torch=True, with_compi
             if peers:
                 _ask(proc, cmd="warm")
         times = {"relpos": [], **{k: [] for k in peers}}
+        backed_off = [0, 0]  # relpos steps that began / ended while relpos ran on one thread (see below)
         for _ in range(repeat):  # interleaved: noise on the machine hits every library alike
+            time.sleep(gap)
+            backed_off[0] += relpos.config()["backing_off"]
             t0 = time.perf_counter()
             r_step(x, y)
             times["relpos"].append(time.perf_counter() - t0)
+            backed_off[1] += relpos.config()["backing_off"]
             for name in peers:
+                time.sleep(gap)
                 times[name].append(_ask(proc, cmd="step", peer=name)["s"])
     finally:
         if proc is not None:
@@ -364,11 +383,15 @@ def measure(enc, threads, cfg, repeat, warmup, peak, with_torch=True, with_compi
         key = "ratio" if name == "torch" else "ratio_compile"
         row[key] = t_med / r_med
         row[key + "_best"] = t_min / r_min
+    row["gap_s"] = gap
+    # relpos backs off to one thread for a second when its threads stall (another
+    # process's threads on their cores, e.g. the peer's spinning after its step)
+    row["relpos_backed_off_steps"] = dict(at_start=backed_off[0], at_end=backed_off[1]) if threads > 1 else None
     return row
 
 
 def run(threads=(1, 2), encodings=("rope", "alibi"), quick=False, repeat=None, with_torch=True, log=print,
-        configs=("large",), with_compile=True):
+        configs=("large",), with_compile=True, gap=GAP_S):
     """All rows (dicts) of the benchmark; one per (configuration, encoding, thread
     count), plus one 'scaling' row per (configuration, encoding) (speed at max
     threads / at 1 thread)."""
@@ -391,7 +414,7 @@ def run(threads=(1, 2), encodings=("rope", "alibi"), quick=False, repeat=None, w
             per = {}
             for n in threads:
                 row = measure(enc, n, cfg, repeat, warmup, peaks[n], with_torch, with_compile and not quick,
-                              config_name, log)
+                              config_name, log, gap)
                 rows.append(row)
                 per[n] = row
                 if log:
@@ -416,7 +439,9 @@ def format_row(r):
          f"{r['encoding']:6s} threads={r['threads']} relpos {r['relpos_tok_s']:8.0f} tok/s "
          f"({1e3 * r['relpos_s']:.2f} ms/step, {r['relpos_gflops']:6.1f} GFLOP/s, MFU {100 * (r['mfu'] or 0):4.1f}%, "
          f"best {r['relpos_best_tok_s']:.0f} tok/s, median {100 * r['relpos_spread']:.0f}% above best; "
-         f"python {100 * r['python_share']:4.1f}%, {r['python_cpu_ms']:.1f} ms CPU"
+         + (f"backed off to 1 thread in {r['relpos_backed_off_steps']['at_end']} of {r['repeat']} steps; "
+            if r.get("relpos_backed_off_steps") else "")
+         + f"python {100 * r['python_share']:4.1f}%, {r['python_cpu_ms']:.1f} ms CPU"
          + (f" = {100 * r['python_cpu_share']:.1f}% of step CPU" if r.get("python_cpu_share") is not None else "")
          + ")")
     if "torch_tok_s" in r:
@@ -447,14 +472,18 @@ def main(argv=None):
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile peer")
     ap.add_argument("--json", default=None, help="write the rows here")
+    ap.add_argument("--gap", type=float, default=GAP_S,
+                    help=f"seconds of idle before every timed step, every library alike (default {GAP_S})")
     args = ap.parse_args(argv)
+    if not args.gap >= 0:
+        ap.error(f"--gap must be >= 0 seconds; got {args.gap}")
     threads = tuple(int(t) for t in args.threads.split(","))
     configs = tuple(c for c in args.config.split(",") if c)
     for c in configs:
         if c not in CONFIGS:
             ap.error(f"--config: unknown configuration {c!r}; known: {', '.join(CONFIGS)}")
     rows = run(threads, tuple(args.enc.split(",")), args.quick, args.repeat, not args.no_torch, configs=configs,
-               with_compile=not args.no_compile)
+               with_compile=not args.no_compile, gap=args.gap)
     out = dict(benchmark="train", machine=machine(), configs={c: CONFIGS[c] for c in configs},
                quick=args.quick, rows=rows)
     if args.json:

@@ -484,6 +484,13 @@ static void team_wait(team_sync *ts, int nt) {
 #define BAND_BACKOFF_NS ((int64_t)1000000000)
 #define BAND_REPEAT_NS ((int64_t)100000000)
 static int64_t band_last_stall; /* CLOCK_MONOTONIC ns of the last team call that waited too long */
+/* A team call that starts more than BAND_IDLE_NS after the previous band call
+ * ended may find its partner asleep (libgomp's spin is ~0.75 ms, see
+ * relpos/_omp_env.py), and waking it is slow on a VM: its late arrival is not
+ * a stall. Without this, a training loop that paused between steps (a data
+ * loader, a benchmark's idle gap) backed off at every step's first product. */
+#define BAND_IDLE_NS ((int64_t)300000)
+static int64_t band_last_end; /* CLOCK_MONOTONIC ns when the last band call ended */
 
 /* team_wait at the end of a region; thread 0 adds its wait to *wait_ns (if given) */
 static void leave_team(team_sync *ts, int team, int tid, int64_t *wait_ns) {
@@ -613,9 +620,10 @@ static int gemm_run(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha
     const int64_t t0 = band ? rp_now_ns() : 0;
     rc = gemm_exec(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias, batch, sA, sB, sC, nt,
                    band ? &wait : NULL);
-    if (band && wait > BAND_WAIT_NS) {
+    if (band) {
         const int64_t t1 = rp_now_ns();
-        if (2 * wait > t1 - t0) {
+        const int64_t prev_end = __atomic_exchange_n(&band_last_end, t1, __ATOMIC_RELAXED);
+        if (wait > BAND_WAIT_NS && 2 * wait > t1 - t0 && t0 - prev_end < BAND_IDLE_NS) {
             /* one stall can be a hiccup of a quiet machine; two within BAND_REPEAT_NS are contention */
             const int64_t last = __atomic_exchange_n(&band_last_stall, t1, __ATOMIC_RELAXED);
             if (t1 - last < BAND_REPEAT_NS) rp_back_off(t1 + BAND_BACKOFF_NS);
