@@ -76,8 +76,11 @@ def ALL_ENCODINGS():
     return [row["name"] for row in encodings.available()]
 
 
-#: per-kind defaults for what DEFAULTS leaves as None
-KIND_DEFAULTS = {"lm": dict(train_len=64, steps=1500, batch_size=16, n_layers=2, lr=3e-3),
+#: per-kind defaults for what DEFAULTS leaves as None. The LM's 600 steps (1500 until
+#: issue 11) keep the default 9 x 3-seed comparison near 2 minutes on 2 cores (2 min 11 s);
+#: the models are less trained (RoPE 5.90 perplexity at 64 against 4.60 after 1500 steps)
+#: but the length picture and the ranking at 8x are the same (README, "What you should see").
+KIND_DEFAULTS = {"lm": dict(train_len=64, steps=600, batch_size=16, n_layers=2, lr=3e-3),
                  "task": dict(train_len=8, steps=3000, batch_size=32, n_layers=3, lr=1e-3)}
 #: per-task settings over KIND_DEFAULTS (issue 13), from probes on 2 cores (README, "What
 #: you should see"): with a <bos> token, 3000 steps, peak learning rate 1e-3 and these
@@ -544,7 +547,7 @@ def compare(encodings=DEFAULT_ENCODINGS, task: str = "lm", train_len: int | None
             :data:`TASK_PRESETS`, e.g. 4 for addition).
         eval_lens: evaluation lengths (default 1x, 2x, 4x, 8x train_len for lm;
             1x, 1.25x, 1.5x, 2x for tasks).
-        steps, seeds: optimisation steps per run (default 1500 for lm, 3000 for
+        steps, seeds: optimisation steps per run (default 600 for lm, 3000 for
             tasks, 4000 for reverse, 6000 for addition); one run per (encoding, seed). Default seeds 0, 1, 2: the
             table gives each cell's mean ± the half-width of its 95% t-interval.
         d_model, n_layers, n_heads, d_ff, norm, pre_ln, dropout: the model

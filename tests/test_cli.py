@@ -119,7 +119,7 @@ def test_help_and_info():
     # per-task defaults come from the presets compare uses (they had drifted: addition's were missing)
     from relpos.experiments import KIND_DEFAULTS, TASK_PRESETS
     flat = " ".join(r.stdout.split())
-    assert "0.001 for tasks" in flat and "1500 for lm" in flat
+    assert "0.001 for tasks" in flat and "600 for lm" in flat
     for name, preset in TASK_PRESETS.items():
         for key, value in preset.items():
             if value != KIND_DEFAULTS["task"][key]:

@@ -314,6 +314,6 @@ def test_task_defaults():
     cfg = _resolve(dict(encoding="rope", task="copy", task_options={"bos": False, "length_sampling": "linear"}))
     assert cfg["task_options"] == {"bos": False, "length_sampling": "linear"}
     cfg = _resolve(dict(encoding="rope"))
-    assert (cfg["train_len"], cfg["steps"], cfg["n_layers"], cfg["eval_lens"]) == (64, 1500, 2, [64, 128, 256, 512])
+    assert (cfg["train_len"], cfg["steps"], cfg["n_layers"], cfg["eval_lens"]) == (64, 600, 2, [64, 128, 256, 512])
     assert cfg["task_options"] is None
     assert cfg["lr"] == 3e-3
