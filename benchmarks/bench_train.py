@@ -29,13 +29,14 @@ the same thread count (relpos.set_num_threads, torch.set_num_threads). PyTorch
 runs in a process of its own (benchmarks/train_peer.py, driven over a pipe),
 where torch is imported before relpos: its libgomp keeps the user's OpenMP wait
 policy (libgomp's default spin unless set; the row's peer_process.omp_env)
-instead of the short spin relpos asks for in its own process, and neither
-library's idle threads live in the other's process. The steps are still timed
+instead of the spin relpos asks for in its own process, and neither library's
+idle threads live in the other's process. The steps are still timed
 interleaved (relpos, torch, compiled, relpos, ...; each timed inside its own
 process, each after the same idle gap, --gap, default 20 ms, so that no step
-starts while the other process's threads still spin), so machine noise hits all alike; after a warm-up the median step
-time is reported, and the best (fastest) step beside it (on a shared machine,
-the step least disturbed by other processes).
+starts while the other process's threads still spin), so machine noise hits
+all alike; after a warm-up the median step time is reported, and the best
+(fastest) step beside it (on a shared machine, the step least disturbed by
+other processes).
 
 Figures per (encoding, threads):
   tokens/s of relpos and torch and their ratio;
@@ -333,14 +334,13 @@ def measure(enc, threads, cfg, repeat, warmup, peak, with_torch=True, with_compi
             if peers:
                 _ask(proc, cmd="warm")
         times = {"relpos": [], **{k: [] for k in peers}}
-        backed_off = [0, 0]  # relpos steps that began / ended while relpos ran on one thread (see below)
+        backed_off = 0  # relpos steps that ended with relpos backed off to one thread (see below)
         for _ in range(repeat):  # interleaved: noise on the machine hits every library alike
             time.sleep(gap)
-            backed_off[0] += relpos.config()["backing_off"]
             t0 = time.perf_counter()
             r_step(x, y)
             times["relpos"].append(time.perf_counter() - t0)
-            backed_off[1] += relpos.config()["backing_off"]
+            backed_off += relpos.config()["backing_off"]
             for name in peers:
                 time.sleep(gap)
                 times[name].append(_ask(proc, cmd="step", peer=name)["s"])
@@ -386,7 +386,7 @@ def measure(enc, threads, cfg, repeat, warmup, peak, with_torch=True, with_compi
     row["gap_s"] = gap
     # relpos backs off to one thread for a second when its threads stall (another
     # process's threads on their cores, e.g. the peer's spinning after its step)
-    row["relpos_backed_off_steps"] = dict(at_start=backed_off[0], at_end=backed_off[1]) if threads > 1 else None
+    row["relpos_backed_off_steps"] = backed_off if threads > 1 else None
     return row
 
 
@@ -439,8 +439,8 @@ def format_row(r):
          f"{r['encoding']:6s} threads={r['threads']} relpos {r['relpos_tok_s']:8.0f} tok/s "
          f"({1e3 * r['relpos_s']:.2f} ms/step, {r['relpos_gflops']:6.1f} GFLOP/s, MFU {100 * (r['mfu'] or 0):4.1f}%, "
          f"best {r['relpos_best_tok_s']:.0f} tok/s, median {100 * r['relpos_spread']:.0f}% above best; "
-         + (f"backed off to 1 thread in {r['relpos_backed_off_steps']['at_end']} of {r['repeat']} steps; "
-            if r.get("relpos_backed_off_steps") else "")
+         + (f"backed off to 1 thread in {r['relpos_backed_off_steps']} of {r['repeat']} steps; "
+            if r.get("relpos_backed_off_steps") is not None else "")
          + f"python {100 * r['python_share']:4.1f}%, {r['python_cpu_ms']:.1f} ms CPU"
          + (f" = {100 * r['python_cpu_share']:.1f}% of step CPU" if r.get("python_cpu_share") is not None else "")
          + ")")

@@ -5,7 +5,7 @@ drives it over stdin/stdout, one JSON line per message, so that the steps stay
 interleaved (relpos step, torch step, compiled step, relpos step, ...) while
 each library runs with its own OpenMP settings: torch is imported here before
 relpos, so its libgomp starts with the user's wait policy (libgomp's default
-spin unless set), not the short spin relpos asks for in its own process, and
+spin unless set), not the spin relpos asks for in its own process, and
 neither library's idle threads belong to the other's process.
 
     python benchmarks/train_peer.py '{"enc": "rope", "config": {...}, "threads": 1, "compile": true}'

@@ -472,13 +472,16 @@ class Task:
         are the hardest to get exactly right). (inputs, targets) as in :meth:`sample`."""
         rng = _as_rng(rng)
         lo, hi = self._train_range(lengths)
+        return self.sample(batch_size, int(self._draw_sizes(lo, hi, rng)), rng)
+
+    def _draw_sizes(self, lo, hi, rng, shape=None):
+        """Sizes from lo..hi (inclusive), uniformly or, with ``length_sampling="linear"``,
+        with probability proportional to the size; one (shape None) or an array of ``shape``."""
         if self.length_sampling == "linear":
             sizes = np.arange(lo, hi + 1)
-            length = int(sizes[np.searchsorted(np.cumsum(sizes) / sizes.sum(), rng.random(), side="right")
-                               .clip(0, sizes.size - 1)])
-        else:
-            length = int(rng.integers(lo, hi + 1))
-        return self.sample(batch_size, length, rng)
+            return sizes[np.searchsorted(np.cumsum(sizes) / sizes.sum(), rng.random(shape), side="right")
+                         .clip(0, sizes.size - 1)]
+        return rng.integers(lo, hi + 1, size=shape)
 
     def _train_range(self, lengths):
         """The sizes (lo, hi) a training batch draws from: ``lengths`` or
@@ -662,11 +665,7 @@ class AdditionTask(Task):
         rng = _as_rng(rng)
         lo, hi = self._train_range(lengths)
         lo, hi = self._check_length(lo), self._check_length(hi)
-        if self.length_sampling == "linear":
-            sizes = np.arange(lo, hi + 1)
-            digits = rng.choice(sizes, size=(n, 2), p=sizes / sizes.sum())
-        else:
-            digits = rng.integers(lo, hi + 1, size=(n, 2))
+        digits = self._draw_sizes(lo, hi, rng, (n, 2))
         col = np.arange(hi)
         a = np.where(col < digits[:, :1], rng.integers(0, 10, size=(n, hi)), 0)
         b = np.where(col < digits[:, 1:], rng.integers(0, 10, size=(n, hi)), 0)

@@ -33,7 +33,7 @@ def test_torch_peer_in_its_own_process(tmp_path):
         peer = row["peer_process"]
         assert peer["torch_threads"] == 1
         if not any(k in os.environ for k in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")):
-            # relpos' short spin is for relpos' process only, not the peer's
+            # relpos' spin count is for relpos' process only, not the peer's
             assert peer["omp_env"] == "unset (libgomp's defaults)" or "GOMP_SPINCOUNT" not in peer["omp_env"]
 
 

@@ -340,14 +340,21 @@ def test_task_linear_length_sampling():
         get_task("copy", length_sampling="square")
 
 
+def _assert_curriculum(sizes, lo, hi, curriculum):
+    """Batch b of a curriculum may reach lo + int((hi - lo) * (b + 1) / curriculum) at
+    most, and after the curriculum the largest size is drawn."""
+    assert all(s <= lo + int((hi - lo) * (b + 1) / curriculum) for b, s in enumerate(sizes[:curriculum]))
+    assert max(sizes[curriculum:]) == hi
+
+
 def test_task_curriculum_grows_the_largest_size():
     task = get_task("copy", train_lengths=(1, 9), curriculum=80)
     rng = np.random.default_rng(0)
     sizes = [(task.batch(1, rng)[0].shape[1] - 1) // 2 for _ in range(160)]
-    # batch b may reach 1 + int(8 * (b + 1) / 80) at most: size 1 only for the first 9 batches
+    # size 1 only for the first 9 batches
     assert all(s == 1 for s in sizes[:9])
-    assert all(s <= 1 + int(8 * (b + 1) / 80) for b, s in enumerate(sizes[:80]))
-    assert max(sizes[80:]) == 9 and task.batches_drawn == 160
+    _assert_curriculum(sizes, 1, 9, 80)
+    assert task.batches_drawn == 160
     # explicit lengths (evaluation) do not advance it
     task.batch(1, rng, lengths=(3, 3))
     assert task.batches_drawn == 160
@@ -402,7 +409,7 @@ def test_addition_pad_follows_curriculum_and_linear_sampling():
     rng = np.random.default_rng(0)
     widths = [(task.batch(2, rng)[0].shape[1] - 3) // 3 for _ in range(100)]
     assert widths[0] == 1 and widths[-1] == 6
-    assert all(w <= 1 + int(5 * (b + 1) / 50) for b, w in enumerate(widths[:50]))
+    _assert_curriculum(widths, 1, 6, 50)
     # linear: each operand's digit count n is 1..4 with probability n / 10; its highest nonzero
     # digit sits at k <= n (the digits from k+1 to n drawn as 0, digit k not)
     lin = get_task("addition", train_lengths=(1, 4), length_sampling="linear")

@@ -606,16 +606,10 @@ static int gemm_run(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha
     if (M == 0 || N == 0 || batch == 0) return RP_OK;
     const int64_t mnk = M * N * K;
     const int64_t work = mnk <= INT64_MAX / batch ? mnk * batch : INT64_MAX;
-    int nt = rp_get_num_threads();
+    /* the band follows the library's back-off; larger products keep their team */
+    int nt = work < BAND_LO ? 1 : work < BAND_HI ? rp_par_threads() : rp_get_num_threads();
     if (nt < 1) nt = 1;
-    if (work < BAND_LO) nt = 1;
-    int band = 0; /* a team in the band: its wait is timed */
-    if (nt > 1 && work < BAND_HI) {
-        if (rp_backing_off())
-            nt = 1;
-        else
-            band = 1;
-    }
+    const int band = nt > 1 && work < BAND_HI; /* a team in the band: its wait is timed */
     int64_t wait = 0;
     const int64_t t0 = band ? rp_now_ns() : 0;
     rc = gemm_exec(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias, batch, sA, sB, sC, nt,

@@ -70,8 +70,7 @@ static PyObject *py_back_off(PyObject *self, PyObject *args) {
     (void)self;
     double seconds;
     if (!PyArg_ParseTuple(args, "d:back_off", &seconds)) return NULL;
-    if (!(seconds >= 0.0 && seconds <= 3600.0))
-        return PyErr_Format(PyExc_ValueError, "seconds must be in [0, 3600]; got %R", PyTuple_GET_ITEM(args, 0));
+    if (!(seconds >= 0.0 && seconds <= 3600.0)) return rp_raise_float("seconds must be in [0, 3600]", seconds);
     rp_back_off(seconds > 0.0 ? rp_now_ns() + (int64_t)(seconds * 1e9) : 0);
     Py_RETURN_NONE;
 }
