@@ -4,7 +4,11 @@ normal range, and the special values come out as IEEE exp's do.
 
 The forms are reached through the test hook relpos._C._exp_check(x, form); the
 scalar form is the one compiled into the portable translation units (its fused
-multiply-adds are fmaf calls there), the vector ones the *_x86.c kernels'."""
+multiply-adds are fmaf calls there), the vector ones the *_x86.c kernels'.
+
+The activation spans (GELU tanh/erf, ReLU, SiLU; forward and gradient) are compiled
+three times, portable, AVX2 and AVX-512F; relpos._C._act_check(x, grad, act, form)
+reaches each, and all give the same bits (NaN as NaN)."""
 import numpy as np
 import pytest
 
@@ -133,3 +137,74 @@ def test_bad_form_and_dtype_are_named():
         _C._exp_check(np.zeros(3, np.float32), "sse")
     with pytest.raises(TypeError, match="x must have dtype float32"):
         _C._exp_check(np.zeros(3), "scalar")
+
+
+# ---- activation spans (ops.h rp_span_act_*): the AVX-512 instantiation of the same source as the AVX2 one
+
+ACTS = ["gelu_tanh", "gelu_erf", "relu", "silu"]
+AVX512_VS_AVX2 = pytest.mark.skipif(not (_available("avx2") and _available("avx512")),
+                                    reason="needs both the AVX2 and the AVX-512F forms (this CPU or build lacks one)")
+
+
+def _act_inputs(n_dense=200_003):
+    """Hostile values (specials, NaN payloads, denormals, the exp edges scaled into GELU's
+    argument range) and a dense spread; an odd length so the last vector is partial."""
+    r = np.random.default_rng(5)
+    dense = np.concatenate([r.standard_normal(n_dense // 2) * 4, r.uniform(-30, 30, n_dense - n_dense // 2)])
+    with np.errstate(invalid="ignore"):  # the signalling NaNs of the sweep
+        edge = _edge_sweep().astype(np.float64)
+        return np.concatenate([edge, edge / 8, dense]).astype(np.float32)
+
+
+@AVX512_VS_AVX2
+@pytest.mark.parametrize("other", ["avx512", "scalar"])
+@pytest.mark.parametrize("act", ACTS)
+def test_act_forms_give_the_avx2_bits(act, other):
+    """The portable span (explicit fmaf, no contraction) and the AVX-512 instantiation give the AVX2 bits."""
+    x = _act_inputs()
+    g = np.random.default_rng(6).standard_normal(x.size).astype(np.float32)
+    g[:12] = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-40, 3e38, -3e38, 1.0, -1.0, 2.0, 0.5]
+    for grad in (None, g):
+        a = _C._act_check(x, grad, act=act, form="avx2")
+        b = _C._act_check(x, grad, act=act, form=other)
+        # bits equal, except that a NaN may come out with another sign or payload (NaN is all torch promises)
+        bad = np.flatnonzero((a.view(np.uint32) != b.view(np.uint32)) & ~(np.isnan(a) & np.isnan(b)))
+        a, b = a.view(np.uint32), b.view(np.uint32)
+        what = "forward" if grad is None else "backward"
+        assert bad.size == 0, (f"{act} {what}: {bad.size} lanes differ, first x={x[bad[0]]!r} "
+                               f"avx2={a[bad[0]]:#010x} {other}={b[bad[0]]:#010x}")
+
+
+@AVX512_VS_AVX2
+@pytest.mark.parametrize("n", [1, 7, 15, 16, 17, 31, 33, 100])
+def test_act_avx512_tails_give_the_avx2_bits(n):
+    x = np.linspace(-12, 12, n).astype(np.float32)
+    g = np.linspace(1, 2, n).astype(np.float32)
+    for act in ACTS:
+        for grad in (None, g):
+            np.testing.assert_array_equal(_C._act_check(x, grad, act=act, form="avx512").view(np.uint32),
+                                          _C._act_check(x, grad, act=act, form="avx2").view(np.uint32))
+
+
+def test_act_check_says_what_came():
+    x = np.zeros(4, np.float32)
+    with pytest.raises(ValueError, match="act must be .* got 'gelu2'"):
+        _C._act_check(x, act="gelu2")
+    with pytest.raises(ValueError, match="form must be .* got 'sse'"):
+        _C._act_check(x, form="sse")
+    with pytest.raises(ValueError, match="grad must have x's 4 elements; got 3"):
+        _C._act_check(x, np.zeros(3, np.float32))
+
+
+@pytest.mark.parametrize("act", ACTS)
+def test_act_dispatch_is_the_widest_form(act):
+    """What relpos runs (gelu_fwd/silu_fwd... through rp_ops_act_fwd) gives the bits of the widest form
+    the CPU has: the AVX-512 instantiation is not only tested but used."""
+    x = _act_inputs(20_001)
+    form = "avx512" if _available("avx512") else "avx2" if _available("avx2") else "scalar"
+    want = _C._act_check(x, act=act, form=form)
+    got = {"gelu_tanh": lambda: _C.gelu_fwd(x, "tanh"), "gelu_erf": lambda: _C.gelu_fwd(x, "none"),
+           "relu": lambda: _C.relu_fwd(x), "silu": lambda: _C.silu_fwd(x)}[act]()
+    if _C.config()["simd"] == "portable":
+        want = _C._act_check(x, act=act, form="scalar")
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))

@@ -45,6 +45,11 @@ int rp_ops_sum_rows(const float *g, float *out, int64_t N, int64_t D);
 enum { RP_ACT_GELU_TANH = 0, RP_ACT_GELU_ERF = 1, RP_ACT_RELU = 2, RP_ACT_SILU = 3 };
 int rp_ops_act_fwd(int kind, const float *x, float *y, int64_t n);
 int rp_ops_act_bwd(int kind, const float *x, const float *grad, float *dx, int64_t n);
+/* Test hook: one span of the activation by one form (RP_EXP_SCALAR = the portable
+ * span, RP_EXP_AVX2, RP_EXP_AVX512 of simd_math.h), single-threaded; the forward
+ * when grad is NULL, else dx = act'(x) * grad into y. RP_ENOSIMD for a form the
+ * CPU or the build lacks. The AVX2 and AVX-512 forms give the same bits. */
+int rp_ops_act_form(int form, int kind, const float *x, const float *grad, float *y, int64_t n);
 
 /* ---- LayerNorm over the last axis ---------------------------------------
  * x, y: (N, D); weight, bias: (D) (either may be NULL: 1 and 0);
@@ -141,28 +146,36 @@ int rp_ops_dropout_mask(uint8_t *mask, int64_t n, float p, uint64_t seed);
 
 #include "simd_math.h" /* rp_exp: the one exp of every path */
 
+/* The activation spans are written so that the compiler's contraction setting
+ * cannot change a bit (as rp_exp): every multiply-add is an explicit fmaf and no
+ * other product feeds a sum. ops_x86.c compiles them twice, for AVX2 and for
+ * AVX-512F, and lets the compiler contract (fp-contract=fast); with a product
+ * left to feed a sum, one instantiation fused it and the other did not (the
+ * AVX-512 loop's if-converted SiLU gradient), and the two gave different last
+ * bits. With explicit fmaf they are one sequence of IEEE operations, lane for
+ * lane and in the scalar tails alike (tests/test_simd_math.py). */
+
 /* erfc(a) for a >= 0 (Numerical Recipes' Chebyshev fit, fractional error
  * below 1.2e-7 in exact arithmetic). */
 static inline float rp_erfcf_pos(float a) {
-    float t = 1.0f / (1.0f + 0.5f * a);
+    float t = 1.0f / fmaf(0.5f, a, 1.0f);
     float q = 0.17087277f;
-    q = q * t - 0.82215223f;
-    q = q * t + 1.48851587f;
-    q = q * t - 1.13520398f;
-    q = q * t + 0.27886807f;
-    q = q * t - 0.18628806f;
-    q = q * t + 0.09678418f;
-    q = q * t + 0.37409196f;
-    q = q * t + 1.00002368f;
-    q = q * t - 1.26551223f;
-    return t * rp_exp(q - a * a);
+    q = fmaf(q, t, -0.82215223f);
+    q = fmaf(q, t, 1.48851587f);
+    q = fmaf(q, t, -1.13520398f);
+    q = fmaf(q, t, 0.27886807f);
+    q = fmaf(q, t, -0.18628806f);
+    q = fmaf(q, t, 0.09678418f);
+    q = fmaf(q, t, 0.37409196f);
+    q = fmaf(q, t, 1.00002368f);
+    q = fmaf(q, t, -1.26551223f);
+    return t * rp_exp(fmaf(-a, a, q));
 }
 
 /* Phi(x) = 0.5 (1 + erf(x / sqrt 2)), accurate in relative terms in both tails. */
 static inline float rp_normcdf(float x) {
-    float a = (x < 0.0f ? -x : x) * 0.70710678118654752f;
-    float h = 0.5f * rp_erfcf_pos(a);
-    return x < 0.0f ? h : 1.0f - h;
+    float e = rp_erfcf_pos((x < 0.0f ? -x : x) * 0.70710678118654752f);
+    return x < 0.0f ? 0.5f * e : fmaf(-0.5f, e, 1.0f);
 }
 
 static inline float rp_sigmoidf(float x) { return 1.0f / (1.0f + rp_exp(-x)); }
@@ -171,6 +184,9 @@ static inline float rp_sigmoidf(float x) { return 1.0f / (1.0f + rp_exp(-x)); }
 #define RP_GELU_C 0.044715f
 #define RP_INV_SQRT_2PI 0.3989422804014327f
 
+/* exp(-2 u) of the tanh GELU, u = K (v + C v^3) */
+static inline float rp_gelu_tanh_exp(float v) { return rp_exp((-2.0f * RP_GELU_K) * fmaf((RP_GELU_C * v) * v, v, v)); }
+
 /* y = act(x) over n floats */
 static inline void rp_span_act_fwd(int kind, const float *x, float *y, int64_t n) {
     switch (kind) {
@@ -178,7 +194,7 @@ static inline void rp_span_act_fwd(int kind, const float *x, float *y, int64_t n
         /* 0.5 (1 + tanh(u)) = sigmoid(2u): no cancellation in the negative tail */
         for (int64_t i = 0; i < n; i++) {
             float v = x[i];
-            y[i] = v / (1.0f + rp_exp(-2.0f * RP_GELU_K * (v + RP_GELU_C * v * v * v)));
+            y[i] = v / (1.0f + rp_gelu_tanh_exp(v));
         }
         break;
     case RP_ACT_GELU_ERF:
@@ -206,20 +222,20 @@ static inline void rp_span_act_bwd(int kind, const float *x, const float *g, flo
          * x = +-inf (inf * 0), as torch. */
         for (int64_t i = 0; i < n; i++) {
             float v = x[i];
-            float e = rp_exp(-2.0f * RP_GELU_K * (v + RP_GELU_C * v * v * v));
+            float e = rp_gelu_tanh_exp(v);
             float s = 1.0f / (1.0f + e);
             float ss = s == 0.0f ? 0.0f : (e * s) * s;
             float v2 = v * v;
             v2 = v2 < 1e30f ? v2 : 1e30f;
-            float du = RP_GELU_K * (1.0f + 3.0f * RP_GELU_C * v2);
-            dx[i] = g[i] * (s + v * (2.0f * ss) * du); /* not (2 v): it overflows for |v| > 1.7e38 */
+            float du = RP_GELU_K * fmaf(3.0f * RP_GELU_C, v2, 1.0f);
+            dx[i] = g[i] * fmaf(v * (2.0f * ss), du, s); /* not (2 v): it overflows for |v| > 1.7e38 */
         }
         break;
     case RP_ACT_GELU_ERF:
         for (int64_t i = 0; i < n; i++) {
             float v = x[i];
-            float pdf = RP_INV_SQRT_2PI * rp_exp(-0.5f * v * v);
-            dx[i] = g[i] * (rp_normcdf(v) + v * pdf);
+            float pdf = RP_INV_SQRT_2PI * rp_exp((-0.5f * v) * v);
+            dx[i] = g[i] * fmaf(v, pdf, rp_normcdf(v));
         }
         break;
     case RP_ACT_RELU:
@@ -232,7 +248,7 @@ static inline void rp_span_act_bwd(int kind, const float *x, const float *g, flo
             float e = rp_exp(-x[i]);
             float s = 1.0f / (1.0f + e);
             float one_minus = s == 0.0f ? 1.0f : e * s;
-            dx[i] = g[i] * s * (1.0f + x[i] * one_minus);
+            dx[i] = (g[i] * s) * fmaf(x[i], one_minus, 1.0f);
         }
         break;
     }
@@ -339,6 +355,10 @@ extern "C" {
 #endif
 void rp_ops_avx2_act_fwd(int kind, const float *x, float *y, int64_t n);
 void rp_ops_avx2_act_bwd(int kind, const float *x, const float *g, float *dx, int64_t n);
+/* the same span source compiled for AVX-512F, 16 lanes (ops_x86.c; the AVX2 spans where the
+ * build has no AVX-512 form): the same IEEE operations lane for lane, so the same bits */
+void rp_ops_avx512_act_fwd(int kind, const float *x, float *y, int64_t n);
+void rp_ops_avx512_act_bwd(int kind, const float *x, const float *g, float *dx, int64_t n);
 float rp_ops_avx2_exp_sum(const float *x, float m, float *y, int64_t n);
 void rp_ops_avx2_exp_scale(const float *x, float c, float scale, const float *z, float add, float *y, int64_t n);
 void rp_ops_avx2_ln_fwd(const float *x, const float *w, const float *b, float *y, int64_t D, float eps, float *mean,
@@ -356,7 +376,10 @@ void rp_ops_avx2_rms_bwd(const float *x, const float *w, float rs, const float *
 static inline void rp_ops_act_fwd_span(int simd, int kind, const float *x, float *y, int64_t n) {
 #if RP_HAVE_X86_TU
     if (simd) {
-        rp_ops_avx2_act_fwd(kind, x, y, n);
+        if (rp_exp_have_avx512())
+            rp_ops_avx512_act_fwd(kind, x, y, n);
+        else
+            rp_ops_avx2_act_fwd(kind, x, y, n);
         return;
     }
 #endif
@@ -367,7 +390,10 @@ static inline void rp_ops_act_fwd_span(int simd, int kind, const float *x, float
 static inline void rp_ops_act_bwd_span(int simd, int kind, const float *x, const float *g, float *dx, int64_t n) {
 #if RP_HAVE_X86_TU
     if (simd) {
-        rp_ops_avx2_act_bwd(kind, x, g, dx, n);
+        if (rp_exp_have_avx512())
+            rp_ops_avx512_act_bwd(kind, x, g, dx, n);
+        else
+            rp_ops_avx2_act_bwd(kind, x, g, dx, n);
         return;
     }
 #endif

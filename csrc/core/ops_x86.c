@@ -17,6 +17,21 @@ void rp_ops_avx2_act_bwd(int kind, const float *x, const float *g, float *dx, in
     rp_span_act_bwd(kind, x, g, dx, n);
 }
 
+#if RP_HAVE_AVX512_FORM
+#define RP_TARGET_AVX512_WIDE __attribute__((target("avx512f,prefer-vector-width=512")))
+RP_TARGET_AVX512_WIDE void rp_ops_avx512_act_fwd(int kind, const float *x, float *y, int64_t n) {
+    rp_span_act_fwd(kind, x, y, n);
+}
+RP_TARGET_AVX512_WIDE void rp_ops_avx512_act_bwd(int kind, const float *x, const float *g, float *dx, int64_t n) {
+    rp_span_act_bwd(kind, x, g, dx, n);
+}
+#else
+void rp_ops_avx512_act_fwd(int kind, const float *x, float *y, int64_t n) { rp_span_act_fwd(kind, x, y, n); }
+void rp_ops_avx512_act_bwd(int kind, const float *x, const float *g, float *dx, int64_t n) {
+    rp_span_act_bwd(kind, x, g, dx, n);
+}
+#endif
+
 float rp_ops_avx2_exp_sum(const float *x, float m, float *y, int64_t n) { return rp_span_exp_sum(x, m, y, n); }
 
 void rp_ops_avx2_exp_scale(const float *x, float c, float scale, const float *z, float add, float *y, int64_t n) {

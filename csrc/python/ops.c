@@ -967,6 +967,51 @@ fail:
     return NULL;
 }
 
+/* ---- test hook: the activation spans by form ------------------------------ */
+
+static PyObject *py__act_check(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    const char *fs = "scalar", *as = "gelu_tanh";
+    PyArrayObject *x = NULL, *g = NULL, *y = NULL;
+    int form = -1, kind = -1, rc;
+    rp_arg spec[] = {RP_ARG_F32("x", &x, -1, NULL), RP_ARG_OPTIONAL,         RP_ARG_F32_OPT("grad", &g, -1, NULL),
+                     RP_ARG_STR("act", &as),        RP_ARG_STR("form", &fs), RP_ARG_END};
+    if (rp_args_parse(args, kw, "_act_check", spec) < 0) return NULL;
+    const char *forms[] = {"scalar", "avx2", "avx512"};             /* RP_EXP_SCALAR, RP_EXP_AVX2, RP_EXP_AVX512 */
+    const char *acts[] = {"gelu_tanh", "gelu_erf", "relu", "silu"}; /* RP_ACT_* order */
+    for (int i = 0; i < 3; i++)
+        if (strcmp(fs, forms[i]) == 0) form = i;
+    for (int i = 0; i < 4; i++)
+        if (strcmp(as, acts[i]) == 0) kind = i;
+    if (form < 0) {
+        PyErr_Format(PyExc_ValueError, "form must be 'scalar', 'avx2' or 'avx512'; got '%s'", fs);
+        goto fail;
+    }
+    if (kind < 0) {
+        PyErr_Format(PyExc_ValueError, "act must be 'gelu_tanh', 'gelu_erf', 'relu' or 'silu'; got '%s'", as);
+        goto fail;
+    }
+    if (g && PyArray_SIZE(g) != PyArray_SIZE(x)) {
+        PyErr_Format(PyExc_ValueError, "grad must have x's %zd elements; got %zd", (Py_ssize_t)PyArray_SIZE(x),
+                     (Py_ssize_t)PyArray_SIZE(g));
+        goto fail;
+    }
+    if (!(y = new_f32(PyArray_NDIM(x), PyArray_DIMS(x)))) goto fail;
+    Py_BEGIN_ALLOW_THREADS
+        rc = rp_ops_act_form(form, kind, RP_F32(x), g ? RP_F32(g) : NULL, RP_F32(y), (int64_t)PyArray_SIZE(x));
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        rp_raise_code(rc, "_act_check");
+        goto fail;
+    }
+    rp_args_release(spec);
+    return (PyObject *)y;
+fail:
+    rp_args_release(spec);
+    Py_XDECREF(y);
+    return NULL;
+}
+
 PyMethodDef rp_methods_ops[] = {
     M(binary_fwd,
       "binary_fwd(a, b, op='add', *, out=None): op(a, b), b of a's shape, one element, or the shape of a's trailing "
@@ -1004,5 +1049,9 @@ PyMethodDef rp_methods_ops[] = {
     M(_exp_check,
       "_exp_check(x, form='scalar') -> exp(x) by one form of the core's exp ('scalar', 'avx2' or\n"
       "'avx512'; RuntimeError where the CPU or build lacks it). A test hook: every form gives the same bits."),
+    M(_act_check,
+      "_act_check(x, grad=None, act='gelu_tanh', form='scalar') -> act(x), or act'(x) * grad, by one form of the\n"
+      "activation spans ('scalar' = portable, 'avx2', 'avx512'; RuntimeError where the CPU or build lacks it). A\n"
+      "test hook: the avx2 and avx512 forms give the same bits."),
     {NULL, NULL, 0, NULL},
 };
