@@ -289,6 +289,39 @@ def test_every_kernel_path(kernel, rng):
         _C.gemm_kernel("auto")
 
 
+@pytest.mark.parametrize("kernel", _kernels())
+@pytest.mark.parametrize("Tq,Tk,q_offset", [(64, 64, 0), (130, 130, 0), (37, 100, 63), (100, 37, 0), (200, 230, 30)])
+def test_causal_skips_exactly_the_masked_work(kernel, Tq, Tk, q_offset, rng):
+    """Causal tiles compute only the visible pairs (row blocks of the diagonal tiles).
+    The same call made bidirectional, with the causal mask given as a -inf bias_full,
+    computes every pair of every tile: the outputs and gradients must be the same bits,
+    so the skipped work was exactly the masked work (0 terms) and nothing else."""
+    q, k, v, kw = make_case(rng, B=2, H=2, Tq=Tq, Tk=Tk, D=20, Dv=17, q_offset=q_offset,
+                            channels=("c2p", "p2c", "relv", "bias_vec"))
+    kw["q_offset"] = q_offset
+    ia = q_offset + np.arange(Tq)[:, None]
+    mask = np.where(np.arange(Tk)[None, :] > ia, -np.inf, 0.0).astype(np.float32)
+    dout = rng.standard_normal((2, 2, Tq, 17)).astype(np.float32)
+    needs = ["q", "k", "v", "qr", "relk", "relq", "relv", "bias_vec"]  # not bias_full: its gradient scales dS later
+    if kernel == "portable":
+        _C.force_portable(True)
+    else:
+        _C.gemm_kernel(kernel)
+    try:
+        o1, l1 = _C.attention_fwd(q, k, v, **dict(kw, causal=True))
+        g1 = _C.attention_bwd(q, k, v, o1, l1, dout, needs=needs, **dict(kw, causal=True))
+        kw2 = dict(kw, causal=False, bias_full=np.broadcast_to(mask, (1, 2, Tq, Tk)).copy())
+        o2, l2 = _C.attention_fwd(q, k, v, **kw2)
+        g2 = _C.attention_bwd(q, k, v, o2, l2, dout, needs=needs, **kw2)
+    finally:
+        _C.force_portable(False)
+        _C.gemm_kernel("auto")
+    np.testing.assert_array_equal(o1, o2)
+    np.testing.assert_array_equal(l1, l2)
+    for n in needs:
+        np.testing.assert_array_equal(g1[n], g2[n], err_msg=n)
+
+
 @pytest.mark.parametrize("portable", [False, True])
 @pytest.mark.parametrize("case", ["per_head", "shared_tables", "batch_shared_bias_full", "single_head"])
 def test_bit_identical_threads(case, portable, threads, rng):

@@ -369,6 +369,84 @@ static void pwl_row(const rp_attn *a, int64_t h, int64_t ia, int64_t i, int64_t 
     for (int64_t j = 0; j < nk; j++) s[j] += sl[g[j]] * x[j] + ic[g[j]];
 }
 
+/* First key (0..nk) of a tile starting at j0 that query ia may not see
+ * causally: keys from there on are masked. */
+static inline int64_t fz_causal_end(const rp_attn *a, int64_t ia, int64_t j0, int64_t nk) {
+    if (!a->causal) return nk;
+    int64_t e = ia - j0 + 1;
+    return e < 0 ? 0 : (e > nk ? nk : e);
+}
+
+/* ---- causal tiles: products over the visible pairs only ----------------
+ * In a tile the causal mask cuts (a diagonal tile), the query rows are taken
+ * FZ_RB at a time, and block rows ia..ia_last see the keys j < e(ia_last).
+ * - Products whose columns are keys (the logits S = Q K^T, dP = dO V^T)
+ *   compute only those columns and set the rest to 0: every later use masks
+ *   them (-inf logits, dS = 0).
+ * - Products that sum over keys (O += P V, dQ += dS K) or over queries
+ *   (dV += P^T dO, dK += dS^T Q) leave out the masked pairs, whose P and dS
+ *   are exactly 0: adding a 0 term to an FMA chain that starts at +0 leaves
+ *   it as it was, so the sums keep their bits.
+ * About 3/8 of a 64 x 64 diagonal tile's work is saved. The careful path
+ * (non-finite operands) keeps its whole-tile products (gemm_present). */
+#define FZ_RB 16
+
+/* How many of a row's logits the row max and the exp span read: the visible
+ * keys rounded up to 16 (the exp spans' block: lanes and partial sums are
+ * those of the whole row, whose further entries are -inf and add exactly 0) */
+static inline int64_t fz_row_cols(const rp_attn *a, int64_t ia, int64_t j0, int64_t nk) {
+    const int64_t e = (fz_causal_end(a, ia, j0, nk) + 15) & ~(int64_t)15;
+    return e < nk ? e : nk;
+}
+
+/* C (mq x nk, ldc) = A (mq x K) B (K x nk) on the visible columns of each row block; 0 elsewhere */
+static void gemm_keys_cols(const fz_ctx *c, int64_t ia0, int64_t mq, int64_t j0, int64_t nk, int64_t K, const float *A,
+                           int64_t rsa, int64_t csa, const float *B, int64_t ldb, float *C, int64_t ldc) {
+    if (fz_causal_end(c->a, ia0, j0, nk) == nk) { /* the first row sees the whole tile: no cut */
+        c->kr.gemm(mq, nk, K, A, rsa, csa, B, ldb, C, ldc, 0);
+        return;
+    }
+    for (int64_t r = 0; r < mq; r += FZ_RB) {
+        const int64_t rb = mq - r < FZ_RB ? mq - r : FZ_RB;
+        const int64_t e = fz_causal_end(c->a, ia0 + r + rb - 1, j0, nk);
+        if (e > 0) c->kr.gemm(rb, e, K, A + r * rsa, rsa, csa, B, ldb, C + r * ldc, ldc, 0);
+        if (e < nk)
+            for (int64_t i = r; i < r + rb; i++) memset(C + i * ldc + e, 0, sizeof(float) * (size_t)(nk - e));
+    }
+}
+
+/* C (mq x N) += A (mq x nk, weights of the pairs) B (nk x N): each row block over its visible keys */
+static void gemm_sum_keys(const fz_ctx *c, int64_t ia0, int64_t mq, int64_t j0, int64_t nk, int64_t N, const float *A,
+                          int64_t rsa, int64_t csa, const float *B, int64_t ldb, float *C, int64_t ldc) {
+    if (fz_causal_end(c->a, ia0, j0, nk) == nk) {
+        c->kr.gemm(mq, N, nk, A, rsa, csa, B, ldb, C, ldc, 1);
+        return;
+    }
+    for (int64_t r = 0; r < mq; r += FZ_RB) {
+        const int64_t rb = mq - r < FZ_RB ? mq - r : FZ_RB;
+        const int64_t e = fz_causal_end(c->a, ia0 + r + rb - 1, j0, nk);
+        if (e > 0) c->kr.gemm(rb, N, e, A + r * rsa, rsa, csa, B, ldb, C + r * ldc, ldc, 1);
+    }
+}
+
+/* C (nk x N) += A (nk x mq, the pairs' weights transposed) B (mq x N): each block of keys
+ * over the queries that see it (from the first query that sees the block's first key) */
+static void gemm_sum_queries(const fz_ctx *c, int64_t ia0, int64_t mq, int64_t j0, int64_t nk, int64_t N,
+                             const float *A, int64_t rsa, int64_t csa, const float *B, int64_t ldb, float *C,
+                             int64_t ldc) {
+    if (fz_causal_end(c->a, ia0, j0, nk) == nk) {
+        c->kr.gemm(nk, N, mq, A, rsa, csa, B, ldb, C, ldc, 1);
+        return;
+    }
+    for (int64_t cb = 0; cb < nk; cb += FZ_RB) {
+        const int64_t kb = nk - cb < FZ_RB ? nk - cb : FZ_RB;
+        int64_t lo = j0 + cb - ia0; /* query row of the first pair of key j0 + cb */
+        lo = lo < 0 ? 0 : lo;
+        if (lo >= mq) break; /* this block and the next ones: seen by none of these queries */
+        c->kr.gemm(kb, N, mq - lo, A + cb * rsa + lo * csa, rsa, csa, B + lo * ldb, ldb, C + cb * ldc, ldc, 1);
+    }
+}
+
 /* S (mq x nk, ld BK) = logits of queries i0.. (absolute ia0..) and keys j0..
  * of head (b, h), masked entries -INFINITY. Kt: the keys packed (D x BK). */
 static void tile_logits(const fz_ctx *c, fz_scr *w, const float *Kt, int64_t b, int64_t h, int64_t i0, int64_t mq,
@@ -378,7 +456,7 @@ static void tile_logits(const fz_ctx *c, fz_scr *w, const float *Kt, int64_t b, 
     const int64_t ia0 = a->q_offset + i0;
     const float *qt = a->q + (bh * a->Tq + i0) * D;
     float *S = w->S;
-    c->kr.gemm(mq, nk, D, qt, D, 1, Kt, FZ_BK, S, FZ_BK, 0);
+    gemm_keys_cols(c, ia0, mq, j0, nk, D, qt, D, 1, Kt, FZ_BK, S, FZ_BK);
 
     if (c->has_c2p) { /* + qr_i . relk[idx(ia, j)] */
         rp_relidx ix = a->relk_ix;
@@ -467,14 +545,6 @@ static int fz_all_padded(const rp_attn *a, int64_t b, int64_t j0, int64_t nk) {
     return 1;
 }
 
-/* First key (0..nk) of a tile starting at j0 that query ia may not see
- * causally: keys from there on are masked. */
-static inline int64_t fz_causal_end(const rp_attn *a, int64_t ia, int64_t j0, int64_t nk) {
-    if (!a->causal) return nk;
-    int64_t e = ia - j0 + 1;
-    return e < 0 ? 0 : (e > nk ? nk : e);
-}
-
 /* row[j] = 0 for the keys j0..j0+nk-1 that query ia may not see (causal,
  * padding): a NaN row's recomputed weights and every dS must be exactly 0
  * there, whatever the logits held. */
@@ -547,7 +617,8 @@ static void fwd_item(const fz_ctx *c, fz_scr *w, const float *Kp, int64_t b, int
         float darg[FZ_BQ], alpha[FZ_BQ], rsum[FZ_BQ];
         for (int64_t i = 0; i < mq; i++) {
             float *s = S + i * FZ_BK;
-            float mx = c->kr.rowmax(s, nk);
+            const int64_t n = fz_row_cols(a, ia0 + i, j0, nk); /* s[n..nk) are masked: -inf */
+            float mx = c->kr.rowmax(s, n);
             float mnew = (mx > m[i] || mx != mx) ? mx : m[i]; /* a NaN maximum sticks */
             darg[i] = 0.0f;
             rsum[i] = 0.0f;
@@ -555,7 +626,8 @@ static void fwd_item(const fz_ctx *c, fz_scr *w, const float *Kp, int64_t b, int
                 memset(s, 0, sizeof(float) * (size_t)nk);
                 continue;
             }
-            rsum[i] = c->kr.expsub(s, nk, mnew);
+            rsum[i] = c->kr.expsub(s, n, mnew);
+            if (n < nk) memset(s + n, 0, sizeof(float) * (size_t)(nk - n));
             if (mnew != m[i]) {
                 darg[i] = m[i] - mnew; /* -inf when m[i] = -inf: alpha 0 */
                 m[i] = mnew;
@@ -575,7 +647,7 @@ static void fwd_item(const fz_ctx *c, fz_scr *w, const float *Kp, int64_t b, int
             tile_present(a, w, b, ia0, mq, j0, nk, NULL);
             gemm_present(mq, Dv, nk, S, FZ_BK, 1, vt, Dv, O, Dv, 1, w->PRES, FZ_BK, 1);
         } else {
-            c->kr.gemm(mq, Dv, nk, S, FZ_BK, 1, vt, Dv, O, Dv, 1);
+            gemm_sum_keys(c, ia0, mq, j0, nk, Dv, S, FZ_BK, 1, vt, Dv, O, Dv);
         }
         if (c->has_relv) {
             rp_relidx ix = a->relv_ix;
@@ -822,7 +894,9 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
                 if (Li == -INFINITY) {
                     memset(s, 0, sizeof(float) * (size_t)nk);
                 } else {
-                    c->kr.expsub(s, nk, Li);
+                    const int64_t n = fz_row_cols(a, ia0 + i, j0, nk); /* s[n..nk) are masked */
+                    c->kr.expsub(s, n, Li);
+                    if (n < nk) memset(s + n, 0, sizeof(float) * (size_t)(nk - n));
                     /* a NaN row: exp(s - NaN) is NaN on masked keys too */
                     if (Li != Li) row_zero_masked(a, b, ia0 + i, j0, nk, s);
                 }
@@ -834,7 +908,7 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
                 if (careful)
                     gemm_present(nk, Dv, mq, S, 1, FZ_BK, dOt, Dv, dv + j0 * Dv, Dv, 1, w->PRES, 1, FZ_BK);
                 else
-                    c->kr.gemm(nk, Dv, mq, S, 1, FZ_BK, dOt, Dv, dv + j0 * Dv, Dv, 1);
+                    gemm_sum_queries(c, ia0, mq, j0, nk, Dv, S, 1, FZ_BK, dOt, Dv, dv + j0 * Dv, Dv);
             }
             int64_t rv0 = 0, nrv = 0;
             if (c->has_relv && (t->drelv || need_ds)) { rel_range(a->relv_ix, ia0, mq, j0, nk, &rv0, &nrv); }
@@ -854,7 +928,7 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
             }
             if (!need_ds) continue;
             /* dP = dO V^T (+ dO . relv[idx]) */
-            c->kr.gemm(mq, nk, Dv, dOt, Dv, 1, w->Vt, FZ_BK, dP, FZ_BK, 0);
+            gemm_keys_cols(c, ia0, mq, j0, nk, Dv, dOt, Dv, 1, w->Vt, FZ_BK, dP, FZ_BK);
             if (c->has_relv) {
                 const float *tab = a->relv + ((a->Hrv == 1 ? 0 : h) * a->relv_ix.R + rv0) * Dv;
                 c->kr.pack(tab, nrv, Dv, Dv, w->RT, FZ_LDR);
@@ -926,8 +1000,8 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
                 if (dk) gemm_present(nk, D, mq, dP, 1, FZ_BK, Q + i0 * D, D, dk + j0 * D, D, 1, w->PRES, 1, FZ_BK);
                 if (dq) gemm_present(mq, D, nk, dP, FZ_BK, 1, K + j0 * D, D, dq + i0 * D, D, 1, w->PRES, FZ_BK, 1);
             } else {
-                if (dk) c->kr.gemm(nk, D, mq, dP, 1, FZ_BK, Q + i0 * D, D, dk + j0 * D, D, 1);
-                if (dq) c->kr.gemm(mq, D, nk, dP, FZ_BK, 1, K + j0 * D, D, dq + i0 * D, D, 1);
+                if (dk) gemm_sum_queries(c, ia0, mq, j0, nk, D, dP, 1, FZ_BK, Q + i0 * D, D, dk + j0 * D, D);
+                if (dq) gemm_sum_keys(c, ia0, mq, j0, nk, D, dP, FZ_BK, 1, K + j0 * D, D, dq + i0 * D, D);
             }
             if (c->has_c2p && (dqq || t->drelk)) {
                 rp_relidx ix = a->relk_ix;
