@@ -17,8 +17,8 @@
  *   C = alpha*acc (+ beta*C, fused) (+ bias). Edge tiles go through a buffer
  * with the same arithmetic (fmaf for beta), so every element of C is computed
  * the same way wherever the tile boundaries fall. */
-void rp_gemm_ukr_avx2(int64_t kc, const float *restrict Ap, const float *restrict Bp, float *restrict C, int64_t ldc,
-                      int64_t mr, int64_t nr, float alpha, float beta, const float *bias) {
+void rp_gemm_ukr_avx2(int64_t kc, const float *restrict Ap, int64_t aks, const float *restrict Bp, float *restrict C,
+                      int64_t ldc, int64_t mr, int64_t nr, float alpha, float beta, const float *bias) {
     __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
     __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
     __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
@@ -51,15 +51,15 @@ void rp_gemm_ukr_avx2(int64_t kc, const float *restrict Ap, const float *restric
     int64_t p = 0;
     for (; p + 4 <= kc; p += 4) {
         RP_STEP(a, b);
-        RP_STEP(a + 6, b + 16);
-        RP_STEP(a + 12, b + 32);
-        RP_STEP(a + 18, b + 48);
-        a += 24;
+        RP_STEP(a + aks, b + 16);
+        RP_STEP(a + 2 * aks, b + 32);
+        RP_STEP(a + 3 * aks, b + 48);
+        a += 4 * aks;
         b += 64;
     }
     for (; p < kc; p++) {
         RP_STEP(a, b);
-        a += 6;
+        a += aks;
         b += 16;
     }
 #undef RP_STEP
@@ -253,8 +253,9 @@ int rp_gemm_cpu_avx512(void) {
 
 /* acc (12 x 32, 24 zmm registers) = Ap (kc x 12) · Bp (kc x 32), then the same
  * epilogue as the AVX2 kernel. */
-RP_T512 void rp_gemm_ukr_avx512(int64_t kc, const float *restrict Ap, const float *restrict Bp, float *restrict C,
-                                int64_t ldc, int64_t mr, int64_t nr, float alpha, float beta, const float *bias) {
+RP_T512 void rp_gemm_ukr_avx512(int64_t kc, const float *restrict Ap, int64_t aks, const float *restrict Bp,
+                                float *restrict C, int64_t ldc, int64_t mr, int64_t nr, float alpha, float beta,
+                                const float *bias) {
 #define RP_DECL(i) __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = _mm512_setzero_ps()
     RP_DECL(0);
     RP_DECL(1);
@@ -292,7 +293,7 @@ RP_T512 void rp_gemm_ukr_avx512(int64_t kc, const float *restrict Ap, const floa
         RP_FMA(9, 9);                                               \
         RP_FMA(a, 10);                                              \
         RP_FMA(b, 11);                                              \
-        a += 12;                                                    \
+        a += aks;                                                   \
         b += 32;                                                    \
     } while (0)
     int64_t p = 0;
@@ -425,18 +426,19 @@ RP_T512 double rp_fma_peak_gflops_avx512(int threads, double seconds) {
 }
 #else
 int rp_gemm_cpu_avx512(void) { return 0; }
-void rp_gemm_ukr_avx512(int64_t kc, const float *Ap, const float *Bp, float *C, int64_t ldc, int64_t mr, int64_t nr,
-                        float alpha, float beta, const float *bias) {
-    rp_gemm_ukr_avx2(kc, Ap, Bp, C, ldc, mr, nr, alpha, beta, bias); /* never called */
+void rp_gemm_ukr_avx512(int64_t kc, const float *Ap, int64_t aks, const float *Bp, float *C, int64_t ldc, int64_t mr,
+                        int64_t nr, float alpha, float beta, const float *bias) {
+    rp_gemm_ukr_avx2(kc, Ap, aks, Bp, C, ldc, mr, nr, alpha, beta, bias); /* never called */
 }
 double rp_fma_peak_gflops_avx512(int threads, double seconds) { return rp_fma_peak_gflops_avx2(threads, seconds); }
 #endif
 
 #else
 /* Not compiled for AVX2/FMA: never called (rp_simd_enabled() is 0). */
-void rp_gemm_ukr_avx2(int64_t kc, const float *Ap, const float *Bp, float *C, int64_t ldc, int64_t mr, int64_t nr,
-                      float alpha, float beta, const float *bias) {
-    (void)kc, (void)Ap, (void)Bp, (void)C, (void)ldc, (void)mr, (void)nr, (void)alpha, (void)beta, (void)bias;
+void rp_gemm_ukr_avx2(int64_t kc, const float *Ap, int64_t aks, const float *Bp, float *C, int64_t ldc, int64_t mr,
+                      int64_t nr, float alpha, float beta, const float *bias) {
+    (void)kc, (void)Ap, (void)aks, (void)Bp, (void)C, (void)ldc, (void)mr, (void)nr, (void)alpha, (void)beta,
+        (void)bias;
 }
 double rp_fma_peak_gflops_avx2(int threads, double seconds) {
     (void)threads, (void)seconds;
@@ -446,9 +448,10 @@ int rp_gemm_cpu_avx512(void) { return 0; }
 void rp_gemm_pack_rows_avx2(const float *X, int64_t ld, int64_t kc, int R, float *dst) {
     (void)X, (void)ld, (void)kc, (void)R, (void)dst;
 }
-void rp_gemm_ukr_avx512(int64_t kc, const float *Ap, const float *Bp, float *C, int64_t ldc, int64_t mr, int64_t nr,
-                        float alpha, float beta, const float *bias) {
-    (void)kc, (void)Ap, (void)Bp, (void)C, (void)ldc, (void)mr, (void)nr, (void)alpha, (void)beta, (void)bias;
+void rp_gemm_ukr_avx512(int64_t kc, const float *Ap, int64_t aks, const float *Bp, float *C, int64_t ldc, int64_t mr,
+                        int64_t nr, float alpha, float beta, const float *bias) {
+    (void)kc, (void)Ap, (void)aks, (void)Bp, (void)C, (void)ldc, (void)mr, (void)nr, (void)alpha, (void)beta,
+        (void)bias;
 }
 double rp_fma_peak_gflops_avx512(int threads, double seconds) {
     (void)threads, (void)seconds;
