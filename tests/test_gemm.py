@@ -413,3 +413,33 @@ def test_linear_and_matmul_match_torch(rng):
     np.testing.assert_allclose(out.data, pout.detach().numpy(), rtol=1e-5, atol=1e-5)
     for mine, theirs in ((tx, px), (tw, pw), (tb, pb), (tm, pm)):
         np.testing.assert_allclose(mine.grad, theirs.grad.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("M,N,K", [(150, 64, 300), (37, 192, 1024), (300, 100, 70), (13, 200, 257), (260, 64, 1024)])
+@pytest.mark.parametrize("ta", [False, True])
+@pytest.mark.parametrize("tb", [False, True])
+def test_a_read_in_place_gives_the_packed_bits(rng, threads, M, N, K, ta, tb):
+    """A's full panels are read in place instead of packed: a transposed A by either SIMD
+    kernel, a row-major A by the AVX-512 kernel when C is narrow (N <= 192). The AVX2
+    kernel on a row-major copy of A packs every panel. Each element is the same
+    k-ordered FMA chain either way, so the results must be the same bits, for 1 and 2
+    threads, with partial panels and K > KC (256)."""
+    try:
+        _C.gemm_kernel("avx512")
+    except ValueError:
+        pytest.skip("this CPU or build has no avx512 GEMM kernel")
+    a = rand(rng, *((K, M) if ta else (M, K)))
+    b = rand(rng, *((N, K) if tb else (K, N)))
+    try:
+        got = {}
+        for kernel in ("avx512", "avx2"):
+            _C.gemm_kernel(kernel)
+            for t in (1, 2):
+                got[kernel, t] = threads(t, _C.gemm, a, b, trans_a=ta, trans_b=tb)
+        _C.gemm_kernel("avx2")
+        want = _C.gemm(np.ascontiguousarray(a.T) if ta else a, b, trans_b=tb)  # every A panel packed
+    finally:
+        _C.gemm_kernel("auto")
+    close(want, ref.gemm(a, b, ta, tb), K)
+    for key, c in got.items():
+        np.testing.assert_array_equal(c.view(np.uint32), want.view(np.uint32), err_msg=str(key))

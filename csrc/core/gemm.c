@@ -91,13 +91,15 @@ typedef struct {
     rp_gemm_ukr_fn fn;
     pack_panel_fn pack_rows; /* full panels of row-major A / transposed B; NULL: plain C */
     const char *name;
+    rp_gemm_ukr_fn fn_rows; /* the tile with A's rows read in place (its aks is lda); NULL: pack */
 } kernel_t;
 
-static const kernel_t k_portable = {PMR, PNR, ukr_portable, NULL, "portable"};
+static const kernel_t k_portable = {PMR, PNR, ukr_portable, NULL, "portable", NULL};
 #if RP_HAVE_X86_TU
-static const kernel_t k_avx2 = {RP_GEMM_AVX2_MR, RP_GEMM_AVX2_NR, rp_gemm_ukr_avx2, rp_gemm_pack_rows_avx2, "avx2"};
-static const kernel_t k_avx512 = {RP_GEMM_AVX512_MR, RP_GEMM_AVX512_NR, rp_gemm_ukr_avx512, rp_gemm_pack_rows_avx2,
-                                  "avx512"};
+static const kernel_t k_avx2 = {RP_GEMM_AVX2_MR,        RP_GEMM_AVX2_NR, rp_gemm_ukr_avx2,
+                                rp_gemm_pack_rows_avx2, "avx2",          NULL};
+static const kernel_t k_avx512 = {RP_GEMM_AVX512_MR,      RP_GEMM_AVX512_NR, rp_gemm_ukr_avx512,
+                                  rp_gemm_pack_rows_avx2, "avx512",          rp_gemm_ukr_avx512_rows};
 #endif
 
 static int kernel_pref = 0; /* 0 auto, 1 avx512, 2 avx2, 3 portable */
@@ -375,6 +377,13 @@ static void pack_b_items(const gemm_prob *g, const kernel_t *kn, int64_t j0, int
 static void ensure_panels(const gemm_prob *g, const kernel_t *kn, int64_t j0, int64_t nc, int64_t kb, int64_t q0,
                           int64_t q1, float *Bp, int *flags);
 
+/* A row-major A's rows are read in place when C is narrow (N <= 192: a packed panel
+ * would serve 6 column panels at most, and packing cost more than it saved: 2-14%
+ * faster at N = 64..192; at N >= 256 in place was 1-3% slower), unless the rows are
+ * a multiple of 4 KB apart: then the MR rows' lines fall in one L1 set and evict
+ * each other. */
+static int rows_in_place(const gemm_prob *g) { return g->N <= 192 && g->lda % 1024 != 0; }
+
 /* One task: rows [i0, i0+mc) x panels [q0, q1) of the column block at j0, all
  * of K. flags == NULL: Bp is already packed; else the panels are packed on
  * first use by whichever thread gets there first (see ensure_panels). */
@@ -389,9 +398,10 @@ static void run_task(const gemm_prob *g, const kernel_t *kn, int64_t j0, int64_t
          * MR floats of each k contiguous and lda apart; only a last, partial panel is
          * packed. Packing them cost more than it saved: the in-place reads made the
          * model's dW products 2-14% faster (1 and 2 threads), with the same bits. */
-        const int64_t direct = g->ta ? mc / MR * MR : 0;
+        const int rows = !g->ta && kn->fn_rows && rows_in_place(g);
+        const int64_t direct = (g->ta || rows) ? mc / MR * MR : 0;
         if (direct < mc) pack_a(g->ta, g->A, g->lda, i0 + direct, p0, mc - direct, kc, kn, Ap + direct * kc);
-        const float *adir = g->A + p0 * g->lda + i0;
+        const float *adir = g->ta ? g->A + p0 * g->lda + i0 : g->A + i0 * g->lda + p0;
         const float beta = p0 == 0 ? g->beta : 1.0f;
         const float *bias = (p0 == 0 && g->bias) ? g->bias + j0 : NULL;
         const float *bblk = Bp + (p0 / KC) * KC * nc_pad;
@@ -401,9 +411,14 @@ static void run_task(const gemm_prob *g, const kernel_t *kn, int64_t j0, int64_t
             const float *bb = bias ? bias + jr : NULL;
             float *c = g->C + i0 * g->ldc + j0 + jr;
             for (int64_t ir = 0; ir < mc; ir += MR) {
-                const float *ap = ir < direct ? adir + ir : Ap + ir * kc;
-                const int64_t aks = ir < direct ? g->lda : MR;
-                kn->fn(kc, ap, aks, bp, c + ir * g->ldc, g->ldc, min64(MR, mc - ir), nr, g->alpha, beta, bb);
+                const int64_t mr = min64(MR, mc - ir);
+                if (ir >= direct)
+                    kn->fn(kc, Ap + ir * kc, MR, bp, c + ir * g->ldc, g->ldc, mr, nr, g->alpha, beta, bb);
+                else if (rows)
+                    kn->fn_rows(kc, adir + ir * g->lda, g->lda, bp, c + ir * g->ldc, g->ldc, mr, nr, g->alpha, beta,
+                                bb);
+                else
+                    kn->fn(kc, adir + ir, g->lda, bp, c + ir * g->ldc, g->ldc, mr, nr, g->alpha, beta, bb);
             }
         }
     }

@@ -68,6 +68,9 @@ void rp_gemm_ukr_avx2(int64_t kc, const float *Ap, int64_t aks, const float *Bp,
                       int64_t nr, float alpha, float beta, const float *bias);
 void rp_gemm_ukr_avx512(int64_t kc, const float *Ap, int64_t aks, const float *Bp, float *C, int64_t ldc, int64_t mr,
                         int64_t nr, float alpha, float beta, const float *bias);
+/* The AVX-512 tile with A's MR rows read in place from a row-major A (rows lda apart). */
+void rp_gemm_ukr_avx512_rows(int64_t kc, const float *A, int64_t lda, const float *Bp, float *C, int64_t ldc,
+                             int64_t mr, int64_t nr, float alpha, float beta, const float *bias);
 int rp_gemm_cpu_avx512(void); /* AVX-512F usable (CPU and OS) and compiled in */
 /* Pack R rows of a row-major matrix (rows X, X+ld, ...; kc columns) into dst
  * (kc x R), dst[p*R + i] = X[i*ld + p], with 8x8 / 4x8 / 2x8 register

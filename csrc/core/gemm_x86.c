@@ -253,9 +253,13 @@ int rp_gemm_cpu_avx512(void) {
 
 /* acc (12 x 32, 24 zmm registers) = Ap (kc x 12) · Bp (kc x 32), then the same
  * epilogue as the AVX2 kernel. */
-RP_T512 void rp_gemm_ukr_avx512(int64_t kc, const float *restrict Ap, int64_t aks, const float *restrict Bp,
-                                float *restrict C, int64_t ldc, int64_t mr, int64_t nr, float alpha, float beta,
-                                const float *bias) {
+/* The body of both AVX-512 entries: element (r, p) of the A panel at Ap[r*ars + p*aks]
+ * (packed: ars 1, aks 12; a transposed A in place: ars 1, aks lda; a row-major A in
+ * place: ars lda, aks 1). Inlined into each entry, so the packed kernel keeps its
+ * constant offsets. */
+static inline __attribute__((always_inline)) RP_T512 void
+ukr512_body(int64_t kc, const float *restrict Ap, int64_t ars, int64_t aks, const float *restrict Bp, float *restrict C,
+            int64_t ldc, int64_t mr, int64_t nr, float alpha, float beta, const float *bias) {
 #define RP_DECL(i) __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = _mm512_setzero_ps()
     RP_DECL(0);
     RP_DECL(1);
@@ -274,7 +278,7 @@ RP_T512 void rp_gemm_ukr_avx512(int64_t kc, const float *restrict Ap, int64_t ak
     const float *a = Ap, *b = Bp;
 #define RP_FMA(i, k)                                \
     do {                                            \
-        __m512 ai = _mm512_set1_ps((a)[k]);         \
+        __m512 ai = _mm512_set1_ps((a)[(k)*ars]);   \
         c##i##0 = _mm512_fmadd_ps(ai, b0, c##i##0); \
         c##i##1 = _mm512_fmadd_ps(ai, b1, c##i##1); \
     } while (0)
@@ -378,6 +382,19 @@ RP_T512 void rp_gemm_ukr_avx512(int64_t kc, const float *restrict Ap, int64_t ak
     }
 }
 
+RP_T512 void rp_gemm_ukr_avx512(int64_t kc, const float *restrict Ap, int64_t aks, const float *restrict Bp,
+                                float *restrict C, int64_t ldc, int64_t mr, int64_t nr, float alpha, float beta,
+                                const float *bias) {
+    ukr512_body(kc, Ap, 1, aks, Bp, C, ldc, mr, nr, alpha, beta, bias);
+}
+
+/* The same with A's 12 rows read in place from a row-major A (row stride lda). */
+RP_T512 void rp_gemm_ukr_avx512_rows(int64_t kc, const float *restrict A, int64_t lda, const float *restrict Bp,
+                                     float *restrict C, int64_t ldc, int64_t mr, int64_t nr, float alpha, float beta,
+                                     const float *bias) {
+    ukr512_body(kc, A, lda, 1, Bp, C, ldc, mr, nr, alpha, beta, bias);
+}
+
 /* 12 independent 16-lane FMA chains per thread. */
 RP_T512 double rp_fma_peak_gflops_avx512(int threads, double seconds) {
     double total = 0.0;
@@ -430,6 +447,10 @@ void rp_gemm_ukr_avx512(int64_t kc, const float *Ap, int64_t aks, const float *B
                         int64_t nr, float alpha, float beta, const float *bias) {
     rp_gemm_ukr_avx2(kc, Ap, aks, Bp, C, ldc, mr, nr, alpha, beta, bias); /* never called */
 }
+void rp_gemm_ukr_avx512_rows(int64_t kc, const float *A, int64_t lda, const float *Bp, float *C, int64_t ldc,
+                             int64_t mr, int64_t nr, float alpha, float beta, const float *bias) {
+    (void)kc, (void)A, (void)lda, (void)Bp, (void)C, (void)ldc, (void)mr, (void)nr, (void)alpha, (void)beta, (void)bias;
+}
 double rp_fma_peak_gflops_avx512(int threads, double seconds) { return rp_fma_peak_gflops_avx2(threads, seconds); }
 #endif
 
@@ -447,6 +468,10 @@ double rp_fma_peak_gflops_avx2(int threads, double seconds) {
 int rp_gemm_cpu_avx512(void) { return 0; }
 void rp_gemm_pack_rows_avx2(const float *X, int64_t ld, int64_t kc, int R, float *dst) {
     (void)X, (void)ld, (void)kc, (void)R, (void)dst;
+}
+void rp_gemm_ukr_avx512_rows(int64_t kc, const float *A, int64_t lda, const float *Bp, float *C, int64_t ldc,
+                             int64_t mr, int64_t nr, float alpha, float beta, const float *bias) {
+    (void)kc, (void)A, (void)lda, (void)Bp, (void)C, (void)ldc, (void)mr, (void)nr, (void)alpha, (void)beta, (void)bias;
 }
 void rp_gemm_ukr_avx512(int64_t kc, const float *Ap, int64_t aks, const float *Bp, float *C, int64_t ldc, int64_t mr,
                         int64_t nr, float alpha, float beta, const float *bias) {
