@@ -415,15 +415,17 @@ def test_linear_and_matmul_match_torch(rng):
         np.testing.assert_allclose(mine.grad, theirs.grad.numpy(), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("M,N,K", [(150, 64, 300), (37, 192, 1024), (300, 100, 70), (13, 200, 257), (260, 64, 1024)])
+@pytest.mark.parametrize("M,N,K", [(150, 64, 300), (37, 192, 1024), (300, 100, 70), (13, 200, 257), (260, 64, 1024),
+                                   (300, 300, 800)])
 @pytest.mark.parametrize("ta", [False, True])
 @pytest.mark.parametrize("tb", [False, True])
-def test_a_read_in_place_gives_the_packed_bits(rng, threads, M, N, K, ta, tb):
-    """A's full panels are read in place instead of packed: a transposed A by either SIMD
-    kernel, a row-major A by the AVX-512 kernel when C is narrow (N <= 192). The AVX2
-    kernel on a row-major copy of A packs every panel. Each element is the same
-    k-ordered FMA chain either way, so the results must be the same bits, for 1 and 2
-    threads, with partial panels and K > KC (256)."""
+def test_operands_read_in_place_give_the_packed_bits(rng, threads, M, N, K, ta, tb):
+    """Full panels are read in place instead of packed: a transposed A by either SIMD
+    kernel, a row-major A by the AVX-512 kernel when C is narrow (N <= 192), a row-major
+    B when M <= 256 or K*N <= 64K. The AVX2 kernel on a row-major A and a transposed B
+    packs every panel. Each element is the same k-ordered FMA chain either way, so the
+    results must be the same bits, for 1 and 2 threads, with partial panels and
+    K > KC (256); (300, 300, 800) keeps B packed."""
     try:
         _C.gemm_kernel("avx512")
     except ValueError:
@@ -437,7 +439,8 @@ def test_a_read_in_place_gives_the_packed_bits(rng, threads, M, N, K, ta, tb):
             for t in (1, 2):
                 got[kernel, t] = threads(t, _C.gemm, a, b, trans_a=ta, trans_b=tb)
         _C.gemm_kernel("avx2")
-        want = _C.gemm(np.ascontiguousarray(a.T) if ta else a, b, trans_b=tb)  # every A panel packed
+        # every panel packed: A row-major, B transposed
+        want = _C.gemm(np.ascontiguousarray(a.T) if ta else a, b if tb else np.ascontiguousarray(b.T), trans_b=True)
     finally:
         _C.gemm_kernel("auto")
     close(want, ref.gemm(a, b, ta, tb), K)

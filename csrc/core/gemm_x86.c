@@ -17,8 +17,9 @@
  *   C = alpha*acc (+ beta*C, fused) (+ bias). Edge tiles go through a buffer
  * with the same arithmetic (fmaf for beta), so every element of C is computed
  * the same way wherever the tile boundaries fall. */
-void rp_gemm_ukr_avx2(int64_t kc, const float *restrict Ap, int64_t aks, const float *restrict Bp, float *restrict C,
-                      int64_t ldc, int64_t mr, int64_t nr, float alpha, float beta, const float *bias) {
+void rp_gemm_ukr_avx2(int64_t kc, const float *restrict Ap, int64_t aks, const float *restrict Bp, int64_t bks,
+                      float *restrict C, int64_t ldc, int64_t mr, int64_t nr, float alpha, float beta,
+                      const float *bias) {
     __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
     __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
     __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
@@ -26,41 +27,41 @@ void rp_gemm_ukr_avx2(int64_t kc, const float *restrict Ap, int64_t aks, const f
     __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
     __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
     const float *a = Ap, *b = Bp;
-#define RP_STEP(a, b)                                                \
-    do {                                                             \
-        __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps((b) + 8); \
-        __m256 ai = _mm256_broadcast_ss((a) + 0);                    \
-        c00 = _mm256_fmadd_ps(ai, b0, c00);                          \
-        c01 = _mm256_fmadd_ps(ai, b1, c01);                          \
-        ai = _mm256_broadcast_ss((a) + 1);                           \
-        c10 = _mm256_fmadd_ps(ai, b0, c10);                          \
-        c11 = _mm256_fmadd_ps(ai, b1, c11);                          \
-        ai = _mm256_broadcast_ss((a) + 2);                           \
-        c20 = _mm256_fmadd_ps(ai, b0, c20);                          \
-        c21 = _mm256_fmadd_ps(ai, b1, c21);                          \
-        ai = _mm256_broadcast_ss((a) + 3);                           \
-        c30 = _mm256_fmadd_ps(ai, b0, c30);                          \
-        c31 = _mm256_fmadd_ps(ai, b1, c31);                          \
-        ai = _mm256_broadcast_ss((a) + 4);                           \
-        c40 = _mm256_fmadd_ps(ai, b0, c40);                          \
-        c41 = _mm256_fmadd_ps(ai, b1, c41);                          \
-        ai = _mm256_broadcast_ss((a) + 5);                           \
-        c50 = _mm256_fmadd_ps(ai, b0, c50);                          \
-        c51 = _mm256_fmadd_ps(ai, b1, c51);                          \
+#define RP_STEP(a, b)                                                  \
+    do {                                                               \
+        __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps((b) + 8); \
+        __m256 ai = _mm256_broadcast_ss((a) + 0);                      \
+        c00 = _mm256_fmadd_ps(ai, b0, c00);                            \
+        c01 = _mm256_fmadd_ps(ai, b1, c01);                            \
+        ai = _mm256_broadcast_ss((a) + 1);                             \
+        c10 = _mm256_fmadd_ps(ai, b0, c10);                            \
+        c11 = _mm256_fmadd_ps(ai, b1, c11);                            \
+        ai = _mm256_broadcast_ss((a) + 2);                             \
+        c20 = _mm256_fmadd_ps(ai, b0, c20);                            \
+        c21 = _mm256_fmadd_ps(ai, b1, c21);                            \
+        ai = _mm256_broadcast_ss((a) + 3);                             \
+        c30 = _mm256_fmadd_ps(ai, b0, c30);                            \
+        c31 = _mm256_fmadd_ps(ai, b1, c31);                            \
+        ai = _mm256_broadcast_ss((a) + 4);                             \
+        c40 = _mm256_fmadd_ps(ai, b0, c40);                            \
+        c41 = _mm256_fmadd_ps(ai, b1, c41);                            \
+        ai = _mm256_broadcast_ss((a) + 5);                             \
+        c50 = _mm256_fmadd_ps(ai, b0, c50);                            \
+        c51 = _mm256_fmadd_ps(ai, b1, c51);                            \
     } while (0)
     int64_t p = 0;
     for (; p + 4 <= kc; p += 4) {
         RP_STEP(a, b);
-        RP_STEP(a + aks, b + 16);
-        RP_STEP(a + 2 * aks, b + 32);
-        RP_STEP(a + 3 * aks, b + 48);
+        RP_STEP(a + aks, b + bks);
+        RP_STEP(a + 2 * aks, b + 2 * bks);
+        RP_STEP(a + 3 * aks, b + 3 * bks);
         a += 4 * aks;
-        b += 64;
+        b += 4 * bks;
     }
     for (; p < kc; p++) {
         RP_STEP(a, b);
         a += aks;
-        b += 16;
+        b += bks;
     }
 #undef RP_STEP
 
@@ -252,14 +253,14 @@ int rp_gemm_cpu_avx512(void) {
 }
 
 /* acc (12 x 32, 24 zmm registers) = Ap (kc x 12) · Bp (kc x 32), then the same
- * epilogue as the AVX2 kernel. */
-/* The body of both AVX-512 entries: element (r, p) of the A panel at Ap[r*ars + p*aks]
- * (packed: ars 1, aks 12; a transposed A in place: ars 1, aks lda; a row-major A in
- * place: ars lda, aks 1). Inlined into each entry, so the packed kernel keeps its
- * constant offsets. */
+ * epilogue as the AVX2 kernel. The body of both AVX-512 entries: element (r, p) of
+ * the A panel at Ap[r*ars + p*aks] (packed: ars 1, aks 12; a transposed A in place:
+ * ars 1, aks lda; a row-major A in place: ars lda, aks 1), B's 32 floats of step p at
+ * Bp + p*bks. Inlined into each entry, so the packed kernel keeps its constant
+ * offsets. */
 static inline __attribute__((always_inline)) RP_T512 void
-ukr512_body(int64_t kc, const float *restrict Ap, int64_t ars, int64_t aks, const float *restrict Bp, float *restrict C,
-            int64_t ldc, int64_t mr, int64_t nr, float alpha, float beta, const float *bias) {
+ukr512_body(int64_t kc, const float *restrict Ap, int64_t ars, int64_t aks, const float *restrict Bp, int64_t bks,
+            float *restrict C, int64_t ldc, int64_t mr, int64_t nr, float alpha, float beta, const float *bias) {
 #define RP_DECL(i) __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = _mm512_setzero_ps()
     RP_DECL(0);
     RP_DECL(1);
@@ -282,32 +283,32 @@ ukr512_body(int64_t kc, const float *restrict Ap, int64_t ars, int64_t aks, cons
         c##i##0 = _mm512_fmadd_ps(ai, b0, c##i##0); \
         c##i##1 = _mm512_fmadd_ps(ai, b1, c##i##1); \
     } while (0)
-#define RP_STEP()                                                   \
-    do {                                                            \
-        __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16); \
-        RP_FMA(0, 0);                                               \
-        RP_FMA(1, 1);                                               \
-        RP_FMA(2, 2);                                               \
-        RP_FMA(3, 3);                                               \
-        RP_FMA(4, 4);                                               \
-        RP_FMA(5, 5);                                               \
-        RP_FMA(6, 6);                                               \
-        RP_FMA(7, 7);                                               \
-        RP_FMA(8, 8);                                               \
-        RP_FMA(9, 9);                                               \
-        RP_FMA(a, 10);                                              \
-        RP_FMA(b, 11);                                              \
-        a += aks;                                                   \
-        b += 32;                                                    \
+#define RP_STEP()                                                     \
+    do {                                                              \
+        __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16); \
+        RP_FMA(0, 0);                                                 \
+        RP_FMA(1, 1);                                                 \
+        RP_FMA(2, 2);                                                 \
+        RP_FMA(3, 3);                                                 \
+        RP_FMA(4, 4);                                                 \
+        RP_FMA(5, 5);                                                 \
+        RP_FMA(6, 6);                                                 \
+        RP_FMA(7, 7);                                                 \
+        RP_FMA(8, 8);                                                 \
+        RP_FMA(9, 9);                                                 \
+        RP_FMA(a, 10);                                                \
+        RP_FMA(b, 11);                                                \
+        a += aks;                                                     \
+        b += bks;                                                     \
     } while (0)
     int64_t p = 0;
     for (; p + 4 <= kc; p += 4) {
-        _mm_prefetch((const char *)(b + 256), _MM_HINT_T0);
-        _mm_prefetch((const char *)(b + 272), _MM_HINT_T0);
+        _mm_prefetch((const char *)(b + 8 * bks), _MM_HINT_T0);
+        _mm_prefetch((const char *)(b + 8 * bks + 16), _MM_HINT_T0);
         RP_STEP();
         RP_STEP();
-        _mm_prefetch((const char *)(b + 256), _MM_HINT_T0);
-        _mm_prefetch((const char *)(b + 272), _MM_HINT_T0);
+        _mm_prefetch((const char *)(b + 8 * bks), _MM_HINT_T0);
+        _mm_prefetch((const char *)(b + 8 * bks + 16), _MM_HINT_T0);
         RP_STEP();
         RP_STEP();
     }
@@ -383,16 +384,16 @@ ukr512_body(int64_t kc, const float *restrict Ap, int64_t ars, int64_t aks, cons
 }
 
 RP_T512 void rp_gemm_ukr_avx512(int64_t kc, const float *restrict Ap, int64_t aks, const float *restrict Bp,
-                                float *restrict C, int64_t ldc, int64_t mr, int64_t nr, float alpha, float beta,
-                                const float *bias) {
-    ukr512_body(kc, Ap, 1, aks, Bp, C, ldc, mr, nr, alpha, beta, bias);
+                                int64_t bks, float *restrict C, int64_t ldc, int64_t mr, int64_t nr, float alpha,
+                                float beta, const float *bias) {
+    ukr512_body(kc, Ap, 1, aks, Bp, bks, C, ldc, mr, nr, alpha, beta, bias);
 }
 
 /* The same with A's 12 rows read in place from a row-major A (row stride lda). */
 RP_T512 void rp_gemm_ukr_avx512_rows(int64_t kc, const float *restrict A, int64_t lda, const float *restrict Bp,
-                                     float *restrict C, int64_t ldc, int64_t mr, int64_t nr, float alpha, float beta,
-                                     const float *bias) {
-    ukr512_body(kc, A, lda, 1, Bp, C, ldc, mr, nr, alpha, beta, bias);
+                                     int64_t bks, float *restrict C, int64_t ldc, int64_t mr, int64_t nr, float alpha,
+                                     float beta, const float *bias) {
+    ukr512_body(kc, A, lda, 1, Bp, bks, C, ldc, mr, nr, alpha, beta, bias);
 }
 
 /* 12 independent 16-lane FMA chains per thread. */
@@ -443,22 +444,23 @@ RP_T512 double rp_fma_peak_gflops_avx512(int threads, double seconds) {
 }
 #else
 int rp_gemm_cpu_avx512(void) { return 0; }
-void rp_gemm_ukr_avx512(int64_t kc, const float *Ap, int64_t aks, const float *Bp, float *C, int64_t ldc, int64_t mr,
-                        int64_t nr, float alpha, float beta, const float *bias) {
-    rp_gemm_ukr_avx2(kc, Ap, aks, Bp, C, ldc, mr, nr, alpha, beta, bias); /* never called */
+void rp_gemm_ukr_avx512(int64_t kc, const float *Ap, int64_t aks, const float *Bp, int64_t bks, float *C, int64_t ldc,
+                        int64_t mr, int64_t nr, float alpha, float beta, const float *bias) {
+    rp_gemm_ukr_avx2(kc, Ap, aks, Bp, bks, C, ldc, mr, nr, alpha, beta, bias); /* never called */
 }
-void rp_gemm_ukr_avx512_rows(int64_t kc, const float *A, int64_t lda, const float *Bp, float *C, int64_t ldc,
-                             int64_t mr, int64_t nr, float alpha, float beta, const float *bias) {
-    (void)kc, (void)A, (void)lda, (void)Bp, (void)C, (void)ldc, (void)mr, (void)nr, (void)alpha, (void)beta, (void)bias;
+void rp_gemm_ukr_avx512_rows(int64_t kc, const float *A, int64_t lda, const float *Bp, int64_t bks, float *C,
+                             int64_t ldc, int64_t mr, int64_t nr, float alpha, float beta, const float *bias) {
+    (void)kc, (void)A, (void)lda, (void)Bp, (void)bks, (void)C, (void)ldc, (void)mr, (void)nr, (void)alpha, (void)beta,
+        (void)bias;
 }
 double rp_fma_peak_gflops_avx512(int threads, double seconds) { return rp_fma_peak_gflops_avx2(threads, seconds); }
 #endif
 
 #else
 /* Not compiled for AVX2/FMA: never called (rp_simd_enabled() is 0). */
-void rp_gemm_ukr_avx2(int64_t kc, const float *Ap, int64_t aks, const float *Bp, float *C, int64_t ldc, int64_t mr,
-                      int64_t nr, float alpha, float beta, const float *bias) {
-    (void)kc, (void)Ap, (void)aks, (void)Bp, (void)C, (void)ldc, (void)mr, (void)nr, (void)alpha, (void)beta,
+void rp_gemm_ukr_avx2(int64_t kc, const float *Ap, int64_t aks, const float *Bp, int64_t bks, float *C, int64_t ldc,
+                      int64_t mr, int64_t nr, float alpha, float beta, const float *bias) {
+    (void)kc, (void)Ap, (void)aks, (void)Bp, (void)bks, (void)C, (void)ldc, (void)mr, (void)nr, (void)alpha, (void)beta,
         (void)bias;
 }
 double rp_fma_peak_gflops_avx2(int threads, double seconds) {
@@ -469,13 +471,14 @@ int rp_gemm_cpu_avx512(void) { return 0; }
 void rp_gemm_pack_rows_avx2(const float *X, int64_t ld, int64_t kc, int R, float *dst) {
     (void)X, (void)ld, (void)kc, (void)R, (void)dst;
 }
-void rp_gemm_ukr_avx512_rows(int64_t kc, const float *A, int64_t lda, const float *Bp, float *C, int64_t ldc,
-                             int64_t mr, int64_t nr, float alpha, float beta, const float *bias) {
-    (void)kc, (void)A, (void)lda, (void)Bp, (void)C, (void)ldc, (void)mr, (void)nr, (void)alpha, (void)beta, (void)bias;
+void rp_gemm_ukr_avx512_rows(int64_t kc, const float *A, int64_t lda, const float *Bp, int64_t bks, float *C,
+                             int64_t ldc, int64_t mr, int64_t nr, float alpha, float beta, const float *bias) {
+    (void)kc, (void)A, (void)lda, (void)Bp, (void)bks, (void)C, (void)ldc, (void)mr, (void)nr, (void)alpha, (void)beta,
+        (void)bias;
 }
-void rp_gemm_ukr_avx512(int64_t kc, const float *Ap, int64_t aks, const float *Bp, float *C, int64_t ldc, int64_t mr,
-                        int64_t nr, float alpha, float beta, const float *bias) {
-    (void)kc, (void)Ap, (void)aks, (void)Bp, (void)C, (void)ldc, (void)mr, (void)nr, (void)alpha, (void)beta,
+void rp_gemm_ukr_avx512(int64_t kc, const float *Ap, int64_t aks, const float *Bp, int64_t bks, float *C, int64_t ldc,
+                        int64_t mr, int64_t nr, float alpha, float beta, const float *bias) {
+    (void)kc, (void)Ap, (void)aks, (void)Bp, (void)bks, (void)C, (void)ldc, (void)mr, (void)nr, (void)alpha, (void)beta,
         (void)bias;
 }
 double rp_fma_peak_gflops_avx512(int threads, double seconds) {
