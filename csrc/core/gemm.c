@@ -361,8 +361,6 @@ static void split_rows(const split_t *s, int64_t M, int64_t ic, int64_t *i0, int
     *mc = min64(hi * s->mr, M) - *i0;
 }
 
-/* Pack all KC-deep blocks of op(B)[:, j0:j0+nc]: block kb at Bp + kb*KC*nc_pad,
- * its panel q at + q*NR*kc. Items [it0, it1) of n_kb * n_jr (kb-major). */
 /* A row-major B's full NR-column panels are read in place (the ukr's B step is then
  * ldb) when a packed panel would serve few micro-tiles or B is small: M <= 256 or
  * K*N <= 64K floats. Interleaved runs: 2-14% faster there (the dW products of the
@@ -372,6 +370,9 @@ static int b_in_place(const gemm_prob *g, const kernel_t *kn) {
     return kn->pack_rows && !g->tb && (g->M <= 256 || g->K * g->N <= 65536);
 }
 
+/* Pack all KC-deep blocks of op(B)[:, j0:j0+nc]: block kb at Bp + kb*KC*nc_pad,
+ * its panel q at + q*NR*kc. Items [it0, it1) of n_kb * n_jr (kb-major). Full panels
+ * that run_task reads in place (b_in_place) are left out. */
 static void pack_b_items(const gemm_prob *g, const kernel_t *kn, int64_t j0, int64_t nc, int64_t it0, int64_t it1,
                          float *Bp) {
     const int NR = kn->nr;
@@ -406,10 +407,11 @@ static void run_task(const gemm_prob *g, const kernel_t *kn, int64_t j0, int64_t
     for (int64_t p0 = 0; p0 < g->K; p0 += KC) {
         const int64_t kc = min64(KC, g->K - p0);
         if (flags) ensure_panels(g, kn, j0, nc, p0 / KC, q0, q1, Bp, flags);
-        /* A transposed (dW = dY^T X): its full MR-row panels are read in place, their
-         * MR floats of each k contiguous and lda apart; only a last, partial panel is
-         * packed. Packing them cost more than it saved: the in-place reads made the
-         * model's dW products 2-14% faster (1 and 2 threads), with the same bits. */
+        /* A's full MR-row panels are read in place, only a last, partial panel is
+         * packed: always for a transposed A (dW = dY^T X: the MR floats of each k are
+         * contiguous, lda apart; 2-14% faster for the model's dW products, 1 and 2
+         * threads), and for a row-major A when the kernel has a row tile and
+         * rows_in_place says so. The same FMA chain per element, so the same bits. */
         const int rows = !g->ta && kn->fn_rows && rows_in_place(g);
         const int64_t direct = (g->ta || rows) ? mc / MR * MR : 0;
         if (direct < mc) pack_a(g->ta, g->A, g->lda, i0 + direct, p0, mc - direct, kc, kn, Ap + direct * kc);

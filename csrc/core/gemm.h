@@ -52,7 +52,8 @@ const char *rp_gemm_kernel_name(void);
 
 /* One mr_max x nr_max tile: acc = Ap (kc x MR panel) · Bp (kc x NR panel), then
  *   C[i, j] = alpha*acc + beta*C[i, j] (beta == 0: C not read) + bias[j] (bias may be NULL)
- * for i < mr, j < nr (edge tiles have mr < MR or nr < NR). Bp is 64-byte aligned.
+ * for i < mr, j < nr (edge tiles have mr < MR or nr < NR). A packed Bp is 64-byte
+ * aligned; one read in place need not be (the SIMD kernels load it unaligned).
  * The A panel's MR floats of step p are at Ap + p*aks: aks = MR for a packed panel,
  * lda for the rows of a transposed A read in place (the MR floats are contiguous
  * there too; the same FMA chain, so the same bits). Likewise the B panel's NR floats
