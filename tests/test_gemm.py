@@ -420,10 +420,9 @@ def test_linear_and_matmul_match_torch(rng):
 @pytest.mark.parametrize("ta", [False, True])
 @pytest.mark.parametrize("tb", [False, True])
 def test_operands_read_in_place_give_the_packed_bits(rng, threads, M, N, K, ta, tb):
-    """Full panels are read in place instead of packed: a transposed A by either SIMD
-    kernel, a row-major A by the AVX-512 kernel when C is narrow (N <= 192), a row-major
-    B when M <= 256 or K*N <= 64K. The AVX2 kernel on a row-major A and a transposed B
-    packs every panel. Each element is the same k-ordered FMA chain either way, so the
+    """The AVX-512 kernel reads full panels in place instead of packing them: a
+    transposed A, a row-major A when C is narrow (N <= 192), a row-major B when
+    M <= 256 or K*N <= 64K. The AVX2 kernel packs every panel. Each element is the same k-ordered FMA chain either way, so the
     results must be the same bits, for 1 and 2 threads, with partial panels and
     K > KC (256); (300, 300, 800) keeps B packed."""
     try:

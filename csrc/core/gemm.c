@@ -92,7 +92,8 @@ typedef struct {
     rp_gemm_ukr_fn fn;
     pack_panel_fn pack_rows; /* full panels of row-major A / transposed B; NULL: plain C */
     const char *name;
-    rp_gemm_ukr_fn fn_rows; /* the tile with A's rows read in place (its aks is lda); NULL: pack */
+    rp_gemm_ukr_fn fn_rows; /* the tile with A's rows read in place (its aks is lda); NULL: the kernel
+                             * reads packed panels only (aks = MR, bks = NR) */
 } kernel_t;
 
 static const kernel_t k_portable = {PMR, PNR, ukr_portable, NULL, "portable", NULL};
@@ -364,10 +365,10 @@ static void split_rows(const split_t *s, int64_t M, int64_t ic, int64_t *i0, int
 /* A row-major B's full NR-column panels are read in place (the ukr's B step is then
  * ldb) when a packed panel would serve few micro-tiles or B is small: M <= 256 or
  * K*N <= 64K floats. Interleaved runs: 2-14% faster there (the dW products of the
- * small model, 256^3: 7%), 1-7% slower for M >= 768 with a large B. SIMD kernels only
- * (the portable one keeps its packed, aligned panels). */
+ * small model, 256^3: 7%), 1-7% slower for M >= 768 with a large B. The AVX-512
+ * kernel only (the one with a row tile); the others read packed panels. */
 static int b_in_place(const gemm_prob *g, const kernel_t *kn) {
-    return kn->pack_rows && !g->tb && (g->M <= 256 || g->K * g->N <= 65536);
+    return kn->fn_rows && !g->tb && (g->M <= 256 || g->K * g->N <= 65536);
 }
 
 /* Pack all KC-deep blocks of op(B)[:, j0:j0+nc]: block kb at Bp + kb*KC*nc_pad,
@@ -407,13 +408,15 @@ static void run_task(const gemm_prob *g, const kernel_t *kn, int64_t j0, int64_t
     for (int64_t p0 = 0; p0 < g->K; p0 += KC) {
         const int64_t kc = min64(KC, g->K - p0);
         if (flags) ensure_panels(g, kn, j0, nc, p0 / KC, q0, q1, Bp, flags);
-        /* A's full MR-row panels are read in place, only a last, partial panel is
-         * packed: always for a transposed A (dW = dY^T X: the MR floats of each k are
-         * contiguous, lda apart; 2-14% faster for the model's dW products, 1 and 2
-         * threads), and for a row-major A when the kernel has a row tile and
-         * rows_in_place says so. The same FMA chain per element, so the same bits. */
+        /* With the AVX-512 kernel (the one with a row tile), A's full MR-row panels are
+         * read in place and only a last, partial panel is packed: always for a
+         * transposed A (dW = dY^T X: the MR floats of each k are contiguous, lda
+         * apart; 2-14% faster for the model's dW products, 1 and 2 threads), and for
+         * a row-major A when rows_in_place says so. The same FMA chain per element,
+         * so the same bits. The AVX2 kernel (6 rows, half the FMAs per A load) packs:
+         * read in place, a transposed A with N = 256 was 10% slower there. */
         const int rows = !g->ta && kn->fn_rows && rows_in_place(g);
-        const int64_t direct = (g->ta || rows) ? mc / MR * MR : 0;
+        const int64_t direct = ((g->ta && kn->fn_rows) || rows) ? mc / MR * MR : 0;
         if (direct < mc) pack_a(g->ta, g->A, g->lda, i0 + direct, p0, mc - direct, kc, kn, Ap + direct * kc);
         const float *adir = g->ta ? g->A + p0 * g->lda + i0 : g->A + i0 * g->lda + p0;
         const float beta = p0 == 0 ? g->beta : 1.0f;
