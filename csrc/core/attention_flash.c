@@ -399,33 +399,27 @@ static inline int64_t fz_row_cols(const rp_attn *a, int64_t ia, int64_t j0, int6
     return e < nk ? e : nk;
 }
 
-/* C (mq x nk, ldc) = A (mq x K) B (K x nk) on the visible columns of each row block; 0 elsewhere */
-static void gemm_keys_cols(const fz_ctx *c, int64_t ia0, int64_t mq, int64_t j0, int64_t nk, int64_t K, const float *A,
-                           int64_t rsa, int64_t csa, const float *B, int64_t ldb, float *C, int64_t ldc) {
-    if (fz_causal_end(c->a, ia0, j0, nk) == nk) { /* the first row sees the whole tile: no cut */
-        c->kr.gemm(mq, nk, K, A, rsa, csa, B, ldb, C, ldc, 0);
-        return;
-    }
-    for (int64_t r = 0; r < mq; r += FZ_RB) {
-        const int64_t rb = mq - r < FZ_RB ? mq - r : FZ_RB;
-        const int64_t e = fz_causal_end(c->a, ia0 + r + rb - 1, j0, nk);
-        if (e > 0) c->kr.gemm(rb, e, K, A + r * rsa, rsa, csa, B, ldb, C + r * ldc, ldc, 0);
+/* Query rows in blocks of FZ_RB (one block when the tile is not cut), block r
+ * seeing the keys j < e(its last row):
+ *   sum_keys 0: C (mq x nk) = A (mq x n) B (n x nk) on columns j < e, 0 beyond;
+ *   sum_keys 1: C (mq x n) += A (mq x nk, the pairs' weights) B (nk x n) over keys j < e. */
+static void gemm_query_blocks(const fz_ctx *c, int sum_keys, int64_t ia0, int64_t mq, int64_t j0, int64_t nk, int64_t n,
+                              const float *A, int64_t rsa, int64_t csa, const float *B, int64_t ldb, float *C,
+                              int64_t ldc) {
+    const int cut = fz_causal_end(c->a, ia0, j0, nk) < nk; /* the first row does not see the whole tile */
+    const int64_t step = cut ? FZ_RB : mq;
+    for (int64_t r = 0; r < mq; r += step) {
+        const int64_t rb = mq - r < step ? mq - r : step;
+        const int64_t e = cut ? fz_causal_end(c->a, ia0 + r + rb - 1, j0, nk) : nk;
+        const float *Ar = A + r * rsa;
+        float *Cr = C + r * ldc;
+        if (sum_keys) {
+            if (e > 0) c->kr.gemm(rb, n, e, Ar, rsa, csa, B, ldb, Cr, ldc, 1);
+            continue;
+        }
+        if (e > 0) c->kr.gemm(rb, e, n, Ar, rsa, csa, B, ldb, Cr, ldc, 0);
         if (e < nk)
-            for (int64_t i = r; i < r + rb; i++) memset(C + i * ldc + e, 0, sizeof(float) * (size_t)(nk - e));
-    }
-}
-
-/* C (mq x N) += A (mq x nk, weights of the pairs) B (nk x N): each row block over its visible keys */
-static void gemm_sum_keys(const fz_ctx *c, int64_t ia0, int64_t mq, int64_t j0, int64_t nk, int64_t N, const float *A,
-                          int64_t rsa, int64_t csa, const float *B, int64_t ldb, float *C, int64_t ldc) {
-    if (fz_causal_end(c->a, ia0, j0, nk) == nk) {
-        c->kr.gemm(mq, N, nk, A, rsa, csa, B, ldb, C, ldc, 1);
-        return;
-    }
-    for (int64_t r = 0; r < mq; r += FZ_RB) {
-        const int64_t rb = mq - r < FZ_RB ? mq - r : FZ_RB;
-        const int64_t e = fz_causal_end(c->a, ia0 + r + rb - 1, j0, nk);
-        if (e > 0) c->kr.gemm(rb, N, e, A + r * rsa, rsa, csa, B, ldb, C + r * ldc, ldc, 1);
+            for (int64_t i = 0; i < rb; i++) memset(Cr + i * ldc + e, 0, sizeof(float) * (size_t)(nk - e));
     }
 }
 
@@ -434,13 +428,11 @@ static void gemm_sum_keys(const fz_ctx *c, int64_t ia0, int64_t mq, int64_t j0, 
 static void gemm_sum_queries(const fz_ctx *c, int64_t ia0, int64_t mq, int64_t j0, int64_t nk, int64_t N,
                              const float *A, int64_t rsa, int64_t csa, const float *B, int64_t ldb, float *C,
                              int64_t ldc) {
-    if (fz_causal_end(c->a, ia0, j0, nk) == nk) {
-        c->kr.gemm(nk, N, mq, A, rsa, csa, B, ldb, C, ldc, 1);
-        return;
-    }
-    for (int64_t cb = 0; cb < nk; cb += FZ_RB) {
-        const int64_t kb = nk - cb < FZ_RB ? nk - cb : FZ_RB;
-        int64_t lo = j0 + cb - ia0; /* query row of the first pair of key j0 + cb */
+    const int cut = fz_causal_end(c->a, ia0, j0, nk) < nk;
+    const int64_t step = cut ? FZ_RB : nk; /* one block when not cut */
+    for (int64_t cb = 0; cb < nk; cb += step) {
+        const int64_t kb = nk - cb < step ? nk - cb : step;
+        int64_t lo = cut ? j0 + cb - ia0 : 0; /* query row of the first pair of key j0 + cb */
         lo = lo < 0 ? 0 : lo;
         if (lo >= mq) break; /* this block and the next ones: seen by none of these queries */
         c->kr.gemm(kb, N, mq - lo, A + cb * rsa + lo * csa, rsa, csa, B + lo * ldb, ldb, C + cb * ldc, ldc, 1);
@@ -456,7 +448,7 @@ static void tile_logits(const fz_ctx *c, fz_scr *w, const float *Kt, int64_t b, 
     const int64_t ia0 = a->q_offset + i0;
     const float *qt = a->q + (bh * a->Tq + i0) * D;
     float *S = w->S;
-    gemm_keys_cols(c, ia0, mq, j0, nk, D, qt, D, 1, Kt, FZ_BK, S, FZ_BK);
+    gemm_query_blocks(c, 0, ia0, mq, j0, nk, D, qt, D, 1, Kt, FZ_BK, S, FZ_BK);
 
     if (c->has_c2p) { /* + qr_i . relk[idx(ia, j)] */
         rp_relidx ix = a->relk_ix;
@@ -647,7 +639,7 @@ static void fwd_item(const fz_ctx *c, fz_scr *w, const float *Kp, int64_t b, int
             tile_present(a, w, b, ia0, mq, j0, nk, NULL);
             gemm_present(mq, Dv, nk, S, FZ_BK, 1, vt, Dv, O, Dv, 1, w->PRES, FZ_BK, 1);
         } else {
-            gemm_sum_keys(c, ia0, mq, j0, nk, Dv, S, FZ_BK, 1, vt, Dv, O, Dv);
+            gemm_query_blocks(c, 1, ia0, mq, j0, nk, Dv, S, FZ_BK, 1, vt, Dv, O, Dv);
         }
         if (c->has_relv) {
             rp_relidx ix = a->relv_ix;
@@ -928,7 +920,7 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
             }
             if (!need_ds) continue;
             /* dP = dO V^T (+ dO . relv[idx]) */
-            gemm_keys_cols(c, ia0, mq, j0, nk, Dv, dOt, Dv, 1, w->Vt, FZ_BK, dP, FZ_BK);
+            gemm_query_blocks(c, 0, ia0, mq, j0, nk, Dv, dOt, Dv, 1, w->Vt, FZ_BK, dP, FZ_BK);
             if (c->has_relv) {
                 const float *tab = a->relv + ((a->Hrv == 1 ? 0 : h) * a->relv_ix.R + rv0) * Dv;
                 c->kr.pack(tab, nrv, Dv, Dv, w->RT, FZ_LDR);
@@ -1001,7 +993,7 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
                 if (dq) gemm_present(mq, D, nk, dP, FZ_BK, 1, K + j0 * D, D, dq + i0 * D, D, 1, w->PRES, FZ_BK, 1);
             } else {
                 if (dk) gemm_sum_queries(c, ia0, mq, j0, nk, D, dP, 1, FZ_BK, Q + i0 * D, D, dk + j0 * D, D);
-                if (dq) gemm_sum_keys(c, ia0, mq, j0, nk, D, dP, FZ_BK, 1, K + j0 * D, D, dq + i0 * D, D);
+                if (dq) gemm_query_blocks(c, 1, ia0, mq, j0, nk, D, dP, FZ_BK, 1, K + j0 * D, D, dq + i0 * D, D);
             }
             if (c->has_c2p && (dqq || t->drelk)) {
                 rp_relidx ix = a->relk_ix;

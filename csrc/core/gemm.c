@@ -58,15 +58,14 @@ static inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b
 #define PMR 6
 #define PNR 16
 
-static void ukr_portable(int64_t kc, const float *restrict Ap, int64_t aks, const float *restrict Bp, int64_t bks,
-                         float *restrict C, int64_t ldc, int64_t mr, int64_t nr, float alpha, float beta,
-                         const float *bias) {
+static void ukr_portable(int64_t kc, const float *restrict Ap, const float *restrict Bp, float *restrict C, int64_t ldc,
+                         int64_t mr, int64_t nr, float alpha, float beta, const float *bias) {
     float acc[PMR][PNR];
     for (int i = 0; i < PMR; i++)
         for (int j = 0; j < PNR; j++) acc[i][j] = 0.0f;
     for (int64_t p = 0; p < kc; p++) {
-        const float *a = Ap + p * aks;
-        const float *b = Bp + p * bks;
+        const float *a = Ap + p * PMR;
+        const float *b = Bp + p * PNR;
         for (int i = 0; i < PMR; i++) {
             float ai = a[i];
             for (int j = 0; j < PNR; j++) acc[i][j] += ai * b[j];
@@ -92,8 +91,7 @@ typedef struct {
     rp_gemm_ukr_fn fn;
     pack_panel_fn pack_rows; /* full panels of row-major A / transposed B; NULL: plain C */
     const char *name;
-    rp_gemm_ukr_fn fn_rows; /* the tile with A's rows read in place (its aks is lda); NULL: the kernel
-                             * reads packed panels only (aks = MR, bks = NR) */
+    rp_gemm_ukr_strided_fn fn_strided; /* the tile on operands read in place; NULL: packed panels only */
 } kernel_t;
 
 static const kernel_t k_portable = {PMR, PNR, ukr_portable, NULL, "portable", NULL};
@@ -101,7 +99,7 @@ static const kernel_t k_portable = {PMR, PNR, ukr_portable, NULL, "portable", NU
 static const kernel_t k_avx2 = {RP_GEMM_AVX2_MR,        RP_GEMM_AVX2_NR, rp_gemm_ukr_avx2,
                                 rp_gemm_pack_rows_avx2, "avx2",          NULL};
 static const kernel_t k_avx512 = {RP_GEMM_AVX512_MR,      RP_GEMM_AVX512_NR, rp_gemm_ukr_avx512,
-                                  rp_gemm_pack_rows_avx2, "avx512",          rp_gemm_ukr_avx512_rows};
+                                  rp_gemm_pack_rows_avx2, "avx512",          rp_gemm_ukr_avx512_strided};
 #endif
 
 static int kernel_pref = 0; /* 0 auto, 1 avx512, 2 avx2, 3 portable */
@@ -365,10 +363,10 @@ static void split_rows(const split_t *s, int64_t M, int64_t ic, int64_t *i0, int
 /* A row-major B's full NR-column panels are read in place (the ukr's B step is then
  * ldb) when a packed panel would serve few micro-tiles or B is small: M <= 256 or
  * K*N <= 64K floats. Interleaved runs: 2-14% faster there (the dW products of the
- * small model, 256^3: 7%), 1-7% slower for M >= 768 with a large B. The AVX-512
- * kernel only (the one with a row tile); the others read packed panels. */
+ * small model, 256^3: 7%), 1-7% slower for M >= 768 with a large B. Kernels with a
+ * strided tile only (AVX-512); the others read packed panels. */
 static int b_in_place(const gemm_prob *g, const kernel_t *kn) {
-    return kn->fn_rows && !g->tb && (g->M <= 256 || g->K * g->N <= 65536);
+    return kn->fn_strided && !g->tb && (g->M <= 256 || g->K * g->N <= 65536);
 }
 
 /* Pack all KC-deep blocks of op(B)[:, j0:j0+nc]: block kb at Bp + kb*KC*nc_pad,
@@ -408,17 +406,17 @@ static void run_task(const gemm_prob *g, const kernel_t *kn, int64_t j0, int64_t
     for (int64_t p0 = 0; p0 < g->K; p0 += KC) {
         const int64_t kc = min64(KC, g->K - p0);
         if (flags) ensure_panels(g, kn, j0, nc, p0 / KC, q0, q1, Bp, flags);
-        /* With the AVX-512 kernel (the one with a row tile), A's full MR-row panels are
+        /* With a kernel that has a strided tile (AVX-512), A's full MR-row panels are
          * read in place and only a last, partial panel is packed: always for a
          * transposed A (dW = dY^T X: the MR floats of each k are contiguous, lda
          * apart; 2-14% faster for the model's dW products, 1 and 2 threads), and for
-         * a row-major A when rows_in_place says so. The same FMA chain per element,
-         * so the same bits. The AVX2 kernel (6 rows, half the FMAs per A load) packs:
-         * read in place, a transposed A with N = 256 was 10% slower there. */
-        const int rows = !g->ta && kn->fn_rows && rows_in_place(g);
-        const int64_t direct = ((g->ta && kn->fn_rows) || rows) ? mc / MR * MR : 0;
+         * a row-major A when rows_in_place says so. The AVX2 kernel (6 rows, half the
+         * FMAs per A load) packs: read in place, a transposed A with N = 256 was 10%
+         * slower there, and a generic-stride AVX2 tile ran packed products 5-10% slower. */
+        const int64_t direct = kn->fn_strided && (g->ta || rows_in_place(g)) ? mc / MR * MR : 0;
         if (direct < mc) pack_a(g->ta, g->A, g->lda, i0 + direct, p0, mc - direct, kc, kn, Ap + direct * kc);
         const float *adir = g->ta ? g->A + p0 * g->lda + i0 : g->A + i0 * g->lda + p0;
+        const int64_t ars = g->ta ? 1 : g->lda, aks = g->ta ? g->lda : 1; /* A in place */
         const float beta = p0 == 0 ? g->beta : 1.0f;
         const float *bias = (p0 == 0 && g->bias) ? g->bias + j0 : NULL;
         const float *bblk = Bp + (p0 / KC) * KC * nc_pad;
@@ -433,13 +431,13 @@ static void run_task(const gemm_prob *g, const kernel_t *kn, int64_t j0, int64_t
             float *c = g->C + i0 * g->ldc + j0 + jr;
             for (int64_t ir = 0; ir < mc; ir += MR) {
                 const int64_t mr = min64(MR, mc - ir);
-                if (ir >= direct)
-                    kn->fn(kc, Ap + ir * kc, MR, bp, bks, c + ir * g->ldc, g->ldc, mr, nr, g->alpha, beta, bb);
-                else if (rows)
-                    kn->fn_rows(kc, adir + ir * g->lda, g->lda, bp, bks, c + ir * g->ldc, g->ldc, mr, nr, g->alpha,
-                                beta, bb);
+                float *ct = c + ir * g->ldc;
+                if (ir < direct)
+                    kn->fn_strided(kc, adir + ir * ars, ars, aks, bp, bks, ct, g->ldc, mr, nr, g->alpha, beta, bb);
+                else if (inplace)
+                    kn->fn_strided(kc, Ap + ir * kc, 1, MR, bp, bks, ct, g->ldc, mr, nr, g->alpha, beta, bb);
                 else
-                    kn->fn(kc, adir + ir, g->lda, bp, bks, c + ir * g->ldc, g->ldc, mr, nr, g->alpha, beta, bb);
+                    kn->fn(kc, Ap + ir * kc, bp, ct, g->ldc, mr, nr, g->alpha, beta, bb);
             }
         }
     }

@@ -52,27 +52,29 @@ const char *rp_gemm_kernel_name(void);
 
 /* One mr_max x nr_max tile: acc = Ap (kc x MR panel) · Bp (kc x NR panel), then
  *   C[i, j] = alpha*acc + beta*C[i, j] (beta == 0: C not read) + bias[j] (bias may be NULL)
- * for i < mr, j < nr (edge tiles have mr < MR or nr < NR). A packed Bp is 64-byte
- * aligned; one read in place need not be (the SIMD kernels load it unaligned).
- * The A panel's MR floats of step p are at Ap + p*aks: aks = MR for a packed panel,
- * lda for the rows of a transposed A read in place (the MR floats are contiguous
- * there too; the same FMA chain, so the same bits). Likewise the B panel's NR floats
- * of step p are at Bp + p*bks: NR packed, ldb for a row-major B read in place. */
-typedef void (*rp_gemm_ukr_fn)(int64_t kc, const float *Ap, int64_t aks, const float *Bp, int64_t bks, float *C,
-                               int64_t ldc, int64_t mr, int64_t nr, float alpha, float beta, const float *bias);
+ * for i < mr, j < nr (edge tiles have mr < MR or nr < NR). Bp is 64-byte aligned. */
+typedef void (*rp_gemm_ukr_fn)(int64_t kc, const float *Ap, const float *Bp, float *C, int64_t ldc, int64_t mr,
+                               int64_t nr, float alpha, float beta, const float *bias);
+/* The same tile on operands read in place instead of packed: A's element (r, p) at
+ * A[r*ars + p*aks] (a transposed A: ars 1, aks lda; a row-major A: ars lda, aks 1; a
+ * packed panel: ars 1, aks MR), B's NR floats of step p at B + p*bks (ldb in place,
+ * NR packed; need not be aligned). The same FMA chain per element, so the same bits. */
+typedef void (*rp_gemm_ukr_strided_fn)(int64_t kc, const float *A, int64_t ars, int64_t aks, const float *B,
+                                       int64_t bks, float *C, int64_t ldc, int64_t mr, int64_t nr, float alpha,
+                                       float beta, const float *bias);
 
 #define RP_GEMM_AVX2_MR 6
 #define RP_GEMM_AVX2_NR 16
 #define RP_GEMM_AVX512_MR 12
 #define RP_GEMM_AVX512_NR 32
 
-void rp_gemm_ukr_avx2(int64_t kc, const float *Ap, int64_t aks, const float *Bp, int64_t bks, float *C, int64_t ldc,
-                      int64_t mr, int64_t nr, float alpha, float beta, const float *bias);
-void rp_gemm_ukr_avx512(int64_t kc, const float *Ap, int64_t aks, const float *Bp, int64_t bks, float *C, int64_t ldc,
-                        int64_t mr, int64_t nr, float alpha, float beta, const float *bias);
-/* The AVX-512 tile with A's MR rows read in place from a row-major A (rows lda apart). */
-void rp_gemm_ukr_avx512_rows(int64_t kc, const float *A, int64_t lda, const float *Bp, int64_t bks, float *C,
-                             int64_t ldc, int64_t mr, int64_t nr, float alpha, float beta, const float *bias);
+void rp_gemm_ukr_avx2(int64_t kc, const float *Ap, const float *Bp, float *C, int64_t ldc, int64_t mr, int64_t nr,
+                      float alpha, float beta, const float *bias);
+void rp_gemm_ukr_avx512(int64_t kc, const float *Ap, const float *Bp, float *C, int64_t ldc, int64_t mr, int64_t nr,
+                        float alpha, float beta, const float *bias);
+void rp_gemm_ukr_avx512_strided(int64_t kc, const float *A, int64_t ars, int64_t aks, const float *B, int64_t bks,
+                                float *C, int64_t ldc, int64_t mr, int64_t nr, float alpha, float beta,
+                                const float *bias);
 int rp_gemm_cpu_avx512(void); /* AVX-512F usable (CPU and OS) and compiled in */
 /* Pack R rows of a row-major matrix (rows X, X+ld, ...; kc columns) into dst
  * (kc x R), dst[p*R + i] = X[i*ld + p], with 8x8 / 4x8 / 2x8 register

@@ -17,10 +17,8 @@
  *   C = alpha*acc (+ beta*C, fused) (+ bias). Edge tiles go through a buffer
  * with the same arithmetic (fmaf for beta), so every element of C is computed
  * the same way wherever the tile boundaries fall. */
-static inline __attribute__((always_inline)) void ukr2_packed(int64_t kc, const float *restrict Ap,
-                                                              const float *restrict Bp, float *restrict C, int64_t ldc,
-                                                              int64_t mr, int64_t nr, float alpha, float beta,
-                                                              const float *bias) {
+void rp_gemm_ukr_avx2(int64_t kc, const float *restrict Ap, const float *restrict Bp, float *restrict C, int64_t ldc,
+                      int64_t mr, int64_t nr, float alpha, float beta, const float *bias) {
     __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
     __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
     __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
@@ -119,16 +117,6 @@ static inline __attribute__((always_inline)) void ukr2_packed(int64_t kc, const 
             c[j] = v;
         }
     }
-}
-
-/* The AVX2 tile reads packed panels only (aks = 6, bks = 16): gemm.c reads
- * operands in place only with the kernel that has a row tile (AVX-512). A
- * generic-stride version of this kernel ran the packed products 5-10% slower. */
-void rp_gemm_ukr_avx2(int64_t kc, const float *restrict Ap, int64_t aks, const float *restrict Bp, int64_t bks,
-                      float *restrict C, int64_t ldc, int64_t mr, int64_t nr, float alpha, float beta,
-                      const float *bias) {
-    (void)aks, (void)bks;
-    ukr2_packed(kc, Ap, Bp, C, ldc, mr, nr, alpha, beta, bias);
 }
 
 /* ---- packing: R rows of a row-major matrix -> (kc x R) panel, by register
@@ -394,20 +382,20 @@ ukr512_body(int64_t kc, const float *restrict Ap, int64_t ars, int64_t aks, cons
     }
 }
 
-RP_T512 void rp_gemm_ukr_avx512(int64_t kc, const float *restrict Ap, int64_t aks, const float *restrict Bp,
-                                int64_t bks, float *restrict C, int64_t ldc, int64_t mr, int64_t nr, float alpha,
-                                float beta, const float *bias) {
-    if (aks == RP_GEMM_AVX512_MR && bks == RP_GEMM_AVX512_NR) /* packed panels: constant offsets */
-        ukr512_body(kc, Ap, 1, RP_GEMM_AVX512_MR, Bp, RP_GEMM_AVX512_NR, C, ldc, mr, nr, alpha, beta, bias);
-    else
-        ukr512_body(kc, Ap, 1, aks, Bp, bks, C, ldc, mr, nr, alpha, beta, bias);
+RP_T512 void rp_gemm_ukr_avx512(int64_t kc, const float *restrict Ap, const float *restrict Bp, float *restrict C,
+                                int64_t ldc, int64_t mr, int64_t nr, float alpha, float beta, const float *bias) {
+    ukr512_body(kc, Ap, 1, RP_GEMM_AVX512_MR, Bp, RP_GEMM_AVX512_NR, C, ldc, mr, nr, alpha, beta, bias);
 }
 
-/* The same with A's 12 rows read in place from a row-major A (row stride lda). */
-RP_T512 void rp_gemm_ukr_avx512_rows(int64_t kc, const float *restrict A, int64_t lda, const float *restrict Bp,
-                                     int64_t bks, float *restrict C, int64_t ldc, int64_t mr, int64_t nr, float alpha,
-                                     float beta, const float *bias) {
-    ukr512_body(kc, A, lda, 1, Bp, bks, C, ldc, mr, nr, alpha, beta, bias);
+/* The same tile on operands read in place (rp_gemm_ukr_strided_fn). A transposed
+ * A (ars = 1) keeps constant offsets between its 12 rows. */
+RP_T512 void rp_gemm_ukr_avx512_strided(int64_t kc, const float *restrict A, int64_t ars, int64_t aks,
+                                        const float *restrict B, int64_t bks, float *restrict C, int64_t ldc,
+                                        int64_t mr, int64_t nr, float alpha, float beta, const float *bias) {
+    if (ars == 1)
+        ukr512_body(kc, A, 1, aks, B, bks, C, ldc, mr, nr, alpha, beta, bias);
+    else
+        ukr512_body(kc, A, ars, aks, B, bks, C, ldc, mr, nr, alpha, beta, bias);
 }
 
 /* 12 independent 16-lane FMA chains per thread. */
@@ -458,24 +446,24 @@ RP_T512 double rp_fma_peak_gflops_avx512(int threads, double seconds) {
 }
 #else
 int rp_gemm_cpu_avx512(void) { return 0; }
-void rp_gemm_ukr_avx512(int64_t kc, const float *Ap, int64_t aks, const float *Bp, int64_t bks, float *C, int64_t ldc,
-                        int64_t mr, int64_t nr, float alpha, float beta, const float *bias) {
-    rp_gemm_ukr_avx2(kc, Ap, aks, Bp, bks, C, ldc, mr, nr, alpha, beta, bias); /* never called */
+void rp_gemm_ukr_avx512(int64_t kc, const float *Ap, const float *Bp, float *C, int64_t ldc, int64_t mr, int64_t nr,
+                        float alpha, float beta, const float *bias) {
+    rp_gemm_ukr_avx2(kc, Ap, Bp, C, ldc, mr, nr, alpha, beta, bias); /* never called */
 }
-void rp_gemm_ukr_avx512_rows(int64_t kc, const float *A, int64_t lda, const float *Bp, int64_t bks, float *C,
-                             int64_t ldc, int64_t mr, int64_t nr, float alpha, float beta, const float *bias) {
-    (void)kc, (void)A, (void)lda, (void)Bp, (void)bks, (void)C, (void)ldc, (void)mr, (void)nr, (void)alpha, (void)beta,
-        (void)bias;
+void rp_gemm_ukr_avx512_strided(int64_t kc, const float *A, int64_t ars, int64_t aks, const float *B, int64_t bks,
+                                float *C, int64_t ldc, int64_t mr, int64_t nr, float alpha, float beta,
+                                const float *bias) {
+    (void)kc, (void)A, (void)ars, (void)aks, (void)B, (void)bks, (void)C, (void)ldc, (void)mr, (void)nr, (void)alpha,
+        (void)beta, (void)bias; /* never called: without the AVX-512 form the kernel is never picked */
 }
 double rp_fma_peak_gflops_avx512(int threads, double seconds) { return rp_fma_peak_gflops_avx2(threads, seconds); }
 #endif
 
 #else
 /* Not compiled for AVX2/FMA: never called (rp_simd_enabled() is 0). */
-void rp_gemm_ukr_avx2(int64_t kc, const float *Ap, int64_t aks, const float *Bp, int64_t bks, float *C, int64_t ldc,
-                      int64_t mr, int64_t nr, float alpha, float beta, const float *bias) {
-    (void)kc, (void)Ap, (void)aks, (void)Bp, (void)bks, (void)C, (void)ldc, (void)mr, (void)nr, (void)alpha, (void)beta,
-        (void)bias;
+void rp_gemm_ukr_avx2(int64_t kc, const float *Ap, const float *Bp, float *C, int64_t ldc, int64_t mr, int64_t nr,
+                      float alpha, float beta, const float *bias) {
+    (void)kc, (void)Ap, (void)Bp, (void)C, (void)ldc, (void)mr, (void)nr, (void)alpha, (void)beta, (void)bias;
 }
 double rp_fma_peak_gflops_avx2(int threads, double seconds) {
     (void)threads, (void)seconds;
@@ -485,15 +473,15 @@ int rp_gemm_cpu_avx512(void) { return 0; }
 void rp_gemm_pack_rows_avx2(const float *X, int64_t ld, int64_t kc, int R, float *dst) {
     (void)X, (void)ld, (void)kc, (void)R, (void)dst;
 }
-void rp_gemm_ukr_avx512_rows(int64_t kc, const float *A, int64_t lda, const float *Bp, int64_t bks, float *C,
-                             int64_t ldc, int64_t mr, int64_t nr, float alpha, float beta, const float *bias) {
-    (void)kc, (void)A, (void)lda, (void)Bp, (void)bks, (void)C, (void)ldc, (void)mr, (void)nr, (void)alpha, (void)beta,
-        (void)bias;
+void rp_gemm_ukr_avx512(int64_t kc, const float *Ap, const float *Bp, float *C, int64_t ldc, int64_t mr, int64_t nr,
+                        float alpha, float beta, const float *bias) {
+    (void)kc, (void)Ap, (void)Bp, (void)C, (void)ldc, (void)mr, (void)nr, (void)alpha, (void)beta, (void)bias;
 }
-void rp_gemm_ukr_avx512(int64_t kc, const float *Ap, int64_t aks, const float *Bp, int64_t bks, float *C, int64_t ldc,
-                        int64_t mr, int64_t nr, float alpha, float beta, const float *bias) {
-    (void)kc, (void)Ap, (void)aks, (void)Bp, (void)bks, (void)C, (void)ldc, (void)mr, (void)nr, (void)alpha, (void)beta,
-        (void)bias;
+void rp_gemm_ukr_avx512_strided(int64_t kc, const float *A, int64_t ars, int64_t aks, const float *B, int64_t bks,
+                                float *C, int64_t ldc, int64_t mr, int64_t nr, float alpha, float beta,
+                                const float *bias) {
+    (void)kc, (void)A, (void)ars, (void)aks, (void)B, (void)bks, (void)C, (void)ldc, (void)mr, (void)nr, (void)alpha,
+        (void)beta, (void)bias; /* never called: without the AVX-512 form the kernel is never picked */
 }
 double rp_fma_peak_gflops_avx512(int threads, double seconds) {
     (void)threads, (void)seconds;

@@ -935,7 +935,19 @@ static PyObject *py_dropout_mask(PyObject *self, PyObject *args, PyObject *kw) {
 #define M(name, doc) \
     { #name, (PyCFunction)(void (*)(void))py_##name, KW, doc }
 
-/* ---- test hook: the exp forms of simd_math.h ----------------------------- */
+/* ---- test hooks: the exp forms of simd_math.h, the activation spans by form ---- */
+
+/* form name -> RP_EXP_SCALAR, RP_EXP_AVX2 or RP_EXP_AVX512 (the forms of both hooks) */
+static int exp_form(const char *fs, int *form) {
+    const char *names[] = {"scalar", "avx2", "avx512"};
+    for (int i = 0; i < 3; i++)
+        if (strcmp(fs, names[i]) == 0) {
+            *form = i;
+            return 0;
+        }
+    PyErr_Format(PyExc_ValueError, "form must be 'scalar', 'avx2' or 'avx512'; got '%s'", fs);
+    return -1;
+}
 
 static PyObject *py__exp_check(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
@@ -944,13 +956,7 @@ static PyObject *py__exp_check(PyObject *self, PyObject *args, PyObject *kw) {
     int form = -1, rc;
     rp_arg spec[] = {RP_ARG_F32("x", &x, -1, NULL), RP_ARG_OPTIONAL, RP_ARG_STR("form", &fs), RP_ARG_END};
     if (rp_args_parse(args, kw, "_exp_check", spec) < 0) return NULL;
-    const char *names[] = {"scalar", "avx2", "avx512"}; /* RP_EXP_SCALAR, RP_EXP_AVX2, RP_EXP_AVX512 */
-    for (int i = 0; i < 3; i++)
-        if (strcmp(fs, names[i]) == 0) form = i;
-    if (form < 0) {
-        PyErr_Format(PyExc_ValueError, "form must be 'scalar', 'avx2' or 'avx512'; got '%s'", fs);
-        goto fail;
-    }
+    if (exp_form(fs, &form) < 0) goto fail;
     if (!(y = new_f32(PyArray_NDIM(x), PyArray_DIMS(x)))) goto fail;
     Py_BEGIN_ALLOW_THREADS
         rc = rp_exp_span(form, RP_F32(x), 0.0f, RP_F32(y), (int64_t)PyArray_SIZE(x));
@@ -967,8 +973,6 @@ fail:
     return NULL;
 }
 
-/* ---- test hook: the activation spans by form ------------------------------ */
-
 static PyObject *py__act_check(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     const char *fs = "scalar", *as = "gelu_tanh";
@@ -977,16 +981,10 @@ static PyObject *py__act_check(PyObject *self, PyObject *args, PyObject *kw) {
     rp_arg spec[] = {RP_ARG_F32("x", &x, -1, NULL), RP_ARG_OPTIONAL,         RP_ARG_F32_OPT("grad", &g, -1, NULL),
                      RP_ARG_STR("act", &as),        RP_ARG_STR("form", &fs), RP_ARG_END};
     if (rp_args_parse(args, kw, "_act_check", spec) < 0) return NULL;
-    const char *forms[] = {"scalar", "avx2", "avx512"};             /* RP_EXP_SCALAR, RP_EXP_AVX2, RP_EXP_AVX512 */
     const char *acts[] = {"gelu_tanh", "gelu_erf", "relu", "silu"}; /* RP_ACT_* order */
-    for (int i = 0; i < 3; i++)
-        if (strcmp(fs, forms[i]) == 0) form = i;
     for (int i = 0; i < 4; i++)
         if (strcmp(as, acts[i]) == 0) kind = i;
-    if (form < 0) {
-        PyErr_Format(PyExc_ValueError, "form must be 'scalar', 'avx2' or 'avx512'; got '%s'", fs);
-        goto fail;
-    }
+    if (exp_form(fs, &form) < 0) goto fail;
     if (kind < 0) {
         PyErr_Format(PyExc_ValueError, "act must be 'gelu_tanh', 'gelu_erf', 'relu' or 'silu'; got '%s'", as);
         goto fail;
