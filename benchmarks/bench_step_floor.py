@@ -39,12 +39,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
+import bench_train  # noqa: E402
 import numpy as np  # noqa: E402
 
 import relpos  # noqa: E402
 from relpos import _C  # noqa: E402
-
-import bench_train  # noqa: E402
 
 # FLOPs of the calls whose work is a matrix product: name -> f(args, kwargs) -> FLOPs
 _FLOPS = {
@@ -104,7 +103,7 @@ def record_step(step, x, y):
 def time_alone(calls, reps):
     """Best wall time of each recorded call run on its own (fresh input copies every time)."""
     best = []
-    for name, fn, a, k in calls:
+    for _name, fn, a, k in calls:
         ts = []
         for _ in range(reps + 1):  # the first run warms the code and the copies' pages
             memo = {}
