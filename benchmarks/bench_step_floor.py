@@ -17,8 +17,10 @@ Printed per (configuration, encoding, threads):
   the step (--steps steps, back to back): median and best wall time;
   the Python layer: the main thread's CPU time outside _C per step;
   the floor and, per _C function, its calls per step, its time alone (the sum
-    over its calls) and its share of the floor; GEMM-like calls also show
-    GFLOP/s against the measured FMA peak;
+    over its calls), its share of the floor and its time inside the step
+    (wall time in the function per step, over the same steps as the Python
+    figure: the same work on inputs that are no longer in cache); GEMM-like
+    calls also show GFLOP/s alone against the measured FMA peak;
   the gap: median step - floor (the Python layer, cold caches, allocation).
 
 This is the arithmetic behind a speed target: a step cannot be faster than its
@@ -115,15 +117,40 @@ def time_alone(calls, reps):
     return best
 
 
-def python_cpu_ms(step, x, y, n):
-    """Median over n steps of the main thread's CPU time outside _C calls (ms)."""
+def in_step(step, x, y, n):
+    """n steps with every _C call timed: (median main-thread CPU ms per step
+    outside _C calls, {name: wall seconds per step inside that _C function})."""
+    wall = collections.Counter()
+    cpu = [0.0]
+    saved = {}
+    clock, tcpu = time.perf_counter, time.thread_time
+
+    def wrap(name, fn):
+        @functools.wraps(fn)
+        def inner(*a, **k):
+            t0, c0 = clock(), tcpu()
+            try:
+                return fn(*a, **k)
+            finally:
+                wall[name] += clock() - t0
+                cpu[0] += tcpu() - c0
+        return inner
+
+    for name in dir(_C):
+        fn = getattr(_C, name)
+        if callable(fn) and not name.startswith("_") and type(fn).__name__ == "builtin_function_or_method":
+            saved[name] = fn
+            setattr(_C, name, wrap(name, fn))
     res = []
-    with bench_train.timed_core() as spent:
+    try:
         for _ in range(n):
-            s0, c0 = spent[1], time.thread_time()
+            s0, c0 = cpu[0], tcpu()
             step(x, y)
-            res.append((time.thread_time() - c0) - (spent[1] - s0))
-    return 1e3 * float(np.median(res))
+            res.append((tcpu() - c0) - (cpu[0] - s0))
+    finally:
+        for name, fn in saved.items():
+            setattr(_C, name, fn)
+    return 1e3 * float(np.median(res)), {k: v / n for k, v in wall.items()}
 
 
 def measure(config_name, enc, threads, steps, reps, peak):
@@ -138,7 +165,7 @@ def measure(config_name, enc, threads, steps, reps, peak):
         t0 = time.perf_counter()
         step(x, y)
         times.append(time.perf_counter() - t0)
-    py_ms = python_cpu_ms(step, x, y, max(3, steps // 2))
+    py_ms, inside = in_step(step, x, y, max(3, steps // 2))
     calls = record_step(step, x, y)
     alone = time_alone(calls, reps)
     per = collections.OrderedDict()
@@ -152,7 +179,8 @@ def measure(config_name, enc, threads, steps, reps, peak):
     med, best = float(np.median(times)), float(np.min(times))
     kernels = []
     for name, d in sorted(per.items(), key=lambda kv: -kv[1]["s"]):
-        row = dict(name=name, calls=d["calls"], ms=1e3 * d["s"], share=d["s"] / floor)
+        row = dict(name=name, calls=d["calls"], ms=1e3 * d["s"], share=d["s"] / floor,
+                   ms_in_step=1e3 * inside.get(name, 0.0))
         if d["flops"]:
             row["gflops"] = d["flops"] / d["s"] / 1e9
             row["peak_fraction"] = row["gflops"] / peak if peak else None
@@ -168,13 +196,15 @@ def format_row(r):
             f"step median {r['step_median_ms']:.2f} ms (best {r['step_best_ms']:.2f}); kernel floor "
             f"{r['floor_ms']:.2f} ms over {r['calls_per_step']} _C calls; gap {r['gap_ms']:.2f} ms; "
             f"Python {r['python_cpu_ms']:.2f} ms CPU per step")
-    lines = [head, f"    {'_C function':22s} {'calls':>5s} {'ms alone':>9s} {'share':>6s}  GEMM GFLOP/s"]
+    lines = [head, f"    {'_C function':22s} {'calls':>5s} {'ms alone':>9s} {'share':>6s} {'ms in step':>11s}"
+                   f"  GEMM GFLOP/s alone"]
     for k in r["kernels"]:
         g = ""
         if "gflops" in k:
             g = f"  {k['gflops']:.1f}" + (f" ({100 * k['peak_fraction']:.0f}% of peak)" if k.get("peak_fraction")
                                            else "")
-        lines.append(f"    {k['name']:22s} {k['calls']:5d} {k['ms']:9.3f} {100 * k['share']:5.1f}%{g}")
+        lines.append(f"    {k['name']:22s} {k['calls']:5d} {k['ms']:9.3f} {100 * k['share']:5.1f}% "
+                     f"{k['ms_in_step']:11.3f}{g}")
     return "\n".join(lines)
 
 

@@ -96,6 +96,8 @@ def test_the_script_adds_the_calls_up(tmp_path):
     assert sum(k["ms"] for k in row["kernels"]) == pytest.approx(row["floor_ms"])
     assert sum(k["share"] for k in row["kernels"]) == pytest.approx(1.0)
     assert row["gap_ms"] == pytest.approx(row["step_median_ms"] - row["floor_ms"])
+    # every function the step called was also timed inside the step
+    assert all(k["ms_in_step"] > 0 for k in row["kernels"])
     gemm = {k["name"]: k for k in row["kernels"]}["gemm"]
     assert gemm["gflops"] > 0 and gemm["peak_fraction"] > 0
     assert "kernel floor" in r.stdout and row["cpu"] in r.stdout
