@@ -2,7 +2,7 @@
 eager and compiled (torch.compile, inductor on CPU).
 
     OMP_NUM_THREADS=2 python benchmarks/bench_train.py [--threads 1,2] [--enc rope,alibi]
-        [--config large,small] [--repeat 7] [--quick] [--no-compile] [--json PATH]
+        [--config large,small] [--repeat N] [--quick] [--no-compile] [--json PATH]
 
 Configurations (--config):
   large: L=4 layers, d=256, 8 heads, T=256, batch 16, vocabulary 256;
@@ -78,6 +78,9 @@ import numpy as np  # noqa: E402
 
 import relpos  # noqa: E402
 from relpos import _C  # noqa: E402
+
+#: timed steps per row unless --repeat says otherwise
+DEFAULT_REPEAT = {"large": 7, "small": 21}
 
 CONFIGS = {
     "large": dict(n_layers=4, d_model=256, n_heads=8, T=256, batch=16, vocab=256, lr=1e-3, weight_decay=0.01),
@@ -406,7 +409,6 @@ def run(threads=(1, 2), encodings=("rope", "alibi"), quick=False, repeat=None, w
     """All rows (dicts) of the benchmark; one per (configuration, encoding, thread
     count), plus one 'scaling' row per (configuration, encoding) (speed at max
     threads / at 1 thread)."""
-    repeat = repeat or (3 if quick else 7)
     warmup = 1 if quick else 2
     rows = []
     peaks = {}
@@ -421,10 +423,12 @@ def run(threads=(1, 2), encodings=("rope", "alibi"), quick=False, repeat=None, w
             log(f"== {config_name}: L={cfg['n_layers']} d={cfg['d_model']} H={cfg['n_heads']} T={cfg['T']} "
                 f"B={cfg['batch']} | CPU {m['cpu']} | SIMD {m['simd']}, GEMM kernel {m['gemm_kernel']} | FMA peak "
                 + ", ".join(f"{n} thr {peaks[n]:.0f}" for n in threads) + " GFLOP/s")
+        # steps per row: the small model's ~15 ms steps need more of them for a stable median
+        reps = repeat or (3 if quick else DEFAULT_REPEAT[config_name])
         for enc in encodings:
             per = {}
             for n in threads:
-                row = measure(enc, n, cfg, repeat, warmup, peaks[n], with_torch, with_compile and not quick,
+                row = measure(enc, n, cfg, reps, warmup, peaks[n], with_torch, with_compile and not quick,
                               config_name, log, gap)
                 rows.append(row)
                 per[n] = row
@@ -478,7 +482,8 @@ def main(argv=None):
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--enc", default="rope,alibi")
     ap.add_argument("--config", default="large,small", help="comma-separated: " + ", ".join(CONFIGS))
-    ap.add_argument("--repeat", type=int, default=None)
+    ap.add_argument("--repeat", type=int, default=None,
+                    help="timed steps per row (default: 7 for large, 21 for small; 3 with --quick)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile peer")
@@ -486,6 +491,8 @@ def main(argv=None):
     ap.add_argument("--gap", type=float, default=GAP_S,
                     help=f"seconds of idle before every timed step, every library alike (default {GAP_S})")
     args = ap.parse_args(argv)
+    if args.repeat is not None and args.repeat < 1:
+        ap.error(f"--repeat must be >= 1 timed steps; got {args.repeat}")
     if not args.gap >= 0:
         ap.error(f"--gap must be >= 0 seconds; got {args.gap}")
     threads = tuple(int(t) for t in args.threads.split(","))

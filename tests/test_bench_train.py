@@ -47,3 +47,9 @@ def test_without_torch_the_relpos_figures_still_come(tmp_path):
         assert "torch hidden for this test" in row["torch_error"]
         assert row["relpos_s"] > 0 and row["mfu"] > 0
         assert "torch_s" not in row and "ratio" not in row
+
+
+def test_bad_repeat_says_what_was_expected():
+    r = subprocess.run([sys.executable, os.path.join("benchmarks", "bench_train.py"), "--repeat", "0"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--repeat must be >= 1 timed steps; got 0" in r.stderr
