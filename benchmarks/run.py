@@ -11,6 +11,7 @@ or a missing torch is reported in the table as such, never stops the run):
   encodings  bench_encodings.py  encoding fwd+bwd time; peer: plain attention
                                  (relpos attention_core), and torch SDPA for it
   train      bench_train.py      training step (large and small models) vs torch eager and torch.compile, tokens/s
+  floor      bench_step_floor.py training step (1 thread) vs the sum of its C calls timed alone, ms
 
 Every figure sits beside its peer's from the same run, with the ratio
 (> 1: relpos ahead) and the fraction of the measured FMA peak at that thread
@@ -189,8 +190,26 @@ def bench_train(threads, quick, timeout):
     return rows
 
 
+def bench_floor(threads, quick, timeout):
+    """The training step beside its kernels timed alone (bench_step_floor.py), 1 thread."""
+    args = ["--threads", "1"] + (["--config", "small", "--steps", "5", "--reps", "2"] if quick
+                                 else ["--config", "small,large", "--steps", "7", "--reps", "3"])
+    data, err, dt = run_script("bench_step_floor.py", args, timeout)
+    if err:
+        return [dict(benchmark="floor", case="(all)", threads=1, error=err)]
+    rows = []
+    for r in data["rows"]:
+        inside = sum(k["ms_in_step"] for k in r["kernels"])
+        note = (f"{r['calls_per_step']} _C calls: {inside:.2f} ms inside the step, Python {r['python_cpu_ms']:.2f} "
+                f"ms CPU; ratio = floor / step")
+        rows.append(row("floor", f"{r['config']} {r['encoding']} step vs its kernels alone", r["threads"],
+                        r["step_median_ms"], r["floor_ms"], "kernels alone (floor)", "ms", higher_better=False,
+                        note=note))
+    return rows
+
+
 BENCHES = {"matmul": bench_matmul, "attention": bench_attention, "encodings": bench_encodings,
-           "train": bench_train}
+           "train": bench_train, "floor": bench_floor}
 
 
 def fmt(x, digits=1):
