@@ -266,28 +266,7 @@ int rp_ops_act_fwd(int kind, const float *x, float *y, int64_t n) {
 int rp_ops_act_form(int form, int kind, const float *x, const float *grad, float *y, int64_t n) {
     if (n < 0 || kind < RP_ACT_GELU_TANH || kind > RP_ACT_SILU) return RP_EINVAL;
     if (!rp_exp_form_available(form)) return RP_ENOSIMD;
-    switch (form) {
-#if RP_HAVE_X86_TU
-    case RP_EXP_AVX2:
-        if (grad)
-            rp_ops_avx2_act_bwd(kind, x, grad, y, n);
-        else
-            rp_ops_avx2_act_fwd(kind, x, y, n);
-        break;
-    case RP_EXP_AVX512:
-        if (grad)
-            rp_ops_avx512_act_bwd(kind, x, grad, y, n);
-        else
-            rp_ops_avx512_act_fwd(kind, x, y, n);
-        break;
-#endif
-    default:
-        if (grad)
-            rp_span_act_bwd(kind, x, grad, y, n);
-        else
-            rp_span_act_fwd(kind, x, y, n);
-        break;
-    }
+    rp_ops_act_span_form(form, kind, x, grad, y, n);
     return RP_OK;
 }
 

@@ -373,32 +373,48 @@ void rp_ops_avx2_rms_bwd(const float *x, const float *w, float rs, const float *
 
 /* Dispatch: the AVX2 instantiation when compiled in and `simd` (evaluate
  * rp_simd_enabled() once per call, outside the loops). */
-static inline void rp_ops_act_fwd_span(int simd, int kind, const float *x, float *y, int64_t n) {
+/* y = act(x) (g NULL) or dx = act'(x) * g over n floats, with the activation
+ * spans compiled for exp form `form` (RP_EXP_*; the caller checked that the CPU
+ * has it). Every form gives the same bits. */
+static inline void rp_ops_act_span_form(int form, int kind, const float *x, const float *g, float *y, int64_t n) {
 #if RP_HAVE_X86_TU
-    if (simd) {
-        if (rp_exp_have_avx512())
+    if (form == RP_EXP_AVX512) {
+        if (g)
+            rp_ops_avx512_act_bwd(kind, x, g, y, n);
+        else
             rp_ops_avx512_act_fwd(kind, x, y, n);
+        return;
+    }
+    if (form == RP_EXP_AVX2) {
+        if (g)
+            rp_ops_avx2_act_bwd(kind, x, g, y, n);
         else
             rp_ops_avx2_act_fwd(kind, x, y, n);
         return;
     }
 #endif
+    (void)form;
+    if (g)
+        rp_span_act_bwd(kind, x, g, y, n);
+    else
+        rp_span_act_fwd(kind, x, y, n);
+}
+
+/* The form the kernels use: the widest the CPU has when SIMD is on. */
+static inline int rp_ops_act_form_in_use(int simd) {
+#if RP_HAVE_X86_TU
+    if (simd) return rp_exp_have_avx512() ? RP_EXP_AVX512 : RP_EXP_AVX2;
+#endif
     (void)simd;
-    rp_span_act_fwd(kind, x, y, n);
+    return RP_EXP_SCALAR;
+}
+
+static inline void rp_ops_act_fwd_span(int simd, int kind, const float *x, float *y, int64_t n) {
+    rp_ops_act_span_form(rp_ops_act_form_in_use(simd), kind, x, NULL, y, n);
 }
 
 static inline void rp_ops_act_bwd_span(int simd, int kind, const float *x, const float *g, float *dx, int64_t n) {
-#if RP_HAVE_X86_TU
-    if (simd) {
-        if (rp_exp_have_avx512())
-            rp_ops_avx512_act_bwd(kind, x, g, dx, n);
-        else
-            rp_ops_avx2_act_bwd(kind, x, g, dx, n);
-        return;
-    }
-#endif
-    (void)simd;
-    rp_span_act_bwd(kind, x, g, dx, n);
+    rp_ops_act_span_form(rp_ops_act_form_in_use(simd), kind, x, g, dx, n);
 }
 
 static inline float rp_ops_exp_sum(int simd, const float *x, float m, float *y, int64_t n) {
