@@ -79,7 +79,7 @@ def _copy(x, memo):
 def record_step(step, x, y):
     """The _C calls of one step(x, y), in order: [(name, fn, args, kwargs)] with
     every array argument copied as it was when the call was made."""
-    calls, saved = [], {}
+    calls = []
 
     def wrap(name, fn):
         @functools.wraps(fn)
@@ -89,16 +89,8 @@ def record_step(step, x, y):
             return fn(*a, **k)
         return inner
 
-    for name in dir(_C):
-        fn = getattr(_C, name)
-        if callable(fn) and not name.startswith("_") and type(fn).__name__ == "builtin_function_or_method":
-            saved[name] = fn
-            setattr(_C, name, wrap(name, fn))
-    try:
+    with bench_train.patched_core(wrap):
         step(x, y)
-    finally:
-        for name, fn in saved.items():
-            setattr(_C, name, fn)
     return calls
 
 
@@ -122,7 +114,6 @@ def in_step(step, x, y, n):
     outside _C calls, {name: wall seconds per step inside that _C function})."""
     wall = collections.Counter()
     cpu = [0.0]
-    saved = {}
     clock, tcpu = time.perf_counter, time.thread_time
 
     def wrap(name, fn):
@@ -136,20 +127,12 @@ def in_step(step, x, y, n):
                 cpu[0] += tcpu() - c0
         return inner
 
-    for name in dir(_C):
-        fn = getattr(_C, name)
-        if callable(fn) and not name.startswith("_") and type(fn).__name__ == "builtin_function_or_method":
-            saved[name] = fn
-            setattr(_C, name, wrap(name, fn))
     res = []
-    try:
+    with bench_train.patched_core(wrap):
         for _ in range(n):
             s0, c0 = cpu[0], tcpu()
             step(x, y)
             res.append((tcpu() - c0) - (cpu[0] - s0))
-    finally:
-        for name, fn in saved.items():
-            setattr(_C, name, fn)
     return 1e3 * float(np.median(res)), {k: v / n for k, v in wall.items()}
 
 
@@ -225,6 +208,14 @@ def main(argv=None):
         ap.error(f"--steps must be >= 1; got {args.steps}")
     if args.reps < 1:
         ap.error(f"--reps must be >= 1; got {args.reps}")
+    encs = [e for e in args.enc.split(",") if e]
+    if not encs:
+        ap.error(f"--enc must name at least one encoding; got {args.enc!r}")
+    for e in encs:  # before any measuring: a typo costs no minutes
+        try:
+            relpos.encodings.lookup(e)
+        except (ValueError, ImportError) as err:
+            ap.error(f"--enc: {err}")
     try:
         threads = [int(t) for t in args.threads.split(",")]
     except ValueError:
@@ -235,7 +226,7 @@ def main(argv=None):
     for c in configs:
         for n in threads:
             peak = max(_C.fma_peak_gflops(threads=n, seconds=0.3) for _ in range(2))
-            for enc in args.enc.split(","):
+            for enc in encs:
                 r = measure(c, enc, n, args.steps, args.reps, peak)
                 rows.append(r)
                 print(format_row(r), flush=True)

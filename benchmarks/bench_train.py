@@ -124,14 +124,30 @@ def relpos_model(enc, cfg):
 
 
 @contextlib.contextmanager
+def patched_core(wrap):
+    """Inside the block every public function ``fn`` of relpos._C is replaced by
+    ``wrap(name, fn)`` (the Python layer calls them as attributes of _C); restored after."""
+    saved = {}
+    for name in dir(_C):
+        fn = getattr(_C, name)
+        if callable(fn) and not name.startswith("_") and type(fn).__name__ == "builtin_function_or_method":
+            saved[name] = fn
+            setattr(_C, name, wrap(name, fn))
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(_C, name, fn)
+
+
+@contextlib.contextmanager
 def timed_core():
     """Wrap every function of relpos._C so the time spent inside them adds up
     in the yielded list: [wall seconds, calling thread's CPU seconds]."""
     spent = [0.0, 0.0]
-    saved = {}
     clock, cpu = time.perf_counter, time.thread_time
 
-    def wrap(fn):
+    def wrap(name, fn):
         @functools.wraps(fn)
         def inner(*a, **k):
             t0, c0 = clock(), cpu()
@@ -142,16 +158,8 @@ def timed_core():
                 spent[1] += cpu() - c0
         return inner
 
-    for name in dir(_C):
-        fn = getattr(_C, name)
-        if callable(fn) and not name.startswith("_") and type(fn).__name__ == "builtin_function_or_method":
-            saved[name] = fn
-            setattr(_C, name, wrap(fn))
-    try:
+    with patched_core(wrap):
         yield spent
-    finally:
-        for name, fn in saved.items():
-            setattr(_C, name, fn)
 
 
 # ------------------------------------------------------------------- torch side

@@ -106,7 +106,8 @@ def test_the_script_adds_the_calls_up(tmp_path):
 @pytest.mark.parametrize("args, message", [(["--steps", "0"], "--steps must be >= 1"),
                                            (["--reps", "0"], "--reps must be >= 1"),
                                            (["--config", "huge"], "unknown configuration 'huge'"),
-                                           (["--threads", "two"], "comma-separated integers")])
+                                           (["--threads", "two"], "comma-separated integers"),
+                                           (["--enc", "rope,bogus"], "unknown encoding 'bogus'")])
 def test_bad_arguments_say_what_was_expected(args, message):
     r = subprocess.run([sys.executable, os.path.join("benchmarks", "bench_step_floor.py"), *args],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
