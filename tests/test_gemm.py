@@ -416,15 +416,17 @@ def test_linear_and_matmul_match_torch(rng):
 
 
 @pytest.mark.parametrize("M,N,K", [(150, 64, 300), (37, 192, 1024), (300, 100, 70), (13, 200, 257), (260, 64, 1024),
-                                   (300, 300, 800)])
+                                   (300, 300, 800), (40, 1024, 300)])
 @pytest.mark.parametrize("ta", [False, True])
 @pytest.mark.parametrize("tb", [False, True])
 def test_operands_read_in_place_give_the_packed_bits(rng, threads, M, N, K, ta, tb):
     """The AVX-512 kernel reads full panels in place instead of packing them: a
     transposed A, a row-major A when C is narrow (N <= 192), a row-major B when
-    M <= 256 or K*N <= 64K. The AVX2 kernel packs every panel. Each element is the same k-ordered FMA chain either way, so the
-    results must be the same bits, for 1 and 2 threads, with partial panels and
-    K > KC (256); (300, 300, 800) keeps B packed."""
+    M <= 256 or K*N <= 64K, unless B's rows are a multiple of 4 KB apart. The AVX2
+    kernel packs every panel. Each element is the same k-ordered FMA chain either
+    way, so the results must be the same bits, for 1 and 2 threads, with partial
+    panels and K > KC (256); (300, 300, 800) keeps B packed, and so does
+    (40, 1024, 300) with a row-major B (rows 4 KB apart)."""
     try:
         _C.gemm_kernel("avx512")
     except ValueError:

@@ -131,8 +131,8 @@ const char *rp_gemm_kernel_name(void) { return pick_kernel()->name; }
 /* Copy n (= MR, a compile-time constant at each call site) floats: inlined moves. */
 #define COPY_ROW(d, s, n) memcpy((d), (s), (size_t)(n) * sizeof(float))
 
-/* Rows fetched ahead when packing a transposed A. */
-#define PACK_A_AHEAD 4
+/* Rows fetched ahead when packing strided rows (a transposed A, a row-major B). */
+#define PACK_AHEAD 4
 
 /* op(A)[i0:i0+mc, p0:p0+kc] -> Ap as ceil(mc/MR) panels of (kc x MR), zero padded. */
 static void pack_a(int ta, const float *A, int64_t lda, int64_t i0, int64_t p0, int64_t mc, int64_t kc,
@@ -150,12 +150,12 @@ static void pack_a(int ta, const float *A, int64_t lda, int64_t i0, int64_t p0, 
             float *restrict dst = Ap + ir * kc;
             if (MR == 12) {
                 for (int64_t p = 0; p < kc; p++) {
-                    if (p + PACK_A_AHEAD < kc) __builtin_prefetch(src + (p + PACK_A_AHEAD) * lda, 0, 3);
+                    if (p + PACK_AHEAD < kc) __builtin_prefetch(src + (p + PACK_AHEAD) * lda, 0, 3);
                     COPY_ROW(dst + p * 12, src + p * lda, 12);
                 }
             } else if (MR == 6) {
                 for (int64_t p = 0; p < kc; p++) {
-                    if (p + PACK_A_AHEAD < kc) __builtin_prefetch(src + (p + PACK_A_AHEAD) * lda, 0, 3);
+                    if (p + PACK_AHEAD < kc) __builtin_prefetch(src + (p + PACK_AHEAD) * lda, 0, 3);
                     COPY_ROW(dst + p * 6, src + p * lda, 6);
                 }
             } else {
@@ -195,7 +195,15 @@ static void pack_b_panel(int tb, const float *B, int64_t ldb, int64_t p0, int64_
     if (!tb) {
         const float *src = B + p0 * ldb + j;
         if (nr == NR && NR == 32) {
-            for (int64_t p = 0; p < kc; p++) COPY_ROW(dst + p * 32, src + p * ldb, 32);
+            /* rows ldb apart: fetched a few ahead (a 4 KB stride crosses a page every
+             * row, where the hardware prefetcher stops) */
+            for (int64_t p = 0; p < kc; p++) {
+                if (p + PACK_AHEAD < kc) {
+                    __builtin_prefetch(src + (p + PACK_AHEAD) * ldb, 0, 3);
+                    __builtin_prefetch(src + (p + PACK_AHEAD) * ldb + 16, 0, 3);
+                }
+                COPY_ROW(dst + p * 32, src + p * ldb, 32);
+            }
         } else if (nr == NR && NR == 16) {
             for (int64_t p = 0; p < kc; p++) COPY_ROW(dst + p * 16, src + p * ldb, 16);
         } else {
@@ -363,10 +371,14 @@ static void split_rows(const split_t *s, int64_t M, int64_t ic, int64_t *i0, int
 /* A row-major B's full NR-column panels are read in place (the ukr's B step is then
  * ldb) when a packed panel would serve few micro-tiles or B is small: M <= 256 or
  * K*N <= 64K floats. Interleaved runs: 2-14% faster there (the dW products of the
- * small model, 256^3: 7%), 1-7% slower for M >= 768 with a large B. Kernels with a
- * strided tile only (AVX-512); the others read packed panels. */
+ * small model, 256^3: 7%), 1-7% slower for M >= 768 with a large B. Not when B's rows
+ * are a multiple of 4 KB apart: a panel's KC rows then fall in a few cache sets (one
+ * in L1, 64 of L2's 2048 for two lines a row) and evict each other. The large model's
+ * fc2 dW (M = 256, N = 1024, K = 4096, 1 thread, best of 7, three alternating
+ * processes) ran at 65-78 GFLOP/s read in place, 84-89 packed (NumPy 91-97). Kernels
+ * with a strided tile only (AVX-512); the others read packed panels. */
 static int b_in_place(const gemm_prob *g, const kernel_t *kn) {
-    return kn->fn_strided && !g->tb && (g->M <= 256 || g->K * g->N <= 65536);
+    return kn->fn_strided && !g->tb && g->ldb % 1024 != 0 && (g->M <= 256 || g->K * g->N <= 65536);
 }
 
 /* Pack all KC-deep blocks of op(B)[:, j0:j0+nc]: block kb at Bp + kb*KC*nc_pad,
