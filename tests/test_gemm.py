@@ -415,6 +415,36 @@ def test_linear_and_matmul_match_torch(rng):
         np.testing.assert_allclose(mine.grad, theirs.grad.numpy(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("ta", [False, True])
+@pytest.mark.parametrize("tb", [False, True])
+@pytest.mark.parametrize("kernel", ["auto", "avx2", "portable"])
+def test_b_packed_one_k_block_at_a_time_gives_the_bits_of_b_packed_whole(rng, threads, ta, tb, kernel):
+    """With few rows (M <= 1024) and a large packed B (> 2 MB), B is packed one
+    KC-block (256) at a time just before the row tasks use it, k-blocks outer;
+    with more rows all of K is packed first, row tasks outer. Every C element is
+    the same k-ordered chain either way: the first 40 rows of a 1100-row product
+    (whole-B path) must be the bits of the 40-row product (block path), for 1 and
+    2 threads, and close to the float64 reference."""
+    if kernel != "auto":
+        try:
+            _C.gemm_kernel(kernel)
+        except ValueError:
+            pytest.skip(f"this CPU or build has no {kernel} GEMM kernel")
+    M, N, K, big = 40, 1024, 700, 1100  # packed B 700 x 1024 floats: 2.9 MB, three k-blocks
+    a_big = rand(rng, *((K, big) if ta else (big, K)))
+    a = np.ascontiguousarray(a_big[:, :M] if ta else a_big[:M])
+    b = rand(rng, *((N, K) if tb else (K, N)))
+    try:
+        got = {t: threads(t, _C.gemm, a, b, trans_a=ta, trans_b=tb) for t in (1, 2)}
+        whole = {t: threads(t, _C.gemm, a_big, b, trans_a=ta, trans_b=tb)[:M] for t in (1, 2)}
+    finally:
+        _C.gemm_kernel("auto")
+    close(got[1], ref.gemm(a, b, ta, tb), K)
+    for t in (1, 2):
+        np.testing.assert_array_equal(got[t].view(np.uint32), whole[1].view(np.uint32), err_msg=f"{t} threads")
+        np.testing.assert_array_equal(whole[t].view(np.uint32), whole[1].view(np.uint32), err_msg=f"{t} threads")
+
+
 @pytest.mark.parametrize("M,N,K", [(150, 64, 300), (37, 192, 1024), (300, 100, 70), (13, 200, 257), (260, 64, 1024),
                                    (300, 300, 800), (40, 1024, 300)])
 @pytest.mark.parametrize("ta", [False, True])

@@ -381,25 +381,25 @@ static int b_in_place(const gemm_prob *g, const kernel_t *kn) {
     return kn->fn_strided && !g->tb && g->ldb % 1024 != 0 && (g->M <= 256 || g->K * g->N <= 65536);
 }
 
-/* Pack all KC-deep blocks of op(B)[:, j0:j0+nc]: block kb at Bp + kb*KC*nc_pad,
+/* Pack KC-deep blocks of op(B)[:, j0:j0+nc]: block kb at Bp + (kb - kb0)*KC*nc_pad,
  * its panel q at + q*NR*kc. Items [it0, it1) of n_kb * n_jr (kb-major). Full panels
  * that run_task reads in place (b_in_place) are left out. */
 static void pack_b_items(const gemm_prob *g, const kernel_t *kn, int64_t j0, int64_t nc, int64_t it0, int64_t it1,
-                         float *Bp) {
+                         float *Bp, int64_t kb0) {
     const int NR = kn->nr;
     const int64_t n_jr = ceil_div(nc, NR), nc_pad = n_jr * NR;
     const int bip = b_in_place(g, kn);
     for (int64_t it = it0; it < it1; it++) {
         int64_t kb = it / n_jr, q = it % n_jr;
         int64_t p0 = kb * KC, kc = min64(KC, g->K - p0);
-        if (bip && nc - q * NR >= NR) continue; /* read in place by run_task */
+        if (bip && nc - q * NR >= NR) continue; /* read in place by run_kblock */
         pack_b_panel(g->tb, g->B, g->ldb, p0, kc, j0 + q * NR, min64(NR, nc - q * NR), kn,
-                     Bp + kb * KC * nc_pad + q * NR * kc);
+                     Bp + (kb - kb0) * KC * nc_pad + q * NR * kc);
     }
 }
 
 static void ensure_panels(const gemm_prob *g, const kernel_t *kn, int64_t j0, int64_t nc, int64_t kb, int64_t q0,
-                          int64_t q1, float *Bp, int *flags);
+                          int64_t q1, float *Bp, int64_t kb0, int *flags);
 
 /* A row-major A's rows are read in place when C is narrow (N <= 192: a packed panel
  * would serve 6 column panels at most, and packing cost more than it saved: 2-14%
@@ -408,60 +408,93 @@ static void ensure_panels(const gemm_prob *g, const kernel_t *kn, int64_t j0, in
  * each other. */
 static int rows_in_place(const gemm_prob *g) { return g->N <= 192 && g->lda % 1024 != 0; }
 
+/* The KC-block at p0 of a task: rows [i0, i0+mc) x panels [q0, q1) of the column
+ * block at j0, B's packed block at bblk. The blocks of a task must run in p0 order. */
+static void run_kblock(const gemm_prob *g, const kernel_t *kn, int64_t j0, int64_t nc, int64_t i0, int64_t mc,
+                       int64_t q0, int64_t q1, int64_t p0, const float *bblk, float *Ap) {
+    const int MR = kn->mr, NR = kn->nr;
+    const int64_t kc = min64(KC, g->K - p0);
+    /* With a kernel that has a strided tile (AVX-512), A's full MR-row panels are
+     * read in place and only a last, partial panel is packed: always for a
+     * transposed A (dW = dY^T X: the MR floats of each k are contiguous, lda
+     * apart; 2-14% faster for the model's dW products, 1 and 2 threads), and for
+     * a row-major A when rows_in_place says so. The AVX2 kernel (6 rows, half the
+     * FMAs per A load) packs: read in place, a transposed A with N = 256 was 10%
+     * slower there, and a generic-stride AVX2 tile ran packed products 5-10% slower. */
+    const int64_t direct = kn->fn_strided && (g->ta || rows_in_place(g)) ? mc / MR * MR : 0;
+    if (direct < mc) pack_a(g->ta, g->A, g->lda, i0 + direct, p0, mc - direct, kc, kn, Ap + direct * kc);
+    const float *adir = g->ta ? g->A + p0 * g->lda + i0 : g->A + i0 * g->lda + p0;
+    const int64_t ars = g->ta ? 1 : g->lda, aks = g->ta ? g->lda : 1; /* A in place */
+    const float beta = p0 == 0 ? g->beta : 1.0f;
+    const float *bias = (p0 == 0 && g->bias) ? g->bias + j0 : NULL;
+    const int bip = b_in_place(g, kn);
+    for (int64_t q = q0; q < q1; q++) {
+        const int64_t jr = q * NR, nr = min64(NR, nc - jr);
+        /* full panels of a row-major B in place (see pack_b_items) */
+        const int inplace = bip && nr == NR;
+        const float *bp = inplace ? g->B + p0 * g->ldb + j0 + jr : bblk + jr * kc;
+        const int64_t bks = inplace ? g->ldb : NR;
+        const float *bb = bias ? bias + jr : NULL;
+        float *c = g->C + i0 * g->ldc + j0 + jr;
+        for (int64_t ir = 0; ir < mc; ir += MR) {
+            const int64_t mr = min64(MR, mc - ir);
+            float *ct = c + ir * g->ldc;
+            if (ir < direct)
+                kn->fn_strided(kc, adir + ir * ars, ars, aks, bp, bks, ct, g->ldc, mr, nr, g->alpha, beta, bb);
+            else if (inplace)
+                kn->fn_strided(kc, Ap + ir * kc, 1, MR, bp, bks, ct, g->ldc, mr, nr, g->alpha, beta, bb);
+            else
+                kn->fn(kc, Ap + ir * kc, bp, ct, g->ldc, mr, nr, g->alpha, beta, bb);
+        }
+    }
+}
+
 /* One task: rows [i0, i0+mc) x panels [q0, q1) of the column block at j0, all
  * of K. flags == NULL: Bp is already packed; else the panels are packed on
  * first use by whichever thread gets there first (see ensure_panels). */
 static void run_task(const gemm_prob *g, const kernel_t *kn, int64_t j0, int64_t nc, int64_t i0, int64_t mc, int64_t q0,
                      int64_t q1, float *Bp, float *Ap, int *flags) {
-    const int MR = kn->mr, NR = kn->nr;
-    const int64_t nc_pad = ceil_div(nc, NR) * NR;
+    const int64_t nc_pad = ceil_div(nc, kn->nr) * kn->nr;
     for (int64_t p0 = 0; p0 < g->K; p0 += KC) {
-        const int64_t kc = min64(KC, g->K - p0);
-        if (flags) ensure_panels(g, kn, j0, nc, p0 / KC, q0, q1, Bp, flags);
-        /* With a kernel that has a strided tile (AVX-512), A's full MR-row panels are
-         * read in place and only a last, partial panel is packed: always for a
-         * transposed A (dW = dY^T X: the MR floats of each k are contiguous, lda
-         * apart; 2-14% faster for the model's dW products, 1 and 2 threads), and for
-         * a row-major A when rows_in_place says so. The AVX2 kernel (6 rows, half the
-         * FMAs per A load) packs: read in place, a transposed A with N = 256 was 10%
-         * slower there, and a generic-stride AVX2 tile ran packed products 5-10% slower. */
-        const int64_t direct = kn->fn_strided && (g->ta || rows_in_place(g)) ? mc / MR * MR : 0;
-        if (direct < mc) pack_a(g->ta, g->A, g->lda, i0 + direct, p0, mc - direct, kc, kn, Ap + direct * kc);
-        const float *adir = g->ta ? g->A + p0 * g->lda + i0 : g->A + i0 * g->lda + p0;
-        const int64_t ars = g->ta ? 1 : g->lda, aks = g->ta ? g->lda : 1; /* A in place */
-        const float beta = p0 == 0 ? g->beta : 1.0f;
-        const float *bias = (p0 == 0 && g->bias) ? g->bias + j0 : NULL;
-        const float *bblk = Bp + (p0 / KC) * KC * nc_pad;
-        const int bip = b_in_place(g, kn);
-        for (int64_t q = q0; q < q1; q++) {
-            const int64_t jr = q * NR, nr = min64(NR, nc - jr);
-            /* full panels of a row-major B in place (see pack_b_items) */
-            const int inplace = bip && nr == NR;
-            const float *bp = inplace ? g->B + p0 * g->ldb + j0 + jr : bblk + jr * kc;
-            const int64_t bks = inplace ? g->ldb : NR;
-            const float *bb = bias ? bias + jr : NULL;
-            float *c = g->C + i0 * g->ldc + j0 + jr;
-            for (int64_t ir = 0; ir < mc; ir += MR) {
-                const int64_t mr = min64(MR, mc - ir);
-                float *ct = c + ir * g->ldc;
-                if (ir < direct)
-                    kn->fn_strided(kc, adir + ir * ars, ars, aks, bp, bks, ct, g->ldc, mr, nr, g->alpha, beta, bb);
-                else if (inplace)
-                    kn->fn_strided(kc, Ap + ir * kc, 1, MR, bp, bks, ct, g->ldc, mr, nr, g->alpha, beta, bb);
-                else
-                    kn->fn(kc, Ap + ir * kc, bp, ct, g->ldc, mr, nr, g->alpha, beta, bb);
-            }
-        }
+        if (flags) ensure_panels(g, kn, j0, nc, p0 / KC, q0, q1, Bp, 0, flags);
+        run_kblock(g, kn, j0, nc, i0, mc, q0, q1, p0, Bp + (p0 / KC) * KC * nc_pad, Ap);
     }
+}
+
+/* B is packed one KC-block at a time, just before the row tasks use it, when the
+ * whole packed B would be large (> JIT_B_BYTES) and the rows few (M <= JIT_M_MAX):
+ * the block then stays in cache between its packing and its few uses, where packing
+ * all of K first wrote it out to memory and read it back once per row task. The
+ * k-blocks are then the outer loop and the row tasks the inner one; each C element
+ * still sums its k-blocks in order, so the bits do not change. 1 thread, best of 7,
+ * three alternating processes: fc2's dW (256 x 1024, K = 4096) 75-86 -> 86-95
+ * GFLOP/s, fc1's (1024 x 256) 97-103 -> 104-107, 1024^3 96-101 -> 98-103. */
+#define JIT_B_BYTES ((int64_t)2 << 20)
+#define JIT_M_MAX 1024
+static int jit_b(const gemm_prob *g, const kernel_t *kn, int64_t n_jr) {
+    return g->K > KC && g->M <= JIT_M_MAX && g->K * n_jr * kn->nr * (int64_t)sizeof(float) > JIT_B_BYTES;
 }
 
 /* Whole product by one thread with its own buffers. */
 static void gemm_alone(const gemm_prob *g, const kernel_t *kn, float *Ap, float *Bp) {
+    const int64_t n_kb = ceil_div(g->K, KC);
     for (int64_t j0 = 0; j0 < g->N; j0 += NC) {
         const int64_t nc = min64(NC, g->N - j0);
         const int64_t n_jr = ceil_div(nc, kn->nr);
-        pack_b_items(g, kn, j0, nc, 0, ceil_div(g->K, KC) * n_jr, Bp);
         split_t s = make_split(g->M, n_jr, 1, kn->mr, kn->nr);
+        if (jit_b(g, kn, n_jr)) {
+            /* k-blocks outer, row tasks inner: each C element still sums its k-blocks in order */
+            for (int64_t kb = 0; kb < n_kb; kb++) {
+                pack_b_items(g, kn, j0, nc, kb * n_jr, (kb + 1) * n_jr, Bp, kb);
+                for (int64_t ic = 0; ic < s.n_ic; ic++) {
+                    int64_t i0, mc;
+                    split_rows(&s, g->M, ic, &i0, &mc);
+                    run_kblock(g, kn, j0, nc, i0, mc, 0, n_jr, kb * KC, Bp, Ap);
+                }
+            }
+            continue;
+        }
+        pack_b_items(g, kn, j0, nc, 0, n_kb * n_jr, Bp, 0);
         for (int64_t ic = 0; ic < s.n_ic; ic++) {
             int64_t i0, mc;
             split_rows(&s, g->M, ic, &i0, &mc);
@@ -475,14 +508,14 @@ static void gemm_alone(const gemm_prob *g, const kernel_t *kn, float *Ap, float 
  * is packing (1 -> 2). No barrier: a thread that starts late, or is held up,
  * never stalls the others, who pack what they need themselves. */
 static void ensure_panels(const gemm_prob *g, const kernel_t *kn, int64_t j0, int64_t nc, int64_t kb, int64_t q0,
-                          int64_t q1, float *Bp, int *flags) {
+                          int64_t q1, float *Bp, int64_t kb0, int *flags) {
     const int64_t n_jr = ceil_div(nc, kn->nr);
     int *f = flags + kb * n_jr;
     for (int64_t q = q0; q < q1; q++) {
         int expect = 0;
         if (__atomic_load_n(&f[q], __ATOMIC_ACQUIRE) == 0 &&
             __atomic_compare_exchange_n(&f[q], &expect, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
-            pack_b_items(g, kn, j0, nc, kb * n_jr + q, kb * n_jr + q + 1, Bp);
+            pack_b_items(g, kn, j0, nc, kb * n_jr + q, kb * n_jr + q + 1, Bp, kb0);
             __atomic_store_n(&f[q], 2, __ATOMIC_RELEASE);
         }
     }
@@ -572,6 +605,26 @@ static void gemm_team(const gemm_prob *g, const kernel_t *kn, float *Ap, float *
         if (j0 > 0) team_wait(ts, nt); /* everyone is done with Bp of the previous block */
         split_t s = make_split(g->M, n_jr, nt, kn->mr, kn->nr);
         const int64_t ntask = s.n_ic * s.jchunks;
+        if (jit_b(g, kn, n_jr)) {
+            /* one KC-block at a time (see jit_b), packed into the buffer's first block
+             * on first use; a barrier between blocks (it resets ts->next_task), so that
+             * a task's C tiles take their k-blocks in order whichever thread runs them */
+            for (int64_t kb = 0; kb * KC < g->K; kb++) {
+                if (kb > 0) team_wait(ts, nt);
+                for (;;) {
+                    const int64_t t = __atomic_fetch_add(&ts->next_task, 1, __ATOMIC_RELAXED);
+                    if (t >= ntask) break;
+                    int64_t ic = t / s.jchunks, jc = t % s.jchunks;
+                    int64_t i0, mc, q0, q1;
+                    split_rows(&s, g->M, ic, &i0, &mc);
+                    rp_chunk(n_jr, s.jchunks, jc, &q0, &q1);
+                    if (mc <= 0 || q0 >= q1) continue;
+                    ensure_panels(g, kn, j0, nc, kb, q0, q1, Bp, kb, fl);
+                    run_kblock(g, kn, j0, nc, i0, mc, q0, q1, kb * KC, Bp, Ap);
+                }
+            }
+            continue;
+        }
         for (;;) {
             const int64_t t = __atomic_fetch_add(&next[u], 1, __ATOMIC_RELAXED);
             if (t >= ntask) break;
