@@ -11,6 +11,8 @@
  *                            an atomic counter (dynamic balance)
  *     pc  KC of K:           pack op(A)[ic, pc] (MR-wide panels, L2-resident)
  *       jr / ir              micro-kernel on an MR x NR tile (B panel in L1)
+ * With few rows and a large B (jit_b) the pc loop moves outside the tasks instead:
+ * each KC block of B is packed just before the tasks use it, a barrier between blocks.
  * A task owns its C tiles for every pc, and applies the pc blocks in order, so
  * each C element is summed in the same order whichever thread runs the task
  * and however many threads there are: results are bit-identical for any
