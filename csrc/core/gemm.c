@@ -470,11 +470,17 @@ static void run_task(const gemm_prob *g, const kernel_t *kn, int64_t j0, int64_t
  * k-blocks are then the outer loop and the row tasks the inner one; each C element
  * still sums its k-blocks in order, so the bits do not change. 1 thread, best of 7,
  * three alternating processes: fc2's dW (256 x 1024, K = 4096) 75-86 -> 86-95
- * GFLOP/s, fc1's (1024 x 256) 97-103 -> 104-107, 1024^3 96-101 -> 98-103. */
+ * GFLOP/s, fc1's (1024 x 256) 97-103 -> 104-107, 1024^3 96-101 -> 98-103.
+ * A team waits at a barrier between blocks, which costs more than it saves unless the
+ * rows are very few (M <= JIT_M_MAX_TEAM): 2 threads, fc2's dW 174-178 -> 183-189,
+ * but qkv's (768 x 256) and the output projection's (256 x 256) 2-12% slower. Not for
+ * a B read in place (b_in_place): nothing to pack. */
 #define JIT_B_BYTES ((int64_t)2 << 20)
 #define JIT_M_MAX 1024
-static int jit_b(const gemm_prob *g, const kernel_t *kn, int64_t n_jr) {
-    return g->K > KC && g->M <= JIT_M_MAX && g->K * n_jr * kn->nr * (int64_t)sizeof(float) > JIT_B_BYTES;
+#define JIT_M_MAX_TEAM 256
+static int jit_b(const gemm_prob *g, const kernel_t *kn, int64_t n_jr, int64_t m_max) {
+    return g->K > KC && g->M <= m_max && !b_in_place(g, kn) &&
+           g->K * n_jr * kn->nr * (int64_t)sizeof(float) > JIT_B_BYTES;
 }
 
 /* Whole product by one thread with its own buffers. */
@@ -484,7 +490,7 @@ static void gemm_alone(const gemm_prob *g, const kernel_t *kn, float *Ap, float 
         const int64_t nc = min64(NC, g->N - j0);
         const int64_t n_jr = ceil_div(nc, kn->nr);
         split_t s = make_split(g->M, n_jr, 1, kn->mr, kn->nr);
-        if (jit_b(g, kn, n_jr)) {
+        if (jit_b(g, kn, n_jr, JIT_M_MAX)) {
             /* k-blocks outer, row tasks inner: each C element still sums its k-blocks in order */
             for (int64_t kb = 0; kb < n_kb; kb++) {
                 pack_b_items(g, kn, j0, nc, kb * n_jr, (kb + 1) * n_jr, Bp, kb);
@@ -574,11 +580,11 @@ static void team_wait(team_sync *ts, int nt) {
 #define BAND_BACKOFF_NS ((int64_t)1000000000)
 #define BAND_REPEAT_NS ((int64_t)100000000)
 static int64_t band_last_stall; /* CLOCK_MONOTONIC ns of the last team call that waited too long */
-/* A team call that starts more than BAND_IDLE_NS after the previous band call
- * ended may find its partner asleep (libgomp's spin is ~0.75 ms, see
- * relpos/_omp_env.py), and waking it is slow on a VM: its late arrival is not
- * a stall. Without this, a training loop that paused between steps (a data
- * loader, a benchmark's idle gap) backed off at every step's first product. */
+                                /* A team call that starts more than BAND_IDLE_NS after the previous band call
+                                 * ended may find its partner asleep (libgomp's spin is ~0.75 ms, see
+                                 * relpos/_omp_env.py), and waking it is slow on a VM: its late arrival is not
+                                 * a stall. Without this, a training loop that paused between steps (a data
+                                 * loader, a benchmark's idle gap) backed off at every step's first product. */
 #define BAND_IDLE_NS ((int64_t)300000)
 static int64_t band_last_end; /* CLOCK_MONOTONIC ns when the last band call ended */
 
@@ -607,7 +613,7 @@ static void gemm_team(const gemm_prob *g, const kernel_t *kn, float *Ap, float *
         if (j0 > 0) team_wait(ts, nt); /* everyone is done with Bp of the previous block */
         split_t s = make_split(g->M, n_jr, nt, kn->mr, kn->nr);
         const int64_t ntask = s.n_ic * s.jchunks;
-        if (jit_b(g, kn, n_jr)) {
+        if (jit_b(g, kn, n_jr, JIT_M_MAX_TEAM)) {
             /* one KC-block at a time (see jit_b), packed into the buffer's first block
              * on first use; a barrier between blocks (it resets ts->next_task), so that
              * a task's C tiles take their k-blocks in order whichever thread runs them */
