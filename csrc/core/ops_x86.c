@@ -24,7 +24,7 @@ void rp_ops_avx2_act_bwd(int kind, const float *x, const float *g, float *dx, in
  * as rp_span_act_fwd / rp_span_act_bwd (ops.h), so the same bits as every other
  * form. Compiled from the scalar source, the exp's clamps and the s == 0 select
  * became compare-and-blend chains: 262144 floats (the small model's MLP), 1 thread,
- * forward 146 -> 95 us, backward 212 -> 120 us (AMD EPYC, Zen 4). */
+ * forward 146 -> 94 us, backward 212 -> 147 us (AMD EPYC, Zen 4). */
 static inline __attribute__((always_inline)) RP_TARGET_AVX512 __m512 gelu_tanh_exp512(__m512 v) {
     const __m512 c3 = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(RP_GELU_C), v), v);
     return rp_exp_avx512(_mm512_mul_ps(_mm512_set1_ps(-2.0f * RP_GELU_K), _mm512_fmadd_ps(c3, v, v)));
