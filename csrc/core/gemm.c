@@ -579,12 +579,14 @@ static void team_wait(team_sync *ts, int nt) {
 #define BAND_WAIT_NS ((int64_t)100000)
 #define BAND_BACKOFF_NS ((int64_t)1000000000)
 #define BAND_REPEAT_NS ((int64_t)100000000)
-static int64_t band_last_stall; /* CLOCK_MONOTONIC ns of the last team call that waited too long */
-                                /* A team call that starts more than BAND_IDLE_NS after the previous band call
-                                 * ended may find its partner asleep (libgomp's spin is ~0.75 ms, see
-                                 * relpos/_omp_env.py), and waking it is slow on a VM: its late arrival is not
-                                 * a stall. Without this, a training loop that paused between steps (a data
-                                 * loader, a benchmark's idle gap) backed off at every step's first product. */
+/* CLOCK_MONOTONIC ns of the last team call that waited too long */
+static int64_t band_last_stall;
+
+/* A team call that starts more than BAND_IDLE_NS after the previous band call
+ * ended may find its partner asleep (libgomp's spin is ~0.75 ms, see
+ * relpos/_omp_env.py), and waking it is slow on a VM: its late arrival is not
+ * a stall. Without this, a training loop that paused between steps (a data
+ * loader, a benchmark's idle gap) backed off at every step's first product. */
 #define BAND_IDLE_NS ((int64_t)300000)
 static int64_t band_last_end; /* CLOCK_MONOTONIC ns when the last band call ended */
 
@@ -613,34 +615,29 @@ static void gemm_team(const gemm_prob *g, const kernel_t *kn, float *Ap, float *
         if (j0 > 0) team_wait(ts, nt); /* everyone is done with Bp of the previous block */
         split_t s = make_split(g->M, n_jr, nt, kn->mr, kn->nr);
         const int64_t ntask = s.n_ic * s.jchunks;
-        if (jit_b(g, kn, n_jr, JIT_M_MAX_TEAM)) {
-            /* one KC-block at a time (see jit_b), packed into the buffer's first block
-             * on first use; a barrier between blocks (it resets ts->next_task), so that
-             * a task's C tiles take their k-blocks in order whichever thread runs them */
-            for (int64_t kb = 0; kb * KC < g->K; kb++) {
-                if (kb > 0) team_wait(ts, nt);
-                for (;;) {
-                    const int64_t t = __atomic_fetch_add(&ts->next_task, 1, __ATOMIC_RELAXED);
-                    if (t >= ntask) break;
-                    int64_t ic = t / s.jchunks, jc = t % s.jchunks;
-                    int64_t i0, mc, q0, q1;
-                    split_rows(&s, g->M, ic, &i0, &mc);
-                    rp_chunk(n_jr, s.jchunks, jc, &q0, &q1);
-                    if (mc <= 0 || q0 >= q1) continue;
-                    ensure_panels(g, kn, j0, nc, kb, q0, q1, Bp, kb, fl);
-                    run_kblock(g, kn, j0, nc, i0, mc, q0, q1, kb * KC, Bp, Ap);
+        /* jit: one KC-block at a time (see jit_b), packed into the buffer's first block on
+         * first use, with a barrier between blocks (it resets ts->next_task), so that a
+         * task's C tiles take their k-blocks in order whichever thread runs them; else
+         * one pass in which each task runs all of K (run_task) */
+        const int jit = jit_b(g, kn, n_jr, JIT_M_MAX_TEAM);
+        const int64_t passes = jit ? ceil_div(g->K, KC) : 1;
+        for (int64_t kb = 0; kb < passes; kb++) {
+            if (kb > 0) team_wait(ts, nt);
+            int64_t *counter = jit ? &ts->next_task : &next[u];
+            for (;;) {
+                const int64_t t = __atomic_fetch_add(counter, 1, __ATOMIC_RELAXED);
+                if (t >= ntask) break;
+                int64_t i0, mc, q0, q1;
+                split_rows(&s, g->M, t / s.jchunks, &i0, &mc);
+                rp_chunk(n_jr, s.jchunks, t % s.jchunks, &q0, &q1);
+                if (mc <= 0 || q0 >= q1) continue;
+                if (!jit) {
+                    run_task(g, kn, j0, nc, i0, mc, q0, q1, Bp, Ap, fl);
+                    continue;
                 }
+                ensure_panels(g, kn, j0, nc, kb, q0, q1, Bp, kb, fl);
+                run_kblock(g, kn, j0, nc, i0, mc, q0, q1, kb * KC, Bp, Ap);
             }
-            continue;
-        }
-        for (;;) {
-            const int64_t t = __atomic_fetch_add(&next[u], 1, __ATOMIC_RELAXED);
-            if (t >= ntask) break;
-            int64_t ic = t / s.jchunks, jc = t % s.jchunks;
-            int64_t i0, mc, q0, q1;
-            split_rows(&s, g->M, ic, &i0, &mc);
-            rp_chunk(n_jr, s.jchunks, jc, &q0, &q1);
-            if (mc > 0 && q0 < q1) run_task(g, kn, j0, nc, i0, mc, q0, q1, Bp, Ap, fl);
         }
     }
 }
