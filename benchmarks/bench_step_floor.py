@@ -113,26 +113,12 @@ def in_step(step, x, y, n):
     """n steps with every _C call timed: (median main-thread CPU ms per step
     outside _C calls, {name: wall seconds per step inside that _C function})."""
     wall = collections.Counter()
-    cpu = [0.0]
-    clock, tcpu = time.perf_counter, time.thread_time
-
-    def wrap(name, fn):
-        @functools.wraps(fn)
-        def inner(*a, **k):
-            t0, c0 = clock(), tcpu()
-            try:
-                return fn(*a, **k)
-            finally:
-                wall[name] += clock() - t0
-                cpu[0] += tcpu() - c0
-        return inner
-
     res = []
-    with bench_train.patched_core(wrap):
+    with bench_train.timed_core(wall) as spent:
         for _ in range(n):
-            s0, c0 = cpu[0], tcpu()
+            s0, c0 = spent[1], time.thread_time()
             step(x, y)
-            res.append((tcpu() - c0) - (cpu[0] - s0))
+            res.append((time.thread_time() - c0) - (spent[1] - s0))
     return 1e3 * float(np.median(res)), {k: v / n for k, v in wall.items()}
 
 

@@ -141,9 +141,11 @@ def patched_core(wrap):
 
 
 @contextlib.contextmanager
-def timed_core():
+def timed_core(by_name=None):
     """Wrap every function of relpos._C so the time spent inside them adds up
-    in the yielded list: [wall seconds, calling thread's CPU seconds]."""
+    in the yielded list: [wall seconds, calling thread's CPU seconds]; with
+    ``by_name`` (a collections.Counter) each function's wall seconds also add up
+    under its name."""
     spent = [0.0, 0.0]
     clock, cpu = time.perf_counter, time.thread_time
 
@@ -154,8 +156,11 @@ def timed_core():
             try:
                 return fn(*a, **k)
             finally:
-                spent[0] += clock() - t0
+                dt = clock() - t0
+                spent[0] += dt
                 spent[1] += cpu() - c0
+                if by_name is not None:
+                    by_name[name] += dt
         return inner
 
     with patched_core(wrap):
