@@ -541,6 +541,9 @@ def _attn_fwd(mat):
         if mat and draw(st.booleans()):
             kw.append(Arg("return_weights", True, "s", pos=False))
             shapes.append((B, H, Tq, Tk))
+        if not mat and draw(st.booleans()):  # out in the merged (B, Tq, H, Dv) layout
+            kw.append(Arg("merged", True, "s", pos=False))
+            shapes[0] = (B, Tq, H, Dv)
         return Call(args + kw, shapes)
     return build
 
@@ -551,8 +554,11 @@ def _attn_bwd(mat):
         r = rng(draw)
         args, kw, (B, H, Tq, Tk, D, Dv) = _attn_args(draw, r)
         fwd = C.attention_mat_fwd if mat else C.attention_fwd
+        merged = not mat and draw(st.booleans())  # out and dout (B, Tq, H, Dv)
+        if merged:
+            kw.append(Arg("merged", True, "s", pos=False))
         out, lse = fwd(*[a.value for a in args], **{a.name: a.value for a in kw})
-        dout = f32(r, B, H, Tq, Dv)
+        dout = f32(r, B, Tq, H, Dv) if merged else f32(r, B, H, Tq, Dv)
         if draw(st.booleans()):
             # a tuple: the names are interned strings, whose refcounts the leak test must not watch
             kw.append(Arg("needs", ("q", "v"), "s", pos=False))

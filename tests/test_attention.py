@@ -537,6 +537,57 @@ def test_attention_core_fused_agrees_with_materialized(rng, channel):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("impl", ["fused", "materialized"])
+@pytest.mark.parametrize("channel", CHANNELS)
+def test_merge_heads_gives_the_merged_layout_bit_for_bit(rng, threads, impl, channel):
+    """merge_heads=True: out (B, Tq, H*Dv) holds the bits of the (B, H, Tq, Dv) result's
+    merge, and every gradient is that of the unmerged call given the same upstream
+    gradient (split back into heads); on 1 and 2 threads. The fused kernel writes and
+    reads that layout itself; the materialised path transposes."""
+    B, H, Tq, Dv = 2, 3, 19, 5
+    q, k, v, kw = make_case(rng, channel, B=B, H=H, Tq=Tq, Tk=23, D=6, Dv=Dv, q_offset=4, padding=True)
+    W = f32(rng, B, Tq, H * Dv)
+    q[1, 2, 7, 0] = np.nan  # a NaN row, which must stay where it is
+
+    def run(merge):
+        T = [Tensor(x, requires_grad=True) for x in (q, k, v)]
+        kwt = {n: (Tensor(x, requires_grad=True) if isinstance(x, np.ndarray) and x.dtype == np.float32
+                   and n != "pwl_bp" else x) for n, x in kw.items()}
+        out = attention_core(*T, impl=impl, merge_heads=merge, **kwt)
+        if merge:
+            assert out.shape == (B, Tq, H * Dv)
+            out.backward(W)
+            merged = out.data
+        else:
+            out.backward(np.ascontiguousarray(W.reshape(B, Tq, H, Dv).transpose(0, 2, 1, 3)))
+            merged = out.data.transpose(0, 2, 1, 3).reshape(B, Tq, H * Dv)
+        return [merged] + [t.grad for t in T] + [t.grad for t in kwt.values() if isinstance(t, Tensor)]
+
+    want = threads(1, lambda: run(False))
+    assert np.isnan(want[0][1, 7, 2 * Dv:3 * Dv]).all() and np.isfinite(want[0][0]).all()
+    for n in (1, 2):
+        got = threads(n, lambda: run(True))
+        for i, (a, b) in enumerate(zip(got, want)):
+            assert a.shape == b.shape and a.tobytes() == b.tobytes(), f"{n} threads, result {i}"
+
+
+def test_merge_heads_with_weights_and_the_bridge_checks(rng):
+    q, k, v, kw = make_case(rng, "bias_vec", padding=True)
+    out, w = attention_core(q, k, v, return_weights=True, merge_heads=True, **kw)
+    o0, w0 = attention_core(q, k, v, return_weights=True, **kw)
+    np.testing.assert_array_equal(out.data, o0.data.transpose(0, 2, 1, 3).reshape(2, 3, 6))
+    np.testing.assert_array_equal(w, w0)
+    o, lse = _C.attention_fwd(q, k, v, merged=True, **kw)
+    assert o.shape == (2, 3, 2, 3) and lse.shape == (2, 2, 3)
+    # the backward checks out and dout against the layout it was told
+    with pytest.raises(ValueError, match=r"dout must have shape \(B, Tq, H, Dv\) \(merged=True\)"):
+        _C.attention_bwd(q, k, v, o, lse, np.zeros((2, 2, 3, 3), np.float32), merged=True, **kw)
+    with pytest.raises(ValueError, match=r"out must have shape \(B, H, Tq, Dv\)"):
+        _C.attention_bwd(q, k, v, o, lse, np.zeros((2, 2, 3, 3), np.float32), **kw)
+    with pytest.raises(TypeError, match="merged"):  # the materialised kernel has only one layout
+        _C.attention_mat_fwd(q, k, v, merged=True, **kw)
+
+
 @pytest.mark.parametrize("portable", [True, False])
 def test_portable_and_simd_gemm_paths(rng, threads, portable):
     """The content GEMMs run on the portable or the AVX2 path: both match the twin

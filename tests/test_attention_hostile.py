@@ -176,6 +176,14 @@ def ref_kw(kw):
     return out
 
 
+def same_bits(name, got, want):
+    """got and want hold the same float32 bits (NaN payloads and zero signs too)."""
+    got, want = np.asarray(got, f32), np.asarray(want, f32)
+    assert got.shape == want.shape, f"{name}: shape {got.shape}, expected {want.shape}"
+    bad = np.argwhere(got.view(np.uint32) != want.view(np.uint32))
+    assert bad.size == 0, f"{name}: bits differ at {bad[:5].tolist()}: {got[tuple(bad[0])]} vs {want[tuple(bad[0])]}"
+
+
 def check_forward(fwd, q, k, v, kw, weights=False):
     rk = ref_kw(kw)
     want_out, want_lse, want_p = ref.attention(q, k, v, f32=True, **rk)
@@ -189,6 +197,10 @@ def check_forward(fwd, q, k, v, kw, weights=False):
         agree(f"{mode[0]} lse", res[1], want_lse, scale_lse, rtol=2e-5)
         if weights:
             agree(f"{mode[0]} weights", res[2], want_p, 0.0)
+        if fwd is C.attention_fwd:  # out written in the merged (B, Tq, H, Dv) layout: the same bits
+            om, lm = run_mode(mode, fwd, q, k, v, merged=True, **kw)
+            same_bits(f"{mode[0]} merged out", om, res[0].transpose(0, 2, 1, 3))
+            same_bits(f"{mode[0]} merged lse", lm, res[1])
 
 
 def check_backward(fwd, bwd, q, k, v, kw, dout):
@@ -201,6 +213,13 @@ def check_backward(fwd, bwd, q, k, v, kw, dout):
         assert set(got) == set(want), (sorted(got), sorted(want))
         for name in want:
             agree(f"{mode[0]} d{name}", got[name], want[name], scale[name], rtol=2e-4)
+        if bwd is C.attention_bwd:  # out and dout in the merged layout: the same gradients, bit for bit
+            om, lm = run_mode(mode, fwd, q, k, v, merged=True, **kw)
+            gm = run_mode(mode, bwd, q, k, v, om, lm, np.ascontiguousarray(dout.transpose(0, 2, 1, 3)),
+                          merged=True, **kw)
+            assert set(gm) == set(got)
+            for name in got:
+                same_bits(f"{mode[0]} merged d{name}", gm[name], got[name])
 
 
 @pytest.mark.parametrize("path", ["fused", "materialized"])

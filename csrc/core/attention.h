@@ -96,7 +96,21 @@ typedef struct {
     const float *pwl_bp;               /* (pwl_S - 1,) ascending, no NaN */
     const float *pwl_slope, *pwl_icpt; /* (Hp, pwl_S) */
     int64_t pwl_S, Hp;
+
+    /* Layout of out (and, in the backward, of out and dout): 0 = (B, H, Tq, Dv);
+     * 1 = (B, Tq, H, Dv), the heads merged as an output projection reads them
+     * (fused kernel only; the materialised one returns RP_EINVAL). lse stays
+     * (B, H, Tq) either way. */
+    int merged;
 } rp_attn;
+
+/* Offset of row (b, h, i) of out / dout in the layout a->merged picks; rows
+ * are Dv floats, rp_attn_out_ld apart. */
+static inline int64_t rp_attn_out_row(const rp_attn *a, int64_t b, int64_t h, int64_t i) {
+    return a->merged ? ((b * a->Tq + i) * a->H + h) * a->Dv : ((b * a->H + h) * a->Tq + i) * a->Dv;
+}
+
+static inline int64_t rp_attn_out_ld(const rp_attn *a) { return a->merged ? a->H * a->Dv : a->Dv; }
 
 /* Gradients (any pointer may be NULL = not wanted). They are written, not
  * accumulated, shaped like their inputs. */

@@ -659,10 +659,11 @@ static void fwd_item(const fz_ctx *c, fz_scr *w, const float *Kp, int64_t b, int
             }
         }
     }
-    float *o_out = out + (bh * a->Tq + i0) * Dv;
+    const int64_t ldo = rp_attn_out_ld(a);
+    float *o_out = out + rp_attn_out_row(a, b, h, i0);
     float *lse_out = lse + bh * a->Tq + i0;
     for (int64_t i = 0; i < mq; i++) {
-        float *o = o_out + i * Dv;
+        float *o = o_out + i * ldo;
         if (l[i] > 0.0f) {
             const float inv = 1.0f / l[i];
             for (int64_t d = 0; d < Dv; d++) o[d] = O[i * Dv + d] * inv;
@@ -842,7 +843,9 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
     const float scale = a->scale;
     const float *Q = a->q + bh * Tq * D, *K = a->k + bh * Tk * D, *V = a->v + bh * Tk * Dv;
     const float *QQ = (a->qr ? a->qr : a->q) + bh * Tq * D;
-    const float *dO = dout + bh * Tq * Dv, *L = lse + bh * Tq;
+    /* dO and O: rows of Dv floats, ldo apart (a->merged picks the layout) */
+    const int64_t ldo = rp_attn_out_ld(a);
+    const float *dO = dout + rp_attn_out_row(a, b, h, 0), *L = lse + bh * Tq;
     float *dq = t->dq;
     float *dk = g->dk ? g->dk + bh * Tk * D : NULL;
     float *dv = g->dv ? g->dv + bh * Tk * Dv : NULL;
@@ -852,10 +855,10 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
     /* every destination was zeroed by the caller */
 
     /* D_i = dO_i . O_i */
-    const float *O = out + bh * Tq * Dv;
+    const float *O = out + rp_attn_out_row(a, b, h, 0);
     for (int64_t i = 0; i < Tq; i++) {
         float s = 0.0f;
-        for (int64_t d = 0; d < Dv; d++) s += dO[i * Dv + d] * O[i * Dv + d];
+        for (int64_t d = 0; d < Dv; d++) s += dO[i * ldo + d] * O[i * ldo + d];
         w->Dvec[i] = s;
     }
     const int need_p = dv != NULL || (c->has_relv && t->drelv != NULL);
@@ -895,12 +898,12 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
             }
             if (careful) tile_present(a, w, b, ia0, mq, j0, nk, L + i0);
             /* P now in S. dV += P^T dO */
-            const float *dOt = dO + i0 * Dv;
+            const float *dOt = dO + i0 * ldo;
             if (dv) {
                 if (careful)
-                    gemm_present(nk, Dv, mq, S, 1, FZ_BK, dOt, Dv, dv + j0 * Dv, Dv, 1, w->PRES, 1, FZ_BK);
+                    gemm_present(nk, Dv, mq, S, 1, FZ_BK, dOt, ldo, dv + j0 * Dv, Dv, 1, w->PRES, 1, FZ_BK);
                 else
-                    gemm_sum_queries(c, ia0, mq, j0, nk, Dv, S, 1, FZ_BK, dOt, Dv, dv + j0 * Dv, Dv);
+                    gemm_sum_queries(c, ia0, mq, j0, nk, Dv, S, 1, FZ_BK, dOt, ldo, dv + j0 * Dv, Dv);
             }
             int64_t rv0 = 0, nrv = 0;
             if (c->has_relv && (t->drelv || need_ds)) { rel_range(a->relv_ix, ia0, mq, j0, nk, &rv0, &nrv); }
@@ -913,18 +916,18 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
                 }
                 if (careful) {
                     bucket_count_q(a->relv_ix, w, ia0, mq, j0, nk, rv0, nrv, w->CNTQ);
-                    gemm_present(nrv, Dv, mq, PR, 1, FZ_LDR, dOt, Dv, t->drelv + rv0 * Dv, Dv, 1, w->CNTQ, 1, FZ_LDR);
+                    gemm_present(nrv, Dv, mq, PR, 1, FZ_LDR, dOt, ldo, t->drelv + rv0 * Dv, Dv, 1, w->CNTQ, 1, FZ_LDR);
                 } else {
-                    c->kr.gemm(nrv, Dv, mq, PR, 1, FZ_LDR, dOt, Dv, t->drelv + rv0 * Dv, Dv, 1);
+                    c->kr.gemm(nrv, Dv, mq, PR, 1, FZ_LDR, dOt, ldo, t->drelv + rv0 * Dv, Dv, 1);
                 }
             }
             if (!need_ds) continue;
             /* dP = dO V^T (+ dO . relv[idx]) */
-            gemm_query_blocks(c, 0, ia0, mq, j0, nk, Dv, dOt, Dv, 1, w->Vt, FZ_BK, dP, FZ_BK);
+            gemm_query_blocks(c, 0, ia0, mq, j0, nk, Dv, dOt, ldo, 1, w->Vt, FZ_BK, dP, FZ_BK);
             if (c->has_relv) {
                 const float *tab = a->relv + ((a->Hrv == 1 ? 0 : h) * a->relv_ix.R + rv0) * Dv;
                 c->kr.pack(tab, nrv, Dv, Dv, w->RT, FZ_LDR);
-                c->kr.gemm(mq, nrv, Dv, dOt, Dv, 1, w->RT, FZ_LDR, w->QR, FZ_LDR, 0);
+                c->kr.gemm(mq, nrv, Dv, dOt, ldo, 1, w->RT, FZ_LDR, w->QR, FZ_LDR, 0);
                 for (int64_t i = 0; i < mq; i++)
                     rel_gather_add(a->relv_ix, ia0 + i, j0, nk, rv0, w->QR + i * FZ_LDR, 0, dP + i * FZ_BK);
             }

@@ -36,7 +36,7 @@ static int relidx_ok(const void *table, int64_t Ht, rp_relidx ix, int64_t H) {
 }
 
 static int attn_ok(const rp_attn *a) {
-    if (!a) return 0;
+    if (!a || a->merged) return 0; /* out (B, H, Tq, Dv) only */
     if (a->B < 0 || a->H < 0 || a->Tq < 0 || a->Tk < 0 || a->D < 0 || a->Dv < 0 || a->q_offset < 0) return 0;
     if (!relidx_ok(a->relk, a->Hrk, a->relk_ix, a->H)) return 0;
     if (!relidx_ok(a->relq, a->Hrq, a->relq_ix, a->H)) return 0;

@@ -11,6 +11,8 @@
  *       pwl_u=None, pwl_ix=None, pwl_w=None, pwl_bp=None, pwl_slope=None, pwl_icpt=None,
  *       return_weights=False)
  *     -> (out (B, H, Tq, Dv), lse (B, H, Tq)) or (out, lse, probs (B, H, Tq, Tk))
+ *   The fused path takes merged=False instead of return_weights: merged=True
+ *   lays out out (and the backward's out and dout) as (B, Tq, H, Dv).
  *
  *   bwd(q, k, v, out, lse, dout, *, <the same keywords but return_weights>,
  *       needs=None)
@@ -62,6 +64,7 @@ typedef struct {
     PyObject *qr, *relk, *relk_ix, *relq, *relq_ix, *relv, *relv_ix, *bias_vec, *bias_ix, *bias_full;
     PyObject *pwl_u, *pwl_ix, *pwl_w, *pwl_bp, *pwl_slope, *pwl_icpt;
     int return_weights;
+    int merged; /* fused path: out / dout (B, Tq, H, Dv) */
     PyObject *needs;
 } raw_args;
 
@@ -370,17 +373,23 @@ static int rp_attn_parse_fwd(PyObject *args, PyObject *kw, const char *fname, in
     raw_defaults(&r);
     memset(C, 0, sizeof *C);
     static char *kw_w[] = {"q", "k", "v", KW_COMMON, "return_weights", NULL};
-    static char *kw_nw[] = {"q", "k", "v", KW_COMMON, NULL};
+    /* the fused path takes merged instead: out (B, Tq, H, Dv) */
+    static char *kw_m[] = {"q", "k", "v", KW_COMMON, "merged", NULL};
     char fmt[64];
-    snprintf(fmt, sizeof fmt, "OOO|$" FMT_COMMON "%s:%s", allow_weights ? "p" : "", fname);
+    snprintf(fmt, sizeof fmt, "OOO|$" FMT_COMMON "p:%s", fname);
     int ok = allow_weights
                  ? PyArg_ParseTupleAndKeywords(args, kw, fmt, kw_w, &r.q, &r.k, &r.v, PTR_COMMON(r), &r.return_weights)
-                 : PyArg_ParseTupleAndKeywords(args, kw, fmt, kw_nw, &r.q, &r.k, &r.v, PTR_COMMON(r));
+                 : PyArg_ParseTupleAndKeywords(args, kw, fmt, kw_m, &r.q, &r.k, &r.v, PTR_COMMON(r), &r.merged);
     if (!ok) return -1;
     if (build_call(&r, C) < 0) goto fail;
+    C->a.merged = r.merged;
     {
         const rp_attn *a = &C->a;
         npy_intp dout[4] = {a->B, a->H, a->Tq, a->Dv}, dl[3] = {a->B, a->H, a->Tq};
+        if (a->merged) {
+            dout[1] = a->Tq;
+            dout[2] = a->H;
+        }
         C->out = rp_new_f32(4, dout);
         C->lse = rp_new_f32(3, dl);
         if (!C->out || !C->lse) goto fail;
@@ -414,26 +423,35 @@ static PyArrayObject *grad_input(rp_attn_call *C, int i) {
     return s[i];
 }
 
-static int rp_attn_parse_bwd(PyObject *args, PyObject *kw, const char *fname, rp_attn_call *C) {
+/* allow_merged: the fused path's merged keyword (out and dout (B, Tq, H, Dv)). */
+static int rp_attn_parse_bwd(PyObject *args, PyObject *kw, const char *fname, int allow_merged, rp_attn_call *C) {
     raw_args r;
     raw_defaults(&r);
     memset(C, 0, sizeof *C);
     static char *kwl[] = {"q", "k", "v", "out", "lse", "dout", KW_COMMON, "needs", NULL};
+    static char *kwl_m[] = {"q", "k", "v", "out", "lse", "dout", KW_COMMON, "needs", "merged", NULL};
     char fmt[64];
-    snprintf(fmt, sizeof fmt, "OOOOOO|$" FMT_COMMON "O:%s", fname);
-    if (!PyArg_ParseTupleAndKeywords(args, kw, fmt, kwl, &r.q, &r.k, &r.v, &r.out, &r.lse, &r.dout, PTR_COMMON(r),
-                                     &r.needs))
+    snprintf(fmt, sizeof fmt, "OOOOOO|$" FMT_COMMON "O%s:%s", allow_merged ? "p" : "", fname);
+    if (!PyArg_ParseTupleAndKeywords(args, kw, fmt, allow_merged ? kwl_m : kwl, &r.q, &r.k, &r.v, &r.out, &r.lse,
+                                     &r.dout, PTR_COMMON(r), &r.needs, &r.merged))
         return -1;
     if (build_call(&r, C) < 0) goto fail;
+    C->a.merged = r.merged;
     const rp_attn *a = &C->a;
     {
         npy_intp d4[4] = {a->B, a->H, a->Tq, a->Dv}, d3[3] = {a->B, a->H, a->Tq};
+        const char *o_desc = "(B, H, Tq, Dv)";
+        if (a->merged) {
+            d4[1] = a->Tq;
+            d4[2] = a->H;
+            o_desc = "(B, Tq, H, Dv) (merged=True)";
+        }
         C->out = rp_in_f32(r.out, "out");
-        if (!C->out || rp_check_shape(C->out, "out", 4, d4, "(B, H, Tq, Dv)") < 0) goto fail;
+        if (!C->out || rp_check_shape(C->out, "out", 4, d4, o_desc) < 0) goto fail;
         C->lse = rp_in_f32(r.lse, "lse");
         if (!C->lse || rp_check_shape(C->lse, "lse", 3, d3, "(B, H, Tq)") < 0) goto fail;
         C->dout = rp_in_f32(r.dout, "dout");
-        if (!C->dout || rp_check_shape(C->dout, "dout", 4, d4, "(B, H, Tq, Dv)") < 0) goto fail;
+        if (!C->dout || rp_check_shape(C->dout, "dout", 4, d4, o_desc) < 0) goto fail;
     }
     int want[N_GRADS] = {0};
     if (r.needs == NULL || r.needs == Py_None) {
@@ -551,7 +569,7 @@ static PyObject *py_attention_mat_fwd(PyObject *self, PyObject *args, PyObject *
 static PyObject *py_attention_mat_bwd(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     rp_attn_call C;
-    if (rp_attn_parse_bwd(args, kw, "attention_mat_bwd", &C) < 0) return NULL;
+    if (rp_attn_parse_bwd(args, kw, "attention_mat_bwd", 0, &C) < 0) return NULL;
     int rc;
     Py_BEGIN_ALLOW_THREADS
         rc = rp_attn_mat_bwd(&C.a, RP_F32(C.out), RP_F32(C.lse), RP_F32(C.dout), &C.g);
@@ -575,7 +593,7 @@ static PyObject *py_attention_fwd(PyObject *self, PyObject *args, PyObject *kw) 
 static PyObject *py_attention_bwd(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     rp_attn_call C;
-    if (rp_attn_parse_bwd(args, kw, "attention_bwd", &C) < 0) return NULL;
+    if (rp_attn_parse_bwd(args, kw, "attention_bwd", 1, &C) < 0) return NULL;
     int rc;
     Py_BEGIN_ALLOW_THREADS
         rc = rp_attn_fused_bwd(&C.a, RP_F32(C.out), RP_F32(C.lse), RP_F32(C.dout), &C.g);
@@ -602,15 +620,16 @@ PyMethodDef rp_methods_attn[] = {
      "attention_fwd(q, k, v, *, causal=True, key_padding_mask=None, q_offset=0, scale=None, qr=None,\n"
      "    relk=None, relk_ix=None, relq=None, relq_ix=None, relv=None, relv_ix=None, bias_vec=None,\n"
      "    bias_ix=None, bias_full=None, pwl_u=None, pwl_ix=None, pwl_w=None, pwl_bp=None, pwl_slope=None,\n"
-     "    pwl_icpt=None) -> (out, lse)\n\n"
+     "    pwl_icpt=None, merged=False) -> (out, lse)\n\n"
      "Fused (FlashAttention-2 style) attention with all four channels (see csrc/core/attention.h);\n"
      "extra memory O(T*D), never O(Tq*Tk). q (B, H, Tq, D), k (B, H, Tk, D), v (B, H, Tk, Dv)\n"
-     "float32; out (B, H, Tq, Dv), lse (B, H, Tq) (-inf on fully masked rows, whose out is 0)."},
+     "float32; out (B, H, Tq, Dv), or (B, Tq, H, Dv) with merged=True (the heads merged, as an output\n"
+     "projection reads them; the same values); lse (B, H, Tq) (-inf on fully masked rows, whose out is 0)."},
     {"attention_bwd", (PyCFunction)(void (*)(void))py_attention_bwd, METH_VARARGS | METH_KEYWORDS,
      "attention_bwd(q, k, v, out, lse, dout, *, <keywords of attention_fwd>, needs=None) -> dict\n\n"
      "Gradients of the fused attention from out and lse of attention_fwd, keyed by input name\n"
      "(q, k, v, qr, relk, relq, relv, bias_vec, bias_full, pwl_u, pwl_w, pwl_slope, pwl_icpt); needs\n"
-     "lists the names wanted\n"
-     "(None: every tensor given). Bit-identical for any thread count."},
+     "lists the names wanted (None: every tensor given). merged=True: out and dout are (B, Tq, H, Dv),\n"
+     "as attention_fwd(merged=True) gave out. Bit-identical for any thread count."},
     {NULL, NULL, 0, NULL},
 };

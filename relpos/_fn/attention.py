@@ -70,24 +70,34 @@ def choose_impl(impl, return_weights=False, encoding=None) -> str:
 
 
 class _AttentionCore(Function):
-    """forward(q, k, v, <the channel tensors of _TENSOR_ARGS>; opts) -> out [, probs]."""
+    """forward(q, k, v, <the channel tensors of _TENSOR_ARGS>; opts) -> out [, probs].
+
+    merge_heads: out is (B, Tq, H*Dv) instead of (B, H, Tq, Dv). The fused
+    kernel writes (and its backward reads) that layout itself; the
+    materialised path transposes (a copy each way)."""
 
     @staticmethod
-    def forward(ctx, *tensors, opts, impl, return_weights):
+    def forward(ctx, *tensors, opts, impl, return_weights, merge_heads=False):
         arrays = dict(zip(_TENSOR_ARGS, tensors))
         q, k, v = arrays["q"], arrays["k"], arrays["v"]
         given = {n: a for n, a in arrays.items() if a is not None and n not in ("q", "k", "v")}
         if impl == "materialized":
             res = _C.attention_mat_fwd(q, k, v, return_weights=return_weights, **opts, **given)
         else:
-            res = _C.attention_fwd(q, k, v, **opts, **given)
+            res = _C.attention_fwd(q, k, v, merged=merge_heads, **opts, **given)
         out, lse = res[0], res[1]
         ctx.arrays = arrays
         ctx.given = given
         ctx.opts = opts
         ctx.impl = impl
-        ctx.out = out
+        ctx.out = out  # as the kernel laid it out: its backward reads it back
         ctx.lse = lse
+        ctx.merge_heads = merge_heads
+        if merge_heads:
+            B, H, Tq, Dv = lse.shape + (v.shape[3],)
+            if impl == "materialized":
+                out = out.transpose(0, 2, 1, 3)
+            out = np.ascontiguousarray(out).reshape(B, Tq, H * Dv)
         if return_weights:
             return out, res[2]
         return out
@@ -100,9 +110,17 @@ class _AttentionCore(Function):
         if not needs:
             return (None,) * len(_TENSOR_ARGS)
         a = ctx.arrays
+        kw = {}
+        if ctx.merge_heads:  # dout (B, Tq, H*Dv) -> the kernel's layout of out
+            B, H, Tq = ctx.lse.shape
+            dout = dout.reshape(B, Tq, H, -1)
+            if ctx.impl == "materialized":
+                dout = dout.transpose(0, 2, 1, 3)
+            else:
+                kw["merged"] = True
         dout = np.ascontiguousarray(dout, dtype=np.float32)
         bwd = _C.attention_mat_bwd if ctx.impl == "materialized" else _C.attention_bwd
-        grads = bwd(a["q"], a["k"], a["v"], ctx.out, ctx.lse, dout, needs=needs, **ctx.opts, **ctx.given)
+        grads = bwd(a["q"], a["k"], a["v"], ctx.out, ctx.lse, dout, needs=needs, **kw, **ctx.opts, **ctx.given)
         return tuple(grads.get(n) if w else None for n, w in zip(_TENSOR_ARGS, ctx.needs_input_grad))
 
 
@@ -185,7 +203,7 @@ def _check_pwl(pwl):
 def run_attention_core(q, k, v, dims, *, causal, key_padding_mask, q_offset, scale, impl, return_weights,
                        qr=None, relk=None, relk_ix=None, relq=None, relq_ix=None, relv=None, relv_ix=None,
                        bias_vec=None, bias_ix=None, bias_full=None, pwl_u=None, pwl_ix=None, pwl_w=None,
-                       pwl_bp=None, pwl_slope=None, pwl_icpt=None):
+                       pwl_bp=None, pwl_slope=None, pwl_icpt=None, merge_heads=False):
     """attention_core after :func:`check_attention_args` and :func:`choose_impl`
     (the channel inputs come from an encoding and are checked here)."""
     tabs = {}
@@ -212,7 +230,8 @@ def run_attention_core(q, k, v, dims, *, causal, key_padding_mask, q_offset, sca
     args = [_as_input(x, n) for n, x in zip(_TENSOR_ARGS, (q, k, v, qr, relk, relq, relv, bias_vec, bias_full,
                                                             pwl.get("pwl_u"), pwl.get("pwl_w"),
                                                             pwl.get("pwl_slope"), pwl.get("pwl_icpt")))]
-    res = _AttentionCore.apply(*args, opts=opts, impl=impl, return_weights=bool(return_weights))
+    res = _AttentionCore.apply(*args, opts=opts, impl=impl, return_weights=bool(return_weights),
+                               merge_heads=bool(merge_heads))
     if return_weights:
         out, w = res
         return out, w.data
@@ -223,7 +242,7 @@ def attention_core(q, k, v, *, causal=True, key_padding_mask=None, q_offset=0, s
                    qr=None, relk=None, relk_ix=None, relq=None, relq_ix=None,
                    relv=None, relv_ix=None, bias_vec=None, bias_ix=None, bias_full=None,
                    pwl_u=None, pwl_ix=None, pwl_w=None, pwl_bp=None, pwl_slope=None, pwl_icpt=None,
-                   impl="auto", return_weights=False):
+                   impl="auto", return_weights=False, merge_heads=False):
     """Scaled dot-product attention with every position-encoding channel.
 
     Query i sits at absolute position ``q_offset + i``, key j at position j::
@@ -261,10 +280,16 @@ def attention_core(q, k, v, *, causal=True, key_padding_mask=None, q_offset=0, s
             x = u * w (FIRE), never materialised; all six or none.
         impl: "materialized", "fused" or "auto" (fused when built and no weights asked for).
         return_weights: also return the attention weights (materialised path).
+        merge_heads: return out as (B, Tq, H*Dv), the heads side by side as an
+            output projection reads them (the same values as
+            ``out.transpose(0, 2, 1, 3).reshape(B, Tq, H*Dv)``, bit for bit).
+            The fused kernel writes that layout directly, and its backward
+            reads the gradient in it: no transposed copies.
 
     Returns:
-        out (B, H, Tq, Dv) Tensor, or (out, weights (B, H, Tq, Tk) ndarray) when
-        return_weights. Gradients flow to q, k, v and every channel Tensor.
+        out (B, H, Tq, Dv) Tensor ((B, Tq, H*Dv) with merge_heads), or (out,
+        weights (B, H, Tq, Tk) ndarray) when return_weights. Gradients flow
+        to q, k, v and every channel Tensor.
     """
     impl = choose_impl(impl, bool(return_weights))
     q, k, v = _as_input(q, "q"), _as_input(k, "k"), _as_input(v, "v")
@@ -274,4 +299,5 @@ def attention_core(q, k, v, *, causal=True, key_padding_mask=None, q_offset=0, s
                               scale=scale, impl=impl, return_weights=return_weights, qr=qr, relk=relk,
                               relk_ix=relk_ix, relq=relq, relq_ix=relq_ix, relv=relv, relv_ix=relv_ix,
                               bias_vec=bias_vec, bias_ix=bias_ix, bias_full=bias_full, pwl_u=pwl_u, pwl_ix=pwl_ix,
-                              pwl_w=pwl_w, pwl_bp=pwl_bp, pwl_slope=pwl_slope, pwl_icpt=pwl_icpt)
+                              pwl_w=pwl_w, pwl_bp=pwl_bp, pwl_slope=pwl_slope, pwl_icpt=pwl_icpt,
+                              merge_heads=merge_heads)

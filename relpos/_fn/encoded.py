@@ -174,7 +174,8 @@ class KVCache:
 
 # -------------------------------------------------------------------- attention
 def attention(q, k, v, encoding=None, causal=True, key_padding_mask=None, q_offset=None, cache=None,
-              return_weights=False, impl="auto", scale=None, options=None, rotated=False, **encoding_options):
+              return_weights=False, impl="auto", scale=None, options=None, rotated=False, merge_heads=False,
+              **encoding_options):
     """Scaled dot-product attention with a position encoding.
 
     Args:
@@ -200,10 +201,14 @@ def attention(q, k, v, encoding=None, causal=True, key_padding_mask=None, q_offs
             clash with this function's arguments (Shaw's ``k``).
         rotated: q and k already carry the encoding's rotation (a caller that
             fused it into the projection, as MultiHeadAttention does).
+        merge_heads: return out as (B, Tq, H*Dv), the heads side by side as the
+            output projection reads them (the values of
+            ``out.transpose(0, 2, 1, 3).reshape(B, Tq, H*Dv)``, bit for bit);
+            the fused kernel writes it so, with no transposed copy.
 
     Returns:
-        out (B, H, Tq, Dv) Tensor, or (out, weights (B, H, Tq, Tk_total)
-        ndarray) when return_weights.
+        out (B, H, Tq, Dv) Tensor ((B, Tq, H*Dv) with merge_heads), or (out,
+        weights (B, H, Tq, Tk_total) ndarray) when return_weights.
     """
     q, k, v = (x if isinstance(x, Tensor) else as_array(x, name) for x, name in ((q, "q"), (k, "k"), (v, "v")))
     if cache is not None and not isinstance(cache, KVCache):
@@ -254,7 +259,7 @@ def attention(q, k, v, encoding=None, causal=True, key_padding_mask=None, q_offs
             scale = enc_scale
     res = run_attention_core(q, k, v, dims, causal=bool(causal), key_padding_mask=key_padding_mask,
                              q_offset=q_offset, scale=scale, impl=impl, return_weights=bool(return_weights),
-                             **inputs)
+                             merge_heads=bool(merge_heads), **inputs)
     if cache is not None:
         cache.append(np.ascontiguousarray(new_k.data if isinstance(new_k, Tensor) else new_k),
                      np.ascontiguousarray(new_v.data if isinstance(new_v, Tensor) else new_v))

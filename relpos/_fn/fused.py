@@ -12,7 +12,10 @@ Python layer would do with NumPy copies:
   weights, written straight into the (B, H, T, Dh) head layout with RoPE
   applied to q and k on the way (no transposed copies, no separate rotary pass).
 - :func:`heads_linear`: the attention output's head merge and the output
-  projection (backward: one GEMM, then the split back into heads).
+  projection (backward: one GEMM, then the split back into heads), for an
+  output in the (B, H, T, Dh) layout. MultiHeadAttention no longer needs it:
+  its attention writes the merged layout itself (``attention(...,
+  merge_heads=True)``), and a plain linear follows.
 - :func:`head_cross_entropy`: the LM head (a bias-free Linear onto the
   vocabulary) and the mean cross-entropy as one node; the backward turns the
   saved logits into their gradient in place (no second (N, V) array).

@@ -108,13 +108,10 @@ class MultiHeadAttention(Module):
             k = self._heads(self.k_proj(x), B, T)
             v = self._heads(self.v_proj(x), B, T)
         res = F.attention(q, k, v, enc, causal=self.causal, key_padding_mask=key_padding_mask, cache=cache,
-                          return_weights=return_weights, impl=self.impl, rotated=rope is not None)
+                          return_weights=return_weights, impl=self.impl, rotated=rope is not None,
+                          merge_heads=True)
         out, w = (res if return_weights else (res, None))
-        if fused:
-            out = F.heads_linear(out, self.out_proj.weight, self.out_proj.bias)
-        else:
-            out = out.transpose(0, 2, 1, 3).reshape(B, T, self.d_model)
-            out = self.out_proj(out)
+        out = self.out_proj(out)
         if self.dropout > 0.0 and self.training:
             seed = int(self._dropout_rng.integers(0, 2 ** 63))
             out = F.dropout(out, self.dropout, seed)
