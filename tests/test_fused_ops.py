@@ -8,6 +8,7 @@ import reference as ref
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import relpos
 from relpos import _C
 from relpos import functional as F
 from relpos.tensor import Tensor
@@ -77,6 +78,100 @@ def test_add_layer_norm_backward_numgrad(rng, portable):
     got = grads_of(lambda *t: F.add_layer_norm(*t), [x, y, w, b], ws)
     check_numgrad(lambda *a: ref.add_layer_norm(*a), [x, y, w, b], ws, got)
     assert np.array_equal(got[0], got[1])  # d/dx == d/dy
+
+
+# The AVX2 LayerNorm kernels run several rows side by side (ops_x86.c); each row must
+# keep the operations, and their order, of the row-at-a-time span as GCC vectorises it
+# for D % 8 == 0 (what compare's published numbers were computed with). That order,
+# written out in NumPy float32 (a fused multiply-add rounded once, through long double):
+_f = np.float32
+
+
+def _fma(a, b, c):
+    L = np.longdouble
+    return (np.asarray(a, L) * np.asarray(b, L) + np.asarray(c, L)).astype(_f)
+
+
+def _lane_sums(rows):
+    """(N, D) -> (N,): eight lane sums over the columns' chunks, then the lanes added in order."""
+    N, D = rows.shape
+    acc = np.zeros((N, 8), _f)
+    for c in range(D // 8):
+        acc = acc + rows[:, 8 * c:8 * c + 8]
+    s = np.zeros(N, _f)
+    for lane in range(8):
+        s = s + acc[:, lane]
+    return s
+
+
+def _lane_fma_sums(a, b):
+    """(N,) sums of a * b as eight lanes of fused multiply-adds, the lanes added in order."""
+    N, D = a.shape
+    acc = np.zeros((N, 8), _f)
+    for c in range(D // 8):
+        acc = _fma(a[:, 8 * c:8 * c + 8], b[:, 8 * c:8 * c + 8], acc)
+    s = np.zeros(N, _f)
+    for lane in range(8):
+        s = s + acc[:, lane]
+    return s
+
+
+def _ln_fwd_in_order(x, w, b, eps):
+    D = x.shape[1]
+    m = _lane_sums(x) / _f(D)
+    d = x - m[:, None]
+    rs = _f(1) / np.sqrt(_lane_fma_sums(d, d) / _f(D) + _f(eps))
+    return _fma(d * rs[:, None], w, b), m, rs
+
+
+def _ln_bwd_in_order(x, w, m, rs, g, ds):
+    N, D = x.shape
+    h = (x - m[:, None]) * rs[:, None]
+    gw = g * w
+    a1 = _lane_fma_sums(g, np.broadcast_to(w, g.shape)) / _f(D)
+    a2 = _lane_fma_sums(h, gw) / _f(D)
+    dx = _fma(-h, a2[:, None], _fma(w, g, -a1[:, None])) * rs[:, None]
+    if ds is not None:
+        dx = ds + dx
+    # dweight, dbias: per fixed row chunk (rows in order, from 0), the chunks added in order
+    nch = min(N, 64)
+    base, rem = divmod(N, nch)
+    dw, db = np.zeros(D, _f), np.zeros(D, _f)
+    for c in range(nch):
+        lo = c * base + min(c, rem)
+        hi = lo + base + (1 if c < rem else 0)
+        pw, pb = np.zeros(D, _f), np.zeros(D, _f)
+        for r in range(lo, hi):
+            pw = _fma(h[r], g[r], pw)
+            pb = pb + g[r]
+        dw, db = dw + pw, db + pb
+    return dx, dw, db
+
+
+@pytest.mark.skipif("avx2" not in relpos.config()["simd"], reason="the AVX2 LayerNorm kernels need AVX2 + FMA")
+@pytest.mark.parametrize("N,D", [(1, 8), (4, 64), (7, 24), (13, 64), (150, 16), (9, 256)])
+def test_layer_norm_rows_keep_the_span_order_bit_for_bit(rng, threads, N, D):
+    x, y = f32(rng, N, D) + 3.0, f32(rng, N, D)
+    w, b = f32(rng, D), f32(rng, D)
+    g, ds = f32(rng, N, D), f32(rng, N, D)
+    x[N // 2, D // 3] = np.nan  # a NaN row stays NaN where the span's order puts it
+    s = x + y
+    want_h, want_m, want_rs = _ln_fwd_in_order(s, w, b, 1e-5)
+    want_dx, want_dw, want_db = _ln_bwd_in_order(s, w, want_m, want_rs, g, ds)
+    want_dx0 = _ln_bwd_in_order(s, w, want_m, want_rs, g, None)[0]
+    for n in (1, 2):
+        got_s, got_h, got_m, got_rs = threads(n, lambda: _C.add_layer_norm_fwd(x, y, w, b, 1e-5))
+        for name, got, want in (("s", got_s, s), ("h", got_h, want_h), ("mean", got_m, want_m),
+                                ("rstd", got_rs, want_rs)):
+            assert got.tobytes() == want.tobytes(), f"add_layer_norm_fwd {name}, {n} threads"
+        h1, m1, rs1 = threads(n, lambda: _C.layer_norm_fwd(s, w, b, 1e-5))
+        assert h1.tobytes() == want_h.tobytes() and m1.tobytes() == want_m.tobytes()
+        dx, dw, db = threads(n, lambda: _C.add_layer_norm_bwd(got_s, w, got_m, got_rs, g, ds))
+        for name, got, want in (("dx", dx, want_dx), ("dweight", dw, want_dw), ("dbias", db, want_db)):
+            assert got.tobytes() == want.tobytes(), f"add_layer_norm_bwd {name}, {n} threads"
+        dx1, dw1, db1 = threads(n, lambda: _C.layer_norm_bwd(s, w, m1, rs1, g, need_x=True, need_weight=True,
+                                                             need_bias=True))
+        assert dx1.tobytes() == want_dx0.tobytes() and dw1.tobytes() == want_dw.tobytes()
 
 
 def test_add_layer_norm_only_s_used(rng):

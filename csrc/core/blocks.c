@@ -18,12 +18,12 @@ int rp_blocks_add_layernorm_fwd(const float *x, const float *y, const float *w, 
     if (N < 0 || D < 0 || !(eps >= 0.0f)) return RP_EINVAL;
     if (N == 0) return RP_OK;
     const int simd = rp_simd_enabled();
+    /* blocks of rows: the SIMD kernel runs several rows side by side (same bits, any split) */
+    const int64_t nb = (N + RP_OPS_LN_BLOCK - 1) / RP_OPS_LN_BLOCK;
     RP_OPS_PFOR(N * D >= RP_OPS_PAR_MIN)
-    for (int64_t r = 0; r < N; r++) {
-        const float *xr = x + r * D, *yr = y + r * D;
-        float *sr = s + r * D;
-        for (int64_t j = 0; j < D; j++) sr[j] = xr[j] + yr[j];
-        rp_ops_ln_fwd(simd, sr, w, b, h + r * D, D, eps, mean + r, rstd + r);
+    for (int64_t k = 0; k < nb; k++) {
+        const int64_t r = k * RP_OPS_LN_BLOCK, n = N - r < RP_OPS_LN_BLOCK ? N - r : RP_OPS_LN_BLOCK;
+        rp_ops_add_ln_fwd_rows(simd, x + r * D, y + r * D, s + r * D, w, b, h + r * D, n, D, eps, mean + r, rstd + r);
     }
     return RP_OK;
 }
@@ -44,14 +44,8 @@ int rp_blocks_add_layernorm_bwd(const float *s, const float *w, const float *mea
         int64_t lo, hi;
         rp_chunk(N, nch, c, &lo, &hi);
         float *pw = dw ? part + c * D : NULL, *pb = db ? part + (nch + c) * D : NULL;
-        for (int64_t r = lo; r < hi; r++) {
-            float *dxr = dx + r * D;
-            rp_ops_ln_bwd(simd, s + r * D, w, mean[r], rstd[r], dh + r * D, dxr, pw, pb, D);
-            if (ds) {
-                const float *dsr = ds + r * D;
-                for (int64_t j = 0; j < D; j++) dxr[j] = dsr[j] + dxr[j];
-            }
-        }
+        rp_ops_add_ln_bwd_rows(simd, s + lo * D, w, mean + lo, rstd + lo, dh + lo * D, ds ? ds + lo * D : NULL,
+                               dx ? dx + lo * D : NULL, pw, pb, hi - lo, D);
     }
     for (int64_t c = 0; c < nch; c++)
         for (int64_t j = 0; j < D; j++) {

@@ -30,8 +30,12 @@ int rp_ops_layernorm_fwd(const float *x, const float *weight, const float *bias,
         return RP_ENOMEM;
     }
     const int simd = rp_simd_enabled();
+    const int64_t nb = (N + RP_OPS_LN_BLOCK - 1) / RP_OPS_LN_BLOCK;
     RP_OPS_PFOR(N * D >= RP_OPS_PAR_MIN_COMPUTE)
-    for (int64_t r = 0; r < N; r++) rp_ops_ln_fwd(simd, x + r * D, w, b, y + r * D, D, eps, mean + r, rstd + r);
+    for (int64_t k = 0; k < nb; k++) {
+        const int64_t r = k * RP_OPS_LN_BLOCK, n = N - r < RP_OPS_LN_BLOCK ? N - r : RP_OPS_LN_BLOCK;
+        rp_ops_add_ln_fwd_rows(simd, x + r * D, NULL, NULL, w, b, y + r * D, n, D, eps, mean + r, rstd + r);
+    }
     rp_free(tw);
     rp_free(tb);
     return RP_OK;
@@ -62,8 +66,8 @@ int rp_ops_layernorm_bwd(const float *x, const float *weight, const float *mean,
         int64_t lo, hi;
         rp_chunk(N, nch, c, &lo, &hi);
         float *pw = dweight ? part + c * D : NULL, *pb = dbias ? part + (nch + c) * D : NULL;
-        for (int64_t r = lo; r < hi; r++)
-            rp_ops_ln_bwd(simd, x + r * D, w, mean[r], rstd[r], grad + r * D, dx ? dx + r * D : NULL, pw, pb, D);
+        rp_ops_add_ln_bwd_rows(simd, x + lo * D, w, mean + lo, rstd + lo, grad + lo * D, NULL, dx ? dx + lo * D : NULL,
+                               pw, pb, hi - lo, D);
     }
     for (int64_t c = 0; c < nch; c++)
         for (int64_t j = 0; j < D; j++) {

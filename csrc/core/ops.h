@@ -110,6 +110,10 @@ int rp_ops_dropout_mask(uint8_t *mask, int64_t n, float p, uint64_t seed);
 }
 #endif
 
+/* Rows per parallel work item of the LayerNorm forwards (a multiple of the SIMD
+ * kernel's rows side by side). */
+#define RP_OPS_LN_BLOCK 16
+
 /* Parallel loop that stays serial when the work is small. */
 #if RP_HAVE_OPENMP
 #define RP_OPS_PFOR(cond) RP_PRAGMA(omp parallel for schedule(static) num_threads(rp_par_threads()) if (cond))
@@ -365,6 +369,14 @@ void rp_ops_avx2_ln_fwd(const float *x, const float *w, const float *b, float *y
                         float *rstd);
 void rp_ops_avx2_ln_bwd(const float *x, const float *w, float m, float rs, const float *g, float *dx, float *pw,
                         float *pb, int64_t D);
+/* n rows of D, D % 8 == 0: s = x + y (y NULL: no add), h = LayerNorm(s) w + b, several rows at
+ * once with the bits of rp_ops_avx2_ln_fwd row by row */
+void rp_ops_avx2_add_ln_fwd_rows(const float *x, const float *y, float *s, const float *w, const float *b, float *h,
+                                 int64_t n, int64_t D, float eps, float *mean, float *rstd);
+/* n rows backward, D % 8 == 0: pw += g h, pb += g (rows in order; either may be NULL), dx =
+ * LayerNorm_bwd (+ ds when given; dx NULL: none), with the bits of rp_ops_avx2_ln_bwd row by row */
+void rp_ops_avx2_add_ln_bwd_rows(const float *x, const float *w, const float *mean, const float *rstd, const float *g,
+                                 const float *ds, float *dx, float *pw, float *pb, int64_t n, int64_t D);
 void rp_ops_avx2_rms_fwd(const float *x, const float *w, float *y, int64_t D, float eps, float *rstd);
 void rp_ops_avx2_rms_bwd(const float *x, const float *w, float rs, const float *g, float *dx, float *pw, int64_t D);
 #ifdef __cplusplus
@@ -449,6 +461,29 @@ static inline void rp_ops_ln_fwd(int simd, const float *x, const float *w, const
     rp_span_ln_fwd(x, w, b, y, D, eps, mean, rstd);
 }
 
+/* n rows of D: s = x + y (y NULL: no add, s unused), h = LayerNorm(s) * w + b; the same bits
+ * as rp_ops_ln_fwd row by row (after the add). */
+static inline void rp_ops_add_ln_fwd_rows(int simd, const float *x, const float *y, float *s, const float *w,
+                                          const float *b, float *h, int64_t n, int64_t D, float eps, float *mean,
+                                          float *rstd) {
+#if RP_HAVE_X86_TU
+    if (simd && D >= 8 && D % 8 == 0) {
+        rp_ops_avx2_add_ln_fwd_rows(x, y, s, w, b, h, n, D, eps, mean, rstd);
+        return;
+    }
+#endif
+    for (int64_t r = 0; r < n; r++) {
+        const float *src = x + r * D;
+        if (y) {
+            float *sr = s + r * D;
+            const float *yr = y + r * D;
+            for (int64_t j = 0; j < D; j++) sr[j] = src[j] + yr[j];
+            src = sr;
+        }
+        rp_ops_ln_fwd(simd, src, w, b, h + r * D, D, eps, mean + r, rstd + r);
+    }
+}
+
 static inline void rp_ops_ln_bwd(int simd, const float *x, const float *w, float m, float rs, const float *g, float *dx,
                                  float *pw, float *pb, int64_t D) {
 #if RP_HAVE_X86_TU
@@ -459,6 +494,27 @@ static inline void rp_ops_ln_bwd(int simd, const float *x, const float *w, float
 #endif
     (void)simd;
     rp_span_ln_bwd(x, w, m, rs, g, dx, pw, pb, D);
+}
+
+/* n rows: pw += g h, pb += g (row order; either may be NULL), dx = LayerNorm_bwd(g) + ds
+ * (ds NULL: no add; dx NULL: no dx); the bits of rp_ops_ln_bwd row by row, then the add. */
+static inline void rp_ops_add_ln_bwd_rows(int simd, const float *x, const float *w, const float *mean,
+                                          const float *rstd, const float *g, const float *ds, float *dx, float *pw,
+                                          float *pb, int64_t n, int64_t D) {
+#if RP_HAVE_X86_TU
+    if (simd && D >= 8 && D % 8 == 0) {
+        rp_ops_avx2_add_ln_bwd_rows(x, w, mean, rstd, g, ds, dx, pw, pb, n, D);
+        return;
+    }
+#endif
+    for (int64_t r = 0; r < n; r++) {
+        float *dxr = dx ? dx + r * D : NULL;
+        rp_ops_ln_bwd(simd, x + r * D, w, mean[r], rstd[r], g + r * D, dxr, pw, pb, D);
+        if (ds && dxr) {
+            const float *dsr = ds + r * D;
+            for (int64_t j = 0; j < D; j++) dxr[j] = dsr[j] + dxr[j];
+        }
+    }
 }
 
 static inline void rp_ops_rms_fwd(int simd, const float *x, const float *w, float *y, int64_t D, float eps,
