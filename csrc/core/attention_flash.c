@@ -477,6 +477,11 @@ static void tile_logits(const fz_ctx *c, fz_scr *w, const float *Kt, int64_t b, 
     for (int64_t i = 0; i < mq; i++) {
         float *restrict s = S + i * FZ_BK;
         const int64_t ia = ia0 + i;
+        /* every reader of the row (row max, exp spans) stops at fz_row_cols, and
+         * the causal product left 0 beyond the visible keys (the row's end is
+         * zeroed again after its exp): so the logits are finished, and the
+         * masked ones set to -inf, up to ncol only */
+        const int64_t ncol = fz_row_cols(a, ia, j0, nk);
         if (bv) {
             rp_relidx ix = a->bias_ix;
             /* u(j) = u0 - sign*j is unclamped for j in [jlo, jhi); constant outside */
@@ -489,8 +494,8 @@ static void tile_logits(const fz_ctx *c, fz_scr *w, const float *Kt, int64_t b, 
                 jlo = -u0;
                 jhi = ix.R - u0;
             }
-            jlo = jlo < 0 ? 0 : (jlo > nk ? nk : jlo);
-            jhi = jhi < jlo ? jlo : (jhi > nk ? nk : jhi);
+            jlo = jlo < 0 ? 0 : (jlo > ncol ? ncol : jlo);
+            jhi = jhi < jlo ? jlo : (jhi > ncol ? ncol : jhi);
             const float blo = bv[ix.sign > 0 ? ix.R - 1 : 0], bhi = bv[ix.sign > 0 ? 0 : ix.R - 1];
             for (int64_t j = 0; j < jlo; j++) s[j] = s[j] * scale + blo;
             if (jhi > jlo && ix.sign > 0) {
@@ -500,22 +505,22 @@ static void tile_logits(const fz_ctx *c, fz_scr *w, const float *Kt, int64_t b, 
                 const float *restrict br = bv + (u0 + jlo);
                 for (int64_t j = jlo; j < jhi; j++) s[j] = s[j] * scale + br[j - jlo];
             }
-            for (int64_t j = jhi; j < nk; j++) s[j] = s[j] * scale + bhi;
+            for (int64_t j = jhi; j < ncol; j++) s[j] = s[j] * scale + bhi;
         } else {
-            for (int64_t j = 0; j < nk; j++) s[j] *= scale;
+            for (int64_t j = 0; j < ncol; j++) s[j] *= scale;
         }
         if (bf) {
             const float *restrict f = bf + i * a->Tk;
-            for (int64_t j = 0; j < nk; j++) s[j] += f[j];
+            for (int64_t j = 0; j < ncol; j++) s[j] += f[j];
         }
-        if (c->has_pwl) pwl_row(a, h, ia, i0 + i, j0, nk, w->X + i * FZ_BK, w->SG + i * FZ_BK, s);
-        if (a->causal && j0 + nk - 1 > ia) {
+        if (c->has_pwl) pwl_row(a, h, ia, i0 + i, j0, ncol, w->X + i * FZ_BK, w->SG + i * FZ_BK, s);
+        if (a->causal && j0 + ncol - 1 > ia) {
             int64_t jstart = ia - j0 + 1;
             if (jstart < 0) jstart = 0;
-            for (int64_t j = jstart; j < nk; j++) s[j] = -INFINITY;
+            for (int64_t j = jstart; j < ncol; j++) s[j] = -INFINITY;
         }
         if (kpm)
-            for (int64_t j = 0; j < nk; j++)
+            for (int64_t j = 0; j < ncol; j++)
                 if (kpm[j]) s[j] = -INFINITY;
     }
 }
