@@ -88,8 +88,12 @@ int rp_ops_rmsnorm_fwd(const float *x, const float *weight, float *y, float *rst
     const float *w = vec_or_fill(weight, 1.0f, D, &tw);
     if (!w) return RP_ENOMEM;
     const int simd = rp_simd_enabled();
+    const int64_t nb = (N + RP_OPS_LN_BLOCK - 1) / RP_OPS_LN_BLOCK;
     RP_OPS_PFOR(N * D >= RP_OPS_PAR_MIN_COMPUTE)
-    for (int64_t r = 0; r < N; r++) rp_ops_rms_fwd(simd, x + r * D, w, y + r * D, D, eps, rstd + r);
+    for (int64_t k = 0; k < nb; k++) {
+        const int64_t r = k * RP_OPS_LN_BLOCK, n = N - r < RP_OPS_LN_BLOCK ? N - r : RP_OPS_LN_BLOCK;
+        rp_ops_rms_fwd_rows(simd, x + r * D, w, y + r * D, n, D, eps, rstd + r);
+    }
     rp_free(tw);
     return RP_OK;
 }
@@ -116,8 +120,7 @@ int rp_ops_rmsnorm_bwd(const float *x, const float *weight, const float *rstd, c
         int64_t lo, hi;
         rp_chunk(N, nch, c, &lo, &hi);
         float *pw = part ? part + c * D : NULL;
-        for (int64_t r = lo; r < hi; r++)
-            rp_ops_rms_bwd(simd, x + r * D, w, rstd[r], grad + r * D, dx ? dx + r * D : NULL, pw, D);
+        rp_ops_rms_bwd_rows(simd, x + lo * D, w, rstd + lo, grad + lo * D, dx ? dx + lo * D : NULL, pw, hi - lo, D);
     }
     if (part) {
         for (int64_t c = 0; c < nch; c++)

@@ -378,6 +378,11 @@ void rp_ops_avx2_add_ln_fwd_rows(const float *x, const float *y, float *s, const
 void rp_ops_avx2_add_ln_bwd_rows(const float *x, const float *w, const float *mean, const float *rstd, const float *g,
                                  const float *ds, float *dx, float *pw, float *pb, int64_t n, int64_t D);
 void rp_ops_avx2_rms_fwd(const float *x, const float *w, float *y, int64_t D, float eps, float *rstd);
+/* n rows of D, D % 8 == 0, several at once, with the bits of rp_ops_avx2_rms_fwd / _bwd row by row
+ * (pw += g h in row order; pw or dx may be NULL) */
+void rp_ops_avx2_rms_fwd_rows(const float *x, const float *w, float *y, int64_t n, int64_t D, float eps, float *rstd);
+void rp_ops_avx2_rms_bwd_rows(const float *x, const float *w, const float *rstd, const float *g, float *dx, float *pw,
+                              int64_t n, int64_t D);
 void rp_ops_avx2_rms_bwd(const float *x, const float *w, float rs, const float *g, float *dx, float *pw, int64_t D);
 #ifdef __cplusplus
 }
@@ -539,6 +544,31 @@ static inline void rp_ops_rms_bwd(int simd, const float *x, const float *w, floa
 #endif
     (void)simd;
     rp_span_rms_bwd(x, w, rs, g, dx, pw, D);
+}
+
+/* n rows: y = RMSNorm(x) * w; the bits of rp_ops_rms_fwd row by row. */
+static inline void rp_ops_rms_fwd_rows(int simd, const float *x, const float *w, float *y, int64_t n, int64_t D,
+                                       float eps, float *rstd) {
+#if RP_HAVE_X86_TU
+    if (simd && D >= 8 && D % 8 == 0) {
+        rp_ops_avx2_rms_fwd_rows(x, w, y, n, D, eps, rstd);
+        return;
+    }
+#endif
+    for (int64_t r = 0; r < n; r++) rp_ops_rms_fwd(simd, x + r * D, w, y + r * D, D, eps, rstd + r);
+}
+
+/* n rows backward: pw += g h (row order; may be NULL), dx (may be NULL); the bits of rp_ops_rms_bwd row by row. */
+static inline void rp_ops_rms_bwd_rows(int simd, const float *x, const float *w, const float *rstd, const float *g,
+                                       float *dx, float *pw, int64_t n, int64_t D) {
+#if RP_HAVE_X86_TU
+    if (simd && D >= 8 && D % 8 == 0) {
+        rp_ops_avx2_rms_bwd_rows(x, w, rstd, g, dx, pw, n, D);
+        return;
+    }
+#endif
+    for (int64_t r = 0; r < n; r++)
+        rp_ops_rms_bwd(simd, x + r * D, w, rstd[r], g + r * D, dx ? dx + r * D : NULL, pw, D);
 }
 
 #endif /* RELPOS_OPS_H */
