@@ -445,6 +445,13 @@ static inline float rp_ops_exp_sum(int simd, const float *x, float m, float *y, 
 static inline void rp_ops_exp_scale(int simd, const float *x, float c, float scale, const float *z, float add, float *y,
                                     int64_t n) {
 #if RP_HAVE_X86_TU
+    if (simd && !z && rp_exp_have_avx512()) {
+        /* exp(x - c) by the hand-written 16-lane exp, then the product: the span's two
+         * roundings (its AVX2 build makes the exp's clamps compare-and-blend chains) */
+        rp_exp_span_avx512(x, c, y, n);
+        for (int64_t j = 0; j < n; j++) y[j] *= scale;
+        return;
+    }
     if (simd) {
         rp_ops_avx2_exp_scale(x, c, scale, z, add, y, n);
         return;
