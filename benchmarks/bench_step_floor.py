@@ -45,7 +45,6 @@ import bench_train  # noqa: E402
 import numpy as np  # noqa: E402
 
 import relpos  # noqa: E402
-from relpos import _C  # noqa: E402
 
 # FLOPs of the calls whose work is a matrix product: name -> f(args, kwargs) -> FLOPs
 _FLOPS = {
@@ -211,7 +210,7 @@ def main(argv=None):
     rows = []
     for c in configs:
         for n in threads:
-            peak = max(_C.fma_peak_gflops(threads=n, seconds=0.3) for _ in range(2))
+            peak = bench_train.fma_peaks((n,))[0][n]  # never below n x the 1-thread peak
             for enc in encs:
                 r = measure(c, enc, n, args.steps, args.reps, peak)
                 rows.append(r)

@@ -417,6 +417,21 @@ def measure(enc, threads, cfg, repeat, warmup, peak, with_torch=True, with_compi
     return row
 
 
+def fma_peaks(threads, measure=None, tries=2):
+    """{n: GFLOP/s} the FMA peak for each thread count, and {n: measured}.
+
+    Each is the best of `tries` 0.3 s measurements. On a shared VM the host
+    sometimes holds one of the vCPUs while the n-thread peak is measured; that
+    figure then says one core's speed, and an MFU against it exceeds 100%. The
+    hardware's peak on n cores is at least n times one core's, so the peak used
+    for n > 1 threads is max(measured, n x the 1-thread peak)."""
+    measure = measure or (lambda n: _C.fma_peak_gflops(threads=n, seconds=0.3))
+    counts = sorted(set(threads) | {1})
+    measured = {n: max(measure(n) for _ in range(tries)) for n in counts}
+    used = {n: max(measured[n], n * measured[1]) for n in counts}
+    return {n: used[n] for n in threads}, {n: measured[n] for n in threads}
+
+
 def run(threads=(1, 2), encodings=("rope", "alibi"), quick=False, repeat=None, with_torch=True, log=print,
         configs=("large",), with_compile=True, gap=GAP_S):
     """All rows (dicts) of the benchmark; one per (configuration, encoding, thread
@@ -424,9 +439,7 @@ def run(threads=(1, 2), encodings=("rope", "alibi"), quick=False, repeat=None, w
     threads / at 1 thread)."""
     warmup = 1 if quick else 2
     rows = []
-    peaks = {}
-    for n in threads:
-        peaks[n] = max(_C.fma_peak_gflops(threads=n, seconds=0.3) for _ in range(2))
+    peaks, measured = fma_peaks(threads)
     m = machine()
     for config_name in configs:
         cfg = dict(CONFIGS[config_name])
@@ -435,7 +448,9 @@ def run(threads=(1, 2), encodings=("rope", "alibi"), quick=False, repeat=None, w
         if log:
             log(f"== {config_name}: L={cfg['n_layers']} d={cfg['d_model']} H={cfg['n_heads']} T={cfg['T']} "
                 f"B={cfg['batch']} | CPU {m['cpu']} | SIMD {m['simd']}, GEMM kernel {m['gemm_kernel']} | FMA peak "
-                + ", ".join(f"{n} thr {peaks[n]:.0f}" for n in threads) + " GFLOP/s")
+                + ", ".join(f"{n} thr {peaks[n]:.0f}" + (f" (measured {measured[n]:.0f}: a core was busy)"
+                                                          if measured[n] < peaks[n] else "") for n in threads)
+                + " GFLOP/s")
         # steps per row: the small model's ~15 ms steps need more of them for a stable median
         reps = repeat or (3 if quick else DEFAULT_REPEAT[config_name])
         for enc in encodings:
@@ -443,6 +458,7 @@ def run(threads=(1, 2), encodings=("rope", "alibi"), quick=False, repeat=None, w
             for n in threads:
                 row = measure(enc, n, cfg, reps, warmup, peaks[n], with_torch, with_compile and not quick,
                               config_name, log, gap)
+                row["peak_gflops_measured"] = measured[n]
                 rows.append(row)
                 per[n] = row
                 if log:

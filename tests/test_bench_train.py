@@ -53,3 +53,20 @@ def test_bad_repeat_says_what_was_expected():
     r = subprocess.run([sys.executable, os.path.join("benchmarks", "bench_train.py"), "--repeat", "0"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "--repeat must be >= 1 timed steps; got 0" in r.stderr
+
+
+def test_the_n_thread_peak_is_never_below_n_cores():
+    """A 2-thread FMA peak measured while the host held a vCPU (one core's speed)
+    would put MFU above 100%: the peak used is at least n x the 1-thread peak."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import bench_train
+    finally:
+        sys.path.pop(0)
+    speeds = {1: [110.0, 113.0], 2: [118.0, 120.0]}  # the second core busy during the 2-thread runs
+    used, measured = bench_train.fma_peaks((1, 2), measure=lambda n: speeds[n].pop())
+    assert measured == {1: 113.0, 2: 120.0}
+    assert used == {1: 113.0, 2: 226.0}
+    speeds = {1: [100.0, 100.0], 2: [210.0, 205.0]}  # a quiet host: the measurement stands
+    used, _ = bench_train.fma_peaks((2,), measure=lambda n: speeds[n].pop())
+    assert used == {2: 210.0}
