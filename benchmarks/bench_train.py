@@ -448,7 +448,7 @@ def run(threads=(1, 2), encodings=("rope", "alibi"), quick=False, repeat=None, w
         if log:
             log(f"== {config_name}: L={cfg['n_layers']} d={cfg['d_model']} H={cfg['n_heads']} T={cfg['T']} "
                 f"B={cfg['batch']} | CPU {m['cpu']} | SIMD {m['simd']}, GEMM kernel {m['gemm_kernel']} | FMA peak "
-                + ", ".join(f"{n} thr {peaks[n]:.0f}" + (f" (measured {measured[n]:.0f}: a core was busy)"
+                + ", ".join(f"{n} thr {peaks[n]:.0f}" + (f" (measured {measured[n]:.0f}, below {n} x 1 thread)"
                                                           if measured[n] < peaks[n] else "") for n in threads)
                 + " GFLOP/s")
         # steps per row: the small model's ~15 ms steps need more of them for a stable median
