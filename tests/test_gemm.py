@@ -129,6 +129,27 @@ def test_colsum(rng, M, N):
     np.testing.assert_allclose(got, ref.colsum(x), rtol=1e-5, atol=1e-5 * max(M, 1) ** 0.5)
 
 
+@pytest.mark.parametrize("M,N", [(1, 1), (129, 64), (300, 77), (1024, 192), (257, 600)])
+def test_colsum_simd_gives_the_portable_bits(rng, threads, M, N):
+    """The AVX2 column sum keeps 64 columns' partial sums in registers: the same
+    additions in the same order (rows in blocks of 128, blocks in order) as the
+    portable loop, so the same bits, NaN, inf and -0 included, for any thread count."""
+    if not relpos.config()["cpu_avx2_fma"]:
+        pytest.skip("this CPU or build has no AVX2/FMA path")
+    x = (rng.standard_normal((M, N)) * 10.0 ** rng.integers(-20, 20, (M, N))).astype(np.float32)
+    x.flat[rng.integers(0, x.size, 3)] = [np.nan, np.inf, -0.0]
+    _C.force_portable(True)
+    try:
+        want = _C.colsum(x)
+    finally:
+        _C.force_portable(False)
+    for n in (1, 2):
+        got = threads(n, lambda: _C.colsum(x))
+        nan = np.isnan(want)
+        assert np.array_equal(np.isnan(got), nan)
+        assert np.array_equal(got.view(np.uint32)[~nan], want.view(np.uint32)[~nan]), f"{n} threads"
+
+
 def test_bit_identical_one_and_two_threads(path, threads, rng):
     a, b = rand(rng, 203, 610), rand(rng, 610, 150)
     c = rand(rng, 203, 150)

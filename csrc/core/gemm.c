@@ -852,12 +852,17 @@ int rp_colsum(const float *X, int64_t M, int64_t N, float *out) {
     const int64_t nstrip = ceil_div(N, COLSUM_COLS);
     int nt = rp_par_threads();
     (void)nt;
+    const int simd = rp_simd_enabled();
 #if RP_HAVE_OPENMP
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && M * N > 32768 && nstrip > 1)
 #endif
     for (int64_t s = 0; s < nstrip; s++) {
         const int64_t j0 = s * COLSUM_COLS;
         const int64_t nb = min64(COLSUM_COLS, N - j0);
+        if (simd) {
+            rp_colsum_strip_avx2(X, M, N, j0, nb, COLSUM_ROWS, out);
+            continue;
+        }
         float total[COLSUM_COLS], part[COLSUM_COLS];
         for (int64_t j = 0; j < nb; j++) total[j] = 0.0f;
         for (int64_t m0 = 0; m0 < M; m0 += COLSUM_ROWS) {

@@ -80,6 +80,9 @@ int rp_gemm_cpu_avx512(void); /* AVX-512F usable (CPU and OS) and compiled in */
  * (kc x R), dst[p*R + i] = X[i*ld + p], with 8x8 / 4x8 / 2x8 register
  * transposes; R is 6, 12, 16 or 32 (full A panels, full panels of a transposed B). */
 void rp_gemm_pack_rows_avx2(const float *X, int64_t ld, int64_t kc, int R, float *dst);
+/* Column sums of X's columns [j0, j0 + nb) (row stride N) into out[j0..], rows in
+ * blocks of rows_blk: rp_colsum's order, 64 columns' partial sums in registers. */
+void rp_colsum_strip_avx2(const float *X, int64_t M, int64_t N, int64_t j0, int64_t nb, int64_t rows_blk, float *out);
 double rp_fma_peak_gflops_avx2(int threads, double seconds);
 double rp_fma_peak_gflops_avx512(int threads, double seconds);
 

@@ -178,6 +178,49 @@ void rp_gemm_pack_rows_avx2(const float *X, int64_t ld, int64_t kc, int R, float
         for (int i = 0; i < R; i++) dst[p * R + i] = r[i][p];
 }
 
+/* Column sums of rows [0, M) x columns [j0, j0 + nb) of X (row stride N), rows in
+ * blocks of `rows_blk`: out[j] = sum over blocks (in order, from 0) of the block's
+ * sum (its rows in order, from 0). The same additions, in the same order, as
+ * rp_colsum's portable loop, with the partial sums of 64 columns in registers
+ * (that loop kept them in memory, a store-to-load chain per row). */
+void rp_colsum_strip_avx2(const float *X, int64_t M, int64_t N, int64_t j0, int64_t nb, int64_t rows_blk, float *out) {
+    int64_t c = 0;
+    for (; c + 64 <= nb; c += 64) {
+        __m256 tot[8], part[8];
+        for (int k = 0; k < 8; k++) tot[k] = _mm256_setzero_ps();
+        for (int64_t m0 = 0; m0 < M; m0 += rows_blk) {
+            const int64_t m1 = M < m0 + rows_blk ? M : m0 + rows_blk;
+            for (int k = 0; k < 8; k++) part[k] = _mm256_setzero_ps();
+            for (int64_t m = m0; m < m1; m++) {
+                const float *x = X + m * N + j0 + c;
+                for (int k = 0; k < 8; k++) part[k] = _mm256_add_ps(part[k], _mm256_loadu_ps(x + 8 * k));
+            }
+            for (int k = 0; k < 8; k++) tot[k] = _mm256_add_ps(tot[k], part[k]);
+        }
+        for (int k = 0; k < 8; k++) _mm256_storeu_ps(out + j0 + c + 8 * k, tot[k]);
+    }
+    for (; c + 8 <= nb; c += 8) {
+        __m256 tot = _mm256_setzero_ps();
+        for (int64_t m0 = 0; m0 < M; m0 += rows_blk) {
+            const int64_t m1 = M < m0 + rows_blk ? M : m0 + rows_blk;
+            __m256 part = _mm256_setzero_ps();
+            for (int64_t m = m0; m < m1; m++) part = _mm256_add_ps(part, _mm256_loadu_ps(X + m * N + j0 + c));
+            tot = _mm256_add_ps(tot, part);
+        }
+        _mm256_storeu_ps(out + j0 + c, tot);
+    }
+    for (; c < nb; c++) {
+        float tot = 0.0f;
+        for (int64_t m0 = 0; m0 < M; m0 += rows_blk) {
+            const int64_t m1 = M < m0 + rows_blk ? M : m0 + rows_blk;
+            float part = 0.0f;
+            for (int64_t m = m0; m < m1; m++) part += X[m * N + j0 + c];
+            tot += part;
+        }
+        out[j0 + c] = tot;
+    }
+}
+
 /* CPU time of the calling thread: the probe measures what the core does while
  * it runs, unaffected by other processes competing for it (shared machines). */
 static double now_seconds(void) {
@@ -472,6 +515,9 @@ double rp_fma_peak_gflops_avx2(int threads, double seconds) {
 int rp_gemm_cpu_avx512(void) { return 0; }
 void rp_gemm_pack_rows_avx2(const float *X, int64_t ld, int64_t kc, int R, float *dst) {
     (void)X, (void)ld, (void)kc, (void)R, (void)dst;
+}
+void rp_colsum_strip_avx2(const float *X, int64_t M, int64_t N, int64_t j0, int64_t nb, int64_t rows_blk, float *out) {
+    (void)X, (void)M, (void)N, (void)j0, (void)nb, (void)rows_blk, (void)out;
 }
 void rp_gemm_ukr_avx512(int64_t kc, const float *Ap, const float *Bp, float *C, int64_t ldc, int64_t mr, int64_t nr,
                         float alpha, float beta, const float *bias) {
