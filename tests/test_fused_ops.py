@@ -265,6 +265,22 @@ def test_linear_gelu_forward_matches_twin_and_unfused(rng, portable, approximate
     assert np.array_equal(a.data, u.data)
 
 
+@pytest.mark.skipif(not relpos.config()["cpu_avx2_fma"], reason="this CPU or build has no AVX2/FMA path")
+def test_linear_gelu_bias_gradient_simd_gives_the_portable_bits(rng, threads):
+    """db: the chunks' row sums of dh in order (registers on the SIMD path, memory on
+    the portable one) and the activation's forms agree, so the same bits."""
+    x, w, b = f32(rng, 300, 24), f32(rng, 72, 24), f32(rng, 72)
+    h, _ = _C.linear_gelu_fwd(x, w, b, "tanh")
+    da = f32(rng, 300, 72)
+    _C.force_portable(True)
+    try:
+        want = _C.linear_gelu_bwd(x, w, h, da, "tanh")[2]
+    finally:
+        _C.force_portable(False)
+    for n in (1, 2):
+        assert threads(n, lambda: _C.linear_gelu_bwd(x, w, h, da, "tanh")[2]).tobytes() == want.tobytes()
+
+
 @pytest.mark.parametrize("approximate", ["tanh", "none"])
 def test_linear_gelu_backward_numgrad(rng, portable, approximate):
     x, w, b = f32(rng, 5, 4), f32(rng, 6, 4, scale=0.5), f32(rng, 6)

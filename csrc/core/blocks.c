@@ -100,9 +100,14 @@ int rp_blocks_linear_gelu_bwd(int kind, const float *x, const float *w, const fl
         rp_ops_act_bwd_span(simd, kind, h + lo * N, da + lo * N, dh + lo * N, (hi - lo) * N);
         if (part) {
             float *p = part + c * N;
-            for (int64_t r = lo; r < hi; r++) {
-                const float *g = dh + r * N;
-                for (int64_t j = 0; j < N; j++) p[j] += g[j];
+            if (simd) {
+                /* the chunk's rows summed in order from +0, partial sums in registers (same bits) */
+                rp_colsum_strip_avx2(dh + lo * N, hi - lo, N, 0, N, hi - lo, p);
+            } else {
+                for (int64_t r = lo; r < hi; r++) {
+                    const float *g = dh + r * N;
+                    for (int64_t j = 0; j < N; j++) p[j] += g[j];
+                }
             }
         }
     }
