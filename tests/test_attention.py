@@ -571,6 +571,18 @@ def test_merge_heads_gives_the_merged_layout_bit_for_bit(rng, threads, impl, cha
             assert a.shape == b.shape and a.tobytes() == b.tobytes(), f"{n} threads, result {i}"
 
 
+@pytest.mark.parametrize("impl", ["fused", "materialized"])
+@pytest.mark.parametrize("B,Tq", [(0, 3), (2, 0)])
+def test_merge_heads_with_empty_batch_or_queries(impl, B, Tq):
+    q = Tensor(np.zeros((B, 2, Tq, 4), np.float32), requires_grad=True)
+    k = Tensor(np.zeros((B, 2, 5, 4), np.float32), requires_grad=True)
+    v = Tensor(np.zeros((B, 2, 5, 3), np.float32), requires_grad=True)
+    out = attention_core(q, k, v, impl=impl, merge_heads=True, causal=False)
+    assert out.shape == (B, Tq, 6)
+    out.backward(np.ones(out.shape, np.float32))
+    assert q.grad.shape == q.shape and v.grad.shape == v.shape and not v.grad.any()
+
+
 def test_merge_heads_with_weights_and_the_bridge_checks(rng):
     q, k, v, kw = make_case(rng, "bias_vec", padding=True)
     out, w = attention_core(q, k, v, return_weights=True, merge_heads=True, **kw)

@@ -183,3 +183,16 @@ def test_cache_batch_mismatch(rng):
         with pytest.raises(ValueError, match="batch"):
             m(Tensor(np.zeros((1, 1, 8), np.float32)), cache=cache)
     assert "length=3" in repr(cache)
+
+
+@pytest.mark.parametrize("encoding", ["rope", "alibi", None])
+@pytest.mark.parametrize("shape", [(0, 4, 16), (2, 0, 16)])
+def test_empty_batch_or_sequence_forward_and_backward(encoding, shape):
+    """The attention output arrives in the merged layout (merge_heads): an empty
+    batch or sequence still gives empty outputs and gradients, not a reshape error."""
+    m = nn.MultiHeadAttention(16, 2, encoding=encoding)
+    x = Tensor(np.zeros(shape, np.float32), requires_grad=True)
+    y = m(x)
+    assert y.shape == shape
+    y.backward(np.ones(shape, np.float32))
+    assert x.grad.shape == shape

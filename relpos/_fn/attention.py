@@ -113,7 +113,7 @@ class _AttentionCore(Function):
         kw = {}
         if ctx.merge_heads:  # dout (B, Tq, H*Dv) -> the kernel's layout of out
             B, H, Tq = ctx.lse.shape
-            dout = dout.reshape(B, Tq, H, -1)
+            dout = dout.reshape(B, Tq, H, a["v"].shape[3])  # not -1: B, Tq or H may be 0
             if ctx.impl == "materialized":
                 dout = dout.transpose(0, 2, 1, 3)
             else:
