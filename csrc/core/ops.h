@@ -473,13 +473,17 @@ static inline void rp_ops_ln_fwd(int simd, const float *x, const float *w, const
     rp_span_ln_fwd(x, w, b, y, D, eps, mean, rstd);
 }
 
+/* The norms' row kernels (ops_x86.c) copy GCC's order for whole 8-float chunks only:
+ * other widths, and the portable path, run the spans one row at a time. */
+static inline int rp_ops_norm_rows_simd(int simd, int64_t D) { return simd && D >= 8 && D % 8 == 0; }
+
 /* n rows of D: s = x + y (y NULL: no add, s unused), h = LayerNorm(s) * w + b; the same bits
  * as rp_ops_ln_fwd row by row (after the add). */
 static inline void rp_ops_add_ln_fwd_rows(int simd, const float *x, const float *y, float *s, const float *w,
                                           const float *b, float *h, int64_t n, int64_t D, float eps, float *mean,
                                           float *rstd) {
 #if RP_HAVE_X86_TU
-    if (simd && D >= 8 && D % 8 == 0) {
+    if (rp_ops_norm_rows_simd(simd, D)) {
         rp_ops_avx2_add_ln_fwd_rows(x, y, s, w, b, h, n, D, eps, mean, rstd);
         return;
     }
@@ -514,7 +518,7 @@ static inline void rp_ops_add_ln_bwd_rows(int simd, const float *x, const float 
                                           const float *rstd, const float *g, const float *ds, float *dx, float *pw,
                                           float *pb, int64_t n, int64_t D) {
 #if RP_HAVE_X86_TU
-    if (simd && D >= 8 && D % 8 == 0) {
+    if (rp_ops_norm_rows_simd(simd, D)) {
         rp_ops_avx2_add_ln_bwd_rows(x, w, mean, rstd, g, ds, dx, pw, pb, n, D);
         return;
     }
@@ -557,7 +561,7 @@ static inline void rp_ops_rms_bwd(int simd, const float *x, const float *w, floa
 static inline void rp_ops_rms_fwd_rows(int simd, const float *x, const float *w, float *y, int64_t n, int64_t D,
                                        float eps, float *rstd) {
 #if RP_HAVE_X86_TU
-    if (simd && D >= 8 && D % 8 == 0) {
+    if (rp_ops_norm_rows_simd(simd, D)) {
         rp_ops_avx2_rms_fwd_rows(x, w, y, n, D, eps, rstd);
         return;
     }
@@ -569,7 +573,7 @@ static inline void rp_ops_rms_fwd_rows(int simd, const float *x, const float *w,
 static inline void rp_ops_rms_bwd_rows(int simd, const float *x, const float *w, const float *rstd, const float *g,
                                        float *dx, float *pw, int64_t n, int64_t D) {
 #if RP_HAVE_X86_TU
-    if (simd && D >= 8 && D % 8 == 0) {
+    if (rp_ops_norm_rows_simd(simd, D)) {
         rp_ops_avx2_rms_bwd_rows(x, w, rstd, g, dx, pw, n, D);
         return;
     }
