@@ -217,6 +217,18 @@ def test_rms_norm_rows_keep_the_span_order_bit_for_bit(rng, threads, N, D):
         assert _same(dx, want_dx) and _same(dw, want_dw), f"backward, {n} threads"
 
 
+@pytest.mark.parametrize("D", [7, 64])
+def test_add_layer_norm_bwd_without_dx(rng, portable, D):
+    """need_x=False computes no dx (not even as scratch) and the same dw, db bits."""
+    s, w = f32(rng, 33, D), f32(rng, D)
+    _, _, m, rs = _C.add_layer_norm_fwd(s, s, w, w)
+    dh = f32(rng, 33, D)
+    full = _C.add_layer_norm_bwd(s, w, m, rs, dh, s)
+    part = _C.add_layer_norm_bwd(s, w, m, rs, dh, s, need_x=False)
+    assert part[0] is None
+    assert part[1].tobytes() == full[1].tobytes() and part[2].tobytes() == full[2].tobytes()
+
+
 def test_add_layer_norm_only_s_used(rng):
     x, y = f32(rng, 4, 8), f32(rng, 4, 8)
     tx, ty = Tensor(x, requires_grad=True), Tensor(y, requires_grad=True)

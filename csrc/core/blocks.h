@@ -22,7 +22,8 @@ extern "C" {
 int rp_blocks_add_layernorm_fwd(const float *x, const float *y, const float *w, const float *b, float *s, float *h,
                                 float *mean, float *rstd, int64_t N, int64_t D, float eps);
 /* dx (N, D) = ds + LayerNorm_bwd(dh) (ds may be NULL: 0), the gradient of
- * both x and y; dw, db (D) = sums over rows of dh * hhat and dh (may be NULL). */
+ * both x and y; dw, db (D) = sums over rows of dh * hhat and dh. dx, dw and db
+ * may each be NULL (not computed). */
 int rp_blocks_add_layernorm_bwd(const float *s, const float *w, const float *mean, const float *rstd, const float *dh,
                                 const float *ds, float *dx, float *dw, float *db, int64_t N, int64_t D);
 

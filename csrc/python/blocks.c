@@ -131,13 +131,12 @@ static PyObject *py_add_layer_norm_bwd(PyObject *self, PyObject *args, PyObject 
         (ds && same_shape(s, "s", ds, "ds") < 0))
         goto fail;
     npy_intp dd[1] = {(npy_intp)D};
-    /* dx is needed as scratch even when only dw/db are asked for */
-    if (!(dx = empty_f32(PyArray_NDIM(s), PyArray_DIMS(s)))) goto fail;
+    if (need_x && !(dx = empty_f32(PyArray_NDIM(s), PyArray_DIMS(s)))) goto fail;
     if (need_w && !(dw = empty_f32(1, dd))) goto fail;
     if (need_b && !(db = empty_f32(1, dd))) goto fail;
     Py_BEGIN_ALLOW_THREADS
         rc = rp_blocks_add_layernorm_bwd(RP_F32(s), RP_F32(w), RP_F32(mean), RP_F32(rstd), RP_F32(dh),
-                                         ds ? RP_F32(ds) : NULL, RP_F32(dx), dw ? RP_F32(dw) : NULL,
+                                         ds ? RP_F32(ds) : NULL, dx ? RP_F32(dx) : NULL, dw ? RP_F32(dw) : NULL,
                                          db ? RP_F32(db) : NULL, N, D);
     Py_END_ALLOW_THREADS
     if (rc < 0) {
@@ -145,7 +144,6 @@ static PyObject *py_add_layer_norm_bwd(PyObject *self, PyObject *args, PyObject 
         goto fail;
     }
     rp_args_release(spec);
-    if (!need_x) Py_CLEAR(dx);
     return Py_BuildValue("NNN", rp_none_or(dx), rp_none_or(dw), rp_none_or(db));
 fail:
     rp_args_release(spec);
