@@ -287,9 +287,7 @@ static inline __attribute__((always_inline)) void rms_bwd_rows(const int R, cons
         const __m256 wj = _mm256_loadu_ps(w + j);
         for (int r = 0; r < R; r++) {
             const __m256 gr = _mm256_loadu_ps(g + r * D + j);
-            __m256 t = _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + r * D + j), rv[r]), av[r]);
-            /* the span rounds h * a before the fused w * g - t: keep it from fusing further */
-            __asm__("" : "+x"(t));
+            const __m256 t = _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + r * D + j), rv[r]), av[r]);
             _mm256_storeu_ps(dx + r * D + j, _mm256_mul_ps(_mm256_fmsub_ps(wj, gr, t), rv[r]));
         }
     }
