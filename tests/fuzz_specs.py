@@ -533,10 +533,23 @@ def _attn_args(draw, r):
     return args, kw, (B, H, Tq, Tk, D, Dv)
 
 
+def _as_thirds(draw, r, args, B, H, Tq, Tk, D, Dv):
+    """Sometimes (Tq = Tk, Dv = D) q, k, v become the thirds of one (B, T, 3, H, D) block,
+    views as qkv_heads makes them: the fused path reads them in place."""
+    if Tq != Tk or Dv != D or not draw(st.booleans()):
+        return False
+    y5 = f32(r, B, Tq, 3, H, D)
+    for g, name in enumerate(("q", "k", "v")):
+        a = next(a for a in args if a.name == name)
+        a.value = y5[:, :, g].transpose(0, 2, 1, 3)
+    return True
+
+
 def _attn_fwd(mat):
     def build(draw):
         r = rng(draw)
         args, kw, (B, H, Tq, Tk, D, Dv) = _attn_args(draw, r)
+        _as_thirds(draw, r, args, B, H, Tq, Tk, D, Dv)
         shapes = [(B, H, Tq, Dv), (B, H, Tq)]
         if mat and draw(st.booleans()):
             kw.append(Arg("return_weights", True, "s", pos=False))
@@ -553,13 +566,16 @@ def _attn_bwd(mat):
         import relpos._C as C
         r = rng(draw)
         args, kw, (B, H, Tq, Tk, D, Dv) = _attn_args(draw, r)
+        packable = _as_thirds(draw, r, args, B, H, Tq, Tk, D, Dv) or (Tq == Tk and Dv == D)
         fwd = C.attention_mat_fwd if mat else C.attention_fwd
         merged = not mat and draw(st.booleans())  # out and dout (B, Tq, H, Dv)
         if merged:
             kw.append(Arg("merged", True, "s", pos=False))
         out, lse = fwd(*[a.value for a in args], **{a.name: a.value for a in kw})
         dout = f32(r, B, Tq, H, Dv) if merged else f32(r, B, H, Tq, Dv)
-        if draw(st.booleans()):
+        if not mat and packable and draw(st.booleans()):  # dq, dk, dv in one (B, Tq, 3, H, D) block
+            kw.append(Arg("packed_grads", True, "s", pos=False))
+        elif draw(st.booleans()):
             # a tuple: the names are interned strings, whose refcounts the leak test must not watch
             kw.append(Arg("needs", ("q", "v"), "s", pos=False))
         return Call(args + [Arg("out", out, "f"), Arg("lse", lse, "f"), Arg("dout", dout, "f")] + kw, None)
@@ -648,6 +664,15 @@ def _(draw):
     (B, T, H, Dh, G), kw = _heads(draw, r)
     xs = [f32(r, B, H, T, Dh) for _ in range(G)]
     return Call([Arg("xs", xs, "list")] + kw, [(B, T, G * H * Dh)])
+
+
+@spec("heads_rotate")
+def _(draw):
+    r = rng(draw)
+    (B, T, H, Dh, G), kw = _heads(draw, r)
+    args = [Arg("y", f32(r, B, T, G * H * Dh), "io"), Arg("n_heads", H, "n"), Arg("groups", G, "s", pos=False),
+            Arg("inverse", draw(st.booleans()), "s", pos=False)]
+    return Call(args + kw, None)
 
 
 # ---------------------------------------------------------------- the rest

@@ -1249,6 +1249,21 @@ def heads_merge(xs, rotate=0, cos=None, sin=None, rotary_dim=None, layout="inter
     return np.concatenate(out, axis=-1)
 
 
+def heads_rotate(y, n_heads, groups=1, rotate=0, cos=None, sin=None, rotary_dim=None, layout="interleaved",
+                 inverse=False):
+    """y (B, T, groups*H*Dh) with its first `rotate` groups turned by the RoPE
+    tables (inverse: turned back), the others as they are; float64, a new array
+    (the kernel turns y in place)."""
+    y = np.asarray(y, np.float64)
+    B, T, C = y.shape
+    Dh = C // (groups * n_heads)
+    parts = y.reshape(B, T, groups, n_heads, Dh).transpose(2, 0, 3, 1, 4)
+    rd = Dh if rotary_dim is None else rotary_dim
+    out = [rope_rotate_tables(parts[g], cos, sin, rd, layout, inverse=inverse) if g < rotate else parts[g]
+           for g in range(groups)]
+    return np.stack(out).transpose(1, 3, 0, 2, 4).reshape(B, T, C)
+
+
 def qkv_heads(x, wq, wk, wv, bq, bk, bv, n_heads, rope=None):
     """q, k, v (B, H, T, Dh) of x (B, T, d): projections, head split, RoPE on q
     and k with rope = (cos, sin, rotary_dim, layout) or None; float64."""

@@ -1231,6 +1231,26 @@ def _(draw):
     return Case(lambda: C.heads_merge(xs, **kw), [(want, inter)], dict(xs=xs, **kw))
 
 
+@case("heads_rotate")
+def _(draw):
+    (B, T, H, Dh, G), kw = _heads_args(draw)
+    inv = draw(st.booleans())
+    y = hostile(draw, (B, T, G * H * Dh))
+    want = ref.heads_rotate(y, H, G, inverse=inv, **kw)
+    parts = ref.heads_split(np.abs(a64(y)), H, G)
+    rot = kw.get("rotate", 0)
+    # error scale: the rotation's on the turned groups, 0 (exact copies) on the others, laid out as y
+    inter = np.stack([rot_inter(parts[g], kw["cos"], kw["sin"], kw["rotary_dim"], kw["layout"]) if g < rot
+                      else np.zeros(parts[g].shape) for g in range(G)])
+    inter = inter.transpose(1, 3, 0, 2, 4).reshape(y.shape)
+
+    def call():
+        yy = y.copy()
+        assert C.heads_rotate(yy, H, groups=G, inverse=inv, **kw) is None
+        return yy
+    return Case(call, [(want, inter)], dict(y=y, n_heads=H, groups=G, inverse=inv, **kw))
+
+
 # ---------------------------------------------------------------- the runs
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -60,6 +60,30 @@ static inline int64_t rp_relidx_at(rp_relidx ix, int64_t ia, int64_t j) {
     return n < 0 ? 0 : (n >= ix.R ? ix.R - 1 : n);
 }
 
+/* Where the rows of a (B, H, T, D)-shaped tensor sit: row (b, h, i) starts
+ * b*sb + h*sh + i*si floats from the base, its D floats contiguous. All three
+ * 0 (a zeroed struct) means the dense layout, sb = H*T*D, sh = T*D, si = D.
+ * Anything else lets q, k and v be views of one (B, T, 3, H, D) projection
+ * (si = 3*H*D, sh = D): the fused kernel reads them there, without a copy into
+ * the head layout, and can write dq, dk, dv back into such a block. */
+typedef struct {
+    int64_t sb, sh, si;
+} rp_attn_rows;
+
+/* r with the dense layout of (B, H, T, D) filled in when r is all 0. */
+static inline rp_attn_rows rp_attn_rows_or_dense(rp_attn_rows r, int64_t H, int64_t T, int64_t D) {
+    if (r.sb == 0 && r.sh == 0 && r.si == 0) {
+        r.si = D;
+        r.sh = T * D;
+        r.sb = H * T * D;
+    }
+    return r;
+}
+
+static inline int rp_attn_rows_dense(rp_attn_rows r, int64_t H, int64_t T, int64_t D) {
+    return (r.sb == 0 && r.sh == 0 && r.si == 0) || (r.si == D && r.sh == T * D && r.sb == H * T * D);
+}
+
 typedef struct {
     int64_t B, H, Tq, Tk, D, Dv;
     int64_t q_offset;
@@ -102,6 +126,10 @@ typedef struct {
      * (fused kernel only; the materialised one returns RP_EINVAL). lse stays
      * (B, H, Tq) either way. */
     int merged;
+
+    /* Row layouts of q, k, v (zeroed: dense; fused kernel only, the
+     * materialised one returns RP_EINVAL for any other). */
+    rp_attn_rows q_rows, k_rows, v_rows;
 } rp_attn;
 
 /* Offset of row (b, h, i) of out / dout in the layout a->merged picks; rows
@@ -119,6 +147,10 @@ typedef struct {
     float *dqr, *drelk, *drelq, *drelv;
     float *dbias_vec, *dbias_full;
     float *dpwl_u, *dpwl_w, *dpwl_slope, *dpwl_icpt;
+    /* Row layouts of dq, dk, dv (zeroed: dense; fused kernel only). Only their
+     * rows are written: with q, k, v's gradients in one (B, T, 3, H, D) block,
+     * each fills its third. */
+    rp_attn_rows dq_rows, dk_rows, dv_rows;
 } rp_attn_grads;
 
 /* Segment of x among nbp ascending breakpoints: the number of them <= x
@@ -152,6 +184,25 @@ static inline int rp_any_nonfinite(const float *x, int64_t n) {
         bad |= (uint32_t)((b & 0x7f800000u) == 0x7f800000u);
     }
     return bad != 0;
+}
+
+/* 1 if any float of the (B, H, T, D) rows laid out as r (see rp_attn_rows) is
+ * NaN or infinite. */
+static inline int rp_any_nonfinite_rows(const float *x, rp_attn_rows r, int64_t B, int64_t H, int64_t T, int64_t D) {
+    if (!x) return 0;
+    r = rp_attn_rows_or_dense(r, H, T, D);
+    if (r.si == D && r.sh == T * D && r.sb == H * T * D) return rp_any_nonfinite(x, B * H * T * D);
+    if (r.sh == D) { /* the heads of a row (b, i) side by side (a q/k/v projection block): one run each */
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t i = 0; i < T; i++)
+                if (rp_any_nonfinite(x + b * r.sb + i * r.si, H * D)) return 1;
+        return 0;
+    }
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t i = 0; i < T; i++)
+                if (rp_any_nonfinite(x + b * r.sb + h * r.sh + i * r.si, D)) return 1;
+    return 0;
 }
 
 /* Materialised path (attention_materialized.c): probs (B, H, Tq, Tk) may be NULL. */

@@ -266,7 +266,12 @@ typedef struct {
     /* some operand of a product with pair weights is NaN or infinite: those
      * products skip masked pairs explicitly (gemm_present) */
     int careful;
+    /* row layouts of q, k, v (attention.h), the dense ones filled in */
+    rp_attn_rows qrw, krw, vrw;
 } fz_ctx;
+
+/* Offset (floats) of row (b, h, i) in layout r. */
+static inline int64_t fz_at(rp_attn_rows r, int64_t b, int64_t h, int64_t i) { return b * r.sb + h * r.sh + i * r.si; }
 
 /* Per-thread scratch. */
 typedef struct {
@@ -446,18 +451,18 @@ static void tile_logits(const fz_ctx *c, fz_scr *w, const float *Kt, int64_t b, 
     const rp_attn *a = c->a;
     const int64_t D = c->D, H = a->H, bh = b * H + h;
     const int64_t ia0 = a->q_offset + i0;
-    const float *qt = a->q + (bh * a->Tq + i0) * D;
+    const float *qt = a->q + fz_at(c->qrw, b, h, i0);
     float *S = w->S;
-    gemm_query_blocks(c, 0, ia0, mq, j0, nk, D, qt, D, 1, Kt, FZ_BK, S, FZ_BK);
+    gemm_query_blocks(c, 0, ia0, mq, j0, nk, D, qt, c->qrw.si, 1, Kt, FZ_BK, S, FZ_BK);
 
     if (c->has_c2p) { /* + qr_i . relk[idx(ia, j)] */
         rp_relidx ix = a->relk_ix;
         int64_t r0, nr;
         rel_range(ix, ia0, mq, j0, nk, &r0, &nr);
         const float *tab = a->relk + ((a->Hrk == 1 ? 0 : h) * ix.R + r0) * D;
-        const float *qq = (a->qr ? a->qr : a->q) + (bh * a->Tq + i0) * D;
+        const float *qq = a->qr ? a->qr + (bh * a->Tq + i0) * D : qt;
         c->kr.pack(tab, nr, D, D, w->RT, FZ_LDR);
-        c->kr.gemm(mq, nr, D, qq, D, 1, w->RT, FZ_LDR, w->QR, FZ_LDR, 0);
+        c->kr.gemm(mq, nr, D, qq, a->qr ? D : c->qrw.si, 1, w->RT, FZ_LDR, w->QR, FZ_LDR, 0);
         for (int64_t i = 0; i < mq; i++) rel_gather_add(ix, ia0 + i, j0, nk, r0, w->QR + i * FZ_LDR, 0, S + i * FZ_BK);
     }
     if (c->has_p2c) { /* + k_j . relq[idx(ia, j)] */
@@ -466,7 +471,7 @@ static void tile_logits(const fz_ctx *c, fz_scr *w, const float *Kt, int64_t b, 
         rel_range(ix, ia0, mq, j0, nk, &r0, &nr);
         const float *tab = a->relq + ((a->Hrq == 1 ? 0 : h) * ix.R + r0) * D;
         c->kr.pack(tab, nr, D, D, w->RT, FZ_LDR);
-        c->kr.gemm(nk, nr, D, a->k + (bh * a->Tk + j0) * D, D, 1, w->RT, FZ_LDR, w->KR, FZ_LDR, 0);
+        c->kr.gemm(nk, nr, D, a->k + fz_at(c->krw, b, h, j0), c->krw.si, 1, w->RT, FZ_LDR, w->KR, FZ_LDR, 0);
         for (int64_t i = 0; i < mq; i++) rel_gather_add(ix, ia0 + i, j0, nk, r0, w->KR, FZ_LDR, S + i * FZ_BK);
     }
 
@@ -639,12 +644,13 @@ static void fwd_item(const fz_ctx *c, fz_scr *w, const float *Kp, int64_t b, int
             }
             l[i] += rsum[i];
         }
-        const float *vt = a->v + (bh * a->Tk + j0) * Dv;
+        const float *vt = a->v + fz_at(c->vrw, b, h, j0);
+        const int64_t vld = c->vrw.si;
         if (c->careful) {
             tile_present(a, w, b, ia0, mq, j0, nk, NULL);
-            gemm_present(mq, Dv, nk, S, FZ_BK, 1, vt, Dv, O, Dv, 1, w->PRES, FZ_BK, 1);
+            gemm_present(mq, Dv, nk, S, FZ_BK, 1, vt, vld, O, Dv, 1, w->PRES, FZ_BK, 1);
         } else {
-            gemm_query_blocks(c, 1, ia0, mq, j0, nk, Dv, S, FZ_BK, 1, vt, Dv, O, Dv);
+            gemm_query_blocks(c, 1, ia0, mq, j0, nk, Dv, S, FZ_BK, 1, vt, vld, O, Dv);
         }
         if (c->has_relv) {
             rp_relidx ix = a->relv_ix;
@@ -711,6 +717,9 @@ static fz_ctx fz_make_ctx(const rp_attn *a) {
     c.has_bias = a->bias_vec != NULL || a->bias_full != NULL || a->pwl_u != NULL;
     c.has_pwl = a->pwl_u != NULL;
     c.careful = 0;
+    c.qrw = rp_attn_rows_or_dense(a->q_rows, a->H, a->Tq, a->D);
+    c.krw = rp_attn_rows_or_dense(a->k_rows, a->H, a->Tk, a->D);
+    c.vrw = rp_attn_rows_or_dense(a->v_rows, a->H, a->Tk, a->Dv);
     return c;
 }
 
@@ -730,7 +739,7 @@ int rp_attn_fused_fwd(const rp_attn *a, float *out, float *lse) {
     }
     fz_ctx c = fz_make_ctx(a);
     /* the forward multiplies pair weights by values and relv rows */
-    c.careful = rp_any_nonfinite(a->v, BH * a->Tk * a->Dv) ||
+    c.careful = rp_any_nonfinite_rows(a->v, a->v_rows, a->B, a->H, a->Tk, a->Dv) ||
                 (a->relv && rp_any_nonfinite(a->relv, a->Hrv * a->relv_ix.R * a->Dv));
     const int64_t nitems = BH * c.nqb;
     int nt = rp_par_threads();
@@ -760,7 +769,7 @@ int rp_attn_fused_fwd(const rp_attn *a, float *out, float *lse) {
         for (int64_t it = 0; it < BH * c.nkb; it++) {
             const int64_t bh = it / c.nkb, j0 = (it % c.nkb) * FZ_BK;
             const int64_t nk = (a->Tk - j0) < FZ_BK ? (a->Tk - j0) : FZ_BK;
-            c.kr.pack(a->k + (bh * a->Tk + j0) * c.D, nk, c.D, c.D, Kp + it * c.D * FZ_BK, FZ_BK);
+            c.kr.pack(a->k + fz_at(c.krw, bh / a->H, bh % a->H, j0), nk, c.D, c.krw.si, Kp + it * c.D * FZ_BK, FZ_BK);
         }
 #if RP_HAVE_OPENMP
 #pragma omp for schedule(dynamic, 1)
@@ -784,6 +793,7 @@ typedef struct {
     float *drelk, *drelq, *drelv;
     float *dbias_full;     /* (Tq, Tk) of (bb, h) */
     float *dq, *dqr;       /* (Tq, D): the rows of (b, h), or this chunk's partial */
+    int64_t dq_ld;         /* dq's rows are dq_ld apart (dqr's D) */
     float *dpwl_u;         /* (R) */
     float *dpwl_w;         /* (Tq) */
     float *dpwl_slope;     /* (S) of head hp */
@@ -846,16 +856,25 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
     const rp_attn *a = c->a;
     const int64_t D = c->D, Dv = c->Dv, Tq = a->Tq, Tk = a->Tk, bh = b * a->H + h;
     const float scale = a->scale;
-    const float *Q = a->q + bh * Tq * D, *K = a->k + bh * Tk * D, *V = a->v + bh * Tk * Dv;
-    const float *QQ = (a->qr ? a->qr : a->q) + bh * Tq * D;
+    /* q, k, v and dk, dv: rows qld, kld, vld, dkld, dvld apart (rp_attn_rows) */
+    const float *Q = a->q + fz_at(c->qrw, b, h, 0), *K = a->k + fz_at(c->krw, b, h, 0);
+    const float *V = a->v + fz_at(c->vrw, b, h, 0);
+    const int64_t qld = c->qrw.si, kld = c->krw.si, vld = c->vrw.si;
+    const float *QQ = a->qr ? a->qr + bh * Tq * D : Q;
+    const int64_t qqld = a->qr ? D : qld;
     /* dO and O: rows of Dv floats, ldo apart (a->merged picks the layout) */
     const int64_t ldo = rp_attn_out_ld(a);
     const float *dO = dout + rp_attn_out_row(a, b, h, 0), *L = lse + bh * Tq;
     float *dq = t->dq;
-    float *dk = g->dk ? g->dk + bh * Tk * D : NULL;
-    float *dv = g->dv ? g->dv + bh * Tk * Dv : NULL;
+    const int64_t dqld = t->dq_ld;
+    const rp_attn_rows dkrw = rp_attn_rows_or_dense(g->dk_rows, a->H, Tk, D);
+    const rp_attn_rows dvrw = rp_attn_rows_or_dense(g->dv_rows, a->H, Tk, Dv);
+    float *dk = g->dk ? g->dk + fz_at(dkrw, b, h, 0) : NULL;
+    float *dv = g->dv ? g->dv + fz_at(dvrw, b, h, 0) : NULL;
+    const int64_t dkld = dkrw.si, dvld = dvrw.si;
     /* where the c2p gradient of the query side goes: dqr, or dq when qr is q */
     float *dqq = a->qr ? t->dqr : dq;
+    const int64_t dqqld = a->qr ? D : dqld;
     const int careful = c->careful;
     /* every destination was zeroed by the caller */
 
@@ -874,8 +893,8 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
     for (int64_t kb = t->chunk; kb < c->nkb; kb += t->nchunk) {
         const int64_t j0 = kb * FZ_BK, nk = (Tk - j0) < FZ_BK ? (Tk - j0) : FZ_BK;
         if (fz_all_padded(a, b, j0, nk)) continue;
-        c->kr.pack(K + j0 * D, nk, D, D, w->Kt, FZ_BK);
-        if (need_ds) c->kr.pack(V + j0 * Dv, nk, Dv, Dv, w->Vt, FZ_BK);
+        c->kr.pack(K + j0 * kld, nk, D, kld, w->Kt, FZ_BK);
+        if (need_ds) c->kr.pack(V + j0 * vld, nk, Dv, vld, w->Vt, FZ_BK);
         /* first query block that sees key j0 */
         int64_t qb0 = 0;
         if (a->causal) {
@@ -906,9 +925,9 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
             const float *dOt = dO + i0 * ldo;
             if (dv) {
                 if (careful)
-                    gemm_present(nk, Dv, mq, S, 1, FZ_BK, dOt, ldo, dv + j0 * Dv, Dv, 1, w->PRES, 1, FZ_BK);
+                    gemm_present(nk, Dv, mq, S, 1, FZ_BK, dOt, ldo, dv + j0 * dvld, dvld, 1, w->PRES, 1, FZ_BK);
                 else
-                    gemm_sum_queries(c, ia0, mq, j0, nk, Dv, S, 1, FZ_BK, dOt, ldo, dv + j0 * Dv, Dv);
+                    gemm_sum_queries(c, ia0, mq, j0, nk, Dv, S, 1, FZ_BK, dOt, ldo, dv + j0 * dvld, dvld);
             }
             int64_t rv0 = 0, nrv = 0;
             if (c->has_relv && (t->drelv || need_ds)) { rel_range(a->relv_ix, ia0, mq, j0, nk, &rv0, &nrv); }
@@ -997,11 +1016,16 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
                 }
             }
             if (careful) {
-                if (dk) gemm_present(nk, D, mq, dP, 1, FZ_BK, Q + i0 * D, D, dk + j0 * D, D, 1, w->PRES, 1, FZ_BK);
-                if (dq) gemm_present(mq, D, nk, dP, FZ_BK, 1, K + j0 * D, D, dq + i0 * D, D, 1, w->PRES, FZ_BK, 1);
+                if (dk)
+                    gemm_present(nk, D, mq, dP, 1, FZ_BK, Q + i0 * qld, qld, dk + j0 * dkld, dkld, 1, w->PRES, 1,
+                                 FZ_BK);
+                if (dq)
+                    gemm_present(mq, D, nk, dP, FZ_BK, 1, K + j0 * kld, kld, dq + i0 * dqld, dqld, 1, w->PRES, FZ_BK,
+                                 1);
             } else {
-                if (dk) gemm_sum_queries(c, ia0, mq, j0, nk, D, dP, 1, FZ_BK, Q + i0 * D, D, dk + j0 * D, D);
-                if (dq) gemm_query_blocks(c, 1, ia0, mq, j0, nk, D, dP, FZ_BK, 1, K + j0 * D, D, dq + i0 * D, D);
+                if (dk) gemm_sum_queries(c, ia0, mq, j0, nk, D, dP, 1, FZ_BK, Q + i0 * qld, qld, dk + j0 * dkld, dkld);
+                if (dq)
+                    gemm_query_blocks(c, 1, ia0, mq, j0, nk, D, dP, FZ_BK, 1, K + j0 * kld, kld, dq + i0 * dqld, dqld);
             }
             if (c->has_c2p && (dqq || t->drelk)) {
                 rp_relidx ix = a->relk_ix;
@@ -1015,13 +1039,14 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
                 const float *tab = a->relk + ((a->Hrk == 1 ? 0 : h) * ix.R + r0) * D;
                 if (careful) {
                     bucket_count_q(ix, w, ia0, mq, j0, nk, r0, nr, w->CNTQ);
-                    if (dqq) gemm_present(mq, D, nr, B, FZ_LDR, 1, tab, D, dqq + i0 * D, D, 1, w->CNTQ, FZ_LDR, 1);
+                    if (dqq)
+                        gemm_present(mq, D, nr, B, FZ_LDR, 1, tab, D, dqq + i0 * dqqld, dqqld, 1, w->CNTQ, FZ_LDR, 1);
                     if (t->drelk)
-                        gemm_present(nr, D, mq, B, 1, FZ_LDR, QQ + i0 * D, D, t->drelk + r0 * D, D, 1, w->CNTQ, 1,
+                        gemm_present(nr, D, mq, B, 1, FZ_LDR, QQ + i0 * qqld, qqld, t->drelk + r0 * D, D, 1, w->CNTQ, 1,
                                      FZ_LDR);
                 } else {
-                    if (dqq) c->kr.gemm(mq, D, nr, B, FZ_LDR, 1, tab, D, dqq + i0 * D, D, 1);
-                    if (t->drelk) c->kr.gemm(nr, D, mq, B, 1, FZ_LDR, QQ + i0 * D, D, t->drelk + r0 * D, D, 1);
+                    if (dqq) c->kr.gemm(mq, D, nr, B, FZ_LDR, 1, tab, D, dqq + i0 * dqqld, dqqld, 1);
+                    if (t->drelk) c->kr.gemm(nr, D, mq, B, 1, FZ_LDR, QQ + i0 * qqld, qqld, t->drelk + r0 * D, D, 1);
                 }
             }
             if (c->has_p2c && (dk || t->drelq)) {
@@ -1034,13 +1059,13 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
                 const float *tab = a->relq + ((a->Hrq == 1 ? 0 : h) * ix.R + r0) * D;
                 if (careful) {
                     bucket_count_k(ix, w, ia0, mq, j0, nk, r0, nr, w->CNTK);
-                    if (dk) gemm_present(nk, D, nr, B, FZ_LDR, 1, tab, D, dk + j0 * D, D, 1, w->CNTK, FZ_LDR, 1);
+                    if (dk) gemm_present(nk, D, nr, B, FZ_LDR, 1, tab, D, dk + j0 * dkld, dkld, 1, w->CNTK, FZ_LDR, 1);
                     if (t->drelq)
-                        gemm_present(nr, D, nk, B, 1, FZ_LDR, K + j0 * D, D, t->drelq + r0 * D, D, 1, w->CNTK, 1,
+                        gemm_present(nr, D, nk, B, 1, FZ_LDR, K + j0 * kld, kld, t->drelq + r0 * D, D, 1, w->CNTK, 1,
                                      FZ_LDR);
                 } else {
-                    if (dk) c->kr.gemm(nk, D, nr, B, FZ_LDR, 1, tab, D, dk + j0 * D, D, 1);
-                    if (t->drelq) c->kr.gemm(nr, D, nk, B, 1, FZ_LDR, K + j0 * D, D, t->drelq + r0 * D, D, 1);
+                    if (dk) c->kr.gemm(nk, D, nr, B, FZ_LDR, 1, tab, D, dk + j0 * dkld, dkld, 1);
+                    if (t->drelq) c->kr.gemm(nr, D, nk, B, 1, FZ_LDR, K + j0 * kld, kld, t->drelq + r0 * D, D, 1);
                 }
             }
         }
@@ -1098,6 +1123,42 @@ static void fz_shared_finish(const fz_shared *s) {
     }
 }
 
+/* Zero the (B, H, T, D) rows of x laid out as r. */
+static void fz_zero_rows(float *x, rp_attn_rows r, int64_t B, int64_t H, int64_t T, int64_t D) {
+    if (!x) return;
+    if (rp_attn_rows_dense(r, H, T, D)) {
+        memset(x, 0, sizeof(float) * (size_t)(B * H * T * D));
+        return;
+    }
+    if (r.sh == D) { /* the heads of a row (b, i) side by side (a q/k/v projection block): one run each */
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t i = 0; i < T; i++) memset(x + fz_at(r, b, 0, i), 0, sizeof(float) * (size_t)(H * D));
+        return;
+    }
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t i = 0; i < T; i++) memset(x + fz_at(r, b, h, i), 0, sizeof(float) * (size_t)D);
+}
+
+/* dq (rows laid out as r) from the NC chunk partials of each (b, h), (Tq, D)
+ * each at part + (bh*NC + chunk)*Tq*D: the sum over the chunks in order, from
+ * +0 (fz_shared_finish's order, so either layout gets the same bits). */
+static void fz_dq_finish(float *dq, rp_attn_rows r, const float *part, int64_t B, int64_t H, int64_t Tq, int64_t D,
+                         int64_t NC) {
+    const int64_t per = Tq * D;
+    RP_OMP_PARALLEL_FOR
+    for (int64_t row = 0; row < B * H * Tq; row++) {
+        const int64_t bh = row / Tq, i = row % Tq;
+        float *dst = dq + fz_at(r, bh / H, bh % H, i);
+        const float *src = part + bh * NC * per + i * D;
+        for (int64_t e = 0; e < D; e++) {
+            float s = 0.0f;
+            for (int64_t m = 0; m < NC; m++) s += src[m * per + e];
+            dst[e] = s;
+        }
+    }
+}
+
 /* Gradients of rp_attn_fused_fwd given out, lse and dout (B,H,Tq,Dv); see
  * rp_attn_grads (written, not accumulated; NULL = not wanted). */
 int rp_attn_fused_bwd(const rp_attn *a, const float *out, const float *lse, const float *dout, rp_attn_grads *g) {
@@ -1113,9 +1174,10 @@ int rp_attn_fused_bwd(const rp_attn *a, const float *out, const float *lse, cons
     float *dpu = a->pwl_u ? g->dpwl_u : NULL, *dpw = a->pwl_u ? g->dpwl_w : NULL;
     float *dps = a->pwl_u ? g->dpwl_slope : NULL, *dpi = a->pwl_u ? g->dpwl_icpt : NULL;
     /* zero everything first: skipped tiles and empty shapes leave zeros */
-    if (g->dq) memset(g->dq, 0, sizeof(float) * (size_t)(B * H * Tq * D));
-    if (g->dk) memset(g->dk, 0, sizeof(float) * (size_t)(B * H * Tk * D));
-    if (g->dv) memset(g->dv, 0, sizeof(float) * (size_t)(B * H * Tk * Dv));
+    const rp_attn_rows dqrw = rp_attn_rows_or_dense(g->dq_rows, H, Tq, D);
+    fz_zero_rows(g->dq, dqrw, B, H, Tq, D);
+    fz_zero_rows(g->dk, g->dk_rows, B, H, Tk, D);
+    fz_zero_rows(g->dv, g->dv_rows, B, H, Tk, Dv);
     if (dqr) memset(dqr, 0, sizeof(float) * (size_t)(B * H * Tq * D));
     if (drelk) memset(drelk, 0, sizeof(float) * (size_t)(a->Hrk * a->relk_ix.R * D));
     if (drelq) memset(drelq, 0, sizeof(float) * (size_t)(a->Hrq * a->relq_ix.R * D));
@@ -1129,8 +1191,9 @@ int rp_attn_fused_bwd(const rp_attn *a, const float *out, const float *lse, cons
     if (B * H == 0 || Tq == 0 || Tk == 0) return RP_OK;
     /* the backward multiplies pair weights (P, dS) by dout, q, k and the
      * relative key/query tables: a NaN or inf there must not meet a masked pair */
-    c.careful = rp_any_nonfinite(dout, B * H * Tq * Dv) || rp_any_nonfinite(a->q, B * H * Tq * D) ||
-                rp_any_nonfinite(a->k, B * H * Tk * D) || (a->qr && rp_any_nonfinite(a->qr, B * H * Tq * D)) ||
+    c.careful = rp_any_nonfinite(dout, B * H * Tq * Dv) || rp_any_nonfinite_rows(a->q, a->q_rows, B, H, Tq, D) ||
+                rp_any_nonfinite_rows(a->k, a->k_rows, B, H, Tk, D) ||
+                (a->qr && rp_any_nonfinite(a->qr, B * H * Tq * D)) ||
                 (a->relk && rp_any_nonfinite(a->relk, a->Hrk * a->relk_ix.R * D)) ||
                 (a->relq && rp_any_nonfinite(a->relq, a->Hrq * a->relq_ix.R * D));
 
@@ -1210,13 +1273,19 @@ int rp_attn_fused_bwd(const rp_attn *a, const float *out, const float *lse, cons
             for (int64_t b = hmode ? 0 : bi; b < (hmode ? B : bi + 1); b++) {
                 t.dbias_full = dbf ? dbf + ((a->Bf == 1 ? 0 : b) * H + h) * Tq * Tk : NULL;
                 /* NC > 1 only without hmode, so b == bi here and the item index is that of (b, h) */
-                t.dq = fz_shared_at(&sdq, it, b * H + h);
+                /* dq: its own rows when one item feeds them, else the chunk's dense partial */
+                t.dq = !g->dq ? NULL : sdq.direct ? g->dq + fz_at(dqrw, b, h, 0) : fz_shared_at(&sdq, it, b * H + h);
+                t.dq_ld = sdq.direct ? dqrw.si : D;
                 t.dqr = fz_shared_at(&sdqr, it, b * H + h);
                 bwd_head(&c, &w, b, h, out, lse, dout, &gg, &t, need_ds);
             }
         }
     }
     rp_free(scr);
+    if (g->dq && !sdq.direct) {
+        fz_dq_finish(g->dq, dqrw, sdq.part, B, H, Tq, D, NC);
+        sdq.dst = NULL; /* finished */
+    }
     for (int s = 0; s < NSH; s++) {
         fz_shared_finish(sh[s]);
         rp_free(sh[s]->part);

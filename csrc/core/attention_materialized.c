@@ -37,6 +37,10 @@ static int relidx_ok(const void *table, int64_t Ht, rp_relidx ix, int64_t H) {
 
 static int attn_ok(const rp_attn *a) {
     if (!a || a->merged) return 0; /* out (B, H, Tq, Dv) only */
+    /* dense q, k, v only */
+    if (!rp_attn_rows_dense(a->q_rows, a->H, a->Tq, a->D) || !rp_attn_rows_dense(a->k_rows, a->H, a->Tk, a->D) ||
+        !rp_attn_rows_dense(a->v_rows, a->H, a->Tk, a->Dv))
+        return 0;
     if (a->B < 0 || a->H < 0 || a->Tq < 0 || a->Tk < 0 || a->D < 0 || a->Dv < 0 || a->q_offset < 0) return 0;
     if (!relidx_ok(a->relk, a->Hrk, a->relk_ix, a->H)) return 0;
     if (!relidx_ok(a->relq, a->Hrq, a->relq_ix, a->H)) return 0;
@@ -253,6 +257,9 @@ static void zero_f(float *p, int64_t n) {
 
 int rp_attn_mat_bwd(const rp_attn *a, const float *out, const float *lse, const float *dout, rp_attn_grads *g) {
     if (!attn_ok(a) || !out || !lse || !dout || !g) return RP_EINVAL;
+    if (!rp_attn_rows_dense(g->dq_rows, a->H, a->Tq, a->D) || !rp_attn_rows_dense(g->dk_rows, a->H, a->Tk, a->D) ||
+        !rp_attn_rows_dense(g->dv_rows, a->H, a->Tk, a->Dv))
+        return RP_EINVAL;
     const int64_t B = a->B, H = a->H, Tq = a->Tq, Tk = a->Tk, D = a->D, Dv = a->Dv;
     const int64_t BH = B * H;
     const float scale = a->scale;

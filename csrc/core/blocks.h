@@ -52,6 +52,12 @@ int rp_blocks_heads_split(const float *y, int64_t G, int64_t rotate, const float
  * (rotation by minus the angle for g < rotate); srcs[g] == NULL writes zeros. */
 int rp_blocks_heads_merge(const float *const *srcs, int64_t G, int64_t rotate, const float *cos, const float *sin,
                           int64_t rd, int layout, float *y, int64_t B, int64_t T, int64_t H, int64_t Dh);
+/* In place: the groups g < rotate of y (B, T, G*H*Dh) turned by rot_t (inverse != 0:
+ * by rot_tᵀ), the others left as they are. The same bits as heads_split /
+ * heads_merge give those groups; the q and k thirds of a fused projection made
+ * ready for attention without copying them into the head layout. */
+int rp_blocks_heads_rotate(float *y, int64_t G, int64_t rotate, const float *cos, const float *sin, int64_t rd,
+                           int layout, int inverse, int64_t B, int64_t T, int64_t H, int64_t Dh);
 
 #ifdef __cplusplus
 }

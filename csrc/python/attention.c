@@ -50,7 +50,8 @@ typedef struct {
     /* backward: gradients asked for (allocated by the parser, NULL = not wanted) */
     PyArrayObject *dq, *dk, *dv, *dqr, *drelk, *drelq, *drelv, *dbias_vec, *dbias_full;
     PyArrayObject *dpwl_u, *dpwl_w, *dpwl_slope, *dpwl_icpt;
-    rp_attn_grads g; /* pointers into the arrays above */
+    PyArrayObject *dqkv; /* packed_grads: dq, dk, dv in one (B, Tq, 3, H, D) block */
+    rp_attn_grads g;     /* pointers into the arrays above */
     int return_weights;
 } rp_attn_call;
 
@@ -64,17 +65,19 @@ typedef struct {
     PyObject *qr, *relk, *relk_ix, *relq, *relq_ix, *relv, *relv_ix, *bias_vec, *bias_ix, *bias_full;
     PyObject *pwl_u, *pwl_ix, *pwl_w, *pwl_bp, *pwl_slope, *pwl_icpt;
     int return_weights;
-    int merged; /* fused path: out / dout (B, Tq, H, Dv) */
+    int merged;       /* fused path: out / dout (B, Tq, H, Dv) */
+    int packed_grads; /* fused backward: dq, dk, dv in one (B, Tq, 3, H, D) block */
+    int strided;      /* fused path: q, k, v read where they are (rp_attn_rows), not copied */
     PyObject *needs;
 } raw_args;
 
 static void rp_attn_call_free(rp_attn_call *C) {
-    PyArrayObject **refs[] = {&C->q,          &C->k,        &C->v,         &C->qr,        &C->relk,       &C->relq,
-                              &C->relv,       &C->bias_vec, &C->bias_full, &C->mask,      &C->out,        &C->lse,
-                              &C->probs,      &C->dout,     &C->dq,        &C->dk,        &C->dv,         &C->dqr,
-                              &C->drelk,      &C->drelq,    &C->drelv,     &C->dbias_vec, &C->dbias_full, &C->pwl_u,
-                              &C->pwl_w,      &C->pwl_bp,   &C->pwl_slope, &C->pwl_icpt,  &C->dpwl_u,     &C->dpwl_w,
-                              &C->dpwl_slope, &C->dpwl_icpt};
+    PyArrayObject **refs[] = {&C->q,          &C->k,         &C->v,         &C->qr,        &C->relk,       &C->relq,
+                              &C->relv,       &C->bias_vec,  &C->bias_full, &C->mask,      &C->out,        &C->lse,
+                              &C->probs,      &C->dout,      &C->dq,        &C->dk,        &C->dv,         &C->dqr,
+                              &C->drelk,      &C->drelq,     &C->drelv,     &C->dbias_vec, &C->dbias_full, &C->pwl_u,
+                              &C->pwl_w,      &C->pwl_bp,    &C->pwl_slope, &C->pwl_icpt,  &C->dpwl_u,     &C->dpwl_w,
+                              &C->dpwl_slope, &C->dpwl_icpt, &C->dqkv};
     for (size_t i = 0; i < sizeof refs / sizeof refs[0]; i++) Py_CLEAR(*refs[i]);
 }
 
@@ -232,21 +235,57 @@ static int parse_pwl(const raw_args *r, rp_attn_call *C, int64_t Tq, int64_t H) 
     return 0;
 }
 
+/* q, k or v for the fused path: a float32 (B, H, T, D) ndarray is read where it
+ * is, *rows set to its layout, when its D floats are contiguous and its other
+ * strides are whole floats >= 0 (a view of a (B, T, 3, H, D) projection, say);
+ * anything else is copied into the dense layout (rows left 0) by rp_in_f32. */
+static PyArrayObject *in_f32_rows(PyObject *obj, const char *name, int strided, rp_attn_rows *rows) {
+    memset(rows, 0, sizeof *rows);
+    if (strided && PyArray_Check(obj)) {
+        PyArrayObject *x = (PyArrayObject *)obj;
+        if (PyArray_TYPE(x) == NPY_FLOAT32 && PyArray_NDIM(x) == 4 && PyArray_ISALIGNED(x) && PyArray_ISNOTSWAPPED(x) &&
+            !PyArray_IS_C_CONTIGUOUS(x)) {
+            const npy_intp *st = PyArray_STRIDES(x), *dm = PyArray_DIMS(x);
+            int64_t e[4];
+            int ok = 1;
+            for (int d = 0; d < 4; d++) {
+                /* a dimension of size 0 or 1 is never stepped along: its stride does not matter */
+                if (dm[d] <= 1) {
+                    e[d] = 0;
+                    continue;
+                }
+                if (st[d] < 0 || st[d] % (npy_intp)sizeof(float)) ok = 0;
+                e[d] = (int64_t)(st[d] / (npy_intp)sizeof(float));
+            }
+            if (dm[3] > 1 && e[3] != 1) ok = 0;
+            /* all 0 would read as the dense layout (rp_attn_rows): copy such a broadcast instead */
+            if (ok && (e[0] || e[1] || e[2])) {
+                rows->sb = e[0];
+                rows->sh = e[1];
+                rows->si = e[2];
+                Py_INCREF(obj);
+                return x;
+            }
+        }
+    }
+    return rp_in_f32(obj, name);
+}
+
 /* Validate everything and fill C->a. */
 static int build_call(const raw_args *r, rp_attn_call *C) {
     rp_attn *a = &C->a;
     memset(C, 0, sizeof *C);
-    C->q = rp_in_f32(r->q, "q");
+    C->q = in_f32_rows(r->q, "q", r->strided, &a->q_rows);
     if (!C->q || rp_check_ndim(C->q, "q", 4, "(B, H, Tq, D)") < 0) return -1;
     const int64_t B = RP_DIM(C->q, 0), H = RP_DIM(C->q, 1), Tq = RP_DIM(C->q, 2), D = RP_DIM(C->q, 3);
-    C->k = rp_in_f32(r->k, "k");
+    C->k = in_f32_rows(r->k, "k", r->strided, &a->k_rows);
     if (!C->k) return -1;
     {
         npy_intp dk[4] = {B, H, -1, D};
         if (rp_check_shape(C->k, "k", 4, dk, "(B, H, Tk, D)") < 0) return -1;
     }
     const int64_t Tk = RP_DIM(C->k, 2);
-    C->v = rp_in_f32(r->v, "v");
+    C->v = in_f32_rows(r->v, "v", r->strided, &a->v_rows);
     if (!C->v) return -1;
     {
         npy_intp dv[4] = {B, H, Tk, -1};
@@ -381,6 +420,7 @@ static int rp_attn_parse_fwd(PyObject *args, PyObject *kw, const char *fname, in
                  ? PyArg_ParseTupleAndKeywords(args, kw, fmt, kw_w, &r.q, &r.k, &r.v, PTR_COMMON(r), &r.return_weights)
                  : PyArg_ParseTupleAndKeywords(args, kw, fmt, kw_m, &r.q, &r.k, &r.v, PTR_COMMON(r), &r.merged);
     if (!ok) return -1;
+    r.strided = !allow_weights; /* the fused path reads strided q, k, v in place */
     if (build_call(&r, C) < 0) goto fail;
     C->a.merged = r.merged;
     {
@@ -429,12 +469,13 @@ static int rp_attn_parse_bwd(PyObject *args, PyObject *kw, const char *fname, in
     raw_defaults(&r);
     memset(C, 0, sizeof *C);
     static char *kwl[] = {"q", "k", "v", "out", "lse", "dout", KW_COMMON, "needs", NULL};
-    static char *kwl_m[] = {"q", "k", "v", "out", "lse", "dout", KW_COMMON, "needs", "merged", NULL};
+    static char *kwl_m[] = {"q", "k", "v", "out", "lse", "dout", KW_COMMON, "needs", "merged", "packed_grads", NULL};
     char fmt[64];
-    snprintf(fmt, sizeof fmt, "OOOOOO|$" FMT_COMMON "O%s:%s", allow_merged ? "p" : "", fname);
+    snprintf(fmt, sizeof fmt, "OOOOOO|$" FMT_COMMON "O%s:%s", allow_merged ? "pp" : "", fname);
     if (!PyArg_ParseTupleAndKeywords(args, kw, fmt, allow_merged ? kwl_m : kwl, &r.q, &r.k, &r.v, &r.out, &r.lse,
-                                     &r.dout, PTR_COMMON(r), &r.needs, &r.merged))
+                                     &r.dout, PTR_COMMON(r), &r.needs, &r.merged, &r.packed_grads))
         return -1;
+    r.strided = allow_merged; /* the fused path */
     if (build_call(&r, C) < 0) goto fail;
     C->a.merged = r.merged;
     const rp_attn *a = &C->a;
@@ -493,6 +534,26 @@ static int rp_attn_parse_bwd(PyObject *args, PyObject *kw, const char *fname, in
         }
         Py_DECREF(seq);
     }
+    if (r.packed_grads) {
+        /* dq, dk, dv written into the thirds of one (B, Tq, 3, H, D) block */
+        if (!want[0] || !want[1] || !want[2]) {
+            PyErr_SetString(PyExc_ValueError, "packed_grads=True needs the gradients of q, k and v (all three)");
+            goto fail;
+        }
+        if (a->Tk != a->Tq || a->Dv != a->D) {
+            PyErr_Format(PyExc_ValueError,
+                         "packed_grads=True needs k and v shaped like q (Tk = Tq, Dv = D); got Tq %lld, Tk %lld, "
+                         "D %lld, Dv %lld",
+                         (long long)a->Tq, (long long)a->Tk, (long long)a->D, (long long)a->Dv);
+            goto fail;
+        }
+        npy_intp d5[5] = {a->B, a->Tq, 3, a->H, a->D};
+        C->dqkv = rp_empty_f32(5, d5); /* every row is written (zeroed first by the kernel) */
+        if (!C->dqkv) goto fail;
+        want[0] = want[1] = want[2] = 0;
+        const rp_attn_rows rw = {a->Tq * 3 * a->H * a->D, a->D, 3 * a->H * a->D};
+        C->g.dq_rows = C->g.dk_rows = C->g.dv_rows = rw;
+    }
     for (int i = 0; i < N_GRADS; i++) {
         if (!want[i]) continue;
         PyArrayObject *in = grad_input(C, i);
@@ -500,9 +561,16 @@ static int rp_attn_parse_bwd(PyObject *args, PyObject *kw, const char *fname, in
         if (!gr) goto fail;
         *grad_slot(C, i) = gr;
     }
-    C->g.dq = C->dq ? RP_F32(C->dq) : NULL;
-    C->g.dk = C->dk ? RP_F32(C->dk) : NULL;
-    C->g.dv = C->dv ? RP_F32(C->dv) : NULL;
+    if (C->dqkv) {
+        float *base = RP_F32(C->dqkv);
+        C->g.dq = base;
+        C->g.dk = base + a->H * a->D;
+        C->g.dv = base + 2 * a->H * a->D;
+    } else {
+        C->g.dq = C->dq ? RP_F32(C->dq) : NULL;
+        C->g.dk = C->dk ? RP_F32(C->dk) : NULL;
+        C->g.dv = C->dv ? RP_F32(C->dv) : NULL;
+    }
     C->g.dqr = C->dqr ? RP_F32(C->dqr) : NULL;
     C->g.drelk = C->drelk ? RP_F32(C->drelk) : NULL;
     C->g.drelq = C->drelq ? RP_F32(C->drelq) : NULL;
@@ -547,6 +615,7 @@ static PyObject *rp_attn_finish_bwd(rp_attn_call *C, int rc, const char *fname) 
             goto done;
         }
     }
+    if (C->dqkv && PyDict_SetItemString(res, "qkv", (PyObject *)C->dqkv) < 0) Py_CLEAR(res);
 done:
     rp_attn_call_free(C);
     return res;
@@ -624,12 +693,16 @@ PyMethodDef rp_methods_attn[] = {
      "Fused (FlashAttention-2 style) attention with all four channels (see csrc/core/attention.h);\n"
      "extra memory O(T*D), never O(Tq*Tk). q (B, H, Tq, D), k (B, H, Tk, D), v (B, H, Tk, Dv)\n"
      "float32; out (B, H, Tq, Dv), or (B, Tq, H, Dv) with merged=True (the heads merged, as an output\n"
-     "projection reads them; the same values); lse (B, H, Tq) (-inf on fully masked rows, whose out is 0)."},
+     "projection reads them; the same values); lse (B, H, Tq) (-inf on fully masked rows, whose out is 0).\n"
+     "q, k, v may be strided views (D floats contiguous, strides >= 0), e.g. of one (B, T, 3, H, D)\n"
+     "projection: they are read in place, not copied."},
     {"attention_bwd", (PyCFunction)(void (*)(void))py_attention_bwd, METH_VARARGS | METH_KEYWORDS,
      "attention_bwd(q, k, v, out, lse, dout, *, <keywords of attention_fwd>, needs=None) -> dict\n\n"
      "Gradients of the fused attention from out and lse of attention_fwd, keyed by input name\n"
      "(q, k, v, qr, relk, relq, relv, bias_vec, bias_full, pwl_u, pwl_w, pwl_slope, pwl_icpt); needs\n"
      "lists the names wanted (None: every tensor given). merged=True: out and dout are (B, Tq, H, Dv),\n"
-     "as attention_fwd(merged=True) gave out. Bit-identical for any thread count."},
+     "as attention_fwd(merged=True) gave out. packed_grads=True (q, k, v all needed, Tk = Tq, Dv = D):\n"
+     "their gradients come in one array \"qkv\" (B, Tq, 3, H, D), the layout of a fused q/k/v projection,\n"
+     "instead of \"q\", \"k\", \"v\" (the same values). Bit-identical for any thread count."},
     {NULL, NULL, 0, NULL},
 };

@@ -432,6 +432,82 @@ fail:
     return NULL;
 }
 
+static PyObject *py_heads_rotate(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    PyObject *yo, *co = Py_None, *so = Py_None;
+    Py_ssize_t n_heads, rd_in = -1;
+    int groups = 1, rotate = 0, inverse = 0, rc = 0, layout;
+    const char *lay = "interleaved";
+    PyArrayObject *cos = NULL, *sin = NULL;
+    int64_t rd = 0;
+    rp_arg spec[] = {RP_ARG_OBJ("y", &yo),
+                     RP_ARG_SSIZE("n_heads", &n_heads),
+                     RP_ARG_OPTIONAL,
+                     RP_ARG_KWONLY,
+                     RP_ARG_INT("groups", &groups),
+                     RP_ARG_INT("rotate", &rotate),
+                     RP_ARG_OBJ("cos", &co),
+                     RP_ARG_OBJ("sin", &so),
+                     RP_ARG_SSIZE("rotary_dim", &rd_in),
+                     RP_ARG_STR("layout", &lay),
+                     RP_ARG_BOOL("inverse", &inverse),
+                     RP_ARG_END};
+    if (rp_args_parse(args, kw, "heads_rotate", spec) < 0) return NULL;
+    /* in place: y itself, never a converted copy */
+    if (!PyArray_Check(yo)) {
+        PyErr_Format(PyExc_TypeError, "y must be a numpy.ndarray of float32; got %s", Py_TYPE(yo)->tp_name);
+        goto fail;
+    }
+    PyArrayObject *y = (PyArrayObject *)yo;
+    if (PyArray_TYPE(y) != NPY_FLOAT32 || PyArray_NDIM(y) != 3 || !PyArray_IS_C_CONTIGUOUS(y) ||
+        !PyArray_ISALIGNED(y) || !PyArray_ISNOTSWAPPED(y) || !PyArray_ISWRITEABLE(y)) {
+        char shp[96];
+        rp_shape_str(y, shp, sizeof shp);
+        PyErr_Format(PyExc_ValueError,
+                     "heads_rotate turns y in place: y must be a writeable, C-contiguous float32 array "
+                     "(B, T, groups*n_heads*head_dim); got dtype %s, shape %s%s%s",
+                     PyArray_DESCR(y)->typeobj->tp_name, shp, PyArray_IS_C_CONTIGUOUS(y) ? "" : ", not C-contiguous",
+                     PyArray_ISWRITEABLE(y) ? "" : ", read-only");
+        goto fail;
+    }
+    if (check_groups(groups, rotate) < 0 || (layout = rope_layout(lay)) < 0) goto fail;
+    if (n_heads < 1) {
+        PyErr_Format(PyExc_ValueError, "n_heads must be >= 1; got %zd", n_heads);
+        goto fail;
+    }
+    const int64_t B = RP_DIM(y, 0), T = RP_DIM(y, 1), C = RP_DIM(y, 2), H = (int64_t)n_heads;
+    if (C == 0 ? H > 1 : (H > C || C % (groups * H))) {
+        PyErr_Format(PyExc_ValueError,
+                     "y must have shape (B, T, groups*n_heads*head_dim) with groups=%d, n_heads=%lld; "
+                     "got last dim %lld",
+                     groups, (long long)H, (long long)C);
+        goto fail;
+    }
+    const int64_t Dh = C / (groups * H);
+    if (rope_tables(co, so, rd_in, T, Dh, &cos, &sin, &rd) < 0) goto fail;
+    if (rotate > 0 && !cos) {
+        PyErr_Format(PyExc_ValueError, "rotate=%d needs the RoPE tables cos and sin; got None", rotate);
+        goto fail;
+    }
+    Py_BEGIN_ALLOW_THREADS
+        rc = rp_blocks_heads_rotate(RP_F32(y), groups, rotate, cos ? RP_F32(cos) : NULL, sin ? RP_F32(sin) : NULL, rd,
+                                    layout, inverse, B, T, H, Dh);
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        rp_raise_code(rc, "heads_rotate");
+        goto fail;
+    }
+    rp_args_release(spec);
+    Py_XDECREF(cos);
+    Py_XDECREF(sin);
+    Py_RETURN_NONE;
+fail:
+    rp_args_release(spec);
+    Py_XDECREF(cos);
+    Py_XDECREF(sin);
+    return NULL;
+}
+
 PyMethodDef rp_methods_blocks[] = {
     {"add_layer_norm_fwd", (PyCFunction)(void (*)(void))py_add_layer_norm_fwd, METH_VARARGS | METH_KEYWORDS,
      "add_layer_norm_fwd(x, y, weight, bias, eps=1e-5) -> (s, h, mean, rstd)\n"
@@ -452,5 +528,10 @@ PyMethodDef rp_methods_blocks[] = {
     {"heads_merge", (PyCFunction)(void (*)(void))py_heads_merge, METH_VARARGS | METH_KEYWORDS,
      "heads_merge(xs, *, rotate=0, cos=None, sin=None, rotary_dim=-1, layout='interleaved') -> y (B, T, G*H*Dh)\n"
      "the adjoint of heads_split: xs G arrays (B, H, T, Dh) or None (zeros); the first `rotate` rotated back."},
+    {"heads_rotate", (PyCFunction)(void (*)(void))py_heads_rotate, METH_VARARGS | METH_KEYWORDS,
+     "heads_rotate(y, n_heads, *, groups=1, rotate=0, cos=None, sin=None, rotary_dim=-1, layout='interleaved',\n"
+     "    inverse=False) -> None\n"
+     "In place: the first `rotate` groups of y (B, T, groups*H*Dh) turned as heads_split turns them\n"
+     "(inverse=True: turned back, as heads_merge does); y must be a writeable C-contiguous float32 array."},
     {NULL, NULL, 0, NULL},
 };

@@ -12,6 +12,7 @@ import numpy as np
 
 from .. import _C
 from ..tensor import Function, Tensor, as_array
+from .qkv import qkv_block, qkv_views
 
 __all__ = ["attention_core"]
 
@@ -93,6 +94,9 @@ class _AttentionCore(Function):
         ctx.out = out  # as the kernel laid it out: its backward reads it back
         ctx.lse = lse
         ctx.merge_heads = merge_heads
+        # q, k, v the thirds of one projection (qkv_heads): the backward writes their
+        # gradients into one such block, which qkv_heads' backward takes as it stands
+        ctx.packed = impl != "materialized" and qkv_block(q, k, v) is not None
         if merge_heads:
             B, H, Tq, Dv = lse.shape + (v.shape[3],)
             if impl == "materialized":
@@ -120,7 +124,14 @@ class _AttentionCore(Function):
                 kw["merged"] = True
         dout = np.ascontiguousarray(dout, dtype=np.float32)
         bwd = _C.attention_mat_bwd if ctx.impl == "materialized" else _C.attention_bwd
+        packed = ctx.packed and all(ctx.needs_input_grad[:3])
+        if packed:
+            kw["packed_grads"] = True
         grads = bwd(a["q"], a["k"], a["v"], ctx.out, ctx.lse, dout, needs=needs, **kw, **ctx.opts, **ctx.given)
+        if packed:
+            # the block is ours (made by the bridge just now): its users may turn it in place
+            B, H, T, Dh = a["q"].shape
+            grads["q"], grads["k"], grads["v"] = qkv_views(grads.pop("qkv"), B, T, H, Dh, owned=True)
         return tuple(grads.get(n) if w else None for n, w in zip(_TENSOR_ARGS, ctx.needs_input_grad))
 
 

@@ -9,8 +9,10 @@ Python layer would do with NumPy copies:
 - :func:`linear_gelu`: ``gelu(x @ W.T + b)`` (the MLP's first layer); the
   backward computes ``dh = gelu'(h) * da`` and the bias gradient in one pass.
 - :func:`qkv_heads`: the q, k, v projections as one GEMM on the concatenated
-  weights, written straight into the (B, H, T, Dh) head layout with RoPE
-  applied to q and k on the way (no transposed copies, no separate rotary pass).
+  weights; q, k, v are views of its (B, T, 3, H, Dh) output in the head
+  layout, RoPE turned in place on the q and k thirds (no copies into the head
+  layout: the fused attention reads the views where they are, and its
+  backward hands back one (B, T, 3, H, Dh) gradient block, see ``_fn/qkv.py``).
 - :func:`heads_linear`: the attention output's head merge and the output
   projection (backward: one GEMM, then the split back into heads), for an
   output in the (B, H, T, Dh) layout. MultiHeadAttention no longer needs it:
@@ -31,6 +33,7 @@ import numpy as np
 from .. import _C
 from ..tensor import Function, Tensor, as_array
 from .ops import IGNORE_INDEX, _ignore_index, _targets
+from .qkv import packed_grad_block, qkv_views
 
 __all__ = ["add_layer_norm", "linear_gelu", "qkv_heads", "heads_linear", "head_cross_entropy"]
 
@@ -125,19 +128,31 @@ class _QKVHeads(Function):
             raise ValueError("qkv_heads: give all three biases or none")
         w = np.concatenate((wq, wk, wv))
         b = None if bq is None else np.concatenate(biases)
+        if n_heads < 1 or d % n_heads:
+            raise ValueError(f"qkv_heads: n_heads must be a positive divisor of d_model = {d}; got {n_heads}")
         x2 = x.reshape(B * T, d)
         y = _C.linear_fwd(x2, w, b)
         kw = _rope_kw(rope)
+        if kw["rotate"]:  # q and k turned where they are (the same bits as heads_split gives)
+            _C.heads_rotate(y.reshape(B, T, 3 * d), n_heads, groups=3, **kw)
         ctx.save_for_backward(x2, w)
-        ctx.kw, ctx.has_bias, ctx.shape = kw, b is not None, (B, T, d)
-        return _C.heads_split(y.reshape(B, T, 3 * d), n_heads, groups=3, **kw)
+        ctx.kw, ctx.has_bias, ctx.shape, ctx.n_heads = kw, b is not None, (B, T, d), n_heads
+        return qkv_views(y, B, T, n_heads, d // n_heads)
 
     @staticmethod
     def backward(ctx, dq, dk, dv):
         x2, w = ctx.saved
         B, T, d = ctx.shape
         needs = ctx.needs_input_grad
-        dy = _C.heads_merge([dq, dk, dv], **ctx.kw).reshape(B * T, 3 * d)
+        blk = packed_grad_block(dq, dk, dv)
+        if blk is not None:
+            # attention's backward wrote dq, dk, dv into one (B, T, 3, H, Dh) block: y's gradient
+            # as it stands, once RoPE's rotation is undone in place on its q and k thirds
+            dy = blk.reshape(B * T, 3 * d)
+            if ctx.kw["rotate"]:
+                _C.heads_rotate(blk.reshape(B, T, 3 * d), ctx.n_heads, groups=3, inverse=True, **ctx.kw)
+        else:
+            dy = _C.heads_merge([dq, dk, dv], **ctx.kw).reshape(B * T, 3 * d)
         dx = _C.gemm(dy, w).reshape(B, T, d) if needs[0] else None
         dws = dbs = (None, None, None)
         if any(needs[1:4]):
@@ -156,7 +171,9 @@ def qkv_heads(x, wq, wk, wv, bq=None, bk=None, bv=None, *, n_heads, rope=None):
     (d_model,) or all None. ``rope``: None, or (cos, sin, rotary_dim, layout)
     with cos, sin (T, rotary_dim/2) tables and layout "interleaved" or "half"
     (the rotation RoPE applies: pairs turned by the angle of their row).
-    Returns Tensors q, k, v, each (B, n_heads, T, d_model / n_heads), C-contiguous.
+    Returns Tensors q, k, v, each (B, n_heads, T, d_model / n_heads): views of
+    one (B, T, 3, n_heads, Dh) array (``y[:, :, g].transpose(0, 2, 1, 3)``, not
+    C-contiguous), which the fused attention reads in place.
     """
     return _QKVHeads.apply(x, wq, wk, wv, bq, bk, bv, int(n_heads), rope)
 
