@@ -143,7 +143,9 @@ def rope_tables(rng, T, rd):
 
 
 @pytest.mark.parametrize("layout", ["interleaved", "half"])
-@pytest.mark.parametrize("rd", [8, 4, 300])  # 300 > the stack copy (turned in place)
+# 16, 32: both layouts' vector forms (half: 8 pairs at a time; interleaved: 4); 8, 24:
+# the interleaved one only; 4: neither; 300 > the stack copy (turned in place)
+@pytest.mark.parametrize("rd", [16, 32, 8, 24, 4, 300])
 def test_heads_rotate_twin_and_split_bits(layout, rd, rng):
     B, T, H, G = 2, 5, 3, 3
     Dh = max(rd, 8)
@@ -166,6 +168,42 @@ def test_heads_rotate_twin_and_split_bits(layout, rd, rng):
     lhs = (R.heads_rotate(y, H, G, **kw) * z).sum()
     rhs = (y * R.heads_rotate(z, H, G, inverse=True, **kw)).sum()
     assert abs(lhs - rhs) <= 1e-9 * (1 + abs(lhs))
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+@pytest.mark.parametrize("layout", ["interleaved", "half"])
+@pytest.mark.parametrize("rd,Dh", [(16, 16), (32, 40), (8, 8), (12, 16), (6, 6)])
+def test_heads_rotate_simd_and_portable_same_bits_on_hostile_values(rd, Dh, layout, inverse, rng):
+    B, T, H, G = 2, 7, 3, 3
+    y = rng.standard_normal((B, T, G * H * Dh)).astype(np.float32)
+    flat = y.reshape(-1)
+    pick = rng.choice(flat.size, 40, replace=False)
+    flat[pick] = rng.choice([np.nan, np.inf, -np.inf, 3e38, -3e38, 1e-45, -0.0], 40)
+    cos, sin = rope_tables(rng, T, rd)
+    cos[1, 0], sin[2, -1], cos[3, 1] = np.nan, np.inf, 0.0
+    kw = dict(groups=G, rotate=2, cos=cos, sin=sin, rotary_dim=rd, layout=layout, inverse=inverse)
+    got = {}
+    for portable in (False, True):
+        _C.force_portable(portable)
+        try:
+            yy = y.copy()
+            _C.heads_rotate(yy, H, **kw)
+            got[portable] = yy
+        finally:
+            _C.force_portable(False)
+    assert got[False].tobytes() == got[True].tobytes()
+    rkw = {k: v for k, v in kw.items() if k != "groups"}
+    want = R.heads_rotate(y, H, G, **rkw)
+    # error scale of each result: |c a| + |s b| (two products and a sum, each rounded once)
+    # (turning |y| by |c|, |s| one way gives |c a| - |s b| on a pair's a, the other way on its b)
+    with np.errstate(all="ignore"):
+        mag = np.maximum(*(R.heads_rotate(np.abs(y.astype(np.float64)), H, G,
+                                          **{**rkw, "cos": np.abs(cos), "sin": np.abs(sin), "inverse": inv})
+                           for inv in (False, True)))
+    assert np.array_equal(np.isnan(got[False]), np.isnan(want))
+    fin = np.isfinite(want) & np.isfinite(mag) & (mag < 3e38)  # beyond: float32 overflows where float64 does not
+    err = np.abs(got[False][fin] - want[fin])
+    assert np.all(err <= 4e-7 * mag[fin] + 1e-44)
 
 
 def test_heads_rotate_rejects_what_it_cannot_turn_in_place(rng):

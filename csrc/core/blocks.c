@@ -156,8 +156,6 @@ int rp_blocks_heads_split(const float *y, int64_t G, int64_t rotate, const float
     return RP_OK;
 }
 
-#define RP_HEADS_ROT_TMP 256 /* rotary dims up to this are turned through a stack copy */
-
 /* y (B, T, G*H*Dh): groups g < rotate turned in place by rot_t (inverse: rot_tᵀ) */
 int rp_blocks_heads_rotate(float *y, int64_t G, int64_t rotate, const float *cos, const float *sin, int64_t rd,
                            int layout, int inverse, int64_t B, int64_t T, int64_t H, int64_t Dh) {
@@ -166,25 +164,12 @@ int rp_blocks_heads_rotate(float *y, int64_t G, int64_t rotate, const float *cos
     if (rows == 0 || HD == 0 || rotate == 0) return RP_OK;
     const int64_t P = rd / 2;
     const float dir = inverse ? -1.0f : 1.0f;
+    const int simd = rp_simd_enabled();
     RP_OPS_PFOR(rows * rotate * HD >= RP_OPS_PAR_MIN)
     for (int64_t row = 0; row < rows; row++) {
         const int64_t t = row % T;
-        /* each head's turned channels copied out first, so that the pair loop reads one
-         * buffer and writes another (vectorised; in place it had to be scalar) */
-        float tmp[RP_HEADS_ROT_TMP];
-        for (int64_t g = 0; g < rotate; g++) {
-            float *yr = y + (row * G + g) * HD;
-            for (int64_t h = 0; h < H; h++) {
-                float *hr = yr + h * Dh;
-                if (rd <= RP_HEADS_ROT_TMP) {
-                    for (int64_t d = 0; d < rd; d++) tmp[d] = hr[d];
-                    /* only the first rd channels are turned; the rest stay where they are */
-                    rp_rotary_row(tmp, hr, cos + t * P, sin + t * P, NULL, rd, P, layout, dir);
-                } else {
-                    rp_rotary_row(hr, hr, cos + t * P, sin + t * P, NULL, Dh, P, layout, dir);
-                }
-            }
-        }
+        for (int64_t g = 0; g < rotate; g++)
+            rp_rotate_heads(simd, y + (row * G + g) * HD, H, Dh, cos + t * P, sin + t * P, rd, layout, dir);
     }
     return RP_OK;
 }

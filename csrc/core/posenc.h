@@ -80,6 +80,42 @@ static inline void rp_rotary_row(const float *src, float *dst, const float *c, c
 #undef RP_ROT_HALF_A
 #undef RP_ROT_HALF_B
 
+/* n heads of Dh floats side by side at x (one q or k projection row), each turned in
+ * place by the angles c, s (P = rd / 2 each) of the row's position on its first rd
+ * channels (dir +1; -1 the inverse). The portable form (blocks.c) and the AVX2 one
+ * (posenc_x86.c, when rp_simd_enabled()) give the same bits. */
+#define RP_ROTATE_HEADS_TMP 256 /* rotary dims up to this are turned through a stack copy */
+static inline void rp_rotate_heads_portable(float *x, int64_t n, int64_t Dh, const float *c, const float *s, int64_t rd,
+                                            int layout, float dir) {
+    const int64_t P = rd / 2;
+    float tmp[RP_ROTATE_HEADS_TMP];
+    for (int64_t h = 0; h < n; h++) {
+        float *xr = x + h * Dh;
+        if (rd <= RP_ROTATE_HEADS_TMP) {
+            for (int64_t d = 0; d < rd; d++) tmp[d] = xr[d];
+            rp_rotary_row(tmp, xr, c, s, NULL, rd, P, layout, dir);
+        } else {
+            rp_rotary_row(xr, xr, c, s, NULL, Dh, P, layout, dir);
+        }
+    }
+}
+#if RP_HAVE_X86_TU
+void rp_posenc_avx2_rotate_heads(float *x, int64_t n, int64_t Dh, const float *c, const float *s, int64_t rd,
+                                 int layout, float dir);
+#endif
+static inline void rp_rotate_heads(int simd, float *x, int64_t n, int64_t Dh, const float *c, const float *s,
+                                   int64_t rd, int layout, float dir) {
+#if RP_HAVE_X86_TU
+    if (simd) {
+        rp_posenc_avx2_rotate_heads(x, n, Dh, c, s, rd, layout, dir);
+        return;
+    }
+#else
+    (void)simd;
+#endif
+    rp_rotate_heads_portable(x, n, Dh, c, s, rd, layout, dir);
+}
+
 /* Largest |log scale| an xPos factor may take: e^80 is finite in float32 and
  * a causal product of a q and a k factor stays <= 1 (see rp_xpos_scale). */
 #define RP_XPOS_MAX_LOG 80.0
