@@ -301,3 +301,32 @@ def test_triples_are_forgotten_with_their_arrays(rng):
         qkv_mod.qkv_views(np.zeros((2, 3, 3 * 4), np.float32), 2, 3, 2, 2)
     gc.collect()
     assert len(qkv_mod._TRIPLES) == before
+
+
+@pytest.mark.parametrize("portable", [False, True])
+@pytest.mark.parametrize("packed", [False, True])
+def test_a_nonfinite_value_anywhere_is_found(packed, portable, rng):
+    """The scan that sends a call to the careful path (a NaN or inf operand must not
+    meet a masked pair) finds one bad float wherever it sits: first, last, in a
+    vector's tail, in any head. A NaN value on a padded key then leaves every row
+    finite; a missed one would turn every row to NaN (0 * NaN in P V)."""
+    B, H, T, D = 2, 3, 13, 5  # H*D = 15, T*D = 65: runs that end in a partial vector
+    _C.force_portable(portable)
+    try:
+        for (b, t, h, d) in [(0, 0, 0, 0), (B - 1, T - 1, H - 1, D - 1), (1, 7, 2, 3), (0, 12, 1, 4)]:
+            y, views, dense = thirds(rng, B, H, T, D)
+            y[b, t, 2, h, d] = np.nan  # v of key t
+            q, k, v = views if packed else tuple(np.ascontiguousarray(a) for a in views)
+            mask = np.zeros((B, T), bool)
+            mask[b, t] = True  # bidirectional: the other keys stay visible to every row
+            out, lse = _C.attention_fwd(q, k, v, causal=False, key_padding_mask=mask, merged=True)
+            assert np.isfinite(out).all(), (b, t, h, d)
+            g = _C.attention_bwd(q, k, v, out, lse, np.ones_like(out), causal=False, key_padding_mask=mask,
+                                 merged=True, **({"packed_grads": True} if packed else {}))
+            grads = [g["qkv"]] if packed else [g["q"], g["k"]]
+            assert all(np.isfinite(x).all() for x in grads), (b, t, h, d)
+            # the same NaN on a visible key reaches the rows that see it, in channel d only
+            out2, _ = _C.attention_fwd(q, k, v, causal=False, merged=True)
+            assert np.isnan(out2[b, :, h, d]).all() and np.isfinite(np.delete(out2[b, :, h], d, axis=-1)).all()
+    finally:
+        _C.force_portable(False)

@@ -68,6 +68,8 @@ void rp_fused_gemm_avx2(int64_t M, int64_t N, int64_t K, const float *A, int64_t
                         int64_t ldb, float *C, int64_t ldc, int acc);
 float rp_fused_expsub_avx2(float *x, int64_t n, float m);
 float rp_fused_rowmax_avx2(const float *x, int64_t n);
+int rp_fused_any_nonfinite_avx2(const float *x, int64_t sb, int64_t sh, int64_t si, int64_t B, int64_t H, int64_t T,
+                                int64_t D);
 void rp_fused_pack_t_avx2(const float *src, int64_t n, int64_t cols, int64_t lds, float *dst, int64_t ldd);
 #endif
 
@@ -255,6 +257,19 @@ static void rel_scatter_add(rp_relidx ix, int64_t ia, int64_t j0, int64_t nk, in
         for (int64_t j = jlo; j < jhi; j++, tr += step) *tr += s[j];
     }
     for (int64_t j = jhi; j < nk; j++) t[uhi - r0 + j * tsj] += s[j];
+}
+
+/* rp_any_nonfinite_rows, 8 floats a step where the SIMD kernels are in use (the same answer) */
+static int fz_any_nonfinite(const float *x, rp_attn_rows r, int64_t B, int64_t H, int64_t T, int64_t D) {
+#if RP_HAVE_X86_TU
+    if (rp_simd_enabled()) return rp_fused_any_nonfinite_avx2(x, r.sb, r.sh, r.si, B, H, T, D);
+#endif
+    return rp_any_nonfinite_rows(x, r, B, H, T, D);
+}
+
+static int fz_any_nonfinite_dense(const float *x, int64_t n) {
+    const rp_attn_rows dense = {0, 0, 0};
+    return fz_any_nonfinite(x, dense, 1, 1, 1, n);
 }
 
 /* Per-call constants. */
@@ -739,8 +754,8 @@ int rp_attn_fused_fwd(const rp_attn *a, float *out, float *lse) {
     }
     fz_ctx c = fz_make_ctx(a);
     /* the forward multiplies pair weights by values and relv rows */
-    c.careful = rp_any_nonfinite_rows(a->v, a->v_rows, a->B, a->H, a->Tk, a->Dv) ||
-                (a->relv && rp_any_nonfinite(a->relv, a->Hrv * a->relv_ix.R * a->Dv));
+    c.careful = fz_any_nonfinite(a->v, a->v_rows, a->B, a->H, a->Tk, a->Dv) ||
+                (a->relv && fz_any_nonfinite_dense(a->relv, a->Hrv * a->relv_ix.R * a->Dv));
     const int64_t nitems = BH * c.nqb;
     int nt = rp_par_threads();
     if (nt < 1) nt = 1;
@@ -1209,11 +1224,11 @@ int rp_attn_fused_bwd(const rp_attn *a, const float *out, const float *lse, cons
     if (B * H == 0 || Tq == 0 || Tk == 0) return RP_OK;
     /* the backward multiplies pair weights (P, dS) by dout, q, k and the
      * relative key/query tables: a NaN or inf there must not meet a masked pair */
-    c.careful = rp_any_nonfinite(dout, B * H * Tq * Dv) || rp_any_nonfinite_rows(a->q, a->q_rows, B, H, Tq, D) ||
-                rp_any_nonfinite_rows(a->k, a->k_rows, B, H, Tk, D) ||
-                (a->qr && rp_any_nonfinite(a->qr, B * H * Tq * D)) ||
-                (a->relk && rp_any_nonfinite(a->relk, a->Hrk * a->relk_ix.R * D)) ||
-                (a->relq && rp_any_nonfinite(a->relq, a->Hrq * a->relq_ix.R * D));
+    c.careful = fz_any_nonfinite_dense(dout, B * H * Tq * Dv) || fz_any_nonfinite(a->q, a->q_rows, B, H, Tq, D) ||
+                fz_any_nonfinite(a->k, a->k_rows, B, H, Tk, D) ||
+                (a->qr && fz_any_nonfinite_dense(a->qr, B * H * Tq * D)) ||
+                (a->relk && fz_any_nonfinite_dense(a->relk, a->Hrk * a->relk_ix.R * D)) ||
+                (a->relq && fz_any_nonfinite_dense(a->relq, a->Hrq * a->relq_ix.R * D));
 
     /* items (bi, h); with a batch-shared bias_full gradient, one item per head
      * walks every b so that the (Tq, Tk) gradient needs no partials */

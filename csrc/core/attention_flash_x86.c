@@ -212,6 +212,47 @@ void rp_fused_gemm_avx512(int64_t M, int64_t N, int64_t K, const float *A, int64
 /* dst (cols x n, ld ldd) = src (n x cols, ld lds) transposed, 8 x 8 blocks in
  * registers (rp_tr8x8_avx2), the ragged edges element by element:
  * the same values as the portable loop, moved in whole rows of 8. */
+/* 1 if any of x[0..n) is NaN or infinite: the exponent bits all set, 8 floats a
+ * step (the integer test of rp_any_nonfinite, attention.h; the same answer). */
+static inline int fz_nonfinite_run_avx2(const float *x, int64_t n) {
+    const __m256i ex = _mm256_set1_epi32(0x7f800000);
+    __m256i bad = _mm256_setzero_si256();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256i v = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(const void *)(x + i)), ex);
+        bad = _mm256_or_si256(bad, _mm256_cmpeq_epi32(v, ex));
+    }
+    if (i < n) {
+        const __m256i v = _mm256_and_si256(_mm256_castps_si256(_mm256_maskload_ps(x + i, rp_mask8(n - i))), ex);
+        bad = _mm256_or_si256(bad, _mm256_cmpeq_epi32(v, ex));
+    }
+    return !_mm256_testz_si256(bad, bad);
+}
+
+/* rp_any_nonfinite_rows (attention.h) 8 floats a step: the dense layout in one run,
+ * a q/k/v projection block (sh == D) in one run of H*D per row (b, i). */
+int rp_fused_any_nonfinite_avx2(const float *x, int64_t sb, int64_t sh, int64_t si, int64_t B, int64_t H, int64_t T,
+                                int64_t D) {
+    if (!x) return 0;
+    if (sb == 0 && sh == 0 && si == 0) {
+        si = D;
+        sh = T * D;
+        sb = H * T * D;
+    }
+    if (si == D && sh == T * D && sb == H * T * D) return fz_nonfinite_run_avx2(x, B * H * T * D);
+    if (sh == D) {
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t i = 0; i < T; i++)
+                if (fz_nonfinite_run_avx2(x + b * sb + i * si, H * D)) return 1;
+        return 0;
+    }
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t i = 0; i < T; i++)
+                if (fz_nonfinite_run_avx2(x + b * sb + h * sh + i * si, D)) return 1;
+    return 0;
+}
+
 void rp_fused_pack_t_avx2(const float *src, int64_t n, int64_t cols, int64_t lds, float *dst, int64_t ldd) {
     const int64_t n8 = n & ~(int64_t)7, c8 = cols & ~(int64_t)7;
     for (int64_t r = 0; r < n8; r += 8) {

@@ -277,6 +277,11 @@ def attention_core(q, k, v, *, causal=True, key_padding_mask=None, q_offset=0, s
 
     Args:
         q: (B, H, Tq, D) Tensor or array. k: (B, H, Tk, D). v: (B, H, Tk, Dv).
+            The fused path reads strided views where they are (each row's D
+            floats contiguous); q, k, v as ``qkv_heads`` hands them out (the
+            thirds of one (B, T, 3, H, D) projection) also get their gradients
+            back as the thirds of one such block, which ``qkv_heads``' backward
+            takes without a head merge.
         causal: mask keys after the query's absolute position.
         key_padding_mask: (B, Tk) bool ndarray, True = padding (ignored key).
         q_offset: int in [0, 2**60], the absolute position of query 0 (a cache of past keys).
