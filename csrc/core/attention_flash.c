@@ -58,6 +58,10 @@ typedef float (*fz_expsub_fn)(float *x, int64_t n, float m);
 typedef float (*fz_rowmax_fn)(const float *x, int64_t n);
 /* dst (cols x n, ld ldd) = src (n x cols, ld lds) transposed. */
 typedef void (*fz_pack_fn)(const float *src, int64_t n, int64_t cols, int64_t lds, float *dst, int64_t ldd);
+/* s[j] *= scale */
+typedef void (*fz_scale_fn)(float *s, int64_t n, float scale);
+/* p[j] = (sc * s[j]) * (p[j] - di) */
+typedef void (*fz_ds_fn)(float *p, const float *s, int64_t n, float sc, float di);
 
 #if RP_HAVE_X86_TU
 int rp_fused_have_avx512(void);
@@ -71,6 +75,8 @@ float rp_fused_rowmax_avx2(const float *x, int64_t n);
 int rp_fused_any_nonfinite_avx2(const float *x, int64_t sb, int64_t sh, int64_t si, int64_t B, int64_t H, int64_t T,
                                 int64_t D);
 void rp_fused_pack_t_avx2(const float *src, int64_t n, int64_t cols, int64_t lds, float *dst, int64_t ldd);
+void rp_fused_scale_avx2(float *s, int64_t n, float scale);
+void rp_fused_ds_avx2(float *p, const float *s, int64_t n, float sc, float di);
 #endif
 
 static void gemm_portable(int64_t M, int64_t N, int64_t K, const float *A, int64_t rsa, int64_t csa, const float *B,
@@ -131,15 +137,25 @@ static void pack_portable(const float *restrict src, int64_t n, int64_t cols, in
         for (int64_t c = 0; c < cols; c++) dst[c * ldd + r] = src[r * lds + c];
 }
 
+static void scale_portable(float *s, int64_t n, float scale) {
+    for (int64_t j = 0; j < n; j++) s[j] *= scale;
+}
+
+static void ds_portable(float *p, const float *s, int64_t n, float sc, float di) {
+    for (int64_t j = 0; j < n; j++) p[j] = sc * s[j] * (p[j] - di);
+}
+
 typedef struct {
     fz_gemm_fn gemm;
     fz_expsub_fn expsub;
     fz_rowmax_fn rowmax;
     fz_pack_fn pack;
+    fz_scale_fn scale;
+    fz_ds_fn ds;
 } fz_kernels;
 
 static fz_kernels fz_pick(void) {
-    fz_kernels k = {gemm_portable, expsub_portable, rowmax_portable, pack_portable};
+    fz_kernels k = {gemm_portable, expsub_portable, rowmax_portable, pack_portable, scale_portable, ds_portable};
 #if RP_HAVE_X86_TU
     if (rp_simd_enabled()) {
         /* the tile products follow the GEMM area's kernel choice (AVX-512 on
@@ -149,6 +165,8 @@ static fz_kernels fz_pick(void) {
         k.expsub = rp_fused_expsub_avx2;
         k.rowmax = rp_fused_rowmax_avx2;
         k.pack = rp_fused_pack_t_avx2;
+        k.scale = rp_fused_scale_avx2;
+        k.ds = rp_fused_ds_avx2;
         if (strcmp(gk, "avx512") == 0 && rp_fused_have_avx512()) {
             k.gemm = rp_fused_gemm_avx512;
             k.expsub = rp_fused_expsub_avx512;
@@ -527,7 +545,7 @@ static void tile_logits(const fz_ctx *c, fz_scr *w, const float *Kt, int64_t b, 
             }
             for (int64_t j = jhi; j < ncol; j++) s[j] = s[j] * scale + bhi;
         } else {
-            for (int64_t j = 0; j < ncol; j++) s[j] *= scale;
+            c->kr.scale(s, ncol, scale);
         }
         if (bf) {
             const float *restrict f = bf + i * a->Tk;
@@ -1001,7 +1019,7 @@ static void bwd_head(const fz_ctx *c, fz_scr *w, int64_t b, int64_t h, const flo
                 }
                 const float *restrict s = S + i * FZ_BK;
                 const float di = w->Dvec[i0 + i];
-                for (int64_t j = 0; j < nk; j++) p[j] = sc * s[j] * (p[j] - di);
+                c->kr.ds(p, s, nk, sc, di);
                 row_zero_masked(a, b, ia0 + i, j0, nk, p);
             }
             if (t->dbias_vec) {

@@ -212,6 +212,25 @@ void rp_fused_gemm_avx512(int64_t M, int64_t N, int64_t K, const float *A, int64
 /* dst (cols x n, ld ldd) = src (n x cols, ld lds) transposed, 8 x 8 blocks in
  * registers (rp_tr8x8_avx2), the ragged edges element by element:
  * the same values as the portable loop, moved in whole rows of 8. */
+/* s[j] *= scale over n floats, 8 at a time (the logits' scale) */
+void rp_fused_scale_avx2(float *s, int64_t n, float scale) {
+    const __m256 sc = _mm256_set1_ps(scale);
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) _mm256_storeu_ps(s + j, _mm256_mul_ps(_mm256_loadu_ps(s + j), sc));
+    for (; j < n; j++) s[j] *= scale;
+}
+
+/* p[j] = (sc * s[j]) * (p[j] - di) over n floats, 8 at a time: dS = P (dP - D), the
+ * portable loop's operations in its order (no contraction in this file) */
+void rp_fused_ds_avx2(float *p, const float *s, int64_t n, float sc, float di) {
+    const __m256 scv = _mm256_set1_ps(sc), dv = _mm256_set1_ps(di);
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        _mm256_storeu_ps(p + j, _mm256_mul_ps(_mm256_mul_ps(scv, _mm256_loadu_ps(s + j)),
+                                              _mm256_sub_ps(_mm256_loadu_ps(p + j), dv)));
+    for (; j < n; j++) p[j] = sc * s[j] * (p[j] - di);
+}
+
 /* 1 if any of x[0..n) is NaN or infinite: the exponent bits all set, 8 floats a
  * step (the integer test of rp_any_nonfinite, attention.h; the same answer). */
 static inline int fz_nonfinite_run_avx2(const float *x, int64_t n) {
