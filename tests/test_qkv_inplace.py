@@ -330,3 +330,26 @@ def test_a_nonfinite_value_anywhere_is_found(packed, portable, rng):
             assert np.isnan(out2[b, :, h, d]).all() and np.isfinite(np.delete(out2[b, :, h], d, axis=-1)).all()
     finally:
         _C.force_portable(False)
+
+
+def test_broadcast_and_overlapping_views_are_copied_not_read_in_place(rng):
+    """A stride-0 (broadcast) or self-overlapping view is not read where it is: its
+    claimed size is not memory it holds. A broadcast of absurd length fails at
+    once (MemoryError, as the copy it asks for), never loops over 2**40 keys."""
+    row = rng.standard_normal((2, 1, 1, 16)).astype(np.float32)  # batch stride != 0, key stride 0
+    q = rng.standard_normal((2, 1, 4, 16)).astype(np.float32)
+    huge = np.broadcast_to(row, (2, 1, 2 ** 40, 16))
+    with pytest.raises(MemoryError):
+        _C.attention_fwd(q, huge, huge, causal=False)
+    # a small broadcast gives the dense copy's answer
+    kb = np.broadcast_to(row, (2, 1, 9, 16))
+    out, lse = _C.attention_fwd(q, kb, kb, causal=False)
+    out2, lse2 = _C.attention_fwd(q, np.ascontiguousarray(kb), np.ascontiguousarray(kb), causal=False)
+    assert same(out, out2) and same(lse, lse2)
+    # rows that overlap (each starts 4 floats after the last): copied, the same answer
+    buf = rng.standard_normal(4 * 9 + 12).astype(np.float32)
+    ko = np.lib.stride_tricks.as_strided(buf, shape=(1, 1, 9, 16), strides=(0, 0, 16, 4), writeable=False)
+    q = q[:1]
+    out, lse = _C.attention_fwd(q, ko, ko, causal=False)
+    out2, lse2 = _C.attention_fwd(q, np.ascontiguousarray(ko), np.ascontiguousarray(ko), causal=False)
+    assert same(out, out2) and same(lse, lse2)

@@ -237,8 +237,11 @@ static int parse_pwl(const raw_args *r, rp_attn_call *C, int64_t Tq, int64_t H) 
 
 /* q, k or v for the fused path: a float32 (B, H, T, D) ndarray is read where it
  * is, *rows set to its layout, when its D floats are contiguous and its other
- * strides are whole floats >= 0 (a view of a (B, T, 3, H, D) projection, say);
- * anything else is copied into the dense layout (rows left 0) by rp_in_f32. */
+ * strides are whole floats that never make two elements share memory (a view of
+ * a (B, T, 3, H, D) projection, say); anything else is copied into the dense
+ * layout (rows left 0) by rp_in_f32. A broadcast (stride 0) or self-overlapping
+ * view is copied: read in place, its claimed size would cost work its memory
+ * does not hold (2**40 keys of one row), where the copy fails at once. */
 static PyArrayObject *in_f32_rows(PyObject *obj, const char *name, int strided, rp_attn_rows *rows) {
     memset(rows, 0, sizeof *rows);
     if (strided && PyArray_Check(obj)) {
@@ -258,7 +261,26 @@ static PyArrayObject *in_f32_rows(PyObject *obj, const char *name, int strided, 
                 e[d] = (int64_t)(st[d] / (npy_intp)sizeof(float));
             }
             if (dm[3] > 1 && e[3] != 1) ok = 0;
-            /* all 0 would read as the dense layout (rp_attn_rows): copy such a broadcast instead */
+            /* no overlap: taken by stride, each dimension of size > 1 starts beyond
+             * the extent of the smaller-stride ones (and no stride 0) */
+            int order[4] = {0, 1, 2, 3}, n = 0;
+            for (int d = 0; d < 4; d++)
+                if (dm[d] > 1) order[n++] = d;
+            for (int i = 1; i < n; i++) /* insertion sort of <= 4 dims by stride */
+                for (int j = i; j > 0 && e[order[j]] < e[order[j - 1]]; j--) {
+                    const int t = order[j];
+                    order[j] = order[j - 1];
+                    order[j - 1] = t;
+                }
+            int64_t extent = 1; /* floats spanned by the dims taken so far */
+            for (int i = 0; i < n && ok; i++) {
+                const int d = order[i];
+                if (e[d] < extent || (int64_t)(dm[d] - 1) > (INT64_MAX - extent) / e[d])
+                    ok = 0;
+                else
+                    extent = e[d] * (int64_t)(dm[d] - 1) + extent;
+            }
+            /* all 0 would read as the dense layout (rp_attn_rows): such an array is copied */
             if (ok && (e[0] || e[1] || e[2])) {
                 rows->sb = e[0];
                 rows->sh = e[1];
