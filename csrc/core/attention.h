@@ -186,23 +186,37 @@ static inline int rp_any_nonfinite(const float *x, int64_t n) {
     return bad != 0;
 }
 
-/* 1 if any float of the (B, H, T, D) rows laid out as r (see rp_attn_rows) is
- * NaN or infinite. */
-static inline int rp_any_nonfinite_rows(const float *x, rp_attn_rows r, int64_t B, int64_t H, int64_t T, int64_t D) {
-    if (!x) return 0;
+/* The (B, H, T, D) rows laid out as r (see rp_attn_rows) walked as contiguous runs:
+ * one run for the dense layout; one of H*D floats per row (b, i) when the heads sit
+ * side by side (sh == D: a q/k/v projection block); else one of D per row (b, h, i).
+ * run(start, n, ctx) is called on each in order; the walk stops at, and returns, the
+ * first nonzero result (0 when every run returned 0). A run that only reads takes
+ * x as given (the const is the caller's). */
+typedef int (*rp_attn_run_fn)(float *x, int64_t n, void *ctx);
+static inline int rp_attn_rows_runs(float *x, rp_attn_rows r, int64_t B, int64_t H, int64_t T, int64_t D,
+                                    rp_attn_run_fn run, void *ctx) {
+    int rc = 0;
     r = rp_attn_rows_or_dense(r, H, T, D);
-    if (r.si == D && r.sh == T * D && r.sb == H * T * D) return rp_any_nonfinite(x, B * H * T * D);
-    if (r.sh == D) { /* the heads of a row (b, i) side by side (a q/k/v projection block): one run each */
-        for (int64_t b = 0; b < B; b++)
-            for (int64_t i = 0; i < T; i++)
-                if (rp_any_nonfinite(x + b * r.sb + i * r.si, H * D)) return 1;
-        return 0;
+    if (r.si == D && r.sh == T * D && r.sb == H * T * D) return run(x, B * H * T * D, ctx);
+    if (r.sh == D) {
+        for (int64_t b = 0; b < B && !rc; b++)
+            for (int64_t i = 0; i < T && !rc; i++) rc = run(x + b * r.sb + i * r.si, H * D, ctx);
+        return rc;
     }
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t h = 0; h < H; h++)
-            for (int64_t i = 0; i < T; i++)
-                if (rp_any_nonfinite(x + b * r.sb + h * r.sh + i * r.si, D)) return 1;
-    return 0;
+    for (int64_t b = 0; b < B && !rc; b++)
+        for (int64_t h = 0; h < H && !rc; h++)
+            for (int64_t i = 0; i < T && !rc; i++) rc = run(x + b * r.sb + h * r.sh + i * r.si, D, ctx);
+    return rc;
+}
+
+static inline int rp_nonfinite_run(float *x, int64_t n, void *ctx) {
+    (void)ctx;
+    return rp_any_nonfinite(x, n);
+}
+
+/* 1 if any float of the (B, H, T, D) rows laid out as r is NaN or infinite. */
+static inline int rp_any_nonfinite_rows(const float *x, rp_attn_rows r, int64_t B, int64_t H, int64_t T, int64_t D) {
+    return x ? rp_attn_rows_runs((float *)x, r, B, H, T, D, rp_nonfinite_run, NULL) : 0;
 }
 
 /* Materialised path (attention_materialized.c): probs (B, H, Tq, Tk) may be NULL. */

@@ -72,8 +72,7 @@ void rp_fused_gemm_avx2(int64_t M, int64_t N, int64_t K, const float *A, int64_t
                         int64_t ldb, float *C, int64_t ldc, int acc);
 float rp_fused_expsub_avx2(float *x, int64_t n, float m);
 float rp_fused_rowmax_avx2(const float *x, int64_t n);
-int rp_fused_any_nonfinite_avx2(const float *x, int64_t sb, int64_t sh, int64_t si, int64_t B, int64_t H, int64_t T,
-                                int64_t D);
+int rp_fused_nonfinite_run_avx2(float *x, int64_t n, void *ctx);
 void rp_fused_pack_t_avx2(const float *src, int64_t n, int64_t cols, int64_t lds, float *dst, int64_t ldd);
 void rp_fused_scale_avx2(float *s, int64_t n, float scale);
 void rp_fused_ds_avx2(float *p, const float *s, int64_t n, float sc, float di);
@@ -279,10 +278,11 @@ static void rel_scatter_add(rp_relidx ix, int64_t ia, int64_t j0, int64_t nk, in
 
 /* rp_any_nonfinite_rows, 8 floats a step where the SIMD kernels are in use (the same answer) */
 static int fz_any_nonfinite(const float *x, rp_attn_rows r, int64_t B, int64_t H, int64_t T, int64_t D) {
+    rp_attn_run_fn run = rp_nonfinite_run;
 #if RP_HAVE_X86_TU
-    if (rp_simd_enabled()) return rp_fused_any_nonfinite_avx2(x, r.sb, r.sh, r.si, B, H, T, D);
+    if (rp_simd_enabled()) run = rp_fused_nonfinite_run_avx2;
 #endif
-    return rp_any_nonfinite_rows(x, r, B, H, T, D);
+    return x ? rp_attn_rows_runs((float *)x, r, B, H, T, D, run, NULL) : 0; /* runs that only read */
 }
 
 static int fz_any_nonfinite_dense(const float *x, int64_t n) {
@@ -1174,21 +1174,15 @@ static void fz_shared_finish(const fz_shared *s) {
     }
 }
 
+static int fz_zero_run(float *x, int64_t n, void *ctx) {
+    (void)ctx;
+    memset(x, 0, sizeof(float) * (size_t)n);
+    return 0;
+}
+
 /* Zero the (B, H, T, D) rows of x laid out as r. */
 static void fz_zero_rows(float *x, rp_attn_rows r, int64_t B, int64_t H, int64_t T, int64_t D) {
-    if (!x) return;
-    if (rp_attn_rows_dense(r, H, T, D)) {
-        memset(x, 0, sizeof(float) * (size_t)(B * H * T * D));
-        return;
-    }
-    if (r.sh == D) { /* the heads of a row (b, i) side by side (a q/k/v projection block): one run each */
-        for (int64_t b = 0; b < B; b++)
-            for (int64_t i = 0; i < T; i++) memset(x + fz_at(r, b, 0, i), 0, sizeof(float) * (size_t)(H * D));
-        return;
-    }
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t h = 0; h < H; h++)
-            for (int64_t i = 0; i < T; i++) memset(x + fz_at(r, b, h, i), 0, sizeof(float) * (size_t)D);
+    if (x) rp_attn_rows_runs(x, r, B, H, T, D, fz_zero_run, NULL);
 }
 
 /* dq (rows laid out as r) from the NC chunk partials of each (b, h), (Tq, D)

@@ -232,8 +232,10 @@ void rp_fused_ds_avx2(float *p, const float *s, int64_t n, float sc, float di) {
 }
 
 /* 1 if any of x[0..n) is NaN or infinite: the exponent bits all set, 8 floats a
- * step (the integer test of rp_any_nonfinite, attention.h; the same answer). */
-static inline int fz_nonfinite_run_avx2(const float *x, int64_t n) {
+ * step (the integer test of rp_any_nonfinite, attention.h; the same answer). A run
+ * function of rp_attn_rows_runs (x is only read; ctx unused). */
+int rp_fused_nonfinite_run_avx2(float *x, int64_t n, void *ctx) {
+    (void)ctx;
     const __m256i ex = _mm256_set1_epi32(0x7f800000);
     __m256i bad = _mm256_setzero_si256();
     int64_t i = 0;
@@ -246,30 +248,6 @@ static inline int fz_nonfinite_run_avx2(const float *x, int64_t n) {
         bad = _mm256_or_si256(bad, _mm256_cmpeq_epi32(v, ex));
     }
     return !_mm256_testz_si256(bad, bad);
-}
-
-/* rp_any_nonfinite_rows (attention.h) 8 floats a step: the dense layout in one run,
- * a q/k/v projection block (sh == D) in one run of H*D per row (b, i). */
-int rp_fused_any_nonfinite_avx2(const float *x, int64_t sb, int64_t sh, int64_t si, int64_t B, int64_t H, int64_t T,
-                                int64_t D) {
-    if (!x) return 0;
-    if (sb == 0 && sh == 0 && si == 0) {
-        si = D;
-        sh = T * D;
-        sb = H * T * D;
-    }
-    if (si == D && sh == T * D && sb == H * T * D) return fz_nonfinite_run_avx2(x, B * H * T * D);
-    if (sh == D) {
-        for (int64_t b = 0; b < B; b++)
-            for (int64_t i = 0; i < T; i++)
-                if (fz_nonfinite_run_avx2(x + b * sb + i * si, H * D)) return 1;
-        return 0;
-    }
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t h = 0; h < H; h++)
-            for (int64_t i = 0; i < T; i++)
-                if (fz_nonfinite_run_avx2(x + b * sb + h * sh + i * si, D)) return 1;
-    return 0;
 }
 
 void rp_fused_pack_t_avx2(const float *src, int64_t n, int64_t cols, int64_t lds, float *dst, int64_t ldd) {

@@ -291,6 +291,35 @@ static int check_groups(int groups, int rotate) {
     return 0;
 }
 
+/* The checks heads_split and heads_rotate share on y (B, T, groups*n_heads*head_dim):
+ * groups and rotate, the layout name, n_heads dividing the last dim, and the RoPE
+ * tables when rotate > 0 (*cos, *sin, *rd set; the caller releases the tables).
+ * The layout (rp_rope_layout), or -1 with the exception set. */
+static int heads_layout_checks(PyArrayObject *y, Py_ssize_t n_heads, int groups, int rotate, const char *lay,
+                               PyObject *co, PyObject *so, Py_ssize_t rd_in, PyArrayObject **cos, PyArrayObject **sin,
+                               int64_t *rd) {
+    int layout;
+    if (check_groups(groups, rotate) < 0 || (layout = rope_layout(lay)) < 0) return -1;
+    if (n_heads < 1) {
+        PyErr_Format(PyExc_ValueError, "n_heads must be >= 1; got %zd", n_heads);
+        return -1;
+    }
+    const int64_t T = RP_DIM(y, 1), C = RP_DIM(y, 2), H = (int64_t)n_heads;
+    if (C == 0 ? H > 1 : (H > C || C % (groups * H))) {
+        PyErr_Format(PyExc_ValueError,
+                     "y must have shape (B, T, groups*n_heads*head_dim) with groups=%d, n_heads=%lld; "
+                     "got last dim %lld",
+                     groups, (long long)H, (long long)C);
+        return -1;
+    }
+    if (rope_tables(co, so, rd_in, T, C / (groups * H), cos, sin, rd) < 0) return -1;
+    if (rotate > 0 && !*cos) {
+        PyErr_Format(PyExc_ValueError, "rotate=%d needs the RoPE tables cos and sin; got None", rotate);
+        return -1;
+    }
+    return layout;
+}
+
 static PyObject *py_heads_split(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     PyObject *co = Py_None, *so = Py_None;
@@ -311,25 +340,8 @@ static PyObject *py_heads_split(PyObject *self, PyObject *args, PyObject *kw) {
                      RP_ARG_STR("layout", &lay),
                      RP_ARG_END};
     if (rp_args_parse(args, kw, "heads_split", spec) < 0) return NULL;
-    if (check_groups(groups, rotate) < 0 || (layout = rope_layout(lay)) < 0) goto fail;
-    if (n_heads < 1) {
-        PyErr_Format(PyExc_ValueError, "n_heads must be >= 1; got %zd", n_heads);
-        goto fail;
-    }
-    const int64_t B = RP_DIM(y, 0), T = RP_DIM(y, 1), C = RP_DIM(y, 2), H = (int64_t)n_heads;
-    if (C == 0 ? H > 1 : (H > C || C % (groups * H))) {
-        PyErr_Format(PyExc_ValueError,
-                     "y must have shape (B, T, groups*n_heads*head_dim) with groups=%d, n_heads=%lld; "
-                     "got last dim %lld",
-                     groups, (long long)H, (long long)C);
-        goto fail;
-    }
-    const int64_t Dh = C / (groups * H);
-    if (rope_tables(co, so, rd_in, T, Dh, &cos, &sin, &rd) < 0) goto fail;
-    if (rotate > 0 && !cos) {
-        PyErr_Format(PyExc_ValueError, "rotate=%d needs the RoPE tables cos and sin; got None", rotate);
-        goto fail;
-    }
+    if ((layout = heads_layout_checks(y, n_heads, groups, rotate, lay, co, so, rd_in, &cos, &sin, &rd)) < 0) goto fail;
+    const int64_t B = RP_DIM(y, 0), T = RP_DIM(y, 1), H = (int64_t)n_heads, Dh = RP_DIM(y, 2) / (groups * H);
     npy_intp od[4] = {(npy_intp)B, (npy_intp)H, (npy_intp)T, (npy_intp)Dh};
     for (int g = 0; g < groups; g++)
         if (!(outs[g] = empty_f32(4, od))) goto fail;
@@ -470,25 +482,8 @@ static PyObject *py_heads_rotate(PyObject *self, PyObject *args, PyObject *kw) {
                      PyArray_ISWRITEABLE(y) ? "" : ", read-only");
         goto fail;
     }
-    if (check_groups(groups, rotate) < 0 || (layout = rope_layout(lay)) < 0) goto fail;
-    if (n_heads < 1) {
-        PyErr_Format(PyExc_ValueError, "n_heads must be >= 1; got %zd", n_heads);
-        goto fail;
-    }
-    const int64_t B = RP_DIM(y, 0), T = RP_DIM(y, 1), C = RP_DIM(y, 2), H = (int64_t)n_heads;
-    if (C == 0 ? H > 1 : (H > C || C % (groups * H))) {
-        PyErr_Format(PyExc_ValueError,
-                     "y must have shape (B, T, groups*n_heads*head_dim) with groups=%d, n_heads=%lld; "
-                     "got last dim %lld",
-                     groups, (long long)H, (long long)C);
-        goto fail;
-    }
-    const int64_t Dh = C / (groups * H);
-    if (rope_tables(co, so, rd_in, T, Dh, &cos, &sin, &rd) < 0) goto fail;
-    if (rotate > 0 && !cos) {
-        PyErr_Format(PyExc_ValueError, "rotate=%d needs the RoPE tables cos and sin; got None", rotate);
-        goto fail;
-    }
+    if ((layout = heads_layout_checks(y, n_heads, groups, rotate, lay, co, so, rd_in, &cos, &sin, &rd)) < 0) goto fail;
+    const int64_t B = RP_DIM(y, 0), T = RP_DIM(y, 1), H = (int64_t)n_heads, Dh = RP_DIM(y, 2) / (groups * H);
     Py_BEGIN_ALLOW_THREADS
         rc = rp_blocks_heads_rotate(RP_F32(y), groups, rotate, cos ? RP_F32(cos) : NULL, sin ? RP_F32(sin) : NULL, rd,
                                     layout, inverse, B, T, H, Dh);
