@@ -433,6 +433,41 @@ def test_fire_encoding_matches_twin(rng):
     assert E.get("fire", n_heads=2, max_len=64).L.data[0] == 64.0
 
 
+# ------------------------------------------------ pwl table against per-tile
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_pwl_table_same_bits_as_per_tile(rng, causal):
+    """With B * H >= 2 the fused kernel forms the pwl terms once per call (a table);
+    with B = H = 1 each tile forms its own. Split into one-head, one-batch calls (no
+    table), a two-head, two-batch call (table) must give the same bits: outputs and
+    q/k/v gradients per (b, h), and for the pwl gradients exactly twice the
+    one-batch value (both batch rows are the same, 0 + p + p = 2p)."""
+    H, Tq, Tk, D, q_off = 2, 40, 56, 8, 16  # one key tile: no chunked partials
+    enc = fire_enc(rng, H=H, W=12, L=30.0)
+    pwl = {n: (x.data if isinstance(x, relpos.Tensor) else x) for n, x in enc.pwl(Tq, Tk, q_off).items()}
+    q1 = rng.standard_normal((1, H, Tq, D)).astype(f32)
+    k1 = rng.standard_normal((1, H, Tk, D)).astype(f32)
+    v1 = rng.standard_normal((1, H, Tk, D)).astype(f32)
+    do1 = rng.standard_normal((1, H, Tq, D)).astype(f32)
+    q, k, v, do = (np.concatenate([t, t]) for t in (q1, k1, v1, do1))
+    kw = dict(q_offset=q_off, causal=causal)
+    o, lse = _C.attention_fwd(q, k, v, **kw, **pwl)
+    g = _C.attention_bwd(q, k, v, o, lse, do, **kw, **pwl)
+    for h in range(H):
+        one = dict(pwl, pwl_slope=pwl["pwl_slope"][h:h + 1], pwl_icpt=pwl["pwl_icpt"][h:h + 1])
+        args = [np.ascontiguousarray(t[:, h:h + 1]) for t in (q1, k1, v1)]
+        oh, lh = _C.attention_fwd(*args, **kw, **one)
+        gh = _C.attention_bwd(*args, oh, lh, np.ascontiguousarray(do1[:, h:h + 1]), **kw, **one)
+        for b in range(2):
+            np.testing.assert_array_equal(o[b, h], oh[0, 0])
+            np.testing.assert_array_equal(lse[b, h], lh[0, 0])
+            for name in ("q", "k", "v"):
+                np.testing.assert_array_equal(g[name][b, h], gh[name][0, 0])
+        np.testing.assert_array_equal(g["pwl_slope"][h], 2 * gh["pwl_slope"][0])
+        np.testing.assert_array_equal(g["pwl_icpt"][h], 2 * gh["pwl_icpt"][0])
+    assert np.isfinite(o).all() and np.abs(g["pwl_u"]).max() > 0
+
+
 # ---------------------------------------------------------------- threads
 
 def test_bit_identical_across_threads(rng, threads):

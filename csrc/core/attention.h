@@ -19,8 +19,11 @@
  * The piecewise-linear channel carries any bias f_h(x_ij) that is piecewise
  * linear in a scalar x = u(distance) * w(query) with breakpoints shared by the
  * heads: FIRE's MLP with one input (encodings/bias.py) in O(R + Tq + H*S)
- * memory, never a (Tq, Tk) matrix. S = number of segments (pwl_bp has S - 1
- * ascending breakpoints).
+ * inputs. S = number of segments (pwl_bp has S - 1 ascending breakpoints).
+ * The fused kernel forms each pair's terms once per call, in a scratch table
+ * of (2 + Hp) Tq Tk floats, when that is at most 16 MB and B * H >= 2 (they do
+ * not depend on b); above that it forms them tile by tile, and nothing of
+ * size (Tq, Tk) is made. The same bits either way.
  *
  * Non-finite values (every path gives the same answer, that of torch's
  * softmax; tests/reference.py attention):

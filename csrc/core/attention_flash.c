@@ -301,6 +301,10 @@ typedef struct {
     int careful;
     /* row layouts of q, k, v (attention.h), the dense ones filled in */
     rp_attn_rows qrw, krw, vrw;
+    /* the piecewise-linear table (pwl_tab_row): x, g (Tq, Tk) and the terms
+     * (Hp, Tq, Tk); NULL when the tiles form them */
+    const float *pt_x, *pt_t;
+    const int32_t *pt_g;
 } fz_ctx;
 
 /* Offset (floats) of row (b, h, i) in layout r. */
@@ -367,17 +371,15 @@ static fz_scr fz_scr_at(float *base, int64_t D, int64_t Dv) {
     return w;
 }
 
-/* The piecewise-linear term of query i (absolute ia) and keys j0..j0+nk-1 of
- * head h: x[j] = u[idx] * w[i], g[j] = its segment, s[j] += slope[g] x + icpt[g].
- * The segments of a row whose x falls (FIRE's) are one walk down the
- * breakpoints; otherwise they are counted breakpoint by breakpoint over the
- * whole row (a vector compare per 8 keys) rather than searched key by key. */
-static void pwl_row(const rp_attn *a, int64_t h, int64_t ia, int64_t i, int64_t j0, int64_t nk, float *restrict x,
-                    int32_t *restrict g, float *restrict s) {
+/* x[j] = u[idx] * w[i] of query i (absolute ia) and keys j0..j0+nk-1, and
+ * g[j] = its segment, #{bp <= x[j]}. The segments of a row whose x falls
+ * (FIRE's) are one walk down the breakpoints; otherwise they are counted
+ * breakpoint by breakpoint over the whole row (a vector compare per 8 keys)
+ * rather than searched key by key. */
+static void pwl_x_seg(const rp_attn *a, int64_t ia, int64_t i, int64_t j0, int64_t nk, float *restrict x,
+                      int32_t *restrict g) {
     const rp_relidx ix = a->pwl_ix;
     const float wi = a->pwl_w[i];
-    const float *sl = a->pwl_slope + (a->Hp == 1 ? 0 : h) * a->pwl_S;
-    const float *ic = a->pwl_icpt + (a->Hp == 1 ? 0 : h) * a->pwl_S;
     const float *u = a->pwl_u;
     const int64_t u0 = ix.sign * (ia - j0) + ix.off;
     for (int64_t j = 0; j < nk; j++) {
@@ -404,7 +406,50 @@ static void pwl_row(const rp_attn *a, int64_t h, int64_t ia, int64_t i, int64_t 
     } else {
         for (int64_t j = 0; j < nk; j++) g[j] = (int32_t)rp_pwl_seg(a->pwl_bp, nbp, x[j]);
     }
+}
+
+/* The piecewise-linear term of query i and keys j0..j0+nk-1 of head h:
+ * x and g as pwl_x_seg forms them (kept for the backward), then
+ * s[j] += slope[g] x + icpt[g]. */
+static void pwl_row(const rp_attn *a, int64_t h, int64_t ia, int64_t i, int64_t j0, int64_t nk, float *restrict x,
+                    int32_t *restrict g, float *restrict s) {
+    const float *sl = a->pwl_slope + (a->Hp == 1 ? 0 : h) * a->pwl_S;
+    const float *ic = a->pwl_icpt + (a->Hp == 1 ? 0 : h) * a->pwl_S;
+    pwl_x_seg(a, ia, i, j0, nk, x, g);
     for (int64_t j = 0; j < nk; j++) s[j] += sl[g[j]] * x[j] + ic[g[j]];
+}
+
+/* ---- the piecewise-linear channel's table --------------------------------
+ * x, its segment and each head's term slope[g] x + icpt[g] depend on the
+ * pair (i, j) and the head, never on the batch index, and x and g not on the
+ * head either: pwl_row would form them again for every (b, h). When B * H >= 2
+ * and (2 + Hp) Tq Tk floats fit in FZ_PWL_TAB_BYTES, a call forms them once,
+ * row by row in parallel, before its items: x (Tq, Tk), g (Tq, Tk) and the
+ * terms (Hp, Tq, Tk). A tile then adds its head's row of terms, and the
+ * backward reads x and g from there. The same expressions in the same order,
+ * so the same bits as pwl_row (this file is built without FMA contraction).
+ * Above the bound (long sequences) nothing of size (Tq, Tk) is ever made. */
+#define FZ_PWL_TAB_BYTES ((int64_t)16 << 20)
+
+/* Floats of the table for this call, or 0 when the tiles form the terms themselves. */
+static int64_t pwl_tab_floats(const rp_attn *a) {
+    if (!a->pwl_u || a->B * a->H < 2 || a->Tq <= 0 || a->Tk <= 0) return 0;
+    const int64_t per_pair = 2 + a->Hp;
+    if (a->Tq > FZ_PWL_TAB_BYTES / (int64_t)sizeof(float) / per_pair / a->Tk) return 0;
+    return per_pair * a->Tq * a->Tk;
+}
+
+/* Row i of the three parts of the table at tab (pwl_tab_floats(a) floats). */
+static void pwl_tab_row(const rp_attn *a, float *tab, int64_t i) {
+    const int64_t Tq = a->Tq, Tk = a->Tk;
+    float *x = tab + i * Tk;
+    int32_t *g = (int32_t *)(void *)(tab + Tq * Tk) + i * Tk; /* int32 and float have the same size */
+    pwl_x_seg(a, a->q_offset + i, i, 0, Tk, x, g);
+    for (int64_t hp = 0; hp < a->Hp; hp++) {
+        const float *sl = a->pwl_slope + hp * a->pwl_S, *ic = a->pwl_icpt + hp * a->pwl_S;
+        float *restrict t = tab + (2 + hp) * Tq * Tk + i * Tk;
+        for (int64_t j = 0; j < Tk; j++) t[j] = sl[g[j]] * x[j] + ic[g[j]];
+    }
 }
 
 /* First key (0..nk) of a tile starting at j0 that query ia may not see
@@ -551,7 +596,12 @@ static void tile_logits(const fz_ctx *c, fz_scr *w, const float *Kt, int64_t b, 
             const float *restrict f = bf + i * a->Tk;
             for (int64_t j = 0; j < ncol; j++) s[j] += f[j];
         }
-        if (c->has_pwl) pwl_row(a, h, ia, i0 + i, j0, ncol, w->X + i * FZ_BK, w->SG + i * FZ_BK, s);
+        if (c->pt_t) {
+            const float *restrict t = c->pt_t + ((a->Hp == 1 ? 0 : h) * a->Tq + i0 + i) * a->Tk + j0;
+            for (int64_t j = 0; j < ncol; j++) s[j] += t[j];
+        } else if (c->has_pwl) {
+            pwl_row(a, h, ia, i0 + i, j0, ncol, w->X + i * FZ_BK, w->SG + i * FZ_BK, s);
+        }
         if (a->causal && j0 + ncol - 1 > ia) {
             int64_t jstart = ia - j0 + 1;
             if (jstart < 0) jstart = 0;
@@ -753,7 +803,18 @@ static fz_ctx fz_make_ctx(const rp_attn *a) {
     c.qrw = rp_attn_rows_or_dense(a->q_rows, a->H, a->Tq, a->D);
     c.krw = rp_attn_rows_or_dense(a->k_rows, a->H, a->Tk, a->D);
     c.vrw = rp_attn_rows_or_dense(a->v_rows, a->H, a->Tk, a->Dv);
+    c.pt_x = c.pt_t = NULL;
+    c.pt_g = NULL;
     return c;
+}
+
+/* Point c at the table in tab (NULL: none). */
+static void fz_use_pwl_tab(fz_ctx *c, float *tab) {
+    if (!tab) return;
+    const int64_t pairs = c->a->Tq * c->a->Tk;
+    c->pt_x = tab;
+    c->pt_g = (const int32_t *)(const void *)(tab + pairs);
+    c->pt_t = tab + 2 * pairs;
 }
 
 /* q (B,H,Tq,D), k (B,H,Tk,D), v (B,H,Tk,Dv) + channels -> out (B,H,Tq,Dv), lse (B,H,Tq). */
@@ -786,6 +847,10 @@ int rp_attn_fused_fwd(const rp_attn *a, float *out, float *lse) {
         rp_free(Kp);
         return RP_ENOMEM;
     }
+    /* the table is an optimisation: without memory for it the tiles form the terms */
+    const int64_t ntab = pwl_tab_floats(a);
+    float *ptab = ntab ? rp_malloc(sizeof(float) * (size_t)ntab) : NULL;
+    fz_use_pwl_tab(&c, ptab);
 #if RP_HAVE_OPENMP
 #pragma omp parallel num_threads(nt)
 #endif
@@ -796,6 +861,12 @@ int rp_attn_fused_fwd(const rp_attn *a, float *out, float *lse) {
         const int tid = 0;
 #endif
         fz_scr w = fz_scr_at(scr + per * (size_t)tid, c.D, c.Dv);
+        if (ptab) {
+#if RP_HAVE_OPENMP
+#pragma omp for schedule(static)
+#endif
+            for (int64_t i = 0; i < a->Tq; i++) pwl_tab_row(a, ptab, i);
+        }
 #if RP_HAVE_OPENMP
 #pragma omp for schedule(static)
 #endif
@@ -815,6 +886,7 @@ int rp_attn_fused_fwd(const rp_attn *a, float *out, float *lse) {
     }
     rp_free(scr);
     rp_free(Kp);
+    rp_free(ptab);
     return RP_OK;
 }
 
@@ -847,8 +919,9 @@ static void pwl_tile_grads(const fz_ctx *c, const fz_scr *w, int64_t b, int64_t 
         if (L[i0 + i] == -INFINITY) continue;
         const int64_t ia = a->q_offset + i0 + i;
         const int64_t e = fz_causal_end(a, ia, j0, nk);
-        const float *ds = w->dP + i * FZ_BK, *x = w->X + i * FZ_BK;
-        const int32_t *sg = w->SG + i * FZ_BK;
+        const float *ds = w->dP + i * FZ_BK;
+        const float *x = c->pt_x ? c->pt_x + (i0 + i) * a->Tk + j0 : w->X + i * FZ_BK;
+        const int32_t *sg = c->pt_g ? c->pt_g + (i0 + i) * a->Tk + j0 : w->SG + i * FZ_BK;
         const float wi = a->pwl_w[i0 + i];
         const int64_t u0 = ix.sign * (ia - j0) + ix.off;
         float dw = 0.0f;
@@ -1289,6 +1362,10 @@ int rp_attn_fused_bwd(const rp_attn *a, const float *out, const float *lse, cons
     const int need_ds = g->dq || g->dk || dqr || drelk || drelq || dbv || dbf || dpu || dpw || dps || dpi;
     rp_attn_grads gg = *g;
     gg.dqr = dqr;
+    /* the tiles' logits are formed again: the same table as the forward's */
+    const int64_t ntab = pwl_tab_floats(a);
+    float *ptab = ntab ? rp_malloc(sizeof(float) * (size_t)ntab) : NULL;
+    fz_use_pwl_tab(&c, ptab);
 #if RP_HAVE_OPENMP
 #pragma omp parallel num_threads(nt)
 #endif
@@ -1299,6 +1376,12 @@ int rp_attn_fused_bwd(const rp_attn *a, const float *out, const float *lse, cons
         const int tid = 0;
 #endif
         fz_scr w = fz_scr_at(scr + per * (size_t)tid, D, Dv);
+        if (ptab) {
+#if RP_HAVE_OPENMP
+#pragma omp for schedule(static)
+#endif
+            for (int64_t i = 0; i < Tq; i++) pwl_tab_row(a, ptab, i);
+        }
 #if RP_HAVE_OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
@@ -1327,6 +1410,7 @@ int rp_attn_fused_bwd(const rp_attn *a, const float *out, const float *lse, cons
         }
     }
     rp_free(scr);
+    rp_free(ptab);
     if (g->dq && !sdq.direct) {
         fz_dq_finish(g->dq, dqrw, sdq.part, B, H, Tq, D, NC);
         sdq.dst = NULL; /* finished */

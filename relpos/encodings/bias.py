@@ -7,7 +7,7 @@ which has no parameters, with a C kernel), and relpos tabulates it over the
 ``Tq + Tk - 1`` distances of the attention window and feeds the table to the
 fused kernel as ``bias_vec``. FIRE depends on ``i`` as well: its MLP of one
 input is piecewise linear, and the kernels evaluate it pair by pair from
-O(Tq + Tk + H * width) numbers (the ``pwl_*`` channel), never a (Tq, Tk) matrix.
+O(Tq + Tk + H * width) numbers (the ``pwl_*`` channel); no (Tq, Tk) input is built.
 
 The bias is added to ``scale * q.k`` and is not multiplied by the scale.
 
@@ -415,8 +415,11 @@ class Fire(Encoding):
     and intercepts of every segment and head, psi over the window of
     distances, and w per query, with relpos ops (autograd carries the kernel's
     gradients to W1, b1, W2, b2, c and L), and the attention kernels evaluate
-    ``slope * x + intercept`` pair by pair. Memory: O(Tq + Tk + H * width),
-    whatever q_offset is; no (Tq, Tk) matrix is ever built.
+    ``slope * x + intercept`` pair by pair. Inputs: O(Tq + Tk + H * width)
+    numbers, whatever q_offset is. The fused kernel forms every pair's terms
+    once per call (they do not depend on the batch index) in a scratch table
+    of (2 + H) Tq Tk floats when that is at most 16 MB, and tile by tile,
+    with nothing of size (Tq, Tk), above that; the same bits either way.
 
     Non-finite parameters: a NaN or infinite value in W1 or b1 makes every
     bias NaN, one in W2[h] makes head h's bias NaN (so the attention rows turn
