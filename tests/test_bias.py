@@ -466,6 +466,12 @@ def test_pwl_table_same_bits_as_per_tile(rng, causal):
         np.testing.assert_array_equal(g["pwl_slope"][h], 2 * gh["pwl_slope"][0])
         np.testing.assert_array_equal(g["pwl_icpt"][h], 2 * gh["pwl_icpt"][0])
     assert np.isfinite(o).all() and np.abs(g["pwl_u"]).max() > 0
+    # a padding mask that masks nothing takes the pwl gradients' general loop (per-key
+    # tests) instead of the run-by-run one: the same bits
+    gm = _C.attention_bwd(q, k, v, o, lse, do, key_padding_mask=np.zeros((2, Tk), bool), **kw, **pwl)
+    assert sorted(gm) == sorted(g)
+    for name in g:
+        np.testing.assert_array_equal(gm[name], g[name])
 
 
 # ---------------------------------------------------------------- threads

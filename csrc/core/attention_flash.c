@@ -915,6 +915,7 @@ static void pwl_tile_grads(const fz_ctx *c, const fz_scr *w, int64_t b, int64_t 
     const rp_relidx ix = a->pwl_ix;
     const float *sl = a->pwl_slope + (a->Hp == 1 ? 0 : h) * a->pwl_S;
     const uint8_t *kpm = a->key_padding_mask ? a->key_padding_mask + b * a->Tk + j0 : NULL;
+    const int fast = !kpm && t->dpwl_u && t->dpwl_w && t->dpwl_slope && t->dpwl_icpt;
     for (int64_t i = 0; i < mq; i++) {
         if (L[i0 + i] == -INFINITY) continue;
         const int64_t ia = a->q_offset + i0 + i;
@@ -925,6 +926,34 @@ static void pwl_tile_grads(const fz_ctx *c, const fz_scr *w, int64_t b, int64_t 
         const float wi = a->pwl_w[i0 + i];
         const int64_t u0 = ix.sign * (ia - j0) + ix.off;
         float dw = 0.0f;
+        if (fast && e > 0 && u0 >= 0 && u0 < ix.R && u0 - ix.sign * (e - 1) >= 0 && u0 - ix.sign * (e - 1) < ix.R) {
+            /* the loop below for the common case (no padding mask, every gradient
+             * wanted, no index clamped), run by run of one segment: the same
+             * operations in the same order, without its per-key tests */
+            float *restrict du = t->dpwl_u;
+            const float *u = a->pwl_u;
+            const int64_t sgn = ix.sign;
+            int64_t j = 0;
+            while (j < e) {
+                const int32_t g = sg[j];
+                int64_t jend = j + 1;
+                while (jend < e && sg[jend] == g) jend++;
+                const float slg = sl[g];
+                float rs = 0.0f, ri = 0.0f;
+                for (; j < jend; j++) {
+                    const int64_t n = u0 - sgn * j;
+                    const float dx = ds[j] * slg;
+                    rs += ds[j] * x[j];
+                    ri += ds[j];
+                    du[n] += dx * wi;
+                    dw += dx * u[n];
+                }
+                t->dpwl_slope[g] += rs;
+                t->dpwl_icpt[g] += ri;
+            }
+            t->dpwl_w[i0 + i] += dw;
+            continue;
+        }
         /* neighbouring keys mostly share a segment (FIRE's x is monotone along a
          * row): the segment sums run in registers and are stored when it changes */
         int32_t cur = -1;
