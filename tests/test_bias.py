@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 import relpos
 from relpos import _C
 from relpos import encodings as E
+from relpos import functional as F
 from relpos.encodings.bias import alibi_slopes, relative_positions, t5_bucket
 
 f32 = np.float32
@@ -431,6 +432,51 @@ def test_fire_encoding_matches_twin(rng):
     np.testing.assert_allclose(enc.bias_matrix(4, 6, 2), ref.fire_bias(*p, 4, 6, 2)[0], rtol=1e-5, atol=1e-6)
     assert enc.L.data[0] == 3.0 and abs(enc.c.data[0] - 0.1) < 1e-7
     assert E.get("fire", n_heads=2, max_len=64).L.data[0] == 64.0
+
+
+def _fire_pwl_composed(enc, Tq, Tk, q_offset):
+    """Fire.pwl's u, w, slope, icpt from relpos ops (what it was before one tape node made them)."""
+    from relpos.encodings.base import distance_window
+    from relpos.encodings.bias import fire_segments
+    c, L = enc.c.data[0], enc.L.data[0]
+    cabs = enc.c * float(np.sign(c))
+    d = np.maximum(distance_window(Tq, Tk, q_offset), 0).astype(f32)
+    u = F.log(cabs * d + 1.0)
+    ia = (q_offset + np.arange(Tq)).astype(f32)
+    Labs = enc.L * float(np.sign(L))
+    above = ((np.abs(L) > ia) | np.isnan(L)).astype(f32)
+    w = 1.0 / (F.log(cabs * (Labs * above + ia * (1.0 - above)) + 1.0) + enc.eps)
+    _, on = fire_segments(enc.W1.data, enc.b1.data)
+    slope = enc.W2 @ (relpos.Tensor(on) * enc.W1).T
+    icpt = enc.W2 @ (relpos.Tensor(on) * enc.b1).T + enc.b2.reshape(enc.n_heads, 1)
+    return {"pwl_u": u, "pwl_w": w, "pwl_slope": slope, "pwl_icpt": icpt}
+
+
+@pytest.mark.parametrize("c,L,Tq,Tk,qo", [(0.3, 30.0, 20, 28, 8), (-0.2, -5.5, 12, 12, 0), (0.0, 3.0, 9, 16, 7)])
+def test_fire_pwl_node_equals_composed_ops(rng, c, L, Tq, Tk, qo):
+    """Fire.pwl's one tape node: the same values, bit for bit, as the relpos ops it
+    replaced, and the same gradients for the six parameters up to rounding (its
+    backward sums in another order), whatever each output's upstream gradient."""
+    enc = fire_enc(rng, H=3, W=10, c=c, L=L)
+    G = None
+    grads = []
+    for make in (lambda: enc.pwl(Tq, Tk, qo), lambda: _fire_pwl_composed(enc, Tq, Tk, qo)):
+        for p in enc.parameters():
+            p.grad = None
+        out = make()
+        if G is None:
+            G = {k: rng.standard_normal(out[k].shape).astype(f32) for k in ("pwl_u", "pwl_w", "pwl_slope", "pwl_icpt")}
+            first = {k: out[k].data.copy() for k in G}
+        else:
+            for k in G:
+                np.testing.assert_array_equal(out[k].data, first[k], err_msg=k)
+        sum((out[k] * G[k]).sum() for k in G).backward()
+        grads.append({n: getattr(enc, n).grad.copy() for n in NAMES})
+    for n in NAMES:
+        scale = np.abs(grads[1][n]).max()
+        np.testing.assert_allclose(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-6 * (1 + scale), err_msg=n)
+    if c == 0.0:  # |c| has the kink's gradient 0 at c = 0
+        assert grads[0]["c"][0] == 0.0
 
 
 # ------------------------------------------------ pwl table against per-tile

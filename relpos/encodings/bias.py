@@ -22,7 +22,7 @@ import numpy as np
 from .. import _C
 from .. import functional as F
 from ..nn import Parameter
-from ..tensor import Tensor, no_grad
+from ..tensor import Function, Tensor, no_grad
 from .base import DistanceBias, Encoding, distance_window
 from .registry import register
 
@@ -399,6 +399,81 @@ def pwl_bias_matrix(inputs, Tq, Tk, q_offset=0, causal=True):
     return out
 
 
+class _FirePwl(Function):
+    """FIRE's six parameters -> the pwl_* inputs (u, w, slope, icpt) as one
+    node on the tape (the composed ops made 20 per layer and step).
+
+    The forward makes the same float32 operations in the same order as those
+    ops (so the same values); the backward is the chain rule written out:
+
+    - u = log(|c| d + 1): d|c| += sum(g_u / (|c| d + 1) * d);
+    - w = 1 / (log(|c| m + 1) + eps), m = |L| above + i (1 - above):
+      g_z = -g_w (w / y) / z with y = log z + eps, z = |c| m + 1;
+      d|c| += sum(g_z m), d|L| = sum(g_z |c| above);
+    - slope = W2 (on * W1)^T: dW2 += g_s (on * W1), dW1 = sum_s (g_s^T W2) * on;
+    - icpt = W2 (on * b1)^T + b2: dW2 += g_i (on * b1), db1 likewise, db2 = sum_s g_i;
+    - dc = d|c| sign(c), dL = d|L| sign(L) (0 at 0, as the kink of |x|).
+
+    Products run on relpos' GEMM, sums in NumPy's fixed order: the same bits
+    for any thread count.
+    """
+
+    @staticmethod
+    def forward(ctx, c, L, W1, b1, W2, b2, d, ia, above, on, eps):
+        # c, L (1,); W1, b1 (W,); W2 (H, W); b2 (H,); d (R,) >= 0; ia, above (Tq,); on (S, W)
+        sc, sL = np.float32(np.sign(c[0])), np.float32(np.sign(L[0]))
+        cabs, Labs = c * sc, L * sL
+        zu = d * cabs + np.float32(1.0)
+        m = Labs * above + ia * (1.0 - above)
+        zw = m * cabs + np.float32(1.0)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            u = np.log(zu)
+            y = np.log(zw) + np.float32(eps)
+            w = np.float32(1.0) / y
+            a_s = np.ascontiguousarray((on * W1).T)  # (W, S); inf * 0 = NaN, as the documented poison
+            a_i = np.ascontiguousarray((on * b1).T)
+        slope = _C.gemm(W2, a_s)
+        icpt = np.add(_C.gemm(W2, a_i), b2.reshape(-1, 1))
+        ctx.save_for_backward(sc, sL, cabs, d, zu, m, zw, y, w, above, on, W2, a_s, a_i)
+        return u, w, slope, icpt
+
+    @staticmethod
+    def backward(ctx, g_u, g_w, g_s, g_i):
+        sc, sL, cabs, d, zu, m, zw, y, w, above, on, W2, a_s, a_i = ctx.saved
+        need = ctx.needs_input_grad
+        dc = dL = dW1 = db1 = dW2 = db2 = None
+        if need[0] or need[1]:
+            dcabs = np.zeros(1, np.float32)
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                if g_u is not None:
+                    dcabs = dcabs + np.sum((g_u / zu) * d, dtype=np.float32)
+                g_z = None
+                if g_w is not None:
+                    g_z = (-(g_w * (w / y))) / zw
+                    dcabs = dcabs + np.sum(g_z * m, dtype=np.float32)
+            if need[0]:
+                dc = (dcabs * sc).astype(np.float32)
+            if need[1]:
+                dLabs = np.zeros(1, np.float32) if g_z is None else \
+                    np.sum((g_z * cabs) * above, dtype=np.float32).reshape(1)
+                dL = (dLabs * sL).astype(np.float32)
+        if need[4] and (g_s is not None or g_i is not None):
+            dW2 = np.zeros(W2.shape, np.float32)
+            if g_s is not None:
+                dW2 = dW2 + _C.gemm(np.ascontiguousarray(g_s, np.float32), a_s, trans_b=True)
+            if g_i is not None:
+                dW2 = dW2 + _C.gemm(np.ascontiguousarray(g_i, np.float32), a_i, trans_b=True)
+        if need[2] and g_s is not None:
+            dW1 = np.sum(_C.gemm(W2, np.ascontiguousarray(g_s, np.float32), trans_a=True).T * on, axis=0,
+                         dtype=np.float32)
+        if need[3] and g_i is not None:
+            db1 = np.sum(_C.gemm(W2, np.ascontiguousarray(g_i, np.float32), trans_a=True).T * on, axis=0,
+                         dtype=np.float32)
+        if need[5] and g_i is not None:
+            db2 = np.sum(g_i, axis=1, dtype=np.float32)
+        return dc, dL, dW1, db1, dW2, db2, None, None, None, None, None
+
+
 @register
 class Fire(Encoding):
     """FIRE (Li et al., ICLR 2024): ``b_h(i, j) = f(psi(i - j) / psi(max(L, i)))``,
@@ -470,20 +545,16 @@ class Fire(Encoding):
           each segment (:func:`fire_segments`), S <= width + 1.
         """
         q_offset = int(q_offset)
-        c, L = self.c.data[0], self.L.data[0]
-        cabs = self.c * float(np.sign(c))  # |c|, with the gradient sign(c) (0 at c = 0, as max's kink)
+        L = self.L.data[0]
+        # |c| and |L| carry the gradients sign(c) and sign(L) (0 at 0, as max's kink)
         d = np.maximum(distance_window(Tq, Tk, q_offset), 0).astype(np.float32)  # d < 0 is masked (causal)
-        u = F.log(cabs * d + 1.0)
         ia = (q_offset + np.arange(Tq, dtype=np.int64)).astype(np.float32)
-        Labs = self.L * float(np.sign(L))
         # rows whose normaliser uses |L| (and so its gradient); a NaN L propagates, as torch.maximum does
         above = ((np.abs(L) > ia) | np.isnan(L)).astype(np.float32)
-        m = Labs * above + ia * (1.0 - above)
-        w = 1.0 / (F.log(cabs * m + 1.0) + self.eps)
         bp, on = fire_segments(self.W1.data, self.b1.data)
         H = self.n_heads
-        slope = self.W2 @ (Tensor(on) * self.W1).T
-        icpt = self.W2 @ (Tensor(on) * self.b1).T + self.b2.reshape(H, 1)
+        u, w, slope, icpt = _FirePwl.apply(self.c, self.L, self.W1, self.b1, self.W2, self.b2, d, ia, above, on,
+                                           self.eps)
         # the documented NaN convention for non-finite weights (the segment form cannot follow inf * 0)
         poison = np.where(np.isfinite(self.W2.data).all(axis=1), 0.0, np.nan)
         if not (np.isfinite(self.W1.data).all() and np.isfinite(self.b1.data).all()):
