@@ -401,21 +401,20 @@ def pwl_bias_matrix(inputs, Tq, Tk, q_offset=0, causal=True):
 
 class _FirePwl(Function):
     """FIRE's six parameters -> the pwl_* inputs (u, w, slope, icpt) as one
-    node on the tape (the composed ops made 20 per layer and step).
+    node on the tape (the composed relpos ops made 20 per layer and step).
 
-    The forward makes the same float32 operations in the same order as those
-    ops (so the same values); the backward is the chain rule written out:
+    Forward: the same float32 operations in the same order as those ops.
+    Backward: the chain rule through them, each step the same operation
+    (the same C kernel for the broadcast products' reductions and the
+    GEMM for the products), so the values and gradients are bit for bit
+    those of the composed ops:
 
-    - u = log(|c| d + 1): d|c| += sum(g_u / (|c| d + 1) * d);
-    - w = 1 / (log(|c| m + 1) + eps), m = |L| above + i (1 - above):
-      g_z = -g_w (w / y) / z with y = log z + eps, z = |c| m + 1;
-      d|c| += sum(g_z m), d|L| = sum(g_z |c| above);
-    - slope = W2 (on * W1)^T: dW2 += g_s (on * W1), dW1 = sum_s (g_s^T W2) * on;
-    - icpt = W2 (on * b1)^T + b2: dW2 += g_i (on * b1), db1 likewise, db2 = sum_s g_i;
+    - u = log(z_u), z_u = |c| d + 1: d|c| += sum(g_u / z_u * d);
+    - w = 1 / y, y = log(z_w) + eps, z_w = |c| m + 1, m = |L| above + i (1 - above):
+      g_z = d(1/y)/dy g_w / z_w; d|c| += sum(g_z m); d|L| = sum(g_z |c| above);
+    - slope = W2 A_s^T, A_s = on * W1: dW2 = g_s A_s; dW1 = sum over segments of (g_s^T W2) * on;
+    - icpt = W2 A_i^T + b2, A_i = on * b1: dW2 += g_i A_i; db1 likewise; db2 = sum over segments of g_i;
     - dc = d|c| sign(c), dL = d|L| sign(L) (0 at 0, as the kink of |x|).
-
-    Products run on relpos' GEMM, sums in NumPy's fixed order: the same bits
-    for any thread count.
     """
 
     @staticmethod
@@ -434,43 +433,47 @@ class _FirePwl(Function):
             a_i = np.ascontiguousarray((on * b1).T)
         slope = _C.gemm(W2, a_s)
         icpt = np.add(_C.gemm(W2, a_i), b2.reshape(-1, 1))
-        ctx.save_for_backward(sc, sL, cabs, d, zu, m, zw, y, w, above, on, W2, a_s, a_i)
+        ctx.save_for_backward(sc, sL, cabs, Labs, W1, b1, d, zu, m, zw, y, above, on, W2, a_s, a_i)
         return u, w, slope, icpt
 
     @staticmethod
     def backward(ctx, g_u, g_w, g_s, g_i):
-        sc, sL, cabs, d, zu, m, zw, y, w, above, on, W2, a_s, a_i = ctx.saved
+        sc, sL, cabs, Labs, W1, b1, d, zu, m, zw, y, above, on, W2, a_s, a_i = ctx.saved
         need = ctx.needs_input_grad
         dc = dL = dW1 = db1 = dW2 = db2 = None
         if need[0] or need[1]:
-            dcabs = np.zeros(1, np.float32)
+            dcabs = None
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-                if g_u is not None:
-                    dcabs = dcabs + np.sum((g_u / zu) * d, dtype=np.float32)
-                g_z = None
+                if g_u is not None and need[0]:
+                    gz = np.ascontiguousarray(g_u / zu, dtype=np.float32)
+                    dcabs = _C.binary_bwd(d, cabs, gz, "mul", need_a=False, need_b=True)[1]
                 if g_w is not None:
-                    g_z = (-(g_w * (w / y))) / zw
-                    dcabs = dcabs + np.sum(g_z * m, dtype=np.float32)
-            if need[0]:
-                dc = (dcabs * sc).astype(np.float32)
-            if need[1]:
-                dLabs = np.zeros(1, np.float32) if g_z is None else \
-                    np.sum((g_z * cabs) * above, dtype=np.float32).reshape(1)
-                dL = (dLabs * sL).astype(np.float32)
-        if need[4] and (g_s is not None or g_i is not None):
-            dW2 = np.zeros(W2.shape, np.float32)
-            if g_s is not None:
-                dW2 = dW2 + _C.gemm(np.ascontiguousarray(g_s, np.float32), a_s, trans_b=True)
-            if g_i is not None:
-                dW2 = dW2 + _C.gemm(np.ascontiguousarray(g_i, np.float32), a_i, trans_b=True)
-        if need[2] and g_s is not None:
-            dW1 = np.sum(_C.gemm(W2, np.ascontiguousarray(g_s, np.float32), trans_a=True).T * on, axis=0,
-                         dtype=np.float32)
-        if need[3] and g_i is not None:
-            db1 = np.sum(_C.gemm(W2, np.ascontiguousarray(g_i, np.float32), trans_a=True).T * on, axis=0,
-                         dtype=np.float32)
-        if need[5] and g_i is not None:
-            db2 = np.sum(g_i, axis=1, dtype=np.float32)
+                    gy = _C.binary_bwd(y, np.ones(1, np.float32), np.ascontiguousarray(g_w, dtype=np.float32),
+                                       "rdiv", need_a=True, need_b=False)[0]
+                    gz = np.ascontiguousarray(gy / zw, dtype=np.float32)
+                    gm, dcw = _C.binary_bwd(m, cabs, gz, "mul", need_a=need[1], need_b=need[0])
+                    if dcw is not None:
+                        dcabs = dcw if dcabs is None else dcabs + dcw
+                    if need[1]:
+                        dL = _C.binary_bwd(above, Labs, gm, "mul", need_a=False, need_b=True)[1] * sL
+            if need[0] and dcabs is not None:
+                dc = dcabs * sc
+        for g, A, want, which in ((g_s, a_s, need[2], 0), (g_i, a_i, need[3], 1)):
+            if g is None:
+                continue
+            g = np.ascontiguousarray(g, dtype=np.float32)
+            if need[4]:
+                part = _C.gemm(g, A, trans_b=True)
+                dW2 = part if dW2 is None else dW2 + part
+            if want:
+                dA = np.ascontiguousarray(_C.gemm(W2, g, trans_a=True).T)  # (S, W)
+                grad = _C.binary_bwd(on, (W1, b1)[which], dA, "mul", need_a=False, need_b=True)[1]
+                if which == 0:
+                    dW1 = grad
+                else:
+                    db1 = grad
+            if which == 1 and need[5]:
+                db2 = g.sum(axis=(1,), keepdims=True).reshape(-1)
         return dc, dL, dW1, db1, dW2, db2, None, None, None, None, None
 
 
