@@ -680,6 +680,9 @@ def compare(encodings=DEFAULT_ENCODINGS, task: str = "lm", train_len: int | None
         result._sort_runs()
         result.wall_time = time.perf_counter() - t0
         e.result = result
+        if out is not None and result.runs:
+            # the interrupt may have landed between the two files of the last _write
+            _write(result, out)
         raise
     result.wall_time = time.perf_counter() - t0
     result._sort_runs()
@@ -689,9 +692,11 @@ def compare(encodings=DEFAULT_ENCODINGS, task: str = "lm", train_len: int | None
 
 
 def _write(result, out):
+    """results.csv, then results.json (each replaced atomically): once the json of a
+    finished encoding exists, so does the csv that has it."""
     out = os.fspath(out)
-    result.save(os.path.join(out, "results.json"))
     result.save_csv(os.path.join(out, "results.csv"))
+    result.save(os.path.join(out, "results.json"))
 
 
 def _extension_runs(run):

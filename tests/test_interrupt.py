@@ -107,6 +107,32 @@ def test_interrupted_compare_carries_the_finished_encodings(tmp_path, monkeypatc
     assert "(not run)" in res.table()
 
 
+def test_interrupt_between_the_two_result_files_leaves_both(tmp_path, monkeypatch):
+    """An interrupt that lands after results.csv was written and before results.json
+    (the CLI's SIGINT can come at any line): compare writes both again before it
+    re-raises, so each holds the finished encodings."""
+    import relpos.experiments as ex
+    real_save = ex.CompareResult.save
+    calls = []
+
+    def save(self, path):
+        calls.append(path)
+        if len(calls) == 1:  # the first encoding's results.json: interrupted before it is written
+            raise KeyboardInterrupt
+        return real_save(self, path)
+
+    monkeypatch.setattr(ex.CompareResult, "save", save)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        ex.compare(["alibi", "rope"], seeds=(0,), train_len=16, eval_lens=[16], steps=2, d_model=16,
+                   n_layers=1, n_heads=2, batch_size=4, eval_tokens=128, text=default_corpus()[:8000],
+                   progress=False, out=str(out))
+    kept = json.loads((out / "results.json").read_text())
+    assert [(r["encoding"], r["seed"]) for r in kept["runs"]] == [("alibi", 0)]
+    rows = (out / "results.csv").read_text().splitlines()
+    assert rows[0] == "encoding,seed,length,perplexity" and {r.split(",")[0] for r in rows[1:]} == {"alibi"}
+
+
 def test_sweep_stops_its_pool_at_once():
     """sweep's own process pool: an interrupt while runs train terminates them."""
     import threading
