@@ -93,6 +93,8 @@ def as_array(x, name="x"):
     """
     if isinstance(x, Tensor):
         return x._data
+    if type(x) is np.ndarray and x.dtype is _F32:
+        return x
     arr = np.asarray(x)
     if arr.dtype == np.float32:
         return arr
@@ -421,8 +423,9 @@ class Tensor:
             for t, g in zip(node.inputs, in_grads):
                 if t is None or g is None or not t.requires_grad:
                     continue
-                g = np.asarray(g, dtype=np.float32)
-                if g.shape != t.shape:
+                if type(g) is not np.ndarray or g.dtype is not _F32:
+                    g = np.asarray(g, dtype=np.float32)
+                if g.shape != t._data.shape:
                     raise RuntimeError(f"{node.fn.__name__}.backward returned a gradient of shape "
                                        f"{g.shape} for an input of shape {t.shape}")
                 if t._node is None:

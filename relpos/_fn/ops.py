@@ -30,8 +30,12 @@ def _f32(x, name):
 def _c(a):
     """C-contiguous float32 ndarray of a gradient (keeps 0-d arrays 0-d,
     which np.ascontiguousarray would not)."""
-    a = np.asarray(a, dtype=np.float32)
+    if type(a) is not np.ndarray or a.dtype is not _F32:
+        a = np.asarray(a, dtype=np.float32)
     return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
+_F32 = np.dtype(np.float32)
 
 
 # ---- elementwise binary ----------------------------------------------------
@@ -68,7 +72,11 @@ class _Binary(Function):
     def forward(ctx, a, b, op):
         a = _f32(a, "a")
         b = _f32(b, "b")
-        shape = np.broadcast_shapes(a.shape, b.shape)
+        sa, sb = a.shape, b.shape
+        if sa == sb or (not sb and sa):  # same shapes, or a 0-d b (a Python number): no broadcast to work out
+            shape = sa
+        else:
+            shape = np.broadcast_shapes(sa, sb)
         ctx.op, ctx.a_shape, ctx.b_shape = op, a.shape, b.shape
         ctx.path = None
         linear = op in ("add", "sub")
