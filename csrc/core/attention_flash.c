@@ -808,13 +808,29 @@ static fz_ctx fz_make_ctx(const rp_attn *a) {
     return c;
 }
 
-/* Point c at the table in tab (NULL: none). */
-static void fz_use_pwl_tab(fz_ctx *c, float *tab) {
-    if (!tab) return;
+/* The piecewise-linear table of this call (pwl_tab_floats), c pointed at its
+ * parts; NULL, c left without one, when the call needs none or there is no
+ * memory for it (an optimisation: the tiles then form the terms). The caller
+ * fills it with fz_pwl_tab_fill and frees it. */
+static float *fz_pwl_tab_new(fz_ctx *c) {
+    const int64_t n = pwl_tab_floats(c->a);
+    float *tab = n ? rp_malloc(sizeof(float) * (size_t)n) : NULL;
+    if (!tab) return NULL;
     const int64_t pairs = c->a->Tq * c->a->Tk;
     c->pt_x = tab;
     c->pt_g = (const int32_t *)(const void *)(tab + pairs);
     c->pt_t = tab + 2 * pairs;
+    return tab;
+}
+
+/* Fill the table, rows dealt to the threads of the calling team (every member
+ * calls this; the worksharing loop ends with the team's barrier). */
+static void fz_pwl_tab_fill(const rp_attn *a, float *tab) {
+    if (!tab) return;
+#if RP_HAVE_OPENMP
+#pragma omp for schedule(static)
+#endif
+    for (int64_t i = 0; i < a->Tq; i++) pwl_tab_row(a, tab, i);
 }
 
 /* q (B,H,Tq,D), k (B,H,Tk,D), v (B,H,Tk,Dv) + channels -> out (B,H,Tq,Dv), lse (B,H,Tq). */
@@ -847,10 +863,7 @@ int rp_attn_fused_fwd(const rp_attn *a, float *out, float *lse) {
         rp_free(Kp);
         return RP_ENOMEM;
     }
-    /* the table is an optimisation: without memory for it the tiles form the terms */
-    const int64_t ntab = pwl_tab_floats(a);
-    float *ptab = ntab ? rp_malloc(sizeof(float) * (size_t)ntab) : NULL;
-    fz_use_pwl_tab(&c, ptab);
+    float *ptab = fz_pwl_tab_new(&c);
 #if RP_HAVE_OPENMP
 #pragma omp parallel num_threads(nt)
 #endif
@@ -861,12 +874,7 @@ int rp_attn_fused_fwd(const rp_attn *a, float *out, float *lse) {
         const int tid = 0;
 #endif
         fz_scr w = fz_scr_at(scr + per * (size_t)tid, c.D, c.Dv);
-        if (ptab) {
-#if RP_HAVE_OPENMP
-#pragma omp for schedule(static)
-#endif
-            for (int64_t i = 0; i < a->Tq; i++) pwl_tab_row(a, ptab, i);
-        }
+        fz_pwl_tab_fill(a, ptab);
 #if RP_HAVE_OPENMP
 #pragma omp for schedule(static)
 #endif
@@ -1391,10 +1399,7 @@ int rp_attn_fused_bwd(const rp_attn *a, const float *out, const float *lse, cons
     const int need_ds = g->dq || g->dk || dqr || drelk || drelq || dbv || dbf || dpu || dpw || dps || dpi;
     rp_attn_grads gg = *g;
     gg.dqr = dqr;
-    /* the tiles' logits are formed again: the same table as the forward's */
-    const int64_t ntab = pwl_tab_floats(a);
-    float *ptab = ntab ? rp_malloc(sizeof(float) * (size_t)ntab) : NULL;
-    fz_use_pwl_tab(&c, ptab);
+    float *ptab = fz_pwl_tab_new(&c); /* the tiles' logits are formed again: the forward's table */
 #if RP_HAVE_OPENMP
 #pragma omp parallel num_threads(nt)
 #endif
@@ -1405,12 +1410,7 @@ int rp_attn_fused_bwd(const rp_attn *a, const float *out, const float *lse, cons
         const int tid = 0;
 #endif
         fz_scr w = fz_scr_at(scr + per * (size_t)tid, D, Dv);
-        if (ptab) {
-#if RP_HAVE_OPENMP
-#pragma omp for schedule(static)
-#endif
-            for (int64_t i = 0; i < Tq; i++) pwl_tab_row(a, ptab, i);
-        }
+        fz_pwl_tab_fill(a, ptab);
 #if RP_HAVE_OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif

@@ -9,7 +9,7 @@ norms, softmax and activations act on the last axis.
 import numpy as np
 
 from .. import _C
-from ..tensor import Function, Tensor, _unbroadcast, as_array
+from ..tensor import _F32, Function, Tensor, _unbroadcast, as_array
 from .views import getitem
 
 __all__ = ["add", "sub", "mul", "div", "scale", "bias_add", "neg",
@@ -33,9 +33,6 @@ def _c(a):
     if type(a) is not np.ndarray or a.dtype is not _F32:
         a = np.asarray(a, dtype=np.float32)
     return a if a.flags.c_contiguous else np.ascontiguousarray(a)
-
-
-_F32 = np.dtype(np.float32)
 
 
 # ---- elementwise binary ----------------------------------------------------

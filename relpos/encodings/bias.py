@@ -458,22 +458,23 @@ class _FirePwl(Function):
                         dL = _C.binary_bwd(above, Labs, gm, "mul", need_a=False, need_b=True)[1] * sL
             if need[0] and dcabs is not None:
                 dc = dcabs * sc
-        for g, A, want, which in ((g_s, a_s, need[2], 0), (g_i, a_i, need[3], 1)):
-            if g is None:
-                continue
-            g = np.ascontiguousarray(g, dtype=np.float32)
-            if need[4]:
-                part = _C.gemm(g, A, trans_b=True)
-                dW2 = part if dW2 is None else dW2 + part
-            if want:
-                dA = np.ascontiguousarray(_C.gemm(W2, g, trans_a=True).T)  # (S, W)
-                grad = _C.binary_bwd(on, (W1, b1)[which], dA, "mul", need_a=False, need_b=True)[1]
-                if which == 0:
-                    dW1 = grad
-                else:
-                    db1 = grad
-            if which == 1 and need[5]:
-                db2 = g.sum(axis=(1,), keepdims=True).reshape(-1)
+        g_s = None if g_s is None else np.ascontiguousarray(g_s, dtype=np.float32)
+        g_i = None if g_i is None else np.ascontiguousarray(g_i, dtype=np.float32)
+
+        def factor_grad(g, factor):
+            # W2 (on * factor)^T: g back through the product and the transpose, then the mask
+            dA = np.ascontiguousarray(_C.gemm(W2, g, trans_a=True).T)  # (S, W)
+            return _C.binary_bwd(on, factor, dA, "mul", need_a=False, need_b=True)[1]
+
+        if need[4]:
+            parts = [_C.gemm(g, A, trans_b=True) for g, A in ((g_s, a_s), (g_i, a_i)) if g is not None]
+            dW2 = sum(parts[1:], parts[0]) if parts else None
+        if need[2] and g_s is not None:
+            dW1 = factor_grad(g_s, W1)
+        if need[3] and g_i is not None:
+            db1 = factor_grad(g_i, b1)
+        if need[5] and g_i is not None:
+            db2 = g_i.sum(axis=(1,), keepdims=True).reshape(-1)
         return dc, dL, dW1, db1, dW2, db2, None, None, None, None, None
 
 
