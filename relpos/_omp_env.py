@@ -3,21 +3,31 @@
 libgomp's idle threads spin (by default for 300,000 iterations, about 7.5 ms
 on the 2-vCPU AMD EPYC VM where this was measured, a PAUSE taking 25 ns) before
 they sleep, at the end of every parallel region. A training step opens ~60
-regions, often microseconds to a millisecond apart: on a machine where other
-processes compete for the cores, the spinning thread takes the CPU its partner
-needs, and a 2-thread step of the small model took 10x its 1-thread time (median
-230-290 ms against 23 ms, measured with the other helpers' jobs running). A
-thread that sleeps, though, is late for the next region: with a spin of 1000
-(25 us) 256^3 products ran at one thread's speed in half the calls (median
-380 us against 190 us with a spin of 30000), and the small step took
-11-14.5 ms against 9-11 ms. relpos asks
-for GOMP_SPINCOUNT=30000 (about 0.75 ms there): awake between the regions of a
-step, asleep soon after it. Under load the threads are not left spinning
-against the other process: the GEMM's stall detector makes every kernel run
-on one thread for a second (see csrc/core/gemm.c, rp_back_off), and the small
-step with a core kept busy took 15.7-17.3 ms on 2 threads against 16 ms on one
-(27 ms before every kernel backed off, 64 ms with this spin and only the GEMM
-backing off).
+regions, microseconds to a millisecond or two apart.
+
+- Too short a spin and the partner thread is asleep when the next region
+  opens; waking it is slow on a VM. With 1000 (25 us) 256^3 products ran at
+  one thread's speed in half the calls (380 us against 190 us with 30,000).
+  With 30,000 (0.75 ms), which relpos asked for until 2026-12-02, the small
+  model's 2-thread step was slow when it came after a longer pause: steps
+  started 45 ms after the previous process's step took 13.7-19.9 ms (median,
+  three rounds, a torch process stepping in between as in bench_train.py)
+  against 10.7-13.1 ms 20 ms after it; with 300,000, 10.4-11.6 ms either way. Back to back the longer spin was also
+  faster in three of three rounds (14.0-19.1 ms against 16.0-24.8 ms, a busy
+  hour).
+- Too long a spin and, where other processes compete for the cores, the
+  spinning thread takes the CPU its partner needs: before relpos could back
+  off, a 2-thread step of the small model took 10x its 1-thread time with
+  libgomp's 300,000. It no longer does: the GEMM's stall detector makes every
+  kernel run on one thread for a second (csrc/core/gemm.c, rp_back_off). With
+  a core kept busy by a spinning process the 2-thread step took 12.3-13.3 ms
+  with 300,000 against 12.9-16.8 ms with 30,000 (1 thread: 11.8-15.8); with
+  a second relpos process training on 2 threads beside it, 17.2-17.4 ms
+  against 16.2-22.7 ms.
+
+So relpos asks for libgomp's own default, GOMP_SPINCOUNT=300000, explicitly:
+``relpos.config()["omp_wait"]`` can then say what is in force, whichever
+default a libgomp build has.
 
 libgomp reads its variables once, when it is loaded, which is when relpos._C
 is imported; so relpos sets the variable just for that import and removes it
@@ -28,7 +38,7 @@ library loaded first keeps the settings it started with.
 import os
 
 #: the spin count relpos asks libgomp for when the user set none
-SPINCOUNT = "30000"
+SPINCOUNT = "300000"
 #: the policy in force, in words (set by before_import; relpos.config()["omp_wait"])
 policy = "unknown"
 _USER_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
@@ -54,7 +64,7 @@ def before_import() -> str:
         policy = "libgomp's own (it was loaded before relpos)"
     else:
         os.environ["GOMP_SPINCOUNT"] = SPINCOUNT
-        policy = f"relpos default (GOMP_SPINCOUNT={SPINCOUNT}: a spin of ~1 ms, then sleep)"
+        policy = f"relpos default (GOMP_SPINCOUNT={SPINCOUNT}: 300,000 PAUSEs, ~7.5 ms on an AMD EPYC, then sleep)"
     return policy
 
 

@@ -123,15 +123,15 @@ def _run_py(code, **env_over):
 
 @pytest.mark.skipif(not __import__("os").path.exists("/proc/self/maps") or not relpos.config()["openmp"],
                     reason="the wait policy is chosen for libgomp on Linux")
-def test_openmp_wait_policy_short_spin_by_default():
-    """relpos asks libgomp for a spin of 30000 iterations (libgomp's 300k made
-    2-thread steps 10x slower on a loaded machine; 1000 let the partner thread
-    fall asleep between a step's regions), only for its own import: child
-    processes see the user's environment, and a user's setting or an earlier
-    libgomp wins."""
+def test_openmp_wait_policy_set_for_relpos_import_only():
+    """relpos asks libgomp for a spin of 300,000 iterations (libgomp's own
+    default, set explicitly; 30,000 let the partner thread fall asleep within
+    a step that followed a pause, see relpos/_omp_env.py), only for its own
+    import: child processes see the user's environment, and a user's setting or
+    an earlier libgomp wins."""
     code = "import os, relpos; print(relpos.config()['omp_wait']); print('GOMP_SPINCOUNT' in os.environ)"
     policy, leaked = _run_py(code).splitlines()
-    assert policy.startswith("relpos default (GOMP_SPINCOUNT=30000") and leaked == "False"
+    assert policy.startswith("relpos default (GOMP_SPINCOUNT=300000:") and leaked == "False"
     assert _run_py("import relpos; print(relpos.config()['omp_wait'])", OMP_WAIT_POLICY="active") \
         == "as set by the user (OMP_WAIT_POLICY=active)"
     code = "import ctypes; ctypes.CDLL('libgomp.so.1'); import relpos; print(relpos.config()['omp_wait'])"

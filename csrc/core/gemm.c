@@ -583,10 +583,11 @@ static void team_wait(team_sync *ts, int nt) {
 static int64_t band_last_stall;
 
 /* A team call that starts more than BAND_IDLE_NS after the previous band call
- * ended may find its partner asleep (libgomp's spin is ~0.75 ms, see
- * relpos/_omp_env.py), and waking it is slow on a VM: its late arrival is not
- * a stall. Without this, a training loop that paused between steps (a data
- * loader, a benchmark's idle gap) backed off at every step's first product. */
+ * ended may find its partner asleep (with a user's short GOMP_SPINCOUNT; the
+ * ~7.5 ms spin relpos asks for, relpos/_omp_env.py, outlasts most pauses in a
+ * step), and waking it is slow on a VM: its late arrival is not a stall.
+ * Without this, a training loop that paused between steps (a data loader, a
+ * benchmark's idle gap) backed off at every step's first product. */
 #define BAND_IDLE_NS ((int64_t)300000)
 static int64_t band_last_end; /* CLOCK_MONOTONIC ns when the last band call ended */
 
