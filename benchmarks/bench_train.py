@@ -3,7 +3,6 @@ eager and compiled (torch.compile, inductor on CPU).
 
     OMP_NUM_THREADS=2 python benchmarks/bench_train.py [--threads 1,2] [--enc rope,alibi]
         [--config large,small] [--repeat N] [--quick] [--no-compile] [--json PATH]
-        [--quiet F [--quiet-wait S]]
 
 Configurations (--config):
   large: L=4 layers, d=256, 8 heads, T=256, batch 16, vocabulary 256;
@@ -56,16 +55,6 @@ Figures per (encoding, threads):
 
 Two-thread stability: spread = median step time / best step time - 1 (the
 issue's target: within 10%).
-
-Quiet gate (--quiet F, off by default): the targets are stated for a quiet
-machine, and a shared VM is seldom quiet for long (its host takes part of a
-vCPU for seconds at a time). With --quiet 0.9, before every timed step of
-every library a 5 ms FMA probe on the step's thread count must reach 0.9 x the
-FMA peak measured at the start; below it the benchmark waits (50 ms between
-probes, at most --quiet-wait seconds, then runs the step anyway). The row's
-quiet_gate says how many steps waited, for how long, and how many ran without
-a quiet probe. Only the moment a step starts is chosen: noise that begins
-during a step still counts.
 
 --quick: batch 4, fewer repetitions, no torch.compile (for benchmarks/run.py --quick).
 """
@@ -325,44 +314,15 @@ def _stop_peer(proc):
 GAP_S = 0.02
 
 
-#: quiet gate (--quiet F): before every timed step, every library alike, a 5 ms FMA
-#: probe on the step's thread count must reach F x the run's FMA peak; below it the
-#: benchmark sleeps QUIET_RETRY_S and probes again, for at most --quiet-wait seconds,
-#: and then runs the step anyway (counted as not quiet). On a shared VM the host
-#: takes part of a vCPU for seconds at a time (the AMD EPYC VM: the 1-thread probe at
-#: 74-76 GFLOP/s for a second, 111-115 otherwise); the issue's targets are stated for
-#: a quiet machine, and this is how a noisy one is made to show them.
-QUIET_PROBE_S = 0.005
-QUIET_RETRY_S = 0.05
-
-
-def wait_quiet(threads, floor_gflops, max_wait, probe=None, sleep=time.sleep, clock=time.monotonic):
-    """Wait until an FMA probe on `threads` threads reaches `floor_gflops`, at most
-    `max_wait` seconds. Returns (probes, seconds, quiet): how many probes ran, the
-    seconds spent, and False when the time ran out before a probe reached the floor.
-    `probe(threads) -> GFLOP/s`, `sleep` and `clock` are injectable for tests."""
-    probe = probe or (lambda n: _C.fma_peak_gflops(threads=n, seconds=QUIET_PROBE_S))
-    t0 = clock()
-    probes = 0
-    while True:
-        probes += 1
-        if probe(threads) >= floor_gflops:
-            return probes, clock() - t0, True
-        if clock() - t0 >= max_wait:
-            return probes, clock() - t0, False
-        sleep(QUIET_RETRY_S)
-
-
 def _median_best(times, tokens):
     med, best = float(np.median(times)), float(np.min(times))
     return med, best, tokens / med, tokens / best
 
 
 def measure(enc, threads, cfg, repeat, warmup, peak, with_torch=True, with_compile=True, config_name="large",
-            log=print, gap=GAP_S, quiet=0.0, quiet_wait=5.0):
+            log=print, gap=GAP_S):
     """One row: relpos, torch eager and torch.compile step times at `threads` for encoding `enc`;
-    every timed step starts `gap` seconds after the previous one ended (see GAP_S),
-    and with `quiet` > 0 after a probe found the machine quiet (see wait_quiet)."""
+    every timed step starts `gap` seconds after the previous one ended (see GAP_S)."""
     set_threads(threads)
     batch = cfg["batch"]
     x, y = step_batch(cfg)
@@ -402,26 +362,14 @@ def measure(enc, threads, cfg, repeat, warmup, peak, with_torch=True, with_compi
                 _ask(proc, cmd="warm")
         times = {"relpos": [], **{k: [] for k in peers}}
         backed_off = 0  # relpos steps that ended with relpos backed off to one thread (see below)
-        gate = dict(steps=0, waited=0, wait_s=0.0, not_quiet=0)
-
-        def pause():
-            if quiet > 0:
-                time.sleep(gap)  # the other library's threads go to sleep before the probe
-                probes, waited, ok = wait_quiet(threads, quiet * peak, quiet_wait)
-                gate["steps"] += 1
-                gate["waited"] += probes > 1 or not ok  # the first probe was below the floor
-                gate["wait_s"] += waited
-                gate["not_quiet"] += not ok
-            time.sleep(gap)
-
         for _ in range(repeat):  # interleaved: noise on the machine hits every library alike
-            pause()
+            time.sleep(gap)
             t0 = time.perf_counter()
             r_step(x, y)
             times["relpos"].append(time.perf_counter() - t0)
             backed_off += relpos.config()["backing_off"]
             for name in peers:
-                pause()
+                time.sleep(gap)
                 times[name].append(_ask(proc, cmd="step", peer=name)["s"])
     finally:
         if proc is not None:
@@ -463,7 +411,6 @@ def measure(enc, threads, cfg, repeat, warmup, peak, with_torch=True, with_compi
         row[key] = t_med / r_med
         row[key + "_best"] = t_min / r_min
     row["gap_s"] = gap
-    row["quiet_gate"] = dict(fraction=quiet, max_wait_s=quiet_wait, **gate) if quiet > 0 else None
     # relpos backs off to one thread for a second when its threads stall (another
     # process's threads on their cores, e.g. the peer's spinning after its step)
     row["relpos_backed_off_steps"] = backed_off if threads > 1 else None
@@ -486,7 +433,7 @@ def fma_peaks(threads, measure=None, tries=2):
 
 
 def run(threads=(1, 2), encodings=("rope", "alibi"), quick=False, repeat=None, with_torch=True, log=print,
-        configs=("large",), with_compile=True, gap=GAP_S, quiet=0.0, quiet_wait=5.0):
+        configs=("large",), with_compile=True, gap=GAP_S):
     """All rows (dicts) of the benchmark; one per (configuration, encoding, thread
     count), plus one 'scaling' row per (configuration, encoding) (speed at max
     threads / at 1 thread)."""
@@ -510,7 +457,7 @@ def run(threads=(1, 2), encodings=("rope", "alibi"), quick=False, repeat=None, w
             per = {}
             for n in threads:
                 row = measure(enc, n, cfg, reps, warmup, peaks[n], with_torch, with_compile and not quick,
-                              config_name, log, gap, quiet, quiet_wait)
+                              config_name, log, gap)
                 row["peak_gflops_measured"] = measured[n]
                 rows.append(row)
                 per[n] = row
@@ -541,10 +488,6 @@ def format_row(r):
          + f"python {100 * r['python_share']:4.1f}%, {r['python_cpu_ms']:.1f} ms CPU"
          + (f" = {100 * r['python_cpu_share']:.1f}% of step CPU" if r.get("python_cpu_share") is not None else "")
          + ")")
-    g = r.get("quiet_gate")
-    if g:
-        s += (f" | quiet gate {g['fraction']:.2f} x peak: {g['waited']} of {g['steps']} steps waited"
-              f" ({g['wait_s']:.1f} s), {g['not_quiet']} ran after {g['max_wait_s']:.0f} s without a quiet probe")
     if "torch_tok_s" in r:
         s += (f" | torch eager {r['torch_tok_s']:8.0f} tok/s  ratio {r['ratio']:.2f}x"
               f" (best of {r.get('repeat', '?')}: {r['relpos_best_tok_s']:.0f} vs {r['torch_best_tok_s']:.0f},"
@@ -574,11 +517,6 @@ def main(argv=None):
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile peer")
     ap.add_argument("--json", default=None, help="write the rows here")
-    ap.add_argument("--quiet", type=float, default=0.0, metavar="F",
-                    help="before every timed step (every library alike) wait until a 5 ms FMA probe reaches F x "
-                         "the FMA peak, e.g. 0.9; 0 (default) does not wait")
-    ap.add_argument("--quiet-wait", type=float, default=5.0, metavar="S",
-                    help="with --quiet: wait at most S seconds per step, then run it anyway (default 5)")
     ap.add_argument("--gap", type=float, default=GAP_S,
                     help=f"seconds of idle before every timed step, every library alike (default {GAP_S})")
     args = ap.parse_args(argv)
@@ -586,17 +524,13 @@ def main(argv=None):
         ap.error(f"--repeat must be >= 1 timed steps; got {args.repeat}")
     if not args.gap >= 0:
         ap.error(f"--gap must be >= 0 seconds; got {args.gap}")
-    if not 0 <= args.quiet < 1:
-        ap.error(f"--quiet must be a fraction of the FMA peak in [0, 1); got {args.quiet}")
-    if not args.quiet_wait >= 0:
-        ap.error(f"--quiet-wait must be >= 0 seconds; got {args.quiet_wait}")
     threads = tuple(int(t) for t in args.threads.split(","))
     configs = tuple(c for c in args.config.split(",") if c)
     for c in configs:
         if c not in CONFIGS:
             ap.error(f"--config: unknown configuration {c!r}; known: {', '.join(CONFIGS)}")
     rows = run(threads, tuple(args.enc.split(",")), args.quick, args.repeat, not args.no_torch, configs=configs,
-               with_compile=not args.no_compile, gap=args.gap, quiet=args.quiet, quiet_wait=args.quiet_wait)
+               with_compile=not args.no_compile, gap=args.gap)
     out = dict(benchmark="train", machine=machine(), configs={c: CONFIGS[c] for c in configs},
                quick=args.quick, rows=rows)
     if args.json:

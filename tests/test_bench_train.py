@@ -13,9 +13,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = ["--quick", "--config", "small", "--threads", "1", "--enc", "rope,alibi", "--repeat", "2", "--no-compile"]
 
 
-def _bench(tmp_path, env=None, extra=()):
+def _bench(tmp_path, env=None):
     out = tmp_path / "train.json"
-    r = subprocess.run([sys.executable, os.path.join("benchmarks", "bench_train.py"), *QUICK, *extra, "--json", str(out)],
+    r = subprocess.run([sys.executable, os.path.join("benchmarks", "bench_train.py"), *QUICK, "--json", str(out)],
                        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     return [row for row in json.loads(out.read_text())["rows"] if row["benchmark"] == "train_step"]
@@ -42,59 +42,11 @@ def test_without_torch_the_relpos_figures_still_come(tmp_path):
     hide.mkdir()
     (hide / "torch.py").write_text("raise ImportError('torch hidden for this test')\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(hide), ROOT, os.environ.get("PYTHONPATH", "")]))
-    rows = _bench(tmp_path, env, extra=["--quiet", "0.2", "--quiet-wait", "1"])
+    rows = _bench(tmp_path, env)
     for row in rows:
         assert "torch hidden for this test" in row["torch_error"]
         assert row["relpos_s"] > 0 and row["mfu"] > 0
         assert "torch_s" not in row and "ratio" not in row
-        # the quiet gate probed before each of relpos' 2 timed steps (no peer here)
-        g = row["quiet_gate"]
-        assert g["fraction"] == 0.2 and g["max_wait_s"] == 1.0 and g["steps"] == 2
-        assert 0 <= g["not_quiet"] <= g["waited"] <= 2 and g["wait_s"] >= 0
-
-
-def _bench_module():
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    try:
-        import bench_train
-    finally:
-        sys.path.pop(0)
-    return bench_train
-
-
-def test_the_quiet_gate_waits_for_a_probe_at_the_floor_and_no_longer_than_told():
-    bt = _bench_module()
-    now = [0.0]
-
-    def sleep(s):
-        now[0] += s
-
-    def clock():
-        return now[0]
-
-    readings = [70.0, 75.0, 101.0, 60.0]  # busy, busy, quiet
-    probes, waited, quiet = bt.wait_quiet(1, 100.0, 5.0, probe=lambda n: readings.pop(0), sleep=sleep, clock=clock)
-    assert (probes, quiet) == (3, True) and waited == pytest.approx(2 * bt.QUIET_RETRY_S)
-    assert readings == [60.0]  # no probe after the quiet one
-    # a machine that never gets quiet: the step runs after max_wait, flagged
-    now[0] = 0.0
-    seen = []
-    probes, waited, quiet = bt.wait_quiet(2, 200.0, 0.2, probe=lambda n: seen.append(n) or 150.0, sleep=sleep,
-                                          clock=clock)
-    assert quiet is False and 0.2 <= waited < 0.2 + bt.QUIET_RETRY_S + 1e-9 and probes == len(seen) >= 4
-    assert set(seen) == {2}  # probed on the step's thread count
-    # quiet at once: one probe, no sleep
-    now[0] = 0.0
-    assert bt.wait_quiet(1, 100.0, 5.0, probe=lambda n: 110.0, sleep=sleep, clock=clock) == (1, 0.0, True)
-
-
-@pytest.mark.parametrize("args, message", [(["--quiet", "1.5"], "--quiet must be a fraction of the FMA peak"),
-                                           (["--quiet", "-0.1"], "--quiet must be a fraction of the FMA peak"),
-                                           (["--quiet-wait", "-1"], "--quiet-wait must be >= 0 seconds")])
-def test_bad_quiet_arguments_say_what_was_expected(args, message):
-    r = subprocess.run([sys.executable, os.path.join("benchmarks", "bench_train.py"), *args],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and message in r.stderr
 
 
 def test_bad_repeat_says_what_was_expected():
