@@ -211,22 +211,35 @@ def run_config(config: dict) -> dict:
     self-contained, so it runs in another process or on a Dask worker.
 
     Returns a JSON-ready dict: encoding, seed, metrics {str(length): value or
-    None}, final training loss, losses (every step), timings, n_params, config.
+    None}, final training loss, losses (every step), timings, threads (the
+    thread counts the run used, in order: more than one when it ran in
+    :func:`sweep`'s pool and took an idle worker's cores), n_params, config.
     """
     cfg = _resolve(config)
     progress = bool(config.get("progress", False))
     queue, tag = config.get("_progress_queue"), config.get("_progress_tag")
-    callback = None
-    if queue is not None:
-        every = max(1, int(cfg["steps"]) // 50)
+    every = max(1, int(cfg["steps"]) // 50)
+    # in sweep's own worker pool: take the cores of idle workers (see sweep); never with a threads key
+    pool = _POOL if cfg["threads"] is None else None
+    used = []
 
-        def callback(step, loss):
-            if step % every == 0 or step == cfg["steps"]:
-                queue.put((tag, step))
+    def take_spare():
+        if pool is not None:
+            n = pool[0] + pool[1].value
+            if n != get_num_threads():
+                set_num_threads(n)
+        if not used or used[-1] != get_num_threads():
+            used.append(get_num_threads())
+
+    def callback(step, loss):
+        take_spare()
+        if queue is not None and (step % every == 0 or step == cfg["steps"]):
+            queue.put((tag, step))
     prev_threads = None
     if cfg["threads"] is not None:
         prev_threads = get_num_threads()
         set_num_threads(int(cfg["threads"]))
+    take_spare()
     try:
         data = _build_data(cfg)
         model = _build_model(cfg, data)
@@ -236,6 +249,7 @@ def run_config(config: dict) -> dict:
                    seed=cfg["seed"], progress=progress, callback=callback,
                    desc=f"{config.get('label') or _label(cfg['encoding'])} seed {cfg['seed']}")
         t1 = time.perf_counter()
+        take_spare()
         metrics = evaluate_lengths(model, data, cfg["eval_lens"], max_tokens=cfg["eval_tokens"],
                                    n_samples=cfg["n_eval"], seed=cfg["seed"])
         t2 = time.perf_counter()
@@ -254,6 +268,7 @@ def run_config(config: dict) -> dict:
         "losses": [float(v) for v in hist.losses],
         "train_time": t1 - t0,
         "eval_time": t2 - t1,
+        "threads": used,
         "n_params": int(sum(p.data.size for p in model.parameters())),
         "config": public,
         "extensions": extensions,
@@ -327,7 +342,13 @@ def _ignore_sigint():
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _worker_init(threads):
+#: in a worker of sweep's own pool: (threads, spare) where spare.value is how many
+#: more threads each running run may take (the cores of workers left idle)
+_POOL = None
+
+
+def _worker_init(threads, spare=None):
+    global _POOL
     _ignore_sigint()
     # tqdm's default lock is a multiprocessing RLock (a named semaphore): a worker terminated by
     # Ctrl-C could not release it, and the parent would warn of "leaked semaphore objects".
@@ -335,6 +356,8 @@ def _worker_init(threads):
     tqdm.set_lock(threading.RLock())
     if threads:
         set_num_threads(int(threads))
+        if spare is not None:
+            _POOL = (int(threads), spare)
 
 
 def _stop_pool(executor, grace: float = 0.5):
@@ -356,11 +379,16 @@ def _stop_pool(executor, grace: float = 0.5):
 
 
 def _default_executor(n_jobs, max_workers=None):
+    """(executor, workers, threads per worker, spare): spare is a shared int the
+    workers read, how many more threads each running run may take."""
     cores = os.cpu_count() or 1
     workers = max(1, min(n_jobs, max_workers or cores))
     threads = max(1, cores // workers)
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_worker_init, initargs=(threads,))
+    ctx = multiprocessing.get_context("spawn")
+    spare = ctx.Value("i", 0, lock=False)
+    executor = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
+                                   initargs=(threads, spare))
+    return executor, workers, threads, spare
 
 
 def sweep(configs, executor=None, max_workers: int | None = None, progress: bool = True,
@@ -371,7 +399,10 @@ def sweep(configs, executor=None, max_workers: int | None = None, progress: bool
     a ProcessPoolExecutor, Dask's ``client.get_executor()``...). Default:
     local processes (spawn), ``max_workers`` of them (default: one per core),
     each worker running relpos with ``cores // workers`` threads (a config's
-    own ``threads`` key overrides that). The numbers equal a serial run's.
+    own ``threads`` key overrides that); once fewer runs are left than
+    workers, the running runs take the idle workers' threads between two
+    steps (each result's ``threads`` lists the counts it used). The numbers
+    equal a serial run's: they do not depend on the thread count.
     ``on_result(index, result)`` is called as each run finishes. With the
     default executor the progress bar counts training steps of all runs;
     with another executor it counts finished runs.
@@ -388,9 +419,9 @@ def sweep(configs, executor=None, max_workers: int | None = None, progress: bool
     if not configs:
         return []
     own = executor is None
-    manager = None
+    manager = spare = None
     if own:
-        executor = _default_executor(len(configs), max_workers)
+        executor, workers, threads, spare = _default_executor(len(configs), max_workers)
         if progress:
             manager = SyncManager(ctx=multiprocessing.get_context("spawn"))
             manager.start(_ignore_sigint)
@@ -430,6 +461,10 @@ def sweep(configs, executor=None, max_workers: int | None = None, progress: bool
             i = futures[fut]
             results[i] = fut.result()
             finished += 1
+            if spare is not None:
+                # fewer runs left than workers: the idle workers' cores go to the running runs
+                running = min(workers, len(configs) - finished)
+                spare.value = (workers - running) * threads // running if running else 0
             if manager is None:
                 bar.update(1)
             else:

@@ -1,5 +1,6 @@
 import json
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import numpy as np
@@ -147,6 +148,21 @@ def test_sweep_processes(serial, capsys):
     _same(sweep(SWEEP, progress=True), serial)
     err = capsys.readouterr().err
     assert "training" in err and "6/6" in err
+
+
+def test_sweep_idle_workers_cores_go_to_the_runs_left():
+    """Two workers, three runs: once two have finished, the last one takes the
+    idle worker's threads between two steps, and its numbers stay those of a
+    serial run (they do not depend on the thread count)."""
+    configs = [dict(TINY, encoding="alibi", steps=2, seed=0), dict(TINY, encoding="alibi", steps=2, seed=1),
+               dict(TINY, encoding="rope", steps=120, seed=2)]
+    res = sweep(configs, max_workers=2, progress=False)
+    base = max(1, (os.cpu_count() or 1) // 2)
+    assert res[0]["threads"][0] == base and res[1]["threads"][0] == base
+    assert res[2]["threads"][-1] == 2 * base, res[2]["threads"]
+    alone = run_config(dict(configs[2], threads=base))
+    assert alone["threads"] == [base]
+    _same([res[2]], [alone])
 
 
 def test_sweep_dask(serial):
