@@ -64,7 +64,7 @@ def before_import() -> str:
         policy = "libgomp's own (it was loaded before relpos)"
     else:
         os.environ["GOMP_SPINCOUNT"] = SPINCOUNT
-        policy = f"relpos default (GOMP_SPINCOUNT={SPINCOUNT}: 300,000 PAUSEs, ~7.5 ms on an AMD EPYC, then sleep)"
+        policy = f"relpos default (GOMP_SPINCOUNT={SPINCOUNT}: {int(SPINCOUNT):,} PAUSEs, ~7.5 ms on an AMD EPYC, then sleep)"
     return policy
 
 
