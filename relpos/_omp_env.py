@@ -64,7 +64,8 @@ def before_import() -> str:
         policy = "libgomp's own (it was loaded before relpos)"
     else:
         os.environ["GOMP_SPINCOUNT"] = SPINCOUNT
-        policy = f"relpos default (GOMP_SPINCOUNT={SPINCOUNT}: {int(SPINCOUNT):,} PAUSEs, ~7.5 ms on an AMD EPYC, then sleep)"
+        policy = (f"relpos default (GOMP_SPINCOUNT={SPINCOUNT}: {int(SPINCOUNT):,} PAUSEs, "
+                  "~7.5 ms on an AMD EPYC, then sleep)")
     return policy
 
 
