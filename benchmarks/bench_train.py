@@ -54,7 +54,9 @@ Figures per (encoding, threads):
     not inflated by other processes on a shared machine).
 
 Two-thread stability: spread = median step time / best step time - 1 (the
-issue's target: within 10%).
+issue's target: within 10%), for relpos and for each peer (torch_spread,
+compile_spread): a machine that moves every library's steps alike is noisy,
+not the library.
 
 --quick: batch 4, fewer repetitions, no torch.compile (for benchmarks/run.py --quick).
 """
@@ -405,7 +407,9 @@ def measure(enc, threads, cfg, repeat, warmup, peak, with_torch=True, with_compi
         row.update({f"{prefix}_s": t_med, f"{prefix}_tok_s": t_tok, f"{prefix}_steps_s": 1.0 / t_med,
                     f"{prefix}_gflops": flops / t_med / 1e9,
                     f"{prefix}_mfu": flops / t_med / 1e9 / peak if peak else None,
-                    f"{prefix}_best_tok_s": t_best_tok})
+                    f"{prefix}_best_tok_s": t_best_tok,
+                    # the peer's own spread: how much the machine moved its steps in the same minutes
+                    f"{prefix}_spread": t_med / t_min - 1.0})
         # ratio: relpos speed / peer speed (> 1: relpos faster); "ratio" is vs eager
         key = "ratio" if name == "torch" else "ratio_compile"
         row[key] = t_med / r_med
@@ -491,10 +495,12 @@ def format_row(r):
     if "torch_tok_s" in r:
         s += (f" | torch eager {r['torch_tok_s']:8.0f} tok/s  ratio {r['ratio']:.2f}x"
               f" (best of {r.get('repeat', '?')}: {r['relpos_best_tok_s']:.0f} vs {r['torch_best_tok_s']:.0f},"
-              f" {r['ratio_best']:.2f}x, MFU {100 * (r['mfu_best'] or 0):.1f}%)")
+              f" {r['ratio_best']:.2f}x, MFU {100 * (r['mfu_best'] or 0):.1f}%; torch's median"
+              f" {100 * r['torch_spread']:.0f}% above its best)")
     if "compile_tok_s" in r:
         s += (f" | torch.compile {r['compile_tok_s']:8.0f} tok/s  ratio {r['ratio_compile']:.2f}x"
-              f" (best {r['compile_best_tok_s']:.0f}, {r['ratio_compile_best']:.2f}x; "
+              f" (best {r['compile_best_tok_s']:.0f}, {r['ratio_compile_best']:.2f}x, median"
+              f" {100 * r['compile_spread']:.0f}% above it; "
               f"first call incl. compiling {r['compile_s']:.1f} s)")
     elif "compile_error" in r:
         s += f" | {r['compile_error']}"

@@ -171,6 +171,9 @@ def bench_train(threads, quick, timeout):
         if r.get("ratio_best") is not None:
             note += (f"; best step {r['relpos_best_tok_s']:.0f} vs {r['torch_best_tok_s']:.0f} tok/s "
                      f"= {r['ratio_best']:.2f}x, MFU {100 * r['mfu_best']:.1f}%")
+        if r.get("relpos_spread") is not None:
+            note += f"; median above best: relpos {100 * r['relpos_spread']:.0f}%" + (
+                f", torch {100 * r['torch_spread']:.0f}%" if r.get("torch_spread") is not None else "")
         if r.get("load_avg") is not None:
             note += f"; load {r['load_avg']:.1f}"
         if "loss_rel_diff" in r:

@@ -29,6 +29,9 @@ def test_torch_peer_in_its_own_process(tmp_path):
         # the same network from the same weights: the first losses agree
         assert row["loss_rel_diff"] < 1e-4, row
         assert row["torch_s"] > 0 and row["relpos_s"] > 0 and row["ratio"] > 0
+        # the peer's spread, as relpos' (median / best - 1), from the same steps as its figures
+        assert row["torch_spread"] == pytest.approx(row["torch_best_tok_s"] / row["torch_tok_s"] - 1.0)
+        assert row["torch_spread"] >= 0
         assert row["compile_error"].startswith("torch.compile skipped: not asked for")
         peer = row["peer_process"]
         assert peer["torch_threads"] == 1
