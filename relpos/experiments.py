@@ -391,6 +391,17 @@ def _default_executor(n_jobs, max_workers=None):
     return executor, workers, threads, spare
 
 
+def _spare_threads(workers, threads, left, cores):
+    """How many more threads each running run may take when `left` runs are not
+    finished: the idle workers' threads, shared out, and never more threads in
+    all than cores (more workers than cores may have been asked for)."""
+    running = min(workers, left)
+    if running < 1:
+        return 0
+    budget = min(workers * threads, max(cores, running * threads))
+    return (budget - running * threads) // running
+
+
 def sweep(configs, executor=None, max_workers: int | None = None, progress: bool = True,
           on_result=None) -> list:
     """Run :func:`run_config` on every config dict; results in config order.
@@ -462,9 +473,7 @@ def sweep(configs, executor=None, max_workers: int | None = None, progress: bool
             results[i] = fut.result()
             finished += 1
             if spare is not None:
-                # fewer runs left than workers: the idle workers' cores go to the running runs
-                running = min(workers, len(configs) - finished)
-                spare.value = (workers - running) * threads // running if running else 0
+                spare.value = _spare_threads(workers, threads, len(configs) - finished, os.cpu_count() or 1)
             if manager is None:
                 bar.update(1)
             else:

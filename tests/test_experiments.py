@@ -165,6 +165,18 @@ def test_sweep_idle_workers_cores_go_to_the_runs_left():
     _same([res[2]], [alone])
 
 
+def test_spare_threads_share_idle_cores_and_never_exceed_them():
+    from relpos.experiments import _spare_threads
+    assert _spare_threads(2, 1, 5, 2) == 0      # every worker busy
+    assert _spare_threads(2, 1, 1, 2) == 1      # one run left: it takes the other core
+    assert _spare_threads(2, 2, 1, 4) == 2
+    assert _spare_threads(3, 2, 2, 6) == 1      # one idle worker's 2 threads, shared by two runs
+    assert _spare_threads(4, 1, 3, 4) == 0      # 1 idle thread cannot be split among 3 runs
+    assert _spare_threads(8, 1, 1, 2) == 1      # 8 workers asked for on 2 cores: 2 threads, not 8
+    assert _spare_threads(8, 1, 3, 2) == 0
+    assert _spare_threads(2, 1, 0, 2) == 0      # nothing left
+
+
 def test_sweep_dask(serial):
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
