@@ -12,9 +12,9 @@ regions, microseconds to a millisecond or two apart.
   model's 2-thread step was slow when it came after a longer pause: steps
   started 45 ms after the previous process's step took 13.7-19.9 ms (median,
   three rounds, a torch process stepping in between as in bench_train.py)
-  against 10.7-13.1 ms 20 ms after it; with 300,000, 10.4-11.6 ms either way. Back to back the longer spin was also
-  faster in three of three rounds (14.0-19.1 ms against 16.0-24.8 ms, a busy
-  hour).
+  against 10.7-13.1 ms 20 ms after it; with 300,000, 10.4-11.6 ms either
+  way. Back to back the longer spin was also faster in three of three rounds
+  (14.0-19.1 ms against 16.0-24.8 ms, a busy hour).
 - Too long a spin and, where other processes compete for the cores, the
   spinning thread takes the CPU its partner needs: before relpos could back
   off, a 2-thread step of the small model took 10x its 1-thread time with

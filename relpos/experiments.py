@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import functools
 import html
 import json
 import multiprocessing
@@ -224,12 +225,12 @@ def run_config(config: dict) -> dict:
     used = []
 
     def take_spare():
-        if pool is not None:
+        n = get_num_threads()
+        if pool is not None and pool[0] + pool[1].value != n:
             n = pool[0] + pool[1].value
-            if n != get_num_threads():
-                set_num_threads(n)
-        if not used or used[-1] != get_num_threads():
-            used.append(get_num_threads())
+            set_num_threads(n)
+        if not used or used[-1] != n:
+            used.append(n)
 
     def callback(step, loss):
         take_spare()
@@ -379,8 +380,9 @@ def _stop_pool(executor, grace: float = 0.5):
 
 
 def _default_executor(n_jobs, max_workers=None):
-    """(executor, workers, threads per worker, spare): spare is a shared int the
-    workers read, how many more threads each running run may take."""
+    """(executor, spare, share): spare is a shared int the workers read, how many
+    more threads each running run may take; share(left) is its value when `left`
+    runs are not finished."""
     cores = os.cpu_count() or 1
     workers = max(1, min(n_jobs, max_workers or cores))
     threads = max(1, cores // workers)
@@ -388,7 +390,7 @@ def _default_executor(n_jobs, max_workers=None):
     spare = ctx.Value("i", 0, lock=False)
     executor = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
                                    initargs=(threads, spare))
-    return executor, workers, threads, spare
+    return executor, spare, functools.partial(_spare_threads, workers, threads, cores=cores)
 
 
 def _spare_threads(workers, threads, left, cores):
@@ -432,7 +434,7 @@ def sweep(configs, executor=None, max_workers: int | None = None, progress: bool
     own = executor is None
     manager = spare = None
     if own:
-        executor, workers, threads, spare = _default_executor(len(configs), max_workers)
+        executor, spare, share = _default_executor(len(configs), max_workers)
         if progress:
             manager = SyncManager(ctx=multiprocessing.get_context("spawn"))
             manager.start(_ignore_sigint)
@@ -473,7 +475,7 @@ def sweep(configs, executor=None, max_workers: int | None = None, progress: bool
             results[i] = fut.result()
             finished += 1
             if spare is not None:
-                spare.value = _spare_threads(workers, threads, len(configs) - finished, os.cpu_count() or 1)
+                spare.value = share(len(configs) - finished)
             if manager is None:
                 bar.update(1)
             else:
